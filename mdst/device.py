@@ -1,0 +1,161 @@
+"""Adapter choice, feature and limit detection (`DeviceProfile`), and precision presets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DeviceError
+
+log = logging.getLogger("mdst")
+
+# Features mdst uses when the adapter offers them; none is required.
+OPTIONAL_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
+# Native backends first: wgpu's OpenGL backend lacks what compute-heavy work needs.
+_BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 0, "OpenGL": 2}
+
+
+@dataclass
+class DeviceProfile:
+    """What the chosen adapter is and can do."""
+
+    name: str
+    vendor: str
+    backend: str
+    adapter_type: str  # "DiscreteGPU", "IntegratedGPU", "CPU", ...
+    driver: str
+    features: frozenset[str]
+    limits: dict[str, int]
+    max_binding_size: int  # what mdst binds at most: the adapter's limit or a smaller cap
+
+    @property
+    def software(self) -> bool:
+        """True for CPU adapters such as lavapipe (llvmpipe) or SwiftShader."""
+        return self.adapter_type == "CPU"
+
+    @property
+    def shader_f16(self) -> bool:
+        return "shader-f16" in self.features
+
+    @property
+    def subgroups(self) -> bool:
+        return "subgroup" in self.features
+
+    @property
+    def timestamps(self) -> bool:
+        return "timestamp-query" in self.features
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for `mdst doctor` and benchmark JSON)."""
+        return {
+            "name": self.name, "vendor": self.vendor, "backend": self.backend,
+            "adapter_type": self.adapter_type, "driver": self.driver,
+            "shader_f16": self.shader_f16, "subgroups": self.subgroups, "timestamp_query": self.timestamps,
+            "max_storage_buffer_binding_size": self.limits.get("max-storage-buffer-binding-size"),
+            "max_buffer_size": self.limits.get("max-buffer-size"),
+            "max_binding_size_used": self.max_binding_size,
+            "max_compute_workgroup_storage_size": self.limits.get("max-compute-workgroup-storage-size"),
+            "max_compute_invocations_per_workgroup": self.limits.get("max-compute-invocations-per-workgroup"),
+        }
+
+
+@dataclass
+class GPU:
+    """An open wgpu device with its profile."""
+
+    device: Any
+    profile: DeviceProfile
+    lost: list = field(default_factory=list)
+
+    @property
+    def queue(self) -> Any:
+        return self.device.queue
+
+
+def _adapters() -> list:
+    try:
+        import wgpu
+    except Exception as e:  # pragma: no cover - wgpu is a hard dependency
+        raise DeviceError(f"wgpu cannot be imported ({e}); reinstall mdst") from None
+    try:
+        adapters = list(wgpu.gpu.enumerate_adapters_sync())
+    except Exception as e:
+        log.debug("adapter enumeration failed: %s", e)
+        return []
+    return sorted(adapters, key=lambda a: (_BACKEND_RANK.get(a.info.get("backend_type", ""), 1),
+                                          a.info.get("adapter_type") == "CPU"))
+
+
+def list_adapters() -> list[dict[str, str]]:
+    """Every adapter wgpu sees, as dicts of their info (for `mdst doctor`)."""
+    return [dict(a.info) for a in _adapters()]
+
+
+def choose_adapter(kind: str) -> Any | None:
+    """The adapter for `kind` ("gpu": any, software included; "auto": hardware first). None if there is none."""
+    adapters = _adapters()
+    if not adapters:
+        return None
+    hardware = [a for a in adapters if a.info.get("adapter_type") != "CPU"]
+    return (hardware or adapters)[0]
+
+
+def open_gpu(kind: str = "gpu", max_binding_size: int | None = None) -> GPU | None:
+    """Open a device on the chosen adapter with limits at the adapter's maximum."""
+    adapter = choose_adapter(kind)
+    if adapter is None:
+        return None
+    limits = {k: v for k, v in adapter.limits.items()}
+    features = [f for f in OPTIONAL_FEATURES if f in adapter.features]
+    try:
+        device = adapter.request_device_sync(required_features=features, required_limits=limits)
+    except Exception as e:
+        raise DeviceError(f"could not open a device on {adapter.info.get('device')}: {e}") from None
+    adapter_max = min(int(limits["max-storage-buffer-binding-size"]), int(limits["max-buffer-size"]))
+    cap = adapter_max
+    if max_binding_size is not None:
+        if not isinstance(max_binding_size, int) or max_binding_size < 65536:
+            raise ValueError(f"max_binding_size must be an int of at least 65536 bytes, got {max_binding_size!r}")
+        cap = min(cap, max_binding_size)
+    cap -= cap % 256  # keep binding sizes and offsets aligned
+    info = adapter.info
+    profile = DeviceProfile(
+        name=info.get("device", "?"), vendor=info.get("vendor", ""), backend=info.get("backend_type", "?"),
+        adapter_type=info.get("adapter_type", "?"), driver=info.get("description", ""),
+        features=frozenset(device.features), limits={k: int(v) for k, v in device.limits.items()},
+        max_binding_size=cap)
+    gpu = GPU(device, profile)
+    return gpu
+
+
+def resolve(device: str, max_binding_size: int | None = None) -> GPU | None:
+    """Turn the `device=` load option into an open GPU, or None for the numpy fallback."""
+    if device not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"device must be 'auto', 'gpu' or 'cpu', got {device!r}")
+    if device == "cpu":
+        log.info("mdst: using the numpy CPU fallback (device='cpu')")
+        return None
+    gpu = open_gpu(device, max_binding_size)
+    if gpu is None:
+        if device == "gpu":
+            raise DeviceError("no WebGPU adapter found; install a Vulkan driver (on Debian: "
+                              "apt-get install mesa-vulkan-drivers) or use device='cpu'")
+        log.warning("mdst: no WebGPU adapter found, using the numpy CPU fallback")
+        return None
+    p = gpu.profile
+    log.info("mdst: using %s adapter %s (%s)", "software" if p.software else "hardware", p.name, p.backend)
+    return gpu
+
+
+def resolve_precision(precision: str, gpu: GPU | None) -> str:
+    """'auto' -> 'f16' where the adapter has shader-f16, else 'f32'; 'f16' without it is an error."""
+    if precision not in ("auto", "f32", "f16"):
+        raise ValueError(f"precision must be 'auto', 'f32' or 'f16', got {precision!r}")
+    has_f16 = gpu is not None and gpu.profile.shader_f16
+    if precision == "auto":
+        return "f16" if has_f16 else "f32"
+    if precision == "f16" and gpu is not None and not has_f16:
+        raise DeviceError(f"precision='f16' needs the shader-f16 feature, which {gpu.profile.name} lacks; "
+                          "use precision='f32' or 'auto'")
+    return precision

@@ -1,0 +1,21 @@
+"""The exceptions mdst raises: one base class, one subclass per kind of problem."""
+
+
+class MdstError(Exception):
+    """Base class of every error mdst raises on purpose."""
+
+
+class GGUFError(MdstError, ValueError):
+    """The file is not a well-formed GGUF file (the message says where and why)."""
+
+
+class UnsupportedModelError(MdstError):
+    """The file is valid GGUF but holds an architecture, tensor type or vocabulary mdst cannot run."""
+
+
+class DeviceError(MdstError, RuntimeError):
+    """No usable WebGPU adapter, a lost device, or a GPU step that did not finish."""
+
+
+class OutOfMemoryError(MdstError, MemoryError):
+    """The model, KV cache and activations do not fit the device or the memory limit."""

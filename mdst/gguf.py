@@ -1,0 +1,326 @@
+"""Strict GGUF (v2/v3) reading over mmap: header, metadata, tensor table; tensor bytes are views, never copies.
+
+Every count and length is checked against the bytes left in the file before it is used, so a
+malformed file ends in `GGUFError` naming the offset and the reason, never in a crash, a hang or
+an allocation sized by an unchecked number.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import GGUFError
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+
+# GGUF metadata value types.
+T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
+T_STRING, T_ARRAY, T_UINT64, T_INT64, T_FLOAT64 = range(8, 13)
+
+_SCALAR = {  # value type -> (struct format, numpy dtype)
+    T_UINT8: ("<B", "<u1"), T_INT8: ("<b", "<i1"), T_UINT16: ("<H", "<u2"), T_INT16: ("<h", "<i2"),
+    T_UINT32: ("<I", "<u4"), T_INT32: ("<i", "<i4"), T_FLOAT32: ("<f", "<f4"), T_BOOL: ("<?", "?"),
+    T_UINT64: ("<Q", "<u8"), T_INT64: ("<q", "<i8"), T_FLOAT64: ("<d", "<f8"),
+}
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    """A tensor element type: `block` elements are stored in `block_bytes` bytes."""
+
+    id: int
+    name: str
+    block: int
+    block_bytes: int
+
+
+# ggml tensor types by id (ggml.h). Listed so that the table can be read; which ones mdst can
+# compute with is decided by the kernels (mdst.kernels.WEIGHT_TYPES).
+GGML_TYPES = {t.id: t for t in [
+    GGMLType(0, "F32", 1, 4), GGMLType(1, "F16", 1, 2), GGMLType(2, "Q4_0", 32, 18),
+    GGMLType(3, "Q4_1", 32, 20), GGMLType(6, "Q5_0", 32, 22), GGMLType(7, "Q5_1", 32, 24),
+    GGMLType(8, "Q8_0", 32, 34), GGMLType(9, "Q8_1", 32, 36), GGMLType(10, "Q2_K", 256, 84),
+    GGMLType(11, "Q3_K", 256, 110), GGMLType(12, "Q4_K", 256, 144), GGMLType(13, "Q5_K", 256, 176),
+    GGMLType(14, "Q6_K", 256, 210), GGMLType(15, "Q8_K", 256, 292), GGMLType(16, "IQ2_XXS", 256, 66),
+    GGMLType(17, "IQ2_XS", 256, 74), GGMLType(18, "IQ3_XXS", 256, 98), GGMLType(19, "IQ1_S", 256, 50),
+    GGMLType(20, "IQ4_NL", 32, 18), GGMLType(21, "IQ3_S", 256, 110), GGMLType(22, "IQ2_S", 256, 82),
+    GGMLType(23, "IQ4_XS", 256, 136), GGMLType(24, "I8", 1, 1), GGMLType(25, "I16", 1, 2),
+    GGMLType(26, "I32", 1, 4), GGMLType(27, "I64", 1, 8), GGMLType(28, "F64", 1, 8),
+    GGMLType(29, "IQ1_M", 256, 56), GGMLType(30, "BF16", 1, 2), GGMLType(34, "TQ1_0", 256, 54),
+    GGMLType(35, "TQ2_0", 256, 66), GGMLType(39, "MXFP4", 32, 17),
+]}
+GGML_TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of the tensor table. `shape` is in GGUF order: shape[0] is the contiguous (row) axis."""
+
+    name: str
+    type: GGMLType
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        """Number of elements."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def row_elems(self) -> int:
+        """Elements per row (the contiguous axis)."""
+        return self.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows: the product of every axis but the first."""
+        return self.n_elements // self.shape[0] if self.shape[0] else 0
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes per row."""
+        return self.shape[0] // self.type.block * self.type.block_bytes
+
+
+class _Cursor:
+    """Bounds-checked little-endian reader over a buffer."""
+
+    def __init__(self, buf: memoryview, path: str):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def fail(self, why: str) -> GGUFError:
+        return GGUFError(f"{self.path}: {why} (at byte {self.pos}); the file is not valid GGUF - re-download or re-convert it")
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise self.fail(f"{what} needs {n} bytes but only {len(self.buf) - self.pos} remain (truncated or corrupt file)")
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        size = struct.calcsize(fmt)
+        self.need(size, what)
+        v = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += size
+        return v
+
+    def string(self, what: str) -> str:
+        n = self.scalar("<Q", f"length of {what}")
+        self.need(n, what)
+        raw = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.fail(f"{what} is not valid UTF-8 ({e.reason})") from None
+
+    def value(self, vtype: int, what: str, in_array: bool = False) -> Any:
+        if vtype in _SCALAR:
+            v = self.scalar(_SCALAR[vtype][0], what)
+            return bool(v) if vtype == T_BOOL else v
+        if vtype == T_STRING:
+            return self.string(what)
+        if vtype == T_ARRAY:
+            if in_array:
+                raise self.fail(f"{what} is an array of arrays, which GGUF does not allow")
+            etype = self.scalar("<I", f"element type of {what}")
+            count = self.scalar("<Q", f"element count of {what}")
+            if etype in _SCALAR:
+                fmt, dt = _SCALAR[etype]
+                size = struct.calcsize(fmt)
+                if count > (len(self.buf) - self.pos) // size:
+                    raise self.fail(f"{what} claims {count} elements of {size} bytes, more than the file holds")
+                arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
+                self.pos += count * size
+                return arr
+            if etype == T_STRING:
+                if count > (len(self.buf) - self.pos) // 8:  # each string needs at least its 8-byte length
+                    raise self.fail(f"{what} claims {count} strings, more than the file holds")
+                return [self.string(f"{what}[{i}]") for i in range(count)]
+            if etype == T_ARRAY:
+                raise self.fail(f"{what} is an array of arrays, which GGUF does not allow")
+            raise self.fail(f"{what} has unknown element type {etype}")
+        raise self.fail(f"{what} has unknown value type {vtype}")
+
+
+class GGUFFile:
+    """A GGUF file opened over mmap: `metadata` (key -> value), `tensors` (name -> TensorInfo)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise GGUFError(f"cannot open {self.path}: {e.strerror}; check the path") from None
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            if size == 0:
+                raise GGUFError(f"{self.path}: the file is empty; it is not a GGUF file")
+            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._view = memoryview(self._mmap)
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse(self) -> None:
+        c = _Cursor(self._view, self.path)
+        c.need(4, "magic")
+        if bytes(self._view[:4]) != MAGIC:
+            raise c.fail(f"bad magic {bytes(self._view[:4])!r}, expected b'GGUF'")
+        c.pos = 4
+        self.version = c.scalar("<I", "version")
+        if self.version not in (2, 3):
+            hint = " (a big-endian file?)" if self.version > 0xFFFF else ""
+            raise c.fail(f"unsupported GGUF version {self.version}{hint}; mdst reads versions 2 and 3")
+        n_tensors = c.scalar("<Q", "tensor count")
+        n_kv = c.scalar("<Q", "metadata count")
+        left = len(self._view) - c.pos
+        if n_kv > left // 13:  # key length (8) + 1-byte key + type (4) at least
+            raise c.fail(f"metadata count {n_kv} exceeds what the file can hold")
+        if n_tensors > left // 24:  # name length (8) + n_dims (4) + type (4) + offset (8) at least
+            raise c.fail(f"tensor count {n_tensors} exceeds what the file can hold")
+
+        self.metadata: dict[str, Any] = {}
+        self.metadata_types: dict[str, int] = {}
+        for i in range(n_kv):
+            key = c.string(f"key of metadata entry {i}")
+            if not key:
+                raise c.fail(f"metadata entry {i} has an empty key")
+            if key in self.metadata:
+                raise c.fail(f"duplicate metadata key {key!r}")
+            vtype = c.scalar("<I", f"type of {key!r}")
+            self.metadata[key] = c.value(vtype, repr(key))
+            self.metadata_types[key] = vtype
+
+        self.alignment = DEFAULT_ALIGNMENT
+        if "general.alignment" in self.metadata:
+            a = self.metadata["general.alignment"]
+            if self.metadata_types["general.alignment"] != T_UINT32 or a == 0 or a & (a - 1):
+                raise c.fail(f"general.alignment must be a non-zero power of two (u32), got {a!r}")
+            self.alignment = a
+
+        infos = []
+        for i in range(n_tensors):
+            name = c.string(f"name of tensor {i}")
+            n_dims = c.scalar("<I", f"n_dims of {name!r}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise c.fail(f"tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
+            shape = tuple(c.scalar("<Q", f"dimension of {name!r}") for _ in range(n_dims))
+            type_id = c.scalar("<I", f"type of {name!r}")
+            offset = c.scalar("<Q", f"offset of {name!r}")
+            infos.append((name, shape, type_id, offset))
+
+        data_start = -(-c.pos // self.alignment) * self.alignment
+        if data_start > len(self._view) and infos:
+            raise c.fail("tensor data section starts past the end of the file")
+        self.data_offset = data_start
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, shape, type_id, offset in infos:
+            self.tensors[name] = self._tensor_info(c, name, shape, type_id, offset, data_start)
+        # Tensor data must not overlap.
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
+        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise GGUFError(f"{self.path}: tensors {n0!r} and {n1!r} overlap in the file; the file is corrupt")
+
+    def _tensor_info(self, c: _Cursor, name: str, shape: tuple, type_id: int, offset: int, data_start: int) -> TensorInfo:
+        if name in self.tensors:
+            raise c.fail(f"duplicate tensor name {name!r}")
+        if type_id not in GGML_TYPES:
+            raise c.fail(f"tensor {name!r} has unknown type id {type_id}")
+        gtype = GGML_TYPES[type_id]
+        n = 1
+        for d in shape:
+            if d >= 2**63:
+                raise c.fail(f"tensor {name!r} has dimension {d}, which overflows")
+            n *= d
+        if n >= 2**62:
+            raise c.fail(f"tensor {name!r} has {n} elements, which overflows")
+        if shape[0] % gtype.block:
+            raise c.fail(f"tensor {name!r}: row length {shape[0]} is not a multiple of {gtype.name}'s block of {gtype.block}")
+        nbytes = n // gtype.block * gtype.block_bytes
+        if offset % self.alignment:
+            raise c.fail(f"tensor {name!r} offset {offset} is not a multiple of the alignment {self.alignment}")
+        start = data_start + offset
+        if start + nbytes > len(self._view):
+            raise c.fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) extends past the end of the file")
+        return TensorInfo(name, gtype, shape, start, nbytes)
+
+    # ---- access -------------------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        """Metadata value for `key`, or `default`."""
+        return self.metadata.get(key, default)
+
+    def tensor_bytes(self, name: str, start: int = 0, stop: int | None = None) -> memoryview:
+        """A zero-copy view of a tensor's bytes (optionally the byte range [start, stop))."""
+        t = self.tensors[name]
+        stop = t.nbytes if stop is None else min(stop, t.nbytes)
+        return self._view[t.offset + start:t.offset + stop]
+
+    def __iter__(self) -> Iterator[TensorInfo]:
+        return iter(self.tensors.values())
+
+    @property
+    def architecture(self) -> str:
+        """`general.architecture`, checked to be a string."""
+        arch = self.metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise GGUFError(f"{self.path}: general.architecture is missing or not a string")
+        return arch
+
+    def close(self) -> None:
+        """Release the mapping (views still held elsewhere keep it alive until they go)."""
+        view = getattr(self, "_view", None)
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass
+        m = getattr(self, "_mmap", None)
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:  # a numpy view still refers to it; it closes when collected
+                pass
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+        self._view = self._mmap = self._file = None
+
+    def __enter__(self) -> "GGUFFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe(f: GGUFFile, max_array: int = 8) -> str:
+    """Human-readable metadata and tensor table (for `mdst inspect`)."""
+    lines = [f"{f.path}: GGUF v{f.version}, {len(f.metadata)} metadata entries, {len(f.tensors)} tensors, "
+             f"alignment {f.alignment}", "", "metadata:"]
+    for k, v in f.metadata.items():
+        if isinstance(v, (list, np.ndarray)):
+            head = v[:max_array].tolist() if isinstance(v, np.ndarray) else list(v[:max_array])
+            s = f"[{len(v)} items] {head}{' ...' if len(v) > max_array else ''}"
+        else:
+            s = repr(v)
+        if len(s) > 160:
+            s = s[:157] + "..."
+        lines.append(f"  {k} = {s}")
+    lines += ["", f"{'tensor':<40} {'type':<8} {'shape':<22} {'offset':>12} {'bytes':>12}"]
+    for t in f:
+        lines.append(f"{t.name:<40} {t.type.name:<8} {str(list(t.shape)):<22} {t.offset:>12} {t.nbytes:>12}")
+    total = sum(t.nbytes for t in f)
+    lines.append(f"{len(f.tensors)} tensors, {total / 2**20:.1f} MiB of tensor data")
+    return "\n".join(lines)

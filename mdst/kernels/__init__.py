@@ -1,0 +1,147 @@
+"""Kernel sources: composition, the variant transform, parameter packing, and the pipeline cache.
+
+A kernel is named by a `KernelSpec`: the kernel file, the weight type it reads (if any), the
+precision variant and its override constants. Its WGSL source is, in this order,
+
+    common.wgsl + [weights.wgsl + quant/<WTYPE>.wgsl] + <kernel>.wgsl
+
+passed through `variant()`. README.md in this folder documents the rule so the browser build
+composes byte-identical sources.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+# Weight types the kernels can read (quant/<name>.wgsl exists for each).
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K")
+
+_PRECISION_LINE = "alias half = f32;"
+_ENABLE = re.compile(r"^\s*enable\s+([a-z0-9_, ]+);\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One specialization of a kernel: file, weight type, precision, override constants."""
+
+    name: str
+    wtype: str | None = None
+    f16: bool = False
+    constants: tuple[tuple[str, float], ...] = ()
+
+    def constants_dict(self) -> dict[str, float]:
+        return dict(self.constants)
+
+    def key(self) -> str:
+        """A short printable identifier (used in oracle files and profiles)."""
+        parts = [self.name] + ([self.wtype] if self.wtype else []) + (["f16"] if self.f16 else [])
+        parts += [f"{k}={v}" for k, v in self.constants]
+        return ":".join(parts)
+
+
+@lru_cache(maxsize=None)
+def read(relpath: str) -> str:
+    """The text of a file in this package (e.g. 'rms_norm.wgsl', 'quant/Q4_K.wgsl')."""
+    try:
+        return resources.files(__name__).joinpath(relpath).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KeyError(f"no kernel file {relpath!r}") from None
+
+
+def compose(name: str, wtype: str | None = None) -> str:
+    """The kernel's source before the variant transform."""
+    parts = [read("common.wgsl")]
+    if wtype is not None:
+        if wtype not in WEIGHT_TYPES:
+            raise KeyError(f"no kernel reads weight type {wtype}")
+        parts += [read("weights.wgsl"), read(f"quant/{wtype}.wgsl")]
+    parts.append(read(f"{name}.wgsl"))
+    return "\n".join(parts)
+
+
+def variant(source: str, *, f16: bool, compiler: str) -> str:
+    """The one source transform (see README.md).
+
+    1. Every `enable ...;` line is moved to the top (WGSL wants directives first; composed
+       sources carry them mid-file). With f16, `enable f16;` is added and the precision line
+       `alias half = f32;` becomes `alias half = f16;`.
+    2. For compiler "naga" (wgpu-native), `subgroups` is dropped from the enables: Naga rejects
+       the directive but accepts the builtins once the device has the feature; Tint needs it.
+    """
+    if compiler not in ("naga", "tint"):
+        raise ValueError(f"compiler must be 'naga' or 'tint', got {compiler!r}")
+    enables: list[str] = []
+    for m in _ENABLE.finditer(source):
+        for ext in m.group(1).replace(" ", "").split(","):
+            if ext and ext not in enables:
+                enables.append(ext)
+    body = _ENABLE.sub("", source)
+    if f16:
+        if _PRECISION_LINE not in body:
+            raise ValueError("source has no precision line to rewrite")
+        body = body.replace(_PRECISION_LINE, "alias half = f16;")
+        if "f16" not in enables:
+            enables.insert(0, "f16")
+    if compiler == "naga":
+        enables = [e for e in enables if e != "subgroups"]
+    head = "".join(f"enable {e};\n" for e in enables)
+    return head + body
+
+
+def source(spec: KernelSpec, compiler: str = "naga") -> str:
+    """The final WGSL of a specialization for a compiler."""
+    return variant(compose(spec.name, spec.wtype), f16=spec.f16, compiler=compiler)
+
+
+# ---- per-dispatch parameters ------------------------------------------------------------------
+_STRUCT = re.compile(r"struct\s+P\s*\{([^}]*)\}", re.S)
+_FIELD = re.compile(r"(\w+)\s*:\s*(u32|i32|f32)\s*,")
+
+
+@lru_cache(maxsize=None)
+def param_fields(name: str) -> tuple[tuple[str, str], ...]:
+    """Field names and types of the kernel's uniform `struct P` (all 4-byte scalars)."""
+    m = _STRUCT.search(read(f"{name}.wgsl"))
+    if not m:
+        return ()
+    body = re.sub(r"//[^\n]*", "", m.group(1)) + ","
+    return tuple(_FIELD.findall(body))
+
+
+def pack_params(name: str, values: dict[str, Any]) -> bytes:
+    """Pack a kernel's parameters in `struct P` order, padded to 16 bytes."""
+    fields = param_fields(name)
+    missing = [f for f, _ in fields if f not in values]
+    extra = [k for k in values if k not in dict(fields)]
+    if missing or extra:
+        raise KeyError(f"kernel {name}: missing params {missing}, unknown params {extra}")
+    fmt = {"u32": "<I", "i32": "<i", "f32": "<f"}
+    out = b"".join(struct.pack(fmt[t], values[f]) for f, t in fields)
+    return out + b"\0" * (-len(out) % 16)
+
+
+class PipelineCache:
+    """Compiled pipelines per (device, KernelSpec); each is compiled once."""
+
+    def __init__(self, device: Any):
+        self.device = device
+        self._pipelines: dict[KernelSpec, Any] = {}
+
+    def get(self, spec: KernelSpec) -> Any:
+        """The compute pipeline for `spec` (compiled on first use)."""
+        p = self._pipelines.get(spec)
+        if p is None:
+            module = self.device.create_shader_module(label=spec.key(), code=source(spec, "naga"))
+            p = self.device.create_compute_pipeline(
+                label=spec.key(), layout="auto",
+                compute={"module": module, "entry_point": "main", "constants": spec.constants_dict()})
+            self._pipelines[spec] = p
+        return p
+
+    def __len__(self) -> int:
+        return len(self._pipelines)

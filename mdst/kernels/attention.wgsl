@@ -1,0 +1,98 @@
+// Causal attention with grouped-query heads over a layer's KV cache, one workgroup per
+// (query head, row). Row r sits at position pos = pos0 + r and attends to positions
+// [pos - window + 1, pos] (window 0: [0, pos]), read from slot position % ring. Keys are
+// taken WG at a time with an online softmax, so any context length runs in fixed memory.
+// Dispatch: (heads, rows).
+
+struct P {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,   // at most 8 * WG
+    ring: u32,
+    window: u32,
+    scale: f32,
+    softcap: f32,    // 0: none; else scores become softcap * tanh(score / softcap)
+}
+
+@group(0) @binding(0) var<storage, read> step: array<u32>;
+@group(0) @binding(1) var<storage, read> q: array<f32>;       // [rows, heads * head_dim]
+@group(0) @binding(2) var<storage, read> kc: array<half>;     // [ring, kv_heads * head_dim]
+@group(0) @binding(3) var<storage, read> vc: array<half>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim]
+@group(0) @binding(5) var<uniform> p: P;
+
+override WG: u32 = 64u;
+
+var<workgroup> qs: array<f32, 512>;
+var<workgroup> sc: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let r = wid.y;
+    if (r >= step[STEP_ROWS]) {
+        return;
+    }
+    let pos = step[STEP_POS0] + r;
+    var first = 0u;
+    if (p.window > 0u && pos + 1u > p.window) {
+        first = pos + 1u - p.window;
+    }
+    let kvh = h / (p.heads / p.kv_heads);
+    let kv_dim = p.kv_heads * p.head_dim;
+    let qbase = (r * p.heads + h) * p.head_dim;
+    for (var d = lid; d < p.head_dim; d += WG) {
+        qs[d] = q[qbase + d] * p.scale;
+    }
+    workgroupBarrier();
+
+    var m = -3.0e38;
+    var l = 0.0;
+    var acc: array<f32, 8>;
+    for (var t0 = first; t0 <= pos; t0 += WG) {
+        let j = t0 + lid;
+        var s = -3.0e38;
+        if (j <= pos) {
+            let kb = (j % p.ring) * kv_dim + kvh * p.head_dim;
+            var dot_ = 0.0;
+            for (var d = 0u; d < p.head_dim; d++) {
+                dot_ += qs[d] * f32(kc[kb + d]);
+            }
+            s = dot_;
+            if (p.softcap > 0.0) {
+                s = p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+            }
+        }
+        sc[lid] = s;
+        workgroupBarrier();
+        let n = min(WG, pos + 1u - t0);
+        var tm = m;
+        for (var u = 0u; u < n; u++) {
+            tm = max(tm, sc[u]);
+        }
+        let alpha = exp(m - tm);
+        l *= alpha;
+        for (var c = 0u; c < 8u; c++) {
+            acc[c] *= alpha;
+        }
+        for (var u = 0u; u < n; u++) {
+            let pu = exp(sc[u] - tm);
+            l += pu;
+            let vb = ((t0 + u) % p.ring) * kv_dim + kvh * p.head_dim;
+            for (var c = 0u; c < 8u; c++) {
+                let d = lid + c * WG;
+                if (d < p.head_dim) {
+                    acc[c] += pu * f32(vc[vb + d]);
+                }
+            }
+        }
+        m = tm;
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 8u; c++) {
+        let d = lid + c * WG;
+        if (d < p.head_dim) {
+            out[qbase + d] = acc[c] / l;
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// Elementwise out = a OP b over n floats (OP 0: add, 1: multiply).
+// Dispatch: ceil(n / WG) workgroups, spilling into y past 65535.
+
+struct P {
+    n: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+
+override WG: u32 = 64u;
+override OP: u32 = 0u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = flat_wg(wid, nwg) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    if (OP == 0u) {
+        out[i] = a[i] + b[i];
+    } else {
+        out[i] = a[i] * b[i];
+    }
+}

@@ -1,0 +1,53 @@
+// Rotary position embedding, in place on x [rows, heads, head_dim], for the first n_rot
+// dimensions of each head. Pair i rotates by theta = pos * freq[i]; `freq` already folds in
+// the base, frequency scaling, YaRN's ramp and per-pair frequency factors (computed once on
+// the CPU in float64). Normal ordering pairs (2i, 2i+1); NeoX ordering pairs (i, i + n_rot/2).
+// Dispatch: (ceil(heads * n_rot / 2 / WG), rows).
+
+struct P {
+    heads: u32,
+    head_dim: u32,
+    n_rot: u32,
+    neox: u32,
+    mscale: f32,     // YaRN magnitude scaling (1 without YaRN)
+}
+
+@group(0) @binding(0) var<storage, read> step: array<u32>;
+@group(0) @binding(1) var<storage, read> freq: array<f32>;     // [n_rot / 2]
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+
+override WG: u32 = 64u;
+
+// sin and cos are only accurate near zero on some GPUs: reduce the angle first
+// (2*pi split in two parts so that k * 6.28125 is exact).
+fn reduce_angle(t: f32) -> f32 {
+    let k = round(t * 0.15915494309189535);
+    return (t - k * 6.28125) - k * 0.0019353071795864769;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let pairs = p.n_rot / 2u;
+    let e = wid.x * WG + lid;
+    if (e >= p.heads * pairs) {
+        return;
+    }
+    let r = wid.y;
+    let h = e / pairs;
+    let i = e % pairs;
+    let theta = reduce_angle(f32(step[STEP_POS0] + r) * freq[i]);
+    let c = cos(theta) * p.mscale;
+    let s = sin(theta) * p.mscale;
+    let base = (r * p.heads + h) * p.head_dim;
+    var a = base + 2u * i;
+    var b = a + 1u;
+    if (p.neox != 0u) {
+        a = base + i;
+        b = a + pairs;
+    }
+    let x0 = x[a];
+    let x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x0 * s + x1 * c;
+}

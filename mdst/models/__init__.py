@@ -1,0 +1,20 @@
+"""Family modules by GGUF `general.architecture`."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import UnsupportedModelError
+
+# architecture -> module name in this package
+FAMILIES = {"llama": "llama"}
+
+
+def family(arch: str) -> ModuleType:
+    """The module that runs architecture `arch`."""
+    mod = FAMILIES.get(arch)
+    if mod is None:
+        raise UnsupportedModelError(
+            f"architecture {arch!r} is not supported; mdst runs: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(f"{__name__}.{mod}")

@@ -1,0 +1,316 @@
+"""Compilation of a recorded graph into a `Plan`: a fixed list of GPU dispatches.
+
+A plan is compiled for a number of rows (1 for decode, a power of two up to the prefill chunk)
+and an output mode. Compilation picks each op's kernel specialization, assigns activation
+buffers by liveness from the shared pool, packs every dispatch's parameters into one uniform
+buffer, and fixes the workgroup counts. Bind groups are built once per KV cache and reused for
+every step; a step then writes the small step buffer, encodes one compute pass and submits once.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .graph import AttentionSpec, Graph, Node, RopeSpec, Value
+from .kernels import KernelSpec, PipelineCache, pack_params
+from .memory.kv_cache import GpuKVCache, LayerKV
+from .memory.pool import Liveness
+from .memory.weights import GpuWeight, WeightStore
+
+MAX_GROUPS = 65535
+USES_HALF = {"kv_store", "attention"}  # kernels whose sources depend on the precision line
+
+
+def grid1(groups: int) -> tuple[int, int, int]:
+    """A 1-D workgroup count, spilling into y past 65535 (kernels use flat_wg)."""
+    groups = max(1, groups)
+    return (min(groups, MAX_GROUPS), -(-groups // MAX_GROUPS), 1)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class KV:
+    """A binding resolved when the plan is bound to a cache: layer `index`'s K or V buffer."""
+
+    index: int
+    which: str  # "k" or "v"
+
+
+@dataclass
+class Dispatch:
+    """One compute dispatch."""
+
+    spec: KernelSpec
+    pipeline: Any
+    resources: list[Any]          # per binding, in binding order: GPU buffer, KV, or (buffer, offset, size)
+    workgroups: tuple[int, int, int]
+    params: dict[str, Any]
+    label: str                    # "<op>" or "<op>.<layer>" for profiles
+    param_offset: int = 0
+
+
+@dataclass
+class OutputPart:
+    """Columns [col0, col0 + cols) of the output, held in `buffer` as [rows_out, cols]."""
+
+    buffer: Any
+    col0: int
+    cols: int
+
+
+@dataclass
+class Plan:
+    """A compiled forward step."""
+
+    rows: int
+    output_rows: str
+    greedy: bool
+    dispatches: list[Dispatch]
+    outputs: list[OutputPart]
+    rows_out: int
+    out_cols: int
+    ids_buffer: Any | None
+    param_buffer: Any
+    activation_bytes: int         # peak bytes of activation slots this plan holds
+    naive_activation_bytes: int   # what one buffer per value would take
+    key: int = field(default=0)
+
+    def bind(self, device: Any, cache: GpuKVCache) -> list[Any]:
+        """Bind groups for `cache` (built on first use, then kept on the cache)."""
+        groups = cache.bind_groups.get(self.key)
+        if groups is None:
+            groups = []
+            for d in self.dispatches:
+                entries = []
+                for i, r in enumerate(d.resources):
+                    if isinstance(r, KV):
+                        r = (cache.k if r.which == "k" else cache.v)[r.index]
+                    if isinstance(r, tuple):
+                        buf, off, size = r
+                        entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
+                    else:
+                        entries.append({"binding": i, "resource": {"buffer": r, "offset": 0, "size": r.size}})
+                groups.append(device.create_bind_group(layout=d.pipeline.get_bind_group_layout(0), entries=entries))
+            cache.bind_groups[self.key] = groups
+        return groups
+
+    def encode(self, encoder: Any, groups: list[Any], timestamps: Any = None) -> None:
+        """Record every dispatch into one compute pass."""
+        cp = encoder.begin_compute_pass(timestamp_writes=timestamps) if timestamps else encoder.begin_compute_pass()
+        for d, g in zip(self.dispatches, groups):
+            cp.set_pipeline(d.pipeline)
+            cp.set_bind_group(0, g)
+            cp.dispatch_workgroups(*d.workgroups)
+        cp.end()
+
+
+class Compiler:
+    """Turns graphs into plans for one device, weight store, pool and precision."""
+
+    def __init__(self, gpu: Any, pipelines: PipelineCache, weights: WeightStore, pool: Any,
+                 step_buffer: Any, layers: list[LayerKV], f16: bool, create_buffer: Any):
+        self.gpu, self.pipelines, self.weights, self.pool = gpu, pipelines, weights, pool
+        self.step = step_buffer
+        self.layers = layers
+        self.f16 = f16
+        self.create = create_buffer
+        self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}
+        self._plans = 0
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _spec(self, name: str, wtype: str | None = None, **constants: int) -> KernelSpec:
+        return KernelSpec(name, wtype, self.f16 and name in USES_HALF, tuple(sorted(constants.items())))
+
+    def _dispatch(self, out: list[Dispatch], name: str, resources: list[Any], groups: tuple[int, int, int],
+                  params: dict[str, Any], label: str, wtype: str | None = None, **constants: int) -> None:
+        spec = self._spec(name, wtype, **constants)
+        out.append(Dispatch(spec, self.pipelines.get(spec), resources, groups, params, label))
+
+    def rope_table(self, spec: RopeSpec) -> tuple[GpuWeight, float]:
+        """The GPU frequency table of a RoPE spec (one per distinct spec)."""
+        got = self._rope_tables.get(spec)
+        if got is None:
+            ff = None
+            if spec.freq_factors:
+                from .memory.weights import dequantize
+                t = self.weights.gguf.tensors[spec.freq_factors]
+                ff = dequantize(self.weights.gguf.tensor_bytes(spec.freq_factors), t.type, t.shape).ravel()
+            freq, mscale = spec.table(ff)
+            got = (self.weights.put_vector(f"rope.{len(self._rope_tables)}", freq), mscale)
+            self._rope_tables[spec] = got
+        return got
+
+    # ---- compilation --------------------------------------------------------------------------
+    def compile(self, graph: Graph, rows: int, greedy: bool) -> Plan:
+        """A plan for `rows` rows (the step may use fewer: the rest is padding)."""
+        live = Liveness(self.pool)
+        last = graph.last_uses()
+        bufs: dict[int, Any] = {}
+        ds: list[Dispatch] = []
+        layer_index = {lk.spec.layer: i for i, lk in enumerate(self.layers)}
+        outputs: list[OutputPart] = []
+        cap = self.gpu.profile.max_binding_size
+
+        def nrows(v: Value) -> int:
+            return rows if v.rows == "n" else 1
+
+        for i, node in enumerate(graph.nodes):
+            out = node.out
+            r_out = nrows(out)
+            if node.op == "rope" and last[node.inputs[0].id] == i:
+                live.share(out.id, node.inputs[0].id)
+                bufs[out.id] = bufs[node.inputs[0].id]
+            elif out is graph.output and r_out * out.cols * 4 > cap:
+                bufs[out.id] = None  # split output: one buffer per weight part, made below
+            else:
+                bufs[out.id] = live.take(out.id, r_out * out.cols * 4)
+            x = [bufs[v.id] for v in node.inputs]
+            if out is graph.output:
+                outputs = self._output_parts(node, bufs[out.id], r_out, out.cols, live)
+            self._emit(ds, node, x, bufs[out.id], rows, nrows, layer_index, outputs if out is graph.output else None)
+            freed = set()
+            for v in node.inputs:
+                if last.get(v.id) == i and v.id not in freed and not (node.op == "rope"):
+                    live.free(v.id)
+                    freed.add(v.id)
+
+        rows_out = nrows(graph.output)
+        ids_buffer = None
+        if greedy:
+            ids_buffer = self._argmax(ds, outputs, rows_out)
+        param_buffer = self._pack(ds)
+        self._plans += 1
+        return Plan(rows, graph.output_rows, greedy, ds, outputs, rows_out, graph.output.cols, ids_buffer,
+                    param_buffer, live.peak_bytes, live.naive_bytes, key=id(param_buffer))
+
+    def _output_parts(self, node: Node, buf: Any, rows_out: int, cols: int, live: Liveness) -> list[OutputPart]:
+        if buf is not None:
+            return [OutputPart(buf, 0, cols)]
+        if node.op != "matmul":
+            raise RuntimeError("only a matmul output can be split across buffers")
+        w = self.weights.weights[node.weights[0]]
+        return [OutputPart(live.take(-1 - k, rows_out * p.rows * 4), p.row0, p.rows) for k, p in enumerate(w.parts)]
+
+    def _emit(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, rows: int, nrows: Any,
+              layer_index: dict[int, int], outputs: list[OutputPart] | None) -> None:
+        op, a = node.op, node.attrs
+        out = node.out
+        r = nrows(out)
+        label = out.label
+        if op == "embed":
+            w = self.weights.weights[node.weights[0]]
+            for p in w.parts:
+                self._dispatch(ds, "get_rows", [p.buffer, self.step, y, None], (ceil_div(out.cols // 4, 64), r, 1),
+                               {"cols": out.cols, "row0": p.row0, "part_rows": p.rows, "row_bytes": w.row_bytes,
+                                "scale": a["scale"]}, "embed", w.type.name)
+        elif op == "matmul":
+            w = self.weights.weights[node.weights[0]]
+            k = node.inputs[0].cols
+            for pi, p in enumerate(w.parts):
+                if outputs is not None and len(outputs) > 1:
+                    target, o0, stride = outputs[pi].buffer, 0, p.rows
+                else:
+                    target, o0, stride = y, p.row0, out.cols
+                params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0}
+                if r == 1:
+                    self._dispatch(ds, "matmul_row", [p.buffer, x[0], target, None], grid1(ceil_div(p.rows, 2)),
+                                   params, label_of(node), w.type.name)
+                else:
+                    params.update(m=r, y_stride=stride)
+                    self._dispatch(ds, "matmul_rows", [p.buffer, x[0], target, None],
+                                   (ceil_div(p.rows, 32), ceil_div(r, 32), 1), params, label_of(node), w.type.name)
+        elif op == "rms_norm":
+            w = self.weights.weights[node.weights[0]]
+            n_vec = r * out.cols // a["dim"]
+            self._dispatch(ds, "rms_norm", [x[0], w.parts[0].buffer, y, None], grid1(n_vec),
+                           {"dim": a["dim"], "n_vec": n_vec, "eps": a["eps"]}, label_of(node))
+        elif op in ("add", "mul"):
+            n = r * out.cols
+            self._dispatch(ds, "binary", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, op,
+                           OP=0 if op == "add" else 1)
+        elif op == "glu":
+            n = r * out.cols
+            self._dispatch(ds, "glu", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, "glu",
+                           ACT=0 if a["act"] == "silu" else 1)
+        elif op == "rope":
+            spec: RopeSpec = a["spec"]
+            table, mscale = self.rope_table(spec)
+            heads = out.cols // a["head_dim"]
+            if y is not x[0]:
+                raise RuntimeError("rope runs in place: its input must not be read afterwards")
+            self._dispatch(ds, "rope", [self.step, table.parts[0].buffer, y, None],
+                           (ceil_div(heads * spec.n_rot // 2, 64), r, 1),
+                           {"heads": heads, "head_dim": a["head_dim"], "n_rot": spec.n_rot,
+                            "neox": int(spec.neox), "mscale": mscale}, "rope")
+        elif op == "attention":
+            s: AttentionSpec = a["spec"]
+            li = layer_index[s.layer]
+            lk = self.layers[li]
+            self._dispatch(ds, "kv_store", [self.step, x[1], x[2], KV(li, "k"), KV(li, "v"), None],
+                           (ceil_div(lk.kv_dim, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
+                           f"kv_store.{s.layer}")
+            self._dispatch(ds, "attention", [self.step, x[0], KV(li, "k"), KV(li, "v"), y, None], (s.heads, r, 1),
+                           {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
+                            "window": s.window, "scale": s.scale, "softcap": s.softcap}, f"attention.{s.layer}")
+        elif op == "last_row":
+            self._dispatch(ds, "take_row", [self.step, x[0], y, None], (ceil_div(out.cols, 64), 1, 1),
+                           {"cols": out.cols}, "last_row")
+        else:
+            raise NotImplementedError(f"no GPU kernel for op {op!r}")
+
+    def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> Any:
+        best = self.create(rows_out * len(outputs) * 8, "argmax.best")
+        ids = self.create(max(16, rows_out * 4), "argmax.ids", copy_src=True)
+        for k, o in enumerate(outputs):
+            self._dispatch(ds, "argmax", [o.buffer, best, None], (rows_out, 1, 1),
+                           {"cols": o.cols, "col0": o.col0, "part": k, "n_parts": len(outputs)}, "argmax")
+        self._dispatch(ds, "argmax_merge", [best, ids, None], (ceil_div(rows_out, 64), 1, 1),
+                       {"rows": rows_out, "n_parts": len(outputs)}, "argmax")
+        return ids
+
+    def _pack(self, ds: list[Dispatch]) -> Any:
+        """Write every dispatch's parameters into one uniform buffer; fill in the last binding."""
+        align = max(16, int(self.gpu.profile.limits.get("min-uniform-buffer-offset-alignment", 256)))
+        blobs = [pack_params(d.spec.name, d.params) for d in ds]
+        offsets, total = [], 0
+        for b in blobs:
+            offsets.append(total)
+            total += -(-len(b) // align) * align
+        data = bytearray(total)
+        for o, b in zip(offsets, blobs):
+            data[o:o + len(b)] = b
+        buf = self.create(max(total, 16), "params", uniform=True)
+        self.gpu.queue.write_buffer(buf, 0, bytes(data))
+        for d, o, b in zip(ds, offsets, blobs):
+            d.param_offset = o
+            d.resources[-1] = (buf, o, len(b))
+        return buf
+
+
+def label_of(node: Node) -> str:
+    """A profile label: the op and, for per-layer weights, the layer ("matmul.attn_q.3")."""
+    if node.weights:
+        name = node.weights[0]
+        parts = name.split(".")
+        if parts[0] == "blk" and len(parts) >= 3:
+            return f"{node.op}.{parts[2]}.{parts[1]}"
+        return f"{node.op}.{parts[0]}"
+    return node.op
+
+
+def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: int) -> None:
+    """Fill the step buffer: [pos0, n_rows, 0, 0, ids padded with zeros to the plan's rows]."""
+    data = np.zeros(4 + rows, dtype=np.uint32)
+    data[0], data[1] = pos0, len(ids)
+    data[4:4 + len(ids)] = ids
+    queue.write_buffer(step_buffer, 0, data.tobytes())
+
+
+__all__ = ["Plan", "Compiler", "Dispatch", "OutputPart", "write_step", "grid1", "struct"]

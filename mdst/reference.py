@@ -1,0 +1,159 @@
+"""The numpy forward pass: the kernels' oracle and the CPU fallback behind device="cpu".
+
+Each op below is the plain float32 definition of what a kernel computes; `run` executes a
+recorded graph (mdst.graph) with them, including the same ring-buffer KV cache as the GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .graph import AttentionSpec, Graph, RopeSpec
+from .memory.kv_cache import CpuKVCache
+from .memory.weights import dequantize
+
+# ---- ops ----------------------------------------------------------------------------------------
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, dim: int | None = None) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * w over groups of `dim` columns."""
+    dim = x.shape[-1] if dim is None else dim
+    g = x.reshape(-1, dim).astype(np.float32)
+    inv = 1.0 / np.sqrt(np.mean(g.astype(np.float64) ** 2, axis=1, keepdims=True) + eps)
+    return (g * inv.astype(np.float32) * w.reshape(1, dim)).reshape(x.shape).astype(np.float32)
+
+
+def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x [r, k] @ w[out, k]^T."""
+    return (x @ w.T).astype(np.float32)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+
+def glu(gate: np.ndarray, up: np.ndarray, act: str) -> np.ndarray:
+    """act(gate) * up."""
+    with np.errstate(over="ignore"):
+        a = silu(gate) if act == "silu" else gelu_tanh(gate)
+    return (a * up).astype(np.float32)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, freq: np.ndarray, mscale: float, head_dim: int,
+         n_rot: int, neox: bool) -> np.ndarray:
+    """Rotate the first n_rot dims of each head of x [rows, heads * head_dim]."""
+    rows = x.shape[0]
+    h = x.reshape(rows, -1, head_dim).astype(np.float64).copy()
+    theta = positions.astype(np.float64)[:, None] * freq.astype(np.float64)[None, :]  # [rows, n_rot/2]
+    c = (np.cos(theta) * mscale)[:, None, :]
+    s = (np.sin(theta) * mscale)[:, None, :]
+    half = n_rot // 2
+    if neox:
+        a, b = h[..., :half].copy(), h[..., half:n_rot].copy()
+        h[..., :half], h[..., half:n_rot] = a * c - b * s, a * s + b * c
+    else:
+        a, b = h[..., 0:n_rot:2].copy(), h[..., 1:n_rot:2].copy()
+        h[..., 0:n_rot:2], h[..., 1:n_rot:2] = a * c - b * s, a * s + b * c
+    return h.reshape(x.shape).astype(np.float32)
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, positions: np.ndarray,
+              spec: AttentionSpec) -> np.ndarray:
+    """Causal GQA attention of q [rows, heads * hd] over ring caches [ring, kv_heads * hd]."""
+    hd, heads, kvh = spec.head_dim, spec.heads, spec.kv_heads
+    ring = k_cache.shape[0]
+    out = np.empty_like(q, dtype=np.float32)
+    group = heads // kvh
+    for r, pos in enumerate(positions):
+        first = max(0, pos + 1 - spec.window) if spec.window else 0
+        slots = np.arange(first, pos + 1) % ring
+        kk = k_cache[slots].reshape(-1, kvh, hd).astype(np.float64)
+        vv = v_cache[slots].reshape(-1, kvh, hd).astype(np.float64)
+        qr = q[r].reshape(kvh, group, hd).astype(np.float64) * spec.scale
+        s = np.einsum("kgd,lkd->kgl", qr, kk)
+        if spec.softcap:
+            s = spec.softcap * np.tanh(s / spec.softcap)
+        s -= s.max(axis=-1, keepdims=True)
+        p = np.exp(s)
+        p /= p.sum(axis=-1, keepdims=True)
+        out[r] = np.einsum("kgl,lkd->kgd", p, vv).reshape(-1)
+    return out
+
+
+def argmax(logits: np.ndarray) -> np.ndarray:
+    """Index of the largest logit per row (first on ties)."""
+    return np.argmax(logits, axis=-1).astype(np.int64)
+
+
+# ---- the CPU engine ----------------------------------------------------------------------------
+
+
+class ReferenceWeights:
+    """Weights dequantized to float32 on first use (row-major [rows, row_elems])."""
+
+    def __init__(self, gguf: Any):
+        self.gguf = gguf
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        w = self._cache.get(name)
+        if w is None:
+            t = self.gguf.tensors[name]
+            w = dequantize(self.gguf.tensor_bytes(name), t.type, t.shape)
+            self._cache[name] = w
+        return w
+
+    def rope_table(self, spec: RopeSpec) -> tuple[np.ndarray, float]:
+        ff = self[spec.freq_factors].ravel() if spec.freq_factors else None
+        return spec.table(ff)
+
+
+def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndarray, pos0: int) -> np.ndarray:
+    """Execute `graph` for tokens `ids` at positions pos0..; appends to `cache`; returns the output."""
+    ids = np.asarray(ids, dtype=np.int64)
+    positions = pos0 + np.arange(len(ids))
+    env: dict[int, np.ndarray] = {}
+    last = graph.last_uses()
+    layer_index = {spec.layer: i for i, spec in enumerate(graph.attention_layers)}
+    for i, node in enumerate(graph.nodes):
+        x = [env[v.id] for v in node.inputs]
+        a = node.attrs
+        if node.op == "embed":
+            y = weights[node.weights[0]][ids] * np.float32(a["scale"])
+        elif node.op == "matmul":
+            y = matmul(x[0], weights[node.weights[0]])
+        elif node.op == "rms_norm":
+            y = rms_norm(x[0], weights[node.weights[0]].ravel(), a["eps"], a["dim"])
+        elif node.op == "add":
+            y = x[0] + x[1]
+        elif node.op == "mul":
+            y = x[0] * x[1]
+        elif node.op == "glu":
+            y = glu(x[0], x[1], a["act"])
+        elif node.op == "rope":
+            spec: RopeSpec = a["spec"]
+            freq, mscale = weights.rope_table(spec)
+            y = rope(x[0], positions, freq, mscale, a["head_dim"], spec.n_rot, spec.neox)
+        elif node.op == "attention":
+            spec_a: AttentionSpec = a["spec"]
+            li = layer_index[spec_a.layer]
+            ring = cache.k[li].shape[0]
+            slots = positions % ring
+            cache.k[li][slots] = x[1]
+            cache.v[li][slots] = x[2]
+            y = attention(x[0], cache.k[li], cache.v[li], positions, spec_a)
+        elif node.op == "last_row":
+            y = x[0][-1:]
+        else:
+            raise NotImplementedError(f"reference has no op {node.op!r}")
+        env[node.out.id] = y.astype(np.float32, copy=False)
+        for v in node.inputs:
+            if last.get(v.id) == i:
+                del env[v.id]
+    return env[graph.output.id]
