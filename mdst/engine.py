@@ -56,6 +56,10 @@ class CpuEngine:
     def new_cache(self) -> CpuKVCache:
         return CpuKVCache.allocate(self.layers)
 
+    def max_rows(self, output_rows: str) -> int:
+        """Most rows one step may take."""
+        return self.chunk
+
     def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
         logits = reference.run(self.graphs[output_rows], self.weights, cache, ids, pos0)
         return reference.argmax(logits) if greedy else logits

@@ -1,0 +1,189 @@
+"""`Model` (a loaded GGUF on a device) and `Session` (one conversation's KV cache)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import device as device_mod
+from .engine import CpuEngine, GpuEngine, build_graphs
+from .errors import MdstError
+from .gguf import GGUFFile
+from .models import family
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("mdst")
+
+DEFAULT_CONTEXT = 4096
+
+
+class Model:
+    """A GGUF model loaded onto a device. Use `mdst.load()` to make one."""
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
+                 context_length: int | None = None, max_binding_size: int | None = None):
+        self.path = os.fspath(path)
+        self._lock = threading.RLock()
+        self.gguf = GGUFFile(self.path)
+        try:
+            self.architecture = self.gguf.architecture
+            self.family = family(self.architecture)
+            self.config = self.family.Config.from_gguf(self.gguf)
+            self.tokenizer = Tokenizer.from_gguf(self.gguf)
+            model_max = self.config.context_length
+            if context_length is None:
+                context_length = min(model_max, DEFAULT_CONTEXT)
+            if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+                raise ValueError(f"context_length must be a positive int, got {context_length!r}")
+            self.context_length = context_length
+            gpu = device_mod.resolve(device, max_binding_size)
+            self.precision = device_mod.resolve_precision(precision, gpu)
+            graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf)
+            if gpu is None:
+                self.precision = "f32"
+                self.engine: Any = CpuEngine(self.gguf, graphs, context_length)
+                self.device_profile = None
+            else:
+                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, f16=self.precision == "f16")
+                self.device_profile = gpu.profile
+            self.n_vocab = self.engine.vocab
+        except BaseException:
+            self.close()
+            raise
+        self.last_stats: dict[str, Any] = {}
+
+    # ---- description --------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """"cpu (numpy)" or the adapter's name and backend."""
+        p = self.device_profile
+        return "cpu (numpy)" if p is None else f"{p.name} ({p.backend}{', software' if p.software else ''})"
+
+    def __repr__(self) -> str:
+        return f"<mdst.Model {os.path.basename(self.path)} {self.architecture} on {self.backend}, {self.precision}>"
+
+    # ---- text ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Token ids of `text` (with BOS when the model asks for it, unless add_bos says otherwise)."""
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids."""
+        return self.tokenizer.decode(ids)
+
+    # ---- numbers ------------------------------------------------------------------------------
+    def _check_ids(self, ids: Any, what: str = "ids") -> np.ndarray:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"{what} must be a sequence of token ids (ints), not {type(ids).__name__}; "
+                            "use model.tokenize(text) first")
+        try:
+            arr = np.asarray(ids)
+        except Exception:
+            raise TypeError(f"{what} must be a sequence of token ids (ints)") from None
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise TypeError(f"{what} must be a flat sequence of ints, got {arr.dtype} with shape {arr.shape}")
+        if arr.size == 0:
+            raise ValueError(f"{what} is empty; pass at least one token id")
+        bad = arr[(arr < 0) | (arr >= self.n_vocab)]
+        if bad.size:
+            raise ValueError(f"{what} holds token id {int(bad[0])}, outside the vocabulary [0, {self.n_vocab})")
+        return arr.astype(np.int64)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits at every position of `ids`: float32 (len(ids), n_vocab). Stateless."""
+        with self.session() as s:
+            return s.feed(ids)
+
+    def session(self) -> "Session":
+        """A new session with its own KV cache (weights are shared)."""
+        return Session(self)
+
+    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, **kwargs: Any) -> Any:
+        """Continue `prompt`; greedy when temperature is 0. See mdst.generate.generate for every option."""
+        from .generate import generate
+        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, **kwargs)
+
+    # ---- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the device memory and the file mapping."""
+        eng = getattr(self, "engine", None)
+        if eng is not None:
+            eng.close()
+            self.engine = None
+        g = getattr(self, "gguf", None)
+        if g is not None:
+            g.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Session:
+    """One sequence's KV cache on a model. `feed` appends tokens and returns their logits."""
+
+    def __init__(self, model: Model):
+        if model.engine is None:
+            raise MdstError("the model is closed")
+        self.model = model
+        self.cache = model.engine.new_cache()
+        self.tokens: list[int] = []
+
+    @property
+    def n_past(self) -> int:
+        """Tokens in the cache."""
+        return len(self.tokens)
+
+    def _room(self, n: int) -> None:
+        ctx = self.model.context_length
+        if self.n_past + n > ctx:
+            raise ValueError(f"{self.n_past} cached + {n} new tokens exceed the context length of {ctx}; "
+                             f"load with a larger context_length (model maximum {self.model.config.context_length}) "
+                             "or start a new session")
+
+    def _steps(self, ids: np.ndarray, output_rows: str, greedy: bool = False) -> Iterator[np.ndarray]:
+        eng = self.model.engine
+        chunk = eng.max_rows(output_rows)
+        for s in range(0, len(ids), chunk):
+            part = ids[s:s + chunk]
+            with self.model._lock:
+                out = eng.step(self.cache, part, self.n_past, output_rows, greedy)
+            self.tokens.extend(int(t) for t in part)
+            yield out
+
+    def feed(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` to the cache; returns their logits, float32 (len(ids), n_vocab)."""
+        arr = self.model._check_ids(ids)
+        self._room(len(arr))
+        return np.concatenate(list(self._steps(arr, "all")), axis=0)
+
+    def prefill(self, ids: Sequence[int], greedy: bool = False) -> np.ndarray:
+        """Append `ids`; returns only the last position's logits [vocab] (or its argmax id with greedy)."""
+        arr = self.model._check_ids(ids)
+        self._room(len(arr))
+        out = None
+        for out in self._steps(arr, "last", greedy):
+            pass
+        return out[0]
+
+    def reset(self) -> None:
+        """Forget every cached token (the buffers are kept)."""
+        self.tokens = []
+
+    def close(self) -> None:
+        """Free the cache."""
+        if self.cache is not None:
+            self.cache.release()
+            self.cache = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Test and benchmark support: synthetic models and kernel runners."""

@@ -1,0 +1,204 @@
+"""Every kernel against mdst.reference on fresh random inputs at awkward sizes, with poisoned outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mdst import reference
+from mdst.graph import AttentionSpec, RopeSpec
+from mdst.kernels import WEIGHT_TYPES, KernelSpec
+from mdst.kernels.runner import KernelRunner, Out
+from mdst.gguf import GGML_TYPE_BY_NAME
+from mdst.memory.weights import dequantize
+from quant_data import awkward_k, random_weights
+
+
+@pytest.fixture(scope="module")
+def run(gpu):
+    return KernelRunner(gpu).run
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()  # fresh inputs every run
+
+
+def f32(b: np.ndarray) -> np.ndarray:
+    return b.view(np.float32)
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
+
+
+def step_buffer(pos0: int, n_rows: int, ids=(), rows: int | None = None) -> np.ndarray:
+    rows = n_rows if rows is None else rows
+    s = np.zeros(4 + rows, np.uint32)
+    s[0], s[1] = pos0, n_rows
+    s[4:4 + len(ids)] = ids
+    return s
+
+
+def weight(wtype: str, rows: int, cols: int, rng):
+    raw = random_weights(wtype, rows, cols, rng)
+    t = GGML_TYPE_BY_NAME[wtype]
+    return raw, dequantize(raw, t, (cols, rows)), cols // t.block * t.block_bytes
+
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_get_rows(run, rng, wtype):
+    cols, vocab, n = awkward_k(wtype), 37, 9
+    raw, table, row_bytes = weight(wtype, vocab, cols, rng)
+    ids = rng.integers(0, vocab, n)
+    ids[1] = ids[0]
+    # the second half of the table as a separate part: rows outside it must stay untouched
+    row0 = vocab // 2
+    part = raw[row0 * row_bytes:]
+    out = f32(run(KernelSpec("get_rows", wtype), [part, step_buffer(0, n, ids), Out(n * cols * 4)],
+                  {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": 1.5},
+                  (-(-cols // 4 // 64), n, 1))[0]).reshape(n, cols)
+    for r, i in enumerate(ids):
+        if i >= row0:
+            np.testing.assert_allclose(out[r], table[i] * 1.5, rtol=1e-6, atol=1e-6)
+        else:
+            assert np.isnan(out[r]).all(), "a row outside the part was written"
+
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_matmul_row(run, rng, wtype):
+    k, n, o0 = awkward_k(wtype), 77, 5
+    raw, w, row_bytes = weight(wtype, n, k, rng)
+    x = rng.standard_normal(k).astype(np.float32)
+    y = f32(run(KernelSpec("matmul_row", wtype), [raw, x, Out((o0 + n + 3) * 4)],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, (-(-n // 2), 1, 1))[0])
+    assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
+    assert rel_l2(y[o0:o0 + n], reference.matmul(x[None], w)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_matmul_rows(run, rng, wtype):
+    k, n, m, o0, stride = awkward_k(wtype), 77, 45, 3, 87
+    raw, w, row_bytes = weight(wtype, n, k, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = f32(run(KernelSpec("matmul_rows", wtype), [raw, x, Out(m * stride * 4)],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
+                (-(-n // 32), -(-m // 32), 1))[0]).reshape(m, stride)
+    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
+    assert rel_l2(y[:, o0:o0 + n], reference.matmul(x, w)) < 1e-5
+
+
+def test_rms_norm(run, rng):
+    dim, n_vec = 333, 7
+    x = (rng.standard_normal((n_vec, dim)) * 3).astype(np.float32)
+    w = rng.standard_normal(dim).astype(np.float32)
+    out = f32(run(KernelSpec("rms_norm", constants=(("WG", 64),)), [x, w, Out(x.nbytes)],
+                  {"dim": dim, "n_vec": n_vec, "eps": 1e-6}, (n_vec, 1, 1))[0]).reshape(n_vec, dim)
+    assert rel_l2(out, reference.rms_norm(x, w, 1e-6)) < 1e-6
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("yarn", [False, True])
+def test_rope(run, rng, neox, yarn):
+    heads, hd, n_rot, rows, pos0 = 3, 40, 32, 5, 1000
+    spec = RopeSpec(n_rot, 10000.0, neox, freq_scale=0.25 if yarn else 1.0, ext_factor=1.0 if yarn else 0.0,
+                    n_ctx_orig=64)
+    freq, mscale = spec.table()
+    x = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    out = f32(run(KernelSpec("rope"), [step_buffer(pos0, rows), freq, Out(x.nbytes, init=x)],
+                  {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": int(neox), "mscale": mscale},
+                  (-(-heads * n_rot // 2 // 64), rows, 1))[0]).reshape(rows, -1)
+    want = reference.rope(x, pos0 + np.arange(rows), freq, mscale, hd, n_rot, neox)
+    assert rel_l2(out, want) < 1e-5
+    np.testing.assert_array_equal(out.reshape(rows, heads, hd)[..., n_rot:], x.reshape(rows, heads, hd)[..., n_rot:])
+
+
+@pytest.mark.parametrize("f16", [False, True])
+def test_kv_store_wraps_and_skips_padding(run, rng, gpu, f16):
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
+    kv_dim, ring, rows, n_rows = 70, 11, 6, 5
+    pos0 = 2 * ring - 2  # wraps around the ring
+    k = rng.standard_normal((rows, kv_dim)).astype(np.float32)
+    v = rng.standard_normal((rows, kv_dim)).astype(np.float32)
+    el = 2 if f16 else 4
+    kc, vc = run(KernelSpec("kv_store", f16=f16), [step_buffer(pos0, n_rows, rows=rows), k, v,
+                                                     Out(ring * kv_dim * el), Out(ring * kv_dim * el)],
+                 {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // 64), rows, 1))
+    dt = np.float16 if f16 else np.float32
+    kc, vc = kc.view(dt).reshape(ring, kv_dim), vc.view(dt).reshape(ring, kv_dim)
+    written = {(pos0 + r) % ring: r for r in range(n_rows)}
+    for slot in range(ring):
+        if slot in written:
+            np.testing.assert_array_equal(kc[slot], k[written[slot]].astype(dt))
+            np.testing.assert_array_equal(vc[slot], v[written[slot]].astype(dt))
+        else:
+            assert not np.isfinite(kc[slot].astype(np.float32)).any()
+
+
+@pytest.mark.parametrize("window,softcap,f16", [(0, 0.0, False), (9, 0.0, False), (0, 30.0, False),
+                                                 (9, 0.0, True)])
+def test_attention(run, rng, gpu, window, softcap, f16):
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
+    heads, kvh, hd, rows, n_rows, pos0 = 6, 2, 72, 5, 4, 130
+    ring = 137 if not window else window + rows - 1
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap)
+    dt = np.float16 if f16 else np.float32
+    kc = (rng.standard_normal((ring, kvh * hd)) * 2).astype(dt)
+    vc = rng.standard_normal((ring, kvh * hd)).astype(dt)
+    q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
+    out = f32(run(KernelSpec("attention", f16=f16), [step_buffer(pos0, n_rows, rows=rows), q, kc, vc, Out(q.nbytes)],
+                  {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+                   "scale": spec.scale, "softcap": softcap}, (heads, rows, 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[:n_rows], kc.astype(np.float32), vc.astype(np.float32),
+                               pos0 + np.arange(n_rows), spec)
+    assert rel_l2(out[:n_rows], want) < (2e-3 if f16 else 1e-5)
+    assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary(run, rng, op):
+    n = 1013
+    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    out = f32(run(KernelSpec("binary", constants=(("OP", 0 if op == "add" else 1),)), [a, b, Out(4 * n)],
+                  {"n": n}, (-(-n // 64), 1, 1))[0])
+    np.testing.assert_array_equal(out, a + b if op == "add" else a * b)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_glu(run, rng, act):
+    n = 1013
+    g = (rng.standard_normal(n) * 4).astype(np.float32)
+    g[:4] = [-200.0, 200.0, -30.0, 30.0]  # saturation must stay finite
+    u = rng.standard_normal(n).astype(np.float32)
+    out = f32(run(KernelSpec("glu", constants=(("ACT", 0 if act == "silu" else 1),)), [g, u, Out(4 * n)],
+                  {"n": n}, (-(-n // 64), 1, 1))[0])
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, reference.glu(g, u, act), rtol=2e-5, atol=1e-5)
+
+
+def test_take_row(run, rng):
+    rows, n_rows, cols = 8, 5, 101
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    out = f32(run(KernelSpec("take_row"), [step_buffer(0, n_rows, rows=rows), x, Out(cols * 4)], {"cols": cols},
+                  (2, 1, 1))[0])
+    np.testing.assert_array_equal(out, x[n_rows - 1])
+
+
+def test_argmax_over_parts(run, rng):
+    rows, cols = 3, [1000, 777, 64]
+    x = [rng.standard_normal((rows, c)).astype(np.float32) for c in cols]
+    x[1][0, 5] = 50.0
+    x[2][0, 7] = 50.0   # a tie across parts: the earlier part wins
+    x[0][2, 3] = x[0][2, 9] = 60.0  # a tie within a part: the lower index wins
+    full = np.concatenate(x, axis=1)
+    best = np.zeros(rows * len(cols) * 2, np.uint32)
+    col0 = 0
+    for p, xp in enumerate(x):
+        best = run(KernelSpec("argmax"), [xp, Out(best.nbytes, init=best)],
+                   {"cols": cols[p], "col0": col0, "part": p, "n_parts": len(cols)}, (rows, 1, 1))[0].view(np.uint32)
+        col0 += cols[p]
+    ids = run(KernelSpec("argmax_merge"), [best, Out(rows * 4)], {"rows": rows, "n_parts": len(cols)},
+              (1, 1, 1))[0].view(np.uint32)
+    np.testing.assert_array_equal(ids, reference.argmax(full))
