@@ -1,0 +1,49 @@
+"""mdst: run GGUF language models on the GPU through WebGPU.
+
+    import mdst
+    with mdst.load("model.gguf") as model:
+        print(model.generate("The capital of France is", max_tokens=16))
+
+Nothing heavy is imported until it is used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .errors import DeviceError, GGUFError, MdstError, OutOfMemoryError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .model import Model, Session
+    from .tokenizer import Tokenizer
+
+__version__ = "0.1.0"
+__all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "UnsupportedModelError",
+           "DeviceError", "OutOfMemoryError", "__version__"]
+
+
+def load(path: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "auto",
+         context_length: int | None = None, max_binding_size: int | None = None) -> "Model":
+    """Load a GGUF model (a path, or a packaged model's short name; None: the default small model).
+
+    device: "auto" (hardware adapter, else software, else numpy), "gpu" (any WebGPU adapter) or "cpu".
+    precision: "auto", "f32" or "f16" (f16 needs the adapter's shader-f16).
+    context_length: KV cache size in tokens (default: min(model maximum, 4096)).
+    max_binding_size: cap on bytes per GPU binding, below the adapter's limit (tests the split path).
+    """
+    from .model import Model
+    from .packaged import resolve_model_path
+
+    return Model(resolve_model_path(path), device=device, precision=precision, context_length=context_length,
+                 max_binding_size=max_binding_size)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Model", "Session"):
+        from . import model
+        return getattr(model, name)
+    if name == "Tokenizer":
+        from .tokenizer import Tokenizer
+        return Tokenizer
+    raise AttributeError(f"module 'mdst' has no attribute {name!r}")

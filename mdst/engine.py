@@ -26,6 +26,14 @@ from .plan import Compiler, Plan, write_step
 DEFAULT_CHUNK = 128
 
 
+def can_rewind(layers: list[LayerKV], chunk: int, n_past: int, n: int) -> bool:
+    """Whether a cache holding n_past positions still holds what continuing from position n needs.
+
+    A ring of window + chunk - 1 slots has overwritten positions older than n_past - ring.
+    """
+    return all(lk.ring >= n_past or n_past <= n + chunk for lk in layers)
+
+
 def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile) -> dict[str, Graph]:
     """The family's forward pass recorded for last-row and all-row outputs."""
     return {mode: build(forward, gguf.tensors, mode) for mode in ("last", "all")}
@@ -60,6 +68,9 @@ class CpuEngine:
         """Most rows one step may take."""
         return self.chunk
 
+    def can_rewind(self, n_past: int, n: int) -> bool:
+        return can_rewind(self.layers, self.chunk, n_past, n)
+
     def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
         logits = reference.run(self.graphs[output_rows], self.weights, cache, ids, pos0)
         return reference.argmax(logits) if greedy else logits
@@ -90,7 +101,7 @@ class GpuEngine:
                     raise UnsupportedModelError(
                         f"tensor {name} has type {t.type.name}; mdst's kernels read {', '.join(WEIGHT_TYPES)}")
         # Rows per step: every activation of a step must fit one binding.
-        widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out is not graphs["all"].output)
+        widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out.rows == "n" and n.out is not g.output)
         self.chunk = max(1, min(chunk, cap // (4 * widest)))
         self.layers: list[LayerKV] = kv_cache.layout(graphs["last"].attention_layers, context, self.chunk)
         self.kv_elem_bytes = 2 if f16 else 4
@@ -157,6 +168,9 @@ class GpuEngine:
     def max_rows(self, output_rows: str) -> int:
         """Most rows one step may take."""
         return self.chunk_all if output_rows == "all" else self.chunk
+
+    def can_rewind(self, n_past: int, n: int) -> bool:
+        return can_rewind(self.layers, self.chunk, n_past, n)
 
     def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
         """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out]."""

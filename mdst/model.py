@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -27,7 +28,10 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
                  context_length: int | None = None, max_binding_size: int | None = None):
         self.path = os.fspath(path)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()       # one GPU step at a time
+        self._gen_lock = threading.Lock()     # one generation at a time on the default session
+        self._gen_owner: int | None = None
+        self._default: Session | None = None
         self.gguf = GGUFFile(self.path)
         try:
             self.architecture = self.gguf.architecture
@@ -107,9 +111,32 @@ class Model:
         from .generate import generate
         return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, **kwargs)
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["Session"]:
+        """The model's default session, held by one generation at a time.
+
+        Other threads wait their turn; the same thread starting a second generation while its first
+        (a stream) is still open gets an error instead of a corrupted cache.
+        """
+        me = threading.get_ident()
+        if self._gen_owner == me:
+            raise MdstError("this thread is still inside another generate()/chat() on this model (an unfinished "
+                            "stream?); exhaust or close it first, or use model.session() for independent sequences")
+        with self._gen_lock:
+            self._gen_owner = me
+            try:
+                if self._default is None:
+                    self._default = self.session()
+                yield self._default
+            finally:
+                self._gen_owner = None
+
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free the device memory and the file mapping."""
+        if getattr(self, "_default", None) is not None:
+            self._default.close()
+            self._default = None
         eng = getattr(self, "engine", None)
         if eng is not None:
             eng.close()
@@ -175,6 +202,24 @@ class Session:
     def reset(self) -> None:
         """Forget every cached token (the buffers are kept)."""
         self.tokens = []
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first n cached tokens (everything, if a sliding-window ring already lost what n needs)."""
+        if n >= self.n_past:
+            return
+        if not self.model.engine.can_rewind(self.n_past, n):
+            n = 0
+        self.tokens = self.tokens[:n]
+
+    def reuse_prefix(self, ids: Sequence[int]) -> int:
+        """Keep the cached tokens that start `ids` (at least one token of ids stays new); returns how many."""
+        common = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            common += 1
+        self.truncate(min(common, len(ids) - 1))
+        return self.n_past
 
     def close(self) -> None:
         """Free the cache."""

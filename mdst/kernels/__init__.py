@@ -19,7 +19,8 @@ from importlib import resources
 from typing import Any
 
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
-WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K")
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
+                "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS")
 
 _PRECISION_LINE = "alias half = f32;"
 _ENABLE = re.compile(r"^\s*enable\s+([a-z0-9_, ]+);\s*$", re.M)

@@ -8,7 +8,7 @@ from types import ModuleType
 from ..errors import UnsupportedModelError
 
 # architecture -> module name in this package
-FAMILIES = {"llama": "llama"}
+FAMILIES = {"llama": "llama", "gemma3": "gemma3"}
 
 
 def family(arch: str) -> ModuleType:

@@ -1,0 +1,144 @@
+"""`mdst` on the command line: generate, chat, bench, inspect, doctor, synth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from .errors import MdstError
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import mdst
+
+    return mdst.load(args.model, device=args.device, precision=args.precision, context_length=args.context)
+
+
+def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("model", help="GGUF file or packaged model name (smollm2-135m, gemma3-270m)")
+    else:
+        p.add_argument("-m", "--model", default=None, help="GGUF file or packaged model name (default: smollm2-135m)")
+    p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    p.add_argument("--precision", default="auto", choices=["auto", "f32", "f16"])
+    p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = _load(args)
+    with model:
+        for piece in model.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=True):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        s = model.last_stats
+        print(f"[{s['prompt_tokens']} prompt tokens, {s['generated_tokens']} generated, "
+              f"prefill {s['prefill_tokens_per_s']:.1f} tok/s, decode {s['decode_tokens_per_s']:.1f} tok/s, "
+              f"{model.backend}]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+
+    model = _load(args)
+    with model:
+        r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['model']} on {r['backend']} ({r['precision']}): prefill {r['prefill_tokens_per_s']:.1f} tok/s "
+              f"(pp{r['prompt_tokens']}), decode {r['decode_tokens_per_s']:.1f} tok/s (tg{r['gen_tokens']}), "
+              f"{r['decode_ms_per_token']:.2f} ms/token, {r['effective_gb_per_s']:.1f} GB/s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .gguf import GGUFFile, describe
+    from .packaged import resolve_model_path
+
+    with GGUFFile(resolve_model_path(args.file)) as f:
+        print(describe(f))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import platform
+
+    from . import __version__
+    from .device import list_adapters, open_gpu
+
+    print(f"mdst {__version__}, Python {platform.python_version()}, {platform.platform()}")
+    adapters = list_adapters()
+    if not adapters:
+        print("no WebGPU adapter found: install a Vulkan driver (Debian: apt-get install mesa-vulkan-drivers); "
+              "device='cpu' still works")
+        return 1
+    for a in adapters:
+        print(f"adapter: {a.get('device')} [{a.get('adapter_type')}, {a.get('backend_type')}] {a.get('description', '')}")
+    gpu = open_gpu("gpu")
+    print("chosen:", json.dumps(gpu.profile.as_dict(), indent=2))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .testing import synth
+
+    return synth.main(args.rest)
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "generate": (cmd_generate, "continue a prompt, streaming to stdout"),
+    "bench": (cmd_bench, "prefill and decode speed"),
+    "inspect": (cmd_inspect, "print a GGUF file's metadata and tensor table"),
+    "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
+    "synth": (cmd_synth, "write a synthetic random-weight GGUF (mdst synth PRESET OUT.gguf)"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mdst", description="Run GGUF language models on WebGPU.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what mdst chooses")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (_, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_)
+        if name == "generate":
+            _model_options(sp)
+            sp.add_argument("prompt")
+            sp.add_argument("-n", "--max-tokens", type=int, default=128)
+            sp.add_argument("-t", "--temperature", type=float, default=0.0)
+            sp.add_argument("--top-k", type=int, default=40)
+            sp.add_argument("--top-p", type=float, default=1.0)
+            sp.add_argument("--seed", type=int, default=None)
+        elif name == "bench":
+            _model_options(sp, positional=True)
+            sp.add_argument("--prompt-tokens", type=int, default=512)
+            sp.add_argument("--gen-tokens", type=int, default=128)
+            sp.add_argument("--repeat", type=int, default=3)
+            sp.add_argument("--json", action="store_true")
+        elif name == "inspect":
+            sp.add_argument("file")
+        elif name == "synth":
+            sp.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mdst` command."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return COMMANDS[args.command][0](args)
+    except (MdstError, ValueError, TypeError, OSError) as e:
+        print(f"mdst: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

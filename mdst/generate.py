@@ -1,0 +1,156 @@
+"""Text generation: prompt in, text out (whole or streamed), with stop strings and statistics."""
+
+from __future__ import annotations
+
+import codecs
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+class TextStream:
+    """Turns token bytes into text pieces that never split a UTF-8 character and never show a stop string.
+
+    Text that could still become a stop string is held back until it cannot.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self.stopped = False
+
+    def push(self, piece: bytes) -> str:
+        """Add a token's bytes; returns the text that is now safe to show."""
+        self._pending += self._decoder.decode(piece)
+        hits = [i for i in (self._pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self._pending = self._pending[:min(hits)], ""
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0)
+        cut = len(self._pending) - hold
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        """Everything still held (generation ended without a stop string)."""
+        out = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        return out
+
+
+def check_stop(stop: Any) -> list[str]:
+    """Normalize `stop` (None, a string, or a list of non-empty strings)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise TypeError("stop must be a string or a list of strings")
+    if any(s == "" for s in stop):
+        raise ValueError("stop strings must not be empty")
+    return list(stop)
+
+
+def check_max_tokens(max_tokens: Any) -> int:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    return max_tokens
+
+
+def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature: float = 0.0, top_k: int = 40,
+             top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+             presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
+             stop: str | Sequence[str] | None = None, stream: bool = False, add_bos: bool | None = None,
+             truncate: bool = False) -> str | Iterator[str]:
+    """Continue `prompt`. Returns the text, or with stream=True an iterator of text pieces.
+
+    Greedy when temperature is 0. `stop` strings end generation and are not returned.
+    A prompt longer than the context is an error unless truncate=True (keeps its end).
+    Afterwards `model.last_stats` holds token counts, speeds and the finish reason.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    ids = model.tokenize(prompt, add_bos=add_bos)
+    return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate,
+               params=SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                                     presence_penalty, frequency_penalty, seed))
+
+
+def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
+        stream: bool = False, truncate: bool = False) -> str | Iterator[str]:
+    """Generate from prompt token ids (the shared core of generate() and chat())."""
+    max_tokens = check_max_tokens(max_tokens)
+    stops = check_stop(stop)
+    if not isinstance(truncate, bool):
+        raise TypeError("truncate must be a bool")
+    if not ids:
+        raise ValueError("the prompt is empty (no tokens); pass some text")
+    ctx = model.context_length
+    if len(ids) >= ctx:
+        if not truncate:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {ctx} (and one more is needed "
+                             f"to generate); shorten it, load with a larger context_length, or pass truncate=True")
+        ids = ids[len(ids) - (ctx - 1):]
+    pieces = _pieces(model, list(ids), params, max_tokens, stops)
+    return pieces if stream else "".join(pieces)
+
+
+def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: int,
+            stops: list[str]) -> Iterator[str]:
+    tok_bytes = model.tokenizer.token_bytes
+    eog = model.tokenizer.eog_ids
+    sampler = Sampler(params)
+    text = TextStream(stops)
+    stats: dict[str, Any] = {"prompt_tokens": len(ids), "generated_tokens": 0, "cached_tokens": 0,
+                             "finish_reason": None}
+    with model.exclusive() as session:
+        t0 = time.perf_counter()
+        stats["cached_tokens"] = session.reuse_prefix(ids)
+        history = list(ids)
+
+        def next_token(new: list[int]) -> int:
+            if params.greedy:
+                return int(session.prefill(new, greedy=True))
+            return sampler.pick(session.prefill(new), history)
+
+        tok = next_token(ids[session.n_past:])
+        t1 = time.perf_counter()
+        stats["prefill_s"] = t1 - t0
+        generated = 0
+        try:
+            while True:
+                if tok in eog:
+                    stats["finish_reason"] = "stop"
+                    break
+                generated += 1
+                history.append(tok)
+                piece = text.push(tok_bytes(tok))
+                if piece:
+                    yield piece
+                if text.stopped:
+                    stats["finish_reason"] = "stop"
+                    break
+                if generated >= max_tokens or session.n_past + 1 >= model.context_length:
+                    stats["finish_reason"] = "length"
+                    break
+                tok = next_token([tok])
+            rest = text.flush() if not text.stopped else ""
+            if rest:
+                yield rest
+        finally:
+            t2 = time.perf_counter()
+            new_prompt = len(ids) - stats["cached_tokens"]
+            stats.update(generated_tokens=generated, decode_s=t2 - t1,
+                         prefill_tokens_per_s=new_prompt / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
+                         decode_tokens_per_s=(generated - 1) / (t2 - t1) if generated > 1 and t2 > t1 else 0.0)
+            if stats["finish_reason"] is None:
+                stats["finish_reason"] = "cancelled"
+            model.last_stats = stats
