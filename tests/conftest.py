@@ -81,3 +81,12 @@ def llama_cpp_src() -> Path:
                             Path.home() / ".cache" / "mdst" / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"))
     need((d / "models").is_dir(), f"llama.cpp sources not found at {d} (scripts/fetch_llama_cpp_src.sh fetches them)")
     return d
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the figures the tests measured (fidelity against llama.cpp, etc.)."""
+    from metrics import FIGURES
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

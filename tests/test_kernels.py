@@ -11,6 +11,7 @@ from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
 from mdst.memory.weights import dequantize
+from metrics import rel_l2
 from quant_data import awkward_k, random_weights
 
 
@@ -26,10 +27,6 @@ def rng():
 
 def f32(b: np.ndarray) -> np.ndarray:
     return b.view(np.float32)
-
-
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
 
 
 def step_buffer(pos0: int, n_rows: int, ids=(), rows: int | None = None) -> np.ndarray:
