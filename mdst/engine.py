@@ -17,21 +17,12 @@ from .errors import DeviceError, UnsupportedModelError
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
 from .kernels import WEIGHT_TYPES, PipelineCache
-from .memory import kv_cache
-from .memory.kv_cache import CpuKVCache, GpuKVCache, LayerKV
+from .memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from .memory.pool import BufferPool
 from .memory.weights import WeightStore
 from .plan import Compiler, Plan, write_step
 
 DEFAULT_CHUNK = 128
-
-
-def can_rewind(layers: list[LayerKV], chunk: int, n_past: int, n: int) -> bool:
-    """Whether a cache holding n_past positions still holds what continuing from position n needs.
-
-    A ring of window + chunk - 1 slots has overwritten positions older than n_past - ring.
-    """
-    return all(lk.ring >= n_past or n_past <= n + chunk for lk in layers)
 
 
 def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile) -> dict[str, Graph]:
@@ -48,28 +39,37 @@ def buckets(chunk: int) -> list[int]:
     return out + [chunk]
 
 
-class CpuEngine:
+class Engine:
+    """What both engines share: graphs, the cache layout, step sizes."""
+
+    kind = ""
+
+    def __init__(self, graphs: dict[str, Graph], context: int, chunk: int):
+        self.graphs, self.context, self.chunk = graphs, context, chunk
+        self.chunk_all = chunk
+        self.layout = CacheLayout.of(graphs["last"], context, chunk)
+        self.vocab = graphs["last"].output.cols
+
+    def max_rows(self, output_rows: str) -> int:
+        """Most rows one step may take."""
+        return self.chunk_all if output_rows == "all" else self.chunk
+
+    def can_rewind(self, n_past: int, n: int) -> bool:
+        """Whether a cache holding n_past tokens can be cut back to n."""
+        return self.layout.can_rewind(n_past, n)
+
+
+class CpuEngine(Engine):
     """The numpy fallback."""
 
     kind = "cpu"
 
     def __init__(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, chunk: int = DEFAULT_CHUNK):
-        self.graphs = graphs
-        self.context = context
-        self.chunk = chunk
-        self.layers = kv_cache.layout(graphs["last"].attention_layers, context, chunk)
+        super().__init__(graphs, context, chunk)
         self.weights = reference.ReferenceWeights(gguf)
-        self.vocab = graphs["last"].output.cols
 
     def new_cache(self) -> CpuKVCache:
-        return CpuKVCache.allocate(self.layers)
-
-    def max_rows(self, output_rows: str) -> int:
-        """Most rows one step may take."""
-        return self.chunk
-
-    def can_rewind(self, n_past: int, n: int) -> bool:
-        return can_rewind(self.layers, self.chunk, n_past, n)
+        return CpuKVCache.allocate(self.layout)
 
     def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
         logits = reference.run(self.graphs[output_rows], self.weights, cache, ids, pos0)
@@ -79,7 +79,7 @@ class CpuEngine:
         self.weights = None
 
 
-class GpuEngine:
+class GpuEngine(Engine):
     """Runs compiled plans on a WebGPU device."""
 
     kind = "gpu"
@@ -88,9 +88,8 @@ class GpuEngine:
                  chunk: int = DEFAULT_CHUNK):
         import wgpu
 
-        self.gpu, self.graphs, self.context, self.f16 = gpu, graphs, context, f16
+        self.gpu, self.f16 = gpu, f16
         self._wgpu = wgpu
-        self.vocab = graphs["last"].output.cols
         self.bytes_by_kind: dict[str, int] = {}
         self._lock = threading.Lock()
         cap = gpu.profile.max_binding_size
@@ -102,10 +101,9 @@ class GpuEngine:
                         f"tensor {name} has type {t.type.name}; mdst's kernels read {', '.join(WEIGHT_TYPES)}")
         # Rows per step: every activation of a step must fit one binding.
         widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out.rows == "n" and n.out is not g.output)
-        self.chunk = max(1, min(chunk, cap // (4 * widest)))
-        self.layers: list[LayerKV] = kv_cache.layout(graphs["last"].attention_layers, context, self.chunk)
+        super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))))
         self.kv_elem_bytes = 2 if f16 else 4
-        for lk in self.layers:
+        for lk in self.layout.kv:
             if lk.ring * lk.kv_dim * self.kv_elem_bytes > cap:
                 raise UnsupportedModelError(
                     f"layer {lk.spec.layer}'s KV cache ({lk.ring} x {lk.kv_dim}) exceeds the binding limit of {cap} "
@@ -117,17 +115,17 @@ class GpuEngine:
                 for name in n.weights:
                     if n.op in ("embed", "matmul"):
                         self.weights.load_matrix(name)
-                    elif n.op == "rms_norm":
+                    else:
                         self.weights.load_vector(name)
         # Logits of every row: each weight part's slice of them must fit a binding too.
-        out_w = self.weights.weights.get(graphs["all"].nodes[-1].weights[0]) if graphs["all"].nodes[-1].weights else None
-        self.chunk_all = self.chunk
+        head = graphs["all"].producer(graphs["all"].output)
+        out_w = self.weights.weights.get(head.weights[0]) if head.op == "matmul" else None
         if out_w is not None and self.chunk * self.vocab * 4 > cap:
             self.chunk_all = max(1, min(self.chunk, cap // (4 * max(p.rows for p in out_w.parts))))
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.pipelines = PipelineCache(gpu.device)
         self.step_buffer = self._create(16 + 4 * self.chunk, "step", kind="step")
-        self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.layers, f16,
+        self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.layout, f16,
                                  self._create)
         self.plans: dict[tuple[str, int, bool], Plan] = {}
         self._staging = None
@@ -151,7 +149,7 @@ class GpuEngine:
         return buf
 
     def new_cache(self) -> GpuKVCache:
-        return GpuKVCache.allocate(self.layers, self.kv_elem_bytes, lambda n, label: self._create(n, label, kind="kv"))
+        return GpuKVCache.allocate(self.layout, self.kv_elem_bytes, lambda n, label: self._create(n, label, kind="kv"))
 
     # ---- steps --------------------------------------------------------------------------------
     def plan(self, output_rows: str, n: int, greedy: bool) -> Plan:
@@ -164,13 +162,6 @@ class GpuEngine:
             p = self.compiler.compile(self.graphs[output_rows], rows, greedy)
             self.plans[key] = p
         return p
-
-    def max_rows(self, output_rows: str) -> int:
-        """Most rows one step may take."""
-        return self.chunk_all if output_rows == "all" else self.chunk
-
-    def can_rewind(self, n_past: int, n: int) -> bool:
-        return can_rewind(self.layers, self.chunk, n_past, n)
 
     def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
         """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out]."""

@@ -7,6 +7,7 @@ an allocation sized by an unchecked number.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -20,6 +21,8 @@ from .errors import GGUFError
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
+MAX_NAME_BYTES = 63  # ggml keeps a tensor name in 64 bytes, the terminating NUL included
+INT64_MAX = 2**63 - 1  # dimensions and element counts are int64 in ggml
 
 # GGUF metadata value types.
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
@@ -55,7 +58,8 @@ GGML_TYPES = {t.id: t for t in [
     GGMLType(23, "IQ4_XS", 256, 136), GGMLType(24, "I8", 1, 1), GGMLType(25, "I16", 1, 2),
     GGMLType(26, "I32", 1, 4), GGMLType(27, "I64", 1, 8), GGMLType(28, "F64", 1, 8),
     GGMLType(29, "IQ1_M", 256, 56), GGMLType(30, "BF16", 1, 2), GGMLType(34, "TQ1_0", 256, 54),
-    GGMLType(35, "TQ2_0", 256, 66), GGMLType(39, "MXFP4", 32, 17),
+    GGMLType(35, "TQ2_0", 256, 66), GGMLType(39, "MXFP4", 32, 17), GGMLType(40, "NVFP4", 64, 36),
+    GGMLType(41, "Q1_0", 128, 18), GGMLType(42, "Q2_0", 64, 18),
 ]}
 GGML_TYPE_BY_NAME = {t.name: t for t in GGML_TYPES.values()}
 
@@ -124,15 +128,13 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise self.fail(f"{what} is not valid UTF-8 ({e.reason})") from None
 
-    def value(self, vtype: int, what: str, in_array: bool = False) -> Any:
+    def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALAR:
             v = self.scalar(_SCALAR[vtype][0], what)
             return bool(v) if vtype == T_BOOL else v
         if vtype == T_STRING:
             return self.string(what)
         if vtype == T_ARRAY:
-            if in_array:
-                raise self.fail(f"{what} is an array of arrays, which GGUF does not allow")
             etype = self.scalar("<I", f"element type of {what}")
             count = self.scalar("<Q", f"element count of {what}")
             if etype in _SCALAR:
@@ -205,57 +207,61 @@ class GGUFFile:
 
         self.alignment = DEFAULT_ALIGNMENT
         if "general.alignment" in self.metadata:
-            a = self.metadata["general.alignment"]
-            if self.metadata_types["general.alignment"] != T_UINT32 or a == 0 or a & (a - 1):
-                raise c.fail(f"general.alignment must be a non-zero power of two (u32), got {a!r}")
+            a, atype = self.metadata["general.alignment"], self.metadata_types["general.alignment"]
+            if atype != T_UINT32:  # the value itself could be a huge array: name its type only
+                raise c.fail(f"general.alignment must be a u32 (type {T_UINT32}), got value type {atype}")
+            if a == 0 or a & (a - 1):
+                raise c.fail(f"general.alignment must be a non-zero power of two, got {a}")
             self.alignment = a
 
-        infos = []
+        table = []  # (name, type, shape, data offset)
+        names = set()
         for i in range(n_tensors):
             name = c.string(f"name of tensor {i}")
+            if len(name.encode()) > MAX_NAME_BYTES:
+                raise c.fail(f"tensor name {name[:80]!r} is longer than {MAX_NAME_BYTES} bytes, the most ggml can hold")
+            if name in names:
+                raise c.fail(f"duplicate tensor name {name!r}")
+            names.add(name)
             n_dims = c.scalar("<I", f"n_dims of {name!r}")
             if not 1 <= n_dims <= MAX_DIMS:
                 raise c.fail(f"tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
             shape = tuple(c.scalar("<Q", f"dimension of {name!r}") for _ in range(n_dims))
-            type_id = c.scalar("<I", f"type of {name!r}")
-            offset = c.scalar("<Q", f"offset of {name!r}")
-            infos.append((name, shape, type_id, offset))
+            gtype = self._tensor_type(c, name, shape, c.scalar("<I", f"type of {name!r}"))
+            table.append((name, gtype, shape, c.scalar("<Q", f"offset of {name!r}")))
 
         data_start = -(-c.pos // self.alignment) * self.alignment
-        if data_start > len(self._view) and infos:
+        if data_start > len(self._view) and table:
             raise c.fail("tensor data section starts past the end of the file")
         self.data_offset = data_start
+        # Tensor data follows the table's order, each tensor padded to the alignment: what every writer
+        # produces and llama.cpp requires, so that overlaps, gaps and misaligned offsets are all corruption.
         self.tensors: dict[str, TensorInfo] = {}
-        for name, shape, type_id, offset in infos:
-            self.tensors[name] = self._tensor_info(c, name, shape, type_id, offset, data_start)
-        # Tensor data must not overlap.
-        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
-        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
-            if s1 < e0:
-                raise GGUFError(f"{self.path}: tensors {n0!r} and {n1!r} overlap in the file; the file is corrupt")
+        expected = 0
+        for name, gtype, shape, offset in table:
+            nbytes = math.prod(shape) // gtype.block * gtype.block_bytes
+            if offset != expected:
+                raise c.fail(f"tensor {name!r} is at data offset {offset}, expected {expected} (tensor data must follow "
+                              f"the table's order, each tensor padded to the alignment of {self.alignment})")
+            if data_start + offset + nbytes > len(self._view):
+                raise c.fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) extends past the end of the file")
+            self.tensors[name] = TensorInfo(name, gtype, shape, data_start + offset, nbytes)
+            expected = offset + -(-nbytes // self.alignment) * self.alignment
 
-    def _tensor_info(self, c: _Cursor, name: str, shape: tuple, type_id: int, offset: int, data_start: int) -> TensorInfo:
-        if name in self.tensors:
-            raise c.fail(f"duplicate tensor name {name!r}")
+    @staticmethod
+    def _tensor_type(c: _Cursor, name: str, shape: tuple[int, ...], type_id: int) -> GGMLType:
+        """The tensor's type, once its shape is known to be countable in int64 and whole blocks."""
+        n = 1
+        for d in shape:
+            n *= d
+            if d > INT64_MAX or n > INT64_MAX:
+                raise c.fail(f"tensor {name!r} has shape {list(shape)}, whose element count overflows int64")
         if type_id not in GGML_TYPES:
             raise c.fail(f"tensor {name!r} has unknown type id {type_id}")
         gtype = GGML_TYPES[type_id]
-        n = 1
-        for d in shape:
-            if d >= 2**63:
-                raise c.fail(f"tensor {name!r} has dimension {d}, which overflows")
-            n *= d
-        if n >= 2**62:
-            raise c.fail(f"tensor {name!r} has {n} elements, which overflows")
         if shape[0] % gtype.block:
             raise c.fail(f"tensor {name!r}: row length {shape[0]} is not a multiple of {gtype.name}'s block of {gtype.block}")
-        nbytes = n // gtype.block * gtype.block_bytes
-        if offset % self.alignment:
-            raise c.fail(f"tensor {name!r} offset {offset} is not a multiple of the alignment {self.alignment}")
-        start = data_start + offset
-        if start + nbytes > len(self._view):
-            raise c.fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) extends past the end of the file")
-        return TensorInfo(name, gtype, shape, start, nbytes)
+        return gtype
 
     # ---- access -------------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:

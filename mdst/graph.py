@@ -91,6 +91,28 @@ class AttentionSpec:
     scale: float
     window: int = 0      # sliding window in positions; 0 = full causal
     softcap: float = 0.0
+    # Llama 4 / Ministral 3 attention temperature: queries at position p are scaled by
+    # 1 + temp_scale * log(1 + floor(p / temp_floor)); temp_scale 0 turns it off.
+    temp_scale: float = 0.0
+    temp_floor: int = 1
+
+    def query_scale(self, positions: np.ndarray) -> np.ndarray:
+        """The factor applied to each position's query (scale and temperature)."""
+        t = 1.0 + self.temp_scale * np.log(np.floor(np.asarray(positions, np.float64) / self.temp_floor) + 1.0)
+        return self.scale * t
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A short causal depthwise convolution layer (LFM2): its rolling state is kernel - 1 rows."""
+
+    layer: int
+    channels: int
+    kernel: int
+
+    @property
+    def state_rows(self) -> int:
+        return self.kernel - 1
 
 
 class Graph:
@@ -111,6 +133,15 @@ class Graph:
     def attention_layers(self) -> list[AttentionSpec]:
         """The attention specs in layer order (one KV cache each)."""
         return [n.attrs["spec"] for n in self.nodes if n.op == "attention"]
+
+    @property
+    def conv_layers(self) -> list[ConvSpec]:
+        """The short-convolution specs in layer order (one rolling state each)."""
+        return [n.attrs["spec"] for n in self.nodes if n.op == "shortconv"]
+
+    def producer(self, v: Value) -> Node:
+        """The node that computes v."""
+        return next(n for n in self.nodes if n.out is v)
 
     def weight_names(self) -> list[str]:
         """Every weight tensor the graph reads, in first-use order."""
@@ -224,6 +255,20 @@ class Builder:
         if spec.head_dim > 512:
             raise UnsupportedModelError(f"head size {spec.head_dim} exceeds mdst's limit of 512")
         return self._add("attention", (q, k, v), q.rows, q.cols, f"attn.{spec.layer}", spec=spec)
+
+    def shortconv(self, bcx: Value, weight: str, spec: ConvSpec) -> Value:
+        """LFM2's gated short convolution: bcx = [b | c | x] (3 * channels columns) ->
+        c * conv(b * x), causal over positions, continuing from the layer's rolling state."""
+        if bcx.cols != 3 * spec.channels:
+            raise UnsupportedModelError(f"shortconv layer {spec.layer}: input has {bcx.cols} columns, "
+                                        f"expected 3 x {spec.channels}")
+        t = self._tensor(weight)
+        if t.shape != (spec.kernel, spec.channels):
+            raise UnsupportedModelError(f"tensor {weight!r} has shape {list(t.shape)}, "
+                                        f"expected [{spec.kernel}, {spec.channels}]")
+        if spec.kernel < 2:
+            raise UnsupportedModelError(f"shortconv kernel size {spec.kernel} must be at least 2")
+        return self._add("shortconv", (bcx,), bcx.rows, spec.channels, f"conv.{spec.layer}", (weight,), spec=spec)
 
     def last_row(self, x: Value) -> Value:
         """The step's last row only when the graph outputs last-row logits; else x unchanged."""

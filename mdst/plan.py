@@ -9,15 +9,14 @@ every step; a step then writes the small step buffer, encodes one compute pass a
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .graph import AttentionSpec, Graph, Node, RopeSpec, Value
+from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
 from .kernels import KernelSpec, PipelineCache, pack_params
-from .memory.kv_cache import GpuKVCache, LayerKV
+from .memory.kv_cache import CacheLayout, GpuKVCache
 from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore
 
@@ -36,11 +35,14 @@ def ceil_div(a: int, b: int) -> int:
 
 
 @dataclass
-class KV:
-    """A binding resolved when the plan is bound to a cache: layer `index`'s K or V buffer."""
+class CacheSlot:
+    """A binding resolved when the plan is bound to a cache: buffer `index` of kind "k", "v" or "conv"."""
 
     index: int
-    which: str  # "k" or "v"
+    which: str
+
+    def resolve(self, cache: GpuKVCache) -> Any:
+        return getattr(cache, self.which)[self.index]
 
 
 @dataclass
@@ -90,8 +92,8 @@ class Plan:
             for d in self.dispatches:
                 entries = []
                 for i, r in enumerate(d.resources):
-                    if isinstance(r, KV):
-                        r = (cache.k if r.which == "k" else cache.v)[r.index]
+                    if isinstance(r, CacheSlot):
+                        r = r.resolve(cache)
                     if isinstance(r, tuple):
                         buf, off, size = r
                         entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
@@ -115,10 +117,10 @@ class Compiler:
     """Turns graphs into plans for one device, weight store, pool and precision."""
 
     def __init__(self, gpu: Any, pipelines: PipelineCache, weights: WeightStore, pool: Any,
-                 step_buffer: Any, layers: list[LayerKV], f16: bool, create_buffer: Any):
+                 step_buffer: Any, layout: CacheLayout, f16: bool, create_buffer: Any):
         self.gpu, self.pipelines, self.weights, self.pool = gpu, pipelines, weights, pool
         self.step = step_buffer
-        self.layers = layers
+        self.layout = layout
         self.f16 = f16
         self.create = create_buffer
         self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}
@@ -154,7 +156,6 @@ class Compiler:
         last = graph.last_uses()
         bufs: dict[int, Any] = {}
         ds: list[Dispatch] = []
-        layer_index = {lk.spec.layer: i for i, lk in enumerate(self.layers)}
         outputs: list[OutputPart] = []
         cap = self.gpu.profile.max_binding_size
 
@@ -174,7 +175,7 @@ class Compiler:
             x = [bufs[v.id] for v in node.inputs]
             if out is graph.output:
                 outputs = self._output_parts(node, bufs[out.id], r_out, out.cols, live)
-            self._emit(ds, node, x, bufs[out.id], rows, nrows, layer_index, outputs if out is graph.output else None)
+            self._emit(ds, node, x, bufs[out.id], nrows, outputs if out is graph.output else None)
             freed = set()
             for v in node.inputs:
                 if last.get(v.id) == i and v.id not in freed and not (node.op == "rope"):
@@ -198,12 +199,11 @@ class Compiler:
         w = self.weights.weights[node.weights[0]]
         return [OutputPart(live.take(-1 - k, rows_out * p.rows * 4), p.row0, p.rows) for k, p in enumerate(w.parts)]
 
-    def _emit(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, rows: int, nrows: Any,
-              layer_index: dict[int, int], outputs: list[OutputPart] | None) -> None:
+    def _emit(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, nrows: Any,
+              outputs: list[OutputPart] | None) -> None:
         op, a = node.op, node.attrs
         out = node.out
         r = nrows(out)
-        label = out.label
         if op == "embed":
             w = self.weights.weights[node.weights[0]]
             for p in w.parts:
@@ -251,14 +251,23 @@ class Compiler:
                             "neox": int(spec.neox), "mscale": mscale}, "rope")
         elif op == "attention":
             s: AttentionSpec = a["spec"]
-            li = layer_index[s.layer]
-            lk = self.layers[li]
-            self._dispatch(ds, "kv_store", [self.step, x[1], x[2], KV(li, "k"), KV(li, "v"), None],
+            li = self.layout.kv_index(s.layer)
+            lk = self.layout.kv[li]
+            k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
+            self._dispatch(ds, "kv_store", [self.step, x[1], x[2], k, v, None],
                            (ceil_div(lk.kv_dim, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
                            f"kv_store.{s.layer}")
-            self._dispatch(ds, "attention", [self.step, x[0], KV(li, "k"), KV(li, "v"), y, None], (s.heads, r, 1),
+            self._dispatch(ds, "attention", [self.step, x[0], k, v, y, None], (s.heads, r, 1),
                            {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
-                            "window": s.window, "scale": s.scale, "softcap": s.softcap}, f"attention.{s.layer}")
+                            "window": s.window, "scale": s.scale, "softcap": s.softcap,
+                            "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}, f"attention.{s.layer}")
+        elif op == "shortconv":
+            c: ConvSpec = a["spec"]
+            w = self.weights.weights[node.weights[0]]
+            self._dispatch(ds, "shortconv", [self.step, x[0], w.parts[0].buffer,
+                                             CacheSlot(self.layout.conv_index(c.layer), "conv"), y, None],
+                           (ceil_div(c.channels, 64), 1, 1), {"channels": c.channels, "kernel": c.kernel},
+                           f"shortconv.{c.layer}")
         elif op == "last_row":
             self._dispatch(ds, "take_row", [self.step, x[0], y, None], (ceil_div(out.cols, 64), 1, 1),
                            {"cols": out.cols}, "last_row")
@@ -312,5 +321,3 @@ def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: i
     data[4:4 + len(ids)] = ids
     queue.write_buffer(step_buffer, 0, data.tobytes())
 
-
-__all__ = ["Plan", "Compiler", "Dispatch", "OutputPart", "write_step", "grid1", "struct"]

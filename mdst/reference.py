@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import AttentionSpec, Graph, RopeSpec
+from .graph import AttentionSpec, ConvSpec, Graph, RopeSpec
 from .memory.kv_cache import CpuKVCache
 from .memory.weights import dequantize
 
@@ -70,12 +70,13 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, positions
     ring = k_cache.shape[0]
     out = np.empty_like(q, dtype=np.float32)
     group = heads // kvh
+    qscale = spec.query_scale(positions)
     for r, pos in enumerate(positions):
         first = max(0, pos + 1 - spec.window) if spec.window else 0
         slots = np.arange(first, pos + 1) % ring
         kk = k_cache[slots].reshape(-1, kvh, hd).astype(np.float64)
         vv = v_cache[slots].reshape(-1, kvh, hd).astype(np.float64)
-        qr = q[r].reshape(kvh, group, hd).astype(np.float64) * spec.scale
+        qr = q[r].reshape(kvh, group, hd).astype(np.float64) * qscale[r]
         s = np.einsum("kgd,lkd->kgl", qr, kk)
         if spec.softcap:
             s = spec.softcap * np.tanh(s / spec.softcap)
@@ -84,6 +85,18 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, positions
         p /= p.sum(axis=-1, keepdims=True)
         out[r] = np.einsum("kgl,lkd->kgd", p, vv).reshape(-1)
     return out
+
+
+def shortconv(bcx: np.ndarray, w: np.ndarray, state: np.ndarray, pos0: int, spec: ConvSpec) -> tuple[np.ndarray, np.ndarray]:
+    """LFM2 short convolution of bcx [rows, 3 * ch] with kernel w [ch, kernel] after `state`
+    [kernel - 1, ch] (the inputs before pos0; none before position 0). Returns (y, new state)."""
+    ch, k = spec.channels, spec.kernel
+    b, c, x = bcx[:, :ch], bcx[:, ch:2 * ch], bcx[:, 2 * ch:]
+    past = state if pos0 > 0 else np.zeros_like(state)
+    seq = np.concatenate([past, b * x]).astype(np.float64)   # [k - 1 + rows, ch]
+    rows = bcx.shape[0]
+    conv = sum(seq[j:j + rows] * w[:, j].astype(np.float64) for j in range(k))
+    return (c * conv).astype(np.float32), seq[-(k - 1):].astype(np.float32)
 
 
 def argmax(logits: np.ndarray) -> np.ndarray:
@@ -120,7 +133,6 @@ def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndar
     positions = pos0 + np.arange(len(ids))
     env: dict[int, np.ndarray] = {}
     last = graph.last_uses()
-    layer_index = {spec.layer: i for i, spec in enumerate(graph.attention_layers)}
     for i, node in enumerate(graph.nodes):
         x = [env[v.id] for v in node.inputs]
         a = node.attrs
@@ -142,12 +154,15 @@ def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndar
             y = rope(x[0], positions, freq, mscale, a["head_dim"], spec.n_rot, spec.neox)
         elif node.op == "attention":
             spec_a: AttentionSpec = a["spec"]
-            li = layer_index[spec_a.layer]
+            li = cache.layout.kv_index(spec_a.layer)
             ring = cache.k[li].shape[0]
             slots = positions % ring
             cache.k[li][slots] = x[1]
             cache.v[li][slots] = x[2]
             y = attention(x[0], cache.k[li], cache.v[li], positions, spec_a)
+        elif node.op == "shortconv":
+            ci = cache.layout.conv_index(a["spec"].layer)
+            y, cache.conv[ci] = shortconv(x[0], weights[node.weights[0]], cache.conv[ci], pos0, a["spec"])
         elif node.op == "last_row":
             y = x[0][-1:]
         else:
@@ -155,5 +170,5 @@ def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndar
         env[node.out.id] = y.astype(np.float32, copy=False)
         for v in node.inputs:
             if last.get(v.id) == i:
-                del env[v.id]
+                env.pop(v.id, None)
     return env[graph.output.id]

@@ -12,6 +12,8 @@ struct P {
     window: u32,
     scale: f32,
     softcap: f32,    // 0: none; else scores become softcap * tanh(score / softcap)
+    temp_scale: f32, // attention temperature (0: none): queries at position p are scaled by
+    temp_floor: u32, //   1 + temp_scale * log(1 + floor(p / temp_floor))
 }
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
@@ -41,8 +43,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kvh = h / (p.heads / p.kv_heads);
     let kv_dim = p.kv_heads * p.head_dim;
     let qbase = (r * p.heads + h) * p.head_dim;
+    let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
     for (var d = lid; d < p.head_dim; d += WG) {
-        qs[d] = q[qbase + d] * p.scale;
+        qs[d] = q[qbase + d] * qscale;
     }
     workgroupBarrier();
 

@@ -1,8 +1,10 @@
-"""KV caches: per attention layer, K and V as [ring, kv_heads * head_dim], preallocated.
+"""Per-sequence caches: K/V for attention layers, rolling state for short-convolution layers.
 
-A full-attention layer keeps `context` slots. A sliding-window layer keeps a ring of
-window + chunk - 1 slots (position p lives in slot p % ring): a step of `chunk` rows writes its
-rows before attending, and the ring must still hold the window of the step's first row.
+K and V are [ring, kv_heads * head_dim] per layer, preallocated. A full-attention layer keeps
+`context` slots; a sliding-window layer keeps a ring of window + chunk - 1 slots (position p
+lives in slot p % ring): a step of `chunk` rows writes its rows before attending, and the ring
+must still hold the window of the step's first row. A convolution layer keeps the last
+kernel - 1 inputs of its convolution, [kernel - 1, channels].
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..graph import AttentionSpec
+from ..graph import AttentionSpec, ConvSpec, Graph
 
 
 @dataclass(frozen=True)
 class LayerKV:
-    """One layer's cache geometry."""
+    """One attention layer's cache geometry."""
 
     spec: AttentionSpec
     ring: int
@@ -34,55 +36,88 @@ def ring_size(spec: AttentionSpec, context: int, chunk: int) -> int:
     return context
 
 
-def layout(specs: list[AttentionSpec], context: int, chunk: int) -> list[LayerKV]:
-    """The cache geometry of every attention layer."""
-    return [LayerKV(s, ring_size(s, context, chunk)) for s in specs]
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a sequence's cache holds, derived from the graph."""
 
+    kv: tuple[LayerKV, ...]
+    conv: tuple[ConvSpec, ...]
+    chunk: int
 
-def cache_bytes(layers: list[LayerKV], elem_bytes: int) -> int:
-    """Bytes of K and V over all layers."""
-    return sum(2 * lk.ring * lk.kv_dim * elem_bytes for lk in layers)
+    @classmethod
+    def of(cls, graph: Graph, context: int, chunk: int) -> "CacheLayout":
+        return cls(tuple(LayerKV(s, ring_size(s, context, chunk)) for s in graph.attention_layers),
+                   tuple(graph.conv_layers), chunk)
+
+    def kv_index(self, layer: int) -> int:
+        return next(i for i, lk in enumerate(self.kv) if lk.spec.layer == layer)
+
+    def conv_index(self, layer: int) -> int:
+        return next(i for i, c in enumerate(self.conv) if c.layer == layer)
+
+    def kv_bytes(self, elem_bytes: int) -> int:
+        """Bytes of K and V over all layers."""
+        return sum(2 * lk.ring * lk.kv_dim * elem_bytes for lk in self.kv)
+
+    def conv_bytes(self) -> int:
+        return sum(4 * c.state_rows * c.channels for c in self.conv)
+
+    def can_rewind(self, n_past: int, n: int) -> bool:
+        """Whether a cache holding n_past positions can continue from position n < n_past.
+
+        A convolution state only holds the latest inputs; a ring has overwritten positions older
+        than n_past - ring, which continuing from n may need.
+        """
+        if n >= n_past:
+            return True
+        if self.conv:
+            return False
+        return all(lk.ring >= n_past or n_past <= n + self.chunk for lk in self.kv)
 
 
 @dataclass
 class GpuKVCache:
-    """K and V buffers per layer on the GPU, and the bind groups plans built over them."""
+    """A sequence's cache buffers on the GPU, and the bind groups plans built over them."""
 
-    layers: list[LayerKV]
+    layout: CacheLayout
     k: list[Any]
     v: list[Any]
+    conv: list[Any]
     bind_groups: dict[int, list[Any]] = field(default_factory=dict)
 
     @classmethod
-    def allocate(cls, layers: list[LayerKV], elem_bytes: int, create: Callable[[int, str], Any]) -> "GpuKVCache":
-        """Create the buffers (contents undefined until written)."""
-        k = [create(lk.ring * lk.kv_dim * elem_bytes, f"kv.{lk.spec.layer}.k") for lk in layers]
-        v = [create(lk.ring * lk.kv_dim * elem_bytes, f"kv.{lk.spec.layer}.v") for lk in layers]
-        return cls(layers, k, v)
+    def allocate(cls, layout: CacheLayout, elem_bytes: int, create: Callable[[int, str], Any]) -> "GpuKVCache":
+        """Create the buffers; convolution states start at zero (a fresh sequence)."""
+        k = [create(lk.ring * lk.kv_dim * elem_bytes, f"kv.{lk.spec.layer}.k") for lk in layout.kv]
+        v = [create(lk.ring * lk.kv_dim * elem_bytes, f"kv.{lk.spec.layer}.v") for lk in layout.kv]
+        conv = [create(4 * c.state_rows * c.channels, f"conv.{c.layer}") for c in layout.conv]
+        return cls(layout, k, v, conv)
 
     def release(self) -> None:
         """Destroy the buffers."""
-        for b in self.k + self.v:
+        for b in self.k + self.v + self.conv:
             try:
                 b.destroy()
             except Exception:
                 pass
-        self.k, self.v, self.bind_groups = [], [], {}
+        self.k, self.v, self.conv, self.bind_groups = [], [], [], {}
 
 
 @dataclass
 class CpuKVCache:
-    """K and V arrays per layer for the numpy engine."""
+    """A sequence's cache arrays for the numpy engine."""
 
-    layers: list[LayerKV]
+    layout: CacheLayout
     k: list[np.ndarray]
     v: list[np.ndarray]
+    conv: list[np.ndarray]
 
     @classmethod
-    def allocate(cls, layers: list[LayerKV]) -> "CpuKVCache":
-        k = [np.zeros((lk.ring, lk.kv_dim), np.float32) for lk in layers]
-        v = [np.zeros((lk.ring, lk.kv_dim), np.float32) for lk in layers]
-        return cls(layers, k, v)
+    def allocate(cls, layout: CacheLayout) -> "CpuKVCache":
+        k = [np.zeros((lk.ring, lk.kv_dim), np.float32) for lk in layout.kv]
+        v = [np.zeros((lk.ring, lk.kv_dim), np.float32) for lk in layout.kv]
+        conv = [np.zeros((c.state_rows, c.channels), np.float32) for c in layout.conv]
+        return cls(layout, k, v, conv)
 
     def release(self) -> None:
-        self.k, self.v = [], []
+        self.k, self.v, self.conv = [], [], []

@@ -6,8 +6,11 @@ from typing import Any
 
 import numpy as np
 
+import math
+
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf import GGUFFile
+from ..graph import RopeSpec
 
 _REQUIRED = object()
 
@@ -61,3 +64,29 @@ class Meta:
 def output_weight(tensors: dict) -> str:
     """The LM head: `output.weight`, or the tied embedding table."""
     return "output.weight" if "output.weight" in tensors else "token_embd.weight"
+
+
+def rope_from_gguf(m: Meta, head_dim: int, neox: bool) -> RopeSpec:
+    """RoPE settings as llama.cpp derives them from `<arch>.rope.*` (linear and YaRN scaling included)."""
+    f = m.gguf
+    scaling = f.get(f"{m.arch}.rope.scaling.type", "linear")
+    if scaling not in ("none", "linear", "yarn"):
+        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported (none, linear, yarn are)")
+    factor = m.float("rope.scaling.factor", 0.0) or m.float("rope.scale_linear", 0.0)
+    freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
+    ext_factor = 1.0 if scaling == "yarn" else 0.0
+    attn_factor = 1.0
+    if ext_factor:
+        def mscale(scale: float, mul: float) -> float:
+            return 1.0 if scale <= 1.0 else 0.1 * mul * math.log(scale) + 1.0
+        fac = 1.0 / freq_scale
+        log_mul = m.float("rope.scaling.yarn_log_multiplier", 0.0)
+        attn_factor = mscale(fac, 1.0) / mscale(fac, log_mul) if log_mul else mscale(fac, 1.0)
+        attn_factor /= 1.0 + 0.1 * math.log(fac)  # the rope kernel multiplies this back (as ggml does)
+    attn_factor *= m.float("rope.scaling.attn_factor", 1.0)
+    return RopeSpec(
+        n_rot=m.positive("rope.dimension_count", head_dim), base=m.float("rope.freq_base", 10000.0), neox=neox,
+        freq_scale=freq_scale, ext_factor=ext_factor, attn_factor=attn_factor,
+        beta_fast=m.float("rope.scaling.yarn_beta_fast", 32.0), beta_slow=m.float("rope.scaling.yarn_beta_slow", 1.0),
+        n_ctx_orig=m.positive("rope.scaling.original_context_length", m.positive("context_length")),
+        freq_factors="rope_freqs.weight" if "rope_freqs.weight" in f.tensors else None)

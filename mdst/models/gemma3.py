@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf import GGUFFile
 from ..graph import AttentionSpec, Builder, RopeSpec
-from .base import Meta, output_weight
+from .base import Meta, output_weight, rope_from_gguf
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,11 @@ class Config:
             else:
                 n = m.int("attention.sliding_window_pattern", 6)
                 sliding = tuple(n == 0 or i % n < n - 1 for i in range(n_layers))
-        n_rot = m.positive("rope.dimension_count", head_dim)
+        rope = rope_from_gguf(m, head_dim, neox=True)
         return cls(n_layers=n_layers, d_model=d, n_heads=heads, n_kv_heads=m.positive("attention.head_count_kv", heads),
                    head_dim=head_dim, eps=m.float("attention.layer_norm_rms_epsilon", 1e-6),
-                   rope_global=RopeSpec(n_rot, m.float("rope.freq_base", 10000.0), neox=True),
-                   rope_local=RopeSpec(n_rot, m.float("rope.freq_base_swa", 10000.0), neox=True),
+                   rope_global=rope,
+                   rope_local=RopeSpec(rope.n_rot, m.float("rope.freq_base_swa", 10000.0), neox=True),
                    window=window, sliding=sliding, context_length=m.positive("context_length"),
                    output=output_weight(f.tensors))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..gguf import GGUFFile
 from ..graph import AttentionSpec, Builder, RopeSpec
-from .base import Meta, output_weight
+from .base import Meta, output_weight, rope_from_gguf
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,9 @@ class Config:
         d = m.positive("embedding_length")
         heads = m.positive("attention.head_count")
         head_dim = m.positive("attention.key_length", d // heads)
-        scaling = f.get("llama.rope.scaling.type", "none")
-        freq_scale = 1.0 / m.float("rope.scaling.factor", 1.0) if scaling == "linear" else 1.0
-        rope = RopeSpec(n_rot=m.positive("rope.dimension_count", head_dim), base=m.float("rope.freq_base", 10000.0),
-                        neox=False, freq_scale=freq_scale,
-                        freq_factors="rope_freqs.weight" if "rope_freqs.weight" in f.tensors else None)
         return cls(n_layers=m.positive("block_count"), d_model=d, n_heads=heads,
                    n_kv_heads=m.positive("attention.head_count_kv", heads), head_dim=head_dim,
-                   eps=m.float("attention.layer_norm_rms_epsilon", 1e-5), rope=rope,
+                   eps=m.float("attention.layer_norm_rms_epsilon", 1e-5), rope=rope_from_gguf(m, head_dim, neox=False),
                    context_length=m.positive("context_length"), output=output_weight(f.tensors))
 
 

@@ -1,0 +1,62 @@
+"""Ministral 3 (text), as llama.cpp runs `mistral3` GGUFs.
+
+Llama blocks (normal RoPE ordering) with YaRN-scaled RoPE read from `rope.scaling.*`, and the
+Llama 4 attention temperature: queries at position p are scaled by
+1 + temperature_scale * log(1 + floor(p / original_context_length)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import UnsupportedModelError
+from ..gguf import GGUFFile
+from ..graph import AttentionSpec, Builder, RopeSpec
+from .base import Meta, output_weight, rope_from_gguf
+
+
+@dataclass(frozen=True)
+class Config:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    eps: float
+    rope: RopeSpec
+    temp_scale: float
+    context_length: int
+    output: str
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> "Config":
+        m = Meta(f, "mistral3")
+        if m.int("expert_count", 0):
+            raise UnsupportedModelError("mistral3 mixture-of-experts files are not supported")
+        heads = m.positive("attention.head_count")
+        head_dim = m.positive("attention.key_length", m.positive("embedding_length") // heads)
+        return cls(n_layers=m.positive("block_count"), n_heads=heads,
+                   n_kv_heads=m.positive("attention.head_count_kv", heads), head_dim=head_dim,
+                   eps=m.float("attention.layer_norm_rms_epsilon"), rope=rope_from_gguf(m, head_dim, neox=False),
+                   temp_scale=m.float("attention.temperature_scale", 0.0),
+                   context_length=m.positive("context_length"), output=output_weight(f.tensors))
+
+
+def forward(b: Builder, c: Config) -> None:
+    """The forward pass, written against the op builder."""
+    hd = c.head_dim
+    x = b.embed("token_embd.weight")                                   # [n, d_model]
+    for i in range(c.n_layers):
+        p = f"blk.{i}."
+        h = b.rms_norm(x, p + "attn_norm.weight", c.eps)
+        q = b.rope(b.matmul(h, p + "attn_q.weight"), c.rope, hd)        # [n, heads * hd]
+        k = b.rope(b.matmul(h, p + "attn_k.weight"), c.rope, hd)        # [n, kv_heads * hd]
+        v = b.matmul(h, p + "attn_v.weight")
+        spec = AttentionSpec(i, c.n_heads, c.n_kv_heads, hd, 1.0 / math.sqrt(hd),
+                             temp_scale=c.temp_scale, temp_floor=c.rope.n_ctx_orig)
+        x = b.add(x, b.matmul(b.attention(q, k, v, spec), p + "attn_output.weight"))
+        h = b.rms_norm(x, p + "ffn_norm.weight", c.eps)
+        g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
+        x = b.add(x, b.matmul(g, p + "ffn_down.weight"))
+    x = b.rms_norm(b.last_row(x), "output_norm.weight", c.eps)
+    b.logits(b.matmul(x, c.output))                                    # [rows, vocab]

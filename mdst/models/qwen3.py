@@ -1,0 +1,56 @@
+"""Qwen 3 (dense), as llama.cpp runs `qwen3` GGUFs.
+
+Llama-shaped pre-norm blocks with grouped-query attention, plus an RMSNorm on every query and
+key head before RoPE (NeoX ordering). The LM head is tied to the embeddings in the small models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..gguf import GGUFFile
+from ..graph import AttentionSpec, Builder, RopeSpec
+from .base import Meta, output_weight, rope_from_gguf
+
+
+@dataclass(frozen=True)
+class Config:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    eps: float
+    rope: RopeSpec
+    context_length: int
+    output: str
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> "Config":
+        m = Meta(f, "qwen3")
+        heads = m.positive("attention.head_count")
+        head_dim = m.positive("attention.key_length", m.positive("embedding_length") // heads)
+        return cls(n_layers=m.positive("block_count"), n_heads=heads,
+                   n_kv_heads=m.positive("attention.head_count_kv", heads), head_dim=head_dim,
+                   eps=m.float("attention.layer_norm_rms_epsilon"), rope=rope_from_gguf(m, head_dim, neox=True),
+                   context_length=m.positive("context_length"), output=output_weight(f.tensors))
+
+
+def forward(b: Builder, c: Config) -> None:
+    """The forward pass, written against the op builder."""
+    hd = c.head_dim
+    x = b.embed("token_embd.weight")                                   # [n, d_model]
+    for i in range(c.n_layers):
+        p = f"blk.{i}."
+        h = b.rms_norm(x, p + "attn_norm.weight", c.eps)
+        q = b.rms_norm(b.matmul(h, p + "attn_q.weight"), p + "attn_q_norm.weight", c.eps, dim=hd)  # [n, heads * hd]
+        k = b.rms_norm(b.matmul(h, p + "attn_k.weight"), p + "attn_k_norm.weight", c.eps, dim=hd)  # [n, kv_heads * hd]
+        v = b.matmul(h, p + "attn_v.weight")
+        a = b.attention(b.rope(q, c.rope, hd), b.rope(k, c.rope, hd), v,
+                        AttentionSpec(i, c.n_heads, c.n_kv_heads, hd, 1.0 / math.sqrt(hd)))
+        x = b.add(x, b.matmul(a, p + "attn_output.weight"))
+        h = b.rms_norm(x, p + "ffn_norm.weight", c.eps)
+        g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
+        x = b.add(x, b.matmul(g, p + "ffn_down.weight"))
+    x = b.rms_norm(b.last_row(x), "output_norm.weight", c.eps)
+    b.logits(b.matmul(x, c.output))                                    # [rows, vocab]
