@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mdst import reference
-from mdst.graph import AttentionSpec, RopeSpec
+from mdst.graph import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
@@ -133,25 +133,44 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, f16):
             assert not np.isfinite(kc[slot].astype(np.float32)).any()
 
 
-@pytest.mark.parametrize("window,softcap,f16", [(0, 0.0, False), (9, 0.0, False), (0, 30.0, False),
-                                                 (9, 0.0, True)])
-def test_attention(run, rng, gpu, window, softcap, f16):
+@pytest.mark.parametrize("window,softcap,temp,f16", [(0, 0.0, 0.0, False), (9, 0.0, 0.0, False),
+                                                      (0, 30.0, 0.0, False), (0, 0.0, 0.3, False),
+                                                      (9, 0.0, 0.0, True)])
+def test_attention(run, rng, gpu, window, softcap, temp, f16):
     if f16 and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
     heads, kvh, hd, rows, n_rows, pos0 = 6, 2, 72, 5, 4, 130
     ring = 137 if not window else window + rows - 1
-    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap)
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
     dt = np.float16 if f16 else np.float32
     kc = (rng.standard_normal((ring, kvh * hd)) * 2).astype(dt)
     vc = rng.standard_normal((ring, kvh * hd)).astype(dt)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     out = f32(run(KernelSpec("attention", f16=f16), [step_buffer(pos0, n_rows, rows=rows), q, kc, vc, Out(q.nbytes)],
                   {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
-                   "scale": spec.scale, "softcap": softcap}, (heads, rows, 1))[0]).reshape(rows, -1)
+                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32},
+                  (heads, rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], kc.astype(np.float32), vc.astype(np.float32),
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < (2e-3 if f16 else 1e-5)
     assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+@pytest.mark.parametrize("pos0", [0, 7])
+def test_shortconv(run, rng, pos0):
+    ch, kernel, rows, n_rows = 77, 3, 6, 5
+    spec = ConvSpec(0, ch, kernel)
+    bcx = rng.standard_normal((rows, 3 * ch)).astype(np.float32)
+    w = rng.standard_normal((ch, kernel)).astype(np.float32)
+    state = rng.standard_normal((kernel - 1, ch)).astype(np.float32)
+    new_state, y = run(KernelSpec("shortconv"), [step_buffer(pos0, n_rows, rows=rows), bcx, w,
+                                                 Out(state.nbytes, init=state), Out(rows * ch * 4)],
+                       {"channels": ch, "kernel": kernel}, (2, 1, 1))
+    want_y, want_state = reference.shortconv(bcx[:n_rows], w, state, pos0, spec)
+    y = f32(y).reshape(rows, ch)
+    assert rel_l2(y[:n_rows], want_y) < 1e-6
+    assert np.isnan(y[n_rows:]).all(), "a padding row was written"
+    np.testing.assert_allclose(f32(new_state).reshape(kernel - 1, ch), want_state, rtol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["add", "mul"])
