@@ -12,16 +12,24 @@ applied when ids are turned back into text. The merge loops themselves run in HF
   highest score first; that is BPE with one merge per (left, right) split of every token,
   ranked by the merged token's score, plus byte fallback to `<0xNN>` tokens.
 - "gemma4" (SentencePiece-style BPE): the file's merges over raw UTF-8 with "▁" for spaces.
+- "bert" (WordPiece): llama.cpp's own normalization and word split, then HF's greedy longest match.
+
+Other vocabulary types ("t5" unigram, "rwkv", "plamo2", ...) raise UnsupportedModelError, as do
+pre-tokenizer names whose llama.cpp splitter is hand-written rather than a regex (kimi-k2, afmoe, ...).
+Encoding runs one fragment at a time (no HF batch parallelism, so forking servers stay quiet).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import tokenizers as hf
 
 from .errors import GGUFError, UnsupportedModelError
 from .gguf import T_BOOL, T_INT8, T_INT16, T_INT32, T_INT64, T_STRING, T_UINT8, T_UINT16, T_UINT32, T_UINT64, GGUFFile
@@ -88,9 +96,10 @@ _SPLITS: dict[str, list[str]] = {
     "viking": [_PORO, r"\p{N}"],
     "gpt4o": [_GPT4O],
     "tekken": [_TEKKEN],
-    "seed-coder": [_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"],
-    "bailingmoe": [r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"],
+    "seed-coder": [_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+                   r"|\s+(?!\S)|\s+"],
+    "bailingmoe": [(r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")],
     "minicpm5": [r"\p{N}{1,3}", _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+"],
 }
@@ -168,8 +177,9 @@ _SPECIAL_KEYS = [
     ("fim_mid", "middle_token_id"),
 ]
 # Default special ids per vocabulary type, before the file's own.
-_DEFAULT_IDS = {"llama": {"bos": 1, "eos": 2, "unk": 0}, "gpt2": {"bos": 11, "eos": 11}, "gemma4": {}}
-_SUPPORTED_MODELS = ("gpt2", "llama", "gemma4")
+_DEFAULT_IDS = {"llama": {"bos": 1, "eos": 2, "unk": 0}, "gpt2": {"bos": 11, "eos": 11}, "gemma4": {},
+                "bert": {"bos": 101, "unk": 100, "sep": 102, "pad": 0, "mask": 103}}
+_SUPPORTED_MODELS = ("gpt2", "llama", "gemma4", "bert")
 
 
 def _gpt2_byte_chars() -> list[str]:
@@ -203,6 +213,8 @@ class _Vocab:
     add_eos: bool = False
     add_space_prefix: bool = False
     clean_spaces: bool = False
+    lowercase: bool = True  # WordPiece normalization
+    strip_accents: bool = True
     eog: set[int] = field(default_factory=set)
 
 
@@ -238,7 +250,7 @@ def _read_vocab(md: dict, types: dict, path: str) -> _Vocab:
     if model not in _SUPPORTED_MODELS:
         raise UnsupportedModelError(f"{path}: tokenizer.ggml.model {model!r} is not supported; mdst supports "
                                     f"{', '.join(map(repr, _SUPPORTED_MODELS))}")
-    pre = _meta(md, types, path, "pre", "str")
+    raw_pre = pre = _meta(md, types, path, "pre", "str")
     if model == "gemma4":
         pre = "gemma4"
     elif model == "gpt2":
@@ -292,6 +304,8 @@ def _read_vocab(md: dict, types: dict, path: str) -> _Vocab:
     pre_type = _PRE_TYPES.get(pre)
     if model == "llama":
         v.add_bos, v.add_space_prefix = True, True
+    elif model == "bert":
+        v.add_bos, v.clean_spaces = True, True
     elif model == "gemma4":
         v.clean_spaces = True
     else:
@@ -316,15 +330,19 @@ def _read_vocab(md: dict, types: dict, path: str) -> _Vocab:
     v.add_eos = _meta(md, types, path, "add_eos_token", "bool", v.add_eos)
     if model == "gemma4":
         v.add_bos = True  # llama.cpp always adds BOS for Gemma 4
+    v.lowercase = _meta(md, types, path, "normalizer.lowercase", "bool", True)
+    v.strip_accents = _meta(md, types, path, "normalizer.strip_accents", "bool", v.lowercase)
+    if model == "bert" and (ids["bos"] is None or ids["sep"] is None or ids["unk"] is None):
+        raise GGUFError(f"{path}: a 'bert' vocabulary needs CLS (bos), SEP and UNK tokens; re-convert the model")
     if v.add_bos and ids["bos"] is None:
         raise GGUFError(f"{path}: tokenizer.ggml.add_bos_token is set but the vocabulary has no BOS token")
     if v.add_eos and ids["eos"] is None:
         raise GGUFError(f"{path}: tokenizer.ggml.add_eos_token is set but the vocabulary has no EOS token")
-    _infer_special(v, str(md.get("general.name", "")), str(md.get("general.architecture", "")))
+    _infer_special(v, raw_pre or "", str(md.get("general.name", "")), str(md.get("general.architecture", "")))
     return v
 
 
-def _infer_special(v: _Vocab, model_name: str, arch: str) -> None:
+def _infer_special(v: _Vocab, pre: str, model_name: str, arch: str) -> None:
     """Apply llama.cpp's rules that find end-of-generation, FIM and unused tokens by their text."""
     ids, attrs, tokens = v.ids, v.attrs, v.tokens
     index = {t: i for i, t in enumerate(tokens)}
@@ -373,8 +391,8 @@ def _infer_special(v: _Vocab, model_name: str, arch: str) -> None:
 
     # Per-model strip rules for the text around some special tokens.
     name = model_name.lower()
-    if any(s in v.pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or arch in ("nomic-bert-moe",
-                                                                                           "jina-bert-v3"):
+    if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or arch in ("nomic-bert-moe",
+                                                                                         "jina-bert-v3"):
         if "<mask>" in index:
             attrs[index["<mask>"]] |= LSTRIP
     elif "phi-3" in name or "phi3" in name:
@@ -413,12 +431,6 @@ def _piece(v: _Vocab, i: int) -> bytes:
 
 
 # ---- merge models -------------------------------------------------------------------------------
-def _hf():
-    """HF `tokenizers`, imported when a tokenizer is first built."""
-    import tokenizers
-    return tokenizers
-
-
 def _usable_merges(merges: Sequence[tuple[str, str]], vocab: dict[str, int]) -> list[tuple[str, str]]:
     """The merges HF's BPE accepts: both parts and the result are tokens (others can never fire usefully)."""
     return [(a, b) for a, b in merges if a in vocab and b in vocab and a + b in vocab]
@@ -428,7 +440,6 @@ class _ByteLevelBPE:
     """Byte-level BPE ("gpt2"): llama.cpp's regex splits, GPT-2 byte alphabet, the file's merges."""
 
     def __init__(self, v: _Vocab, vocab: dict[str, int]):
-        hf = _hf()
         pre = _PRE_TYPES[v.pre]
         model = hf.models.BPE(vocab=vocab, merges=_usable_merges(v.merges, vocab), ignore_merges=pre.ignore_merges)
         self.tok = hf.Tokenizer(model)
@@ -437,15 +448,18 @@ class _ByteLevelBPE:
             splits + [hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        return [self.tok.encode(t, add_special_tokens=False).ids for t in texts]
 
 
 class _SentencePiece:
     """SentencePiece ("llama"): llama.cpp's score-ordered bigram merging, as BPE with derived merges."""
 
     def __init__(self, v: _Vocab, vocab: dict[str, int]):
-        hf = _hf()
         self.space_prefix = v.add_space_prefix
+        # Every split of every token into two tokens is a merge, ranked by the merged token's score.
+        # llama.cpp breaks score ties by position; the tie-break here (token id, split point) only
+        # differs where two different merges of equal score overlap, which real vocabularies avoid
+        # (their ordinary tokens have distinct scores).
         scores = v.scores.tolist()
         ranked = []
         for t, i in vocab.items():
@@ -462,22 +476,21 @@ class _SentencePiece:
     def encode(self, texts: list[str]) -> list[list[int]]:
         prefix = " " if self.space_prefix else ""
         texts = [(prefix + t).replace(" ", SPACE_ESCAPE) for t in texts]
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        return [self.tok.encode(t, add_special_tokens=False).ids for t in texts]
 
 
 class _SentencePieceBPE:
     """Gemma 4's BPE: the file's merges over raw UTF-8 with "▁" for spaces, split at newline runs."""
 
     def __init__(self, v: _Vocab, vocab: dict[str, int]):
-        hf = _hf()
         self.vocab = vocab
         self.tok = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=_usable_merges(v.merges, vocab),
                                               byte_fallback=True))
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        words = [[w for w in re.findall(r"[^\n]+|\n+", t.replace(" ", SPACE_ESCAPE))] for t in texts]
+        words = [re.findall(r"[^\n]+|\n+", t.replace(" ", SPACE_ESCAPE)) for t in texts]
         todo = [w for ws in words for w in ws if not (w[0] == "\n" and w in self.vocab)]
-        merged = iter(self.tok.encode_batch(todo, add_special_tokens=False))
+        merged = (self.tok.encode(w, add_special_tokens=False) for w in todo)
         out = []
         for ws in words:
             ids: list[int] = []
@@ -490,7 +503,71 @@ class _SentencePieceBPE:
         return out
 
 
-_ENCODERS = {"gpt2": _ByteLevelBPE, "llama": _SentencePiece, "gemma4": _SentencePieceBPE}
+class _WordPiece:
+    """BERT's WordPiece ("bert"): llama.cpp's normalization and word split, then greedy longest match.
+
+    The file spells word-initial pieces with a leading "▁" and continuations bare; HF's WordPiece
+    spells them bare and with "##". llama.cpp matches the vocabulary against "▁" + word, so inside a
+    word that holds a "▁" every token can match as a continuation, "▁"-initial ones included.
+    """
+
+    def __init__(self, v: _Vocab, vocab: dict[str, int]):
+        pieces: dict[str, int] = {}
+        for t, i in vocab.items():
+            pieces["##" + t] = i
+            if t.startswith(SPACE_ESCAPE) and len(t) > 1:
+                pieces[t[1:]] = i
+        unk = v.tokens[v.ids["unk"]]
+        pieces.setdefault(unk, v.ids["unk"])
+        self.tok = hf.Tokenizer(hf.models.WordPiece(vocab=pieces, unk_token=unk, max_input_chars_per_word=1 << 30))
+        self.lowercase, self.strip_accents = v.lowercase, v.strip_accents
+
+    def words(self, text: str) -> list[str]:
+        """llama.cpp's WordPiece pre-processing: clean, normalize, split at spaces and punctuation."""
+        words, word = [], []
+        for c in text:
+            if self.strip_accents:
+                c = unicodedata.normalize("NFD", c)[0]  # llama.cpp keeps the first code point only
+            if c in _SPACES:
+                if word:
+                    words.append("".join(word))
+                    word = []
+                continue
+            cat = unicodedata.category(c)
+            if c in "\x00\ufffd" or cat in ("Cc", "Cf", "Co", "Cs") or (self.strip_accents and cat[0] == "M"):
+                continue
+            piece = c.lower()[0] if self.lowercase else c
+            if cat[0] == "P" or (c < "\x7f" and cat[0] == "S") or _is_cjk(ord(c)):
+                if word:
+                    words.append("".join(word))
+                    word = []
+                words.append(piece)
+            else:
+                word.append(piece)
+        if word:
+            words.append("".join(word))
+        return words
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        out = []
+        for t in texts:
+            words = self.words(t)
+            out.append(self.tok.encode(words, is_pretokenized=True, add_special_tokens=False).ids if words else [])
+        return out
+
+
+# llama.cpp's white space (Unicode White_Space), and BERT's CJK ranges as llama.cpp has them.
+_SPACES = frozenset("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                    "\u2028\u2029\u202f\u205f\u3000")
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+               (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+_ENCODERS = {"gpt2": _ByteLevelBPE, "llama": _SentencePiece, "gemma4": _SentencePieceBPE, "bert": _WordPiece}
 
 
 # ---- the tokenizer -------------------------------------------------------------------------------
@@ -516,9 +593,11 @@ class Tokenizer:
         self.eog_ids: frozenset[int] = frozenset(vocab.eog)
         self.model_type: str = vocab.model
         self.pre_type: str = vocab.pre
+        # what llama.cpp appends when it adds special tokens: SEP for BERT, else EOS if the model asks
+        self._end_id = vocab.ids["sep"] if vocab.model == "bert" else (self.eos_id if self.add_eos else None)
 
     @classmethod
-    def from_gguf(cls, source: "str | os.PathLike | GGUFFile") -> "Tokenizer":
+    def from_gguf(cls, source: str | os.PathLike | GGUFFile) -> Tokenizer:
         """Build the tokenizer described by a GGUF file's metadata (a model or a vocab-only file)."""
         if isinstance(source, GGUFFile):
             return cls(_read_vocab(source.metadata, source.metadata_types, source.path))
@@ -537,7 +616,7 @@ class Tokenizer:
             raise TypeError(f"encode() takes a str, not {type(text).__name__}")
         if add_bos and self.bos_id is None:
             raise ValueError("this vocabulary has no BOS token; call encode() with add_bos=False or None")
-        # Lone surrogates cannot be UTF-8; llama.cpp would see U+FFFD for them.
+        # Lone surrogates have no UTF-8 form (llama-cpp-python refuses them); they become U+FFFD here.
         text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogate(text) else text
         parts = self._partition(text, special)
         texts = [p for p in parts if isinstance(p, str)]
@@ -548,8 +627,8 @@ class Tokenizer:
                 ids.extend(next(encoded))
             else:
                 ids.append(p)
-        if self.add_eos and add_bos is not False:
-            ids.append(self.eos_id)
+        if add_bos is not False and self._end_id is not None:
+            ids.append(self._end_id)
         return ids
 
     def _partition(self, text: str, special: bool) -> list[str | int]:
