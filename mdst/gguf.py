@@ -1,8 +1,9 @@
 """Strict GGUF (v2/v3) reading over mmap: header, metadata, tensor table; tensor bytes are views, never copies.
 
-Every count and length is checked against the bytes left in the file before it is used, so a
-malformed file ends in `GGUFError` naming the offset and the reason, never in a crash, a hang or
-an allocation sized by an unchecked number.
+Every count and length is checked against the bytes left in the file before it is used, and strings
+and arrays are read only once the whole header (metadata, tensor table, data layout) is known to be
+sound, so a malformed file ends in `GGUFError` naming the offset and the reason, never in a crash, a
+hang or an allocation sized by a corrupt number.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_NAME_BYTES = 63  # ggml keeps a tensor name in 64 bytes, the terminating NUL included
+MAX_KEY_BYTES = 2**16 - 1  # the GGUF specification's limit on metadata keys (llama.cpp does not check it)
 INT64_MAX = 2**63 - 1  # dimensions and element counts are int64 in ggml
 
 # GGUF metadata value types.
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
 T_STRING, T_ARRAY, T_UINT64, T_INT64, T_FLOAT64 = range(8, 13)
 
+_U64 = struct.Struct("<Q")
 _SCALAR = {  # value type -> (struct format, numpy dtype)
     T_UINT8: ("<B", "<u1"), T_INT8: ("<b", "<i1"), T_UINT16: ("<H", "<u2"), T_INT16: ("<h", "<i2"),
     T_UINT32: ("<I", "<u4"), T_INT32: ("<i", "<i4"), T_FLOAT32: ("<f", "<f4"), T_BOOL: ("<?", "?"),
@@ -98,6 +101,16 @@ class TensorInfo:
         return self.shape[0] // self.type.block * self.type.block_bytes
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A string or array whose bytes are known to lie in the file but are not read yet (see `_Cursor.value`)."""
+
+    pos: int  # where its length (string) or its first element (array) is
+    etype: int  # T_STRING for a string; else the array's element type
+    count: int | None  # None for a string, else the number of array elements
+    what: str
+
+
 class _Cursor:
     """Bounds-checked little-endian reader over a buffer."""
 
@@ -118,41 +131,79 @@ class _Cursor:
         self.pos += size
         return v
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, decode: bool = True, max_bytes: int | None = None) -> str | None:
+        """A length-prefixed string, its bytes checked to be in the file; decoded as UTF-8 if `decode`."""
         n = self.scalar("<Q", f"length of {what}")
+        if max_bytes is not None and n > max_bytes:
+            raise self.fail(f"{what} is {n} bytes long, more than the {max_bytes} allowed")
         self.need(n, what)
-        raw = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
+        start, self.pos = self.pos, self.pos + n
+        if not decode:
+            return None
         try:
-            return raw.decode("utf-8")
+            return str(self.buf[start:self.pos], "utf-8")
         except UnicodeDecodeError as e:
             raise self.fail(f"{what} is not valid UTF-8 ({e.reason})") from None
 
+    def strings(self, count: int, what: str, decode: bool) -> list[str]:
+        """The `count` strings of array `what` (as `string` reads them, in one tight loop: a vocabulary
+        holds 10^5 of them); an empty list unless `decode`."""
+        buf, end, pos, items = self.buf, len(self.buf), self.pos, []
+        for i in range(count):
+            n = _U64.unpack_from(buf, pos)[0] if end - pos >= 8 else -1
+            if not 0 <= n <= end - pos - 8:
+                break
+            if decode:
+                try:
+                    items.append(str(buf[pos + 8:pos + 8 + n], "utf-8"))
+                except UnicodeDecodeError:
+                    break
+            pos += 8 + n
+        else:
+            self.pos = pos
+            return items
+        self.pos = pos
+        self.string(f"{what}[{i}]")  # item i is bad: `string` raises, saying how
+        raise AssertionError("unreachable")
+
     def value(self, vtype: int, what: str) -> Any:
+        """A scalar; a string or an array as `_Deferred`, so that a corrupt length that happens to fit in the
+        file costs no memory: `read_deferred` reads them once the whole header has proved sound."""
         if vtype in _SCALAR:
             v = self.scalar(_SCALAR[vtype][0], what)
             return bool(v) if vtype == T_BOOL else v
         if vtype == T_STRING:
-            return self.string(what)
+            deferred = _Deferred(self.pos, T_STRING, None, what)
+            self.string(what, decode=False)
+            return deferred
         if vtype == T_ARRAY:
             etype = self.scalar("<I", f"element type of {what}")
             count = self.scalar("<Q", f"element count of {what}")
+            deferred = _Deferred(self.pos, etype, count, what)
             if etype in _SCALAR:
-                fmt, dt = _SCALAR[etype]
-                size = struct.calcsize(fmt)
+                size = struct.calcsize(_SCALAR[etype][0])
                 if count > (len(self.buf) - self.pos) // size:
                     raise self.fail(f"{what} claims {count} elements of {size} bytes, more than the file holds")
-                arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
                 self.pos += count * size
-                return arr
+                return deferred
             if etype == T_STRING:
                 if count > (len(self.buf) - self.pos) // 8:  # each string needs at least its 8-byte length
                     raise self.fail(f"{what} claims {count} strings, more than the file holds")
-                return [self.string(f"{what}[{i}]") for i in range(count)]
+                self.strings(count, what, decode=False)
+                return deferred
             if etype == T_ARRAY:
                 raise self.fail(f"{what} is an array of arrays, which GGUF does not allow")
             raise self.fail(f"{what} has unknown element type {etype}")
         raise self.fail(f"{what} has unknown value type {vtype}")
+
+    def read_deferred(self, d: _Deferred) -> Any:
+        """The value of a `_Deferred`: a str, a list of str, or a numpy array (a copy, not a view of the file)."""
+        self.pos = d.pos
+        if d.count is None:
+            return self.string(d.what)
+        if d.etype == T_STRING:
+            return self.strings(d.count, d.what, decode=True)
+        return np.frombuffer(self.buf, dtype=_SCALAR[d.etype][1], count=d.count, offset=d.pos).copy()
 
 
 class GGUFFile:
@@ -177,6 +228,17 @@ class GGUFFile:
 
     def _parse(self) -> None:
         c = _Cursor(self._view, self.path)
+        n_tensors, n_kv = self._read_header(c)
+        self._read_metadata(c, n_kv)
+        self.alignment = self._read_alignment(c)
+        self._place_tensors(c, self._read_tensor_table(c, n_tensors))
+        # Only now that the whole header is sound are strings and arrays read.
+        for key, value in self.metadata.items():
+            if isinstance(value, _Deferred):
+                self.metadata[key] = c.read_deferred(value)
+
+    def _read_header(self, c: _Cursor) -> tuple[int, int]:
+        """Magic and version checked; the tensor and metadata counts, checked against the file's size."""
         c.need(4, "magic")
         if bytes(self._view[:4]) != MAGIC:
             raise c.fail(f"bad magic {bytes(self._view[:4])!r}, expected b'GGUF'")
@@ -192,11 +254,13 @@ class GGUFFile:
             raise c.fail(f"metadata count {n_kv} exceeds what the file can hold")
         if n_tensors > left // 24:  # name length (8) + n_dims (4) + type (4) + offset (8) at least
             raise c.fail(f"tensor count {n_tensors} exceeds what the file can hold")
+        return n_tensors, n_kv
 
+    def _read_metadata(self, c: _Cursor, n_kv: int) -> None:
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, int] = {}
         for i in range(n_kv):
-            key = c.string(f"key of metadata entry {i}")
+            key = c.string(f"key of metadata entry {i}", max_bytes=MAX_KEY_BYTES)
             if not key:
                 raise c.fail(f"metadata entry {i} has an empty key")
             if key in self.metadata:
@@ -205,21 +269,22 @@ class GGUFFile:
             self.metadata[key] = c.value(vtype, repr(key))
             self.metadata_types[key] = vtype
 
-        self.alignment = DEFAULT_ALIGNMENT
-        if "general.alignment" in self.metadata:
-            a, atype = self.metadata["general.alignment"], self.metadata_types["general.alignment"]
-            if atype != T_UINT32:  # the value itself could be a huge array: name its type only
-                raise c.fail(f"general.alignment must be a u32 (type {T_UINT32}), got value type {atype}")
-            if a == 0 or a & (a - 1):
-                raise c.fail(f"general.alignment must be a non-zero power of two, got {a}")
-            self.alignment = a
+    def _read_alignment(self, c: _Cursor) -> int:
+        if "general.alignment" not in self.metadata:
+            return DEFAULT_ALIGNMENT
+        a, atype = self.metadata["general.alignment"], self.metadata_types["general.alignment"]
+        if atype != T_UINT32:
+            raise c.fail(f"general.alignment must be a u32 (type {T_UINT32}), got value type {atype}")
+        if a == 0 or a & (a - 1):
+            raise c.fail(f"general.alignment must be a non-zero power of two, got {a}")
+        return a
 
-        table = []  # (name, type, shape, data offset)
+    def _read_tensor_table(self, c: _Cursor, n_tensors: int) -> list[tuple[str, GGMLType, tuple[int, ...], int]]:
+        """(name, type, shape, offset in the data section) per tensor, each checked on its own."""
+        table = []
         names = set()
         for i in range(n_tensors):
-            name = c.string(f"name of tensor {i}")
-            if len(name.encode()) > MAX_NAME_BYTES:
-                raise c.fail(f"tensor name {name[:80]!r} is longer than {MAX_NAME_BYTES} bytes, the most ggml can hold")
+            name = c.string(f"name of tensor {i}", max_bytes=MAX_NAME_BYTES)
             if name in names:
                 raise c.fail(f"duplicate tensor name {name!r}")
             names.add(name)
@@ -229,23 +294,26 @@ class GGUFFile:
             shape = tuple(c.scalar("<Q", f"dimension of {name!r}") for _ in range(n_dims))
             gtype = self._tensor_type(c, name, shape, c.scalar("<I", f"type of {name!r}"))
             table.append((name, gtype, shape, c.scalar("<Q", f"offset of {name!r}")))
+        return table
 
-        data_start = -(-c.pos // self.alignment) * self.alignment
-        if data_start > len(self._view) and table:
+    def _place_tensors(self, c: _Cursor, table: list[tuple[str, GGMLType, tuple[int, ...], int]]) -> None:
+        """`data_offset` and `tensors`. Tensor data follows the table's order, each tensor padded to the
+        alignment: what writers produce and llama.cpp requires; so overlaps, gaps and misaligned offsets
+        are all corruption."""
+        self.data_offset = -(-c.pos // self.alignment) * self.alignment
+        if self.data_offset > len(self._view) and table:
             raise c.fail("tensor data section starts past the end of the file")
-        self.data_offset = data_start
-        # Tensor data follows the table's order, each tensor padded to the alignment: what every writer
-        # produces and llama.cpp requires, so that overlaps, gaps and misaligned offsets are all corruption.
         self.tensors: dict[str, TensorInfo] = {}
         expected = 0
         for name, gtype, shape, offset in table:
             nbytes = math.prod(shape) // gtype.block * gtype.block_bytes
             if offset != expected:
-                raise c.fail(f"tensor {name!r} is at data offset {offset}, expected {expected} (tensor data must follow "
-                              f"the table's order, each tensor padded to the alignment of {self.alignment})")
-            if data_start + offset + nbytes > len(self._view):
-                raise c.fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) extends past the end of the file")
-            self.tensors[name] = TensorInfo(name, gtype, shape, data_start + offset, nbytes)
+                raise c.fail(f"tensor {name!r} is at data offset {offset}, expected {expected} (tensor data must "
+                             f"follow the table's order, each tensor padded to the alignment of {self.alignment})")
+            if self.data_offset + offset + nbytes > len(self._view):
+                raise c.fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) extends past the end of "
+                             "the file")
+            self.tensors[name] = TensorInfo(name, gtype, shape, self.data_offset + offset, nbytes)
             expected = offset + -(-nbytes // self.alignment) * self.alignment
 
     @staticmethod
@@ -260,7 +328,8 @@ class GGUFFile:
             raise c.fail(f"tensor {name!r} has unknown type id {type_id}")
         gtype = GGML_TYPES[type_id]
         if shape[0] % gtype.block:
-            raise c.fail(f"tensor {name!r}: row length {shape[0]} is not a multiple of {gtype.name}'s block of {gtype.block}")
+            raise c.fail(f"tensor {name!r}: row length {shape[0]} is not a multiple of {gtype.name}'s block of "
+                         f"{gtype.block}")
         return gtype
 
     # ---- access -------------------------------------------------------------------------------

@@ -106,11 +106,14 @@ def logits(path: str | os.PathLike, ids: Sequence[int], cache_dir: str | os.Path
 def greedy(path: str | os.PathLike, ids: Sequence[int], n: int, cache_dir: str | os.PathLike) -> np.ndarray:
     """llama.cpp's greedy continuation of ids: n token ids (it stops early at end-of-generation)."""
     def compute() -> np.ndarray:
+        import llama_cpp
+
         llm = _llama(path, n_ctx=len(ids) + n + 8)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
         out = []
         for tok in llm.generate(list(ids), temp=0.0, top_k=1, reset=True):
             out.append(tok)
-            if len(out) == n or llm._model.token_is_eog(tok):
+            if len(out) == n or llama_cpp.llama_vocab_is_eog(vocab, tok):
                 break
         return np.array(out, dtype=np.int64)
     return _cached(cache_dir, path, "greedy", ids, n, compute)
