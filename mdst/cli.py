@@ -91,12 +91,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return synth.main(args.rest)
 
 
+def cmd_oracle(args: argparse.Namespace) -> int:
+    from . import oracle
+
+    return oracle.main(args.rest)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "generate": (cmd_generate, "continue a prompt, streaming to stdout"),
     "bench": (cmd_bench, "prefill and decode speed"),
     "inspect": (cmd_inspect, "print a GGUF file's metadata and tensor table"),
     "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
     "synth": (cmd_synth, "write a synthetic random-weight GGUF (mdst synth PRESET OUT.gguf)"),
+    "oracle": (cmd_oracle, "export kernel cases and golden data for the browser build (mdst oracle MODEL OUTDIR)"),
 }
 
 
@@ -122,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true")
         elif name == "inspect":
             sp.add_argument("file")
-        elif name == "synth":
+        elif name in ("synth", "oracle"):
             sp.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 

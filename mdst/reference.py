@@ -6,11 +6,11 @@ recorded graph (mdst.graph) with them, including the same ring-buffer KV cache a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .graph import AttentionSpec, ConvSpec, Graph, RopeSpec
+from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec
 from .memory.kv_cache import CpuKVCache
 from .memory.weights import dequantize
 
@@ -127,8 +127,13 @@ class ReferenceWeights:
         return spec.table(ff)
 
 
-def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndarray, pos0: int) -> np.ndarray:
-    """Execute `graph` for tokens `ids` at positions pos0..; appends to `cache`; returns the output."""
+def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndarray, pos0: int,
+        on_node: Callable[[int, Node, np.ndarray], None] | None = None) -> np.ndarray:
+    """Execute `graph` for tokens `ids` at positions pos0..; appends to `cache`; returns the output.
+
+    `on_node(index, node, value)`, if given, sees every node's output as it is computed (the
+    oracle's per-layer activations); it must not modify the value.
+    """
     ids = np.asarray(ids, dtype=np.int64)
     positions = pos0 + np.arange(len(ids))
     env: dict[int, np.ndarray] = {}
@@ -168,6 +173,8 @@ def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndar
         else:
             raise NotImplementedError(f"reference has no op {node.op!r}")
         env[node.out.id] = y.astype(np.float32, copy=False)
+        if on_node is not None:
+            on_node(i, node, env[node.out.id])
         for v in node.inputs:
             if last.get(v.id) == i:
                 env.pop(v.id, None)

