@@ -219,13 +219,20 @@ class Compiler:
                 else:
                     target, o0, stride = y, p.row0, out.cols
                 params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0}
-                if r == 1:
-                    self._dispatch(ds, "matmul_row", [p.buffer, x[0], target, None], grid1(ceil_div(p.rows, 2)),
-                                   params, label_of(node), w.type.name)
+                args = [p.buffer, x[0], target, None]
+                if self.gpu.profile.software:
+                    # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
+                    rr = 1 if r == 1 else 8
+                    params.update(m=r, y_stride=stride)
+                    self._dispatch(ds, "matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1),
+                                   params, label_of(node), w.type.name, R=rr)
+                elif r == 1:
+                    self._dispatch(ds, "matmul_row", args, grid1(ceil_div(p.rows, 2)), params, label_of(node),
+                                   w.type.name)
                 else:
                     params.update(m=r, y_stride=stride)
-                    self._dispatch(ds, "matmul_rows", [p.buffer, x[0], target, None],
-                                   (ceil_div(p.rows, 32), ceil_div(r, 32), 1), params, label_of(node), w.type.name)
+                    self._dispatch(ds, "matmul_rows", args, (ceil_div(p.rows, 32), ceil_div(r, 32), 1), params,
+                                   label_of(node), w.type.name)
         elif op == "rms_norm":
             w = self.weights.weights[node.weights[0]]
             n_vec = r * out.cols // a["dim"]

@@ -85,6 +85,19 @@ def test_matmul_rows(run, rng, wtype):
     assert rel_l2(y[:, o0:o0 + n], reference.matmul(x, w)) < 1e-5
 
 
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+@pytest.mark.parametrize("R,m", [(1, 1), (8, 45)])
+def test_matmul_by_output(run, rng, wtype, R, m):
+    k, n, o0, stride = awkward_k(wtype), 77, 3, 87
+    raw, w, row_bytes = weight(wtype, n, k, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = f32(run(KernelSpec("matmul_by_output", wtype, constants=(("R", R),)), [raw, x, Out(m * stride * 4)],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
+                (-(-n // 256), -(-m // R), 1))[0]).reshape(m, stride)
+    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
+    assert rel_l2(y[:, o0:o0 + n], reference.matmul(x, w)) < 1e-5
+
+
 def test_rms_norm(run, rng):
     dim, n_vec = 333, 7
     x = (rng.standard_normal((n_vec, dim)) * 3).astype(np.float32)

@@ -36,17 +36,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let b2 = min(j0 + 2u, p.n - 1u) * p.row_bytes;
     let b3 = min(j0 + 3u, p.n - 1u) * p.row_bytes;
     var acc: array<vec4<f32>, 8>;
-    for (var G = 0u; G < kg; G++) {
-        let o = (G / gpb) * QB;
-        let g = G % gpb;
-        let w0 = deq4(b0 + o, g);
-        let w1 = deq4(b1 + o, g);
-        let w2 = deq4(b2 + o, g);
-        let w3 = deq4(b3 + o, g);
-        for (var i = 0u; i < R; i++) {
-            if (i < rows) {
-                let xv = x[(r0 + i) * kg + G];
-                acc[i] += vec4<f32>(dot(w0, xv), dot(w1, xv), dot(w2, xv), dot(w3, xv));
+    for (var o = 0u; o < (kg / gpb) * QB; o += QB) {
+        let G0 = (o / QB) * gpb;
+        // a constant trip count: the compiler unrolls it and loads each shared word of the block once
+        for (var g = 0u; g < gpb; g++) {
+            let w0 = deq4(b0 + o, g);
+            let w1 = deq4(b1 + o, g);
+            let w2 = deq4(b2 + o, g);
+            let w3 = deq4(b3 + o, g);
+            for (var i = 0u; i < R; i++) {
+                if (i < rows) {
+                    let xv = x[(r0 + i) * kg + G0 + g];
+                    acc[i] += vec4<f32>(dot(w0, xv), dot(w1, xv), dot(w2, xv), dot(w3, xv));
+                }
             }
         }
     }

@@ -9,20 +9,15 @@ fn w_u8(o: u32) -> u32 {
     return (W[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
 }
 
-fn w_u16(o: u32) -> u32 {
-    let s = (o & 3u) * 8u;
-    if (s <= 16u) {
-        return (W[o >> 2u] >> s) & 0xffffu;
-    }
-    return ((W[o >> 2u] >> 24u) | (W[(o >> 2u) + 1u] << 8u)) & 0xffffu;
-}
-
+// Branch-free: both words are read and the second shifted out when o is aligned
+// ((v << 1) << 31 is 0, where v << 32 would not be). Divergent branches cost more than a load.
 fn w_u32(o: u32) -> u32 {
     let s = (o & 3u) * 8u;
-    if (s == 0u) {
-        return W[o >> 2u];
-    }
-    return (W[o >> 2u] >> s) | (W[(o >> 2u) + 1u] << (32u - s));
+    return (W[o >> 2u] >> s) | ((W[(o >> 2u) + 1u] << 1u) << (31u - s));
+}
+
+fn w_u16(o: u32) -> u32 {
+    return w_u32(o) & 0xffffu;
 }
 
 fn w_f16(o: u32) -> f32 {
