@@ -84,6 +84,27 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
                                      presence_penalty, frequency_penalty, seed))
 
 
+def chat(model: "Model", messages: Sequence[dict], *, template: str | None = None, tools: list | None = None,
+         max_tokens: int = 512, stream: bool = False, truncate: bool = False, stop: Any = None,
+         **sampling: Any) -> str | Iterator[str]:
+    """Answer a conversation: render the chat template (the GGUF's, or `template`), generate the reply.
+
+    Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options.
+    """
+    from .chat import render, require_template, special_tokens
+
+    if template is None:
+        template = require_template(model.gguf)
+    specials = special_tokens(model.gguf)
+    text = render(template, messages, add_generation_prompt=True, tools=tools, **specials)
+    # Templates usually write BOS themselves; never add a second one.
+    bos = specials.get("bos_token")
+    add_bos = model.tokenizer.add_bos and not (bos and text.startswith(bos))
+    ids = model.tokenize(text, add_bos=add_bos, special=True)
+    return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate,
+               params=SamplingParams(**sampling))
+
+
 def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
         stream: bool = False, truncate: bool = False) -> str | Iterator[str]:
     """Generate from prompt token ids (the shared core of generate() and chat())."""

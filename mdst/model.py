@@ -131,6 +131,13 @@ class Model:
             finally:
                 self._gen_owner = None
 
+    def chat(self, messages: Sequence[dict], max_tokens: int = 512, **kwargs: Any) -> Any:
+        """Reply to a conversation ([{"role": ..., "content": ...}, ...]) using the model's chat template.
+
+        See mdst.generate.chat for every option (template=, tools=, stream=, stop=, sampling settings)."""
+        from .generate import chat
+        return chat(self, messages, max_tokens=max_tokens, **kwargs)
+
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free the device memory and the file mapping."""
