@@ -155,7 +155,21 @@ def resolve_precision(precision: str, gpu: GPU | None) -> str:
     has_f16 = gpu is not None and gpu.profile.shader_f16
     if precision == "auto":
         return "f16" if has_f16 else "f32"
-    if precision == "f16" and gpu is not None and not has_f16:
+    if gpu is None:
+        return "f32"  # the numpy engine computes in float32
+    if precision == "f16" and not has_f16:
         raise DeviceError(f"precision='f16' needs the shader-f16 feature, which {gpu.profile.name} lacks; "
                           "use precision='f32' or 'auto'")
     return precision
+
+
+def resolve_kv_type(kv_type: str | None, precision: str, gpu: GPU | None) -> str:
+    """The KV cache format: given, or f16 with f16 precision and f32 otherwise; f16 needs shader-f16 on a GPU."""
+    if kv_type is None:
+        return "f16" if precision == "f16" else "f32"
+    if kv_type not in ("f32", "f16", "q8_0"):
+        raise ValueError(f"kv_type must be 'f32', 'f16' or 'q8_0', got {kv_type!r}")
+    if kv_type == "f16" and gpu is not None and not gpu.profile.shader_f16:
+        raise DeviceError(f"kv_type='f16' needs the shader-f16 feature, which {gpu.profile.name} lacks; "
+                          "use kv_type='f32' or 'q8_0'")
+    return kv_type

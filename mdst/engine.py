@@ -13,7 +13,7 @@ import numpy as np
 
 from . import reference
 from .device import GPU
-from .errors import DeviceError, UnsupportedModelError
+from .errors import DeviceError, OutOfMemoryError, UnsupportedModelError
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
 from .kernels import WEIGHT_TYPES, PipelineCache
@@ -23,6 +23,8 @@ from .memory.weights import WeightStore
 from .plan import Compiler, Plan, write_step
 
 DEFAULT_CHUNK = 128
+STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit are read in rounds
+ALL_LOGITS_BYTES = 32 << 20   # logits of one all-rows step (logits(), Session.feed) at most
 
 
 def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile) -> dict[str, Graph]:
@@ -44,10 +46,10 @@ class Engine:
 
     kind = ""
 
-    def __init__(self, graphs: dict[str, Graph], context: int, chunk: int):
+    def __init__(self, graphs: dict[str, Graph], context: int, chunk: int, kv_type: str):
         self.graphs, self.context, self.chunk = graphs, context, chunk
         self.chunk_all = chunk
-        self.layout = CacheLayout.of(graphs["last"], context, chunk)
+        self.layout = CacheLayout.of(graphs["last"], context, chunk, kv_type)
         self.vocab = graphs["last"].output.cols
 
     def max_rows(self, output_rows: str) -> int:
@@ -64,8 +66,9 @@ class CpuEngine(Engine):
 
     kind = "cpu"
 
-    def __init__(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, chunk: int = DEFAULT_CHUNK):
-        super().__init__(graphs, context, chunk)
+    def __init__(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str = "f32",
+                 chunk: int = DEFAULT_CHUNK):
+        super().__init__(graphs, context, chunk, kv_type)
         self.weights = reference.ReferenceWeights(gguf)
 
     def new_cache(self) -> CpuKVCache:
@@ -80,18 +83,21 @@ class CpuEngine(Engine):
 
 
 class GpuEngine(Engine):
-    """Runs compiled plans on a WebGPU device."""
+    """Runs compiled plans on a WebGPU device.
+
+    Every buffer goes through `_create`, which counts bytes by kind; on a phantom device
+    (mdst.memory.fit) the same setup predicts them without allocating.
+    """
 
     kind = "gpu"
 
-    def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, f16: bool,
+    def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
                  chunk: int = DEFAULT_CHUNK):
         import wgpu
 
-        self.gpu, self.f16 = gpu, f16
+        self.gpu = gpu
         self._wgpu = wgpu
         self.bytes_by_kind: dict[str, int] = {}
-        self._lock = threading.Lock()
         cap = gpu.profile.max_binding_size
         for g in graphs.values():
             for name in g.weight_names():
@@ -101,15 +107,15 @@ class GpuEngine(Engine):
                         f"tensor {name} has type {t.type.name}; mdst's kernels read {', '.join(WEIGHT_TYPES)}")
         # Rows per step: every activation of a step must fit one binding.
         widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out.rows == "n" and n.out is not g.output)
-        super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))))
-        self.kv_elem_bytes = 2 if f16 else 4
+        super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))), kv_type)
         for lk in self.layout.kv:
-            if lk.ring * lk.kv_dim * self.kv_elem_bytes > cap:
-                raise UnsupportedModelError(
-                    f"layer {lk.spec.layer}'s KV cache ({lk.ring} x {lk.kv_dim}) exceeds the binding limit of {cap} "
-                    f"bytes; use a shorter context_length")
+            if self.layout.layer_bytes(lk) > cap:
+                raise OutOfMemoryError(
+                    f"layer {lk.spec.layer}'s KV cache ({lk.ring} positions of {lk.kv_dim} values, "
+                    f"{self.layout.layer_bytes(lk)} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
+                    f"context_length or a smaller kv_type")
 
-        self.weights = WeightStore(gpu, gguf, self._create)
+        self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"))
         for g in graphs.values():
             for n in g.nodes:
                 for name in n.weights:
@@ -120,19 +126,21 @@ class GpuEngine(Engine):
         # Logits of every row: each weight part's slice of them must fit a binding too.
         head = graphs["all"].producer(graphs["all"].output)
         out_w = self.weights.weights.get(head.weights[0]) if head.op == "matmul" else None
-        if out_w is not None and self.chunk * self.vocab * 4 > cap:
-            self.chunk_all = max(1, min(self.chunk, cap // (4 * max(p.rows for p in out_w.parts))))
+        self.chunk_all = max(1, min(self.chunk, ALL_LOGITS_BYTES // (4 * self.vocab)))
+        if out_w is not None and self.chunk_all * self.vocab * 4 > cap:
+            self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.pipelines = PipelineCache(gpu.device)
         self.step_buffer = self._create(16 + 4 * self.chunk, "step", kind="step")
-        self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.layout, f16,
+        self.staging = self._create(min(STAGING_BYTES, max(self.chunk_all, self.chunk) * self.vocab * 4),
+                                    "staging", map_read=True, kind="staging")
+        self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.layout,
                                  self._create)
         self.plans: dict[tuple[str, int, bool], Plan] = {}
-        self._staging = None
 
     # ---- buffers ------------------------------------------------------------------------------
-    def _create(self, size: int, label: str, uniform: bool = False, copy_src: bool = True,
-                kind: str | None = None, map_read: bool = False) -> Any:
+    def _create(self, size: int, label: str, uniform: bool = False, kind: str | None = None,
+                map_read: bool = False) -> Any:
         u = self._wgpu.BufferUsage
         if map_read:
             usage = u.MAP_READ | u.COPY_DST
@@ -141,79 +149,105 @@ class GpuEngine(Engine):
         else:
             usage = u.STORAGE | u.COPY_DST | u.COPY_SRC
         kind = kind or ("params" if uniform else label.split(".")[0])
+        limit = self.gpu.profile.limits.get("max-buffer-size")
+        if limit and size > limit:
+            raise OutOfMemoryError(f"a {size}-byte GPU buffer ({label}) exceeds the adapter's max-buffer-size of "
+                                   f"{limit}; use a shorter context_length")
         try:
             buf = self.gpu.device.create_buffer(size=size, usage=usage, label=label)
         except Exception as e:
-            raise DeviceError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}") from None
+            raise OutOfMemoryError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}") from None
         self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + size
         return buf
 
     def new_cache(self) -> GpuKVCache:
-        return GpuKVCache.allocate(self.layout, self.kv_elem_bytes, lambda n, label: self._create(n, label, kind="kv"))
+        return GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"))
 
-    # ---- steps --------------------------------------------------------------------------------
+    # ---- plans --------------------------------------------------------------------------------
     def plan(self, output_rows: str, n: int, greedy: bool) -> Plan:
         """The plan for a step of n rows (compiled on first use)."""
-        limit = self.chunk_all if output_rows == "all" else self.chunk
-        rows = next(b for b in buckets(limit) if b >= n)
+        rows = next(b for b in buckets(self.max_rows(output_rows)) if b >= n)
         key = (output_rows, rows, greedy)
         p = self.plans.get(key)
         if p is None:
-            p = self.compiler.compile(self.graphs[output_rows], rows, greedy)
+            p = self.compiler.compile(self.graphs[output_rows], rows, greedy, self.max_rows(output_rows))
             self.plans[key] = p
         return p
 
+    def compile_all(self) -> None:
+        """Compile every plan a model can use: greedy and sampled last-row steps, all-row steps, every size."""
+        for output_rows, greedy in (("last", True), ("last", False), ("all", False)):
+            for rows in buckets(self.max_rows(output_rows)):
+                self.plan(output_rows, rows, greedy)
+
+    # ---- steps --------------------------------------------------------------------------------
     def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
         """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out]."""
         n = len(ids)
         plan = self.plan(output_rows, n, greedy)
         rows_out = n if output_rows == "all" else 1
-        device, queue = self.gpu.device, self.gpu.queue
+        device = self.gpu.device
         groups = plan.bind(device, cache)
-        write_step(queue, self.step_buffer, ids, pos0, plan.rows)
+        write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
         enc = device.create_command_encoder()
         plan.encode(enc, groups)
         if greedy:
-            nbytes = rows_out * 4
-            staging = self._staging_buffer(nbytes)
-            enc.copy_buffer_to_buffer(plan.ids_buffer, 0, staging, 0, max(4, nbytes))
-        else:
-            nbytes = rows_out * self.vocab * 4
-            staging = self._staging_buffer(nbytes)
-            off = 0
-            for part in plan.outputs:
-                size = rows_out * part.cols * 4
-                enc.copy_buffer_to_buffer(part.buffer, 0, staging, off, size)
-                off += size
-        queue.submit([enc.finish()])
-        staging.map_sync(self._wgpu.MapMode.READ, 0, nbytes)
-        try:
-            data = np.frombuffer(staging.read_mapped(0, nbytes, copy=True), dtype=np.uint32 if greedy else np.float32)
-        finally:
-            staging.unmap()
-        if greedy:
-            return data.astype(np.int64)
-        if len(plan.outputs) == 1:
-            return data.reshape(rows_out, self.vocab)
-        blocks, off = [], 0
-        for part in plan.outputs:
-            size = rows_out * part.cols
-            blocks.append(data[off:off + size].reshape(rows_out, part.cols))
-            off += size
-        return np.concatenate(blocks, axis=1)
+            enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 0, max(4, rows_out * 4))
+            device.queue.submit([enc.finish()])
+            return self._read(rows_out * 4).view(np.uint32).astype(np.int64)
+        return self._read_logits(enc, plan, rows_out)
 
-    def _staging_buffer(self, nbytes: int) -> Any:
-        nbytes = max(16, -(-nbytes // 4) * 4)
-        if self._staging is None or self._staging.size < nbytes:
-            if self._staging is not None:
-                self._staging.destroy()
-            self._staging = self._create(nbytes, "staging", map_read=True, kind="staging")
-        return self._staging
+    def _read(self, nbytes: int) -> np.ndarray:
+        """The first nbytes of the staging buffer, once the GPU has written them."""
+        self.staging.map_sync(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
+        try:
+            return np.frombuffer(self.staging.read_mapped(0, nbytes, copy=True), dtype=np.uint8)
+        finally:
+            self.staging.unmap()
+
+    def _read_logits(self, enc: Any, plan: Plan, rows_out: int) -> np.ndarray:
+        """Copy the logits parts out through the staging buffer, as many rows a round as fit."""
+        device = self.gpu.device
+        out = np.empty((rows_out, self.vocab), np.float32)
+        widest = max(p.cols for p in plan.outputs)
+        per_round = max(1, self.staging.size // (4 * widest))
+        for part in plan.outputs:
+            for r0 in range(0, rows_out, per_round):
+                rows = min(per_round, rows_out - r0)
+                enc = enc or device.create_command_encoder()
+                enc.copy_buffer_to_buffer(part.buffer, 4 * r0 * part.cols, self.staging, 0, 4 * rows * part.cols)
+                device.queue.submit([enc.finish()])
+                enc = None
+                out[r0:r0 + rows, part.col0:part.col0 + part.cols] = \
+                    self._read(4 * rows * part.cols).view(np.float32).reshape(rows, part.cols)
+        return out
+
+    # ---- memory -------------------------------------------------------------------------------
+    def memory_report(self) -> dict[str, Any]:
+        """Bytes by kind, the pool's statistics, and each compiled plan's activation use."""
+        w = self.weights.weights
+        return {
+            "gpu_bytes": dict(self.bytes_by_kind),
+            "gpu_bytes_total": sum(self.bytes_by_kind.values()),
+            "weights": {"tensors": len(w), "bytes": self.weights.nbytes,
+                        "split_tensors": {n: len(x.parts) for n, x in w.items() if len(x.parts) > 1}},
+            "kv": {"kv_type": self.layout.kv_type, "bytes_per_sequence": self.layout.kv_bytes(),
+                   "conv_state_bytes_per_sequence": self.layout.conv_bytes(),
+                   "layers": [{"layer": lk.spec.layer, "ring": lk.ring, "kv_dim": lk.kv_dim,
+                               "window": lk.spec.window} for lk in self.layout.kv]},
+            "pool": self.pool.stats.as_dict(),
+            "plans": [{"output_rows": k[0], "rows": k[1], "greedy": k[2], "dispatches": len(p.dispatches),
+                       "activation_bytes": p.activation_bytes, "one_buffer_per_tensor_bytes": p.naive_activation_bytes}
+                      for k, p in sorted(self.plans.items())],
+            "chunk": self.chunk, "chunk_all_logits": self.chunk_all,
+            "max_binding_size": self.gpu.profile.max_binding_size,
+        }
 
     def close(self) -> None:
         """Free GPU memory."""
         self.pool.release_all()
         self.weights.release()
         for p in self.plans.values():
-            p.param_buffer.destroy()
+            p.release()
         self.plans.clear()
+        self.staging.destroy()

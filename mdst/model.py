@@ -14,6 +14,7 @@ from . import device as device_mod
 from .engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
 from .gguf import GGUFFile
+from .memory import fit
 from .models import family
 from .tokenizer import Tokenizer
 
@@ -26,7 +27,8 @@ class Model:
     """A GGUF model loaded onto a device. Use `mdst.load()` to make one."""
 
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
-                 context_length: int | None = None, max_binding_size: int | None = None):
+                 context_length: int | None = None, max_binding_size: int | None = None,
+                 kv_type: str | None = None, gpu_memory_limit: int | str | None = None):
         self.path = os.fspath(path)
         self._lock = threading.RLock()       # one GPU step at a time
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
@@ -44,15 +46,23 @@ class Model:
             if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
                 raise ValueError(f"context_length must be a positive int, got {context_length!r}")
             self.context_length = context_length
+            limit = fit.parse_bytes(gpu_memory_limit)
             gpu = device_mod.resolve(device, max_binding_size)
             self.precision = device_mod.resolve_precision(precision, gpu)
+            self.kv_type = device_mod.resolve_kv_type(kv_type, self.precision, gpu)
             graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf)
+            self.predicted: fit.Prediction | None = None
             if gpu is None:
-                self.precision = "f32"
-                self.engine: Any = CpuEngine(self.gguf, graphs, context_length)
+                self.engine: Any = CpuEngine(self.gguf, graphs, context_length, self.kv_type)
                 self.device_profile = None
             else:
-                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, f16=self.precision == "f16")
+                # Predict every byte on a phantom device first: refuse before allocating anything.
+                ghost = GpuEngine(fit.phantom(gpu), self.gguf, graphs, context_length, self.kv_type)
+                ghost.compile_all()
+                ghost.new_cache()
+                self.predicted = fit.Prediction(dict(ghost.bytes_by_kind))
+                fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type)
+                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type)
                 self.device_profile = gpu.profile
             self.n_vocab = self.engine.vocab
         except BaseException:
@@ -69,6 +79,18 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<mdst.Model {os.path.basename(self.path)} {self.architecture} on {self.backend}, {self.precision}>"
+
+    def memory_report(self) -> dict[str, Any]:
+        """Where the memory goes: weights, KV cache, activations, pool statistics and the compiled plans."""
+        report: dict[str, Any] = {"backend": self.backend, "context_length": self.context_length,
+                                  "kv_type": self.kv_type, "file_bytes": os.path.getsize(self.path)}
+        if self.engine.kind == "gpu":
+            report.update(self.engine.memory_report())
+            report["predicted_gpu_bytes"] = dict(self.predicted.bytes_by_kind)
+            report["predicted_gpu_bytes_total"] = self.predicted.total
+        else:
+            report["kv"] = {"kv_type": self.kv_type, "bytes_per_sequence": self.engine.layout.kv_bytes()}
+        return report
 
     # ---- text ---------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:

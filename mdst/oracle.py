@@ -296,22 +296,29 @@ class CaseBuilder:
         return out
 
     def _kv_store(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .memory.kv_cache import encode_rows, kv_row_bytes
         from .kernels.runner import Out
-        kv_dim, ring, rows, n_rows = 70, 11, 6, 5
+        kv_type = _kv_type(spec)
+        kv_dim, ring, rows, n_rows = 96, 11, 6, 5
         pos0 = 2 * ring - 2  # wraps around the ring; the last row is padding
         k, v = self.normal(rows, kv_dim), self.normal(rows, kv_dim)
-        wk, wv = _poisoned((ring, kv_dim)), _poisoned((ring, kv_dim))
+        row_bytes = kv_row_bytes(kv_dim, kv_type)
+        wk = np.full((ring, row_bytes), 0xFF, np.uint8)
+        wv = wk.copy()
         for r in range(n_rows):
-            wk[(pos0 + r) % ring], wv[(pos0 + r) % ring] = k[r], v[r]
-        return [Case(f"{n_rows} of {rows} rows into a ring of {ring} from position {pos0}", spec,
-                     [_step(pos0, n_rows, rows=rows), k, v, Out(wk.nbytes), Out(wv.nbytes)],
-                     {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // 64), rows, 1),
-                     [Expect("f32", _exact(), wk), Expect("f32", _exact(), wv)])]
+            slot = (pos0 + r) % ring
+            wk[slot], wv[slot] = encode_rows(k[r:r + 1], kv_type)[0], encode_rows(v[r:r + 1], kv_type)[0]
+        kvb = 32 if kv_type == "q8_0" else 4
+        return [Case(f"{n_rows} of {rows} rows into a {kv_type} ring of {ring} from position {pos0}", spec,
+                     [_step(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), k, v],
+                     {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // kvb // 64), rows, 1),
+                     [Expect("u8", _exact(), wk), Expect("u8", _exact(), wv)])]
 
     def _attention(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference
         from .graph import AttentionSpec
         from .kernels.runner import Out
+        from .memory.kv_cache import decode_rows, encode_rows
         rows, n_rows = 5, 4
         out, seen = [], set()
         for d in uses:
@@ -325,14 +332,17 @@ class CaseBuilder:
             ring = window + rows - 1 if window else 137
             a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), int(p["head_dim"]), float(p["scale"]), window,
                               float(p["softcap"]), float(p["temp_scale"]), int(p["temp_floor"]))
-            kc = self.normal(ring, a.kv_heads * a.head_dim, scale=2.0)
-            vc = self.normal(ring, a.kv_heads * a.head_dim)
+            kv_type = _kv_type(spec)
+            kc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim, scale=2.0), kv_type)
+            vc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim), kv_type)
             q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
             want = _poisoned(q.shape)
-            want[:n_rows] = reference.attention(q[:n_rows], kc, vc, pos0 + np.arange(n_rows), a)
+            kv_dim = a.kv_heads * a.head_dim
+            want[:n_rows] = reference.attention(q[:n_rows], decode_rows(kc, kv_dim, kv_type),
+                                                decode_rows(vc, kv_dim, kv_type), pos0 + np.arange(n_rows), a)
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
-                            f"{n_rows} of {rows} rows at {pos0}", spec,
-                            [_step(pos0, n_rows, rows=rows), q, kc, vc, Out(q.nbytes)], {**p, "ring": ring},
+                            f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}", spec,
+                            [_step(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
                             (a.heads, rows, 1), [Expect("f32", _within(1e-5), want)]))
         return out
 
@@ -421,14 +431,20 @@ def _awkward_k(wtype: str) -> int:
     return {1: 4 * 37, 32: 32 * 7, 256: 256 * 3}[block]
 
 
+def _kv_type(spec: Any) -> str:
+    """The kv_type a KV kernel specialization stores."""
+    return "q8_0" if spec.kv == "Q8_0" else "f16" if spec.f16 else "f32"
+
+
 def _spec_json(spec: Any) -> dict[str, Any]:
-    return {"kernel": spec.name, "wtype": spec.wtype, "f16": spec.f16,
+    return {"kernel": spec.name, "wtype": spec.wtype, "kv": spec.kv, "f16": spec.f16,
             "constants": {k: v for k, v in spec.constants}, "key": spec.key()}
 
 
 def _spec_from(entry: dict[str, Any]) -> Any:
     from .kernels import KernelSpec
-    return KernelSpec(entry["kernel"], entry["wtype"], bool(entry["f16"]), tuple(sorted(entry["constants"].items())))
+    return KernelSpec(entry["kernel"], entry["wtype"], bool(entry["f16"]), tuple(sorted(entry["constants"].items())),
+                      entry.get("kv"))
 
 
 def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any, blobs: Blobs) -> list[dict]:
@@ -448,8 +464,8 @@ def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any,
                     continue
                 ex = case.expects[k]
                 actual = got[k].tobytes()
-                check = compare(actual, ex.reference.astype(np.float32 if ex.dtype == "f32" else np.uint32).tobytes(),
-                                ex.dtype, ex.rule)
+                want = ex.reference.astype(np.float32) if ex.dtype == "f32" else np.ascontiguousarray(ex.reference)
+                check = compare(actual, want.tobytes(), ex.dtype, ex.rule)
                 if not check["ok"]:
                     raise AssertionError(f"{spec.key()} ({case.about}): wgpu-native output {k} disagrees with "
                                          f"mdst.reference: {check}")
@@ -497,7 +513,7 @@ def _tap_compiler(compiler: Any) -> Any:
             self.node_ends.append((len(ds), y, nrows(node.out) * node.out.cols * 4))
 
     tc = TapCompiler(compiler.gpu, compiler.pipelines, compiler.weights, compiler.pool, compiler.step,
-                     compiler.layout, compiler.f16, compiler.create)
+                     compiler.layout, compiler.create)
     tc._rope_tables = compiler._rope_tables   # one table buffer per RoPE spec, shared with the engine's plans
     tc.node_ends = []
     return tc

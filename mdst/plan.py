@@ -9,6 +9,7 @@ every step; a step then writes the small step buffer, encodes one compute pass a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +17,13 @@ import numpy as np
 
 from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
 from .kernels import KernelSpec, PipelineCache, pack_params
-from .memory.kv_cache import CacheLayout, GpuKVCache
+from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore
 
 MAX_GROUPS = 65535
-USES_HALF = {"kv_store", "attention"}  # kernels whose sources depend on the precision line
+_plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
+USES_KV = {"kv_store", "attention"}  # kernels composed with the cache format (kv/<format>.wgsl)
 
 
 def grid1(groups: int) -> tuple[int, int, int]:
@@ -79,6 +81,7 @@ class Plan:
     rows_out: int
     out_cols: int
     ids_buffer: Any | None
+    best_buffer: Any | None
     param_buffer: Any
     activation_bytes: int         # peak bytes of activation slots this plan holds
     naive_activation_bytes: int   # what one buffer per value would take
@@ -103,6 +106,12 @@ class Plan:
             cache.bind_groups[self.key] = groups
         return groups
 
+    def release(self) -> None:
+        """Destroy the buffers this plan owns (parameters, greedy-pick scratch)."""
+        for b in (self.param_buffer, self.ids_buffer, self.best_buffer):
+            if b is not None:
+                b.destroy()
+
     def encode(self, encoder: Any, groups: list[Any], timestamps: Any = None) -> None:
         """Record every dispatch into one compute pass."""
         cp = encoder.begin_compute_pass(timestamp_writes=timestamps) if timestamps else encoder.begin_compute_pass()
@@ -117,18 +126,17 @@ class Compiler:
     """Turns graphs into plans for one device, weight store, pool and precision."""
 
     def __init__(self, gpu: Any, pipelines: PipelineCache, weights: WeightStore, pool: Any,
-                 step_buffer: Any, layout: CacheLayout, f16: bool, create_buffer: Any):
+                 step_buffer: Any, layout: CacheLayout, create_buffer: Any):
         self.gpu, self.pipelines, self.weights, self.pool = gpu, pipelines, weights, pool
         self.step = step_buffer
         self.layout = layout
-        self.f16 = f16
         self.create = create_buffer
         self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}
-        self._plans = 0
 
     # ---- helpers ------------------------------------------------------------------------------
     def _spec(self, name: str, wtype: str | None = None, **constants: int) -> KernelSpec:
-        return KernelSpec(name, wtype, self.f16 and name in USES_HALF, tuple(sorted(constants.items())))
+        kv, f16 = KV_TYPES[self.layout.kv_type] if name in USES_KV else (None, False)
+        return KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
 
     def _dispatch(self, out: list[Dispatch], name: str, resources: list[Any], groups: tuple[int, int, int],
                   params: dict[str, Any], label: str, wtype: str | None = None, **constants: int) -> None:
@@ -150,8 +158,13 @@ class Compiler:
         return got
 
     # ---- compilation --------------------------------------------------------------------------
-    def compile(self, graph: Graph, rows: int, greedy: bool) -> Plan:
-        """A plan for `rows` rows (the step may use fewer: the rest is padding)."""
+    def compile(self, graph: Graph, rows: int, greedy: bool, alloc_rows: int | None = None) -> Plan:
+        """A plan for `rows` rows (the step may use fewer: the rest is padding).
+
+        Activation buffers are sized for `alloc_rows` (default: rows): plans compiled for every row
+        count up to it then ask the pool for the same slots and share them.
+        """
+        alloc_rows = rows if alloc_rows is None else alloc_rows
         live = Liveness(self.pool)
         last = graph.last_uses()
         bufs: dict[int, Any] = {}
@@ -162,19 +175,21 @@ class Compiler:
         def nrows(v: Value) -> int:
             return rows if v.rows == "n" else 1
 
+        def arows(v: Value) -> int:
+            return alloc_rows if v.rows == "n" else 1
+
         for i, node in enumerate(graph.nodes):
             out = node.out
-            r_out = nrows(out)
             if node.op == "rope" and last[node.inputs[0].id] == i:
                 live.share(out.id, node.inputs[0].id)
                 bufs[out.id] = bufs[node.inputs[0].id]
-            elif out is graph.output and r_out * out.cols * 4 > cap:
+            elif out is graph.output and arows(out) * out.cols * 4 > cap:
                 bufs[out.id] = None  # split output: one buffer per weight part, made below
             else:
-                bufs[out.id] = live.take(out.id, r_out * out.cols * 4)
+                bufs[out.id] = live.take(out.id, arows(out) * out.cols * 4)
             x = [bufs[v.id] for v in node.inputs]
             if out is graph.output:
-                outputs = self._output_parts(node, bufs[out.id], r_out, out.cols, live)
+                outputs = self._output_parts(node, bufs[out.id], arows(out), out.cols, live)
             self._emit(ds, node, x, bufs[out.id], nrows, outputs if out is graph.output else None)
             freed = set()
             for v in node.inputs:
@@ -183,13 +198,12 @@ class Compiler:
                     freed.add(v.id)
 
         rows_out = nrows(graph.output)
-        ids_buffer = None
+        ids_buffer = best_buffer = None
         if greedy:
-            ids_buffer = self._argmax(ds, outputs, rows_out)
+            ids_buffer, best_buffer = self._argmax(ds, outputs, rows_out)
         param_buffer = self._pack(ds)
-        self._plans += 1
         return Plan(rows, graph.output_rows, greedy, ds, outputs, rows_out, graph.output.cols, ids_buffer,
-                    param_buffer, live.peak_bytes, live.naive_bytes, key=id(param_buffer))
+                    best_buffer, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys))
 
     def _output_parts(self, node: Node, buf: Any, rows_out: int, cols: int, live: Liveness) -> list[OutputPart]:
         if buf is not None:
@@ -261,10 +275,11 @@ class Compiler:
             li = self.layout.kv_index(s.layer)
             lk = self.layout.kv[li]
             k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
-            self._dispatch(ds, "kv_store", [self.step, x[1], x[2], k, v, None],
-                           (ceil_div(lk.kv_dim, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
+            kvb = 32 if self.layout.kv_type == "q8_0" else 4
+            self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
+                           (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
                            f"kv_store.{s.layer}")
-            self._dispatch(ds, "attention", [self.step, x[0], k, v, y, None], (s.heads, r, 1),
+            self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1),
                            {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
                             "window": s.window, "scale": s.scale, "softcap": s.softcap,
                             "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}, f"attention.{s.layer}")
@@ -281,15 +296,15 @@ class Compiler:
         else:
             raise NotImplementedError(f"no GPU kernel for op {op!r}")
 
-    def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> Any:
+    def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> tuple[Any, Any]:
         best = self.create(rows_out * len(outputs) * 8, "argmax.best")
-        ids = self.create(max(16, rows_out * 4), "argmax.ids", copy_src=True)
+        ids = self.create(max(16, rows_out * 4), "argmax.ids")
         for k, o in enumerate(outputs):
             self._dispatch(ds, "argmax", [o.buffer, best, None], (rows_out, 1, 1),
                            {"cols": o.cols, "col0": o.col0, "part": k, "n_parts": len(outputs)}, "argmax")
         self._dispatch(ds, "argmax_merge", [best, ids, None], (ceil_div(rows_out, 64), 1, 1),
                        {"rows": rows_out, "n_parts": len(outputs)}, "argmax")
-        return ids
+        return ids, best
 
     def _pack(self, ds: list[Dispatch]) -> Any:
         """Write every dispatch's parameters into one uniform buffer; fill in the last binding."""

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec
-from .memory.kv_cache import CpuKVCache
+from .memory.kv_cache import CpuKVCache, round_rows
 from .memory.weights import dequantize
 
 # ---- ops ----------------------------------------------------------------------------------------
@@ -162,8 +162,8 @@ def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndar
             li = cache.layout.kv_index(spec_a.layer)
             ring = cache.k[li].shape[0]
             slots = positions % ring
-            cache.k[li][slots] = x[1]
-            cache.v[li][slots] = x[2]
+            cache.k[li][slots] = round_rows(x[1], cache.layout.kv_type)
+            cache.v[li][slots] = round_rows(x[2], cache.layout.kv_type)
             y = attention(x[0], cache.k[li], cache.v[li], positions, spec_a)
         elif node.op == "shortconv":
             ci = cache.layout.conv_index(a["spec"].layer)

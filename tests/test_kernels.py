@@ -10,6 +10,7 @@ from mdst.graph import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
+from mdst.memory.kv_cache import decode_rows, encode_rows, kv_row_bytes
 from mdst.memory.weights import dequantize
 from metrics import rel_l2
 from quant_data import awkward_k, random_weights
@@ -123,49 +124,60 @@ def test_rope(run, rng, neox, yarn):
     np.testing.assert_array_equal(out.reshape(rows, heads, hd)[..., n_rot:], x.reshape(rows, heads, hd)[..., n_rot:])
 
 
-@pytest.mark.parametrize("f16", [False, True])
-def test_kv_store_wraps_and_skips_padding(run, rng, gpu, f16):
-    if f16 and not gpu.profile.shader_f16:
+KV_SPECS = {"f32": ("F", False), "f16": ("F", True), "q8_0": ("Q8_0", False)}
+
+
+def kv_spec(name: str, kv_type: str, gpu) -> KernelSpec:
+    if kv_type == "f16" and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
-    kv_dim, ring, rows, n_rows = 70, 11, 6, 5
+    fmt, f16 = KV_SPECS[kv_type]
+    return KernelSpec(name, f16=f16, kv=fmt)
+
+
+@pytest.mark.parametrize("kv_type", list(KV_SPECS))
+def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
+    kv_dim, ring, rows, n_rows = 96, 11, 6, 5
     pos0 = 2 * ring - 2  # wraps around the ring
     k = rng.standard_normal((rows, kv_dim)).astype(np.float32)
     v = rng.standard_normal((rows, kv_dim)).astype(np.float32)
-    el = 2 if f16 else 4
-    kc, vc = run(KernelSpec("kv_store", f16=f16), [step_buffer(pos0, n_rows, rows=rows), k, v,
-                                                     Out(ring * kv_dim * el), Out(ring * kv_dim * el)],
-                 {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // 64), rows, 1))
-    dt = np.float16 if f16 else np.float32
-    kc, vc = kc.view(dt).reshape(ring, kv_dim), vc.view(dt).reshape(ring, kv_dim)
+    row_bytes = kv_row_bytes(kv_dim, kv_type)
+    kvb = 32 if kv_type == "q8_0" else 4
+    kc, vc = run(kv_spec("kv_store", kv_type, gpu),
+                 [step_buffer(pos0, n_rows, rows=rows), Out(ring * row_bytes), Out(ring * row_bytes), k, v],
+                 {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // kvb // 64), rows, 1))
     written = {(pos0 + r) % ring: r for r in range(n_rows)}
-    for slot in range(ring):
-        if slot in written:
-            np.testing.assert_array_equal(kc[slot], k[written[slot]].astype(dt))
-            np.testing.assert_array_equal(vc[slot], v[written[slot]].astype(dt))
-        else:
-            assert not np.isfinite(kc[slot].astype(np.float32)).any()
+    for got, src in ((kc, k), (vc, v)):
+        got = got.reshape(ring, row_bytes)
+        for slot in range(ring):
+            if slot in written:
+                want = encode_rows(src[written[slot]:written[slot] + 1], kv_type)[0]
+                if kv_type == "q8_0":  # GPU division may round a value at exactly .5 the other way
+                    assert np.abs(decode_rows(got[slot], kv_dim, kv_type) - decode_rows(want, kv_dim, kv_type)).max() \
+                        <= np.abs(src[written[slot]]).max() / 127 * 1.01
+                else:
+                    np.testing.assert_array_equal(got[slot], want)
+            else:
+                assert (got[slot] == 0xFF).all(), "an unwritten slot changed"
 
 
-@pytest.mark.parametrize("window,softcap,temp,f16", [(0, 0.0, 0.0, False), (9, 0.0, 0.0, False),
-                                                      (0, 30.0, 0.0, False), (0, 0.0, 0.3, False),
-                                                      (9, 0.0, 0.0, True)])
-def test_attention(run, rng, gpu, window, softcap, temp, f16):
-    if f16 and not gpu.profile.shader_f16:
-        pytest.skip("adapter has no shader-f16")
-    heads, kvh, hd, rows, n_rows, pos0 = 6, 2, 72, 5, 4, 130
+@pytest.mark.parametrize("window,softcap,temp,kv_type", [(0, 0.0, 0.0, "f32"), (9, 0.0, 0.0, "f32"),
+                                                         (0, 30.0, 0.0, "f32"), (0, 0.0, 0.3, "f32"),
+                                                         (9, 0.0, 0.0, "f16"), (0, 0.0, 0.0, "q8_0")])
+def test_attention(run, rng, gpu, window, softcap, temp, kv_type):
+    spec_k = kv_spec("attention", kv_type, gpu)
+    heads, kvh, hd, rows, n_rows, pos0 = 6, 2, 96, 5, 4, 130
     ring = 137 if not window else window + rows - 1
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
-    dt = np.float16 if f16 else np.float32
-    kc = (rng.standard_normal((ring, kvh * hd)) * 2).astype(dt)
-    vc = rng.standard_normal((ring, kvh * hd)).astype(dt)
+    kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
+    vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
-    out = f32(run(KernelSpec("attention", f16=f16), [step_buffer(pos0, n_rows, rows=rows), q, kc, vc, Out(q.nbytes)],
+    out = f32(run(spec_k, [step_buffer(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
                   {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
                    "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32},
                   (heads, rows, 1))[0]).reshape(rows, -1)
-    want = reference.attention(q[:n_rows], kc.astype(np.float32), vc.astype(np.float32),
+    want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
-    assert rel_l2(out[:n_rows], want) < (2e-3 if f16 else 1e-5)
+    assert rel_l2(out[:n_rows], want) < 1e-5
     assert np.isnan(out[n_rows:]).all(), "a padding row was written"
 
 

@@ -83,7 +83,7 @@ class Oracle {
 
   // The final WGSL of a specialization, as mdst.kernels.source(spec, "tint") builds it.
   async source(spec) {
-    return variant(await compose(this.readKernel, spec.kernel, spec.wtype), { f16: spec.f16, compiler: COMPILER });
+    return variant(await compose(this.readKernel, spec.kernel, spec.wtype, spec.kv ?? null), { f16: spec.f16, compiler: COMPILER });
   }
 
   async fields(kernel) {

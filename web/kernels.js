@@ -9,13 +9,15 @@ export const PRECISION_LINE = "alias half = f32;";
 const ENABLE = /(?<=^|\n)\s*enable\s+([a-z0-9_, ]+);\s*(?=\n|$)/g;
 
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
-// weight tensor) weights.wgsl and quant/<wtype>.wgsl, then <name>.wgsl, joined with "\n".
+// weight tensor) weights.wgsl and quant/<wtype>.wgsl, then (for kernels that use a KV cache)
+// kv/<kv>.wgsl, then <name>.wgsl, joined with "\n".
 // readText(relativePath) returns a file of the kernels folder as text.
-export async function compose(readText, name, wtype = null) {
+export async function compose(readText, name, wtype = null, kv = null) {
   const parts = [await readText("common.wgsl")];
   if (wtype !== null && wtype !== undefined) {
     parts.push(await readText("weights.wgsl"), await readText(`quant/${wtype}.wgsl`));
   }
+  if (kv !== null && kv !== undefined) parts.push(await readText(`kv/${kv}.wgsl`));
   parts.push(await readText(`${name}.wgsl`));
   return parts.join("\n");
 }

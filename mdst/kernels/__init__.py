@@ -1,9 +1,10 @@
 """Kernel sources: composition, the variant transform, parameter packing, and the pipeline cache.
 
-A kernel is named by a `KernelSpec`: the kernel file, the weight type it reads (if any), the
-precision variant and its override constants. Its WGSL source is, in this order,
+A kernel is named by a `KernelSpec`: the kernel file, the weight type it reads (if any), the KV
+cache format it reads or writes (if any), the precision variant and its override constants. Its
+WGSL source is, in this order,
 
-    common.wgsl + [weights.wgsl + quant/<WTYPE>.wgsl] + <kernel>.wgsl
+    common.wgsl + [weights.wgsl + quant/<WTYPE>.wgsl] + [kv/<KV>.wgsl] + <kernel>.wgsl
 
 passed through `variant()`. README.md in this folder documents the rule so the browser build
 composes byte-identical sources.
@@ -22,6 +23,9 @@ from typing import Any
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS")
 
+# KV cache formats (kv/<name>.wgsl); "F" stores `half`: f32, or f16 in the f16 variant.
+KV_FORMATS = ("F", "Q8_0")
+
 _PRECISION_LINE = "alias half = f32;"
 _ENABLE = re.compile(r"^\s*enable\s+([a-z0-9_, ]+);\s*$", re.M)
 
@@ -34,13 +38,15 @@ class KernelSpec:
     wtype: str | None = None
     f16: bool = False
     constants: tuple[tuple[str, float], ...] = ()
+    kv: str | None = None
 
     def constants_dict(self) -> dict[str, float]:
         return dict(self.constants)
 
     def key(self) -> str:
         """A short printable identifier (used in oracle files and profiles)."""
-        parts = [self.name] + ([self.wtype] if self.wtype else []) + (["f16"] if self.f16 else [])
+        parts = [self.name] + ([self.wtype] if self.wtype else []) + ([f"kv={self.kv}"] if self.kv else [])
+        parts += ["f16"] if self.f16 else []
         parts += [f"{k}={v}" for k, v in self.constants]
         return ":".join(parts)
 
@@ -54,13 +60,17 @@ def read(relpath: str) -> str:
         raise KeyError(f"no kernel file {relpath!r}") from None
 
 
-def compose(name: str, wtype: str | None = None) -> str:
+def compose(name: str, wtype: str | None = None, kv: str | None = None) -> str:
     """The kernel's source before the variant transform."""
     parts = [read("common.wgsl")]
     if wtype is not None:
         if wtype not in WEIGHT_TYPES:
             raise KeyError(f"no kernel reads weight type {wtype}")
         parts += [read("weights.wgsl"), read(f"quant/{wtype}.wgsl")]
+    if kv is not None:
+        if kv not in KV_FORMATS:
+            raise KeyError(f"no KV cache format {kv}")
+        parts.append(read(f"kv/{kv}.wgsl"))
     parts.append(read(f"{name}.wgsl"))
     return "\n".join(parts)
 
@@ -96,7 +106,7 @@ def variant(source: str, *, f16: bool, compiler: str) -> str:
 
 def source(spec: KernelSpec, compiler: str = "naga") -> str:
     """The final WGSL of a specialization for a compiler."""
-    return variant(compose(spec.name, spec.wtype), f16=spec.f16, compiler=compiler)
+    return variant(compose(spec.name, spec.wtype, spec.kv), f16=spec.f16, compiler=compiler)
 
 
 # ---- per-dispatch parameters ------------------------------------------------------------------

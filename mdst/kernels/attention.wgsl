@@ -1,5 +1,5 @@
-// Causal attention with grouped-query heads over a layer's KV cache, one workgroup per
-// (query head, row). Row r sits at position pos = pos0 + r and attends to positions
+// Causal attention with grouped-query heads over a layer's KV cache (read through
+// kv/<type>.wgsl), one workgroup per (query head, row). Row r sits at position pos = pos0 + r and attends to positions
 // [pos - window + 1, pos] (window 0: [0, pos]), read from slot position % ring. Keys are
 // taken WG at a time with an online softmax, so any context length runs in fixed memory.
 // Dispatch: (heads, rows).
@@ -17,9 +17,7 @@ struct P {
 }
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
-@group(0) @binding(1) var<storage, read> q: array<f32>;       // [rows, heads * head_dim]
-@group(0) @binding(2) var<storage, read> kc: array<half>;     // [ring, kv_heads * head_dim]
-@group(0) @binding(3) var<storage, read> vc: array<half>;
+@group(0) @binding(3) var<storage, read> q: array<f32>;       // [rows, heads * head_dim]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim]
 @group(0) @binding(5) var<uniform> p: P;
 
@@ -56,10 +54,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let j = t0 + lid;
         var s = -3.0e38;
         if (j <= pos) {
-            let kb = (j % p.ring) * kv_dim + kvh * p.head_dim;
+            let row = j % p.ring;
+            let kb = kvh * p.head_dim;
             var dot_ = 0.0;
             for (var d = 0u; d < p.head_dim; d++) {
-                dot_ += qs[d] * f32(kc[kb + d]);
+                dot_ += qs[d] * k_get(row, kb + d, kv_dim);
             }
             s = dot_;
             if (p.softcap > 0.0) {
@@ -81,11 +80,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var u = 0u; u < n; u++) {
             let pu = exp(sc[u] - tm);
             l += pu;
-            let vb = ((t0 + u) % p.ring) * kv_dim + kvh * p.head_dim;
+            let row = (t0 + u) % p.ring;
+            let vb = kvh * p.head_dim;
             for (var c = 0u; c < 8u; c++) {
                 let d = lid + c * WG;
                 if (d < p.head_dim) {
-                    acc[c] += pu * f32(vc[vb + d]);
+                    acc[c] += pu * v_get(row, vb + d, kv_dim);
                 }
             }
         }

@@ -5,6 +5,9 @@ K and V are [ring, kv_heads * head_dim] per layer, preallocated. A full-attentio
 lives in slot p % ring): a step of `chunk` rows writes its rows before attending, and the ring
 must still hold the window of the step's first row. A convolution layer keeps the last
 kernel - 1 inputs of its convolution, [kernel - 1, channels].
+
+K/V values are stored as f32, f16 or 8-bit blocks (`kv_type`; the formats of kernels/kv/*.wgsl).
+The numpy engine keeps float32 arrays but rounds what it stores exactly as the GPU format does.
 """
 
 from __future__ import annotations
@@ -15,6 +18,48 @@ from typing import Any, Callable
 import numpy as np
 
 from ..graph import AttentionSpec, ConvSpec, Graph
+
+# kv_type -> (kernel format, f16 variant)
+KV_TYPES = {"f32": ("F", False), "f16": ("F", True), "q8_0": ("Q8_0", False)}
+
+
+def kv_row_bytes(kv_dim: int, kv_type: str) -> int:
+    """Bytes of one cached row of kv_dim values."""
+    if kv_type == "q8_0":
+        return kv_dim // 32 * 4 + kv_dim
+    return kv_dim * (2 if kv_type == "f16" else 4)
+
+
+def encode_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """Rows [n, kv_dim] in the cache's byte format (as uint8 [n, row_bytes])."""
+    x = np.asarray(x, np.float32)
+    if kv_type == "f32":
+        return x.view(np.uint8).reshape(len(x), -1)
+    if kv_type == "f16":
+        return x.astype(np.float16).view(np.uint8).reshape(len(x), -1)
+    blocks = x.reshape(len(x), -1, 32)
+    d = np.abs(blocks).max(axis=2) / np.float32(127.0)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    q = np.clip(np.round(blocks * inv[:, :, None]), -127, 127).astype(np.int8)
+    scale = d.astype(np.float16).astype(np.float32)
+    return np.concatenate([scale.view(np.uint8), q.reshape(len(x), -1).view(np.uint8)], axis=1)
+
+
+def decode_rows(raw: np.ndarray, kv_dim: int, kv_type: str) -> np.ndarray:
+    """Float32 rows [n, kv_dim] from the cache's byte format."""
+    raw = np.ascontiguousarray(raw, np.uint8).reshape(-1, kv_row_bytes(kv_dim, kv_type))
+    if kv_type == "f32":
+        return raw.view(np.float32).copy()
+    if kv_type == "f16":
+        return raw.view(np.float16).astype(np.float32)
+    scale = raw[:, :kv_dim // 8].view(np.float32)
+    q = raw[:, kv_dim // 8:].view(np.int8).astype(np.float32).reshape(len(raw), -1, 32)
+    return (q * scale[:, :, None]).reshape(len(raw), kv_dim)
+
+
+def round_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """What storing rows in the cache and reading them back gives."""
+    return x if kv_type == "f32" else decode_rows(encode_rows(x, kv_type), x.shape[1], kv_type)
 
 
 @dataclass(frozen=True)
@@ -43,11 +88,18 @@ class CacheLayout:
     kv: tuple[LayerKV, ...]
     conv: tuple[ConvSpec, ...]
     chunk: int
+    kv_type: str = "f32"
 
     @classmethod
-    def of(cls, graph: Graph, context: int, chunk: int) -> "CacheLayout":
-        return cls(tuple(LayerKV(s, ring_size(s, context, chunk)) for s in graph.attention_layers),
-                   tuple(graph.conv_layers), chunk)
+    def of(cls, graph: Graph, context: int, chunk: int, kv_type: str = "f32") -> "CacheLayout":
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        layers = tuple(LayerKV(s, ring_size(s, context, chunk)) for s in graph.attention_layers)
+        if kv_type == "q8_0":
+            bad = [lk.kv_dim for lk in layers if lk.kv_dim % 32]
+            if bad:
+                raise ValueError(f'kv_type="q8_0" needs K/V rows of a multiple of 32 values; this model has {bad[0]}')
+        return cls(layers, tuple(graph.conv_layers), chunk, kv_type)
 
     def kv_index(self, layer: int) -> int:
         return next(i for i, lk in enumerate(self.kv) if lk.spec.layer == layer)
@@ -55,9 +107,13 @@ class CacheLayout:
     def conv_index(self, layer: int) -> int:
         return next(i for i, c in enumerate(self.conv) if c.layer == layer)
 
-    def kv_bytes(self, elem_bytes: int) -> int:
+    def layer_bytes(self, lk: LayerKV) -> int:
+        """Bytes of one layer's K (or V) buffer."""
+        return lk.ring * kv_row_bytes(lk.kv_dim, self.kv_type)
+
+    def kv_bytes(self) -> int:
         """Bytes of K and V over all layers."""
-        return sum(2 * lk.ring * lk.kv_dim * elem_bytes for lk in self.kv)
+        return sum(2 * self.layer_bytes(lk) for lk in self.kv)
 
     def conv_bytes(self) -> int:
         return sum(4 * c.state_rows * c.channels for c in self.conv)
@@ -86,10 +142,10 @@ class GpuKVCache:
     bind_groups: dict[int, list[Any]] = field(default_factory=dict)
 
     @classmethod
-    def allocate(cls, layout: CacheLayout, elem_bytes: int, create: Callable[[int, str], Any]) -> "GpuKVCache":
-        """Create the buffers; convolution states start at zero (a fresh sequence)."""
-        k = [create(lk.ring * lk.kv_dim * elem_bytes, f"kv.{lk.spec.layer}.k") for lk in layout.kv]
-        v = [create(lk.ring * lk.kv_dim * elem_bytes, f"kv.{lk.spec.layer}.v") for lk in layout.kv]
+    def allocate(cls, layout: CacheLayout, create: Callable[[int, str], Any]) -> "GpuKVCache":
+        """Create the buffers (a convolution state is ignored at position 0, so contents do not matter)."""
+        k = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.k") for lk in layout.kv]
+        v = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.v") for lk in layout.kv]
         conv = [create(4 * c.state_rows * c.channels, f"conv.{c.layer}") for c in layout.conv]
         return cls(layout, k, v, conv)
 
