@@ -72,6 +72,15 @@ class GPU:
     def queue(self) -> Any:
         return self.device.queue
 
+    def wait_idle(self) -> None:
+        """Block until everything submitted has finished (so the queue frees its staging copies).
+
+        wgpu 0.32's on_submitted_work_done is broken (a callback signature mismatch), so this
+        polls wgpu-native with wait=true through wgpu-py's own (pinned) device method.
+        """
+        self.queue.submit([])
+        self.device._poll_wait()
+
 
 def _adapters() -> list:
     try:

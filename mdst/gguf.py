@@ -343,6 +343,17 @@ class GGUFFile:
         stop = t.nbytes if stop is None else min(stop, t.nbytes)
         return self._view[t.offset + start:t.offset + stop]
 
+    def release_pages(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Tell the OS the mapped pages of a tensor's byte range [start, stop) are not needed now: they
+        leave this process's RSS, and reading them again faults them back in from the page cache."""
+        t = self.tensors[name]
+        stop = t.nbytes if stop is None else stop
+        page = mmap.PAGESIZE
+        a = -(-(t.offset + start) // page) * page
+        b = (t.offset + stop) // page * page
+        if b > a and hasattr(mmap, "MADV_DONTNEED") and self._mmap is not None:
+            self._mmap.madvise(mmap.MADV_DONTNEED, a, b - a)
+
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.tensors.values())
 

@@ -113,15 +113,33 @@ class Job:
 
     async def result(self) -> tuple[str, dict]:
         """The whole text and the generation's statistics."""
-        text = []
+        text, stats = [], {}
         async for kind, value in self.events():
-            if kind == "piece":
-                text.append(value)
-            elif kind == "done":
-                return "".join(text), value
-            else:
+            if kind == "error":
                 raise value
-        raise ApiError(500, "the generation ended without a result")
+            if kind == "done":
+                stats = value
+            else:
+                text.append(value)
+        return "".join(text), stats
+
+    async def result_unless_disconnected(self, request: Request) -> tuple[str, dict]:
+        """result(), unless the client goes away first: then the generation is cancelled (499)."""
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        result = asyncio.ensure_future(self.result())
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait((result, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if result.done():
+                return result.result()
+            raise ApiError(499, "the client closed the connection before the reply was ready")
+        finally:
+            result.cancel()  # a cancelled result() cancels the job
+            watcher.cancel()
 
     # -- worker side (the queue's thread)
     def _emit(self, kind: str, value: Any) -> None:
@@ -414,14 +432,14 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
     created = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "mdst"}
 
-    async def respond(body: dict, reply: Reply, prepare: Callable[[], Iterator[str]],
+    async def respond(request: Request, body: dict, reply: Reply, prepare: Callable[[], Iterator[str]],
                       fields: tuple[str, ...]) -> Response:
         stream = _flag(body, "stream")
         include_usage = _include_usage(body) if stream else False
         job = await queue.submit(prepare, fields)
         if stream:
             return EventStream(job, reply.stream(job, include_usage))
-        text, stats = await job.result()
+        text, stats = await job.result_unless_disconnected(request)
         return JSONResponse(reply.whole(text, stats))
 
     async def completions(request: Request) -> Response:
@@ -438,7 +456,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         def prepare() -> Iterator[str]:
             return model.generate(prompt, stream=True, **options)
 
-        return await respond(body, Reply(False, model_name), prepare, ("prompt", *options))
+        return await respond(request, body, Reply(False, model_name), prepare, ("prompt", *options))
 
     async def chat_completions(request: Request) -> Response:
         body = await _json_body(request)
@@ -458,7 +476,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         def prepare() -> Iterator[str]:
             return model.chat(messages, template=template, tools=tools, stream=True, **options)
 
-        return await respond(body, Reply(True, model_name), prepare, ("messages", "tools", *options))
+        return await respond(request, body, Reply(True, model_name), prepare, ("messages", "tools", *options))
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_card]})

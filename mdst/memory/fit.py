@@ -54,6 +54,9 @@ class _PhantomQueue:
     def write_buffer(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def submit(self, *args: Any) -> None:
+        pass
+
 
 class _PhantomPipeline:
     def get_bind_group_layout(self, index: int) -> None:
@@ -75,6 +78,9 @@ class PhantomDevice:
 
     def create_compute_pipeline(self, **kwargs: Any) -> _PhantomPipeline:
         return _PhantomPipeline()
+
+    def _poll_wait(self) -> None:
+        pass
 
 
 def phantom(gpu: GPU) -> GPU:

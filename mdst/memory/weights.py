@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
 
-UPLOAD_CHUNK = 8 << 20  # bytes per write_buffer call: bounds host staging memory
+UPLOAD_CHUNK = 8 << 20   # bytes per write_buffer call
+FLUSH_BYTES = 32 << 20   # queued upload bytes after which the queue is drained (frees its staging copies)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class WeightStore:
         self.gpu, self.gguf = gpu, gguf
         self._create = create_buffer
         self.weights: dict[str, GpuWeight] = {}
+        self._queued = 0
 
     @property
     def nbytes(self) -> int:
@@ -98,7 +100,7 @@ class WeightStore:
             start = row0 * t.row_bytes
             nbytes = rows * t.row_bytes
             buf = self._create(padded(nbytes), f"w.{name}.{row0}")
-            self._upload(buf, self.gguf.tensor_bytes(name, start, start + nbytes))
+            self._upload(buf, name, start, nbytes)
             w.parts.append(WeightPart(buf, row0, rows, nbytes))
         self.weights[name] = w
         return w
@@ -115,20 +117,39 @@ class WeightStore:
         """Store float32 values computed on the host (e.g. a RoPE frequency table) under `name`."""
         values = np.ascontiguousarray(values, dtype=np.float32)
         buf = self._create(padded(values.nbytes), f"v.{name}")
-        self._upload(buf, memoryview(values).cast("B"))
+        self._write(buf, memoryview(values).cast("B"))
         w = GpuWeight(name, GGML_TYPE_BY_NAME["F32"], (values.size,), values.nbytes,
                       [WeightPart(buf, 0, 1, values.nbytes)])
         self.weights[name] = w
         return w
 
-    def _upload(self, buf: Any, data: memoryview) -> None:
+    def _upload(self, buf: Any, name: str, start: int, nbytes: int) -> None:
+        """Copy bytes [start, start + nbytes) of a tensor straight from the file mapping into `buf`.
+
+        Each chunk's file pages are released once copied, so the file never sits in host memory.
+        """
+        for off in range(0, nbytes, UPLOAD_CHUNK):
+            end = min(off + UPLOAD_CHUNK, nbytes)
+            self._write(buf, self.gguf.tensor_bytes(name, start + off, start + end), off)
+            self.gguf.release_pages(name, start + off, start + end)
+
+    def _write(self, buf: Any, data: memoryview, offset: int = 0) -> None:
+        """write_buffer, bounded: the queue's staging copies are freed by draining it every FLUSH_BYTES."""
         n = len(data)
         aligned = n - n % 4
         q = self.gpu.queue
-        for off in range(0, aligned, UPLOAD_CHUNK):
-            q.write_buffer(buf, off, data[off:min(off + UPLOAD_CHUNK, aligned)])
+        if aligned:
+            q.write_buffer(buf, offset, data[:aligned])
         if aligned < n:  # write_buffer moves whole 4-byte words: pad the tail
-            q.write_buffer(buf, aligned, bytes(data[aligned:]) + b"\0" * (4 - n % 4))
+            q.write_buffer(buf, offset + aligned, bytes(data[aligned:]) + b"\0" * (4 - n % 4))
+        self._queued += n
+        if self._queued >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Wait until queued uploads have reached the GPU (their staging memory is freed)."""
+        self.gpu.wait_idle()
+        self._queued = 0
 
     def release(self) -> None:
         """Destroy every weight buffer."""
