@@ -25,7 +25,7 @@ __all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "U
 
 def load(path: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "auto",
          context_length: int | None = None, max_binding_size: int | None = None, kv_type: str | None = None,
-         gpu_memory_limit: int | str | None = None) -> "Model":
+         gpu_memory_limit: int | str | None = None, weight_paging: bool = False) -> "Model":
     """Load a GGUF model (a path, or a packaged model's short name; None: the default small model).
 
     device: "auto" (hardware adapter, else software, else numpy), "gpu" (any WebGPU adapter) or "cpu".
@@ -34,12 +34,14 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
     max_binding_size: cap on bytes per GPU binding, below the adapter's limit (tests the split path).
     kv_type: KV cache storage, "f32", "f16" or "q8_0" (default: f16 with f16 precision, else f32).
     gpu_memory_limit: refuse to load (OutOfMemoryError, with the breakdown) if the predicted GPU bytes exceed it.
+    weight_paging: under gpu_memory_limit, keep what fits resident and page the other weights in per step.
     """
     from .model import Model
     from .packaged import resolve_model_path
 
     return Model(resolve_model_path(path), device=device, precision=precision, context_length=context_length,
-                 max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit)
+                 max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit,
+                 weight_paging=weight_paging)
 
 
 def __getattr__(name: str) -> Any:

@@ -92,12 +92,14 @@ class GpuEngine(Engine):
     kind = "gpu"
 
     def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
-                 chunk: int = DEFAULT_CHUNK):
+                 chunk: int = DEFAULT_CHUNK, weight_budget: int | None = None):
         import wgpu
 
         self.gpu = gpu
         self._wgpu = wgpu
-        self.bytes_by_kind: dict[str, int] = {}
+        self.bytes_by_kind: dict[str, int] = {}   # live bytes per kind of buffer
+        self.peak_bytes = 0
+        self._kind_of: dict[int, tuple[str, int]] = {}
         cap = gpu.profile.max_binding_size
         for g in graphs.values():
             for name in g.weight_names():
@@ -116,13 +118,11 @@ class GpuEngine(Engine):
                     f"context_length or a smaller kv_type")
 
         self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"))
-        for g in graphs.values():
-            for n in g.nodes:
-                for name in n.weights:
-                    if n.op in ("embed", "matmul"):
-                        self.weights.load_matrix(name)
-                    else:
-                        self.weights.load_vector(name)
+        uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
+        self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),
+                                   weight_budget)
+        for name in dict.fromkeys(name for op, name in uses if op not in ("embed", "matmul")):
+            self.weights.load_vector(name)
         # Logits of every row: each weight part's slice of them must fit a binding too.
         head = graphs["all"].producer(graphs["all"].output)
         out_w = self.weights.weights.get(head.weights[0]) if head.op == "matmul" else None
@@ -158,10 +158,21 @@ class GpuEngine(Engine):
         except Exception as e:
             raise OutOfMemoryError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}") from None
         self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + size
+        self.peak_bytes = max(self.peak_bytes, sum(self.bytes_by_kind.values()))
+        self._kind_of[id(buf)] = (kind, size)
         return buf
 
+    def _free(self, buf: Any) -> None:
+        """Destroy a buffer made by _create and stop counting it."""
+        kind, size = self._kind_of.pop(id(buf))
+        self.bytes_by_kind[kind] -= size
+        try:
+            buf.destroy()
+        except Exception:  # a lost device has destroyed everything already
+            pass
+
     def new_cache(self) -> GpuKVCache:
-        return GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"))
+        return GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"), self._free)
 
     # ---- plans --------------------------------------------------------------------------------
     def plan(self, output_rows: str, n: int, greedy: bool) -> Plan:
@@ -190,12 +201,30 @@ class GpuEngine(Engine):
         groups = plan.bind(device, cache)
         write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
         enc = device.create_command_encoder()
-        plan.encode(enc, groups)
+        if plan.segments:
+            enc = self._run_segments(plan, groups)
+        else:
+            plan.encode(enc, groups)
         if greedy:
             enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 0, max(4, rows_out * 4))
             device.queue.submit([enc.finish()])
             return self._read(rows_out * 4).view(np.uint32).astype(np.int64)
         return self._read_logits(enc, plan, rows_out)
+
+    def _run_segments(self, plan: Plan, groups: list[Any]) -> Any:
+        """A paged plan: copy each segment's weight parts into their slots, then submit its dispatches.
+
+        Uploads follow the submissions before them in queue order, so a slot is only overwritten after
+        the dispatches that read its previous content. Returns a fresh encoder for the readback.
+        """
+        device = self.gpu.device
+        for seg in plan.segments:
+            for slot, name, part in seg.page_ins:
+                self.weights.page_in(slot, name, part)
+            enc = device.create_command_encoder()
+            plan.encode(enc, groups, seg.start, seg.end)
+            device.queue.submit([enc.finish()])
+        return device.create_command_encoder()
 
     def _read(self, nbytes: int) -> np.ndarray:
         """The first nbytes of the staging buffer, once the GPU has written them."""
@@ -229,7 +258,10 @@ class GpuEngine(Engine):
         return {
             "gpu_bytes": dict(self.bytes_by_kind),
             "gpu_bytes_total": sum(self.bytes_by_kind.values()),
-            "weights": {"tensors": len(w), "bytes": self.weights.nbytes,
+            "gpu_bytes_peak": self.peak_bytes,
+            "weights": {"tensors": len(w), "resident_bytes": self.weights.nbytes,
+                        "paged_bytes": self.weights.paged_bytes, "page_slots": len(self.weights.slots),
+                        "parts_paged_in": self.weights.page_ins,
                         "split_tensors": {n: len(x.parts) for n, x in w.items() if len(x.parts) > 1}},
             "kv": {"kv_type": self.layout.kv_type, "bytes_per_sequence": self.layout.kv_bytes(),
                    "conv_state_bytes_per_sequence": self.layout.conv_bytes(),

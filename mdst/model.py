@@ -28,7 +28,8 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
                  context_length: int | None = None, max_binding_size: int | None = None,
-                 kv_type: str | None = None, gpu_memory_limit: int | str | None = None):
+                 kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
+                 weight_paging: bool = False):
         self.path = os.fspath(path)
         self._lock = threading.RLock()       # one GPU step at a time
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
@@ -56,13 +57,25 @@ class Model:
                 self.engine: Any = CpuEngine(self.gguf, graphs, context_length, self.kv_type)
                 self.device_profile = None
             else:
-                # Predict every byte on a phantom device first: refuse before allocating anything.
-                ghost = GpuEngine(fit.phantom(gpu), self.gguf, graphs, context_length, self.kv_type)
-                ghost.compile_all()
-                ghost.new_cache()
-                self.predicted = fit.Prediction(dict(ghost.bytes_by_kind))
-                fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type)
-                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type)
+                if not isinstance(weight_paging, bool):
+                    raise TypeError("weight_paging must be a bool")
+
+                def predict(budget: int | None) -> fit.Prediction:
+                    # Every byte, on a phantom device: refuse before allocating anything.
+                    ghost = GpuEngine(fit.phantom(gpu), self.gguf, graphs, context_length, self.kv_type,
+                                      weight_budget=budget)
+                    ghost.compile_all()
+                    ghost.new_cache()
+                    return fit.Prediction(dict(ghost.bytes_by_kind))
+
+                budget = None
+                self.predicted = predict(None)
+                if limit is not None and self.predicted.total > limit and weight_paging:
+                    budget = limit - (self.predicted.total - self.predicted.bytes_by_kind["weights"])
+                    self.predicted = predict(max(budget, 0))
+                fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type,
+                          paging=weight_paging)
+                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget)
                 self.device_profile = gpu.profile
             self.n_vocab = self.engine.vocab
         except BaseException:

@@ -61,6 +61,15 @@ class Dispatch:
 
 
 @dataclass
+class Segment:
+    """Dispatches [start, end) of a paged plan, run after copying `page_ins` (slot, matrix, part) into slots."""
+
+    start: int
+    end: int
+    page_ins: list[tuple[int, str, int]]
+
+
+@dataclass
 class OutputPart:
     """Columns [col0, col0 + cols) of the output, held in `buffer` as [rows_out, cols]."""
 
@@ -86,6 +95,7 @@ class Plan:
     activation_bytes: int         # peak bytes of activation slots this plan holds
     naive_activation_bytes: int   # what one buffer per value would take
     key: int = field(default=0)
+    segments: list[Segment] = field(default_factory=list)  # set when the plan reads paged weights
 
     def bind(self, device: Any, cache: GpuKVCache) -> list[Any]:
         """Bind groups for `cache` (built on first use, then kept on the cache)."""
@@ -112,10 +122,11 @@ class Plan:
             if b is not None:
                 b.destroy()
 
-    def encode(self, encoder: Any, groups: list[Any], timestamps: Any = None) -> None:
-        """Record every dispatch into one compute pass."""
+    def encode(self, encoder: Any, groups: list[Any], start: int = 0, end: int | None = None,
+               timestamps: Any = None) -> None:
+        """Record dispatches [start, end) (default: all) into one compute pass."""
         cp = encoder.begin_compute_pass(timestamp_writes=timestamps) if timestamps else encoder.begin_compute_pass()
-        for d, g in zip(self.dispatches, groups):
+        for d, g in zip(self.dispatches[start:end], groups[start:end]):
             cp.set_pipeline(d.pipeline)
             cp.set_bind_group(0, g)
             cp.dispatch_workgroups(*d.workgroups)
@@ -165,6 +176,8 @@ class Compiler:
         count up to it then ask the pool for the same slots and share them.
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
+        self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(self.weights.slots))}
+        self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
         live = Liveness(self.pool)
         last = graph.last_uses()
         bufs: dict[int, Any] = {}
@@ -203,7 +216,29 @@ class Compiler:
             ids_buffer, best_buffer = self._argmax(ds, outputs, rows_out)
         param_buffer = self._pack(ds)
         return Plan(rows, graph.output_rows, greedy, ds, outputs, rows_out, graph.output.cols, ids_buffer,
-                    best_buffer, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys))
+                    best_buffer, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys),
+                    segments=self._segments(len(ds)))
+
+    def _weight(self, ds: list[Dispatch], name: str, part: int) -> Any:
+        """The buffer the next dispatch binds for a weight part: its own, or the least recently used slot."""
+        p = self.weights.weights[name].parts[part]
+        if not p.paged:
+            return p.buffer
+        slot = next((s for s, held in self._lru.items() if held == (name, part)), None)
+        if slot is None:
+            slot = next(iter(self._lru))  # least recently used
+            self._misses.append((len(ds), slot, name, part))
+        del self._lru[slot]
+        self._lru[slot] = (name, part)   # now the most recently used
+        return self.weights.slots[slot]
+
+    def _segments(self, n: int) -> list[Segment]:
+        """Split a paged plan where a slot must change content (before its first reader)."""
+        if not self._misses:
+            return []
+        starts = sorted({i for i, *_ in self._misses} | {0})
+        return [Segment(a, b, [(slot, name, part) for i, slot, name, part in self._misses if i == a])
+                for a, b in zip(starts, starts[1:] + [n])]
 
     def _output_parts(self, node: Node, buf: Any, rows_out: int, cols: int, live: Liveness) -> list[OutputPart]:
         if buf is not None:
@@ -220,8 +255,9 @@ class Compiler:
         r = nrows(out)
         if op == "embed":
             w = self.weights.weights[node.weights[0]]
-            for p in w.parts:
-                self._dispatch(ds, "get_rows", [p.buffer, self.step, y, None], (ceil_div(out.cols // 4, 64), r, 1),
+            for pi, p in enumerate(w.parts):
+                wbuf = self._weight(ds, w.name, pi)
+                self._dispatch(ds, "get_rows", [wbuf, self.step, y, None], (ceil_div(out.cols // 4, 64), r, 1),
                                {"cols": out.cols, "row0": p.row0, "part_rows": p.rows, "row_bytes": w.row_bytes,
                                 "scale": a["scale"]}, "embed", w.type.name)
         elif op == "matmul":
@@ -233,7 +269,7 @@ class Compiler:
                 else:
                     target, o0, stride = y, p.row0, out.cols
                 params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0}
-                args = [p.buffer, x[0], target, None]
+                args = [self._weight(ds, w.name, pi), x[0], target, None]
                 if self.gpu.profile.software:
                     # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
                     rr = 1 if r == 1 else 8

@@ -439,7 +439,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         job = await queue.submit(prepare, fields)
         if stream:
             return EventStream(job, reply.stream(job, include_usage))
-        text, stats = await job.result_unless_disconnected(request)
+        text, stats = await job.result()
         return JSONResponse(reply.whole(text, stats))
 
     async def completions(request: Request) -> Response:

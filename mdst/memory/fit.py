@@ -102,7 +102,8 @@ class Prediction:
         return ", ".join(f"{k} {mib(v)}" for k, v in sorted(self.bytes_by_kind.items(), key=lambda kv: -kv[1]))
 
 
-def check(prediction: Prediction, limit: int | None, *, context_length: int, kv_type: str) -> None:
+def check(prediction: Prediction, limit: int | None, *, context_length: int, kv_type: str,
+          paging: bool) -> None:
     """Raise OutOfMemoryError, with the breakdown and the ways out, when the prediction exceeds the limit."""
     if limit is None or prediction.total <= limit:
         return
@@ -110,6 +111,9 @@ def check(prediction: Prediction, limit: int | None, *, context_length: int, kv_
                f"{mib(prediction.bytes_by_kind.get('kv', 0))})"]
     if kv_type != "q8_0":
         options.append('a smaller KV type (kv_type="q8_0" stores it in 8 bits)')
+    if not paging:
+        options.append("weight_paging=True (weights that do not fit are copied in from the file as each step "
+                       "needs them: slower)")
     options.append("a larger gpu_memory_limit")
     raise OutOfMemoryError(f"the model needs {mib(prediction.total)} of GPU memory ({prediction.breakdown()}) but "
                            f"gpu_memory_limit is {mib(limit)}; options: " + "; ".join(options))

@@ -139,23 +139,22 @@ class GpuKVCache:
     k: list[Any]
     v: list[Any]
     conv: list[Any]
+    free: Callable[[Any], None]
     bind_groups: dict[int, list[Any]] = field(default_factory=dict)
 
     @classmethod
-    def allocate(cls, layout: CacheLayout, create: Callable[[int, str], Any]) -> "GpuKVCache":
+    def allocate(cls, layout: CacheLayout, create: Callable[[int, str], Any],
+                 free: Callable[[Any], None]) -> "GpuKVCache":
         """Create the buffers (a convolution state is ignored at position 0, so contents do not matter)."""
         k = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.k") for lk in layout.kv]
         v = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.v") for lk in layout.kv]
         conv = [create(4 * c.state_rows * c.channels, f"conv.{c.layer}") for c in layout.conv]
-        return cls(layout, k, v, conv)
+        return cls(layout, k, v, conv, free)
 
     def release(self) -> None:
-        """Destroy the buffers."""
+        """Give the buffers back."""
         for b in self.k + self.v + self.conv:
-            try:
-                b.destroy()
-            except Exception:
-                pass
+            self.free(b)
         self.k, self.v, self.conv, self.bind_groups = [], [], [], {}
 
 

@@ -3,6 +3,11 @@
 Matrices keep their GGUF block layout (the kernels dequantize). A matrix larger than the
 binding limit is split on row boundaries into parts, each its own buffer. Small vectors
 (norm weights, RoPE frequency factors) are stored as float32.
+
+With a byte budget (weight paging), the parts used first stay resident and the rest are paged:
+they have no buffer of their own, and a step copies each from the mmap into one of a few fixed
+slot buffers just before the dispatches that read it (plans bind the slots, so their bind
+groups stay valid whatever a slot holds).
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
 
 UPLOAD_CHUNK = 8 << 20   # bytes per write_buffer call
 FLUSH_BYTES = 32 << 20   # queued upload bytes after which the queue is drained (frees its staging copies)
+PAGE_SLOTS = 2           # slot buffers paged parts take turns in
 
 
 @dataclass
 class WeightPart:
-    """Rows [row0, row0 + rows) of a matrix, in their own buffer."""
+    """Rows [row0, row0 + rows) of a matrix, in their own buffer (None: paged in when used)."""
 
     buffer: Any
     row0: int
     rows: int
     nbytes: int
+
+    @property
+    def paged(self) -> bool:
+        return self.buffer is None
 
 
 @dataclass
@@ -85,25 +95,56 @@ class WeightStore:
         self._create = create_buffer
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
+        self.slots: list[Any] = []                       # paging slot buffers
+        self.slot_holds: list[tuple[str, int] | None] = []  # (matrix, part) each slot holds now
+        self.page_ins = 0                                # parts copied into slots so far
 
     @property
     def nbytes(self) -> int:
-        return sum(w.nbytes for w in self.weights.values())
+        """Bytes of resident weights."""
+        return sum(p.nbytes for w in self.weights.values() for p in w.parts if not p.paged)
 
-    def load_matrix(self, name: str) -> GpuWeight:
-        """Upload a matrix as raw blocks, split into parts that fit a binding."""
-        if name in self.weights:
-            return self.weights[name]
-        t = self.gguf.tensors[name]
-        w = GpuWeight(name, t.type, t.shape, t.row_bytes)
-        for row0, rows in split_rows(t.n_rows, t.row_bytes, self.gpu.profile.max_binding_size):
-            start = row0 * t.row_bytes
-            nbytes = rows * t.row_bytes
-            buf = self._create(padded(nbytes), f"w.{name}.{row0}")
-            self._upload(buf, name, start, nbytes)
-            w.parts.append(WeightPart(buf, row0, rows, nbytes))
-        self.weights[name] = w
-        return w
+    @property
+    def paged_bytes(self) -> int:
+        return sum(p.nbytes for w in self.weights.values() for p in w.parts if p.paged)
+
+    def load_matrices(self, names: list[str], budget: int | None = None) -> None:
+        """Upload matrices as raw blocks, split into parts that fit a binding.
+
+        With a budget (bytes for resident parts plus the slots), the longest run of parts in
+        `names` order that fits stays resident and the rest is paged.
+        """
+        parts = []  # (name, row0, rows) in first-use order
+        for name in names:
+            t = self.gguf.tensors[name]
+            self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes)
+            parts += [(name, row0, rows) for row0, rows in
+                      split_rows(t.n_rows, t.row_bytes, self.gpu.profile.max_binding_size)]
+        sizes = [rows * self.weights[name].row_bytes for name, _, rows in parts]
+        resident = len(parts)
+        if budget is not None:
+            while resident > 0 and sum(sizes[:resident]) + PAGE_SLOTS * padded(max(sizes[resident:], default=0)) \
+                    > budget:
+                resident -= 1
+        for i, ((name, row0, rows), nbytes) in enumerate(zip(parts, sizes)):
+            buf = None
+            if i < resident:
+                buf = self._create(padded(nbytes), f"w.{name}.{row0}")
+                self._upload(buf, name, row0 * self.weights[name].row_bytes, nbytes)
+            self.weights[name].parts.append(WeightPart(buf, row0, rows, nbytes))
+        if resident < len(parts):
+            slot = padded(max(sizes[resident:]))
+            self.slots = [self._create(slot, f"slot.{i}") for i in range(PAGE_SLOTS)]
+            self.slot_holds = [None] * PAGE_SLOTS
+
+    def page_in(self, slot: int, name: str, part: int) -> None:
+        """Make slot `slot` hold part `part` of matrix `name` (copied from the mmap unless it already does)."""
+        if self.slot_holds[slot] == (name, part):
+            return
+        p = self.weights[name].parts[part]
+        self._upload(self.slots[slot], name, p.row0 * self.weights[name].row_bytes, p.nbytes)
+        self.slot_holds[slot] = (name, part)
+        self.page_ins += 1
 
     def load_vector(self, name: str) -> GpuWeight:
         """Upload a (small) tensor as float32."""
@@ -153,11 +194,11 @@ class WeightStore:
 
     def release(self) -> None:
         """Destroy every weight buffer."""
-        for w in self.weights.values():
-            for p in w.parts:
-                try:
-                    p.buffer.destroy()
-                except Exception:
-                    pass
+        for b in [p.buffer for w in self.weights.values() for p in w.parts if not p.paged] + self.slots:
+            try:
+                b.destroy()
+            except Exception:
+                pass
         self.weights.clear()
+        self.slots, self.slot_holds = [], []
 
