@@ -61,9 +61,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .gguf import GGUFFile, describe
     from .packaged import resolve_model_path
 
+    if args.memory:
+        import mdst
+
+        with mdst.load(args.file, device=args.device, context_length=args.context, kv_type=args.kv_type) as model:
+            if model.engine.kind == "gpu":
+                model.engine.compile_all()  # report every plan the model can use
+            print(format_memory(model.memory_report()))
+        return 0
     with GGUFFile(resolve_model_path(args.file)) as f:
         print(describe(f))
     return 0
+
+
+def format_memory(r: dict[str, Any]) -> str:
+    """A memory report as text (`mdst inspect --memory`)."""
+    def mib(n: int) -> str:
+        return f"{n / 2**20:9.1f} MiB"
+
+    lines = [f"{r['backend']}, context {r['context_length']}, KV cache {r['kv_type']}, file {mib(r['file_bytes'])}"]
+    if "gpu_bytes" not in r:
+        lines.append(f"KV cache per sequence {mib(r['kv']['bytes_per_sequence'])} (numpy engine: no GPU memory)")
+        return "\n".join(lines)
+    lines.append("GPU memory (now / predicted before loading):")
+    for kind in sorted(r["predicted_gpu_bytes"], key=lambda k: -r["predicted_gpu_bytes"][k]):
+        lines.append(f"  {kind:<12} {mib(r['gpu_bytes'].get(kind, 0))} / {mib(r['predicted_gpu_bytes'][kind])}")
+    lines.append(f"  {'total':<12} {mib(r['gpu_bytes_total'])} / {mib(r['predicted_gpu_bytes_total'])}"
+                 f"   (peak {mib(r['gpu_bytes_peak']).strip()})")
+    w, kv, pool = r["weights"], r["kv"], r["pool"]
+    lines.append(f"weights: {w['tensors']} tensors, {mib(w['resident_bytes']).strip()} resident, "
+                 f"{mib(w['paged_bytes']).strip()} paged through {w['page_slots']} slots; split: "
+                 f"{w['split_tensors'] or 'none'}")
+    windowed = [x for x in kv["layers"] if x["window"]]
+    lines.append(f"KV cache: {mib(kv['bytes_per_sequence']).strip()} a sequence over {len(kv['layers'])} layers "
+                 f"({len(windowed)} sliding-window rings), conv state {kv['conv_state_bytes_per_sequence']} bytes")
+    lines.append(f"activation pool: {pool['buffers']} buffers, {mib(pool['allocated_bytes']).strip()}, "
+                 f"{pool['hits']} hits / {pool['misses']} misses, one plan holds at most "
+                 f"{mib(pool['peak_plan_bytes']).strip()}")
+    lines.append(f"plans (rows per step {r['chunk']}, all-row logits {r['chunk_all_logits']}):")
+    for p in r["plans"]:
+        lines.append(f"  {p['output_rows']:>4} rows={p['rows']:<4} greedy={str(p['greedy']):<5} "
+                     f"{p['dispatches']:5d} dispatches, activations {mib(p['activation_bytes'])} "
+                     f"(one buffer per tensor: {mib(p['one_buffer_per_tensor_bytes']).strip()})")
+    return "\n".join(lines)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -91,6 +131,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return synth.main(args.rest)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import server
+
+    return server.main(args.rest)
+
+
 def cmd_oracle(args: argparse.Namespace) -> int:
     from . import oracle
 
@@ -104,6 +150,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
     "synth": (cmd_synth, "write a synthetic random-weight GGUF (mdst synth PRESET OUT.gguf)"),
     "oracle": (cmd_oracle, "export kernel cases and golden data for the browser build (mdst oracle MODEL OUTDIR)"),
+    "serve": (cmd_serve, "OpenAI-compatible HTTP server (mdst serve MODEL --host 127.0.0.1 --port 8080)"),
 }
 
 
@@ -129,7 +176,12 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true")
         elif name == "inspect":
             sp.add_argument("file")
-        elif name in ("synth", "oracle"):
+            sp.add_argument("--memory", action="store_true",
+                            help="load the model and report its memory (weights, KV, activations, pool, plans)")
+            sp.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+            sp.add_argument("--context", type=int, default=None)
+            sp.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"])
+        elif name in ("synth", "oracle", "serve"):
             sp.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 

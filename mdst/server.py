@@ -238,7 +238,7 @@ def _include_usage(body: dict) -> bool:
 
 def _common_options(body: dict) -> None:
     """Reject what this server can't honour rather than silently ignore it."""
-    if "model" in body and body["model"] is not None and not isinstance(body["model"], str):
+    if body.get("model") is not None and not isinstance(body["model"], str):
         raise ApiError(400, "model must be a string", param="model")
     _only(body, "n", (1,), "this server returns one choice per request")
     _only(body, "logit_bias", ({},), "logit_bias is not implemented")
@@ -291,7 +291,7 @@ def _messages(body: dict) -> list[dict]:
         if not isinstance(message, dict):
             raise ApiError(400, f"messages[{i}] must be an object", param="messages")
         role = message.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise ApiError(400, f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {json.dumps(role)}",
                            param="messages")
         # Templates know "system"; OpenAI's "developer" role is its newer name.
@@ -439,7 +439,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         job = await queue.submit(prepare, fields)
         if stream:
             return EventStream(job, reply.stream(job, include_usage))
-        text, stats = await job.result()
+        text, stats = await job.result_unless_disconnected(request)
         return JSONResponse(reply.whole(text, stats))
 
     async def completions(request: Request) -> Response:

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 
 def size_class(nbytes: int) -> int:
-    """Round up to one of four classes per power of two (at most 19% waste), at least 256 bytes."""
+    """Round up to one of four classes per power of two (under 25% waste), at least 256 bytes."""
     n = max(256, nbytes)
-    step = 1 << max(8, n.bit_length() - 3)
+    step = 1 << (n.bit_length() - 3)
     return -(-n // step) * step
 
 
