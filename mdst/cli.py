@@ -159,7 +159,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what mdst chooses")
     sub = p.add_subparsers(dest="command", required=True)
     for name, (_, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_)
+        # synth, oracle and serve parse their own arguments (and their own --help)
+        sp = sub.add_parser(name, help=help_, add_help=name not in ("synth", "oracle", "serve"))
         if name == "generate":
             _model_options(sp)
             sp.add_argument("prompt")
