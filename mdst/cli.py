@@ -159,8 +159,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what mdst chooses")
     sub = p.add_subparsers(dest="command", required=True)
     for name, (_, help_) in COMMANDS.items():
-        # synth, oracle and serve parse their own arguments (and their own --help)
-        sp = sub.add_parser(name, help=help_, add_help=name not in ("synth", "oracle", "serve"))
+        sp = sub.add_parser(name, help=help_)
         if name == "generate":
             _model_options(sp)
             sp.add_argument("prompt")
@@ -182,14 +181,22 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
             sp.add_argument("--context", type=int, default=None)
             sp.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"])
-        elif name in ("synth", "oracle", "serve"):
+        elif name in SELF_PARSING:
             sp.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
+SELF_PARSING = ("synth", "oracle", "serve")  # these parse their own arguments, --help included
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mdst` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SELF_PARSING:
+        argv = [argv[0], "--", *argv[1:]]
     args = parser().parse_args(argv)
+    if args.command in SELF_PARSING and args.rest[:1] == ["--"]:
+        args.rest = args.rest[1:]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return COMMANDS[args.command][0](args)
