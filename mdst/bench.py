@@ -62,7 +62,7 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
         "runs": [{"prefill_s": a, "decode_s": b} for a, b in runs],
     }
     if eng.kind == "gpu":
-        out["dispatches_per_token"] = len(eng.plan("last", 1, True).dispatches)
+        out["dispatches_per_token"] = len(eng.plan("last", 1, "argmax").dispatches)
         out["gpu_bytes"] = dict(eng.bytes_by_kind)
         out["peak_gpu_bytes"] = eng.peak_bytes
         out["adapter"] = model.device_profile.as_dict()

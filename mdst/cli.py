@@ -100,7 +100,7 @@ def format_memory(r: dict[str, Any]) -> str:
                  f"{mib(pool['peak_plan_bytes']).strip()}")
     lines.append(f"plans (rows per step {r['chunk']}, all-row logits {r['chunk_all_logits']}):")
     for p in r["plans"]:
-        lines.append(f"  {p['output_rows']:>4} rows={p['rows']:<4} greedy={str(p['greedy']):<5} "
+        lines.append(f"  {p['output_rows']:>4} rows={p['rows']:<4} {p['pick']:<6} "
                      f"{p['dispatches']:5d} dispatches, activations {mib(p['activation_bytes'])} "
                      f"(one buffer per tensor: {mib(p['one_buffer_per_tensor_bytes']).strip()})")
     return "\n".join(lines)

@@ -1,13 +1,13 @@
 """Engines run one forward step over a KV cache: `GpuEngine` (WebGPU plans) and `CpuEngine` (numpy).
 
 Both take the same recorded graphs from the family module and expose the same interface:
-`new_cache()`, `step(cache, ids, pos0, output_rows, greedy)` and `chunk` (rows per step).
+`new_cache()`, `step(cache, ids, pos0, output_rows, pick)` and `chunk` (rows per step). `pick` is
+None (return logits), "argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from .memory.pool import BufferPool
 from .memory.weights import WeightStore
 from .plan import Compiler, Plan, write_step
+from .sampling import DRAW_WORDS, Draw, Sampler
+
+Pick = Union[None, str, Draw]
 
 DEFAULT_CHUNK = 128
 STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit are read in rounds
@@ -74,9 +77,11 @@ class CpuEngine(Engine):
     def new_cache(self) -> CpuKVCache:
         return CpuKVCache.allocate(self.layout)
 
-    def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
+    def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = None) -> np.ndarray:
         logits = reference.run(self.graphs[output_rows], self.weights, cache, ids, pos0)
-        return reference.argmax(logits) if greedy else logits
+        if isinstance(pick, Draw):
+            return np.array([Sampler.pick(logits[-1], pick)])
+        return reference.argmax(logits) if pick == "argmax" else logits
 
     def close(self) -> None:
         self.weights = None
@@ -132,11 +137,12 @@ class GpuEngine(Engine):
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.pipelines = PipelineCache(gpu.device)
         self.step_buffer = self._create(16 + 4 * self.chunk, "step", kind="step")
+        self.draw_buffer = self._create(4 * DRAW_WORDS, "draw", kind="step")
         self.staging = self._create(min(STAGING_BYTES, max(self.chunk_all, self.chunk) * self.vocab * 4),
                                     "staging", map_read=True, kind="staging")
-        self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.layout,
-                                 self._create)
-        self.plans: dict[tuple[str, int, bool], Plan] = {}
+        self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.draw_buffer,
+                                 self.layout, self._create)
+        self.plans: dict[tuple[str, int, str], Plan] = {}
 
     # ---- buffers ------------------------------------------------------------------------------
     def _create(self, size: int, label: str, uniform: bool = False, kind: str | None = None,
@@ -175,37 +181,43 @@ class GpuEngine(Engine):
         return GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"), self._free)
 
     # ---- plans --------------------------------------------------------------------------------
-    def plan(self, output_rows: str, n: int, greedy: bool) -> Plan:
-        """The plan for a step of n rows (compiled on first use)."""
+    def plan(self, output_rows: str, n: int, pick: str) -> Plan:
+        """The plan for a step of n rows ending in `pick` ("logits", "argmax", "sample"), compiled on first use."""
         rows = next(b for b in buckets(self.max_rows(output_rows)) if b >= n)
-        key = (output_rows, rows, greedy)
+        key = (output_rows, rows, pick)
         p = self.plans.get(key)
         if p is None:
-            p = self.compiler.compile(self.graphs[output_rows], rows, greedy, self.max_rows(output_rows))
+            p = self.compiler.compile(self.graphs[output_rows], rows, pick, self.max_rows(output_rows))
             self.plans[key] = p
         return p
 
     def compile_all(self) -> None:
-        """Compile every plan a model can use: greedy and sampled last-row steps, all-row steps, every size."""
-        for output_rows, greedy in (("last", True), ("last", False), ("all", False)):
+        """Compile every plan a model can use: last-row steps ending in logits, argmax or sampling, all-row
+        steps, every size."""
+        for output_rows, pick in (("last", "argmax"), ("last", "logits"), ("last", "sample"), ("all", "logits")):
             for rows in buckets(self.max_rows(output_rows)):
-                self.plan(output_rows, rows, greedy)
+                self.plan(output_rows, rows, pick)
 
     # ---- steps --------------------------------------------------------------------------------
-    def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, greedy: bool) -> np.ndarray:
+    def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = None) -> np.ndarray:
         """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out]."""
+        if isinstance(pick, Draw) and not pick.on_gpu:  # settings the kernels do not cover: pick on the host
+            return np.array([Sampler.pick(self.step(cache, ids, pos0, output_rows)[-1], pick)])
         n = len(ids)
-        plan = self.plan(output_rows, n, greedy)
+        mode = "sample" if isinstance(pick, Draw) else pick or "logits"
+        plan = self.plan(output_rows, n, mode)
         rows_out = n if output_rows == "all" else 1
         device = self.gpu.device
         groups = plan.bind(device, cache)
         write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
+        if isinstance(pick, Draw):
+            device.queue.write_buffer(self.draw_buffer, 0, pick.encode())
         enc = device.create_command_encoder()
         if plan.segments:
             enc = self._run_segments(plan, groups)
         else:
             plan.encode(enc, groups)
-        if greedy:
+        if plan.ids_buffer is not None:
             enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 0, max(4, rows_out * 4))
             device.queue.submit([enc.finish()])
             return self._read(rows_out * 4).view(np.uint32).astype(np.int64)
@@ -268,7 +280,7 @@ class GpuEngine(Engine):
                    "layers": [{"layer": lk.spec.layer, "ring": lk.ring, "kv_dim": lk.kv_dim,
                                "window": lk.spec.window} for lk in self.layout.kv]},
             "pool": self.pool.stats.as_dict(),
-            "plans": [{"output_rows": k[0], "rows": k[1], "greedy": k[2], "dispatches": len(p.dispatches),
+            "plans": [{"output_rows": k[0], "rows": k[1], "pick": k[2], "dispatches": len(p.dispatches),
                        "activation_bytes": p.activation_bytes, "one_buffer_per_tensor_bytes": p.naive_activation_bytes}
                       for k, p in sorted(self.plans.items())],
             "chunk": self.chunk, "chunk_all_logits": self.chunk_all,

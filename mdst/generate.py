@@ -140,7 +140,7 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
         def next_token(new: list[int]) -> int:
             if params.greedy:
                 return int(session.prefill(new, greedy=True))
-            return sampler.pick(session.prefill(new), history)
+            return int(session.prefill(new, draw=sampler.next_draw(history)))
 
         tok = next_token(ids[session.n_past:])
         t1 = time.perf_counter()

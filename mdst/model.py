@@ -216,13 +216,15 @@ class Session:
                              f"load with a larger context_length (model maximum {self.model.config.context_length}) "
                              "or start a new session")
 
-    def _steps(self, ids: np.ndarray, output_rows: str, greedy: bool = False) -> Iterator[np.ndarray]:
+    def _steps(self, ids: np.ndarray, output_rows: str, pick: Any = None, last_pick: Any = None) -> Iterator[np.ndarray]:
+        """Feed ids a step at a time; each step ends in `pick`, the final one in `last_pick` if given."""
         eng = self.model.engine
         chunk = eng.max_rows(output_rows)
         for s in range(0, len(ids), chunk):
             part = ids[s:s + chunk]
+            this = last_pick if last_pick is not None and s + chunk >= len(ids) else pick
             with self.model._lock:
-                out = eng.step(self.cache, part, self.n_past, output_rows, greedy)
+                out = eng.step(self.cache, part, self.n_past, output_rows, this)
             self.tokens.extend(int(t) for t in part)
             yield out
 
@@ -232,12 +234,14 @@ class Session:
         self._room(len(arr))
         return np.concatenate(list(self._steps(arr, "all")), axis=0)
 
-    def prefill(self, ids: Sequence[int], greedy: bool = False) -> np.ndarray:
-        """Append `ids`; returns only the last position's logits [vocab] (or its argmax id with greedy)."""
+    def prefill(self, ids: Sequence[int], greedy: bool = False, draw: Any = None) -> np.ndarray:
+        """Append `ids`; returns the last position's logits [vocab], or the next token id: its argmax with
+        greedy=True, or sampled with a `mdst.sampling.Draw` (on the GPU where the kernels cover its settings)."""
         arr = self.model._check_ids(ids)
         self._room(len(arr))
         out = None
-        for out in self._steps(arr, "last", greedy):
+        # steps before the last only fill the cache: their cheapest ending is a token id, discarded
+        for out in self._steps(arr, "last", "argmax", draw if draw is not None else "argmax" if greedy else None):
             pass
         return out[0]
 

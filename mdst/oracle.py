@@ -386,6 +386,61 @@ class CaseBuilder:
                             [Expect("u32", _exact(), want)]))
         return out
 
+    def _draw(self, **settings: Any) -> Any:
+        from .sampling import Draw, SamplingParams
+        tokens = settings.pop("tokens", ())
+        params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
+        return Draw(params, float(np.float32(self.rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
+
+    def _penalize(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        from .sampling import Sampler
+        cols, col0 = 3000, 1000
+        full = self.normal(cols + col0, scale=3.0)
+        draw = self._draw(tokens=(5, 999, 1000, 1003, 2500, 3999), repeat_penalty=1.3, presence_penalty=0.2,
+                          frequency_penalty=0.1)
+        return [Case(f"six recent tokens, part of {cols} columns from {col0}", spec,
+                     [np.frombuffer(draw.encode(), np.uint32), Out(cols * 4, init=full[col0:])],
+                     {"cols": cols, "col0": col0}, (1, 1, 1),
+                     [Expect("f32", _within(1e-6), Sampler.penalize(full, draw)[col0:])])]
+
+    def _topk_pairs(self, x: np.ndarray, col0: int, k: int) -> np.ndarray:
+        """Per 2048-column slice, the k largest (value bits, id) pairs, descending, ties by id."""
+        out = []
+        for s0 in range(0, len(x), 2048):
+            part = x[s0:s0 + 2048]
+            order = np.lexsort((np.arange(len(part)), -part))[:k]
+            pairs = np.full((64, 2), POISON, np.uint32)
+            pairs[:len(order), 0] = part[order].view(np.uint32)
+            pairs[:len(order), 1] = col0 + s0 + order
+            out.append(pairs)
+        return np.stack(out)
+
+    def _topk(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        cols, col0, k = 5000, 700, 64
+        x = self.normal(cols)
+        x[[3, 10, 2100]] = 9.0   # ties, within a slice and across slices
+        draw = self._draw(top_k=k)
+        want = self._topk_pairs(x, col0, k)
+        return [Case(f"top {k} of {cols} columns from {col0} in {len(want)} slices", spec,
+                     [np.frombuffer(draw.encode(), np.uint32), x, Out(want.nbytes)], {"cols": cols, "col0": col0,
+                      "slice0": 0}, (len(want), 1, 1), [Expect("u32", _exact(), want)])]
+
+    def _sample(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .kernels.runner import Out
+        from .sampling import Sampler
+        x = self.normal(3000, scale=2.0)
+        out = []
+        for settings in ({}, {"top_p": 0.5, "temperature": 1.5}, {"top_k": 64, "min_p": 0.05, "temperature": 0.3}):
+            draw = self._draw(**settings)
+            cand = self._topk_pairs(x, 0, draw.params.top_k)
+            want = np.array([Sampler.pick(x, draw), POISON, POISON, POISON], np.uint32)
+            out.append(Case(f"the chain with {settings or 'defaults'} over {len(cand)} slices", spec,
+                            [np.frombuffer(draw.encode(), np.uint32), cand, Out(16)], {"slices": len(cand)},
+                            (1, 1, 1), [Expect("u32", _exact(), want)]))
+        return out
+
     def _argmax_merge(self, spec: Any, uses: list[Any]) -> list[Case]:
         from .kernels.runner import Out
         rows, cols = 70, [100, 60, 40]
@@ -513,7 +568,7 @@ def _tap_compiler(compiler: Any) -> Any:
             self.node_ends.append((len(ds), y, nrows(node.out) * node.out.cols * 4))
 
     tc = TapCompiler(compiler.gpu, compiler.pipelines, compiler.weights, compiler.pool, compiler.step,
-                     compiler.layout, compiler.create)
+                     compiler.draw, compiler.layout, compiler.create)
     tc._rope_tables = compiler._rope_tables   # one table buffer per RoPE spec, shared with the engine's plans
     tc.node_ends = []
     return tc
@@ -596,7 +651,8 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
     dispatches that use it."""
     specs: dict[Any, list[Any]] = {}
-    for key in [("last", 1, True), ("last", 1, False), ("last", prompt_rows, True), ("all", prompt_rows, False)]:
+    for key in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"), ("last", prompt_rows, "argmax"),
+                ("all", prompt_rows, "logits")]:
         for d in engine.plan(*key).dispatches:
             specs.setdefault(d.spec, []).append(d)
     return specs
@@ -605,8 +661,8 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
 def export_plan(engine: Any, session: Any, token: int, layers: list[int], blobs: Blobs) -> dict[str, Any]:
     """The plan section for feeding `token` to `session` next (its cache as it is now)."""
     tc = _tap_compiler(engine.compiler)
-    plan = tc.compile(engine.graphs["last"], 1, True)
-    same = engine.plan("last", 1, True)
+    plan = tc.compile(engine.graphs["last"], 1, "argmax", engine.max_rows("last"))
+    same = engine.plan("last", 1, "argmax")
     if [(d.spec, d.workgroups, d.params) for d in plan.dispatches] != \
             [(d.spec, d.workgroups, d.params) for d in same.dispatches]:
         raise AssertionError("the recompiled decode plan differs from the engine's")

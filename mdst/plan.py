@@ -20,8 +20,10 @@ from .kernels import KernelSpec, PipelineCache, pack_params
 from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore
+from .sampling import GPU_TOP_K
 
 MAX_GROUPS = 65535
+TOPK_SLICE = 2048  # columns per top-k workgroup (SLICE in topk.wgsl)
 _plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
 USES_KV = {"kv_store", "attention"}  # kernels composed with the cache format (kv/<format>.wgsl)
 
@@ -84,13 +86,13 @@ class Plan:
 
     rows: int
     output_rows: str
-    greedy: bool
+    pick: str                     # "logits" (read back), "argmax" or "sample" (read back a token id)
     dispatches: list[Dispatch]
     outputs: list[OutputPart]
     rows_out: int
     out_cols: int
     ids_buffer: Any | None
-    best_buffer: Any | None
+    scratch: list[Any]            # buffers only this plan uses (token picking)
     param_buffer: Any
     activation_bytes: int         # peak bytes of activation slots this plan holds
     naive_activation_bytes: int   # what one buffer per value would take
@@ -117,8 +119,8 @@ class Plan:
         return groups
 
     def release(self) -> None:
-        """Destroy the buffers this plan owns (parameters, greedy-pick scratch)."""
-        for b in (self.param_buffer, self.ids_buffer, self.best_buffer):
+        """Destroy the buffers this plan owns (parameters, token picking)."""
+        for b in [self.param_buffer, self.ids_buffer, *self.scratch]:
             if b is not None:
                 b.destroy()
 
@@ -137,9 +139,9 @@ class Compiler:
     """Turns graphs into plans for one device, weight store, pool and precision."""
 
     def __init__(self, gpu: Any, pipelines: PipelineCache, weights: WeightStore, pool: Any,
-                 step_buffer: Any, layout: CacheLayout, create_buffer: Any):
+                 step_buffer: Any, draw_buffer: Any, layout: CacheLayout, create_buffer: Any):
         self.gpu, self.pipelines, self.weights, self.pool = gpu, pipelines, weights, pool
-        self.step = step_buffer
+        self.step, self.draw = step_buffer, draw_buffer
         self.layout = layout
         self.create = create_buffer
         self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}
@@ -169,8 +171,9 @@ class Compiler:
         return got
 
     # ---- compilation --------------------------------------------------------------------------
-    def compile(self, graph: Graph, rows: int, greedy: bool, alloc_rows: int | None = None) -> Plan:
-        """A plan for `rows` rows (the step may use fewer: the rest is padding).
+    def compile(self, graph: Graph, rows: int, pick: str, alloc_rows: int | None = None) -> Plan:
+        """A plan for `rows` rows (the step may use fewer: the rest is padding), ending as `pick` says:
+        "logits", "argmax" (greedy token ids) or "sample" (the sampling chain; last-row graphs only).
 
         Activation buffers are sized for `alloc_rows` (default: rows): plans compiled for every row
         count up to it then ask the pool for the same slots and share them.
@@ -211,12 +214,16 @@ class Compiler:
                     freed.add(v.id)
 
         rows_out = nrows(graph.output)
-        ids_buffer = best_buffer = None
-        if greedy:
-            ids_buffer, best_buffer = self._argmax(ds, outputs, rows_out)
+        ids_buffer, scratch = None, []
+        if pick == "argmax":
+            ids_buffer, scratch = self._argmax(ds, outputs, rows_out)
+        elif pick == "sample":
+            if rows_out != 1:
+                raise ValueError("sampling plans produce one row")
+            ids_buffer, scratch = self._sample(ds, outputs)
         param_buffer = self._pack(ds)
-        return Plan(rows, graph.output_rows, greedy, ds, outputs, rows_out, graph.output.cols, ids_buffer,
-                    best_buffer, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys),
+        return Plan(rows, graph.output_rows, pick, ds, outputs, rows_out, graph.output.cols, ids_buffer,
+                    scratch, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys),
                     segments=self._segments(len(ds)))
 
     def _weight(self, ds: list[Dispatch], name: str, part: int) -> Any:
@@ -332,7 +339,7 @@ class Compiler:
         else:
             raise NotImplementedError(f"no GPU kernel for op {op!r}")
 
-    def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> tuple[Any, Any]:
+    def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> tuple[Any, list[Any]]:
         best = self.create(rows_out * len(outputs) * 8, "argmax.best")
         ids = self.create(max(16, rows_out * 4), "argmax.ids")
         for k, o in enumerate(outputs):
@@ -340,7 +347,21 @@ class Compiler:
                            {"cols": o.cols, "col0": o.col0, "part": k, "n_parts": len(outputs)}, "argmax")
         self._dispatch(ds, "argmax_merge", [best, ids, None], (ceil_div(rows_out, 64), 1, 1),
                        {"rows": rows_out, "n_parts": len(outputs)}, "argmax")
-        return ids, best
+        return ids, [best]
+
+    def _sample(self, ds: list[Dispatch], outputs: list[OutputPart]) -> tuple[Any, list[Any]]:
+        """Penalties on each logits part, top-k per 2048-column slice, then the chain and the draw."""
+        slices = [ceil_div(o.cols, TOPK_SLICE) for o in outputs]
+        cand = self.create(sum(slices) * GPU_TOP_K * 8, "sample.cand")
+        ids = self.create(16, "sample.ids")
+        for o in outputs:
+            self._dispatch(ds, "penalize", [self.draw, o.buffer, None], (1, 1, 1), {"cols": o.cols, "col0": o.col0},
+                           "sample")
+        for o, first in zip(outputs, itertools.accumulate([0] + slices[:-1])):
+            self._dispatch(ds, "topk", [self.draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), 1, 1),
+                           {"cols": o.cols, "col0": o.col0, "slice0": first}, "sample")
+        self._dispatch(ds, "sample", [self.draw, cand, ids, None], (1, 1, 1), {"slices": sum(slices)}, "sample")
+        return ids, [cand]
 
     def _pack(self, ds: list[Dispatch]) -> Any:
         """Write every dispatch's parameters into one uniform buffer; fill in the last binding."""

@@ -2,16 +2,24 @@
 
 Order as in llama.cpp's default chain: penalties -> top-k -> top-p -> min-p -> temperature -> draw.
 The chain runs on the candidates that top-k leaves; with temperature 0 and no penalties the
-pick is the argmax, which the GPU computes itself (only the token id is read back).
+pick is the argmax. The GPU runs the whole chain (kernels penalize, topk, sample) when top_k is
+1..64 and the penalty window at most 64 tokens, reading back only the token id; `Sampler.pick` is
+the same chain on the host (for the numpy engine, other settings, and as the GPU's reference).
+The draw itself is by inverse CDF with a uniform number from the seeded generator, so host and GPU
+pick the same token for the same number.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+GPU_TOP_K = 64   # the most candidates the GPU sampling kernels keep (KMAX in common.wgsl)
+DRAW_WORDS = 144  # the draw buffer's size in 4-byte words (layout: DRAW_* in common.wgsl)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,32 @@ class SamplingParams:
         return self.repeat_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One sampled step's inputs: the settings, the uniform number, the recent tokens and their counts."""
+
+    params: SamplingParams
+    u: float
+    tokens: tuple[int, ...]   # distinct tokens in the penalty window
+    counts: tuple[int, ...]
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the GPU kernels can run this draw (else the host samples from read-back logits)."""
+        return 1 <= self.params.top_k <= GPU_TOP_K and len(self.tokens) <= GPU_TOP_K
+
+    def encode(self) -> bytes:
+        """The draw buffer's contents (layout: DRAW_* in kernels/common.wgsl)."""
+        p = self.params
+        head = struct.pack("<ffffIIfff", p.temperature, p.top_p, p.min_p, self.u, p.top_k, len(self.tokens),
+                           p.repeat_penalty, p.presence_penalty, p.frequency_penalty)
+        words = np.zeros(DRAW_WORDS, np.uint32)
+        words[:9] = np.frombuffer(head, np.uint32)
+        words[16:16 + len(self.tokens)] = self.tokens
+        words[80:80 + len(self.counts)] = self.counts
+        return words.tobytes()
+
+
 class Sampler:
     """Draws tokens from logits under `SamplingParams`, with its own seeded generator."""
 
@@ -75,29 +109,39 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
-        """Repeat / presence / frequency penalties over the last repeat_last_n tokens (llama.cpp's rule)."""
+    def next_draw(self, history: Sequence[int]) -> Draw:
+        """The next step's draw: a fresh uniform number (float32, as the GPU reads it) and the penalty window."""
         p = self.params
-        if not p.penalized or not history or p.repeat_last_n == 0:
+        tokens, counts = (), ()
+        if p.penalized and p.repeat_last_n and history:
+            ids, n = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64), return_counts=True)
+            tokens, counts = tuple(int(i) for i in ids), tuple(int(c) for c in n)
+        return Draw(p, float(np.float32(self.rng.random())), tokens, counts)
+
+    @staticmethod
+    def penalize(logits: np.ndarray, draw: Draw) -> np.ndarray:
+        """Repeat / presence / frequency penalties of the draw's window (llama.cpp's rule)."""
+        if not draw.tokens:
             return logits
-        recent = np.asarray(history[-p.repeat_last_n:], dtype=np.int64)
-        ids, counts = np.unique(recent, return_counts=True)
+        p = draw.params
+        ids, counts = np.asarray(draw.tokens), np.asarray(draw.counts)
         out = logits.astype(np.float32, copy=True)
         sel = out[ids]
-        sel = np.where(sel <= 0, sel * p.repeat_penalty, sel / p.repeat_penalty)
-        out[ids] = sel - counts * p.frequency_penalty - p.presence_penalty
+        sel = np.where(sel <= 0, sel * np.float32(p.repeat_penalty), sel / np.float32(p.repeat_penalty))
+        out[ids] = sel - counts * np.float32(p.frequency_penalty) - np.float32(p.presence_penalty)
         return out
 
-    def pick(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        """One token id from a row of logits [n_vocab]."""
-        p = self.params
-        x = self.penalize(np.asarray(logits, dtype=np.float32), history)
+    @classmethod
+    def pick(cls, logits: np.ndarray, draw: Draw) -> int:
+        """One token id from a row of logits [n_vocab], as the GPU kernels choose it."""
+        p = draw.params
+        x = cls.penalize(np.asarray(logits, dtype=np.float32), draw)
         if p.temperature == 0:
             return int(np.argmax(x))
         ids = np.arange(x.size)
         if p.top_k and p.top_k < x.size:
             ids = np.argpartition(-x, p.top_k - 1)[:p.top_k]
-        order = ids[np.argsort(-x[ids], kind="stable")]
+        order = ids[np.lexsort((ids, -x[ids]))]   # descending, ties: the lower id first
         z = x[order].astype(np.float64)
         probs = np.exp(z - z[0])
         probs /= probs.sum()
@@ -106,6 +150,5 @@ class Sampler:
             keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
         if p.min_p > 0.0:
             keep = min(keep, max(1, int(np.sum(probs >= p.min_p * probs[0]))))
-        z = z[:keep] / p.temperature
-        w = np.exp(z - z[0])
-        return int(order[self.rng.choice(keep, p=w / w.sum())])
+        w = np.cumsum(np.exp((z[:keep] - z[0]) / p.temperature))
+        return int(order[min(int(np.searchsorted(w, draw.u * w[-1])), keep - 1)])

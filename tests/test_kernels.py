@@ -243,3 +243,64 @@ def test_argmax_over_parts(run, rng):
     ids = run(KernelSpec("argmax_merge"), [best, Out(rows * 4)], {"rows": rows, "n_parts": len(cols)},
               (1, 1, 1))[0].view(np.uint32)
     np.testing.assert_array_equal(ids, reference.argmax(full))
+
+
+def draw_of(rng, **settings) -> "Draw":
+    from mdst.sampling import Draw, SamplingParams
+    tokens = settings.pop("tokens", ())
+    params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
+    return Draw(params, float(np.float32(rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
+
+
+def test_penalize(run, rng):
+    from mdst.sampling import Sampler
+    cols, col0 = 3000, 1000
+    full = (rng.standard_normal(cols + col0) * 3).astype(np.float32)
+    tokens = (5, 999, 1000, 1003, 2500, 3999)  # some before this part
+    draw = draw_of(rng, tokens=tokens, repeat_penalty=1.3, presence_penalty=0.2, frequency_penalty=0.1)
+    got = f32(run(KernelSpec("penalize"), [np.frombuffer(draw.encode(), np.uint32), Out(cols * 4, init=full[col0:])],
+                  {"cols": cols, "col0": col0}, (1, 1, 1))[0])
+    np.testing.assert_allclose(got, Sampler.penalize(full, draw)[col0:], rtol=1e-6)
+
+
+def topk_reference(x: np.ndarray, col0: int, k: int, slice_: int = 2048) -> np.ndarray:
+    """Per slice: the k largest (value bits, id) pairs, descending, ties by id; missing places marked."""
+    out = []
+    for s in range(0, len(x), slice_):
+        part = x[s:s + slice_]
+        order = np.lexsort((np.arange(len(part)), -part))[:k]
+        pairs = np.full((64, 2), 0xFFFFFFFF, np.uint32)
+        pairs[:len(order), 0] = part[order].view(np.uint32)
+        pairs[:len(order), 1] = col0 + s + order
+        out.append(pairs)
+    return np.stack(out)
+
+
+def test_topk(run, rng):
+    cols, col0, k = 5000, 700, 40
+    x = rng.standard_normal(cols).astype(np.float32)
+    x[[3, 10, 2100]] = 9.0  # ties across the first slice and into the second
+    draw = draw_of(rng, top_k=k)
+    slices = -(-cols // 2048)
+    cand = run(KernelSpec("topk"), [np.frombuffer(draw.encode(), np.uint32), x, Out(slices * 64 * 8)],
+               {"cols": cols, "col0": col0, "slice0": 0}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
+    want = topk_reference(x, col0, k)
+    np.testing.assert_array_equal(cand[:, :k], want[:, :k])
+
+
+@pytest.mark.parametrize("settings", [{}, {"top_k": 5}, {"top_p": 0.5}, {"min_p": 0.2}, {"temperature": 2.5},
+                                      {"top_k": 64, "top_p": 0.9, "min_p": 0.05, "temperature": 0.3}])
+def test_sample_matches_the_host_chain(run, rng, settings):
+    from mdst.sampling import Sampler
+    cols = 3000
+    x = (rng.standard_normal(cols) * 2).astype(np.float32)
+    hits = 0
+    for _ in range(12):
+        draw = draw_of(rng, **settings)
+        k = draw.params.top_k
+        cand = topk_reference(x, 0, k)
+        cand[:, k:] = 0  # places past k hold leftovers: the kernel must not read them
+        got = run(KernelSpec("sample"), [np.frombuffer(draw.encode(), np.uint32), cand, Out(16)],
+                  {"slices": len(cand)}, (1, 1, 1))[0].view(np.uint32)[0]
+        hits += int(got) == Sampler.pick(x, draw)
+    assert hits == 12

@@ -15,3 +15,19 @@ fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 const STEP_POS0: u32 = 0u;
 const STEP_ROWS: u32 = 1u;
 const STEP_TOKENS: u32 = 4u;
+
+// The draw buffer (`draw`, array<u32>) of a sampled step, written by the host with the step
+// (mdst.sampling.Draw.encode): settings as f32/u32 words, then the distinct recent tokens and
+// their counts for the repetition penalties.
+const DRAW_TEMPERATURE: u32 = 0u;
+const DRAW_TOP_P: u32 = 1u;
+const DRAW_MIN_P: u32 = 2u;
+const DRAW_U: u32 = 3u;
+const DRAW_TOP_K: u32 = 4u;
+const DRAW_N_HIST: u32 = 5u;
+const DRAW_REPEAT: u32 = 6u;
+const DRAW_PRESENCE: u32 = 7u;
+const DRAW_FREQUENCY: u32 = 8u;
+const DRAW_HIST: u32 = 16u;
+const DRAW_COUNTS: u32 = 80u;
+const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k)

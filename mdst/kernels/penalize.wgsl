@@ -1,0 +1,35 @@
+// Repetition penalties on one logits part, in place, before sampling (llama.cpp's rule): for each
+// distinct recent token t seen c times, x[t] is divided by repeat_penalty if positive (multiplied
+// if not), then lowered by c * frequency_penalty + presence_penalty. The draw buffer (see
+// sample.wgsl) lists the distinct tokens and their counts. One invocation per listed token.
+// Dispatch: 1 workgroup (at most 64 tokens).
+
+struct P {
+    cols: u32,       // columns of this part
+    col0: u32,       // first vocabulary id of this part
+}
+
+@group(0) @binding(0) var<storage, read> draw: array<u32>;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;   // [1, cols]
+@group(0) @binding(2) var<uniform> p: P;
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    if (lid >= draw[DRAW_N_HIST]) {
+        return;
+    }
+    let t = draw[DRAW_HIST + lid];
+    if (t < p.col0 || t - p.col0 >= p.cols) {
+        return;
+    }
+    let i = t - p.col0;
+    var v = x[i];
+    let rp = bitcast<f32>(draw[DRAW_REPEAT]);
+    if (v <= 0.0) {
+        v *= rp;
+    } else {
+        v /= rp;
+    }
+    let c = f32(draw[DRAW_COUNTS + lid]);
+    x[i] = v - c * bitcast<f32>(draw[DRAW_FREQUENCY]) - bitcast<f32>(draw[DRAW_PRESENCE]);
+}

@@ -1,0 +1,120 @@
+// Sampling, second stage, one workgroup: the top k of all slices' candidates, then llama.cpp's chain on
+// them: top-p (smallest prefix whose probability reaches top_p), min-p (probability at least min_p
+// times the largest), temperature, and a draw by inverse CDF with the uniform number u the host put in
+// the draw buffer (so a seed reproduces the same text). Writes the chosen token id.
+// Dispatch: 1 workgroup.
+
+struct P {
+    slices: u32,     // candidate slices (KMAX places each, the first k filled)
+}
+
+@group(0) @binding(0) var<storage, read> draw: array<u32>;
+@group(0) @binding(1) var<storage, read_write> cand: array<vec2<u32>>;   // [slices, KMAX] (consumed)
+@group(0) @binding(2) var<storage, read_write> ids: array<u32>;          // [1]
+@group(0) @binding(3) var<uniform> p: P;
+
+const WG: u32 = 64u;
+const NEG: f32 = -3.4e38;
+
+var<workgroup> bv: array<f32, WG>;
+var<workgroup> bi: array<u32, WG>;
+var<workgroup> top_v: array<f32, KMAX>;
+var<workgroup> top_i: array<u32, KMAX>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    let k = min(draw[DRAW_TOP_K], KMAX);
+    let n_cand = p.slices * KMAX;
+    for (var r = 0u; r < KMAX; r++) {
+        if (r >= k) {
+            break;
+        }
+        var v = NEG;
+        var at = 0xffffffffu;
+        for (var i = lid; i < n_cand; i += WG) {
+            if (i % KMAX >= k) {
+                continue;
+            }
+            let c = cand[i];
+            let cv = bitcast<f32>(c.x);
+            if (c.y != 0xffffffffu && (at == 0xffffffffu || cv > v || (cv == v && c.y < cand[at].y))) {
+                v = cv;
+                at = i;
+            }
+        }
+        bv[lid] = v;
+        bi[lid] = at;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s && bi[lid + s] != 0xffffffffu) {
+                let better = bi[lid] == 0xffffffffu || bv[lid + s] > bv[lid]
+                             || (bv[lid + s] == bv[lid] && cand[bi[lid + s]].y < cand[bi[lid]].y);
+                if (better) {
+                    bv[lid] = bv[lid + s];
+                    bi[lid] = bi[lid + s];
+                }
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            top_v[r] = NEG;
+            top_i[r] = 0xffffffffu;
+            if (bi[0] != 0xffffffffu) {
+                top_v[r] = bv[0];
+                top_i[r] = cand[bi[0]].y;
+                cand[bi[0]].y = 0xffffffffu;   // taken
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid != 0u) {
+        return;
+    }
+    // the chain runs on at most 64 values: one invocation
+    var n = 0u;
+    while (n < k && top_i[n] != 0xffffffffu) {
+        n++;
+    }
+    var total = 0.0;
+    for (var i = 0u; i < n; i++) {
+        total += exp(top_v[i] - top_v[0]);
+    }
+    var keep = n;
+    let top_p = bitcast<f32>(draw[DRAW_TOP_P]);
+    if (top_p < 1.0) {
+        var cum = 0.0;
+        for (var i = 0u; i < n; i++) {
+            cum += exp(top_v[i] - top_v[0]) / total;
+            if (cum >= top_p) {
+                keep = i + 1u;
+                break;
+            }
+        }
+    }
+    let min_p = bitcast<f32>(draw[DRAW_MIN_P]);
+    if (min_p > 0.0) {
+        var m = 0u;
+        for (var i = 0u; i < n; i++) {
+            if (exp(top_v[i] - top_v[0]) >= min_p) {
+                m++;
+            }
+        }
+        keep = min(keep, max(m, 1u));
+    }
+    let t = bitcast<f32>(draw[DRAW_TEMPERATURE]);
+    var z = 0.0;
+    for (var i = 0u; i < keep; i++) {
+        z += exp((top_v[i] - top_v[0]) / t);
+    }
+    let target_ = bitcast<f32>(draw[DRAW_U]) * z;
+    var cum = 0.0;
+    var pick = keep - 1u;
+    for (var i = 0u; i < keep; i++) {
+        cum += exp((top_v[i] - top_v[0]) / t);
+        if (cum >= target_) {
+            pick = i;
+            break;
+        }
+    }
+    ids[0] = top_i[pick];
+}

@@ -1,0 +1,71 @@
+// Sampling, first stage: the k largest logits of one slice of SLICE columns of a logits part, as
+// (f32 bits, vocabulary id) pairs in descending order (ties: the lower id first), in the slice's
+// KMAX candidate places (unused places keep whatever they held; the second stage reads k of them).
+// The slice is staged in workgroup memory and its maximum extracted k times.
+// Dispatch: ceil(cols / SLICE) workgroups for the part.
+
+struct P {
+    cols: u32,       // columns of this part
+    col0: u32,       // first vocabulary id of this part
+    slice0: u32,     // index of this part's first slice among all the row's slices
+}
+
+@group(0) @binding(0) var<storage, read> draw: array<u32>;                // k = draw[DRAW_TOP_K] <= KMAX
+@group(0) @binding(1) var<storage, read> x: array<f32>;                   // [1, cols]
+@group(0) @binding(2) var<storage, read_write> cand: array<vec2<u32>>;    // [slices, KMAX]
+@group(0) @binding(3) var<uniform> p: P;
+
+const SLICE: u32 = 2048u;
+const WG: u32 = 64u;
+const NEG: f32 = -3.4e38;
+
+var<workgroup> vals: array<f32, SLICE>;
+var<workgroup> bv: array<f32, WG>;
+var<workgroup> bi: array<u32, WG>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let start = wid.x * SLICE;
+    let n = min(SLICE, p.cols - start);
+    for (var i = lid; i < SLICE; i += WG) {
+        var v = NEG;
+        if (i < n) {
+            v = x[start + i];
+        }
+        vals[i] = v;
+    }
+    workgroupBarrier();
+    let k = min(draw[DRAW_TOP_K], KMAX);
+    for (var r = 0u; r < KMAX; r++) {
+        if (r >= k) {   // uniform: every invocation reads the same k
+            break;
+        }
+        var v = NEG;
+        var at = 0xffffffffu;
+        for (var i = lid; i < SLICE; i += WG) {
+            if (vals[i] > v) {   // strided ascending: the first maximum a thread meets has its lowest index
+                v = vals[i];
+                at = i;
+            }
+        }
+        bv[lid] = v;
+        bi[lid] = at;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s && (bv[lid + s] > bv[lid] || (bv[lid + s] == bv[lid] && bi[lid + s] < bi[lid]))) {
+                bv[lid] = bv[lid + s];
+                bi[lid] = bi[lid + s];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            var id = 0xffffffffu;   // fewer than k real values in this slice
+            if (bi[0] < n && bv[0] > NEG) {
+                id = p.col0 + start + bi[0];
+                vals[bi[0]] = NEG;
+            }
+            cand[(p.slice0 + wid.x) * KMAX + r] = vec2<u32>(bitcast<u32>(bv[0]), id);
+        }
+        workgroupBarrier();
+    }
+}
