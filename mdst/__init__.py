@@ -10,7 +10,7 @@ Nothing heavy is imported until it is used.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DeviceError, GGUFError, MdstError, OutOfMemoryError, UnsupportedModelError
 
@@ -25,7 +25,8 @@ __all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "U
 
 def load(path: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "auto",
          context_length: int | None = None, max_binding_size: int | None = None, kv_type: str | None = None,
-         gpu_memory_limit: int | str | None = None, weight_paging: bool = False) -> "Model":
+         gpu_memory_limit: int | str | None = None, weight_paging: bool = False,
+         progress: Callable[[int, int], None] | None = None) -> "Model":
     """Load a GGUF model (a path, or a packaged model's short name; None: the default small model).
 
     device: "auto" (hardware adapter, else software, else numpy), "gpu" (any WebGPU adapter) or "cpu".
@@ -35,13 +36,14 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
     kv_type: KV cache storage, "f32", "f16" or "q8_0" (default: f16 with f16 precision, else f32).
     gpu_memory_limit: refuse to load (OutOfMemoryError, with the breakdown) if the predicted GPU bytes exceed it.
     weight_paging: under gpu_memory_limit, keep what fits resident and page the other weights in per step.
+    progress: called with (bytes uploaded, bytes to upload) while weights load (the CLI draws a bar).
     """
     from .model import Model
     from .packaged import resolve_model_path
 
     return Model(resolve_model_path(path), device=device, precision=precision, context_length=context_length,
                  max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit,
-                 weight_paging=weight_paging)
+                 weight_paging=weight_paging, progress=progress)
 
 
 def __getattr__(name: str) -> Any:

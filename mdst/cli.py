@@ -11,10 +11,34 @@ from typing import Any, Callable
 from .errors import MdstError
 
 
+class ProgressBar:
+    """A loading bar on stderr: `[#######       ]  52%  125/241 MiB`, redrawn every percent on a
+    terminal, drawn once when loading ends otherwise (logs get one line, not a hundred)."""
+
+    def __init__(self, stream: Any = None, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self._shown = -1
+        self._live = getattr(self.stream, "isatty", lambda: False)()
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // max(total, 1)
+        if pct == self._shown or (not self._live and done < total):
+            return
+        self._shown = pct
+        fill = self.width * done // max(total, 1)
+        self.stream.write(f"\rloading [{'#' * fill}{' ' * (self.width - fill)}] {pct:3d}%  "
+                          f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
 def _load(args: argparse.Namespace) -> Any:
     import mdst
 
-    return mdst.load(args.model, device=args.device, precision=args.precision, context_length=args.context)
+    return mdst.load(args.model, device=args.device, precision=args.precision, context_length=args.context,
+                     progress=ProgressBar())
 
 
 def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -39,6 +63,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"[{s['prompt_tokens']} prompt tokens, {s['generated_tokens']} generated, "
               f"prefill {s['prefill_tokens_per_s']:.1f} tok/s, decode {s['decode_tokens_per_s']:.1f} tok/s, "
               f"{model.backend}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to a model: each line you type is a user turn; /reset starts over, /exit (or end of input) quits."""
+    from .chat import require_template
+
+    model = _load(args)
+    with model:
+        template = open(args.chat_template, encoding="utf-8").read() if args.chat_template else None
+        if template is None:
+            require_template(model.gguf)  # fail now, not after the first question
+        messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+        print(f"mdst chat: {model.architecture} on {model.backend}. /reset starts over, /exit quits.",
+              file=sys.stderr)
+        while True:
+            try:
+                line = input("> " if sys.stdin.isatty() else "")
+            except EOFError:
+                break
+            if line.strip() == "/exit":
+                break
+            if line.strip() == "/reset":
+                messages = messages[:1] if args.system else []
+                continue
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            reply = []
+            for piece in model.chat(messages, template=template, max_tokens=args.max_tokens,
+                                    temperature=args.temperature, seed=args.seed, stream=True):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            messages.append({"role": "assistant", "content": "".join(reply)})
     return 0
 
 
@@ -145,6 +205,7 @@ def cmd_oracle(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "generate": (cmd_generate, "continue a prompt, streaming to stdout"),
+    "chat": (cmd_chat, "chat with a model interactively (its chat template; /reset, /exit)"),
     "bench": (cmd_bench, "prefill and decode speed"),
     "inspect": (cmd_inspect, "print a GGUF file's metadata and tensor table"),
     "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
@@ -167,6 +228,14 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("-t", "--temperature", type=float, default=0.0)
             sp.add_argument("--top-k", type=int, default=40)
             sp.add_argument("--top-p", type=float, default=1.0)
+            sp.add_argument("--seed", type=int, default=None)
+        elif name == "chat":
+            _model_options(sp)
+            sp.add_argument("--system", default=None, help="a system message")
+            sp.add_argument("--chat-template", default=None, metavar="FILE",
+                            help="a Jinja chat template, for models whose file has none")
+            sp.add_argument("-n", "--max-tokens", type=int, default=512)
+            sp.add_argument("-t", "--temperature", type=float, default=0.0)
             sp.add_argument("--seed", type=int, default=None)
         elif name == "bench":
             _model_options(sp, positional=True)

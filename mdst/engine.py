@@ -2,7 +2,7 @@
 
 Both take the same recorded graphs from the family module and expose the same interface:
 `new_cache()`, `step(cache, ids, pos0, output_rows, pick)` and `chunk` (rows per step). `pick` is
-None (return logits), "argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
+"logits" (return them), "argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .memory.weights import WeightStore
 from .plan import Compiler, Plan, write_step
 from .sampling import DRAW_WORDS, Draw, Sampler
 
-Pick = Union[None, str, Draw]
+Pick = Union[str, Draw]
 
 DEFAULT_CHUNK = 128
 STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit are read in rounds
@@ -77,7 +77,8 @@ class CpuEngine(Engine):
     def new_cache(self) -> CpuKVCache:
         return CpuKVCache.allocate(self.layout)
 
-    def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = None) -> np.ndarray:
+    def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str,
+             pick: Pick = "logits") -> np.ndarray:
         logits = reference.run(self.graphs[output_rows], self.weights, cache, ids, pos0)
         if isinstance(pick, Draw):
             return np.array([Sampler.pick(logits[-1], pick)])
@@ -97,7 +98,8 @@ class GpuEngine(Engine):
     kind = "gpu"
 
     def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
-                 chunk: int = DEFAULT_CHUNK, weight_budget: int | None = None):
+                 chunk: int = DEFAULT_CHUNK, weight_budget: int | None = None,
+                 progress: Callable[[int, int], None] | None = None):
         import wgpu
 
         self.gpu = gpu
@@ -122,7 +124,7 @@ class GpuEngine(Engine):
                     f"{self.layout.layer_bytes(lk)} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
                     f"context_length or a smaller kv_type")
 
-        self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"))
+        self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress)
         uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
         self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),
                                    weight_budget)
@@ -199,12 +201,13 @@ class GpuEngine(Engine):
                 self.plan(output_rows, rows, pick)
 
     # ---- steps --------------------------------------------------------------------------------
-    def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = None) -> np.ndarray:
+    def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str,
+             pick: Pick = "logits") -> np.ndarray:
         """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out]."""
         if isinstance(pick, Draw) and not pick.on_gpu:  # settings the kernels do not cover: pick on the host
             return np.array([Sampler.pick(self.step(cache, ids, pos0, output_rows)[-1], pick)])
         n = len(ids)
-        mode = "sample" if isinstance(pick, Draw) else pick or "logits"
+        mode = "sample" if isinstance(pick, Draw) else pick
         plan = self.plan(output_rows, n, mode)
         rows_out = n if output_rows == "all" else 1
         device = self.gpu.device

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
                  context_length: int | None = None, max_binding_size: int | None = None,
                  kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
-                 weight_paging: bool = False):
+                 weight_paging: bool = False, progress: Callable[[int, int], None] | None = None):
         self.path = os.fspath(path)
         self._lock = threading.RLock()       # one GPU step at a time
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
@@ -75,7 +75,8 @@ class Model:
                     self.predicted = predict(max(budget, 0))
                 fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type,
                           paging=weight_paging)
-                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget)
+                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget,
+                                        progress=progress)
                 self.device_profile = gpu.profile
             self.n_vocab = self.engine.vocab
         except BaseException:
@@ -216,7 +217,8 @@ class Session:
                              f"load with a larger context_length (model maximum {self.model.config.context_length}) "
                              "or start a new session")
 
-    def _steps(self, ids: np.ndarray, output_rows: str, pick: Any = None, last_pick: Any = None) -> Iterator[np.ndarray]:
+    def _steps(self, ids: np.ndarray, output_rows: str, pick: Any = "logits",
+               last_pick: Any = None) -> Iterator[np.ndarray]:
         """Feed ids a step at a time; each step ends in `pick`, the final one in `last_pick` if given."""
         eng = self.model.engine
         chunk = eng.max_rows(output_rows)
@@ -241,7 +243,7 @@ class Session:
         self._room(len(arr))
         out = None
         # steps before the last only fill the cache: their cheapest ending is a token id, discarded
-        for out in self._steps(arr, "last", "argmax", draw if draw is not None else "argmax" if greedy else None):
+        for out in self._steps(arr, "last", "argmax", draw if draw is not None else "argmax" if greedy else "logits"):
             pass
         return out[0]
 

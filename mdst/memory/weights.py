@@ -13,7 +13,7 @@ groups stay valid whatever a slot holds).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -90,9 +90,11 @@ def dequantize(raw: Any, gtype: GGMLType, shape: tuple[int, ...]) -> np.ndarray:
 class WeightStore:
     """The GPU copies of a model's weights."""
 
-    def __init__(self, gpu: Any, gguf: GGUFFile, create_buffer: Any):
+    def __init__(self, gpu: Any, gguf: GGUFFile, create_buffer: Any,
+                 progress: Callable[[int, int], None] | None = None):
         self.gpu, self.gguf = gpu, gguf
         self._create = create_buffer
+        self._progress = progress  # called with (bytes uploaded, bytes to upload) as loading goes
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
         self.slots: list[Any] = []                       # paging slot buffers
@@ -121,6 +123,7 @@ class WeightStore:
             parts += [(name, row0, rows) for row0, rows in
                       split_rows(t.n_rows, t.row_bytes, self.gpu.profile.max_binding_size)]
         sizes = [rows * self.weights[name].row_bytes for name, _, rows in parts]
+        self._total, self._done = sum(sizes), 0
         resident = len(parts)
         if budget is not None:
             while resident > 0 and sum(sizes[:resident]) + PAGE_SLOTS * padded(max(sizes[resident:], default=0)) \
@@ -173,6 +176,9 @@ class WeightStore:
             end = min(off + UPLOAD_CHUNK, nbytes)
             self._write(buf, self.gguf.tensor_bytes(name, start + off, start + end), off)
             self.gguf.release_pages(name, start + off, start + end)
+            if self._progress is not None and not self.slot_holds:  # initial loading, not paging
+                self._done += end - off
+                self._progress(self._done, self._total)
 
     def _write(self, buf: Any, data: memoryview, offset: int = 0) -> None:
         """write_buffer, bounded: the queue's staging copies are freed by draining it every FLUSH_BYTES."""

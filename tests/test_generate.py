@@ -1,0 +1,163 @@
+"""Text in, text out: greedy and sampled generation, stop strings, streaming, statistics, chat, arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mdst
+from mdst.chat import TemplateError
+from mdst.generate import TextStream
+from mdst.sampling import Sampler, SamplingParams
+
+GEMMA_TEMPLATE = (Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja").read_text()
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path, gpu):
+    with mdst.load(smollm2_path, device="gpu", context_length=256) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def smol_cpu(smollm2_path):
+    with mdst.load(smollm2_path, device="cpu", context_length=256) as m:
+        yield m
+
+
+def test_greedy_is_the_argmax_chain(smol):
+    prompt = "The capital of France is"
+    text = smol.generate(prompt, max_tokens=10)
+    ids = smol.tokenize(prompt)
+    with smol.session() as s:
+        toks = [int(np.argmax(s.prefill(ids)))]
+        for _ in range(9):
+            toks.append(int(np.argmax(s.prefill([toks[-1]]))))
+    assert text == smol.detokenize(toks)
+    assert "Paris" in text
+
+
+def test_seed_reproduces_and_differs(smol):
+    kw = dict(max_tokens=16, temperature=1.0, top_k=50, top_p=0.95)
+    a = smol.generate("Once upon a time", seed=1, **kw)
+    assert a == smol.generate("Once upon a time", seed=1, **kw)
+    assert a != smol.generate("Once upon a time", seed=2, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.7, seed=3), dict(temperature=1.2, top_k=8, min_p=0.05, seed=4),
+                                dict(temperature=0.9, repeat_penalty=1.3, presence_penalty=0.5, seed=5)])
+def test_gpu_sampling_matches_the_host_chain(smol, smol_cpu, kw):
+    """The GPU picks on-device (only ids read back); the CPU engine picks with Sampler on its logits."""
+    assert smol.generate("A list of fruits:", max_tokens=20, **kw) == smol_cpu.generate("A list of fruits:",
+                                                                                           max_tokens=20, **kw)
+
+
+def test_stop_strings_end_generation_and_are_not_returned(smol):
+    full = smol.generate("1, 2, 3, 4,", max_tokens=20)
+    stop = full.split(",")[2] + ","   # a piece the greedy continuation is known to contain
+    text = smol.generate("1, 2, 3, 4,", max_tokens=20, stop=[stop, "never appears"])
+    assert stop not in text and full.startswith(text)
+    assert smol.last_stats["finish_reason"] == "stop"
+
+
+def test_stream_pieces_join_to_the_text_and_stats(smol):
+    whole = smol.generate("Tell me about the sea.", max_tokens=24)
+    pieces = list(smol.generate("Tell me about the sea.", max_tokens=24, stream=True))
+    assert "".join(pieces) == whole and all(isinstance(p, str) for p in pieces)
+    st = smol.last_stats
+    assert st["finish_reason"] in ("stop", "length") and st["generated_tokens"] <= 24
+    for key in ("prompt_tokens", "generated_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"):
+        assert st[key] >= 0
+
+
+def test_text_stream_never_splits_a_character():
+    t = TextStream(["STOP"])
+    data = "héllo 🌍 wörld".encode()
+    out = [t.push(data[i:i + 1]) for i in range(len(data))]  # one byte a token
+    assert "".join(out) + t.flush() == "héllo 🌍 wörld"
+    assert "\ufffd" not in "".join(out)  # no piece ever held half a character
+    t = TextStream(["STOP"])
+    assert t.push(b"abc ST") == "abc " and t.push(b"O") == "" and t.push(b"Pxyz") == "" and t.stopped
+
+
+def test_closing_a_stream_leaves_the_model_usable(smol):
+    it = smol.generate("Count: one, two,", max_tokens=30, stream=True)
+    next(it)
+    it.close()
+    assert smol.last_stats["finish_reason"] == "cancelled"
+    assert "Paris" in smol.generate("The capital of France is", max_tokens=8)
+
+
+def test_a_second_generation_in_the_same_thread_during_a_stream_is_refused(smol):
+    it = smol.generate("Hello", max_tokens=5, stream=True)
+    next(it)
+    with pytest.raises(mdst.MdstError, match="still inside another generate"):
+        smol.generate("Hi", max_tokens=2)
+    it.close()
+
+
+def test_context_full_ends_with_length(smollm2_path, gpu):
+    with mdst.load(smollm2_path, device="gpu", context_length=24) as m:
+        m.generate("1, 2, 3, 4, 5, 6, 7,", max_tokens=100)  # counting goes on past the context
+        assert m.last_stats["finish_reason"] == "length"
+        assert m.last_stats["prompt_tokens"] + m.last_stats["generated_tokens"] <= 24
+
+
+def test_prompt_longer_than_context(smollm2_path, gpu):
+    with mdst.load(smollm2_path, device="gpu", context_length=24) as m:
+        long = "word " * 40
+        with pytest.raises(ValueError, match=r"prompt has \d+ tokens but the context holds 24"):
+            m.generate(long, max_tokens=2)
+        assert isinstance(m.generate(long, max_tokens=2, truncate=True), str)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(max_tokens=0), ValueError, "max_tokens"), (dict(max_tokens=2.5), TypeError, "max_tokens"),
+    (dict(temperature=-0.1), ValueError, "temperature"), (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature="hot"), TypeError, "temperature"), (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"), (dict(top_k=-1), ValueError, "top_k"),
+    (dict(min_p=2.0), ValueError, "min_p"), (dict(repeat_penalty=0), ValueError, "repeat_penalty"),
+    (dict(stop=[""]), ValueError, "stop"), (dict(stop=[1]), TypeError, "stop"), (dict(seed=-3), ValueError, "seed"),
+])
+def test_bad_arguments_name_themselves(smol, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        smol.generate("Hello", **{"max_tokens": 2, **kw})
+    assert "Paris" in smol.generate("The capital of France is", max_tokens=8)  # still usable
+
+
+def test_prompt_must_be_text(smol):
+    with pytest.raises(TypeError, match="prompt"):
+        smol.generate(["Hello"])
+
+
+def test_sampler_settings_are_llama_cpp_order():
+    logits = np.array([5.0, 4.9, 1.0, 0.5, -3.0], np.float32)
+    greedy = Sampler.pick(logits, Sampler(SamplingParams()).next_draw([]))
+    assert greedy == 0
+    draw = Sampler(SamplingParams(temperature=1.0, top_k=2, seed=0)).next_draw([])
+    assert Sampler.pick(logits, draw) in (0, 1)
+    pen = Sampler(SamplingParams(temperature=0.0, repeat_penalty=2.0)).next_draw([0, 0])
+    assert Sampler.pick(logits, pen) == 1  # 5 / 2 < 4.9
+
+
+def test_chat_smollm2(smol):
+    reply = smol.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                      max_tokens=20)
+    assert "Paris" in reply and smol.last_stats["finish_reason"] == "stop"
+    streamed = "".join(smol.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                                 max_tokens=20, stream=True))
+    assert streamed == reply
+
+
+def test_chat_gemma3_with_a_given_template(gemma_path, gpu):
+    with mdst.load(gemma_path, device="gpu", context_length=256) as g:
+        with pytest.raises(TemplateError, match="chat template"):
+            g.chat([{"role": "user", "content": "Hi"}])
+        reply = g.chat([{"role": "user", "content": "Hi"}], template=GEMMA_TEMPLATE, max_tokens=6)
+        assert isinstance(reply, str)
+        ids = g.tokenize(mdst.chat.render(GEMMA_TEMPLATE, [{"role": "user", "content": "Hi"}], bos_token="<bos>",
+                                          eos_token="<eos>"), add_bos=False)
+        assert ids[0] == g.tokenizer.bos_id and ids[1] != g.tokenizer.bos_id  # one BOS, from the template
+        assert g.last_stats["prompt_tokens"] == len(ids)
