@@ -55,7 +55,7 @@ def test_pool_reuses_buffers_across_values_and_plans(smol):
     r = smol.memory_report()
     pool = r["pool"]
     assert pool["hits"] > 10 * pool["misses"]  # every plan's values share a handful of buffers
-    decode = next(p for p in r["plans"] if p["output_rows"] == "last" and p["rows"] == 1 and p["greedy"])
+    decode = next(p for p in r["plans"] if p["output_rows"] == "last" and p["rows"] == 1 and p["pick"] == "argmax")
     report("activation bytes: liveness vs one buffer per tensor (SmolLM2 decode plan)",
            liveness=decode["activation_bytes"], one_per_tensor=decode["one_buffer_per_tensor_bytes"],
            pool_buffers=pool["buffers"], pool_bytes=pool["allocated_bytes"])
