@@ -7,6 +7,8 @@ Both take the same recorded graphs from the family module and expose the same in
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Callable, Union
 
 import numpy as np
@@ -17,6 +19,7 @@ from .errors import DeviceError, OutOfMemoryError, UnsupportedModelError
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
 from .kernels import WEIGHT_TYPES, PipelineCache
+from .memory.fit import PhantomDevice
 from .memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from .memory.pool import BufferPool
 from .memory.weights import WeightStore
@@ -26,6 +29,12 @@ from .sampling import DRAW_WORDS, Draw, Sampler
 Pick = Union[str, Draw]
 
 DEFAULT_CHUNK = 128
+STEP_TIMEOUT = 600.0          # seconds a step may take before DeviceError (a hung device must not hang us)
+
+# Fault injection (tests): called as allocation_fault(size, label) before every GPU buffer is made; raising
+# there acts as the allocation failing (OutOfMemoryError follows). Real allocation failures cannot be made
+# on demand on a software adapter.
+allocation_fault: Callable[[int, str], None] | None = None
 STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit are read in rounds
 ALL_LOGITS_BYTES = 32 << 20   # logits of one all-rows step (logits(), Session.feed) at most
 
@@ -42,6 +51,36 @@ def buckets(chunk: int) -> list[int]:
         out.append(b)
         b *= 2
     return out + [chunk]
+
+
+class Waiter:
+    """Runs blocking GPU waits on one worker thread, so callers can wait with a deadline."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _work(self) -> None:
+        while True:
+            fn, done, box = self._jobs.get()
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+            done.set()
+
+    def run(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """fn() on the worker; TimeoutError if it has not returned within timeout seconds."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="mdst-gpu-wait", daemon=True)
+            self._thread.start()
+        done, box = threading.Event(), {}
+        self._jobs.put((fn, done, box))
+        if not done.wait(timeout):
+            raise TimeoutError
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
 
 class Engine:
@@ -99,14 +138,26 @@ class GpuEngine(Engine):
 
     def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
                  chunk: int = DEFAULT_CHUNK, weight_budget: int | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, step_timeout: float = STEP_TIMEOUT):
         import wgpu
 
         self.gpu = gpu
         self._wgpu = wgpu
+        self.step_timeout = step_timeout
         self.bytes_by_kind: dict[str, int] = {}   # live bytes per kind of buffer
         self.peak_bytes = 0
-        self._kind_of: dict[int, tuple[str, int]] = {}
+        self._live: dict[int, tuple[Any, str, int]] = {}   # id -> (buffer, kind, size)
+        self.lost: str | None = None   # why the device cannot be used any more
+        self._waiter = Waiter()
+        try:
+            self._setup(gguf, graphs, context, kv_type, chunk, weight_budget, progress)
+        except BaseException:
+            self.close()  # a failed load leaves nothing allocated
+            raise
+
+    def _setup(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str, chunk: int,
+               weight_budget: int | None, progress: Callable[[int, int], None] | None) -> None:
+        gpu = self.gpu
         cap = gpu.profile.max_binding_size
         for g in graphs.values():
             for name in g.weight_names():
@@ -124,6 +175,9 @@ class GpuEngine(Engine):
                     f"{self.layout.layer_bytes(lk)} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
                     f"context_length or a smaller kv_type")
 
+        self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
+        self.plans: dict[tuple[str, int, str], Plan] = {}
+        self.staging = None
         self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress)
         uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
         self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),
@@ -136,7 +190,6 @@ class GpuEngine(Engine):
         self.chunk_all = max(1, min(self.chunk, ALL_LOGITS_BYTES // (4 * self.vocab)))
         if out_w is not None and self.chunk_all * self.vocab * 4 > cap:
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
-        self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.pipelines = PipelineCache(gpu.device)
         self.step_buffer = self._create(16 + 4 * self.chunk, "step", kind="step")
         self.draw_buffer = self._create(4 * DRAW_WORDS, "draw", kind="step")
@@ -144,7 +197,6 @@ class GpuEngine(Engine):
                                     "staging", map_read=True, kind="staging")
         self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.draw_buffer,
                                  self.layout, self._create)
-        self.plans: dict[tuple[str, int, str], Plan] = {}
 
     # ---- buffers ------------------------------------------------------------------------------
     def _create(self, size: int, label: str, uniform: bool = False, kind: str | None = None,
@@ -161,18 +213,29 @@ class GpuEngine(Engine):
         if limit and size > limit:
             raise OutOfMemoryError(f"a {size}-byte GPU buffer ({label}) exceeds the adapter's max-buffer-size of "
                                    f"{limit}; use a shorter context_length")
+        if self.lost:
+            raise DeviceError(f"the GPU device can no longer be used ({self.lost}); load the model again")
         try:
+            if allocation_fault is not None and not isinstance(self.gpu.device, PhantomDevice):
+                allocation_fault(size, label)
             buf = self.gpu.device.create_buffer(size=size, usage=usage, label=label)
         except Exception as e:
-            raise OutOfMemoryError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}") from None
+            if "device is lost" in str(e):
+                self.lost = "the device was lost"
+                raise DeviceError(f"the GPU device was lost while creating {label}; load the model again") from None
+            raise OutOfMemoryError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}; "
+                                   f"{sum(self.bytes_by_kind.values())} bytes were in use") from None
         self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + size
         self.peak_bytes = max(self.peak_bytes, sum(self.bytes_by_kind.values()))
-        self._kind_of[id(buf)] = (kind, size)
+        self._live[id(buf)] = (buf, kind, size)
         return buf
 
     def _free(self, buf: Any) -> None:
-        """Destroy a buffer made by _create and stop counting it."""
-        kind, size = self._kind_of.pop(id(buf))
+        """Destroy a buffer made by _create and stop counting it (once: later calls do nothing)."""
+        entry = self._live.pop(id(buf), None)
+        if entry is None:
+            return
+        _, kind, size = entry
         self.bytes_by_kind[kind] -= size
         try:
             buf.destroy()
@@ -203,9 +266,26 @@ class GpuEngine(Engine):
     # ---- steps --------------------------------------------------------------------------------
     def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str,
              pick: Pick = "logits") -> np.ndarray:
-        """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out]."""
+        """Run one step; returns logits [rows_out, vocab] (float32) or token ids [rows_out].
+
+        A failing device (lost, destroyed, out of memory mid-step) raises DeviceError and marks the
+        engine unusable: load the model again. A step that does not finish within step_timeout
+        seconds raises DeviceError too; the engine then waits for it before the next step.
+        """
+        if self.lost:
+            raise DeviceError(f"the GPU device can no longer be used ({self.lost}); load the model again")
+        try:
+            return self._step(cache, ids, pos0, output_rows, pick)
+        except (DeviceError, OutOfMemoryError, ValueError, TypeError):
+            raise
+        except Exception as e:
+            self.lost = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            raise DeviceError(f"a GPU step failed ({self.lost}); the device may have been lost: load the model "
+                              "again") from e
+
+    def _step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick) -> np.ndarray:
         if isinstance(pick, Draw) and not pick.on_gpu:  # settings the kernels do not cover: pick on the host
-            return np.array([Sampler.pick(self.step(cache, ids, pos0, output_rows)[-1], pick)])
+            return np.array([Sampler.pick(self._step(cache, ids, pos0, output_rows, "logits")[-1], pick)])
         n = len(ids)
         mode = "sample" if isinstance(pick, Draw) else pick
         plan = self.plan(output_rows, n, mode)
@@ -242,12 +322,36 @@ class GpuEngine(Engine):
         return device.create_command_encoder()
 
     def _read(self, nbytes: int) -> np.ndarray:
-        """The first nbytes of the staging buffer, once the GPU has written them."""
-        self.staging.map_sync(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
+        """The first nbytes of the staging buffer, once the GPU has written them (within step_timeout).
+
+        Mapping blocks until the GPU is done, so the wait runs on a worker thread and this one waits
+        with a deadline. If the wait ends early (timeout, KeyboardInterrupt) the staging buffer is left
+        to the worker and replaced, so the next step starts clean behind the late one.
+        """
+        staging = self.staging
+
+        def read() -> np.ndarray:
+            staging.map_sync(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
+            try:
+                return np.frombuffer(staging.read_mapped(0, nbytes, copy=True), dtype=np.uint8)
+            finally:
+                staging.unmap()
+
         try:
-            return np.frombuffer(self.staging.read_mapped(0, nbytes, copy=True), dtype=np.uint8)
-        finally:
-            self.staging.unmap()
+            return self._waiter.run(read, self.step_timeout)
+        except TimeoutError:
+            self._replace_staging()
+            raise DeviceError(f"a GPU step did not finish within {self.step_timeout:g} s; it may still be "
+                              "running (the next step waits for it), or the device is hung") from None
+        except BaseException:
+            self._replace_staging()
+            raise
+
+    def _replace_staging(self) -> None:
+        old = self.staging
+        self._live.pop(id(old))
+        self.bytes_by_kind["staging"] -= old.size
+        self.staging = self._create(old.size, "staging", map_read=True, kind="staging")
 
     def _read_logits(self, enc: Any, plan: Plan, rows_out: int) -> np.ndarray:
         """Copy the logits parts out through the staging buffer, as many rows a round as fit."""
@@ -291,10 +395,7 @@ class GpuEngine(Engine):
         }
 
     def close(self) -> None:
-        """Free GPU memory."""
-        self.pool.release_all()
-        self.weights.release()
-        for p in self.plans.values():
-            p.release()
-        self.plans.clear()
-        self.staging.destroy()
+        """Free every GPU buffer this engine made (caches included)."""
+        for buf, _, _ in list(self._live.values()):
+            self._free(buf)
+        self.plans = {}

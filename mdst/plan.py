@@ -118,12 +118,6 @@ class Plan:
             cache.bind_groups[self.key] = groups
         return groups
 
-    def release(self) -> None:
-        """Destroy the buffers this plan owns (parameters, token picking)."""
-        for b in [self.param_buffer, self.ids_buffer, *self.scratch]:
-            if b is not None:
-                b.destroy()
-
     def encode(self, encoder: Any, groups: list[Any], start: int = 0, end: int | None = None,
                timestamps: Any = None) -> None:
         """Record dispatches [start, end) (default: all) into one compute pass."""
@@ -399,4 +393,3 @@ def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: i
     data[0], data[1] = pos0, len(ids)
     data[4:4 + len(ids)] = ids
     queue.write_buffer(step_buffer, 0, data.tobytes())
-

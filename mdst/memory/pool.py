@@ -56,15 +56,6 @@ class BufferPool:
             self.stats.hits += 1
         return buf
 
-    def release_all(self) -> None:
-        """Destroy every buffer (the pool is empty afterwards)."""
-        for b in self._buffers.values():
-            try:
-                b.destroy()
-            except Exception:
-                pass
-        self._buffers.clear()
-
 
 class Liveness:
     """Assigns pool slots to a plan's values so that a value's slot is reused after its last read."""

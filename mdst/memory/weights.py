@@ -197,14 +197,3 @@ class WeightStore:
         """Wait until queued uploads have reached the GPU (their staging memory is freed)."""
         self.gpu.wait_idle()
         self._queued = 0
-
-    def release(self) -> None:
-        """Destroy every weight buffer."""
-        for b in [p.buffer for w in self.weights.values() for p in w.parts if not p.paged] + self.slots:
-            try:
-                b.destroy()
-            except Exception:
-                pass
-        self.weights.clear()
-        self.slots, self.slot_holds = [], []
-
