@@ -24,7 +24,7 @@ def decode_weight_bytes(model: "Model") -> int:
 
 
 def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
-          seed: int = 0) -> dict[str, Any]:
+          seed: int = 0, profile: bool = False) -> dict[str, Any]:
     """Median prefill and decode speed over `repeat` runs on random token ids (greedy decode)."""
     if prompt_tokens < 1 or gen_tokens < 1 or repeat < 1:
         raise ValueError("prompt_tokens, gen_tokens and repeat must be >= 1")
@@ -66,4 +66,8 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
         out["gpu_bytes"] = dict(eng.bytes_by_kind)
         out["peak_gpu_bytes"] = eng.peak_bytes
         out["adapter"] = model.device_profile.as_dict()
+        if profile:
+            from .profile import profile_step
+            out["profile"] = {"decode": profile_step(model, 1),
+                              "prefill": profile_step(model, min(prompt_tokens, eng.chunk))}
     return out

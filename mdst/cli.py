@@ -107,7 +107,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     model = _load(args)
     with model:
-        r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat)
+        r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat, profile=args.profile)
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -243,6 +243,8 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--gen-tokens", type=int, default=128)
             sp.add_argument("--repeat", type=int, default=3)
             sp.add_argument("--json", action="store_true")
+            sp.add_argument("--profile", action="store_true",
+                            help="add GPU time per op and per layer (timestamp queries)")
         elif name == "inspect":
             sp.add_argument("file")
             sp.add_argument("--memory", action="store_true",

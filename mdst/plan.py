@@ -58,7 +58,8 @@ class Dispatch:
     resources: list[Any]          # per binding, in binding order: GPU buffer, KV, or (buffer, offset, size)
     workgroups: tuple[int, int, int]
     params: dict[str, Any]
-    label: str                    # "<op>" or "<op>.<layer>" for profiles
+    label: str                    # what it computes, for profiles ("matmul.attn_q", "attention", "add")
+    layer: int | None = None      # the block it belongs to (None: before the first or after the last)
     param_offset: int = 0
 
 
@@ -148,7 +149,7 @@ class Compiler:
     def _dispatch(self, out: list[Dispatch], name: str, resources: list[Any], groups: tuple[int, int, int],
                   params: dict[str, Any], label: str, wtype: str | None = None, **constants: int) -> None:
         spec = self._spec(name, wtype, **constants)
-        out.append(Dispatch(spec, self.pipelines.get(spec), resources, groups, params, label))
+        out.append(Dispatch(spec, self.pipelines.get(spec), resources, groups, params, label, self._layer))
 
     def rope_table(self, spec: RopeSpec) -> tuple[GpuWeight, float]:
         """The GPU frequency table of a RoPE spec (one per distinct spec)."""
@@ -188,8 +189,10 @@ class Compiler:
         def arows(v: Value) -> int:
             return alloc_rows if v.rows == "n" else 1
 
+        self._layer = None
         for i, node in enumerate(graph.nodes):
             out = node.out
+            self._layer = layer_of(node, self._layer)
             if node.op == "rope" and last[node.inputs[0].id] == i:
                 live.share(out.id, node.inputs[0].id)
                 bufs[out.id] = bufs[node.inputs[0].id]
@@ -315,18 +318,18 @@ class Compiler:
             kvb = 32 if self.layout.kv_type == "q8_0" else 4
             self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
                            (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
-                           f"kv_store.{s.layer}")
+                           "kv_store")
             self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1),
                            {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
                             "window": s.window, "scale": s.scale, "softcap": s.softcap,
-                            "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}, f"attention.{s.layer}")
+                            "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}, "attention")
         elif op == "shortconv":
             c: ConvSpec = a["spec"]
             w = self.weights.weights[node.weights[0]]
             self._dispatch(ds, "shortconv", [self.step, x[0], w.parts[0].buffer,
                                              CacheSlot(self.layout.conv_index(c.layer), "conv"), y, None],
                            (ceil_div(c.channels, 64), 1, 1), {"channels": c.channels, "kernel": c.kernel},
-                           f"shortconv.{c.layer}")
+                           "shortconv")
         elif op == "last_row":
             self._dispatch(ds, "take_row", [self.step, x[0], y, None], (ceil_div(out.cols, 64), 1, 1),
                            {"cols": out.cols}, "last_row")
@@ -377,14 +380,21 @@ class Compiler:
 
 
 def label_of(node: Node) -> str:
-    """A profile label: the op and, for per-layer weights, the layer ("matmul.attn_q.3")."""
+    """A profile label: the op and the role of its weight ("matmul.attn_q", "rms_norm.output_norm")."""
     if node.weights:
-        name = node.weights[0]
-        parts = name.split(".")
-        if parts[0] == "blk" and len(parts) >= 3:
-            return f"{node.op}.{parts[2]}.{parts[1]}"
-        return f"{node.op}.{parts[0]}"
+        parts = node.weights[0].split(".")
+        return f"{node.op}.{parts[2] if parts[0] == 'blk' and len(parts) >= 3 else parts[0]}"
     return node.op
+
+
+def layer_of(node: Node, current: int | None) -> int | None:
+    """The block a node belongs to: from its weights' names or its spec, else the block it follows."""
+    for name in node.weights:
+        parts = name.split(".")
+        if parts[0] == "blk" and len(parts) >= 3 and parts[1].isdigit():
+            return int(parts[1])
+    spec = node.attrs.get("spec")
+    return getattr(spec, "layer", current) if spec is not None else current
 
 
 def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: int) -> None:

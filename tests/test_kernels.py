@@ -13,7 +13,7 @@ from mdst.gguf import GGML_TYPE_BY_NAME
 from mdst.memory.kv_cache import decode_rows, encode_rows, kv_row_bytes
 from mdst.memory.weights import dequantize
 from metrics import rel_l2
-from quant_data import awkward_k, random_weights
+from mdst.testing.random_weights import awkward_k, random_weights
 
 
 @pytest.fixture(scope="module")

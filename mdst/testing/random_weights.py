@@ -1,4 +1,4 @@
-"""Random tensors in every GGUF weight type, as raw bytes, for kernel tests.
+"""Random tensors in every GGUF weight type, as raw bytes, for kernel tests and benchmarks.
 
 Quantized blocks are random bytes with their float16 scale fields replaced by small normal
 values, so every bit pattern of the quantized fields gets exercised and values stay finite.

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One GPU-machine run (see ../shared/device/README.md): adapter, GEMV bandwidth per weight type, model speed on
+# synthetic presets with a profile, the no-split check, load memory. JSON under $OUT, a summary table last.
+# Usage there: source .device/on-device.sh && bash benchmarks/device_suite.sh [presets]
+set -uo pipefail
+export PYTHONUNBUFFERED=1 MDST_BENCH_CACHE=/tmp/mdst-bench
+PRESETS=${1:-gemma3-270m,qwen3-0.6b}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" "$MDST_BENCH_CACHE"
+python3 -m mdst.cli doctor | tee "$OUT/doctor.txt"
+python3 benchmarks/matmul_bandwidth.py --k 4096 --n 14336 --reps ${REPS:-50} > "$OUT/matmul.json" || echo "matmul_bandwidth failed"
+python3 benchmarks/models.py --presets "$PRESETS" --prompt 512 --gen 128 --repeat 3 --context 1024 --profile \
+  > "$OUT/models.jsonl" || echo "models failed"
+if [[ "$PRESETS" == *gemma3-270m* ]]; then
+  python3 benchmarks/binding_split.py "$MDST_BENCH_CACHE/gemma3-270m-Q4_K_M.gguf" > "$OUT/split.json" || echo "split failed"
+  python3 benchmarks/load_memory.py "$MDST_BENCH_CACHE/gemma3-270m-Q4_K_M.gguf" > "$OUT/load_memory.json" || echo "load_memory failed"
+fi
+python3 benchmarks/summarize.py "$OUT"

@@ -1,0 +1,46 @@
+"""A short table of the JSON files a benchmark run wrote into a folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    m = load(out / "matmul.json")
+    if m:
+        print(f"copy {m['copy_gb_per_s_read_plus_write']} GB/s (read+write)")
+        for r in m["results"]:
+            print(f"  gemv {r['type']:<7} {r['us_per_dispatch']:>9.1f} us {r['gb_per_s']:>8.1f} GB/s  {r['kernel']}")
+    if (out / "models.jsonl").exists():
+        for line in (out / "models.jsonl").read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if "decode_tokens_per_s" not in r:
+                continue
+            print(f"{r['name']:<14} pp{r['prompt_tokens']} {r['prefill_tokens_per_s']:>9.1f} tok/s  tg{r['gen_tokens']} "
+                  f"{r['decode_tokens_per_s']:>8.1f} tok/s  {r.get('dispatches_per_token', '-')} disp/tok  "
+                  f"{r['effective_gb_per_s']:.0f} GB/s  load {r['load_s']} s")
+            for k, p in r.get("profile", {}).items():
+                top = ", ".join(f"{a} {b:.0f}" for a, b in list(p["by_op_us"].items())[:6])
+                print(f"    {k}: {p['dispatches']} dispatches, sum {p['gpu_us_sum']:.0f} us: {top}")
+    for name in ("split.json", "load_memory.json"):
+        r = load(out / name)
+        if r:
+            r.pop("adapter", None)
+            print(name, json.dumps({k: v for k, v in r.items() if k not in ("model",)})[:600])
+
+
+if __name__ == "__main__":
+    main()
