@@ -42,6 +42,7 @@ def main() -> None:
     from mdst.device import open_gpu
     from mdst.gguf import GGML_TYPE_BY_NAME
     from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache, pack_params
+    from mdst.plan import GEMV_TPR, GEMV_WG, gemv_groups
     from mdst.testing.random_weights import random_weights
 
     gpu = open_gpu("gpu")
@@ -74,7 +75,8 @@ def main() -> None:
                                                                                           "y_stride": n}
             groups = (-(-n // 256), 1, 1)
         else:
-            spec, groups = KernelSpec("matmul_row", wtype), (-(-n // 2), 1, 1)
+            spec = KernelSpec("matmul_row", wtype, constants=(("TPR", GEMV_TPR), ("WG", GEMV_WG)))
+            groups = gemv_groups(n)
         p = dev.create_buffer_with_data(data=pack_params(spec.name, params), usage=u.UNIFORM)
         pipe = pipelines.get(spec)
         bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[

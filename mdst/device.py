@@ -16,6 +16,20 @@ OPTIONAL_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
 _BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 0, "OpenGL": 2}
 
 
+@dataclass(frozen=True)
+class Presets:
+    """Kernel choices that depend on the kind of adapter."""
+
+    matmul: str = "tiled"         # "tiled": workgroup-memory tiles and cooperative GEMV; "by_output": lanes take outputs
+    attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
+
+
+def presets_for(software: bool) -> Presets:
+    """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
+    GPUs want many workgroups even for a decode step's few heads."""
+    return Presets("by_output", 0) if software else Presets("tiled", 64)
+
+
 @dataclass
 class DeviceProfile:
     """What the chosen adapter is and can do."""
@@ -28,6 +42,7 @@ class DeviceProfile:
     features: frozenset[str]
     limits: dict[str, int]
     max_binding_size: int  # what mdst binds at most: the adapter's limit or a smaller cap
+    presets: Presets = field(default_factory=Presets)
 
     @property
     def software(self) -> bool:
@@ -57,6 +72,7 @@ class DeviceProfile:
             "max_binding_size_used": self.max_binding_size,
             "max_compute_workgroup_storage_size": self.limits.get("max-compute-workgroup-storage-size"),
             "max_compute_invocations_per_workgroup": self.limits.get("max-compute-invocations-per-workgroup"),
+            "presets": dict(self.presets.__dict__),
         }
 
 
@@ -133,7 +149,7 @@ def open_gpu(kind: str = "gpu", max_binding_size: int | None = None) -> GPU | No
         name=info.get("device", "?"), vendor=info.get("vendor", ""), backend=info.get("backend_type", "?"),
         adapter_type=info.get("adapter_type", "?"), driver=info.get("description", ""),
         features=frozenset(device.features), limits={k: int(v) for k, v in device.limits.items()},
-        max_binding_size=cap)
+        max_binding_size=cap, presets=presets_for(info.get("adapter_type") == "CPU"))
     gpu = GPU(device, profile)
     return gpu
 

@@ -220,16 +220,15 @@ class CaseBuilder:
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference
         from .kernels.runner import Out
-        from .plan import grid1
+        from .plan import gemv_groups
         n, o0 = 77, 5
         raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
         k = w.shape[1]
         x = self.normal(k)
         want = _poisoned((o0 + n + 3,))
         want[o0:o0 + n] = reference.matmul(x[None], w)[0]
-        rows_per_group = int(spec.constants_dict().get("ROWS", 2))
         return [Case(f"y[{o0}:{o0 + n}] = {src} @ x", spec, [raw, x, Out(want.nbytes)],
-                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, grid1(-(-n // rows_per_group)),
+                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, gemv_groups(n),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -374,16 +373,18 @@ class CaseBuilder:
     def _argmax(self, spec: Any, uses: list[Any]) -> list[Case]:
         from .kernels.runner import Out
         out = []
-        for rows, cols, part, n_parts, col0 in [(3, 777, 1, 3, 1000), (1, 37, 0, 1, 0)]:
+        for rows, cols, slice0, slices, col0 in [(3, 9000, 1, 5, 1000), (1, 37, 0, 1, 0)]:
             x = self.normal(rows, cols)
-            x[0, [5, 9]] = 50.0        # a tie: the lower index wins
-            want = _poisoned((rows, n_parts, 2), np.uint32)
-            i = np.argmax(x, axis=1)
-            want[:, part, 0] = x[np.arange(rows), i].view(np.uint32)
-            want[:, part, 1] = col0 + i
-            out.append(Case(f"part {part} of {n_parts}: {rows} rows of {cols}", spec, [x, Out(want.nbytes)],
-                            {"cols": cols, "col0": col0, "part": part, "n_parts": n_parts}, (rows, 1, 1),
-                            [Expect("u32", _exact(), want)]))
+            x[0, [5, cols - 9]] = 50.0        # a tie (across slices where there are two)
+            want = _poisoned((rows, slices, 2), np.uint32)
+            for k in range(-(-cols // 4096)):
+                part = x[:, 4096 * k:4096 * (k + 1)]
+                i = np.argmax(part, axis=1)
+                want[:, slice0 + k, 0] = part[np.arange(rows), i].view(np.uint32)
+                want[:, slice0 + k, 1] = col0 + 4096 * k + i
+            out.append(Case(f"{rows} rows of {cols} columns as slices {slice0}.. of {slices}", spec,
+                            [x, Out(want.nbytes)], {"cols": cols, "col0": col0, "slice0": slice0, "slices": slices},
+                            (-(-cols // 4096), rows, 1), [Expect("u32", _exact(), want)]))
         return out
 
     def _draw(self, **settings: Any) -> Any:
@@ -443,19 +444,17 @@ class CaseBuilder:
 
     def _argmax_merge(self, spec: Any, uses: list[Any]) -> list[Case]:
         from .kernels.runner import Out
-        rows, cols = 70, [100, 60, 40]
-        x = [self.normal(rows, c) for c in cols]
-        x[1][0, 5] = x[2][0, 7] = 50.0   # a tie across parts: the earlier part wins
-        best = np.zeros((rows, len(cols), 2), np.uint32)
-        col0 = 0
-        for p, xp in enumerate(x):
-            i = np.argmax(xp, axis=1)
-            best[:, p, 0] = xp[np.arange(rows), i].view(np.uint32)
-            best[:, p, 1] = col0 + i
-            col0 += cols[p]
+        rows, slices = 70, 3
+        x = [self.normal(rows, 100) for _ in range(slices)]
+        x[1][0, 5] = x[2][0, 7] = 50.0   # a tie across slices: the earlier slice wins
+        best = np.zeros((rows, slices, 2), np.uint32)
+        for k, xk in enumerate(x):
+            i = np.argmax(xk, axis=1)
+            best[:, k, 0] = xk[np.arange(rows), i].view(np.uint32)
+            best[:, k, 1] = 100 * k + i
         want = np.argmax(np.concatenate(x, axis=1), axis=1).astype(np.uint32)
-        return [Case(f"{rows} rows over {len(cols)} parts", spec, [best, Out(rows * 4)],
-                     {"rows": rows, "n_parts": len(cols)}, (-(-rows // 64), 1, 1), [Expect("u32", _exact(), want)])]
+        return [Case(f"{rows} rows over {slices} slices", spec, [best, Out(rows * 4)], {"slices": slices},
+                     (rows, 1, 1), [Expect("u32", _exact(), want)])]
 
     def _shortconv(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference

@@ -24,6 +24,13 @@ from .sampling import GPU_TOP_K
 
 MAX_GROUPS = 65535
 TOPK_SLICE = 2048  # columns per top-k workgroup (SLICE in topk.wgsl)
+ARGMAX_SLICE = 4096  # columns per argmax workgroup (SLICE in argmax.wgsl)
+GEMV_WG, GEMV_TPR = 256, 32  # matmul_row: threads per workgroup, threads per output row
+
+
+def gemv_groups(n: int) -> tuple[int, int, int]:
+    """matmul_row's workgroup count for n output rows (GEMV_WG / GEMV_TPR rows a workgroup)."""
+    return grid1(ceil_div(n, GEMV_WG // GEMV_TPR))
 _plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
 USES_KV = {"kv_store", "attention"}  # kernels composed with the cache format (kv/<format>.wgsl)
 
@@ -203,7 +210,7 @@ class Compiler:
             x = [bufs[v.id] for v in node.inputs]
             if out is graph.output:
                 outputs = self._output_parts(node, bufs[out.id], arows(out), out.cols, live)
-            self._emit(ds, node, x, bufs[out.id], nrows, outputs if out is graph.output else None)
+            self._emit(ds, node, x, bufs[out.id], nrows, outputs if out is graph.output else None, live)
             freed = set()
             for v in node.inputs:
                 if last.get(v.id) == i and v.id not in freed and not (node.op == "rope"):
@@ -253,7 +260,7 @@ class Compiler:
         return [OutputPart(live.take(-1 - k, rows_out * p.rows * 4), p.row0, p.rows) for k, p in enumerate(w.parts)]
 
     def _emit(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, nrows: Any,
-              outputs: list[OutputPart] | None) -> None:
+              outputs: list[OutputPart] | None, live: Liveness) -> None:
         op, a = node.op, node.attrs
         out = node.out
         r = nrows(out)
@@ -274,15 +281,15 @@ class Compiler:
                     target, o0, stride = y, p.row0, out.cols
                 params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0}
                 args = [self._weight(ds, w.name, pi), x[0], target, None]
-                if self.gpu.profile.software:
+                if self.gpu.profile.presets.matmul == "by_output":
                     # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
                     rr = 1 if r == 1 else 8
                     params.update(m=r, y_stride=stride)
                     self._dispatch(ds, "matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1),
                                    params, label_of(node), w.type.name, R=rr)
                 elif r == 1:
-                    self._dispatch(ds, "matmul_row", args, grid1(ceil_div(p.rows, 2)), params, label_of(node),
-                                   w.type.name)
+                    self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows), params, label_of(node),
+                                   w.type.name, WG=GEMV_WG, TPR=GEMV_TPR)
                 else:
                     params.update(m=r, y_stride=stride)
                     self._dispatch(ds, "matmul_rows", args, (ceil_div(p.rows, 32), ceil_div(r, 32), 1), params,
@@ -319,10 +326,22 @@ class Compiler:
             self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
                            (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
                            "kv_store")
-            self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1),
-                           {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
-                            "window": s.window, "scale": s.scale, "softcap": s.softcap,
-                            "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}, "attention")
+            params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
+                      "window": s.window, "scale": s.scale, "softcap": s.softcap,
+                      "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
+            split = self.gpu.profile.presets.attention_split
+            if r == 1 and split:
+                # decode: splits of `split` keys in parallel, then a merge (flash-decoding)
+                splits = ceil_div(min(lk.ring, s.window or lk.ring), split)
+                nbytes = s.heads * splits * (s.head_dim + 2) * 4
+                part = live.take(-id(node), nbytes)
+                self._dispatch(ds, "attention", [self.step, k, v, x[0], part, None], (s.heads, 1, splits), params,
+                               "attention", SPLIT=split)
+                self._dispatch(ds, "attention_merge", [self.step, part, y, None], (s.heads, 1, 1),
+                               {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
+                live.free(-id(node))
+            else:
+                self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1), params, "attention")
         elif op == "shortconv":
             c: ConvSpec = a["spec"]
             w = self.weights.weights[node.weights[0]]
@@ -337,13 +356,14 @@ class Compiler:
             raise NotImplementedError(f"no GPU kernel for op {op!r}")
 
     def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> tuple[Any, list[Any]]:
-        best = self.create(rows_out * len(outputs) * 8, "argmax.best")
+        """The largest logit of each ARGMAX_SLICE columns of every part, then the best of those per row."""
+        slices = [ceil_div(o.cols, ARGMAX_SLICE) for o in outputs]
+        best = self.create(rows_out * sum(slices) * 8, "argmax.best")
         ids = self.create(max(16, rows_out * 4), "argmax.ids")
-        for k, o in enumerate(outputs):
-            self._dispatch(ds, "argmax", [o.buffer, best, None], (rows_out, 1, 1),
-                           {"cols": o.cols, "col0": o.col0, "part": k, "n_parts": len(outputs)}, "argmax")
-        self._dispatch(ds, "argmax_merge", [best, ids, None], (ceil_div(rows_out, 64), 1, 1),
-                       {"rows": rows_out, "n_parts": len(outputs)}, "argmax")
+        for o, first, n in zip(outputs, itertools.accumulate([0] + slices[:-1]), slices):
+            self._dispatch(ds, "argmax", [o.buffer, best, None], (n, rows_out, 1),
+                           {"cols": o.cols, "col0": o.col0, "slice0": first, "slices": sum(slices)}, "argmax")
+        self._dispatch(ds, "argmax_merge", [best, ids, None], (rows_out, 1, 1), {"slices": sum(slices)}, "argmax")
         return ids, [best]
 
     def _sample(self, ds: list[Dispatch], outputs: list[OutputPart]) -> tuple[Any, list[Any]]:

@@ -11,6 +11,7 @@ from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
 from mdst.memory.kv_cache import decode_rows, encode_rows, kv_row_bytes
+from mdst.plan import GEMV_TPR, GEMV_WG, gemv_groups
 from mdst.memory.weights import dequantize
 from metrics import rel_l2
 from mdst.testing.random_weights import awkward_k, random_weights
@@ -68,8 +69,9 @@ def test_matmul_row(run, rng, wtype):
     k, n, o0 = awkward_k(wtype), 77, 5
     raw, w, row_bytes = weight(wtype, n, k, rng)
     x = rng.standard_normal(k).astype(np.float32)
-    y = f32(run(KernelSpec("matmul_row", wtype), [raw, x, Out((o0 + n + 3) * 4)],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, (-(-n // 2), 1, 1))[0])
+    spec = KernelSpec("matmul_row", wtype, constants=(("TPR", GEMV_TPR), ("WG", GEMV_WG)))
+    y = f32(run(spec, [raw, x, Out((o0 + n + 3) * 4)],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, gemv_groups(n))[0])
     assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
     assert rel_l2(y[o0:o0 + n], reference.matmul(x[None], w)[0]) < 1e-5
 
@@ -198,6 +200,30 @@ def test_shortconv(run, rng, pos0):
     np.testing.assert_allclose(f32(new_state).reshape(kernel - 1, ch), want_state, rtol=1e-6)
 
 
+@pytest.mark.parametrize("window,kv_type", [(0, "f32"), (9, "f32"), (0, "q8_0")])
+def test_attention_split_and_merge(run, rng, gpu, window, kv_type):
+    """One-row attention in splits of 16 keys (some empty) merged, as decode runs on GPUs."""
+    heads, kvh, hd, rows, n_rows, pos0, split = 6, 2, 96, 2, 1, 100, 16
+    ring = 137 if not window else window + rows - 1
+    splits = -(-ring // split) + 2  # more than needed: the extra ones are empty
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, 0.0)
+    kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
+    vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
+    q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
+    params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+    fmt, f16 = KV_SPECS[kv_type]
+    part = run(KernelSpec("attention", f16=f16, kv=fmt, constants=(("SPLIT", split),)),
+               [step_buffer(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
+               params, (heads, rows, splits))[0]
+    out = f32(run(KernelSpec("attention_merge"), [step_buffer(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
+                  {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
+                               pos0 + np.arange(n_rows), spec)
+    assert rel_l2(out[:n_rows], want) < 1e-5
+    assert np.isnan(out[n_rows:]).all()
+
+
 @pytest.mark.parametrize("op", ["add", "mul"])
 def test_binary(run, rng, op):
     n = 1013
@@ -227,23 +253,25 @@ def test_take_row(run, rng):
     np.testing.assert_array_equal(out, x[n_rows - 1])
 
 
-def test_argmax_over_parts(run, rng):
-    rows, cols = 3, [1000, 777, 64]
+def test_argmax_over_parts_and_slices(run, rng):
+    rows, cols = 3, [10000, 777, 64]  # the first part spans three slices
     x = [rng.standard_normal((rows, c)).astype(np.float32) for c in cols]
     x[1][0, 5] = 50.0
     x[2][0, 7] = 50.0   # a tie across parts: the earlier part wins
-    x[0][2, 3] = x[0][2, 9] = 60.0  # a tie within a part: the lower index wins
+    x[0][2, 3] = x[0][2, 9000] = 60.0  # a tie across slices of a part: the lower id wins
     full = np.concatenate(x, axis=1)
-    best = np.zeros(rows * len(cols) * 2, np.uint32)
-    col0 = 0
+    slices = [-(-c // 4096) for c in cols]
+    best = np.zeros(rows * sum(slices) * 2, np.uint32)
+    col0 = first = 0
     for p, xp in enumerate(x):
         best = run(KernelSpec("argmax"), [xp, Out(best.nbytes, init=best)],
-                   {"cols": cols[p], "col0": col0, "part": p, "n_parts": len(cols)}, (rows, 1, 1))[0].view(np.uint32)
+                   {"cols": cols[p], "col0": col0, "slice0": first, "slices": sum(slices)},
+                   (slices[p], rows, 1))[0].view(np.uint32)
         col0 += cols[p]
-    ids = run(KernelSpec("argmax_merge"), [best, Out(rows * 4)], {"rows": rows, "n_parts": len(cols)},
-              (1, 1, 1))[0].view(np.uint32)
+        first += slices[p]
+    ids = run(KernelSpec("argmax_merge"), [best, Out(rows * 4)], {"slices": sum(slices)},
+              (rows, 1, 1))[0].view(np.uint32)
     np.testing.assert_array_equal(ids, reference.argmax(full))
-
 
 def draw_of(rng, **settings) -> "Draw":
     from mdst.sampling import Draw, SamplingParams

@@ -1,29 +1,33 @@
-// Greedy pick, first stage: the largest value of each row of one logits part [rows, cols] and
-// its column (col0 + index; ties go to the lower index), written to best[row, part] as
-// (f32 bits, index). Dispatch: rows workgroups.
+// Greedy pick, first stage: for each row of one logits part [rows, cols], the largest value of
+// each slice of SLICE columns and its vocabulary id (col0 + column; ties go to the lower id),
+// written to best[row, slice0 + slice] as (f32 bits, id). Many slices keep the GPU busy on a
+// large vocabulary. Dispatch: (ceil(cols / SLICE), rows).
 
 struct P {
     cols: u32,
     col0: u32,
-    part: u32,
-    n_parts: u32,
+    slice0: u32,     // this part's first slice among all of a row's slices
+    slices: u32,     // a row's slices over all parts
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> best: array<vec2<u32>>;  // [rows, n_parts]
+@group(0) @binding(1) var<storage, read_write> best: array<vec2<u32>>;  // [rows, slices]
 @group(0) @binding(2) var<uniform> p: P;
 
-override WG: u32 = 64u;
+const SLICE: u32 = 4096u;
+override WG: u32 = 256u;
 
 var<workgroup> bv: array<f32, WG>;
 var<workgroup> bi: array<u32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x;
+    let r = wid.y;
+    let start = wid.x * SLICE;
+    let end = min(start + SLICE, p.cols);
     var v = -3.4e38;
     var idx = 0xffffffffu;
-    for (var c = lid; c < p.cols; c += WG) {
+    for (var c = start + lid; c < end; c += WG) {
         let xc = x[r * p.cols + c];
         if (xc > v) {
             v = xc;
@@ -45,6 +49,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (lid == 0u) {
-        best[r * p.n_parts + p.part] = vec2<u32>(bitcast<u32>(bv[0]), p.col0 + bi[0]);
+        best[r * p.slices + p.slice0 + wid.x] = vec2<u32>(bitcast<u32>(bv[0]), p.col0 + bi[0]);
     }
 }

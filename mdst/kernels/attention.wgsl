@@ -1,8 +1,12 @@
 // Causal attention with grouped-query heads over a layer's KV cache (read through
-// kv/<type>.wgsl), one workgroup per (query head, row). Row r sits at position pos = pos0 + r and attends to positions
+// kv/<type>.wgsl). Row r sits at position pos = pos0 + r and attends to positions
 // [pos - window + 1, pos] (window 0: [0, pos]), read from slot position % ring. Keys are
 // taken WG at a time with an online softmax, so any context length runs in fixed memory.
-// Dispatch: (heads, rows).
+// SPLIT = 0: one workgroup per (query head, row) writes the output. SPLIT > 0 (decode on a GPU,
+// where a few heads would leave it idle): workgroup z takes the SPLIT keys from the z-th onwards
+// and writes its partial (running max, sum, unnormalized output; head_dim + 2 floats) for
+// attention_merge to combine.
+// Dispatch: (heads, rows, 1), or (heads, rows, splits) with SPLIT.
 
 struct P {
     heads: u32,
@@ -18,16 +22,18 @@ struct P {
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;       // [rows, heads * head_dim]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim] (or partials)
 @group(0) @binding(5) var<uniform> p: P;
 
 override WG: u32 = 64u;
+override SPLIT: u32 = 0u;
 
 var<workgroup> qs: array<f32, 512>;
 var<workgroup> sc: array<f32, WG>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
     let r = wid.y;
     if (r >= step[STEP_ROWS]) {
@@ -37,6 +43,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var first = 0u;
     if (p.window > 0u && pos + 1u > p.window) {
         first = pos + 1u - p.window;
+    }
+    var last = pos;   // keys [first, last]
+    if (SPLIT > 0u) {
+        first += wid.z * SPLIT;
+        last = min(pos, first + SPLIT - 1u);
     }
     let kvh = h / (p.heads / p.kv_heads);
     let kv_dim = p.kv_heads * p.head_dim;
@@ -50,10 +61,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var m = -3.0e38;
     var l = 0.0;
     var acc: array<f32, 8>;
-    for (var t0 = first; t0 <= pos; t0 += WG) {
+    for (var t0 = first; t0 <= last; t0 += WG) {
         let j = t0 + lid;
         var s = -3.0e38;
-        if (j <= pos) {
+        if (j <= last) {
             let row = j % p.ring;
             let kb = kvh * p.head_dim;
             var dot_ = 0.0;
@@ -67,7 +78,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         sc[lid] = s;
         workgroupBarrier();
-        let n = min(WG, pos + 1u - t0);
+        let n = min(WG, last + 1u - t0);
         var tm = m;
         for (var u = 0u; u < n; u++) {
             tm = max(tm, sc[u]);
@@ -91,6 +102,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         m = tm;
         workgroupBarrier();
+    }
+    if (SPLIT > 0u) {
+        // partial (m, l, acc) of split z; an empty split (past pos) has l = 0
+        let pb = ((r * p.heads + h) * nwg.z + wid.z) * (p.head_dim + 2u);
+        if (lid == 0u) {
+            out[pb] = m;
+            out[pb + 1u] = l;
+        }
+        for (var c = 0u; c < 8u; c++) {
+            let d = lid + c * WG;
+            if (d < p.head_dim) {
+                out[pb + 2u + d] = acc[c];
+            }
+        }
+        return;
     }
     for (var c = 0u; c < 8u; c++) {
         let d = lid + c * WG;

@@ -1,0 +1,48 @@
+"""The GPU kernel choices (tiled matmuls, split attention), run on the software adapter against the reference.
+
+Plans pick kernels by adapter kind; CI only has a CPU adapter, so here the GPU presets are forced onto it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import mdst
+from mdst.device import presets_for
+from metrics import rel_l2
+
+
+@pytest.fixture
+def gpu_presets(monkeypatch, gpu):
+    """Make every adapter opened in the test use the hardware presets."""
+    from mdst import device
+
+    real = device.open_gpu
+
+    def opened(*a, **kw):
+        g = real(*a, **kw)
+        g.profile = dataclasses.replace(g.profile, presets=presets_for(software=False))
+        return g
+
+    monkeypatch.setattr(device, "open_gpu", opened)
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "q8_0"])
+def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
+    ids = list(range(300, 380))  # more than one split of 64 keys at decode
+    with mdst.load(smollm2_path, device="gpu", precision="f32", kv_type=kv_type, context_length=256) as g:
+        assert g.device_profile.presets.matmul == "tiled"
+        whole = g.logits(ids)
+        with g.session() as s:
+            s.feed(ids[:70])
+            steps = np.concatenate([s.feed([t]) for t in ids[70:]])   # one-row steps: GEMV, split attention
+        text = g.generate("The capital of France is", max_tokens=8)
+    with mdst.load(smollm2_path, device="cpu", kv_type=kv_type, context_length=256) as c:
+        ref = c.logits(ids)
+        want = c.generate("The capital of France is", max_tokens=8)
+    assert rel_l2(whole, ref) < (1e-3 if kv_type == "f32" else 2e-2)
+    assert rel_l2(steps, ref[70:]) < (1e-3 if kv_type == "f32" else 2e-2)
+    assert text == want
