@@ -562,8 +562,8 @@ def _tap_compiler(compiler: Any) -> Any:
     from .plan import Compiler
 
     class TapCompiler(Compiler):
-        def _emit(self, ds: list, node: Any, x: list, y: Any, nrows: Any, outputs: Any) -> None:
-            super()._emit(ds, node, x, y, nrows, outputs)
+        def _emit(self, ds: list, node: Any, x: list, y: Any, nrows: Any, outputs: Any, live: Any) -> None:
+            super()._emit(ds, node, x, y, nrows, outputs, live)
             self.node_ends.append((len(ds), y, nrows(node.out) * node.out.cols * 4))
 
     tc = TapCompiler(compiler.gpu, compiler.pipelines, compiler.weights, compiler.pool, compiler.step,

@@ -22,6 +22,17 @@ from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore
 from .sampling import GPU_TOP_K
 
+def _native_calls() -> tuple[Any, Any] | None:
+    """wgpu-native's C library and NULL through wgpu-py's cffi handle, if this wgpu exposes them."""
+    try:
+        from wgpu.backends.wgpu_native._ffi import ffi, lib
+        return (lib, ffi.NULL) if hasattr(lib, "wgpuComputePassEncoderDispatchWorkgroups") else None
+    except Exception:
+        return None
+
+
+_native = _native_calls()
+
 MAX_GROUPS = 65535
 TOPK_SLICE = 2048  # columns per top-k workgroup (SLICE in topk.wgsl)
 ARGMAX_SLICE = 4096  # columns per argmax workgroup (SLICE in argmax.wgsl)
@@ -128,12 +139,30 @@ class Plan:
 
     def encode(self, encoder: Any, groups: list[Any], start: int = 0, end: int | None = None,
                timestamps: Any = None) -> None:
-        """Record dispatches [start, end) (default: all) into one compute pass."""
+        """Record dispatches [start, end) (default: all) into one compute pass.
+
+        Through wgpu-py's public API each dispatch costs several microseconds of Python; where
+        wgpu-native's C entry points are reachable (wgpu is pinned) they are called directly,
+        skipping repeated pipelines. The pass itself comes from the public API either way.
+        """
         cp = encoder.begin_compute_pass(timestamp_writes=timestamps) if timestamps else encoder.begin_compute_pass()
-        for d, g in zip(self.dispatches[start:end], groups[start:end]):
-            cp.set_pipeline(d.pipeline)
-            cp.set_bind_group(0, g)
-            cp.dispatch_workgroups(*d.workgroups)
+        items = zip(self.dispatches[start:end], groups[start:end])
+        if _native is None:
+            for d, g in items:
+                cp.set_pipeline(d.pipeline)
+                cp.set_bind_group(0, g)
+                cp.dispatch_workgroups(*d.workgroups)
+        else:
+            lib, null = _native
+            h, last = cp._internal, None
+            set_pipeline, set_group = lib.wgpuComputePassEncoderSetPipeline, lib.wgpuComputePassEncoderSetBindGroup
+            dispatch = lib.wgpuComputePassEncoderDispatchWorkgroups
+            for d, g in items:
+                if d.pipeline is not last:
+                    set_pipeline(h, d.pipeline._internal)
+                    last = d.pipeline
+                set_group(h, 0, g._internal, 0, null)
+                dispatch(h, *d.workgroups)
         cp.end()
 
 
