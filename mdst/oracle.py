@@ -232,6 +232,7 @@ class CaseBuilder:
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .plan import gemm_groups
         from . import reference
         from .kernels.runner import Out
         n, m, o0, stride = 77, 45, 3, 87
@@ -242,7 +243,7 @@ class CaseBuilder:
         want[:, o0:o0 + n] = reference.matmul(x, w)
         return [Case(f"{m} rows of x @ {src}, into columns {o0}.. of stride {stride}", spec, [raw, x, Out(want.nbytes)],
                      {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
-                     (-(-n // 32), -(-m // 32), 1), [Expect("f32", _within(1e-5), want)])]
+                     gemm_groups(n, m), [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference

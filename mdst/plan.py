@@ -39,6 +39,11 @@ ARGMAX_SLICE = 4096  # columns per argmax workgroup (SLICE in argmax.wgsl)
 GEMV_WG, GEMV_TPR = 256, 32  # matmul_row: threads per workgroup, threads per output row
 
 
+def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
+    """matmul_rows' workgroup count: 64 x 64 tiles of [m, n]."""
+    return (ceil_div(n, 64), ceil_div(m, 64), 1)
+
+
 def gemv_groups(n: int) -> tuple[int, int, int]:
     """matmul_row's workgroup count for n output rows (GEMV_WG / GEMV_TPR rows a workgroup)."""
     return grid1(ceil_div(n, GEMV_WG // GEMV_TPR))
@@ -321,8 +326,8 @@ class Compiler:
                                    w.type.name, WG=GEMV_WG, TPR=GEMV_TPR)
                 else:
                     params.update(m=r, y_stride=stride)
-                    self._dispatch(ds, "matmul_rows", args, (ceil_div(p.rows, 32), ceil_div(r, 32), 1), params,
-                                   label_of(node), w.type.name)
+                    self._dispatch(ds, "matmul_rows", args, gemm_groups(p.rows, r), params, label_of(node),
+                                   w.type.name)
         elif op == "rms_norm":
             w = self.weights.weights[node.weights[0]]
             n_vec = r * out.cols // a["dim"]

@@ -1,8 +1,8 @@
-// Many-row matmul (prefill, GEMM): Y[r, o0 + j] = sum_k X[r, k] * W[j, k] for rows r < m and
-// the part's rows j < n. Each workgroup computes a 32 x 32 tile of Y, stepping through k 32 at a
-// time with both operands staged (weights dequantized once per tile) in workgroup memory;
-// each of the 64 threads owns a 4 x 4 block of the tile.
-// Dispatch: (ceil(n / 32), ceil(m / 32)).
+// Many-row matmul (prefill, GEMM) on GPUs: Y[r, o0 + j] = sum_k X[r, k] * W[j, k] for rows r < m and
+// the part's rows j < n. Each workgroup of 256 threads computes a 64 x 64 tile of Y, stepping
+// through k 32 at a time with both operands staged in workgroup memory (each weight is dequantized
+// once per 64 activation rows); each thread owns a 4 x 4 block of the tile.
+// Dispatch: (ceil(n / 64), ceil(m / 64)).
 
 struct P {
     k: u32,          // weights per row; a multiple of 4
@@ -17,24 +17,26 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [m, y_stride]
 @group(0) @binding(3) var<uniform> p: P;
 
-const T: u32 = 32u;   // tile edge in rows, outputs and k
+const TILE: u32 = 64u;   // rows and outputs per tile
+const TK: u32 = 32u;     // k per step
 
-var<workgroup> xs: array<f32, 1024>;  // [k][row] of the tile
-var<workgroup> ws: array<f32, 1024>;  // [k][output] of the tile
+var<workgroup> xs: array<vec4<f32>, 512>;  // [k][row / 4]: 4 rows a vec4
+var<workgroup> ws: array<vec4<f32>, 512>;  // [k][output / 4]
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let j0 = wid.x * T;
-    let r0 = wid.y * T;
-    let tx = lid % 8u;   // owns outputs j0 + 4tx .. +3
-    let ty = lid / 8u;   // owns rows r0 + 4ty .. +3
+    let j0 = wid.x * TILE;
+    let r0 = wid.y * TILE;
+    let tx = lid % 16u;   // owns outputs j0 + 4tx .. +3
+    let ty = lid / 16u;   // owns rows r0 + 4ty .. +3
     let kg = p.k / 4u;
     let gpb = QK / 4u;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 += T) {
-        for (var e = lid; e < 256u; e += 64u) {
-            let row = e / 8u;       // tile row (activation row or weight row)
-            let q = e % 8u;         // group of 4 along k
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        // stage: 64 rows x 8 groups of 4 k, for X and for W; two of each per thread
+        for (var e = lid; e < 512u; e += 256u) {
+            let row = e / 8u;
+            let q = e % 8u;
             let G = k0 / 4u + q;
             var xv = vec4<f32>(0.0);
             if (r0 + row < p.m && G < kg) {
@@ -45,16 +47,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 wv = deq4((j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
             }
             for (var c = 0u; c < 4u; c++) {
-                xs[(4u * q + c) * T + row] = xv[c];
-                ws[(4u * q + c) * T + row] = wv[c];
+                xs[(4u * q + c) * 16u + row / 4u][row % 4u] = xv[c];
+                ws[(4u * q + c) * 16u + row / 4u][row % 4u] = wv[c];
             }
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < T; kk++) {
-            let a = vec4<f32>(xs[kk * T + 4u * ty], xs[kk * T + 4u * ty + 1u],
-                              xs[kk * T + 4u * ty + 2u], xs[kk * T + 4u * ty + 3u]);
-            let b = vec4<f32>(ws[kk * T + 4u * tx], ws[kk * T + 4u * tx + 1u],
-                              ws[kk * T + 4u * tx + 2u], ws[kk * T + 4u * tx + 3u]);
+        for (var kk = 0u; kk < TK; kk++) {
+            let a = xs[kk * 16u + ty];
+            let b = ws[kk * 16u + tx];
             for (var i = 0u; i < 4u; i++) {
                 acc[i] += a[i] * b;
             }
