@@ -16,6 +16,7 @@ import numpy as np
 from . import reference
 from .device import GPU
 from .errors import DeviceError, OutOfMemoryError, UnsupportedModelError
+from .fusion import glu_pairs
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
 from .kernels import WEIGHT_TYPES, PipelineCache
@@ -181,7 +182,7 @@ class GpuEngine(Engine):
         self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress)
         uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
         self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),
-                                   weight_budget)
+                                   weight_budget, glu_pairs(graphs["last"], gguf.tensors))
         for name in dict.fromkeys(name for op, name in uses if op not in ("embed", "matmul")):
             self.weights.load_vector(name)
         # Logits of every row: each weight part's slice of them must fit a binding too.

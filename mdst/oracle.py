@@ -212,53 +212,64 @@ class CaseBuilder:
         want = _poisoned((n, cols))
         inside = ids >= row0
         want[inside] = table[ids[inside]] * np.float32(scale)
-        return [Case(f"rows {row0}.. of {src} as one part, {n} ids", spec,
-                     [raw[row0 * row_bytes:], _step(0, n, ids), Out(n * cols * 4)],
-                     {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": scale},
-                     (-(-cols // 4 // 64), n, 1), [Expect("f32", _within(1e-6), want)])]
+        lead = np.zeros(8, np.uint8)  # the part starts 8 bytes into its buffer (w0)
+        return [Case(f"rows {row0}.. of {src} as one part at byte 8, {n} ids", spec,
+                     [np.concatenate([lead, raw[row0 * row_bytes:]]), _step(0, n, ids), Out(n * cols * 4)],
+                     {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": scale,
+                      "w0": 8}, (-(-cols // 4 // 64), n, 1), [Expect("f32", _within(1e-6), want)])]
+
+    def _fused_matmul(self, spec: Any, m: int) -> tuple[list[Any], np.ndarray, dict[str, Any], str]:
+        """A matmul case with the fusions `spec` turns on (NORM, GLU, RES): the bindings before the
+        output, the residual and norm weight after it, the expected Y [m, 87] (columns 3.. of 77 rows),
+        the parameters and a description."""
+        from . import reference
+        c = spec.constants_dict()
+        glu, norm, res = int(c.get("GLU", 0)), bool(c.get("NORM", False)), bool(c.get("RES", False))
+        n, o0, stride = 77, 3, 87
+        raw, w, row_bytes, src = self.weight(spec.wtype, 2 * n if glu else n, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        x, g, r = self.normal(m, k), self.normal(k), self.normal(m, stride)
+        xn = reference.rms_norm(x, g, 1e-5) if norm else x
+        y = reference.matmul(xn, w[:n])
+        if glu:
+            y = reference.glu(y, reference.matmul(xn, w[n:]), {1: "silu", 2: "gelu_tanh"}[glu])
+        want = _poisoned((m, stride))
+        want[:, o0:o0 + n] = y + (r[:, o0:o0 + n] if res else 0)
+        buf = np.concatenate([np.zeros(8, np.uint8), raw])  # the part starts 8 bytes into its buffer
+        about = (f"{m} rows of x @ {src} at byte 8 into columns {o0}.. of stride {stride}"
+                 + (", normalized first" if norm else "") + (", gated" if glu else "") + (", plus a residual" if res else ""))
+        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": 8, "eps": 1e-5}
+        return [buf, x, r, g], want, params, about
 
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
         from .kernels.runner import Out
         from .plan import gemv_groups
-        n, o0 = 77, 5
-        raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
-        k = w.shape[1]
-        x = self.normal(k)
-        want = _poisoned((o0 + n + 3,))
-        want[o0:o0 + n] = reference.matmul(x[None], w)[0]
-        return [Case(f"y[{o0}:{o0 + n}] = {src} @ x", spec, [raw, x, Out(want.nbytes)],
-                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, gemv_groups(n),
+        (buf, x, r, g), want, params, about = self._fused_matmul(spec, 1)
+        params["o0"] = 0
+        want = np.concatenate([want[0, 3:80], _poisoned((3,))])   # one row: y[0:77]
+        r = r[0, 3:83]
+        return [Case(about, spec, [buf, x[0], Out(want.nbytes), r, g], params, gemv_groups(params["n"]),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .plan import gemm_groups
-        from . import reference
         from .kernels.runner import Out
-        n, m, o0, stride = 77, 45, 3, 87
-        raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
-        k = w.shape[1]
-        x = self.normal(m, k)
-        want = _poisoned((m, stride))
-        want[:, o0:o0 + n] = reference.matmul(x, w)
-        return [Case(f"{m} rows of x @ {src}, into columns {o0}.. of stride {stride}", spec, [raw, x, Out(want.nbytes)],
-                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
-                     gemm_groups(n, m), [Expect("f32", _within(1e-5), want)])]
+        from .plan import gemm_groups
+        m = 45
+        (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
+        del params["eps"]
+        params.update(m=m, y_stride=87)
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params, gemm_groups(params["n"], m),
+                     [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
         from .kernels.runner import Out
         c = spec.constants_dict()
-        wg, r = int(c.get("WG", 64)), int(c.get("R", 1))
-        n, m, o0, stride = 77, 2 * r + 1, 3, 87
-        raw, w, row_bytes, src = self.weight(spec.wtype, n, _awkward_k(spec.wtype))
-        k = w.shape[1]
-        x = self.normal(m, k)
-        want = _poisoned((m, stride))
-        want[:, o0:o0 + n] = reference.matmul(x, w)
-        return [Case(f"{m} rows of x @ {src}, into columns {o0}.. of stride {stride}", spec, [raw, x, Out(want.nbytes)],
-                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
-                     (-(-n // (4 * wg)), -(-m // r), 1), [Expect("f32", _within(1e-5), want)])]
+        wg, rr = int(c.get("WG", 64)), int(c.get("R", 1))
+        m = 2 * rr + 1
+        (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
+        params.update(m=m, y_stride=87)
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r, g], params, (-(-params["n"] // (4 * wg)), -(-m // rr), 1),
+                     [Expect("f32", _within(1e-5), want)])]
 
     def _rms_norm(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference
@@ -266,12 +277,14 @@ class CaseBuilder:
         from .plan import grid1
         eps = float(uses[0].params["eps"])
         out = []
+        add = bool(spec.constants_dict().get("ADD", False))
         for dim in [333] + sorted({int(d.params["dim"]) for d in uses}):
             n_vec = 7 if dim == 333 else 3
-            x, w = self.normal(n_vec, dim, scale=3.0), self.normal(dim)
-            out.append(Case(f"{n_vec} vectors of {dim}", spec, [x, w, Out(x.nbytes)],
-                            {"dim": dim, "n_vec": n_vec, "eps": eps}, grid1(n_vec),
-                            [Expect("f32", _within(1e-6), reference.rms_norm(x, w, eps))]))
+            x, w, a = self.normal(n_vec, dim, scale=3.0), self.normal(dim), self.normal(n_vec, dim)
+            want = reference.rms_norm(x, w, eps) + (a if add else 0)
+            out.append(Case(f"{n_vec} vectors of {dim}" + (" plus a residual" if add else ""), spec,
+                            [x, w, Out(x.nbytes), a], {"dim": dim, "n_vec": n_vec, "eps": eps}, grid1(n_vec),
+                            [Expect("f32", _within(1e-6), want)]))
         return out
 
     def _rope(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -293,6 +306,58 @@ class CaseBuilder:
                             spec, [_step(pos0, rows), freq, Out(x.nbytes, init=x)],
                             {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": neox, "mscale": mscale},
                             (-(-heads * n_rot // 2 // 64), rows, 1), [Expect("f32", _within(1e-5), want)]))
+        return out
+
+    def _attention_merge(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        out = []
+        for d in uses[:1]:
+            heads, hd, splits = int(d.params["heads"]), int(d.params["head_dim"]), 5
+            part = np.zeros((heads, splits, hd + 2), np.float32)
+            part[:, :, 0] = self.normal(heads, splits, scale=3.0)
+            part[:, :, 1] = np.abs(self.normal(heads, splits)) + 0.5
+            part[:, :, 2:] = self.normal(heads, splits, hd)
+            part[:, -1, :] = 0.0   # an empty range (past the row's keys)
+            part[:, -1, 0] = -3.0e38
+            want = reference.merge_partials(part)
+            out.append(Case(f"{heads} heads of {hd}, {splits} ranges (one empty)", spec,
+                            [_step(10, 1, rows=1), part, Out(want.nbytes)],
+                            {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1),
+                            [Expect("f32", _within(1e-5), want)]))
+        return out
+
+    def _rope_store(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from . import reference
+        from .kernels.runner import Out
+        if spec.kv != "F":
+            raise ValueError(f"{spec.key()}: oracles hold f32 cache formats")
+        rows, n_rows, pos0, ring = 3, 2, 40, 45
+        out, seen = [], set()
+        for d in uses:
+            p = {k: v for k, v in d.params.items() if k != "ring"}
+            key = tuple(sorted(p.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            heads, kvh, hd, n_rot, neox = p["heads"], p["kv_heads"], p["head_dim"], p["n_rot"], p["neox"]
+            freq = np.frombuffer(self.read_buffer(d.resources[7]), np.float32)[:n_rot // 2].copy()
+            q, k, v = self.normal(rows, heads * hd), self.normal(rows, kvh * hd), self.normal(rows, kvh * hd)
+            qw, kw = self.normal(hd), self.normal(hd)
+            positions = pos0 + np.arange(rows)
+            qn = reference.rms_norm(q, qw, p["eps"], hd) if p["q_norm"] else q
+            kn = reference.rms_norm(k, kw, p["eps"], hd) if p["k_norm"] else k
+            want_q = reference.rope(qn, positions, freq, p["mscale"], hd, n_rot, bool(neox))
+            want_k = reference.rope(kn, positions, freq, p["mscale"], hd, n_rot, bool(neox))
+            wk, wv = _poisoned((ring, kvh * hd)), _poisoned((ring, kvh * hd))
+            for r in range(n_rows):   # the padding row is never stored
+                wk[(pos0 + r) % ring], wv[(pos0 + r) % ring] = want_k[r], v[r]
+            out.append(Case(f"heads {heads}/{kvh}x{hd}, n_rot {n_rot}, q/k norms {p['q_norm']}/{p['k_norm']}, "
+                            f"{n_rows} of {rows} rows at {pos0} into a ring of {ring}", spec,
+                            [_step(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), q, k, v, Out(q.nbytes),
+                             np.concatenate([freq, qw, kw])], {**p, "ring": ring}, (heads + kvh, rows, 1),
+                            [Expect("f32", _within(1e-5), wk), Expect("f32", _exact(), wv),
+                             Expect("f32", _within(1e-5), want_q)]))
         return out
 
     def _kv_store(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -336,8 +401,19 @@ class CaseBuilder:
             kc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim, scale=2.0), kv_type)
             vc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim), kv_type)
             q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
-            want = _poisoned(q.shape)
             kv_dim = a.kv_heads * a.head_dim
+            split = int(spec.constants_dict().get("SPLIT", 0))
+            if split:   # decode's split form: one row, partials for as many ranges as its keys fill
+                keys = min(pos0 + 1, window or pos0 + 1)
+                splits = -(-keys // split)
+                want = reference.attention_partials(q[0], decode_rows(kc, kv_dim, kv_type),
+                                                    decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
+                out.append(Case(f"one row at {pos0} in {splits} ranges of {split} keys (heads {a.heads}/{a.kv_heads}"
+                                f"x{a.head_dim}, window {window})", spec,
+                                [_step(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)], {**p, "ring": ring},
+                                (a.heads, 1, splits), [Expect("f32", _within(1e-5), want)]))
+                continue
+            want = _poisoned(q.shape)
             want[:n_rows] = reference.attention(q[:n_rows], decode_rows(kc, kv_dim, kv_type),
                                                 decode_rows(vc, kv_dim, kv_type), pos0 + np.arange(n_rows), a)
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
@@ -358,11 +434,11 @@ class CaseBuilder:
         from . import reference
         from .kernels.runner import Out
         from .plan import grid1
-        n, act = 1013, int(spec.constants_dict().get("ACT", 0))
+        n, act = 1013, int(spec.constants_dict().get("ACT", 1))
         g, u = self.normal(n, scale=4.0), self.normal(n)
         g[:4] = [-200.0, 200.0, -30.0, 30.0]  # saturation must stay finite
         return [Case(f"{n} elements, saturating gates", spec, [g, u, Out(4 * n)], {"n": n}, grid1(-(-n // 64)),
-                     [Expect("f32", _within(1e-5), reference.glu(g, u, "gelu_tanh" if act else "silu"))])]
+                     [Expect("f32", _within(1e-5), reference.glu(g, u, {1: "silu", 2: "gelu_tanh"}[act]))])]
 
     def _take_row(self, spec: Any, uses: list[Any]) -> list[Case]:
         from .kernels.runner import Out
@@ -537,19 +613,20 @@ def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any,
 # ---- golden steps and the plan ------------------------------------------------------------------
 
 def layer_outputs(graph: Any, layers: list[int]) -> dict[str, int]:
-    """Node index per tapped activation: "embed" (the embedding) and "layer.i" (the residual stream
-    after layer i: the last `add` among the nodes of layer i, whose weights are named blk.i.*)."""
+    """Value id per tapped activation: "embed" (the embedding) and "layer.i" (the residual stream
+    after layer i: the last `add` among the nodes of layer i, whose weights are named blk.i.*).
+    Values, not nodes: a fused plan computes the same values with fewer nodes."""
     taps: dict[str, int] = {}
     current: int | None = None
     last_add: dict[int, int] = {}
     for i, node in enumerate(graph.nodes):
         if node.op == "embed" and "embed" not in taps:
-            taps["embed"] = i
+            taps["embed"] = node.out.id
         if node.weights:
             parts = node.weights[0].split(".")
             current = int(parts[1]) if parts[0] == "blk" else None
         if node.op == "add" and current is not None:
-            last_add[current] = i
+            last_add[current] = node.out.id
     for layer in layers:
         if layer not in last_add:
             raise ValueError(f"layer {layer} does not exist (the model has layers 0..{max(last_add)})")
@@ -565,12 +642,12 @@ def _tap_compiler(compiler: Any) -> Any:
     class TapCompiler(Compiler):
         def _emit(self, ds: list, node: Any, x: list, y: Any, nrows: Any, outputs: Any, live: Any) -> None:
             super()._emit(ds, node, x, y, nrows, outputs, live)
-            self.node_ends.append((len(ds), y, nrows(node.out) * node.out.cols * 4))
+            self.node_ends[node.out.id] = (len(ds), y, nrows(node.out) * node.out.cols * 4)
 
     tc = TapCompiler(compiler.gpu, compiler.pipelines, compiler.weights, compiler.pool, compiler.step,
                      compiler.draw, compiler.layout, compiler.create)
     tc._rope_tables = compiler._rope_tables   # one table buffer per RoPE spec, shared with the engine's plans
-    tc.node_ends = []
+    tc.node_ends = {}
     return tc
 
 
@@ -598,7 +675,7 @@ class PlanExport:
                                  "init": self.blobs.put(init) if init else None})
         return self.ids[key]
 
-    def export(self, plan: Any, node_ends: list, taps: dict[str, int], step_bytes: bytes) -> dict[str, Any]:
+    def export(self, plan: Any, node_ends: dict, taps: dict[str, int], step_bytes: bytes) -> dict[str, Any]:
         """The manifest's plan section (without expectations)."""
         from .kernels import pack_params
         from .plan import CacheSlot
@@ -640,8 +717,8 @@ def _reference_step(engine: Any, ref_weights: Any, ref_cache: Any, ids: np.ndarr
     by_node = {v: k for k, v in taps.items()}
 
     def on_node(i: int, node: Any, value: np.ndarray) -> None:
-        if i in by_node:
-            acts[by_node[i]] = value.copy()
+        if node.out.id in by_node:
+            acts[by_node[node.out.id]] = value.copy()
 
     logits = reference.run(engine.graphs["all"], ref_weights, ref_cache, ids, pos0, on_node)
     return logits, acts
@@ -649,12 +726,25 @@ def _reference_step(engine: Any, ref_weights: Any, ref_cache: Any, ids: np.ndarr
 
 def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
-    dispatches that use it."""
+    dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
+    (the other kernel presets) would run, so the browser checks every kernel a model can use."""
+    import dataclasses
+
+    from .device import presets_for
+    from .plan import Compiler
+
+    c = engine.compiler
+    other = dataclasses.replace(c.gpu, profile=dataclasses.replace(
+        c.gpu.profile, presets=presets_for(software=not c.gpu.profile.software)))
+    twin = Compiler(other, c.pipelines, c.weights, c.pool, c.step, c.draw, c.layout, c.create)
+    twin._rope_tables = c._rope_tables
     specs: dict[Any, list[Any]] = {}
-    for key in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"), ("last", prompt_rows, "argmax"),
-                ("all", prompt_rows, "logits")]:
-        for d in engine.plan(*key).dispatches:
-            specs.setdefault(d.spec, []).append(d)
+    for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
+                                    ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits")]:
+        for plan in (engine.plan(output_rows, rows, pick),
+                     twin.compile(engine.graphs[output_rows], rows, pick, engine.max_rows(output_rows))):
+            for d in plan.dispatches:
+                specs.setdefault(d.spec, []).append(d)
     return specs
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from .fusion import fuse
 from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
 from .kernels import KernelSpec, PipelineCache, pack_params
 from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from .memory.pool import Liveness
-from .memory.weights import GpuWeight, WeightStore
+from .memory.weights import GpuWeight, WeightStore, dequantize
 from .sampling import GPU_TOP_K
 
 def _native_calls() -> tuple[Any, Any] | None:
@@ -48,7 +49,8 @@ def gemv_groups(n: int) -> tuple[int, int, int]:
     """matmul_row's workgroup count for n output rows (GEMV_WG / GEMV_TPR rows a workgroup)."""
     return grid1(ceil_div(n, GEMV_WG // GEMV_TPR))
 _plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
-USES_KV = {"kv_store", "attention"}  # kernels composed with the cache format (kv/<format>.wgsl)
+USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
+ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}              # `activate` in common.wgsl
 
 
 def grid1(groups: int) -> tuple[int, int, int]:
@@ -180,7 +182,7 @@ class Compiler:
         self.step, self.draw = step_buffer, draw_buffer
         self.layout = layout
         self.create = create_buffer
-        self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}
+        self._rope_tables: dict[Any, Any] = {}  # GPU tables by RoPE spec, and rope_store's by ("store", layer)
 
     # ---- helpers ------------------------------------------------------------------------------
     def _spec(self, name: str, wtype: str | None = None, **constants: int) -> KernelSpec:
@@ -192,16 +194,19 @@ class Compiler:
         spec = self._spec(name, wtype, **constants)
         out.append(Dispatch(spec, self.pipelines.get(spec), resources, groups, params, label, self._layer))
 
+    def _vector(self, name: str) -> np.ndarray:
+        """A small tensor's values on the host (norm weights, RoPE frequency factors)."""
+        t = self.weights.gguf.tensors[name]
+        return dequantize(self.weights.gguf.tensor_bytes(name), t.type, t.shape).ravel()
+
+    def _rope_freqs(self, spec: RopeSpec) -> tuple[np.ndarray, float]:
+        return spec.table(self._vector(spec.freq_factors) if spec.freq_factors else None)
+
     def rope_table(self, spec: RopeSpec) -> tuple[GpuWeight, float]:
         """The GPU frequency table of a RoPE spec (one per distinct spec)."""
         got = self._rope_tables.get(spec)
         if got is None:
-            ff = None
-            if spec.freq_factors:
-                from .memory.weights import dequantize
-                t = self.weights.gguf.tensors[spec.freq_factors]
-                ff = dequantize(self.weights.gguf.tensor_bytes(spec.freq_factors), t.type, t.shape).ravel()
-            freq, mscale = spec.table(ff)
+            freq, mscale = self._rope_freqs(spec)
             got = (self.weights.put_vector(f"rope.{len(self._rope_tables)}", freq), mscale)
             self._rope_tables[spec] = got
         return got
@@ -215,6 +220,8 @@ class Compiler:
         count up to it then ask the pool for the same slots and share them.
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
+        graph = fuse(graph, row_fusions=rows == 1 or self.gpu.profile.presets.matmul == "by_output",
+                     paired=self.weights.paired)
         self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(self.weights.slots))}
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
         live = Liveness(self.pool)
@@ -304,35 +311,15 @@ class Compiler:
                 wbuf = self._weight(ds, w.name, pi)
                 self._dispatch(ds, "get_rows", [wbuf, self.step, y, None], (ceil_div(out.cols // 4, 64), r, 1),
                                {"cols": out.cols, "row0": p.row0, "part_rows": p.rows, "row_bytes": w.row_bytes,
-                                "scale": a["scale"]}, "embed", w.type.name)
+                                "scale": a["scale"], "w0": p.offset}, "embed", w.type.name)
         elif op == "matmul":
-            w = self.weights.weights[node.weights[0]]
-            k = node.inputs[0].cols
-            for pi, p in enumerate(w.parts):
-                if outputs is not None and len(outputs) > 1:
-                    target, o0, stride = outputs[pi].buffer, 0, p.rows
-                else:
-                    target, o0, stride = y, p.row0, out.cols
-                params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0}
-                args = [self._weight(ds, w.name, pi), x[0], target, None]
-                if self.gpu.profile.presets.matmul == "by_output":
-                    # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
-                    rr = 1 if r == 1 else 8
-                    params.update(m=r, y_stride=stride)
-                    self._dispatch(ds, "matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1),
-                                   params, label_of(node), w.type.name, R=rr)
-                elif r == 1:
-                    self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows), params, label_of(node),
-                                   w.type.name, WG=GEMV_WG, TPR=GEMV_TPR)
-                else:
-                    params.update(m=r, y_stride=stride)
-                    self._dispatch(ds, "matmul_rows", args, gemm_groups(p.rows, r), params, label_of(node),
-                                   w.type.name)
+            self._matmul(ds, node, x, y, r, outputs)
         elif op == "rms_norm":
             w = self.weights.weights[node.weights[0]]
             n_vec = r * out.cols // a["dim"]
-            self._dispatch(ds, "rms_norm", [x[0], w.parts[0].buffer, y, None], grid1(n_vec),
-                           {"dim": a["dim"], "n_vec": n_vec, "eps": a["eps"]}, label_of(node))
+            add = bool(a.get("add"))  # a post-norm fused with the residual add after it
+            self._dispatch(ds, "rms_norm", [x[0], w.parts[0].buffer, y, x[1] if add else x[0], None], grid1(n_vec),
+                           {"dim": a["dim"], "n_vec": n_vec, "eps": a["eps"]}, label_of(node), ADD=add)
         elif op in ("add", "mul"):
             n = r * out.cols
             self._dispatch(ds, "binary", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, op,
@@ -340,7 +327,7 @@ class Compiler:
         elif op == "glu":
             n = r * out.cols
             self._dispatch(ds, "glu", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, "glu",
-                           ACT=0 if a["act"] == "silu" else 1)
+                           ACT=ACTIVATIONS[a["act"]])
         elif op == "rope":
             spec: RopeSpec = a["spec"]
             table, mscale = self.rope_table(spec)
@@ -351,15 +338,18 @@ class Compiler:
                            (ceil_div(heads * spec.n_rot // 2, 64), r, 1),
                            {"heads": heads, "head_dim": a["head_dim"], "n_rot": spec.n_rot,
                             "neox": int(spec.neox), "mscale": mscale}, "rope")
+        elif op == "rope_store":
+            self._rope_store(ds, node, x, y, r)
         elif op == "attention":
             s: AttentionSpec = a["spec"]
             li = self.layout.kv_index(s.layer)
             lk = self.layout.kv[li]
             k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
             kvb = 32 if self.layout.kv_type == "q8_0" else 4
-            self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
-                           (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
-                           "kv_store")
+            if not a.get("stored"):  # else rope_store has appended k and v already
+                self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
+                               (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
+                               "kv_store")
             params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
                       "window": s.window, "scale": s.scale, "softcap": s.softcap,
                       "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
@@ -388,6 +378,61 @@ class Compiler:
                            {"cols": out.cols}, "last_row")
         else:
             raise NotImplementedError(f"no GPU kernel for op {op!r}")
+
+    def _matmul(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, r: int,
+                outputs: list[OutputPart] | None) -> None:
+        """A matmul with its fusions (fusion.py): glu=(act, up weight), norm=(weight, eps), res (last input)."""
+        a = node.attrs
+        w = self.weights.weights[node.weights[0]]
+        k = node.inputs[0].cols
+        glu = ACTIVATIONS[a["glu"][0]] if "glu" in a else 0
+        norm, eps = (self.weights.weights[a["norm"][0]].parts[0].buffer, a["norm"][1]) if "norm" in a else (None, 0.0)
+        res = x[-1] if a.get("res") else None
+        fused = {"NORM": norm is not None, "RES": res is not None, "GLU": glu}
+        for pi, p in enumerate(w.parts):
+            if outputs is not None and len(outputs) > 1:
+                target, o0, stride = outputs[pi].buffer, 0, p.rows
+            else:
+                target, o0, stride = y, p.row0, node.out.cols
+            params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0, "w0": p.offset, "eps": eps}
+            wbuf = self._weight(ds, w.name, pi)
+            spare = x[0]  # bound where a fusion is off: every declared binding needs a buffer
+            args = [wbuf, x[0], target, res or spare, norm or spare, None]
+            if self.gpu.profile.presets.matmul == "by_output":
+                # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
+                rr = 1 if r == 1 else 8
+                params.update(m=r, y_stride=stride)
+                self._dispatch(ds, "matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1),
+                               params, label_of(node), w.type.name, R=rr, **fused)
+            elif r == 1:
+                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows), params, label_of(node),
+                               w.type.name, WG=GEMV_WG, TPR=GEMV_TPR, **fused)
+            else:
+                if norm is not None or glu:
+                    raise RuntimeError("the many-row matmul fuses the residual add only")
+                params.update(m=r, y_stride=stride)
+                del params["eps"]
+                self._dispatch(ds, "matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r),
+                               params, label_of(node), w.type.name, RES=res is not None)
+
+    def _rope_store(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, r: int) -> None:
+        """Per-head q/k norms, RoPE and the KV-cache append in one dispatch (fusion.py)."""
+        a = node.attrs
+        s: AttentionSpec = a["attention"]
+        spec: RopeSpec = a["spec"]
+        freq, mscale = self._rope_freqs(spec)
+        li = self.layout.kv_index(s.layer)
+        hd = a["head_dim"]
+        aux = self._rope_tables.get(("store", s.layer))   # made once, shared by every plan
+        if aux is None:
+            norms = [self._vector(a[name]) if a[name] else np.zeros(hd, np.float32) for name in ("q_norm", "k_norm")]
+            aux = self.weights.put_vector(f"rope_store.{s.layer}", np.concatenate([freq] + norms))
+            self._rope_tables[("store", s.layer)] = aux
+        self._dispatch(ds, "rope_store", [self.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
+                                          aux.parts[0].buffer, None], (s.heads + s.kv_heads, r, 1),
+                       {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": a["head_dim"], "n_rot": spec.n_rot,
+                        "neox": int(spec.neox), "mscale": mscale, "ring": self.layout.kv[li].ring, "eps": a["eps"],
+                        "q_norm": int(a["q_norm"] is not None), "k_norm": int(a["k_norm"] is not None)}, "rope_store")
 
     def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> tuple[Any, list[Any]]:
         """The largest logit of each ARGMAX_SLICE columns of every part, then the best of those per row."""

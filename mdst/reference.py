@@ -87,6 +87,44 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, positions
     return out
 
 
+def attention_partials(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, spec: AttentionSpec,
+                       split: int, splits: int) -> np.ndarray:
+    """One row's attention in key ranges of `split` (the SPLIT kernel's output): per head and range,
+    (running max, sum of exponentials, unnormalized output) [heads, splits, head_dim + 2]."""
+    hd, kvh = spec.head_dim, spec.kv_heads
+    group = spec.heads // kvh
+    ring = k_cache.shape[0]
+    first = max(0, pos + 1 - spec.window) if spec.window else 0
+    qs = q.reshape(spec.heads, hd).astype(np.float64) * spec.query_scale(np.array([pos]))[0]
+    out = np.zeros((spec.heads, splits, hd + 2))
+    out[:, :, 0] = -3.0e38
+    for z in range(splits):
+        lo, hi = first + z * split, min(pos, first + (z + 1) * split - 1)
+        if lo > hi:
+            continue
+        slots = np.arange(lo, hi + 1) % ring
+        for h in range(spec.heads):
+            kk = k_cache[slots].reshape(-1, kvh, hd)[:, h // group].astype(np.float64)
+            vv = v_cache[slots].reshape(-1, kvh, hd)[:, h // group].astype(np.float64)
+            sc = kk @ qs[h]
+            if spec.softcap:
+                sc = spec.softcap * np.tanh(sc / spec.softcap)
+            m = sc.max()
+            p = np.exp(sc - m)
+            out[h, z, 0], out[h, z, 1], out[h, z, 2:] = m, p.sum(), p @ vv
+    return out.astype(np.float32)
+
+
+def merge_partials(partials: np.ndarray) -> np.ndarray:
+    """Attention output [heads * head_dim] from one row's partials [heads, splits, head_dim + 2]."""
+    p = partials.astype(np.float64)
+    live = p[:, :, 1] > 0
+    big = np.where(live, p[:, :, 0], -np.inf).max(axis=1, keepdims=True)
+    w = np.where(live, np.exp(p[:, :, 0] - big), 0.0)
+    return ((w[:, :, None] * p[:, :, 2:]).sum(axis=1) / (w * p[:, :, 1]).sum(axis=1)[:, None]).reshape(-1).astype(
+        np.float32)
+
+
 def shortconv(bcx: np.ndarray, w: np.ndarray, state: np.ndarray, pos0: int, spec: ConvSpec) -> tuple[np.ndarray, np.ndarray]:
     """LFM2 short convolution of bcx [rows, 3 * ch] with kernel w [ch, kernel] after `state`
     [kernel - 1, ch] (the inputs before pos0; none before position 0). Returns (y, new state)."""

@@ -54,9 +54,11 @@ def test_get_rows(run, rng, wtype):
     # the second half of the table as a separate part: rows outside it must stay untouched
     row0 = vocab // 2
     part = raw[row0 * row_bytes:]
+    lead = 8  # the part starts 8 bytes into its buffer (w0)
+    part = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), part])
     out = f32(run(KernelSpec("get_rows", wtype), [part, step_buffer(0, n, ids), Out(n * cols * 4)],
-                  {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": 1.5},
-                  (-(-cols // 4 // 64), n, 1))[0]).reshape(n, cols)
+                  {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": 1.5,
+                   "w0": lead}, (-(-cols // 4 // 64), n, 1))[0]).reshape(n, cols)
     for r, i in enumerate(ids):
         if i >= row0:
             np.testing.assert_allclose(out[r], table[i] * 1.5, rtol=1e-6, atol=1e-6)
@@ -64,50 +66,75 @@ def test_get_rows(run, rng, wtype):
             assert np.isnan(out[r]).all(), "a row outside the part was written"
 
 
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_row(run, rng, wtype):
-    k, n, o0 = awkward_k(wtype), 77, 5
-    raw, w, row_bytes = weight(wtype, n, k, rng)
-    x = rng.standard_normal(k).astype(np.float32)
-    spec = KernelSpec("matmul_row", wtype, constants=(("TPR", GEMV_TPR), ("WG", GEMV_WG)))
-    y = f32(run(spec, [raw, x, Out((o0 + n + 3) * 4)],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0}, gemv_groups(n))[0])
-    assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
-    assert rel_l2(y[o0:o0 + n], reference.matmul(x[None], w)[0]) < 1e-5
+FUSIONS = [{}, {"NORM": True}, {"RES": True}, {"GLU": 1, "NORM": True, "RES": True}, {"GLU": 2}]
 
 
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_rows(run, rng, wtype):
-    k, n, m, o0, stride = awkward_k(wtype), 77, 75, 3, 87
-    raw, w, row_bytes = weight(wtype, n, k, rng)
+def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
+    """Inputs and reference of a matmul with its fusions; the weights sit 8 bytes into their buffer."""
+    k, n = awkward_k(wtype), 77
+    glu = fusion.get("GLU", 0)
+    raw, w, row_bytes = weight(wtype, 2 * n if glu else n, k, rng)   # gate rows, then up rows
+    lead = 8
+    buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
     x = rng.standard_normal((m, k)).astype(np.float32)
-    y = f32(run(KernelSpec("matmul_rows", wtype), [raw, x, Out(m * stride * 4)],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
-                gemm_groups(n, m))[0]).reshape(m, stride)
-    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
-    assert rel_l2(y[:, o0:o0 + n], reference.matmul(x, w)) < 1e-5
+    g = rng.standard_normal(k).astype(np.float32)
+    xn = reference.rms_norm(x, g, 1e-5) if fusion.get("NORM") else x
+    want = reference.matmul(xn, w[:n])
+    if glu:
+        want = reference.glu(want, reference.matmul(xn, w[n:]), {1: "silu", 2: "gelu_tanh"}[glu])
+    return buf, x, g, want, k, n, row_bytes, lead
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_matmul_row(run, rng, wtype, fusion):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 1, fusion)
+    o0 = 5
+    res = rng.standard_normal(o0 + n + 3).astype(np.float32)
+    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted({"TPR": GEMV_TPR, "WG": GEMV_WG, **fusion}.items())))
+    y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5}, gemv_groups(n))[0])
+    assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
+    assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("wtype", WEIGHT_TYPES)
 @pytest.mark.parametrize("R,m", [(1, 1), (8, 45)])
-def test_matmul_by_output(run, rng, wtype, R, m):
-    k, n, o0, stride = awkward_k(wtype), 77, 3, 87
-    raw, w, row_bytes = weight(wtype, n, k, rng)
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    y = f32(run(KernelSpec("matmul_by_output", wtype, constants=(("R", R),)), [raw, x, Out(m * stride * 4)],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride},
-                (-(-n // 256), -(-m // R), 1))[0]).reshape(m, stride)
+def test_matmul_by_output(run, rng, wtype, R, m, fusion):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, fusion)
+    o0, stride = 3, 87
+    res = rng.standard_normal((m, stride)).astype(np.float32)
+    spec = KernelSpec("matmul_by_output", wtype, constants=tuple(sorted({"R": R, **fusion}.items())))
+    y = f32(run(spec, [buf, x, Out(m * stride * 4), res, g],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead,
+                 "eps": 1e-5}, (-(-n // 256), -(-m // R), 1))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
-    assert rel_l2(y[:, o0:o0 + n], reference.matmul(x, w)) < 1e-5
+    assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
-def test_rms_norm(run, rng):
+@pytest.mark.parametrize("res_", [False, True])
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_matmul_rows(run, rng, wtype, res_):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 75, {})
+    o0, stride, m = 3, 87, 75
+    res = rng.standard_normal((m, stride)).astype(np.float32)
+    y = f32(run(KernelSpec("matmul_rows", wtype, constants=(("RES", res_),)), [buf, x, Out(m * stride * 4), res],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
+                gemm_groups(n, m))[0]).reshape(m, stride)
+    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
+    assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_rms_norm(run, rng, add):
     dim, n_vec = 333, 7
     x = (rng.standard_normal((n_vec, dim)) * 3).astype(np.float32)
     w = rng.standard_normal(dim).astype(np.float32)
-    out = f32(run(KernelSpec("rms_norm", constants=(("WG", 64),)), [x, w, Out(x.nbytes)],
+    a = rng.standard_normal((n_vec, dim)).astype(np.float32)
+    out = f32(run(KernelSpec("rms_norm", constants=(("ADD", add), ("WG", 64))), [x, w, Out(x.nbytes), a],
                   {"dim": dim, "n_vec": n_vec, "eps": 1e-6}, (n_vec, 1, 1))[0]).reshape(n_vec, dim)
-    assert rel_l2(out, reference.rms_norm(x, w, 1e-6)) < 1e-6
+    assert rel_l2(out, reference.rms_norm(x, w, 1e-6) + (a if add else 0)) < 1e-6
 
 
 @pytest.mark.parametrize("neox", [False, True])
@@ -183,6 +210,41 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type):
     assert np.isnan(out[n_rows:]).all(), "a padding row was written"
 
 
+@pytest.mark.parametrize("norms,neox,kv_type", [(False, False, "f32"), (True, True, "f32"), (True, False, "q8_0")])
+def test_rope_store(run, rng, gpu, norms, neox, kv_type):
+    """q/k norms + RoPE + the cache append in one dispatch equals the separate reference ops."""
+    heads, kvh, hd, n_rot, rows, n_rows, pos0, ring = 6, 2, 96, 64, 3, 2, 40, 45
+    spec = RopeSpec(n_rot, 10000.0, neox)
+    freq, mscale = spec.table()
+    q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    k = rng.standard_normal((rows, kvh * hd)).astype(np.float32)
+    v = rng.standard_normal((rows, kvh * hd)).astype(np.float32)
+    qw, kw = rng.standard_normal(hd).astype(np.float32), rng.standard_normal(hd).astype(np.float32)
+    row_bytes = kv_row_bytes(kvh * hd, kv_type)
+    kc0 = np.full((ring, row_bytes), 0xFF, np.uint8)
+    fmt, f16 = KV_SPECS[kv_type]
+    kc, vc, qo = run(KernelSpec("rope_store", f16=f16, kv=fmt),
+                     [step_buffer(pos0, n_rows, rows=rows), Out(kc0.nbytes, init=kc0), Out(kc0.nbytes, init=kc0),
+                      q, k, v, Out(q.nbytes), np.concatenate([freq, qw, kw])],
+                     {"heads": heads, "kv_heads": kvh, "head_dim": hd, "n_rot": n_rot, "neox": int(neox),
+                      "mscale": mscale, "ring": ring, "eps": 1e-6, "q_norm": int(norms), "k_norm": int(norms)},
+                     (heads + kvh, rows, 1))
+    positions = pos0 + np.arange(rows)
+    qn = reference.rms_norm(q, qw, 1e-6, hd) if norms else q
+    kn = reference.rms_norm(k, kw, 1e-6, hd) if norms else k
+    assert rel_l2(f32(qo).reshape(rows, -1), reference.rope(qn, positions, freq, mscale, hd, n_rot, neox)) < 1e-5
+    want_k = reference.rope(kn, positions, freq, mscale, hd, n_rot, neox)
+    kc, vc = kc.reshape(ring, row_bytes), vc.reshape(ring, row_bytes)
+    for r in range(rows):
+        slot = (pos0 + r) % ring
+        if r < n_rows:
+            tol = 1e-5 if kv_type == "f32" else 2e-2
+            assert rel_l2(decode_rows(kc[slot], kvh * hd, kv_type)[0], want_k[r]) < tol
+            assert rel_l2(decode_rows(vc[slot], kvh * hd, kv_type)[0], v[r]) < tol
+        else:
+            assert (kc[slot] == 0xFF).all() and (vc[slot] == 0xFF).all(), "a padding row was stored"
+
+
 @pytest.mark.parametrize("pos0", [0, 7])
 def test_shortconv(run, rng, pos0):
     ch, kernel, rows, n_rows = 77, 3, 6, 5
@@ -239,7 +301,7 @@ def test_glu(run, rng, act):
     g = (rng.standard_normal(n) * 4).astype(np.float32)
     g[:4] = [-200.0, 200.0, -30.0, 30.0]  # saturation must stay finite
     u = rng.standard_normal(n).astype(np.float32)
-    out = f32(run(KernelSpec("glu", constants=(("ACT", 0 if act == "silu" else 1),)), [g, u, Out(4 * n)],
+    out = f32(run(KernelSpec("glu", constants=(("ACT", 1 if act == "silu" else 2),)), [g, u, Out(4 * n)],
                   {"n": n}, (-(-n // 64), 1, 1))[0])
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, reference.glu(g, u, act), rtol=2e-5, atol=1e-5)

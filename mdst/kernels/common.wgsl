@@ -4,6 +4,42 @@
 // `half` is the storage type of the KV cache and of other tensors kept at reduced precision.
 alias half = f32;
 
+// Gated activations (glu, and matmuls with a fused GLU): 1 = SiLU, 2 = GELU with the tanh
+// approximation. tanh's argument is clamped: some drivers compute tanh through exp and overflow.
+fn activate(kind: u32, g: f32) -> f32 {
+    if (kind == 1u) {
+        return g / (1.0 + exp(-g));
+    }
+    let t = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+    return 0.5 * g * (1.0 + tanh(t));
+}
+
+// sin and cos are only accurate near zero on some GPUs: reduce the angle first
+// (2*pi split in two parts so that k * 6.28125 is exact).
+fn reduce_angle(t: f32) -> f32 {
+    let k = round(t * 0.15915494309189535);
+    return (t - k * 6.28125) - k * 0.0019353071795864769;
+}
+
+// (sin t, cos t) for t in [-pi, pi], to about 1e-7 on every implementation: WGSL promises only
+// an absolute error of 2^-11 for the builtins, and SwiftShader (Chromium without a GPU) comes
+// near that. t is reduced to r in [-pi/4, pi/4] around q * pi/2 (pi/2 split in two parts),
+// the minimax polynomials of Cephes' sinf/cosf give sin r and cos r, and the quadrant q
+// rotates them.
+fn sin_cos(t: f32) -> vec2<f32> {
+    let q = round(t * 0.6366197723675814);
+    let r = (t - q * 1.5703125) - q * 0.00048382679489661923;
+    let r2 = r * r;
+    let s = r + r * r2 * (-0.16666654611 + r2 * (0.0083321608736 - r2 * 0.00019515295891));
+    let c = 1.0 - 0.5 * r2 + r2 * r2 * (0.04166664568298827 + r2 * (-0.001388731625493765 + r2 * 0.00002443315711809948));
+    switch (i32(q) & 3) {
+        case 1: { return vec2<f32>(c, -s); }
+        case 2: { return vec2<f32>(-s, -c); }
+        case 3: { return vec2<f32>(-c, s); }
+        default: { return vec2<f32>(s, c); }
+    }
+}
+
 // Workgroups beyond 65535 in x spill into y; this gives the flat index.
 fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;

@@ -8,6 +8,7 @@ struct P {
     part_rows: u32,
     row_bytes: u32,
     scale: f32,
+    w0: u32,         // byte offset of row row0 in the weight buffer
 }
 
 @group(0) @binding(1) var<storage, read> step: array<u32>;
@@ -28,5 +29,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let gpb = QK / 4u;
-    out[r * (p.cols / 4u) + G] = p.scale * deq4((id - p.row0) * p.row_bytes + (G / gpb) * QB, G % gpb);
+    out[r * (p.cols / 4u) + G] = p.scale * deq4(p.w0 + (id - p.row0) * p.row_bytes + (G / gpb) * QB, G % gpb);
 }

@@ -1,47 +1,70 @@
-// One-row matmul (decode, GEMV): y[o0 + j] = sum_k x[k] * W[j, k] for the part's rows j < n.
-// WG / TPR output rows per workgroup, TPR threads per row (a power of two). A thread takes
-// 32 consecutive weights at a time (8 groups of 4 from one block: its scales are decoded once
-// and the weight bytes are read together), striding over the row; a tree reduction in
-// workgroup memory sums each row's threads.
+// One-row matmul (decode, GEMV): y[o0 + j] = sum_k x[k] * W[j, k] for the part's rows j < n, with
+// optional fusions that save dispatches:
+//   NORM: x is first RMS-normalized and scaled by g (the RMSNorm before the matmul);
+//   GLU:  rows j (gate) and n + j (up) of the buffer give y = act(gate . x) * (up . x);
+//   RES:  y += res (the residual add after the matmul).
+// WG / TPR output rows per workgroup, TPR threads per row (a power of two). A thread takes 32
+// consecutive weights at a time (8 groups of 4 from one block: its scales are decoded once and
+// the weight bytes are read together), striding over the row; a tree reduction in workgroup
+// memory sums each row's threads.
 // Dispatch: ceil(n / (WG / TPR)) workgroups, spilling into y past 65535.
 
 struct P {
     k: u32,          // weights per row; a multiple of 4
-    n: u32,          // rows of this weight part
+    n: u32,          // rows of this weight part (gate rows with GLU)
     row_bytes: u32,
     o0: u32,         // first output column of this part
+    w0: u32,         // byte offset of the part's first row in the weight buffer
+    eps: f32,        // NORM's epsilon
 }
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [o0 + n ...]
-@group(0) @binding(3) var<uniform> p: P;
+@group(0) @binding(3) var<storage, read> res: array<f32>;       // like y: added with RES
+@group(0) @binding(4) var<storage, read> g: array<vec4<f32>>;   // [k]: the norm's weight with NORM
+@group(0) @binding(5) var<uniform> p: P;
 
 override WG: u32 = 256u;
 override TPR: u32 = 32u;
+override NORM: bool = false;
+override RES: bool = false;
+override GLU: u32 = 0u;   // 0: none; else the activation (see activate)
 
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<vec3<f32>, WG>;   // (gate or plain dot, up dot, sum of squares)
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let t = lid % TPR;
     let j = flat_wg(wid, nwg) * (WG / TPR) + lid / TPR;
-    var acc = 0.0;
+    var acc = vec3<f32>(0.0);
     if (j < p.n) {
         let kg = p.k / 4u;           // groups of 4 weights in the row
         let gpb = QK / 4u;           // groups per block
-        let base = j * p.row_bytes;
+        let base = p.w0 + j * p.row_bytes;
+        let up = base + p.n * p.row_bytes;
         for (var c = t * 8u; c < kg; c += TPR * 8u) {
-            if (gpb >= 8u && c + 8u <= kg) {
-                // 8 groups of one block: the same block start for all (scale loads are shared)
-                let b = base + (c / gpb) * QB;
-                let g0 = c % gpb;
-                for (var i = 0u; i < 8u; i++) {
-                    acc += dot(deq4(b, g0 + i), x[c + i]);
-                }
-            } else {
-                for (var G = c; G < min(c + 8u, kg); G++) {
-                    acc += dot(deq4(base + (G / gpb) * QB, G % gpb), x[G]);
+            // 8 groups of one block where blocks hold at least 8: one block start (scale loads shared)
+            let whole = gpb >= 8u && c + 8u <= kg;
+            let b = (c / gpb) * QB;
+            for (var i = 0u; i < 8u; i++) {
+                let G = c + i;
+                if (G < kg) {
+                    var xv = x[G];
+                    if (NORM) {
+                        acc.z += dot(xv, xv);
+                        xv *= g[G];
+                    }
+                    var o = b;
+                    var gi = c % gpb + i;
+                    if (!whole) {
+                        o = (G / gpb) * QB;
+                        gi = G % gpb;
+                    }
+                    acc.x += dot(deq4(base + o, gi), xv);
+                    if (GLU != 0u) {
+                        acc.y += dot(deq4(up + o, gi), xv);
+                    }
                 }
             }
         }
@@ -55,6 +78,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
     if (t == 0u && j < p.n) {
-        y[p.o0 + j] = red[lid];
+        var v = red[lid].x;
+        var u = red[lid].y;
+        if (NORM) {
+            let inv = inverseSqrt(red[lid].z / f32(p.k) + p.eps);
+            v *= inv;
+            u *= inv;
+        }
+        if (GLU != 0u) {
+            v = activate(GLU, v) * u;
+        }
+        if (RES) {
+            v += res[p.o0 + j];
+        }
+        y[p.o0 + j] = v;
     }
 }

@@ -1,5 +1,5 @@
-// Many-row matmul (prefill, GEMM) on GPUs: Y[r, o0 + j] = sum_k X[r, k] * W[j, k] for rows r < m and
-// the part's rows j < n. Each workgroup of 256 threads computes a 64 x 64 tile of Y, stepping
+// Many-row matmul (prefill, GEMM) on GPUs: Y[r, o0 + j] = sum_k X[r, k] * W[j, k] (+ R[r, o0 + j]
+// with RES) for rows r < m and the part's rows j < n. Each workgroup of 256 threads computes a 64 x 64 tile of Y, stepping
 // through k 32 at a time with both operands staged in workgroup memory (each weight is dequantized
 // once per 64 activation rows); each thread owns a 4 x 4 block of the tile.
 // Dispatch: (ceil(n / 64), ceil(m / 64)).
@@ -11,11 +11,15 @@ struct P {
     o0: u32,
     m: u32,          // activation rows
     y_stride: u32,   // floats per row of Y
+    w0: u32,         // byte offset of the part's first row in the weight buffer
 }
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [m, k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [m, y_stride]
-@group(0) @binding(3) var<uniform> p: P;
+@group(0) @binding(3) var<storage, read> res: array<f32>;       // [m, y_stride]: added with RES
+@group(0) @binding(4) var<uniform> p: P;
+
+override RES: bool = false;
 
 const TILE: u32 = 64u;   // rows and outputs per tile
 const TK: u32 = 32u;     // k per step
@@ -44,7 +48,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             var wv = vec4<f32>(0.0);
             if (j0 + row < p.n && G < kg) {
-                wv = deq4((j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
+                wv = deq4(p.w0 + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
             }
             for (var c = 0u; c < 4u; c++) {
                 xs[(4u * q + c) * 16u + row / 4u][row % 4u] = xv[c];
@@ -66,7 +70,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var c = 0u; c < 4u; c++) {
             let j = j0 + 4u * tx + c;
             if (r < p.m && j < p.n) {
-                y[r * p.y_stride + p.o0 + j] = acc[i][c];
+                let at = r * p.y_stride + p.o0 + j;
+                var v = acc[i][c];
+                if (RES) {
+                    v += res[at];
+                }
+                y[at] = v;
             }
         }
     }

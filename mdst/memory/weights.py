@@ -27,12 +27,13 @@ PAGE_SLOTS = 2           # slot buffers paged parts take turns in
 
 @dataclass
 class WeightPart:
-    """Rows [row0, row0 + rows) of a matrix, in their own buffer (None: paged in when used)."""
+    """Rows [row0, row0 + rows) of a matrix, at byte `offset` of `buffer` (None: paged in when used)."""
 
     buffer: Any
     row0: int
     rows: int
     nbytes: int
+    offset: int = 0
 
     @property
     def paged(self) -> bool:
@@ -97,6 +98,7 @@ class WeightStore:
         self._progress = progress  # called with (bytes uploaded, bytes to upload) as loading goes
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
+        self.paired: set[str] = set()                    # gate matrices stored with their up matrix after them
         self.slots: list[Any] = []                       # paging slot buffers
         self.slot_holds: list[tuple[str, int] | None] = []  # (matrix, part) each slot holds now
         self.page_ins = 0                                # parts copied into slots so far
@@ -110,12 +112,18 @@ class WeightStore:
     def paged_bytes(self) -> int:
         return sum(p.nbytes for w in self.weights.values() for p in w.parts if p.paged)
 
-    def load_matrices(self, names: list[str], budget: int | None = None) -> None:
+    def load_matrices(self, names: list[str], budget: int | None = None,
+                      pairs: list[tuple[str, str]] = ()) -> None:
         """Upload matrices as raw blocks, split into parts that fit a binding.
 
         With a budget (bytes for resident parts plus the slots), the longest run of parts in
-        `names` order that fits stays resident and the rest is paged.
+        `names` order that fits stays resident and the rest is paged. Otherwise each (gate, up) of
+        `pairs` that fits one binding shares a buffer, up after gate, so one dispatch reads both.
         """
+        self._total = sum(self.gguf.tensors[n].nbytes for n in names)
+        self._done = 0
+        if budget is None:
+            names = self._load_pairs(names, pairs)
         parts = []  # (name, row0, rows) in first-use order
         for name in names:
             t = self.gguf.tensors[name]
@@ -123,7 +131,6 @@ class WeightStore:
             parts += [(name, row0, rows) for row0, rows in
                       split_rows(t.n_rows, t.row_bytes, self.gpu.profile.max_binding_size)]
         sizes = [rows * self.weights[name].row_bytes for name, _, rows in parts]
-        self._total, self._done = sum(sizes), 0
         resident = len(parts)
         if budget is not None:
             while resident > 0 and sum(sizes[:resident]) + PAGE_SLOTS * padded(max(sizes[resident:], default=0)) \
@@ -139,6 +146,22 @@ class WeightStore:
             slot = padded(max(sizes[resident:]))
             self.slots = [self._create(slot, f"slot.{i}") for i in range(PAGE_SLOTS)]
             self.slot_holds = [None] * PAGE_SLOTS
+
+    def _load_pairs(self, names: list[str], pairs: list[tuple[str, str]]) -> list[str]:
+        """Load the pairs that fit a binding together; returns the names left to load one by one."""
+        cap = self.gpu.profile.max_binding_size
+        for gate, up in pairs:
+            t = self.gguf.tensors[gate]
+            nbytes = t.n_rows * t.row_bytes
+            if padded(nbytes) + nbytes > cap:
+                continue
+            buf = self._create(padded(nbytes) + padded(nbytes), f"w.{gate}+up")
+            for name, offset in ((gate, 0), (up, padded(nbytes))):
+                self._upload(buf, name, 0, nbytes, offset)
+                self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes,
+                                               [WeightPart(buf, 0, t.n_rows, nbytes, offset)])
+            self.paired.add(gate)
+        return [n for n in names if n not in self.weights]
 
     def page_in(self, slot: int, name: str, part: int) -> None:
         """Make slot `slot` hold part `part` of matrix `name` (copied from the mmap unless it already does)."""
@@ -167,14 +190,14 @@ class WeightStore:
         self.weights[name] = w
         return w
 
-    def _upload(self, buf: Any, name: str, start: int, nbytes: int) -> None:
-        """Copy bytes [start, start + nbytes) of a tensor straight from the file mapping into `buf`.
+    def _upload(self, buf: Any, name: str, start: int, nbytes: int, at: int = 0) -> None:
+        """Copy bytes [start, start + nbytes) of a tensor straight from the file mapping into `buf` at `at`.
 
         Each chunk's file pages are released once copied, so the file never sits in host memory.
         """
         for off in range(0, nbytes, UPLOAD_CHUNK):
             end = min(off + UPLOAD_CHUNK, nbytes)
-            self._write(buf, self.gguf.tensor_bytes(name, start + off, start + end), off)
+            self._write(buf, self.gguf.tensor_bytes(name, start + off, start + end), at + off)
             self.gguf.release_pages(name, start + off, start + end)
             if self._progress is not None and not self.slot_holds:  # initial loading, not paging
                 self._done += end - off

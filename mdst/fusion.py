@@ -1,0 +1,183 @@
+"""Graph rewrites that let the GPU do several ops in one dispatch (each saves a dispatch's launch and
+a round trip of its output through memory). The numpy reference runs the unfused graph, so every
+fusion is checked against it by the model tests.
+
+- gate/up + GLU: `glu(matmul(h, Wg), matmul(h, Wu))` -> one matmul over the two weights stored
+  one after the other (`glu_pairs` tells the weight store which to pair);
+- RMSNorm prologue: `matmul(rms_norm(x, g), W)` -> the matmul normalizes x itself (one-row steps,
+  or kernels that take rows in registers; a norm read by several matmuls is computed by each);
+- residual epilogue: `add(a, matmul(h, W))` -> the matmul adds a;
+- post-norm + add: `add(a, rms_norm(b, g))` -> one RMSNorm that adds a (Gemma's post-norms);
+- attention inputs: per-head q/k RMSNorm, both RoPEs and the KV-cache append -> one `rope_store`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from .graph import Graph, Node
+
+
+def uses(graph: Graph) -> Counter:
+    """How many times each value is read (the graph output counts once)."""
+    n: Counter = Counter(v.id for node in graph.nodes for v in node.inputs)
+    n[graph.output.id] += 1
+    return n
+
+
+def glu_pairs(graph: Graph, tensors: dict[str, Any]) -> list[tuple[str, str]]:
+    """(gate, up) weight names whose matmuls feed only a GLU, from the same input, of the same type and shape."""
+    producer = {n.out.id: n for n in graph.nodes}
+    count = uses(graph)
+    pairs = []
+    for n in graph.nodes:
+        if n.op != "glu":
+            continue
+        g, u = (producer.get(v.id) for v in n.inputs)
+        if not (g and u and g.op == u.op == "matmul" and not g.attrs and not u.attrs):
+            continue
+        if g.inputs[0].id != u.inputs[0].id or count[g.out.id] != 1 or count[u.out.id] != 1:
+            continue
+        tg, tu = tensors[g.weights[0]], tensors[u.weights[0]]
+        if tg.type == tu.type and tg.shape == tu.shape:
+            pairs.append((g.weights[0], u.weights[0]))
+    return pairs
+
+
+def fuse(graph: Graph, row_fusions: bool, paired: set[str]) -> Graph:
+    """The graph with fusible ops merged. `row_fusions`: the plan's matmul kernels can normalize
+    their input and gate their output (one-row and in-register kernels can; tiled GEMMs cannot);
+    `paired`: gate weights stored with their up weights."""
+    nodes = list(graph.nodes)
+    if row_fusions:
+        nodes = _fuse_glu(graph, nodes, paired)
+        nodes = _fuse_norm_prologue(graph, nodes)
+    nodes = _fuse_residual(graph, nodes)
+    nodes = _fuse_post_norm_add(graph, nodes)
+    nodes = _fuse_attention_inputs(graph, nodes)
+    out = Graph(graph.output_rows)
+    out.nodes, out.output, out._next = nodes, graph.output, graph._next
+    return out
+
+
+def _count(graph: Graph, nodes: list[Node]) -> Counter:
+    n: Counter = Counter(v.id for node in nodes for v in node.inputs)
+    n[graph.output.id] += 1
+    return n
+
+
+def _producers(nodes: list[Node]) -> dict[int, Node]:
+    return {n.out.id: n for n in nodes}
+
+
+def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:
+    prod, out, drop = _producers(nodes), [], set()
+    for n in nodes:
+        if n.op == "glu":
+            g, u = (prod[v.id] for v in n.inputs)
+            if g.op == "matmul" and g.weights[0] in paired and u.op == "matmul":
+                drop |= {id(g), id(u)}
+                out.append(Node("matmul", g.inputs, n.out, (g.weights[0], u.weights[0]),
+                                {"glu": (n.attrs["act"], u.weights[0])}))
+                continue
+        out.append(n)
+    return [n for n in out if id(n) not in drop]
+
+
+def _fuse_norm_prologue(graph: Graph, nodes: list[Node]) -> list[Node]:
+    prod = _producers(nodes)
+    count = _count(graph, nodes)
+    readers: Counter = Counter()
+    out = []
+    for n in nodes:
+        src = prod.get(n.inputs[0].id) if n.op == "matmul" and n.inputs else None
+        if src is not None and src.op == "rms_norm" and src.attrs["dim"] == src.out.cols and "norm" not in n.attrs:
+            n = replace(n, inputs=(src.inputs[0],) + n.inputs[1:], weights=n.weights + (src.weights[0],),
+                        attrs={**n.attrs, "norm": (src.weights[0], src.attrs["eps"])})
+            readers[src.out.id] += 1
+        out.append(n)
+    # a norm all of whose readers now normalize for themselves is not computed any more
+    gone = {n.out.id for n in nodes if n.op == "rms_norm" and readers[n.out.id] == count[n.out.id]}
+    return [n for n in out if n.out.id not in gone]
+
+
+def _fuse_residual(graph: Graph, nodes: list[Node]) -> list[Node]:
+    prod, count = _producers(nodes), _count(graph, nodes)
+    out, drop = [], set()
+    for n in nodes:
+        if n.op == "add":
+            for mine, other in ((n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])):
+                m = prod.get(mine.id)
+                if m is not None and m.op == "matmul" and count[mine.id] == 1 and "res" not in m.attrs:
+                    drop.add(id(m))
+                    n = Node("matmul", m.inputs + (other,), n.out, m.weights, {**m.attrs, "res": True})
+                    break
+        out.append(n)
+    return [n for n in out if id(n) not in drop]
+
+
+def _fuse_post_norm_add(graph: Graph, nodes: list[Node]) -> list[Node]:
+    prod, count = _producers(nodes), _count(graph, nodes)
+    out, drop = [], set()
+    for n in nodes:
+        if n.op == "add":
+            for mine, other in ((n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])):
+                m = prod.get(mine.id)
+                if m is not None and m.op == "rms_norm" and count[mine.id] == 1 and m.attrs["dim"] == m.out.cols \
+                        and not m.attrs.get("add"):
+                    drop.add(id(m))
+                    n = Node("rms_norm", (m.inputs[0], other), n.out, m.weights, {**m.attrs, "add": True})
+                    break
+        out.append(n)
+    return [n for n in out if id(n) not in drop]
+
+
+def _fuse_attention_inputs(graph: Graph, nodes: list[Node]) -> list[Node]:
+    prod, count = _producers(nodes), _count(graph, nodes)
+    out, drop = [], set()
+    for n in nodes:
+        if n.op == "attention":
+            fused = _rope_store(n, prod, count)
+            if fused is not None:
+                node, gone = fused
+                drop |= gone
+                out += [node, Node("attention", (node.out,), n.out, (), {**n.attrs, "stored": True})]
+                continue
+        out.append(n)
+    return [n for n in out if id(n) not in drop]
+
+
+def _rope_store(att: Node, prod: dict[int, Node], count: Counter) -> tuple[Node, set[int]] | None:
+    """The rope_store node for an attention node whose q and k come from RoPE (after an optional
+    per-head norm) read by nothing else; and the nodes it replaces."""
+    q, k, v = att.inputs
+    rq, rk = prod.get(q.id), prod.get(k.id)
+    if not (rq and rk and rq.op == rk.op == "rope" and rq.attrs["spec"] == rk.attrs["spec"]
+            and count[q.id] == 1 and count[k.id] == 1):
+        return None
+    gone = {id(rq), id(rk)}
+    srcs, norms = [], []
+    for r in (rq, rk):
+        src = r.inputs[0]
+        m = prod.get(src.id)
+        if m is not None and m.op == "rms_norm" and m.attrs["dim"] == r.attrs["head_dim"] and count[src.id] == 1 \
+                and not m.attrs.get("add"):
+            gone.add(id(m))
+            srcs.append(m.inputs[0])
+            norms.append((m.weights[0], m.attrs["eps"]))
+        else:
+            srcs.append(src)
+            norms.append(None)
+    eps = {e for nm in norms if nm for e in [nm[1]]}
+    if len(eps) > 1:
+        return None
+    weights = tuple(nm[0] for nm in norms if nm) + ((rq.attrs["spec"].freq_factors,) if rq.attrs["spec"].freq_factors
+                                                    else ())
+    node = Node("rope_store", (srcs[0], srcs[1], v), q, weights,
+                {"spec": rq.attrs["spec"], "head_dim": rq.attrs["head_dim"], "attention": att.attrs["spec"],
+                 "q_norm": norms[0][0] if norms[0] else None, "k_norm": norms[1][0] if norms[1] else None,
+                 "eps": eps.pop() if eps else 0.0})
+    return node, gone
+
