@@ -17,6 +17,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--prompt", type=int, default=512)
     args = ap.parse_args()
 
     import wgpu
@@ -29,7 +30,7 @@ def main() -> None:
         eng = m.engine
         dev = eng.gpu.device
         s = m.session()
-        tok = int(s.prefill(list(range(1, 65)), greedy=True))
+        tok = int(s.prefill(list(range(1, args.prompt + 1)), greedy=True))
         plan = eng.plan("last", 1, "argmax")
         groups = plan.bind(dev, s.cache)
         qs = dev.create_query_set(type=wgpu.QueryType.timestamp, count=2)
@@ -66,8 +67,13 @@ def main() -> None:
             s.tokens.append(int(tok))
             n += 1
         engine_step_us = (time.perf_counter() - t0) / n * 1e6
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            tok = int(s.prefill([tok], greedy=True))
+        session_step_us = (time.perf_counter() - t0) / args.steps * 1e6
         print(json.dumps({"benchmark": "decode_phases", "model": args.model, "dispatches": len(plan.dispatches),
-                          "median_us": med, "engine_step_us": round(engine_step_us, 1)}, indent=2))
+                          "median_us": med, "engine_step_us": round(engine_step_us, 1),
+                          "session_step_us": round(session_step_us, 1)}, indent=2))
 
 
 if __name__ == "__main__":

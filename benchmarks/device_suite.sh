@@ -8,6 +8,10 @@ PRESETS=${1:-gemma3-270m,qwen3-0.6b}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" "$MDST_BENCH_CACHE"
 python3 -m mdst.cli doctor | tee "$OUT/doctor.txt"
+for p in ${PRESETS//,/ }; do
+  [ -f "$MDST_BENCH_CACHE/$p-Q4_K_M.gguf" ] || python3 -m mdst.cli synth "$p" "$MDST_BENCH_CACHE/$p-Q4_K_M.gguf" >/dev/null
+  python3 benchmarks/decode_phases.py "$MDST_BENCH_CACHE/$p-Q4_K_M.gguf" --steps 20 > "$OUT/phases-$p.json" || echo "phases $p failed"
+done
 python3 benchmarks/matmul_bandwidth.py --k 4096 --n 14336 --reps ${REPS:-50} > "$OUT/matmul.json" || echo "matmul_bandwidth failed"
 python3 benchmarks/models.py --presets "$PRESETS" --prompt 512 --gen 128 --repeat 3 --context 1024 --profile \
   > "$OUT/models.jsonl" || echo "models failed"

@@ -69,7 +69,9 @@ def main() -> None:
         w = dev.create_buffer_with_data(data=raw, usage=u.STORAGE)
         x = dev.create_buffer_with_data(data=rng.standard_normal(k).astype(np.float32), usage=u.STORAGE)
         y = dev.create_buffer(size=4 * n, usage=u.STORAGE)
-        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0}
+        res = dev.create_buffer(size=4 * n, usage=u.STORAGE)  # bound but unread: no RES or NORM fusion here
+        g = dev.create_buffer(size=4 * k, usage=u.STORAGE)
+        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "eps": 0.0}
         if gpu.profile.software:
             spec, params = KernelSpec("matmul_by_output", wtype, constants=(("R", 1),)), {**params, "m": 1,
                                                                                           "y_stride": n}
@@ -80,7 +82,7 @@ def main() -> None:
         p = dev.create_buffer_with_data(data=pack_params(spec.name, params), usage=u.UNIFORM)
         pipe = pipelines.get(spec)
         bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
-            {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate((w, x, y, p))])
+            {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate((w, x, y, res, g, p))])
 
         def encode(enc, n):
             cp = enc.begin_compute_pass()
@@ -94,7 +96,7 @@ def main() -> None:
         results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
                         "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
                         "fraction_of_copy_read": round(raw.nbytes / s / (copy_gbs / 2 * 1e9), 3)})
-        for b in (w, x, y, p):
+        for b in (w, x, y, res, g, p):
             b.destroy()
     print(json.dumps({"benchmark": "matmul_bandwidth", "adapter": gpu.profile.as_dict(),
                       "copy_gb_per_s_read_plus_write": round(copy_gbs, 1), "results": results}, indent=2))

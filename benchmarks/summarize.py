@@ -35,6 +35,11 @@ def main() -> None:
             for k, p in r.get("profile", {}).items():
                 top = ", ".join(f"{a} {b:.0f}" for a, b in list(p["by_op_us"].items())[:6])
                 print(f"    {k}: {p['dispatches']} dispatches, sum {p['gpu_us_sum']:.0f} us: {top}")
+    for f in sorted(out.glob("phases-*.json")):
+        r = load(f)
+        if r:
+            print(f.stem, r["dispatches"], "dispatches", json.dumps(r["median_us"]), "engine", r["engine_step_us"],
+                  "session", r["session_step_us"])
     for name in ("split.json", "load_memory.json"):
         r = load(out / name)
         if r:

@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
 
-UPLOAD_CHUNK = 4 << 20   # bytes per write_buffer call
-FLUSH_BYTES = 16 << 20   # queued upload bytes after which the queue is drained (frees its staging copies)
+UPLOAD_CHUNK = 2 << 20   # bytes per write_buffer call
+FLUSH_BYTES = 8 << 20    # queued upload bytes after which the queue is drained (frees its staging copies)
 PAGE_SLOTS = 2           # slot buffers paged parts take turns in
 
 
