@@ -10,22 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
-
-
-def timed(gpu, encode, reps: int) -> float:
-    """Seconds per repetition: `reps` dispatches recorded in one pass, submitted once, waited for."""
-    dev = gpu.device
-    for warm in (True, False):
-        enc = dev.create_command_encoder()
-        encode(enc, 2 if warm else reps)
-        t0 = time.perf_counter()
-        dev.queue.submit([enc.finish()])
-        gpu.wait_idle()
-        dt = time.perf_counter() - t0
-    return dt / reps
+from gpu_timing import dispatcher, passes, storage, timed
 
 
 def main() -> None:
@@ -41,7 +28,7 @@ def main() -> None:
 
     from mdst.device import open_gpu
     from mdst.gguf import GGML_TYPE_BY_NAME
-    from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache, pack_params
+    from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache
     from mdst.plan import GEMV_TPR, GEMV_WG, gemv_groups
     from mdst.testing.random_weights import random_weights
 
@@ -66,11 +53,9 @@ def main() -> None:
         row_bytes = k // t.block * t.block_bytes
         n = min(args.n, gpu.profile.max_binding_size // row_bytes)  # one binding holds the matrix
         raw = random_weights(wtype, n, k, rng)
-        w = dev.create_buffer_with_data(data=raw, usage=u.STORAGE)
-        x = dev.create_buffer_with_data(data=rng.standard_normal(k).astype(np.float32), usage=u.STORAGE)
-        y = dev.create_buffer(size=4 * n, usage=u.STORAGE)
-        res = dev.create_buffer(size=4 * n, usage=u.STORAGE)  # bound but unread: no RES or NORM fusion here
-        g = dev.create_buffer(size=4 * k, usage=u.STORAGE)
+        x = rng.standard_normal(k).astype(np.float32)
+        bufs = [storage(gpu, raw), storage(gpu, x), storage(gpu, 4 * n),
+                storage(gpu, 4 * n), storage(gpu, 4 * k)]   # res and g: bound, unread without RES / NORM
         params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "eps": 0.0}
         if gpu.profile.software:
             spec, params = KernelSpec("matmul_by_output", wtype, constants=(("R", 1),)), {**params, "m": 1,
@@ -79,24 +64,12 @@ def main() -> None:
         else:
             spec = KernelSpec("matmul_row", wtype, constants=(("TPR", GEMV_TPR), ("WG", GEMV_WG)))
             groups = gemv_groups(n)
-        p = dev.create_buffer_with_data(data=pack_params(spec.name, params), usage=u.UNIFORM)
-        pipe = pipelines.get(spec)
-        bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
-            {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate((w, x, y, res, g, p))])
-
-        def encode(enc, n):
-            cp = enc.begin_compute_pass()
-            cp.set_pipeline(pipe)
-            cp.set_bind_group(0, bg)
-            for _ in range(n):
-                cp.dispatch_workgroups(*groups)
-            cp.end()
-
+        encode = passes(dispatcher(gpu, pipelines, spec, bufs, params, groups))
         s = timed(gpu, encode, args.reps)
         results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
                         "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
                         "fraction_of_copy_read": round(raw.nbytes / s / (copy_gbs / 2 * 1e9), 3)})
-        for b in (w, x, y, res, g, p):
+        for b in bufs:
             b.destroy()
     print(json.dumps({"benchmark": "matmul_bandwidth", "adapter": gpu.profile.as_dict(),
                       "copy_gb_per_s_read_plus_write": round(copy_gbs, 1), "results": results}, indent=2))

@@ -21,8 +21,14 @@ def main() -> None:
         print(f"copy {m['copy_gb_per_s_read_plus_write']} GB/s (read+write)")
         for r in m["results"]:
             print(f"  gemv {r['type']:<7} {r['us_per_dispatch']:>9.1f} us {r['gb_per_s']:>8.1f} GB/s  {r['kernel']}")
-    if (out / "models.jsonl").exists():
-        for line in (out / "models.jsonl").read_text().splitlines():
+    a = load(out / "attention.json")
+    if a:
+        for shape in sorted({r["shape"] for r in a["results"]}):
+            for r in sorted((r for r in a["results"] if r["shape"] == shape), key=lambda r: r["us"])[:4]:
+                print(f"  attention {shape:<12} split {r['split']:>3} lanes {r['lanes_per_key']:>2} {r['us']:>8.1f} us")
+    for f in sorted(out.glob("models*.jsonl")):
+        print(f.name)
+        for line in f.read_text().splitlines():
             try:
                 r = json.loads(line)
             except ValueError:
@@ -39,7 +45,7 @@ def main() -> None:
         r = load(f)
         if r:
             print(f.stem, r["dispatches"], "dispatches", json.dumps(r["median_us"]), "engine", r["engine_step_us"],
-                  "session", r["session_step_us"])
+                  "ahead", r.get("decode_ahead_step_us"))
     for name in ("split.json", "load_memory.json"):
         r = load(out / name)
         if r:

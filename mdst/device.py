@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,38 @@ class Presets:
 
     matmul: str = "tiled"         # "tiled": workgroup-memory tiles and cooperative GEMV; "by_output": lanes take outputs
     attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
+    attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
+
+
+PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
 
 
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
-    GPUs want many workgroups even for a decode step's few heads."""
-    return Presets("by_output", 0) if software else Presets("tiled", 64)
+    GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py)."""
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 64, 4)
+    return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
+
+
+def with_overrides(base: Presets, text: str) -> Presets:
+    """`base` with the `name=value,...` overrides of `text` (the MDST_PRESETS format)."""
+    import dataclasses
+
+    allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
+               "attention_lanes": (1, 2, 4, 8, 16, 32, 64)}
+    changes: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        options = allowed.get(name.strip())
+        if options is None:
+            raise ValueError(f"{PRESETS_ENV}: unknown preset {name.strip()!r}; presets: {', '.join(allowed)}")
+        v: Any = value.strip()
+        if isinstance(options[0], int):
+            v = int(v) if v.isdigit() else v
+        if v not in options:
+            raise ValueError(f"{PRESETS_ENV}: {name.strip()} must be one of {options}, got {value.strip()!r}")
+        changes[name.strip()] = v
+    return dataclasses.replace(base, **changes)
 
 
 @dataclass

@@ -1,15 +1,17 @@
 """Engines run one forward step over a KV cache: `GpuEngine` (WebGPU plans) and `CpuEngine` (numpy).
 
 Both take the same recorded graphs from the family module and expose the same interface:
-`new_cache()`, `step(cache, ids, pos0, output_rows, pick)` and `chunk` (rows per step). `pick` is
-"logits" (return them), "argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
+`new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `decode(...)` (one-token steps in a row)
+and `chunk` (rows per step). `pick` is "logits" (return them), "argmax" (greedy token ids) or a
+sampling `Draw` (one sampled token id).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
@@ -102,6 +104,21 @@ class Engine:
     def can_rewind(self, n_past: int, n: int) -> bool:
         """Whether a cache holding n_past tokens can be cut back to n."""
         return self.layout.can_rewind(n_past, n)
+
+    def step(self, cache: Any, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = "logits") -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, cache: Any, first: int, pos0: int, count: int, pick: Callable[[], Pick],
+               ahead: bool = False) -> Iterator[tuple[int, int]]:
+        """Up to `count` one-token steps: feed `first` at pos0, then each token picked.
+
+        Yields (token, positions written in the cache). `pick()` gives each step's ending; `ahead`
+        says it does not depend on the tokens before, which lets an engine run a step ahead.
+        """
+        tok = first
+        for i in range(count):
+            tok = int(self.step(cache, np.array([tok]), pos0 + i, "last", pick())[0])
+            yield tok, pos0 + i + 1
 
 
 class CpuEngine(Engine):
@@ -273,16 +290,77 @@ class GpuEngine(Engine):
         engine unusable: load the model again. A step that does not finish within step_timeout
         seconds raises DeviceError too; the engine then waits for it before the next step.
         """
+        with self._device_errors():
+            return self._step(cache, ids, pos0, output_rows, pick)
+
+    @contextmanager
+    def _device_errors(self) -> Iterator[None]:
+        """Refuse work on a lost device; turn an unexpected failure inside into DeviceError and mark it lost."""
         if self.lost:
             raise DeviceError(f"the GPU device can no longer be used ({self.lost}); load the model again")
         try:
-            return self._step(cache, ids, pos0, output_rows, pick)
+            yield
         except (DeviceError, OutOfMemoryError, ValueError, TypeError):
             raise
         except Exception as e:
             self.lost = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
             raise DeviceError(f"a GPU step failed ({self.lost}); the device may have been lost: load the model "
                               "again") from e
+
+    def decode(self, cache: GpuKVCache, first: int, pos0: int, count: int, pick: Callable[[], Pick],
+               ahead: bool = False) -> Iterator[tuple[int, int]]:
+        """One-token steps, each submitted before the previous one's token is read back when `ahead` allows.
+
+        The picked token stays on the GPU: each step's commands copy it into the next step's input,
+        so step t + 1 is encoded and queued while step t runs, and encoding overlaps the GPU. A
+        consumer that stops early leaves one step done past its last token; its cache position is
+        simply written again later (the second value yielded counts it). Paged weights, host-side
+        draws and picks that depend on earlier tokens take the one-step-at-a-time path.
+        """
+        if count <= 0:
+            return
+        first_pick = pick()
+        plan = self.plan("last", 1, "sample" if isinstance(first_pick, Draw) else first_pick)
+        host_draw = isinstance(first_pick, Draw) and not first_pick.on_gpu
+        if not ahead or plan.segments or plan.ids_buffer is None or host_draw:
+            picks = iter([first_pick])
+            yield from super().decode(cache, first, pos0, count, lambda: next(picks, None) or pick(), ahead)
+            return
+        dev = self.gpu.device
+        if not cache.chain:  # the next step's token, and two readback buffers taking turns
+            cache.chain = [self._create(16, "chain.token", kind="step")] + \
+                [self._create(16, f"chain.read{i}", map_read=True, kind="staging") for i in range(2)]
+        token, reads = cache.chain[0], cache.chain[1:]
+
+        def submit(i: int, p: Pick) -> None:
+            if i == 0:
+                write_step(dev.queue, self.step_buffer, np.array([first]), pos0, plan.rows)
+            else:
+                dev.queue.write_buffer(self.step_buffer, 0, np.array([pos0 + i, 1], np.uint32))
+            if isinstance(p, Draw):
+                dev.queue.write_buffer(self.draw_buffer, 0, p.encode())
+            enc = dev.create_command_encoder()
+            if i > 0:
+                enc.copy_buffer_to_buffer(token, 0, self.step_buffer, 16, 4)
+            plan.encode(enc, plan.bind(dev, cache))
+            enc.copy_buffer_to_buffer(plan.ids_buffer, 0, reads[i % 2], 0, 4)
+            enc.copy_buffer_to_buffer(plan.ids_buffer, 0, token, 0, 4)
+            dev.queue.submit([enc.finish()])
+
+        with self._device_errors():
+            submit(0, first_pick)
+        for i in range(count):
+            with self._device_errors():
+                if i + 1 < count:
+                    submit(i + 1, pick())
+                try:
+                    tok = int(self._read(4, reads[i % 2]).view(np.uint32)[0])
+                except BaseException:
+                    for b in cache.chain:  # a late read may still map them: never reuse them
+                        self._free(b)
+                    cache.chain = []
+                    raise
+            yield tok, pos0 + min(i + 2, count)
 
     def _step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick) -> np.ndarray:
         if isinstance(pick, Draw) and not pick.on_gpu:  # settings the kernels do not cover: pick on the host
@@ -322,14 +400,15 @@ class GpuEngine(Engine):
             device.queue.submit([enc.finish()])
         return device.create_command_encoder()
 
-    def _read(self, nbytes: int) -> np.ndarray:
-        """The first nbytes of the staging buffer, once the GPU has written them (within step_timeout).
+    def _read(self, nbytes: int, buffer: Any = None) -> np.ndarray:
+        """The first nbytes of the staging buffer (or `buffer`), once the GPU has written them (within
+        step_timeout).
 
         Mapping blocks until the GPU is done, so the wait runs on a worker thread and this one waits
         with a deadline. If the wait ends early (timeout, KeyboardInterrupt) the staging buffer is left
         to the worker and replaced, so the next step starts clean behind the late one.
         """
-        staging = self.staging
+        staging = buffer or self.staging
 
         def read() -> np.ndarray:
             staging.map_sync(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
@@ -341,11 +420,13 @@ class GpuEngine(Engine):
         try:
             return self._waiter.run(read, self.step_timeout)
         except TimeoutError:
-            self._replace_staging()
+            if buffer is None:
+                self._replace_staging()
             raise DeviceError(f"a GPU step did not finish within {self.step_timeout:g} s; it may still be "
                               "running (the next step waits for it), or the device is hung") from None
         except BaseException:
-            self._replace_staging()
+            if buffer is None:
+                self._replace_staging()
             raise
 
     def _replace_staging(self) -> None:

@@ -137,15 +137,17 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
         stats["cached_tokens"] = session.reuse_prefix(ids)
         history = list(ids)
 
-        def next_token(new: list[int]) -> int:
-            if params.greedy:
-                return int(session.prefill(new, greedy=True))
-            return int(session.prefill(new, draw=sampler.next_draw(history)))
+        def pick() -> Any:
+            return "argmax" if params.greedy else sampler.next_draw(history)
 
-        tok = next_token(ids[session.n_past:])
+        new = ids[session.n_past:]
+        tok = int(session.prefill(new, greedy=True) if params.greedy else session.prefill(new, draw=pick()))
         t1 = time.perf_counter()
         stats["prefill_s"] = t1 - t0
         generated = 0
+        # penalties read the tokens so far, so only penalty-free picks let the GPU run a step ahead
+        steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
+                               ahead=not params.penalized)
         try:
             while True:
                 if tok in eog:
@@ -162,11 +164,12 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
                 if generated >= max_tokens or session.n_past + 1 >= model.context_length:
                     stats["finish_reason"] = "length"
                     break
-                tok = next_token([tok])
+                tok = next(steps)
             rest = text.flush() if not text.stopped else ""
             if rest:
                 yield rest
         finally:
+            steps.close()
             t2 = time.perf_counter()
             new_prompt = len(ids) - stats["cached_tokens"]
             stats.update(generated_tokens=generated, decode_s=t2 - t1,

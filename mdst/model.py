@@ -71,8 +71,14 @@ class Model:
                 budget = None
                 self.predicted = predict(None)
                 if limit is not None and self.predicted.total > limit and weight_paging:
+                    # what is not weights changes a little with paging (no paired weights, so no fused
+                    # gate/up): shrink the weights' budget by any excess and predict again
                     budget = limit - (self.predicted.total - self.predicted.bytes_by_kind["weights"])
-                    self.predicted = predict(max(budget, 0))
+                    for _ in range(4):
+                        self.predicted = predict(max(budget, 0))
+                        if self.predicted.total <= limit:
+                            break
+                        budget -= self.predicted.total - limit
                 fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type,
                           paging=weight_paging)
                 self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget,
@@ -204,6 +210,7 @@ class Session:
         self.model = model
         self.cache = model.engine.new_cache()
         self.tokens: list[int] = []
+        self.written = 0   # positions the cache has been written up to (decode may run a step past n_past)
 
     @property
     def n_past(self) -> int:
@@ -228,6 +235,7 @@ class Session:
             with self.model._lock:
                 out = eng.step(self.cache, part, self.n_past, output_rows, this)
             self.tokens.extend(int(t) for t in part)
+            self.written = max(self.written, self.n_past)
             yield out
 
     def feed(self, ids: Sequence[int]) -> np.ndarray:
@@ -247,17 +255,45 @@ class Session:
             pass
         return out[0]
 
+    def decode(self, first: int, count: int, pick: Callable[[], Any], ahead: bool = False) -> Iterator[int]:
+        """Feed `first`, then each token yielded, `count` steps at most; yields the token each step picks.
+
+        `pick()` gives each step's ending ("argmax" or a `Draw`); `ahead=True` promises it does not
+        depend on earlier tokens, so the GPU may run the next step before this one's token is read.
+        Stop by closing the iterator (or leaving the loop): only tokens yielded count as fed.
+        """
+        self._room(count)
+        eng = self.model.engine
+        steps = eng.decode(self.cache, int(first), self.n_past, count, pick, ahead)
+        fed = int(first)
+        try:
+            while True:
+                with self.model._lock:
+                    got = next(steps, None)
+                if got is None:
+                    return
+                tok, written = got
+                self.tokens.append(fed)
+                self.written = max(self.written, written)
+                fed = tok
+                yield tok
+        finally:
+            with self.model._lock:
+                steps.close()
+
     def reset(self) -> None:
         """Forget every cached token (the buffers are kept)."""
         self.tokens = []
+        self.written = 0
 
     def truncate(self, n: int) -> None:
         """Keep only the first n cached tokens (everything, if a sliding-window ring already lost what n needs)."""
         if n >= self.n_past:
             return
-        if not self.model.engine.can_rewind(self.n_past, n):
+        if not self.model.engine.can_rewind(max(self.n_past, self.written), n):
             n = 0
         self.tokens = self.tokens[:n]
+        self.written = max(n, self.written) if n else 0
 
     def reuse_prefix(self, ids: Sequence[int]) -> int:
         """Keep the cached tokens that start `ids` (at least one token of ids stays new); returns how many."""

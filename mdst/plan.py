@@ -353,19 +353,20 @@ class Compiler:
             params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
                       "window": s.window, "scale": s.scale, "softcap": s.softcap,
                       "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
-            split = self.gpu.profile.presets.attention_split
+            split, lanes = self.gpu.profile.presets.attention_split, self.gpu.profile.presets.attention_lanes
             if r == 1 and split:
                 # decode: splits of `split` keys in parallel, then a merge (flash-decoding)
                 splits = ceil_div(min(lk.ring, s.window or lk.ring), split)
                 nbytes = s.heads * splits * (s.head_dim + 2) * 4
                 part = live.take(-id(node), nbytes)
                 self._dispatch(ds, "attention", [self.step, k, v, x[0], part, None], (s.heads, 1, splits), params,
-                               "attention", SPLIT=split)
+                               "attention", SPLIT=split, LPK=lanes)
                 self._dispatch(ds, "attention_merge", [self.step, part, y, None], (s.heads, 1, 1),
                                {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
                 live.free(-id(node))
             else:
-                self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1), params, "attention")
+                self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1), params, "attention",
+                               LPK=lanes)
         elif op == "shortconv":
             c: ConvSpec = a["spec"]
             w = self.weights.weights[node.weights[0]]

@@ -39,6 +39,40 @@ def test_greedy_is_the_argmax_chain(smol):
     assert "Paris" in text
 
 
+def test_decode_ahead_matches_step_by_step_and_interleaves(smol):
+    """The GPU runs a step ahead (token kept on the device); tokens match one step at a time, and
+    two sessions decoding in turn (sharing the engine's step buffer) do not disturb each other."""
+    ids = smol.tokenize("The capital of France is")
+    other = smol.tokenize("Water boils at")
+
+    def tokens(prompt: list[int], ahead: bool) -> list[int]:
+        with smol.session() as s:
+            return list(s.decode(int(s.prefill(prompt, greedy=True)), 12, lambda: "argmax", ahead=ahead))
+
+    want, want_other = tokens(ids, False), tokens(other, False)
+    assert tokens(ids, True) == want
+    with smol.session() as a, smol.session() as b:
+        da = a.decode(int(a.prefill(ids, greedy=True)), 12, lambda: "argmax", ahead=True)
+        db = b.decode(int(b.prefill(other, greedy=True)), 12, lambda: "argmax", ahead=True)
+        got = [(next(da), next(db)) for _ in range(12)]
+    assert [x for x, _ in got] == want and [y for _, y in got] == want_other
+
+
+def test_stopping_a_decode_early_leaves_the_cache_consistent(smol):
+    """Leaving after 3 tokens leaves a step done past them; feeding on from there matches a fresh session."""
+    ids = smol.tokenize("One, two, three,")
+    with smol.session() as s:
+        first = int(s.prefill(ids, greedy=True))
+        steps = s.decode(first, 10, lambda: "argmax", ahead=True)
+        seen = [next(steps) for _ in range(3)]
+        steps.close()
+        assert s.n_past == len(ids) + 3 and s.written == len(ids) + 4
+        got = s.prefill([seen[-1], 42])
+    with smol.session() as f:
+        want = f.prefill(ids + [first] + seen + [42])
+    assert np.abs(got - want).max() < 1e-4
+
+
 def test_seed_reproduces_and_differs(smol):
     kw = dict(max_tokens=16, temperature=1.0, top_k=50, top_p=0.95)
     a = smol.generate("Once upon a time", seed=1, **kw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -189,11 +191,12 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
                 assert (got[slot] == 0xFF).all(), "an unwritten slot changed"
 
 
-@pytest.mark.parametrize("window,softcap,temp,kv_type", [(0, 0.0, 0.0, "f32"), (9, 0.0, 0.0, "f32"),
-                                                         (0, 30.0, 0.0, "f32"), (0, 0.0, 0.3, "f32"),
-                                                         (9, 0.0, 0.0, "f16"), (0, 0.0, 0.0, "q8_0")])
-def test_attention(run, rng, gpu, window, softcap, temp, kv_type):
-    spec_k = kv_spec("attention", kv_type, gpu)
+@pytest.mark.parametrize("window,softcap,temp,kv_type,lpk", [(0, 0.0, 0.0, "f32", 1), (9, 0.0, 0.0, "f32", 1),
+                                                             (0, 30.0, 0.0, "f32", 1), (0, 0.0, 0.3, "f32", 1),
+                                                             (9, 0.0, 0.0, "f16", 1), (0, 0.0, 0.0, "q8_0", 1),
+                                                             (9, 30.0, 0.3, "f32", 8), (0, 0.0, 0.0, "q8_0", 2)])
+def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk):
+    spec_k = dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=(("LPK", lpk),))
     heads, kvh, hd, rows, n_rows, pos0 = 6, 2, 96, 5, 4, 130
     ring = 137 if not window else window + rows - 1
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
@@ -262,9 +265,10 @@ def test_shortconv(run, rng, pos0):
     np.testing.assert_allclose(f32(new_state).reshape(kernel - 1, ch), want_state, rtol=1e-6)
 
 
-@pytest.mark.parametrize("window,kv_type", [(0, "f32"), (9, "f32"), (0, "q8_0")])
-def test_attention_split_and_merge(run, rng, gpu, window, kv_type):
-    """One-row attention in splits of 16 keys (some empty) merged, as decode runs on GPUs."""
+@pytest.mark.parametrize("window,kv_type,lpk", [(0, "f32", 1), (9, "f32", 1), (0, "q8_0", 1), (0, "f32", 4),
+                                                (9, "q8_0", 16)])
+def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk):
+    """One-row attention in splits of 16 keys (some empty) merged, as decode runs on GPUs; `lpk` lanes a key."""
     heads, kvh, hd, rows, n_rows, pos0, split = 6, 2, 96, 2, 1, 100, 16
     ring = 137 if not window else window + rows - 1
     splits = -(-ring // split) + 2  # more than needed: the extra ones are empty
@@ -275,7 +279,7 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type):
     params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
               "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
     fmt, f16 = KV_SPECS[kv_type]
-    part = run(KernelSpec("attention", f16=f16, kv=fmt, constants=(("SPLIT", split),)),
+    part = run(KernelSpec("attention", f16=f16, kv=fmt, constants=(("LPK", lpk), ("SPLIT", split))),
                [step_buffer(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
                params, (heads, rows, splits))[0]
     out = f32(run(KernelSpec("attention_merge"), [step_buffer(pos0, n_rows, rows=rows), part, Out(q.nbytes)],

@@ -46,3 +46,15 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     assert rel_l2(whole, ref) < (1e-3 if kv_type == "f32" else 2e-2)
     assert rel_l2(steps, ref[70:]) < (1e-3 if kv_type == "f32" else 2e-2)
     assert text == want
+
+
+def test_preset_overrides_are_checked():
+    from mdst.device import Presets, with_overrides
+
+    base = Presets("tiled", 64, 4)
+    assert with_overrides(base, "attention_split=16, attention_lanes=8") == Presets("tiled", 16, 8)
+    assert with_overrides(base, "") == base
+    with pytest.raises(ValueError, match="unknown preset 'splits'"):
+        with_overrides(base, "splits=16")
+    with pytest.raises(ValueError, match="attention_lanes must be one of"):
+        with_overrides(base, "attention_lanes=3")

@@ -6,6 +6,8 @@
 // where a few heads would leave it idle): workgroup z takes the SPLIT keys from the z-th onwards
 // and writes its partial (running max, sum, unnormalized output; head_dim + 2 floats) for
 // attention_merge to combine.
+// LPK lanes score each key together, reading its row in contiguous pieces (coalesced on GPUs)
+// and summing through workgroup memory; LPK = 1 (a lane per key, no extra barriers) suits CPUs.
 // Dispatch: (heads, rows, 1), or (heads, rows, splits) with SPLIT.
 
 struct P {
@@ -27,9 +29,11 @@ struct P {
 
 override WG: u32 = 64u;
 override SPLIT: u32 = 0u;
+override LPK: u32 = 1u;   // lanes per key: a power of two dividing WG
 
 var<workgroup> qs: array<f32, 512>;
 var<workgroup> sc: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -61,24 +65,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var m = -3.0e38;
     var l = 0.0;
     var acc: array<f32, 8>;
-    for (var t0 = first; t0 <= last; t0 += WG) {
-        let j = t0 + lid;
-        var s = -3.0e38;
+    let kpc = WG / LPK;   // keys scored per chunk
+    let lane = lid % LPK;
+    let kk = lid / LPK;
+    for (var t0 = first; t0 <= last; t0 += kpc) {
+        let j = t0 + kk;
+        var dot_ = 0.0;
         if (j <= last) {
             let row = j % p.ring;
             let kb = kvh * p.head_dim;
-            var dot_ = 0.0;
-            for (var d = 0u; d < p.head_dim; d++) {
+            for (var d = lane; d < p.head_dim; d += LPK) {
                 dot_ += qs[d] * k_get(row, kb + d, kv_dim);
             }
-            s = dot_;
-            if (p.softcap > 0.0) {
-                s = p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-            }
         }
-        sc[lid] = s;
+        if (LPK > 1u) {
+            red[lid] = dot_;
+            workgroupBarrier();
+            for (var w = LPK / 2u; w > 0u; w /= 2u) {
+                if (lane < w) {
+                    red[lid] += red[lid + w];
+                }
+                workgroupBarrier();
+            }
+            dot_ = red[lid - lane];
+        }
+        if (lane == 0u) {
+            var s = -3.0e38;
+            if (j <= last) {
+                s = dot_;
+                if (p.softcap > 0.0) {
+                    s = p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+                }
+            }
+            sc[kk] = s;
+        }
         workgroupBarrier();
-        let n = min(WG, last + 1u - t0);
+        let n = min(kpc, last + 1u - t0);
         var tm = m;
         for (var u = 0u; u < n; u++) {
             tm = max(tm, sc[u]);

@@ -141,6 +141,7 @@ class GpuKVCache:
     conv: list[Any]
     free: Callable[[Any], None]
     bind_groups: dict[int, list[Any]] = field(default_factory=dict)
+    chain: list[Any] = field(default_factory=list)   # GpuEngine.decode's token and readback buffers
 
     @classmethod
     def allocate(cls, layout: CacheLayout, create: Callable[[int, str], Any],
@@ -153,9 +154,9 @@ class GpuKVCache:
 
     def release(self) -> None:
         """Give the buffers back."""
-        for b in self.k + self.v + self.conv:
+        for b in self.k + self.v + self.conv + self.chain:
             self.free(b)
-        self.k, self.v, self.conv, self.bind_groups = [], [], [], {}
+        self.k, self.v, self.conv, self.bind_groups, self.chain = [], [], [], {}, []
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""Shared by the kernel benchmarks: buffers, bind groups and the wall time of repeated dispatches."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def timed(gpu: Any, encode: Callable[[Any, int], None], reps: int) -> float:
+    """Seconds per repetition: `reps` repetitions recorded in one pass, submitted once, waited for."""
+    dev = gpu.device
+    for warm in (True, False):
+        enc = dev.create_command_encoder()
+        encode(enc, 2 if warm else reps)
+        t0 = time.perf_counter()
+        dev.queue.submit([enc.finish()])
+        gpu.wait_idle()
+        dt = time.perf_counter() - t0
+    return dt / reps
+
+
+def storage(gpu: Any, data: np.ndarray | int) -> Any:
+    """A storage buffer holding `data`, or of that many (zeroed) bytes."""
+    import wgpu
+
+    u = wgpu.BufferUsage
+    if isinstance(data, int):
+        return gpu.device.create_buffer(size=max(4, data), usage=u.STORAGE | u.COPY_SRC)
+    return gpu.device.create_buffer_with_data(data=np.ascontiguousarray(data), usage=u.STORAGE | u.COPY_SRC)
+
+
+def dispatcher(gpu: Any, pipelines: Any, spec: Any, buffers: list[Any], params: dict[str, Any],
+               groups: tuple[int, int, int]) -> Callable[[Any], None]:
+    """A function recording one dispatch of `spec` over `buffers` (the uniform params are bound last)."""
+    import wgpu
+
+    from mdst.kernels import pack_params
+
+    dev = gpu.device
+    p = dev.create_buffer_with_data(data=pack_params(spec.name, params), usage=wgpu.BufferUsage.UNIFORM)
+    pipe = pipelines.get(spec)
+    bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
+        {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers + [p])])
+
+    def record(cp: Any) -> None:
+        cp.set_pipeline(pipe)
+        cp.set_bind_group(0, bg)
+        cp.dispatch_workgroups(*groups)
+    return record
+
+
+def passes(*records: Callable[[Any], None]) -> Callable[[Any, int], None]:
+    """An `encode` for `timed`: each repetition runs the records in order in one compute pass."""
+    def encode(enc: Any, n: int) -> None:
+        cp = enc.begin_compute_pass()
+        for _ in range(n):
+            for r in records:
+                r(cp)
+        cp.end()
+    return encode
