@@ -1,8 +1,8 @@
 """One-row matmul (decode GEMV) bandwidth per weight type on large matrices, against copy bandwidth. JSON out.
 
-Weight bytes read per dispatch over the dispatch's time. Copy bandwidth counts bytes read plus bytes
-written (as device copy figures usually do); a GEMV reads its weights once, so its GB/s compares with
-half of that at most. The kernel is the one mdst's plans pick for the adapter.
+Weight bytes read per dispatch over the dispatch's time, against two ceilings that count bytes read
+plus bytes written: a buffer copy, and a compute shader streaming an elementwise add (what a shader
+can read). The kernel is the one mdst's plans pick for the adapter, or each --lanes/--chunks variant.
 Usage: python benchmarks/matmul_bandwidth.py [--k 4096] [--n 14336] [--types Q4_K,Q8_0,...] [--reps 50]
 """
 
@@ -22,6 +22,8 @@ def main() -> None:
     ap.add_argument("--types", default=None, help="comma-separated weight types (default: every type)")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--copy-mib", type=int, default=1024)
+    ap.add_argument("--lanes", default=None, help="matmul_row lanes per row to try, e.g. 16,32 (default: preset)")
+    ap.add_argument("--chunks", default=None, help="matmul_row groups a lane takes to try, e.g. 1,8 (default: preset)")
     args = ap.parse_args()
 
     import wgpu
@@ -29,7 +31,7 @@ def main() -> None:
     from mdst.device import open_gpu
     from mdst.gguf import GGML_TYPE_BY_NAME
     from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache
-    from mdst.plan import GEMV_TPR, GEMV_WG, gemv_groups
+    from mdst.plan import GEMV_WG, gemv_groups, grid1
     from mdst.testing.random_weights import random_weights
 
     gpu = open_gpu("gpu")
@@ -45,7 +47,16 @@ def main() -> None:
     copy_gbs = 2 * nbytes / copy_s / 1e9
     src.destroy(), dst.destroy()
 
+    # the same through a compute shader: an elementwise add reads two arrays and writes one
     pipelines = PipelineCache(dev)
+    n_add = min(nbytes, gpu.profile.max_binding_size) // 4
+    add = [storage(gpu, 4 * n_add) for _ in range(3)]
+    add_s = timed(gpu, passes(dispatcher(gpu, pipelines, KernelSpec("binary", constants=(("OP", 0),)), add,
+                                         {"n": n_add}, grid1(-(-n_add // 64)))), max(3, args.reps // 10))
+    stream_gbs = 12 * n_add / add_s / 1e9
+    for b in add:
+        b.destroy()
+
     results = []
     for wtype in (args.types.split(",") if args.types else WEIGHT_TYPES):
         t = GGML_TYPE_BY_NAME[wtype]
@@ -61,18 +72,23 @@ def main() -> None:
             spec, params = KernelSpec("matmul_by_output", wtype, constants=(("R", 1),)), {**params, "m": 1,
                                                                                           "y_stride": n}
             groups = (-(-n // 256), 1, 1)
+            variants = [(spec, params, groups)]
         else:
-            spec = KernelSpec("matmul_row", wtype, constants=(("TPR", GEMV_TPR), ("WG", GEMV_WG)))
-            groups = gemv_groups(n)
-        encode = passes(dispatcher(gpu, pipelines, spec, bufs, params, groups))
-        s = timed(gpu, encode, args.reps)
-        results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
-                        "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
-                        "fraction_of_copy_read": round(raw.nbytes / s / (copy_gbs / 2 * 1e9), 3)})
+            pre = gpu.profile.presets
+            variants = [(KernelSpec("matmul_row", wtype, constants=(("GPT", c), ("TPR", t), ("WG", GEMV_WG))),
+                         params, gemv_groups(n, t))
+                        for t in (map(int, args.lanes.split(",")) if args.lanes else [pre.gemv_lanes])
+                        for c in (list(map(int, args.chunks.split(","))) if args.chunks else [pre.gemv_chunk])]
+        for spec, params, groups in variants:
+            s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
+            results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
+                            "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
+                            "fraction_of_stream": round(raw.nbytes / s / (stream_gbs * 1e9), 3)})
         for b in bufs:
             b.destroy()
     print(json.dumps({"benchmark": "matmul_bandwidth", "adapter": gpu.profile.as_dict(),
-                      "copy_gb_per_s_read_plus_write": round(copy_gbs, 1), "results": results}, indent=2))
+                      "copy_gb_per_s_read_plus_write": round(copy_gbs, 1),
+                      "stream_gb_per_s_read_plus_write": round(stream_gbs, 1), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ def main() -> None:
     out = Path(sys.argv[1])
     m = load(out / "matmul.json")
     if m:
-        print(f"copy {m['copy_gb_per_s_read_plus_write']} GB/s (read+write)")
-        for r in m["results"]:
-            print(f"  gemv {r['type']:<7} {r['us_per_dispatch']:>9.1f} us {r['gb_per_s']:>8.1f} GB/s  {r['kernel']}")
+        print(f"copy {m['copy_gb_per_s_read_plus_write']} GB/s, stream {m.get('stream_gb_per_s_read_plus_write')} GB/s"
+              " (read+write)")
+        for t in dict.fromkeys(r["type"] for r in m["results"]):
+            rs = sorted((r for r in m["results"] if r["type"] == t), key=lambda r: r["us_per_dispatch"])
+            print(f"  gemv {t:<7} " + "  ".join(f"{r['gb_per_s']:.0f} GB/s {':'.join(r['kernel'].split(':')[2:4])}"
+                                                for r in rs[:4]))
     a = load(out / "attention.json")
     if a:
         for shape in sorted({r["shape"] for r in a["results"]}):

@@ -24,6 +24,8 @@ class Presets:
     matmul: str = "tiled"         # "tiled": workgroup-memory tiles and cooperative GEMV; "by_output": lanes take outputs
     attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
+    gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
+    gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT)
 
 
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
@@ -41,7 +43,8 @@ def with_overrides(base: Presets, text: str) -> Presets:
     import dataclasses
 
     allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
-               "attention_lanes": (1, 2, 4, 8, 16, 32, 64)}
+               "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
+               "gemv_chunk": (1, 2, 4, 8)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")

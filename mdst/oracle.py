@@ -248,7 +248,8 @@ class CaseBuilder:
         params["o0"] = 0
         want = np.concatenate([want[0, 3:80], _poisoned((3,))])   # one row: y[0:77]
         r = r[0, 3:83]
-        return [Case(about, spec, [buf, x[0], Out(want.nbytes), r, g], params, gemv_groups(params["n"]),
+        lanes = dict(spec.constants).get("TPR", 32)
+        return [Case(about, spec, [buf, x[0], Out(want.nbytes), r, g], params, gemv_groups(params["n"], lanes),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:

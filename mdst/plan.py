@@ -37,7 +37,7 @@ _native = _native_calls()
 MAX_GROUPS = 65535
 TOPK_SLICE = 2048  # columns per top-k workgroup (SLICE in topk.wgsl)
 ARGMAX_SLICE = 4096  # columns per argmax workgroup (SLICE in argmax.wgsl)
-GEMV_WG, GEMV_TPR = 256, 32  # matmul_row: threads per workgroup, threads per output row
+GEMV_WG = 256  # matmul_row: threads per workgroup (the lanes per row and groups per lane are presets)
 
 
 def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
@@ -45,9 +45,9 @@ def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
     return (ceil_div(n, 64), ceil_div(m, 64), 1)
 
 
-def gemv_groups(n: int) -> tuple[int, int, int]:
-    """matmul_row's workgroup count for n output rows (GEMV_WG / GEMV_TPR rows a workgroup)."""
-    return grid1(ceil_div(n, GEMV_WG // GEMV_TPR))
+def gemv_groups(n: int, lanes: int) -> tuple[int, int, int]:
+    """matmul_row's workgroup count for n output rows, `lanes` a row (GEMV_WG / lanes rows a workgroup)."""
+    return grid1(ceil_div(n, GEMV_WG // lanes))
 _plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
 USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}              # `activate` in common.wgsl
@@ -406,8 +406,9 @@ class Compiler:
                 self._dispatch(ds, "matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1),
                                params, label_of(node), w.type.name, R=rr, **fused)
             elif r == 1:
-                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows), params, label_of(node),
-                               w.type.name, WG=GEMV_WG, TPR=GEMV_TPR, **fused)
+                pre = self.gpu.profile.presets
+                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows, pre.gemv_lanes), params, label_of(node),
+                               w.type.name, WG=GEMV_WG, TPR=pre.gemv_lanes, GPT=pre.gemv_chunk, **fused)
             else:
                 if norm is not None or glu:
                     raise RuntimeError("the many-row matmul fuses the residual add only")

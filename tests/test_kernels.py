@@ -13,7 +13,7 @@ from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
 from mdst.memory.kv_cache import decode_rows, encode_rows, kv_row_bytes
-from mdst.plan import GEMV_TPR, GEMV_WG, gemm_groups, gemv_groups
+from mdst.plan import GEMV_WG, gemm_groups, gemv_groups
 from mdst.memory.weights import dequantize
 from metrics import rel_l2
 from mdst.testing.random_weights import awkward_k, random_weights
@@ -87,15 +87,18 @@ def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
     return buf, x, g, want, k, n, row_bytes, lead
 
 
+@pytest.mark.parametrize("lanes,chunk", [(32, 8), (16, 1), (64, 2)])
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_row(run, rng, wtype, fusion):
+def test_matmul_row(run, rng, wtype, fusion, lanes, chunk):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 1, fusion)
     o0 = 5
     res = rng.standard_normal(o0 + n + 3).astype(np.float32)
-    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted({"TPR": GEMV_TPR, "WG": GEMV_WG, **fusion}.items())))
+    constants = {"TPR": lanes, "GPT": chunk, "WG": GEMV_WG, **fusion}
+    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
     y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5}, gemv_groups(n))[0])
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
+                gemv_groups(n, lanes))[0])
     assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
     assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 

@@ -3,10 +3,10 @@
 //   NORM: x is first RMS-normalized and scaled by g (the RMSNorm before the matmul);
 //   GLU:  rows j (gate) and n + j (up) of the buffer give y = act(gate . x) * (up . x);
 //   RES:  y += res (the residual add after the matmul).
-// WG / TPR output rows per workgroup, TPR threads per row (a power of two). A thread takes 32
-// consecutive weights at a time (8 groups of 4 from one block: its scales are decoded once and
-// the weight bytes are read together), striding over the row; a tree reduction in workgroup
-// memory sums each row's threads.
+// WG / TPR output rows per workgroup, TPR threads per row (a power of two). A thread takes GPT
+// consecutive groups of 4 weights at a time (GPT = 1: neighbouring threads read neighbouring
+// bytes; GPT = 8: 32 weights of one block, whose start is computed once), striding over the row;
+// a tree reduction in workgroup memory sums each row's threads.
 // Dispatch: ceil(n / (WG / TPR)) workgroups, spilling into y past 65535.
 
 struct P {
@@ -29,6 +29,7 @@ override TPR: u32 = 32u;
 override NORM: bool = false;
 override RES: bool = false;
 override GLU: u32 = 0u;   // 0: none; else the activation (see activate)
+override GPT: u32 = 8u;   // groups of 4 weights a thread takes at a time: 1, 2, 4 or 8
 
 var<workgroup> red: array<vec3<f32>, WG>;   // (gate or plain dot, up dot, sum of squares)
 
@@ -43,11 +44,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let gpb = QK / 4u;           // groups per block
         let base = p.w0 + j * p.row_bytes;
         let up = base + p.n * p.row_bytes;
-        for (var c = t * 8u; c < kg; c += TPR * 8u) {
-            // 8 groups of one block where blocks hold at least 8: one block start (scale loads shared)
-            let whole = gpb >= 8u && c + 8u <= kg;
+        for (var c = t * GPT; c < kg; c += TPR * GPT) {
+            // GPT groups of one block where blocks hold at least GPT: one block start
+            let whole = gpb >= GPT && c + GPT <= kg;
             let b = (c / gpb) * QB;
-            for (var i = 0u; i < 8u; i++) {
+            for (var i = 0u; i < GPT; i++) {
                 let G = c + i;
                 if (G < kg) {
                     var xv = x[G];
