@@ -252,8 +252,8 @@ class Builder:
                                         f"do not match {spec.heads}/{spec.kv_heads} heads of {spec.head_dim}")
         if spec.heads % spec.kv_heads:
             raise UnsupportedModelError(f"{spec.heads} query heads cannot share {spec.kv_heads} KV heads evenly")
-        if spec.head_dim > 512:
-            raise UnsupportedModelError(f"head size {spec.head_dim} exceeds mdst's limit of 512")
+        if spec.head_dim > 512 or spec.head_dim % 4:
+            raise UnsupportedModelError(f"head size {spec.head_dim}: mdst's attention takes multiples of 4 up to 512")
         return self._add("attention", (q, k, v), q.rows, q.cols, f"attn.{spec.layer}", spec=spec)
 
     def shortconv(self, bcx: Value, weight: str, spec: ConvSpec) -> Value:

@@ -13,7 +13,7 @@
 struct P {
     heads: u32,
     kv_heads: u32,
-    head_dim: u32,   // at most 8 * WG
+    head_dim: u32,   // a multiple of 4, at most 8 * WG
     ring: u32,
     window: u32,
     scale: f32,
@@ -34,6 +34,15 @@ override LPK: u32 = 1u;   // lanes per key: a power of two dividing WG
 var<workgroup> qs: array<f32, 512>;
 var<workgroup> sc: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
+
+fn q4(d: u32) -> vec4<f32> {
+    return vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]);
+}
+
+fn k4(row: u32, i: u32, kv_dim: u32) -> vec4<f32> {
+    return vec4<f32>(k_get(row, i, kv_dim), k_get(row, i + 1u, kv_dim), k_get(row, i + 2u, kv_dim),
+                     k_get(row, i + 3u, kv_dim));
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -74,8 +83,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (j <= last) {
             let row = j % p.ring;
             let kb = kvh * p.head_dim;
-            for (var d = lane; d < p.head_dim; d += LPK) {
-                dot_ += qs[d] * k_get(row, kb + d, kv_dim);
+            // four neighbouring values a lane, two fours an iteration: eight loads in flight
+            for (var d = 4u * lane; d < p.head_dim; d += 8u * LPK) {
+                dot_ += dot(q4(d), k4(row, kb + d, kv_dim));
+                let d2 = d + 4u * LPK;
+                if (d2 < p.head_dim) {
+                    dot_ += dot(q4(d2), k4(row, kb + d2, kv_dim));
+                }
             }
         }
         if (LPK > 1u) {
@@ -110,15 +124,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var c = 0u; c < 8u; c++) {
             acc[c] *= alpha;
         }
-        for (var u = 0u; u < n; u++) {
-            let pu = exp(sc[u] - tm);
-            l += pu;
-            let row = (t0 + u) % p.ring;
-            let vb = kvh * p.head_dim;
+        // four keys an iteration (loads in flight together); past n a key weighs 0 and rereads key u
+        let vb = kvh * p.head_dim;
+        for (var u = 0u; u < n; u += 4u) {
+            var pw: vec4<f32>;
+            var rows: vec4<u32>;
+            for (var e = 0u; e < 4u; e++) {
+                let ue = select(u, u + e, u + e < n);
+                pw[e] = select(0.0, exp(sc[ue] - tm), u + e < n);
+                rows[e] = (t0 + ue) % p.ring;
+            }
+            l += pw.x + pw.y + pw.z + pw.w;
             for (var c = 0u; c < 8u; c++) {
                 let d = lid + c * WG;
                 if (d < p.head_dim) {
-                    acc[c] += pu * v_get(row, vb + d, kv_dim);
+                    acc[c] += dot(pw, vec4<f32>(v_get(rows.x, vb + d, kv_dim), v_get(rows.y, vb + d, kv_dim),
+                                                v_get(rows.z, vb + d, kv_dim), v_get(rows.w, vb + d, kv_dim)));
                 }
             }
         }
