@@ -26,6 +26,7 @@ class Presets:
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT)
+    prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
 
 
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
@@ -34,7 +35,8 @@ PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": ov
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py)."""
-    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, gemv_lanes=64, gemv_chunk=1)
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, gemv_lanes=64, gemv_chunk=1,
+                                                                 prefill_rows=512)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
@@ -44,7 +46,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
 
     allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
-               "gemv_chunk": (1, 2, 4, 8)}
+               "gemv_chunk": (1, 2, 4, 8), "prefill_rows": (32, 64, 128, 256, 512, 1024)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")

@@ -155,7 +155,7 @@ class GpuEngine(Engine):
     kind = "gpu"
 
     def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
-                 chunk: int = DEFAULT_CHUNK, weight_budget: int | None = None,
+                 chunk: int | None = None, weight_budget: int | None = None,
                  progress: Callable[[int, int], None] | None = None, step_timeout: float = STEP_TIMEOUT):
         import wgpu
 
@@ -168,7 +168,8 @@ class GpuEngine(Engine):
         self.lost: str | None = None   # why the device cannot be used any more
         self._waiter = Waiter()
         try:
-            self._setup(gguf, graphs, context, kv_type, chunk, weight_budget, progress)
+            self._setup(gguf, graphs, context, kv_type, chunk or gpu.profile.presets.prefill_rows, weight_budget,
+                        progress)
         except BaseException:
             self.close()  # a failed load leaves nothing allocated
             raise
