@@ -194,13 +194,14 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
                 assert (got[slot] == 0xFF).all(), "an unwritten slot changed"
 
 
-@pytest.mark.parametrize("window,softcap,temp,kv_type,lpk", [(0, 0.0, 0.0, "f32", 1), (9, 0.0, 0.0, "f32", 1),
-                                                             (0, 30.0, 0.0, "f32", 1), (0, 0.0, 0.3, "f32", 1),
-                                                             (9, 0.0, 0.0, "f16", 1), (0, 0.0, 0.0, "q8_0", 1),
-                                                             (9, 30.0, 0.3, "f32", 8), (0, 0.0, 0.0, "q8_0", 2)])
-def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk):
+@pytest.mark.parametrize("window,softcap,temp,kv_type,lpk,hd", [
+    (0, 0.0, 0.0, "f32", 1, 96), (9, 0.0, 0.0, "f32", 1, 96), (0, 30.0, 0.0, "f32", 1, 96),
+    (0, 0.0, 0.3, "f32", 1, 96), (9, 0.0, 0.0, "f16", 1, 96), (0, 0.0, 0.0, "q8_0", 1, 96),
+    (9, 30.0, 0.3, "f32", 8, 96), (0, 0.0, 0.0, "q8_0", 2, 96),
+    (0, 0.0, 0.0, "f32", 4, 300)])   # wider than four dims a lane
+def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd):
     spec_k = dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=(("LPK", lpk),))
-    heads, kvh, hd, rows, n_rows, pos0 = 6, 2, 96, 5, 4, 130
+    heads, kvh, rows, n_rows, pos0 = 6, 2, 5, 4, 130
     ring = 137 if not window else window + rows - 1
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
@@ -268,11 +269,11 @@ def test_shortconv(run, rng, pos0):
     np.testing.assert_allclose(f32(new_state).reshape(kernel - 1, ch), want_state, rtol=1e-6)
 
 
-@pytest.mark.parametrize("window,kv_type,lpk", [(0, "f32", 1), (9, "f32", 1), (0, "q8_0", 1), (0, "f32", 4),
-                                                (9, "q8_0", 16)])
-def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk):
+@pytest.mark.parametrize("window,kv_type,lpk,hd", [(0, "f32", 1, 96), (9, "f32", 1, 96), (0, "q8_0", 1, 96),
+                                                   (0, "f32", 4, 96), (9, "q8_0", 16, 96), (0, "f32", 4, 288)])
+def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     """One-row attention in splits of 16 keys (some empty) merged, as decode runs on GPUs; `lpk` lanes a key."""
-    heads, kvh, hd, rows, n_rows, pos0, split = 6, 2, 96, 2, 1, 100, 16
+    heads, kvh, rows, n_rows, pos0, split = 6, 2, 2, 1, 100, 16
     ring = 137 if not window else window + rows - 1
     splits = -(-ring // split) + 2  # more than needed: the extra ones are empty
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, 0.0)

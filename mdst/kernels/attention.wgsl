@@ -35,6 +35,31 @@ var<workgroup> qs: array<f32, 512>;
 var<workgroup> sc: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
+// Values at dims d0, d0 + WG, d0 + 2 WG, d0 + 3 WG of cached V row `row` (past the head: its last
+// dim, never stored).
+fn v4(row: u32, vb: u32, kv_dim: u32, d0: u32) -> vec4<f32> {
+    let e = vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
+    let d = min(e, vec4<u32>(p.head_dim - 1u)) + vec4<u32>(vb);
+    return vec4<f32>(v_get(row, d.x, kv_dim), v_get(row, d.y, kv_dim), v_get(row, d.z, kv_dim),
+                     v_get(row, d.w, kv_dim));
+}
+
+// Store v's dims (as v4 spreads them) that lie inside the head.
+fn put4(base: u32, d0: u32, v: vec4<f32>) {
+    if (d0 < p.head_dim) {
+        out[base + d0] = v.x;
+    }
+    if (d0 + WG < p.head_dim) {
+        out[base + d0 + WG] = v.y;
+    }
+    if (d0 + 2u * WG < p.head_dim) {
+        out[base + d0 + 2u * WG] = v.z;
+    }
+    if (d0 + 3u * WG < p.head_dim) {
+        out[base + d0 + 3u * WG] = v.w;
+    }
+}
+
 fn q4(d: u32) -> vec4<f32> {
     return vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]);
 }
@@ -73,7 +98,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     var m = -3.0e38;
     var l = 0.0;
-    var acc: array<f32, 8>;
+    // this lane's output dims lid + c * WG: c < 4 in accA, 4 <= c < 8 in accB (only for heads wider
+    // than 4 * WG); vectors, not an indexed array, so they stay in registers
+    var accA = vec4<f32>(0.0);
+    var accB = vec4<f32>(0.0);
+    let wide = p.head_dim > 4u * WG;
     let kpc = WG / LPK;   // keys scored per chunk
     let lane = lid % LPK;
     let kk = lid / LPK;
@@ -121,26 +150,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         let alpha = exp(m - tm);
         l *= alpha;
-        for (var c = 0u; c < 8u; c++) {
-            acc[c] *= alpha;
-        }
-        // four keys an iteration (loads in flight together); past n a key weighs 0 and rereads key u
+        accA *= alpha;
+        accB *= alpha;
+        // four keys an iteration (loads in flight together); past n a key weighs 0 and rereads key n - 1
         let vb = kvh * p.head_dim;
         for (var u = 0u; u < n; u += 4u) {
-            var pw: vec4<f32>;
-            var rows: vec4<u32>;
-            for (var e = 0u; e < 4u; e++) {
-                let ue = select(u, u + e, u + e < n);
-                pw[e] = select(0.0, exp(sc[ue] - tm), u + e < n);
-                rows[e] = (t0 + ue) % p.ring;
-            }
+            let us = min(vec4<u32>(u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
+            let pw = select(vec4<f32>(0.0), exp(vec4<f32>(sc[us.x], sc[us.y], sc[us.z], sc[us.w]) - tm),
+                            vec4<u32>(u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n));
+            let rows = (vec4<u32>(t0) + us) % vec4<u32>(p.ring);
             l += pw.x + pw.y + pw.z + pw.w;
-            for (var c = 0u; c < 8u; c++) {
-                let d = lid + c * WG;
-                if (d < p.head_dim) {
-                    acc[c] += dot(pw, vec4<f32>(v_get(rows.x, vb + d, kv_dim), v_get(rows.y, vb + d, kv_dim),
-                                                v_get(rows.z, vb + d, kv_dim), v_get(rows.w, vb + d, kv_dim)));
-                }
+            accA += pw.x * v4(rows.x, vb, kv_dim, lid) + pw.y * v4(rows.y, vb, kv_dim, lid)
+                  + pw.z * v4(rows.z, vb, kv_dim, lid) + pw.w * v4(rows.w, vb, kv_dim, lid);
+            if (wide) {
+                let d0 = lid + 4u * WG;
+                accB += pw.x * v4(rows.x, vb, kv_dim, d0) + pw.y * v4(rows.y, vb, kv_dim, d0)
+                      + pw.z * v4(rows.z, vb, kv_dim, d0) + pw.w * v4(rows.w, vb, kv_dim, d0);
             }
         }
         m = tm;
@@ -153,18 +178,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             out[pb] = m;
             out[pb + 1u] = l;
         }
-        for (var c = 0u; c < 8u; c++) {
-            let d = lid + c * WG;
-            if (d < p.head_dim) {
-                out[pb + 2u + d] = acc[c];
-            }
-        }
+        put4(pb + 2u, lid, accA);
+        put4(pb + 2u, lid + 4u * WG, accB);
         return;
     }
-    for (var c = 0u; c < 8u; c++) {
-        let d = lid + c * WG;
-        if (d < p.head_dim) {
-            out[qbase + d] = acc[c] / l;
-        }
-    }
+    put4(qbase, lid, accA / l);
+    put4(qbase, lid + 4u * WG, accB / l);
 }

@@ -35,7 +35,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let ty = lid / 16u;   // owns rows r0 + 4ty .. +3
     let kg = p.k / 4u;
     let gpb = QK / 4u;
-    var acc: array<vec4<f32>, 4>;
+    // one accumulator per row, as separate variables: an array indexed in a loop can end up in
+    // slow per-thread memory when the loop is not unrolled
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         // stage: 64 rows x 8 groups of 4 k, for X and for W; two of each per thread
         for (var e = lid; e < 512u; e += 256u) {
@@ -59,12 +64,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var kk = 0u; kk < TK; kk++) {
             let a = xs[kk * 16u + ty];
             let b = ws[kk * 16u + tx];
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] += a[i] * b;
-            }
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
+    var acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let r = r0 + 4u * ty + i;
         for (var c = 0u; c < 4u; c++) {
