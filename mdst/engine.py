@@ -479,6 +479,8 @@ class GpuEngine(Engine):
 
     def close(self) -> None:
         """Free every GPU buffer this engine made (caches included)."""
+        if getattr(self, "weights", None) is not None:
+            self.weights.release_staging()
         for buf, _, _ in list(self._live.values()):
             self._free(buf)
         self.plans = {}

@@ -49,6 +49,23 @@ class PhantomBuffer:
     def destroy(self) -> None:
         pass
 
+    def map_sync(self, *args: Any) -> None:
+        pass
+
+    def write_mapped(self, *args: Any) -> None:
+        pass
+
+    def unmap(self) -> None:
+        pass
+
+
+class _PhantomEncoder:
+    def copy_buffer_to_buffer(self, *args: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        return None
+
 
 class _PhantomQueue:
     def write_buffer(self, *args: Any, **kwargs: Any) -> None:
@@ -72,6 +89,9 @@ class PhantomDevice:
 
     def create_buffer(self, *, size: int, usage: int, label: str = "") -> PhantomBuffer:
         return PhantomBuffer(size, label)
+
+    def create_command_encoder(self, **kwargs: Any) -> _PhantomEncoder:
+        return _PhantomEncoder()
 
     def create_shader_module(self, **kwargs: Any) -> None:
         return None

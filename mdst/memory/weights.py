@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
 
-UPLOAD_CHUNK = 2 << 20   # bytes per write_buffer call
-FLUSH_BYTES = 8 << 20    # queued upload bytes after which the queue is drained (frees its staging copies)
+UPLOAD_CHUNK = 2 << 20   # bytes per upload: one of two mapped staging buffers, copied on the GPU
+FLUSH_BYTES = 8 << 20    # write_buffer bytes (small tensors) after which the queue is drained
 PAGE_SLOTS = 2           # slot buffers paged parts take turns in
 
 
@@ -98,6 +98,10 @@ class WeightStore:
         self._progress = progress  # called with (bytes uploaded, bytes to upload) as loading goes
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
+        # Uploads go through two mapped buffers of our own, taking turns: write_buffer's staging
+        # comes from wgpu's allocator, which keeps the host memory it grew (tens of MB) after loading.
+        self._staging: list[Any] = []
+        self._turn = 0
         self.paired: set[str] = set()                    # gate matrices stored with their up matrix after them
         self.slots: list[Any] = []                       # paging slot buffers
         self.slot_holds: list[tuple[str, int] | None] = []  # (matrix, part) each slot holds now
@@ -146,6 +150,8 @@ class WeightStore:
             slot = padded(max(sizes[resident:]))
             self.slots = [self._create(slot, f"slot.{i}") for i in range(PAGE_SLOTS)]
             self.slot_holds = [None] * PAGE_SLOTS
+        else:
+            self.release_staging()
 
     def _load_pairs(self, names: list[str], pairs: list[tuple[str, str]]) -> list[str]:
         """Load the pairs that fit a binding together; returns the names left to load one by one."""
@@ -204,17 +210,49 @@ class WeightStore:
                 self._progress(self._done, self._total)
 
     def _write(self, buf: Any, data: memoryview, offset: int = 0) -> None:
-        """write_buffer, bounded: the queue's staging copies are freed by draining it every FLUSH_BYTES."""
+        """Copy `data` into `buf` at `offset`: whole words through the staging buffers, a tail through
+        write_buffer (bounded: the queue's copies are freed by draining it every FLUSH_BYTES)."""
         n = len(data)
         aligned = n - n % 4
         q = self.gpu.queue
-        if aligned:
+        if aligned >= UPLOAD_CHUNK // 4:
+            self._stage(buf, data[:aligned], offset)
+        elif aligned:
             q.write_buffer(buf, offset, data[:aligned])
         if aligned < n:  # write_buffer moves whole 4-byte words: pad the tail
             q.write_buffer(buf, offset + aligned, bytes(data[aligned:]) + b"\0" * (4 - n % 4))
         self._queued += n
         if self._queued >= FLUSH_BYTES:
             self.flush()
+
+    def _stage(self, buf: Any, data: memoryview, offset: int) -> None:
+        """Copy whole words into `buf` through the two mapped staging buffers, UPLOAD_CHUNK at a time.
+
+        Mapping a staging buffer waits until the GPU has finished its previous copy, so one buffer
+        is filled while the other's copy runs.
+        """
+        import wgpu
+
+        dev = self.gpu.device
+        if not self._staging:
+            self._staging = [dev.create_buffer(size=UPLOAD_CHUNK, usage=wgpu.BufferUsage.MAP_WRITE |
+                                               wgpu.BufferUsage.COPY_SRC, label=f"upload.{i}") for i in range(2)]
+        for at in range(0, len(data), UPLOAD_CHUNK):
+            piece = data[at:at + UPLOAD_CHUNK]
+            st = self._staging[self._turn]
+            self._turn ^= 1
+            st.map_sync(wgpu.MapMode.WRITE, 0, UPLOAD_CHUNK)
+            st.write_mapped(piece, 0)
+            st.unmap()
+            enc = dev.create_command_encoder()
+            enc.copy_buffer_to_buffer(st, 0, buf, offset + at, len(piece))
+            self.gpu.queue.submit([enc.finish()])
+
+    def release_staging(self) -> None:
+        """Destroy the staging buffers (weights are all resident: nothing is uploaded later)."""
+        for b in self._staging:
+            b.destroy()
+        self._staging = []
 
     def flush(self) -> None:
         """Wait until queued uploads have reached the GPU (their staging memory is freed)."""
