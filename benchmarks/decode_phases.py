@@ -26,7 +26,7 @@ def main() -> None:
 
     import mdst
     from mdst.plan import write_step
-    from mdst.profile import timestamp_period
+    from mdst.native import timestamp_period
 
     with mdst.load(args.model, device="gpu", context_length=1024) as m:
         eng = m.engine

@@ -35,7 +35,7 @@ PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": ov
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py)."""
-    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, gemv_lanes=64, gemv_chunk=1,
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, gemv_lanes=64, gemv_chunk=2,
                                                                  prefill_rows=512)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 

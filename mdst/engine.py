@@ -352,10 +352,13 @@ class GpuEngine(Engine):
             submit(0, first_pick)
         for i in range(count):
             with self._device_errors():
-                if i + 1 < count:
-                    submit(i + 1, pick())
+                # Map before queueing the next step: wgpu-py's wait ends when every submission made
+                # before it began is done, so step t's token then arrives without waiting for t + 1.
                 try:
-                    tok = int(self._read(4, reads[i % 2]).view(np.uint32)[0])
+                    mapping = self._map(reads[i % 2], 4)
+                    if i + 1 < count:
+                        submit(i + 1, pick())
+                    tok = int(self._read(4, reads[i % 2], mapping).view(np.uint32)[0])
                 except BaseException:
                     for b in cache.chain:  # a late read may still map them: never reuse them
                         self._free(b)
@@ -401,18 +404,23 @@ class GpuEngine(Engine):
             device.queue.submit([enc.finish()])
         return device.create_command_encoder()
 
-    def _read(self, nbytes: int, buffer: Any = None) -> np.ndarray:
+    def _map(self, buffer: Any, nbytes: int) -> Any:
+        """Start mapping the first nbytes of `buffer` for reading (a promise `_read` waits on)."""
+        return buffer.map_async(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
+
+    def _read(self, nbytes: int, buffer: Any = None, mapping: Any = None) -> np.ndarray:
         """The first nbytes of the staging buffer (or `buffer`), once the GPU has written them (within
         step_timeout).
 
         Mapping blocks until the GPU is done, so the wait runs on a worker thread and this one waits
         with a deadline. If the wait ends early (timeout, KeyboardInterrupt) the staging buffer is left
-        to the worker and replaced, so the next step starts clean behind the late one.
+        to the worker and replaced, so the next step starts clean behind the late one. `mapping` is a
+        mapping of `buffer` already started by `_map`.
         """
         staging = buffer or self.staging
 
         def read() -> np.ndarray:
-            staging.map_sync(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
+            (mapping or self._map(staging, nbytes)).sync_wait()
             try:
                 return np.frombuffer(staging.read_mapped(0, nbytes, copy=True), dtype=np.uint8)
             finally:

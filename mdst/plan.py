@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import native
 from .fusion import fuse
 from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
 from .kernels import KernelSpec, PipelineCache, pack_params
@@ -23,16 +24,7 @@ from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore, dequantize
 from .sampling import GPU_TOP_K
 
-def _native_calls() -> tuple[Any, Any] | None:
-    """wgpu-native's C library and NULL through wgpu-py's cffi handle, if this wgpu exposes them."""
-    try:
-        from wgpu.backends.wgpu_native._ffi import ffi, lib
-        return (lib, ffi.NULL) if hasattr(lib, "wgpuComputePassEncoderDispatchWorkgroups") else None
-    except Exception:
-        return None
-
-
-_native = _native_calls()
+_native = native.dispatch_calls()
 
 MAX_GROUPS = 65535
 TOPK_SLICE = 2048  # columns per top-k workgroup (SLICE in topk.wgsl)

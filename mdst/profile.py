@@ -13,19 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DeviceError
+from .native import timestamp_period
 from .plan import write_step
 
 if TYPE_CHECKING:
     from .model import Model
-
-
-def timestamp_period(queue: Any) -> float:
-    """Nanoseconds per timestamp tick (wgpu-native's queue extension; 1.0 where it cannot be read)."""
-    try:
-        from wgpu.backends.wgpu_native._ffi import lib
-        return float(lib.wgpuQueueGetTimestampPeriod(queue._internal)) or 1.0
-    except Exception:
-        return 1.0
 
 
 def profile_step(model: "Model", rows: int = 1, output_rows: str = "last", pick: str = "argmax") -> dict[str, Any]:

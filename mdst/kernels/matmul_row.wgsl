@@ -33,6 +33,21 @@ override GPT: u32 = 8u;   // groups of 4 weights a thread takes at a time: 1, 2,
 
 var<workgroup> red: array<vec3<f32>, WG>;   // (gate or plain dot, up dot, sum of squares)
 
+// One group of 4 weights: group gi of the blocks at bytes b (and bu, the up row's), x's group G.
+fn group_dot(b: u32, bu: u32, gi: u32, G: u32) -> vec3<f32> {
+    var xv = x[G];
+    var r = vec3<f32>(0.0);
+    if (NORM) {
+        r.z = dot(xv, xv);
+        xv *= g[G];
+    }
+    r.x = dot(deq4(b, gi), xv);
+    if (GLU != 0u) {
+        r.y = dot(deq4(bu, gi), xv);
+    }
+    return r;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -45,26 +60,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let base = p.w0 + j * p.row_bytes;
         let up = base + p.n * p.row_bytes;
         for (var c = t * GPT; c < kg; c += TPR * GPT) {
-            // GPT groups of one block where blocks hold at least GPT: one block start
-            let whole = gpb >= GPT && c + GPT <= kg;
-            let b = (c / gpb) * QB;
-            for (var i = 0u; i < GPT; i++) {
-                let G = c + i;
-                if (G < kg) {
-                    var xv = x[G];
-                    if (NORM) {
-                        acc.z += dot(xv, xv);
-                        xv *= g[G];
-                    }
-                    var o = b;
-                    var gi = c % gpb + i;
-                    if (!whole) {
-                        o = (G / gpb) * QB;
-                        gi = G % gpb;
-                    }
-                    acc.x += dot(deq4(base + o, gi), xv);
-                    if (GLU != 0u) {
-                        acc.y += dot(deq4(up + o, gi), xv);
+            if (gpb >= GPT && c + GPT <= kg) {
+                // GPT groups of one block: its start computed once, and no bounds check between the
+                // loads, so the compiler can issue them together (more bytes in flight per thread)
+                let b = (c / gpb) * QB;
+                for (var i = 0u; i < GPT; i++) {
+                    acc += group_dot(base + b, up + b, c % gpb + i, c + i);
+                }
+            } else {
+                for (var i = 0u; i < GPT; i++) {
+                    let G = c + i;
+                    if (G < kg) {
+                        let o = (G / gpb) * QB;
+                        acc += group_dot(base + o, up + o, G % gpb, G);
                     }
                 }
             }
