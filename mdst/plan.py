@@ -18,7 +18,7 @@ import numpy as np
 from . import native
 from .fusion import fuse
 from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
-from .kernels import KernelSpec, PipelineCache, pack_params
+from .kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params
 from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore, dequantize
@@ -35,6 +35,13 @@ GEMV_WG = 256  # matmul_row: threads per workgroup (the lanes per row and groups
 def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
     """matmul_rows' workgroup count: 64 x 64 tiles of [m, n]."""
     return (ceil_div(n, 64), ceil_div(m, 64), 1)
+
+
+def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
+    """matmul_row's threads per row: the preset, fewer where a row has fewer steps to share out
+    (a type's own step takes 32 weights, the generic one 4 * gemv_chunk)."""
+    steps = k // 32 if wtype in TYPE_STEPS["matmul_row"] else ceil_div(k, 4 * presets.gemv_chunk)
+    return min(presets.gemv_lanes, 1 << max(0, steps - 1).bit_length())
 
 
 def gemv_groups(n: int, lanes: int) -> tuple[int, int, int]:
@@ -399,8 +406,9 @@ class Compiler:
                                params, label_of(node), w.type.name, R=rr, **fused)
             elif r == 1:
                 pre = self.gpu.profile.presets
-                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows, pre.gemv_lanes), params, label_of(node),
-                               w.type.name, WG=GEMV_WG, TPR=pre.gemv_lanes, GPT=pre.gemv_chunk, **fused)
+                lanes = gemv_lanes(k, w.type.name, pre)
+                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows, lanes), params, label_of(node),
+                               w.type.name, WG=GEMV_WG, TPR=lanes, GPT=pre.gemv_chunk, **fused)
             else:
                 if norm is not None or glu:
                     raise RuntimeError("the many-row matmul fuses the residual add only")

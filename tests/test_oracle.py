@@ -15,7 +15,7 @@ from conftest import need
 from metrics import report
 
 from mdst import oracle
-from mdst.kernels import WEIGHT_TYPES, compose, pack_params, param_fields, read, variant
+from mdst.kernels import TYPE_STEPS, WEIGHT_TYPES, compose, pack_params, param_fields, read, variant
 
 REPO = Path(__file__).resolve().parent.parent
 WEB = REPO / "web"
@@ -180,7 +180,8 @@ def test_js_twin_matches_python():
     node = shutil.which("node")
     need(node is not None, "node is not installed (apt-get install nodejs)")
     names = kernel_names()
-    kernels = [(n, w) for n in names for w in (WEIGHT_TYPES if "deq4(" in read(f"{n}.wgsl") else [None])]
+    kernels = [(n, w) for n in names
+               for w in (WEIGHT_TYPES if "deq4(" in read(f"{n}.wgsl") or n in TYPE_STEPS else [None])]
     rng = np.random.default_rng(0)
     packs = []
     for n in names:

@@ -8,14 +8,20 @@ export const PRECISION_LINE = "alias half = f32;";
 // treat "\r" as a line end and Python's do not, so line starts and ends are spelled out.
 const ENABLE = /(?<=^|\n)\s*enable\s+([a-z0-9_, ]+);\s*(?=\n|$)/g;
 
+// Kernels whose inner step a weight type may replace, and the types that do.
+export const TYPE_STEPS = { matmul_row: ["Q4_K", "Q6_K"] };
+
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
-// weight tensor) weights.wgsl and quant/<wtype>.wgsl, then (for kernels that use a KV cache)
-// kv/<kv>.wgsl, then <name>.wgsl, joined with "\n".
+// weight tensor) weights.wgsl, quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step
+// quant/<wtype>.<name>.wgsl or the generic quant/<name>.wgsl, then (for kernels that use a KV
+// cache) kv/<kv>.wgsl, then <name>.wgsl, joined with "\n".
 // readText(relativePath) returns a file of the kernels folder as text.
 export async function compose(readText, name, wtype = null, kv = null) {
   const parts = [await readText("common.wgsl")];
   if (wtype !== null && wtype !== undefined) {
     parts.push(await readText("weights.wgsl"), await readText(`quant/${wtype}.wgsl`));
+    const steps = Object.hasOwn(TYPE_STEPS, name) ? TYPE_STEPS[name] : null;
+    if (steps) parts.push(await readText(steps.includes(wtype) ? `quant/${wtype}.${name}.wgsl` : `quant/${name}.wgsl`));
   }
   if (kv !== null && kv !== undefined) parts.push(await readText(`kv/${kv}.wgsl`));
   parts.push(await readText(`${name}.wgsl`));

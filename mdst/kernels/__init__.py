@@ -4,7 +4,10 @@ A kernel is named by a `KernelSpec`: the kernel file, the weight type it reads (
 cache format it reads or writes (if any), the precision variant and its override constants. Its
 WGSL source is, in this order,
 
-    common.wgsl + [weights.wgsl + quant/<WTYPE>.wgsl] + [kv/<KV>.wgsl] + <kernel>.wgsl
+    common.wgsl + [weights.wgsl + quant/<WTYPE>.wgsl [+ step]] + [kv/<KV>.wgsl] + <kernel>.wgsl
+
+where `step`, for kernels listed in TYPE_STEPS, is the weight type's own inner step
+(quant/<WTYPE>.<kernel>.wgsl) or the generic one (quant/<kernel>.wgsl).
 
 passed through `variant()`. README.md in this folder documents the rule so the browser build
 composes byte-identical sources.
@@ -22,6 +25,9 @@ from typing import Any
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS")
+
+# Kernels whose inner step a weight type may replace, and the types that do (see compose).
+TYPE_STEPS = {"matmul_row": ("Q4_K", "Q6_K")}
 
 # KV cache formats (kv/<name>.wgsl); "F" stores `half`: f32, or f16 in the f16 variant.
 KV_FORMATS = ("F", "Q8_0")
@@ -67,6 +73,8 @@ def compose(name: str, wtype: str | None = None, kv: str | None = None) -> str:
         if wtype not in WEIGHT_TYPES:
             raise KeyError(f"no kernel reads weight type {wtype}")
         parts += [read("weights.wgsl"), read(f"quant/{wtype}.wgsl")]
+        if name in TYPE_STEPS:
+            parts.append(read(f"quant/{wtype}.{name}.wgsl" if wtype in TYPE_STEPS[name] else f"quant/{name}.wgsl"))
     if kv is not None:
         if kv not in KV_FORMATS:
             raise KeyError(f"no KV cache format {kv}")

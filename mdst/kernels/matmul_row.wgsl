@@ -3,10 +3,9 @@
 //   NORM: x is first RMS-normalized and scaled by g (the RMSNorm before the matmul);
 //   GLU:  rows j (gate) and n + j (up) of the buffer give y = act(gate . x) * (up . x);
 //   RES:  y += res (the residual add after the matmul).
-// WG / TPR output rows per workgroup, TPR threads per row (a power of two). A thread takes GPT
-// consecutive groups of 4 weights at a time (GPT = 1: neighbouring threads read neighbouring
-// bytes; GPT = 8: 32 weights of one block, whose start is computed once), striding over the row;
-// a tree reduction in workgroup memory sums each row's threads.
+// WG / TPR output rows per workgroup, TPR threads per row (a power of two). Each thread sums its
+// share of the row with lane_dot, the weight type's step (quant/<TYPE>.matmul_row.wgsl, or the
+// generic quant/matmul_row.wgsl); a tree reduction in workgroup memory sums each row's threads.
 // Dispatch: ceil(n / (WG / TPR)) workgroups, spilling into y past 65535.
 
 struct P {
@@ -29,23 +28,20 @@ override TPR: u32 = 32u;
 override NORM: bool = false;
 override RES: bool = false;
 override GLU: u32 = 0u;   // 0: none; else the activation (see activate)
-override GPT: u32 = 8u;   // groups of 4 weights a thread takes at a time: 1, 2, 4 or 8
+override GPT: u32 = 8u;   // the generic step: groups of 4 weights a thread takes at a time (1, 2, 4, 8)
 
 var<workgroup> red: array<vec3<f32>, WG>;   // (gate or plain dot, up dot, sum of squares)
 
-// One group of 4 weights: group gi of the blocks at bytes b (and bu, the up row's), x's group G.
-fn group_dot(b: u32, bu: u32, gi: u32, G: u32) -> vec3<f32> {
-    var xv = x[G];
-    var r = vec3<f32>(0.0);
+// For the steps: x's group G of 4 values, scaled by the norm weight with NORM; its sum of squares.
+fn xg(G: u32) -> vec4<f32> {
     if (NORM) {
-        r.z = dot(xv, xv);
-        xv *= g[G];
+        return x[G] * g[G];
     }
-    r.x = dot(deq4(b, gi), xv);
-    if (GLU != 0u) {
-        r.y = dot(deq4(bu, gi), xv);
-    }
-    return r;
+    return x[G];
+}
+
+fn sq(G: u32) -> f32 {
+    return dot(x[G], x[G]);
 }
 
 @compute @workgroup_size(WG)
@@ -55,28 +51,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let j = flat_wg(wid, nwg) * (WG / TPR) + lid / TPR;
     var acc = vec3<f32>(0.0);
     if (j < p.n) {
-        let kg = p.k / 4u;           // groups of 4 weights in the row
-        let gpb = QK / 4u;           // groups per block
         let base = p.w0 + j * p.row_bytes;
-        let up = base + p.n * p.row_bytes;
-        for (var c = t * GPT; c < kg; c += TPR * GPT) {
-            if (gpb >= GPT && c + GPT <= kg) {
-                // GPT groups of one block: its start computed once, and no bounds check between the
-                // loads, so the compiler can issue them together (more bytes in flight per thread)
-                let b = (c / gpb) * QB;
-                for (var i = 0u; i < GPT; i++) {
-                    acc += group_dot(base + b, up + b, c % gpb + i, c + i);
-                }
-            } else {
-                for (var i = 0u; i < GPT; i++) {
-                    let G = c + i;
-                    if (G < kg) {
-                        let o = (G / gpb) * QB;
-                        acc += group_dot(base + o, up + o, G % gpb, G);
-                    }
-                }
-            }
-        }
+        acc = lane_dot(base, base + p.n * p.row_bytes, t);
     }
     red[lid] = acc;
     workgroupBarrier();

@@ -16,6 +16,15 @@ fn w_u32(o: u32) -> u32 {
     return (W[o >> 2u] >> s) | ((W[(o >> 2u) + 1u] << 1u) << (31u - s));
 }
 
+// Two words from byte o, o even: three loads where two w_u32 take four.
+fn w_u32x2(o: u32) -> vec2<u32> {
+    let s = (o & 3u) * 8u;
+    let a = W[o >> 2u];
+    let b = W[(o >> 2u) + 1u];
+    let c = W[(o >> 2u) + 2u];
+    return vec2<u32>((a >> s) | ((b << 1u) << (31u - s)), (b >> s) | ((c << 1u) << (31u - s)));
+}
+
 fn w_u16(o: u32) -> u32 {
     return w_u32(o) & 0xffffu;
 }

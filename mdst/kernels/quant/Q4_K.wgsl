@@ -5,18 +5,22 @@
 const QK: u32 = 256u;
 const QB: u32 = 144u;
 
+// (scale, min) of sub-block s of the block at word w, as integers 0..63.
+fn q4k_scale_min(w: u32, s: u32) -> vec2<f32> {
+    // scale bytes s%4 of words 1 and 2; sub-blocks 4..7 add word 3 and use these as high bits.
+    // Both are computed and one selected: neighbouring threads take different sub-blocks.
+    let sh = 8u * (s & 3u);
+    let a = (vec2<u32>(W[w + 1u], W[w + 2u]) >> vec2<u32>(sh)) & vec2<u32>(0xffu);
+    let c = (W[w + 3u] >> sh) & 0xffu;
+    let high = vec2<u32>(c & 0xfu, c >> 4u) | ((a >> vec2<u32>(6u)) << vec2<u32>(4u));
+    return vec2<f32>(select(a & vec2<u32>(63u), high, s >= 4u));
+}
+
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let w = b >> 2u;
     let s = g >> 3u;              // sub-block of 32
     let dm = unpack2x16float(W[w]);
-    // scale bytes s%4 of words 1 and 2; sub-blocks 4..7 add word 3 and use these as high bits
-    let sh = 8u * (s & 3u);
-    let a = (vec2<u32>(W[w + 1u], W[w + 2u]) >> vec2<u32>(sh)) & vec2<u32>(0xffu);
-    var sm = a & vec2<u32>(63u);
-    if (s >= 4u) {
-        let c = (W[w + 3u] >> sh) & 0xffu;
-        sm = vec2<u32>(c & 0xfu, c >> 4u) | ((a >> vec2<u32>(6u)) << vec2<u32>(4u));
-    }
+    let sm = q4k_scale_min(w, s);
     let q = (u8x4(W[w + 4u + 8u * (g >> 4u) + (g & 7u)]) >> vec4<u32>(4u * (s & 1u))) & vec4<u32>(0xfu);
-    return dm.x * f32(sm.x) * vec4<f32>(q) - dm.y * f32(sm.y);
+    return dm.x * sm.x * vec4<f32>(q) - dm.y * sm.y;
 }
