@@ -48,6 +48,22 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     assert text == want
 
 
+def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
+    # Q4_K and Q6_K have GEMV steps of their own (quant/<TYPE>.matmul_row.wgsl): run them inside a model
+    from mdst.testing import synth
+
+    path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
+    with mdst.gguf.GGUFFile(path) as f:
+        assert {"Q4_K", "Q6_K"} <= {t.type.name for t in f.tensors.values()}
+    ids = list(range(20, 60))
+    with mdst.load(path, device="gpu", precision="f32", context_length=64) as g, g.session() as s:
+        s.feed(ids[:8])
+        steps = np.concatenate([s.feed([t]) for t in ids[8:]])
+    with mdst.load(path, device="cpu", context_length=64) as c:
+        ref = c.logits(ids)
+    assert rel_l2(steps, ref[8:]) < 1e-4
+
+
 def test_preset_overrides_are_checked():
     from mdst.device import Presets, with_overrides
 
