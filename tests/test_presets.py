@@ -12,6 +12,7 @@ import pytest
 
 import mdst
 from mdst.device import presets_for
+from mdst.gguf import GGUFFile
 from metrics import rel_l2
 
 
@@ -53,7 +54,7 @@ def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
     from mdst.testing import synth
 
     path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
-    with mdst.gguf.GGUFFile(path) as f:
+    with GGUFFile(path) as f:
         assert {"Q4_K", "Q6_K"} <= {t.type.name for t in f.tensors.values()}
     ids = list(range(20, 60))
     with mdst.load(path, device="gpu", precision="f32", context_length=64) as g, g.session() as s:
