@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
-from . import reference
+from . import native, reference
 from .device import GPU
 from .errors import DeviceError, OutOfMemoryError, UnsupportedModelError
-from .fusion import glu_pairs
+from .fusion import glu_pairs, sibling_runs
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
 from .kernels import WEIGHT_TYPES, PipelineCache
@@ -199,8 +199,9 @@ class GpuEngine(Engine):
         self.staging = None
         self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress)
         uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
+        pairs = glu_pairs(graphs["last"], gguf.tensors)
         self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),
-                                   weight_budget, glu_pairs(graphs["last"], gguf.tensors))
+                                   weight_budget, pairs, sibling_runs(graphs["last"], gguf.tensors, pairs))
         for name in dict.fromkeys(name for op, name in uses if op not in ("embed", "matmul")):
             self.weights.load_vector(name)
         # Logits of every row: each weight part's slice of them must fit a binding too.
@@ -323,7 +324,7 @@ class GpuEngine(Engine):
         first_pick = pick()
         plan = self.plan("last", 1, "sample" if isinstance(first_pick, Draw) else first_pick)
         host_draw = isinstance(first_pick, Draw) and not first_pick.on_gpu
-        if not ahead or plan.segments or plan.ids_buffer is None or host_draw:
+        if not ahead or plan.segments or plan.ids_buffer is None or host_draw or not native.can_pipeline_reads():
             picks = iter([first_pick])
             yield from super().decode(cache, first, pos0, count, lambda: next(picks, None) or pick(), ahead)
             return
@@ -333,7 +334,7 @@ class GpuEngine(Engine):
                 [self._create(16, f"chain.read{i}", map_read=True, kind="staging") for i in range(2)]
         token, reads = cache.chain[0], cache.chain[1:]
 
-        def submit(i: int, p: Pick) -> None:
+        def submit(i: int, p: Pick) -> int:
             if i == 0:
                 write_step(dev.queue, self.step_buffer, np.array([first]), pos0, plan.rows)
             else:
@@ -346,19 +347,18 @@ class GpuEngine(Engine):
             plan.encode(enc, plan.bind(dev, cache))
             enc.copy_buffer_to_buffer(plan.ids_buffer, 0, reads[i % 2], 0, 4)
             enc.copy_buffer_to_buffer(plan.ids_buffer, 0, token, 0, 4)
-            dev.queue.submit([enc.finish()])
+            return native.submit(dev.queue, [enc.finish()])
 
         with self._device_errors():
-            submit(0, first_pick)
+            index = submit(0, first_pick)
         for i in range(count):
             with self._device_errors():
-                # Map before queueing the next step: wgpu-py's wait ends when every submission made
-                # before it began is done, so step t's token then arrives without waiting for t + 1.
                 try:
-                    mapping = self._map(reads[i % 2], 4)
-                    if i + 1 < count:
-                        submit(i + 1, pick())
-                    tok = int(self._read(4, reads[i % 2], mapping).view(np.uint32)[0])
+                    # step t + 1 is queued before t's token is awaited (by its submission index alone)
+                    following = submit(i + 1, pick()) if i + 1 < count else None
+                    tok = int(self._read(4, reads[i % 2], (native.Readback(reads[i % 2], 4), index))
+                              .view(np.uint32)[0])
+                    index = following
                 except BaseException:
                     for b in cache.chain:  # a late read may still map them: never reuse them
                         self._free(b)
@@ -404,23 +404,22 @@ class GpuEngine(Engine):
             device.queue.submit([enc.finish()])
         return device.create_command_encoder()
 
-    def _map(self, buffer: Any, nbytes: int) -> Any:
-        """Start mapping the first nbytes of `buffer` for reading (a promise `_read` waits on)."""
-        return buffer.map_async(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
-
-    def _read(self, nbytes: int, buffer: Any = None, mapping: Any = None) -> np.ndarray:
+    def _read(self, nbytes: int, buffer: Any = None, readback: tuple[native.Readback, int] | None = None
+              ) -> np.ndarray:
         """The first nbytes of the staging buffer (or `buffer`), once the GPU has written them (within
         step_timeout).
 
         Mapping blocks until the GPU is done, so the wait runs on a worker thread and this one waits
         with a deadline. If the wait ends early (timeout, KeyboardInterrupt) the staging buffer is left
-        to the worker and replaced, so the next step starts clean behind the late one. `mapping` is a
-        mapping of `buffer` already started by `_map`.
+        to the worker and replaced, so the next step starts clean behind the late one. `readback`: a
+        native mapping of `buffer` already started, and the index of the submission that writes it.
         """
         staging = buffer or self.staging
 
         def read() -> np.ndarray:
-            (mapping or self._map(staging, nbytes)).sync_wait()
+            if readback is not None:
+                return np.frombuffer(readback[0].wait(self.gpu.device, readback[1]), dtype=np.uint8)
+            staging.map_sync(self._wgpu.MapMode.READ, 0, max(4, -(-nbytes // 4) * 4))
             try:
                 return np.frombuffer(staging.read_mapped(0, nbytes, copy=True), dtype=np.uint8)
             finally:

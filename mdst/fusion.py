@@ -6,6 +6,9 @@ fusion is checked against it by the model tests.
   one after the other (`glu_pairs` tells the weight store which to pair);
 - RMSNorm prologue: `matmul(rms_norm(x, g), W)` -> the matmul normalizes x itself (one-row steps,
   or kernels that take rows in registers; a norm read by several matmuls is computed by each);
+- sibling matmuls (one-row plans): matmuls of one input, weight type and row length, stored back
+  to back (`sibling_runs`; q, k and v of attention) -> one matmul over the run whose output the
+  members' values view at their column offsets;
 - residual epilogue: `add(a, matmul(h, W))` -> the matmul adds a;
 - post-norm + add: `add(a, rms_norm(b, g))` -> one RMSNorm that adds a (Gemma's post-norms);
 - attention inputs: per-head q/k RMSNorm, both RoPEs and the KV-cache append -> one `rope_store`.
@@ -17,7 +20,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from .graph import Graph, Node
+from .graph import Graph, Node, Value
 
 
 def uses(graph: Graph) -> Counter:
@@ -46,11 +49,43 @@ def glu_pairs(graph: Graph, tensors: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def fuse(graph: Graph, row_fusions: bool, paired: set[str]) -> Graph:
+VIEW_ALIGN = 256  # a view's byte offset must be a multiple of this (WebGPU's largest minStorageBufferOffsetAlignment)
+
+
+def sibling_runs(graph: Graph, tensors: dict[str, Any], paired: list[tuple[str, str]]) -> list[tuple[str, ...]]:
+    """Runs of plain matmuls in graph order that read the same input with weights of one type and row
+    length, each member's output starting at a multiple of VIEW_ALIGN bytes in the run's output."""
+    skip = {n for pair in paired for n in pair}
+    by_input: dict[int, list[str]] = {}
+    for n in graph.nodes:
+        if n.op == "matmul" and not n.attrs and n.weights[0] not in skip:
+            by_input.setdefault(n.inputs[0].id, []).append(n.weights[0])
+    runs = []
+    for names in by_input.values():
+        run: list[str] = []
+        for name in names + [None]:
+            t = tensors[name] if name else None
+            head = tensors[run[0]] if run else None
+            cols = sum(tensors[m].n_rows for m in run)
+            if run and t is not None and t.type == head.type and t.row_bytes == head.row_bytes \
+                    and cols * 4 % VIEW_ALIGN == 0:
+                run.append(name)
+                continue
+            if len(run) > 1:
+                runs.append(tuple(run))
+            run = [name] if name else []
+    return runs
+
+
+def fuse(graph: Graph, row_fusions: bool, paired: set[str], runs: dict[str, tuple[str, ...]] | None = None) -> Graph:
     """The graph with fusible ops merged. `row_fusions`: the plan's matmul kernels can normalize
     their input and gate their output (one-row and in-register kernels can; tiled GEMMs cannot);
-    `paired`: gate weights stored with their up weights."""
+    `paired`: gate weights stored with their up weights; `runs` (one-row plans): sibling matrices
+    stored as one, by run name."""
     nodes = list(graph.nodes)
+    next_id = [graph._next]
+    if runs:
+        nodes = _fuse_siblings(nodes, runs, next_id)
     if row_fusions:
         nodes = _fuse_glu(graph, nodes, paired)
         nodes = _fuse_norm_prologue(graph, nodes)
@@ -58,7 +93,7 @@ def fuse(graph: Graph, row_fusions: bool, paired: set[str]) -> Graph:
     nodes = _fuse_post_norm_add(graph, nodes)
     nodes = _fuse_attention_inputs(graph, nodes)
     out = Graph(graph.output_rows)
-    out.nodes, out.output, out._next = nodes, graph.output, graph._next
+    out.nodes, out.output, out._next = nodes, graph.output, next_id[0]
     return out
 
 
@@ -70,6 +105,31 @@ def _count(graph: Graph, nodes: list[Node]) -> Counter:
 
 def _producers(nodes: list[Node]) -> dict[int, Node]:
     return {n.out.id: n for n in nodes}
+
+
+def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id: list[int]) -> list[Node]:
+    member = {m: name for name, run in runs.items() for m in run}
+    found: dict[str, dict[str, Node]] = {}
+    for n in nodes:
+        if n.op == "matmul" and not n.attrs and n.weights[0] in member:
+            found.setdefault(member[n.weights[0]], {})[n.weights[0]] = n
+    out = []
+    for n in nodes:
+        name = member.get(n.weights[0]) if n.op == "matmul" and not n.attrs and n.weights else None
+        group = found.get(name) if name else None
+        if group is None or len(group) != len(runs[name]) or len({g.inputs[0].id for g in group.values()}) != 1:
+            out.append(n)
+            continue
+        if n is not group[runs[name][0]]:
+            continue   # a later member: its view came with the first
+        whole = Value(next_id[0], n.out.rows, sum(group[m].out.cols for m in runs[name]), name)
+        next_id[0] += 1
+        out.append(Node("matmul", n.inputs, whole, (name,)))
+        col0 = 0
+        for m in runs[name]:
+            out.append(Node("view", (whole,), group[m].out, (), {"col0": col0}))
+            col0 += group[m].out.cols
+    return out
 
 
 def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:

@@ -33,3 +33,58 @@ def timestamp_period(queue: Any) -> float:
         return float(_handle[1].wgpuQueueGetTimestampPeriod(queue._internal)) or 1.0
     except Exception:
         return 1.0
+
+
+def can_pipeline_reads() -> bool:
+    """Whether submissions can be indexed and their readbacks mapped and awaited without wgpu-py's poller."""
+    return _handle is not None and all(hasattr(_handle[1], f) for f in (
+        "wgpuQueueSubmitForIndex", "wgpuDevicePoll", "wgpuBufferMapAsync", "wgpuBufferGetConstMappedRange"))
+
+
+def submit(queue: Any, command_buffers: list[Any]) -> int:
+    """Submit; returns the submission's index (needs can_pipeline_reads())."""
+    ffi, lib = _handle
+    ids = ffi.new("WGPUCommandBuffer[]", [cb._internal for cb in command_buffers])
+    return int(lib.wgpuQueueSubmitForIndex(queue._internal, len(command_buffers), ids))
+
+
+_pending: set = set()   # Readbacks whose map callback has not run yet
+
+
+class Readback:
+    """The first `nbytes` of a MAP_READ buffer, mapped through wgpu-native directly.
+
+    wgpu-py's mapping wakes its poll thread, which waits for every submission so far while holding
+    the device's fence, so a submission made meanwhile blocks until all of them are done: a decode
+    step queued behind the one being read would only be accepted once that one had finished. Here
+    the wait is for one submission index only, on the caller's thread, and nothing else polls.
+    The buffer must not be mapped through wgpu-py as well.
+    """
+
+    def __init__(self, buffer: Any, nbytes: int):
+        ffi, lib = _handle
+        self.buffer, self.nbytes, self.status = buffer, nbytes, None
+        self.size = max(4, -(-nbytes // 4) * 4)
+
+        @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
+        def mapped(status: int, message: Any, u1: Any, u2: Any) -> None:
+            self.status = int(status)
+            _pending.discard(self)
+
+        self._callback = mapped
+        _pending.add(self)   # the callback must outlive an abandoned wait: wgpu calls it later
+        info = ffi.new("WGPUBufferMapCallbackInfo *")
+        info.mode = lib.WGPUCallbackMode_AllowProcessEvents
+        info.callback = mapped
+        lib.wgpuBufferMapAsync(buffer._internal, lib.WGPUMapMode_Read, 0, self.size, info[0])
+
+    def wait(self, device: Any, index: int) -> bytes:
+        """Block until submission `index` (which wrote the buffer) is done; the bytes, buffer unmapped."""
+        ffi, lib = _handle
+        lib.wgpuDevicePoll(device._internal, True, ffi.new("WGPUSubmissionIndex *", index))
+        if self.status != lib.WGPUMapAsyncStatus_Success:
+            raise RuntimeError(f"mapping a readback buffer failed (status {self.status})")
+        ptr = lib.wgpuBufferGetConstMappedRange(self.buffer._internal, 0, self.size)
+        data = bytes(ffi.buffer(ptr, self.nbytes))
+        lib.wgpuBufferUnmap(self.buffer._internal)
+        return data

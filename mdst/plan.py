@@ -220,11 +220,19 @@ class Compiler:
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
         graph = fuse(graph, row_fusions=rows == 1 or self.gpu.profile.presets.matmul == "by_output",
-                     paired=self.weights.paired)
+                     paired=self.weights.paired, runs=self.weights.run_members if rows == 1 else None)
         self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(self.weights.slots))}
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
         live = Liveness(self.pool)
         last = graph.last_uses()
+        # Views (fusion.py's sibling matmuls) are column ranges of a run's output, which lives
+        # until the last of them is read; RoPE in place on a view is a view too.
+        views: dict[int, int] = {}
+        for i, node in enumerate(graph.nodes):
+            if node.op == "view" or (node.op == "rope" and node.inputs[0].id in views):
+                views[node.out.id] = views.get(node.inputs[0].id, node.inputs[0].id)
+        for v, base in views.items():
+            last[base] = max(last[base], last.get(v, -1))
         bufs: dict[int, Any] = {}
         ds: list[Dispatch] = []
         outputs: list[OutputPart] = []
@@ -240,7 +248,12 @@ class Compiler:
         for i, node in enumerate(graph.nodes):
             out = node.out
             self._layer = layer_of(node, self._layer)
-            if node.op == "rope" and last[node.inputs[0].id] == i:
+            if node.op == "view":   # one-row plans only: a contiguous range of the run's output
+                bufs[out.id] = (bufs[node.inputs[0].id], 4 * node.attrs["col0"], 4 * out.cols)
+                continue
+            if node.op == "rope" and node.inputs[0].id in views:
+                bufs[out.id] = bufs[node.inputs[0].id]
+            elif node.op == "rope" and last[node.inputs[0].id] == i:
                 live.share(out.id, node.inputs[0].id)
                 bufs[out.id] = bufs[node.inputs[0].id]
             elif out is graph.output and arows(out) * out.cols * 4 > cap:
@@ -253,9 +266,10 @@ class Compiler:
             self._emit(ds, node, x, bufs[out.id], nrows, outputs if out is graph.output else None, live)
             freed = set()
             for v in node.inputs:
-                if last.get(v.id) == i and v.id not in freed and not (node.op == "rope"):
-                    live.free(v.id)
-                    freed.add(v.id)
+                vid = views.get(v.id, v.id)
+                if last.get(vid) == i and vid not in freed and not (node.op == "rope"):
+                    live.free(vid)
+                    freed.add(vid)
 
         rows_out = nrows(graph.output)
         ids_buffer, scratch = None, []
@@ -272,7 +286,7 @@ class Compiler:
 
     def _weight(self, ds: list[Dispatch], name: str, part: int) -> Any:
         """The buffer the next dispatch binds for a weight part: its own, or the least recently used slot."""
-        p = self.weights.weights[name].parts[part]
+        p = self.weights.matrix(name).parts[part]
         if not p.paged:
             return p.buffer
         slot = next((s for s, held in self._lru.items() if held == (name, part)), None)
@@ -383,7 +397,7 @@ class Compiler:
                 outputs: list[OutputPart] | None) -> None:
         """A matmul with its fusions (fusion.py): glu=(act, up weight), norm=(weight, eps), res (last input)."""
         a = node.attrs
-        w = self.weights.weights[node.weights[0]]
+        w = self.weights.matrix(node.weights[0])
         k = node.inputs[0].cols
         glu = ACTIVATIONS[a["glu"][0]] if "glu" in a else 0
         norm, eps = (self.weights.weights[a["norm"][0]].parts[0].buffer, a["norm"][1]) if "norm" in a else (None, 0.0)

@@ -105,11 +105,11 @@ def test_keyboard_interrupt_mid_step_keeps_the_model_consistent(smollm2_path, ex
         real_read = m.engine._read
         calls = {"n": 0}
 
-        def interrupted(nbytes, buffer=None, mapping=None):
+        def interrupted(*args, **kwargs):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt
-            return real_read(nbytes, buffer, mapping)
+            return real_read(*args, **kwargs)
 
         monkeypatch.setattr(m.engine, "_read", interrupted)
         with pytest.raises(KeyboardInterrupt):

@@ -63,6 +63,14 @@ def split_rows(n_rows: int, row_bytes: int, max_bytes: int) -> list[tuple[int, i
     return [(r, min(per, n_rows - r)) for r in range(0, n_rows, per)]
 
 
+def run_name(run: tuple[str, ...]) -> str:
+    """The name of matrices stored as one: "blk.0.attn_q+attn_k.weight" for blk.0's attn_q and attn_k."""
+    parts = [n.split(".") for n in run]
+    if all(len(p) == 4 and p[:2] == parts[0][:2] and p[3] == parts[0][3] for p in parts):
+        return ".".join(parts[0][:2] + ["+".join(p[2] for p in parts)] + parts[0][3:])
+    return "+".join(run)
+
+
 def padded(nbytes: int) -> int:
     """GPU buffer size for nbytes: a multiple of 4, at least 4."""
     return max(4, -(-nbytes // 4) * 4)
@@ -103,6 +111,8 @@ class WeightStore:
         self._staging: list[Any] = []
         self._turn = 0
         self.paired: set[str] = set()                    # gate matrices stored with their up matrix after them
+        self.runs: dict[str, GpuWeight] = {}             # sibling matrices stored back to back, as one matrix
+        self.run_members: dict[str, tuple[str, ...]] = {}  # run name -> the matrices it holds
         self.slots: list[Any] = []                       # paging slot buffers
         self.slot_holds: list[tuple[str, int] | None] = []  # (matrix, part) each slot holds now
         self.page_ins = 0                                # parts copied into slots so far
@@ -112,22 +122,35 @@ class WeightStore:
         """Bytes of resident weights."""
         return sum(p.nbytes for w in self.weights.values() for p in w.parts if not p.paged)
 
+    def matrix(self, name: str) -> GpuWeight:
+        """A matrix by tensor name, or a run of them by `run_name`."""
+        return self.weights[name] if name in self.weights else self.runs[name]
+
     @property
     def paged_bytes(self) -> int:
         return sum(p.nbytes for w in self.weights.values() for p in w.parts if p.paged)
 
-    def load_matrices(self, names: list[str], budget: int | None = None,
-                      pairs: list[tuple[str, str]] = ()) -> None:
+    def load_matrices(self, names: list[str], budget: int | None = None, pairs: list[tuple[str, str]] = (),
+                      siblings: list[tuple[str, ...]] = ()) -> None:
         """Upload matrices as raw blocks, split into parts that fit a binding.
 
         With a budget (bytes for resident parts plus the slots), the longest run of parts in
         `names` order that fits stays resident and the rest is paged. Otherwise each (gate, up) of
-        `pairs` that fits one binding shares a buffer, up after gate, so one dispatch reads both.
+        `pairs` that fits one binding shares a buffer, up after gate, so one dispatch reads both;
+        and so does each run of `siblings` (matrices with one input, of one type and row length),
+        which is then also readable as one matrix under `run_name(run)` (in `runs`).
         """
         self._total = sum(self.gguf.tensors[n].nbytes for n in names)
         self._done = 0
         if budget is None:
-            names = self._load_pairs(names, pairs)
+            self.paired = {run[0] for run in self._load_runs(pairs)}
+            for run in self._load_runs(siblings):
+                ws = [self.weights[n] for n in run]
+                rows = sum(w.parts[0].rows for w in ws)
+                self.runs[run_name(run)] = GpuWeight(run_name(run), ws[0].type, (ws[0].shape[0], rows), ws[0].row_bytes,
+                                                     [WeightPart(ws[0].parts[0].buffer, 0, rows, rows * ws[0].row_bytes)])
+                self.run_members[run_name(run)] = run
+            names = [n for n in names if n not in self.weights]
         parts = []  # (name, row0, rows) in first-use order
         for name in names:
             t = self.gguf.tensors[name]
@@ -153,21 +176,25 @@ class WeightStore:
         else:
             self.release_staging()
 
-    def _load_pairs(self, names: list[str], pairs: list[tuple[str, str]]) -> list[str]:
-        """Load the pairs that fit a binding together; returns the names left to load one by one."""
+    def _load_runs(self, runs: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        """Store each run's matrices back to back in one buffer where it fits a binding (and each
+        member ends on a 4-byte boundary, as copies need); returns the runs stored."""
         cap = self.gpu.profile.max_binding_size
-        for gate, up in pairs:
-            t = self.gguf.tensors[gate]
-            nbytes = t.n_rows * t.row_bytes
-            if padded(nbytes) + nbytes > cap:
+        done = []
+        for run in runs:
+            ts = [self.gguf.tensors[n] for n in run]
+            sizes = [t.n_rows * t.row_bytes for t in ts]
+            if any(n in self.weights for n in run) or sum(sizes) > cap or any(b % 4 for b in sizes):
                 continue
-            buf = self._create(padded(nbytes) + padded(nbytes), f"w.{gate}+up")
-            for name, offset in ((gate, 0), (up, padded(nbytes))):
-                self._upload(buf, name, 0, nbytes, offset)
+            buf = self._create(padded(sum(sizes)), "w." + run_name(run))
+            at = 0
+            for name, t, nbytes in zip(run, ts, sizes):
+                self._upload(buf, name, 0, nbytes, at)
                 self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes,
-                                               [WeightPart(buf, 0, t.n_rows, nbytes, offset)])
-            self.paired.add(gate)
-        return [n for n in names if n not in self.weights]
+                                               [WeightPart(buf, 0, t.n_rows, nbytes, at)])
+                at += nbytes
+            done.append(run)
+        return done
 
     def page_in(self, slot: int, name: str, part: int) -> None:
         """Make slot `slot` hold part `part` of matrix `name` (copied from the mmap unless it already does)."""
