@@ -41,6 +41,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
             s.feed(ids[:70])
             steps = np.concatenate([s.feed([t]) for t in ids[70:]])   # one-row steps: GEMV, split attention
         text = g.generate("The capital of France is", max_tokens=8)
+        # q, k and v (all Q4_1) run as one matmul in one-row plans, read back as views
+        labels = [d.label for d in g.engine.plan("all", 1, "logits").dispatches]
+        assert "matmul.attn_q+attn_k+attn_v" in labels and "matmul.attn_k" not in labels
     with mdst.load(smollm2_path, device="cpu", kv_type=kv_type, context_length=256) as c:
         ref = c.logits(ids)
         want = c.generate("The capital of France is", max_tokens=8)
