@@ -62,18 +62,18 @@ def sibling_runs(graph: Graph, tensors: dict[str, Any], paired: list[tuple[str, 
             by_input.setdefault(n.inputs[0].id, []).append(n.weights[0])
     runs = []
     for names in by_input.values():
-        run: list[str] = []
-        for name in names + [None]:
-            t = tensors[name] if name else None
-            head = tensors[run[0]] if run else None
-            cols = sum(tensors[m].n_rows for m in run)
-            if run and t is not None and t.type == head.type and t.row_bytes == head.row_bytes \
-                    and cols * 4 % VIEW_ALIGN == 0:
+        run = names[:1]
+        for name in names[1:]:
+            head, t = tensors[run[0]], tensors[name]
+            offset = sum(tensors[m].n_rows for m in run)   # the candidate's first output column
+            if t.type == head.type and t.row_bytes == head.row_bytes and offset * 4 % VIEW_ALIGN == 0:
                 run.append(name)
                 continue
             if len(run) > 1:
                 runs.append(tuple(run))
-            run = [name] if name else []
+            run = [name]
+        if len(run) > 1:
+            runs.append(tuple(run))
     return runs
 
 
@@ -163,35 +163,38 @@ def _fuse_norm_prologue(graph: Graph, nodes: list[Node]) -> list[Node]:
     return [n for n in out if n.out.id not in gone]
 
 
-def _fuse_residual(graph: Graph, nodes: list[Node]) -> list[Node]:
+def _fold_into_add(graph: Graph, nodes: list[Node], fold: Any) -> list[Node]:
+    """add(a, b) where one side's producer is read by the add alone: `fold(producer, other side, add)`
+    gives the node doing both (which replaces the add; the producer goes), or None to leave them."""
     prod, count = _producers(nodes), _count(graph, nodes)
     out, drop = [], set()
     for n in nodes:
         if n.op == "add":
             for mine, other in ((n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])):
                 m = prod.get(mine.id)
-                if m is not None and m.op == "matmul" and count[mine.id] == 1 and "res" not in m.attrs:
+                fused = fold(m, other, n) if m is not None and count[mine.id] == 1 else None
+                if fused is not None:
                     drop.add(id(m))
-                    n = Node("matmul", m.inputs + (other,), n.out, m.weights, {**m.attrs, "res": True})
+                    n = fused
                     break
         out.append(n)
     return [n for n in out if id(n) not in drop]
+
+
+def _fuse_residual(graph: Graph, nodes: list[Node]) -> list[Node]:
+    def fold(m: Node, other: Value, add: Node) -> Node | None:
+        if m.op != "matmul" or "res" in m.attrs:
+            return None
+        return Node("matmul", m.inputs + (other,), add.out, m.weights, {**m.attrs, "res": True})
+    return _fold_into_add(graph, nodes, fold)
 
 
 def _fuse_post_norm_add(graph: Graph, nodes: list[Node]) -> list[Node]:
-    prod, count = _producers(nodes), _count(graph, nodes)
-    out, drop = [], set()
-    for n in nodes:
-        if n.op == "add":
-            for mine, other in ((n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])):
-                m = prod.get(mine.id)
-                if m is not None and m.op == "rms_norm" and count[mine.id] == 1 and m.attrs["dim"] == m.out.cols \
-                        and not m.attrs.get("add"):
-                    drop.add(id(m))
-                    n = Node("rms_norm", (m.inputs[0], other), n.out, m.weights, {**m.attrs, "add": True})
-                    break
-        out.append(n)
-    return [n for n in out if id(n) not in drop]
+    def fold(m: Node, other: Value, add: Node) -> Node | None:
+        if m.op != "rms_norm" or m.attrs["dim"] != m.out.cols or m.attrs.get("add"):
+            return None
+        return Node("rms_norm", (m.inputs[0], other), add.out, m.weights, {**m.attrs, "add": True})
+    return _fold_into_add(graph, nodes, fold)
 
 
 def _fuse_attention_inputs(graph: Graph, nodes: list[Node]) -> list[Node]:

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -154,6 +154,17 @@ def _step(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None) -> np.
     s[0], s[1] = pos0, n_rows
     s[4:4 + len(ids)] = ids
     return s
+
+
+def _distinct(uses: list[Any], ignore: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Each dispatch whose parameters, all but `ignore`, no earlier one had; with those parameters."""
+    seen = set()
+    for d in uses:
+        p = {k: v for k, v in d.params.items() if k != ignore}
+        key = tuple(sorted(p.items()))
+        if key not in seen:
+            seen.add(key)
+            yield d, p
 
 
 def _poisoned(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
@@ -334,13 +345,8 @@ class CaseBuilder:
         if spec.kv != "F":
             raise ValueError(f"{spec.key()}: oracles hold f32 cache formats")
         rows, n_rows, pos0, ring = 3, 2, 40, 45
-        out, seen = [], set()
-        for d in uses:
-            p = {k: v for k, v in d.params.items() if k != "ring"}
-            key = tuple(sorted(p.items()))
-            if key in seen:
-                continue
-            seen.add(key)
+        out = []
+        for d, p in _distinct(uses, ignore="ring"):
             heads, kvh, hd, n_rot, neox = p["heads"], p["kv_heads"], p["head_dim"], p["n_rot"], p["neox"]
             freq = np.frombuffer(self.read_buffer(d.resources[7]), np.float32)[:n_rot // 2].copy()
             q, k, v = self.normal(rows, heads * hd), self.normal(rows, kvh * hd), self.normal(rows, kvh * hd)
@@ -386,13 +392,8 @@ class CaseBuilder:
         from .kernels.runner import Out
         from .memory.kv_cache import decode_rows, encode_rows
         rows, n_rows = 5, 4
-        out, seen = [], set()
-        for d in uses:
-            p = {k: v for k, v in d.params.items() if k != "ring"}
-            key = tuple(sorted(p.items()))
-            if key in seen:
-                continue
-            seen.add(key)
+        out = []
+        for d, p in _distinct(uses, ignore="ring"):
             window = int(p["window"])
             pos0 = window + 7 if window else 130
             ring = window + rows - 1 if window else 137
