@@ -48,7 +48,14 @@ def submit(queue: Any, command_buffers: list[Any]) -> int:
     return int(lib.wgpuQueueSubmitForIndex(queue._internal, len(command_buffers), ids))
 
 
-_pending: set = set()   # Readbacks whose map callback has not run yet
+_pending: set = set()   # Readbacks whose map callback has not run yet: wgpu may call it after an abandoned wait
+_on_mapped: Any = None  # the one C callback every Readback's mapping reports to (made on first use)
+
+
+def _mapped(status: int, message: Any, userdata1: Any, userdata2: Any) -> None:
+    readback = _handle[0].from_handle(userdata1)
+    readback.status = int(status)
+    _pending.discard(readback)
 
 
 class Readback:
@@ -62,20 +69,18 @@ class Readback:
     """
 
     def __init__(self, buffer: Any, nbytes: int):
+        global _on_mapped
         ffi, lib = _handle
+        if _on_mapped is None:   # one closure for all: a decode step should not allocate one
+            _on_mapped = ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)", _mapped)
         self.buffer, self.nbytes, self.status = buffer, nbytes, None
         self.size = max(4, -(-nbytes // 4) * 4)
-
-        @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
-        def mapped(status: int, message: Any, u1: Any, u2: Any) -> None:
-            self.status = int(status)
-            _pending.discard(self)
-
-        self._callback = mapped
-        _pending.add(self)   # the callback must outlive an abandoned wait: wgpu calls it later
+        self._self = ffi.new_handle(self)   # userdata1: alive while the Readback is (kept in _pending)
+        _pending.add(self)
         info = ffi.new("WGPUBufferMapCallbackInfo *")
         info.mode = lib.WGPUCallbackMode_AllowProcessEvents
-        info.callback = mapped
+        info.callback = _on_mapped
+        info.userdata1 = self._self
         lib.wgpuBufferMapAsync(buffer._internal, lib.WGPUMapMode_Read, 0, self.size, info[0])
 
     def wait(self, device: Any, index: int) -> bytes:
