@@ -60,25 +60,26 @@ class Model:
                 if not isinstance(weight_paging, bool):
                     raise TypeError("weight_paging must be a bool")
 
-                def predict(budget: int | None) -> fit.Prediction:
-                    # Every byte, on a phantom device: refuse before allocating anything.
+                def predict(budget: int | None) -> tuple[fit.Prediction, int]:
+                    # Every byte, on a phantom device: refuse before allocating anything. Also returns
+                    # the bytes the weights' layout took out of `budget`.
                     ghost = GpuEngine(fit.phantom(gpu), self.gguf, graphs, context_length, self.kv_type,
                                       weight_budget=budget)
                     ghost.compile_all()
                     ghost.new_cache()
-                    return fit.Prediction(dict(ghost.bytes_by_kind))
+                    return fit.Prediction(dict(ghost.bytes_by_kind)), ghost.weights.budget_used
 
                 budget = None
-                self.predicted = predict(None)
+                self.predicted, _ = predict(None)
                 if limit is not None and self.predicted.total > limit and weight_paging:
                     # what is not weights changes a little with paging (no paired weights, so no fused
-                    # gate/up): shrink the weights' budget by any excess and predict again
+                    # gate/up): shrink the weights' budget below what the last layout used, by the excess
                     budget = limit - (self.predicted.total - self.predicted.bytes_by_kind["weights"])
-                    for _ in range(4):
-                        self.predicted = predict(max(budget, 0))
+                    for _ in range(8):
+                        self.predicted, used = predict(max(budget, 0))
                         if self.predicted.total <= limit:
                             break
-                        budget -= self.predicted.total - limit
+                        budget = used - (self.predicted.total - limit)
                 fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type,
                           paging=weight_paging)
                 self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget,

@@ -196,6 +196,29 @@ def test_weight_paging_gives_the_same_logits(smollm2_path, gpu):
         mdst.load(smollm2_path, device="gpu", context_length=128, gpu_memory_limit=limit)
 
 
+def test_weight_paging_splits_a_matrix_larger_than_the_slots_allow(cache_dir, gpu):
+    """A tied embedding most of the weights (as Gemma 3's): paging splits it into parts small enough
+    for the slots to leave room, instead of refusing a limit it could meet."""
+    path = cache_dir / f"memory-gemma3-vocab65536-{synth_key()}.gguf"
+    if not path.exists():
+        synth.write(path, "gemma3-tiny", types="Q8_0", seed=5, n_vocab=65536)
+    ids = list(range(300, 317))
+    with mdst.load(str(path), device="gpu", precision="f32", context_length=64) as full:
+        want = full.logits(ids)
+        weights = full.predicted.bytes_by_kind["weights"]
+        embedding = full.gguf.tensors["token_embd.weight"].nbytes
+        limit = full.predicted.total - int(0.3 * weights)
+    assert embedding > 0.7 * weights   # the embedding alone is more than the limit leaves for weights
+    with mdst.load(str(path), device="gpu", precision="f32", context_length=64, gpu_memory_limit=limit,
+                   weight_paging=True) as paged:
+        got = paged.logits(ids)
+        w = paged.memory_report()["weights"]
+        slot = max(b.size for b in paged.engine.weights.slots)
+        assert paged.predicted.total <= limit
+    assert w["paged_bytes"] > 0 and slot < embedding / 4
+    np.testing.assert_array_equal(got, want)
+
+
 def test_zero_copy_loading_stays_within_a_quarter_of_the_file(gemma_path, gpu):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_memory.py"), gemma_path],
                          capture_output=True, text=True, timeout=600, check=True)

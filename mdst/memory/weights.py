@@ -116,6 +116,7 @@ class WeightStore:
         self.slots: list[Any] = []                       # paging slot buffers
         self.slot_holds: list[tuple[str, int] | None] = []  # (matrix, part) each slot holds now
         self.page_ins = 0                                # parts copied into slots so far
+        self.budget_used = 0                             # bytes of matrix parts and slots (paging's budget)
 
     @property
     def nbytes(self) -> int:
@@ -134,8 +135,9 @@ class WeightStore:
                       siblings: list[tuple[str, ...]] = ()) -> None:
         """Upload matrices as raw blocks, split into parts that fit a binding.
 
-        With a budget (bytes for resident parts plus the slots), the longest run of parts in
-        `names` order that fits stays resident and the rest is paged. Otherwise each (gate, up) of
+        With a budget (bytes for resident parts plus the slots), matrices are split into parts small
+        enough for the slots to take an eighth of it, the longest run of parts in `names` order that
+        fits stays resident and the rest is paged. Otherwise each (gate, up) of
         `pairs` that fits one binding shares a buffer, up after gate, so one dispatch reads both;
         and so does each run of `siblings` (matrices with one input, of one type and row length),
         which is then also readable as one matrix under `run_name(run)` (in `runs`).
@@ -151,18 +153,25 @@ class WeightStore:
                                                      [WeightPart(ws[0].parts[0].buffer, 0, rows, rows * ws[0].row_bytes)])
                 self.run_members[run_name(run)] = run
             names = [n for n in names if n not in self.weights]
+        cap = self.gpu.profile.max_binding_size
+        if budget is not None and names:
+            # The slots are as large as the largest paged part: parts of at most a sixteenth of the
+            # budget keep the slots to an eighth of it (a tied embedding can be most of the weights).
+            cap = min(cap, max(budget // (8 * PAGE_SLOTS), max(self.gguf.tensors[n].row_bytes for n in names)))
         parts = []  # (name, row0, rows) in first-use order
         for name in names:
             t = self.gguf.tensors[name]
             self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes)
-            parts += [(name, row0, rows) for row0, rows in
-                      split_rows(t.n_rows, t.row_bytes, self.gpu.profile.max_binding_size)]
+            parts += [(name, row0, rows) for row0, rows in split_rows(t.n_rows, t.row_bytes, cap)]
         sizes = [rows * self.weights[name].row_bytes for name, _, rows in parts]
+
+        def need(resident: int) -> int:   # bytes of the first `resident` parts and of the slots for the rest
+            return sum(padded(n) for n in sizes[:resident]) + PAGE_SLOTS * padded(max(sizes[resident:], default=0))
+
         resident = len(parts)
-        if budget is not None:
-            while resident > 0 and sum(sizes[:resident]) + PAGE_SLOTS * padded(max(sizes[resident:], default=0)) \
-                    > budget:
-                resident -= 1
+        while budget is not None and resident > 0 and need(resident) > budget:
+            resident -= 1
+        self.budget_used = need(resident)
         for i, ((name, row0, rows), nbytes) in enumerate(zip(parts, sizes)):
             buf = None
             if i < resident:
