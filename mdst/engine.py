@@ -324,7 +324,7 @@ class GpuEngine(Engine):
         first_pick = pick()
         plan = self.plan("last", 1, "sample" if isinstance(first_pick, Draw) else first_pick)
         host_draw = isinstance(first_pick, Draw) and not first_pick.on_gpu
-        if not ahead or plan.segments or plan.ids_buffer is None or host_draw or not native.can_pipeline_reads():
+        if not ahead or plan.segments or plan.ids_buffer is None or host_draw or not native.can_map_directly():
             picks = iter([first_pick])
             yield from super().decode(cache, first, pos0, count, lambda: next(picks, None) or pick(), ahead)
             return

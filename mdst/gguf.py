@@ -343,6 +343,29 @@ class GGUFFile:
         stop = t.nbytes if stop is None else min(stop, t.nbytes)
         return self._view[t.offset + start:t.offset + stop]
 
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> bytearray:
+        """A copy of a tensor's bytes [start, stop), read as read_into does."""
+        t = self.tensors[name]
+        stop = t.nbytes if stop is None else min(stop, t.nbytes)
+        out = bytearray(max(0, stop - start))
+        self.read_into(memoryview(out), name, start)
+        return out
+
+    def read_into(self, dest: memoryview, name: str, start: int = 0) -> None:
+        """Fill `dest` with a tensor's bytes from byte `start` on, read from the file where the OS has
+        preadv, else copied from the mapping. Reading the file touches no page of the mapping (a
+        touch maps in up to a megabyte around it, which then stays in this process's RSS)."""
+        at = self.tensors[name].offset + start
+        if not hasattr(os, "preadv"):
+            dest[:] = self._view[at:at + len(dest)]
+            return
+        done = 0
+        while done < len(dest):
+            n = os.preadv(self._file.fileno(), [dest[done:]], at + done)
+            if n <= 0:
+                raise GGUFError(f"{self.path}: the file ended while reading tensor {name}; was it truncated?")
+            done += n
+
     def release_pages(self, name: str, start: int = 0, stop: int | None = None) -> None:
         """Tell the OS the mapped pages of a tensor's byte range [start, stop) are not needed now: they
         leave this process's RSS, and reading them again faults them back in from the page cache."""

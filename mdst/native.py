@@ -6,7 +6,7 @@ the entry point, so mdst runs on any wgpu-py; the native path only makes it fast
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 def _load() -> tuple[Any, Any] | None:
@@ -35,61 +35,82 @@ def timestamp_period(queue: Any) -> float:
         return 1.0
 
 
-def can_pipeline_reads() -> bool:
-    """Whether submissions can be indexed and their readbacks mapped and awaited without wgpu-py's poller."""
+def can_map_directly() -> bool:
+    """Whether submissions can be indexed and buffers mapped and awaited without wgpu-py's poller."""
     return _handle is not None and all(hasattr(_handle[1], f) for f in (
-        "wgpuQueueSubmitForIndex", "wgpuDevicePoll", "wgpuBufferMapAsync", "wgpuBufferGetConstMappedRange"))
+        "wgpuQueueSubmitForIndex", "wgpuDevicePoll", "wgpuBufferMapAsync", "wgpuBufferGetConstMappedRange",
+        "wgpuBufferGetMappedRange"))
 
 
 def submit(queue: Any, command_buffers: list[Any]) -> int:
-    """Submit; returns the submission's index (needs can_pipeline_reads())."""
+    """Submit; returns the submission's index (needs can_map_directly())."""
     ffi, lib = _handle
     ids = ffi.new("WGPUCommandBuffer[]", [cb._internal for cb in command_buffers])
     return int(lib.wgpuQueueSubmitForIndex(queue._internal, len(command_buffers), ids))
 
 
-_pending: set = set()   # Readbacks whose map callback has not run yet: wgpu may call it after an abandoned wait
-_on_mapped: Any = None  # the one C callback every Readback's mapping reports to (made on first use)
+_pending: set = set()   # Mappings whose callback has not run yet: wgpu may call it after an abandoned wait
+_on_mapped: Any = None  # the one C callback every Mapping reports to (made on first use)
 
 
 def _mapped(status: int, message: Any, userdata1: Any, userdata2: Any) -> None:
-    readback = _handle[0].from_handle(userdata1)
-    readback.status = int(status)
-    _pending.discard(readback)
+    mapping = _handle[0].from_handle(userdata1)
+    mapping.status = int(status)
+    _pending.discard(mapping)
 
 
-class Readback:
-    """The first `nbytes` of a MAP_READ buffer, mapped through wgpu-native directly.
+class Mapping:
+    """The first `nbytes` of a MAP_READ (or MAP_WRITE) buffer, being mapped through wgpu-native directly.
 
     wgpu-py's mapping wakes its poll thread, which waits for every submission so far while holding
     the device's fence, so a submission made meanwhile blocks until all of them are done: a decode
-    step queued behind the one being read would only be accepted once that one had finished. Here
-    the wait is for one submission index only, on the caller's thread, and nothing else polls.
-    The buffer must not be mapped through wgpu-py as well.
+    step queued behind the one being read would only be accepted once that one had finished, and an
+    upload staging buffer could not be filled while the other one's copy runs. Here the wait is for
+    one submission index only, on the caller's thread, and nothing else polls. The buffer must not
+    be mapped through wgpu-py as well.
     """
 
-    def __init__(self, buffer: Any, nbytes: int):
+    def __init__(self, buffer: Any, nbytes: int, write: bool = False):
         global _on_mapped
         ffi, lib = _handle
         if _on_mapped is None:   # one closure for all: a decode step should not allocate one
             _on_mapped = ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)", _mapped)
         self.buffer, self.nbytes, self.status = buffer, nbytes, None
         self.size = max(4, -(-nbytes // 4) * 4)
-        self._self = ffi.new_handle(self)   # userdata1: alive while the Readback is (kept in _pending)
+        self._self = ffi.new_handle(self)   # userdata1: alive while the Mapping is (kept in _pending)
         _pending.add(self)
         info = ffi.new("WGPUBufferMapCallbackInfo *")
         info.mode = lib.WGPUCallbackMode_AllowProcessEvents
         info.callback = _on_mapped
         info.userdata1 = self._self
-        lib.wgpuBufferMapAsync(buffer._internal, lib.WGPUMapMode_Read, 0, self.size, info[0])
+        mode = lib.WGPUMapMode_Write if write else lib.WGPUMapMode_Read
+        lib.wgpuBufferMapAsync(buffer._internal, mode, 0, self.size, info[0])
+
+    def _settle(self, device: Any, index: int | None) -> None:
+        """Block until submission `index` (the buffer's last user; None: every submission) is done."""
+        ffi, lib = _handle
+        lib.wgpuDevicePoll(device._internal, True, ffi.NULL if index is None else ffi.new("WGPUSubmissionIndex *", index))
+        if self.status != lib.WGPUMapAsyncStatus_Success:
+            raise RuntimeError(f"mapping a staging buffer failed (status {self.status})")
+
+
+class Readback(Mapping):
+    """A MAP_READ buffer's first `nbytes`, read once the submission that writes them is done."""
 
     def wait(self, device: Any, index: int) -> bytes:
         """Block until submission `index` (which wrote the buffer) is done; the bytes, buffer unmapped."""
         ffi, lib = _handle
-        lib.wgpuDevicePoll(device._internal, True, ffi.new("WGPUSubmissionIndex *", index))
-        if self.status != lib.WGPUMapAsyncStatus_Success:
-            raise RuntimeError(f"mapping a readback buffer failed (status {self.status})")
+        self._settle(device, index)
         ptr = lib.wgpuBufferGetConstMappedRange(self.buffer._internal, 0, self.size)
         data = bytes(ffi.buffer(ptr, self.nbytes))
         lib.wgpuBufferUnmap(self.buffer._internal)
         return data
+
+
+def fill(device: Any, buffer: Any, nbytes: int, index: int | None, put: Callable[[memoryview], None]) -> None:
+    """Let `put` write the first `nbytes` (whole words) of MAP_WRITE `buffer`, once submission `index`,
+    its last reader, is done."""
+    ffi, lib = _handle
+    Mapping(buffer, nbytes, write=True)._settle(device, index)
+    put(memoryview(ffi.buffer(lib.wgpuBufferGetMappedRange(buffer._internal, 0, nbytes), nbytes)))
+    lib.wgpuBufferUnmap(buffer._internal)

@@ -17,8 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import native
 from ..errors import UnsupportedModelError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
+from .fit import PhantomDevice
 
 UPLOAD_CHUNK = 2 << 20   # bytes per upload: one of two mapped staging buffers, copied on the GPU
 FLUSH_BYTES = 8 << 20    # write_buffer bytes (small tensors) after which the queue is drained
@@ -219,7 +221,7 @@ class WeightStore:
         if name in self.weights:
             return self.weights[name]
         t = self.gguf.tensors[name]
-        values = dequantize(self.gguf.tensor_bytes(name), t.type, t.shape).ravel()
+        values = dequantize(self.gguf.read(name), t.type, t.shape).ravel()
         return self.put_vector(name, values)
 
     def put_vector(self, name: str, values: np.ndarray) -> GpuWeight:
@@ -239,33 +241,40 @@ class WeightStore:
         """
         for off in range(0, nbytes, UPLOAD_CHUNK):
             end = min(off + UPLOAD_CHUNK, nbytes)
-            self._write(buf, self.gguf.tensor_bytes(name, start + off, start + end), at + off)
+            self._write(buf, self.gguf.tensor_bytes(name, start + off, start + end), at + off, (name, start + off))
             self.gguf.release_pages(name, start + off, start + end)
             if self._progress is not None and not self.slot_holds:  # initial loading, not paging
                 self._done += end - off
                 self._progress(self._done, self._total)
 
-    def _write(self, buf: Any, data: memoryview, offset: int = 0) -> None:
+    def _write(self, buf: Any, data: memoryview, offset: int = 0, source: tuple[str, int] | None = None) -> None:
         """Copy `data` into `buf` at `offset`: whole words through the staging buffers, a tail through
-        write_buffer (bounded: the queue's copies are freed by draining it every FLUSH_BYTES)."""
+        write_buffer (bounded: the queue's copies are freed by draining it every FLUSH_BYTES).
+        `source`: the tensor and byte `data` starts at, when it is a view of the file mapping."""
         n = len(data)
         aligned = n - n % 4
         q = self.gpu.queue
+
+        def host(a: int, b: int) -> Any:   # data[a:b], read from the file rather than the mapping if it is a view of it
+            return data[a:b] if source is None else self.gguf.read(source[0], source[1] + a, source[1] + b)
+
         if aligned >= UPLOAD_CHUNK // 4:
-            self._stage(buf, data[:aligned], offset)
+            self._stage(buf, data[:aligned], offset, source)
         elif aligned:
-            q.write_buffer(buf, offset, data[:aligned])
+            q.write_buffer(buf, offset, host(0, aligned))
         if aligned < n:  # write_buffer moves whole 4-byte words: pad the tail
-            q.write_buffer(buf, offset + aligned, bytes(data[aligned:]) + b"\0" * (4 - n % 4))
+            q.write_buffer(buf, offset + aligned, bytes(host(aligned, n)) + b"\0" * (4 - n % 4))
         self._queued += n
         if self._queued >= FLUSH_BYTES:
             self.flush()
 
-    def _stage(self, buf: Any, data: memoryview, offset: int) -> None:
+    def _stage(self, buf: Any, data: memoryview, offset: int, source: tuple[str, int] | None) -> None:
         """Copy whole words into `buf` through the two mapped staging buffers, UPLOAD_CHUNK at a time.
 
         Mapping a staging buffer waits until the GPU has finished its previous copy, so one buffer
-        is filled while the other's copy runs.
+        is filled while the other's copy runs. Through wgpu-native where it can (wgpu-py's mapping
+        waits for every submission, the other buffer's copy included), and then file bytes are read
+        straight into the mapped buffer (faulting in the file mapping's pages was the slow part).
         """
         import wgpu
 
@@ -273,16 +282,29 @@ class WeightStore:
         if not self._staging:
             self._staging = [dev.create_buffer(size=UPLOAD_CHUNK, usage=wgpu.BufferUsage.MAP_WRITE |
                                                wgpu.BufferUsage.COPY_SRC, label=f"upload.{i}") for i in range(2)]
+            self._copied = [None, None]   # submission index of each buffer's last copy
+        direct = native.can_map_directly() and not isinstance(dev, PhantomDevice)
         for at in range(0, len(data), UPLOAD_CHUNK):
             piece = data[at:at + UPLOAD_CHUNK]
-            st = self._staging[self._turn]
+            turn, st = self._turn, self._staging[self._turn]
             self._turn ^= 1
-            st.map_sync(wgpu.MapMode.WRITE, 0, UPLOAD_CHUNK)
-            st.write_mapped(piece, 0)
-            st.unmap()
+            if direct:
+                def put(mem: memoryview, piece: memoryview = piece, at: int = at) -> None:
+                    if source is None:
+                        mem[:] = piece
+                    else:
+                        self.gguf.read_into(mem, source[0], source[1] + at)
+                native.fill(dev, st, len(piece), self._copied[turn], put)
+            else:
+                st.map_sync(wgpu.MapMode.WRITE, 0, UPLOAD_CHUNK)
+                st.write_mapped(piece, 0)
+                st.unmap()
             enc = dev.create_command_encoder()
             enc.copy_buffer_to_buffer(st, 0, buf, offset + at, len(piece))
-            self.gpu.queue.submit([enc.finish()])
+            if direct:
+                self._copied[turn] = native.submit(self.gpu.queue, [enc.finish()])
+            else:
+                self.gpu.queue.submit([enc.finish()])
 
     def release_staging(self) -> None:
         """Destroy the staging buffers (weights are all resident: nothing is uploaded later)."""
