@@ -197,7 +197,8 @@ class GpuEngine(Engine):
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.plans: dict[tuple[str, int, str], Plan] = {}
         self.staging = None
-        self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress)
+        self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress,
+                                   lambda: self.step_timeout)
         uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
         pairs = glu_pairs(graphs["last"], gguf.tensors)
         self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),

@@ -6,6 +6,7 @@ the entry point, so mdst runs on any wgpu-py; the native path only makes it fast
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 
@@ -86,10 +87,23 @@ class Mapping:
         mode = lib.WGPUMapMode_Write if write else lib.WGPUMapMode_Read
         lib.wgpuBufferMapAsync(buffer._internal, mode, 0, self.size, info[0])
 
-    def _settle(self, device: Any, index: int | None) -> None:
-        """Block until submission `index` (the buffer's last user; None: every submission) is done."""
+    def _settle(self, device: Any, index: int | None, timeout: float | None = None) -> None:
+        """Block until submission `index` (the buffer's last user; None: every submission) is done.
+
+        With a timeout, poll without blocking until the mapping is done, and raise TimeoutError
+        after `timeout` seconds (a blocking poll cannot be given a deadline)."""
         ffi, lib = _handle
-        lib.wgpuDevicePoll(device._internal, True, ffi.NULL if index is None else ffi.new("WGPUSubmissionIndex *", index))
+        if timeout is None:
+            lib.wgpuDevicePoll(device._internal, True,
+                               ffi.NULL if index is None else ffi.new("WGPUSubmissionIndex *", index))
+        else:
+            end = time.monotonic() + timeout
+            while self.status is None:
+                lib.wgpuDevicePoll(device._internal, False, ffi.NULL)
+                if self.status is None:
+                    if time.monotonic() > end:
+                        raise TimeoutError
+                    time.sleep(20e-6)
         if self.status != lib.WGPUMapAsyncStatus_Success:
             raise RuntimeError(f"mapping a staging buffer failed (status {self.status})")
 
@@ -107,10 +121,11 @@ class Readback(Mapping):
         return data
 
 
-def fill(device: Any, buffer: Any, nbytes: int, index: int | None, put: Callable[[memoryview], None]) -> None:
+def fill(device: Any, buffer: Any, nbytes: int, index: int | None, put: Callable[[memoryview], None],
+         timeout: float | None = None) -> None:
     """Let `put` write the first `nbytes` (whole words) of MAP_WRITE `buffer`, once submission `index`,
-    its last reader, is done."""
+    its last reader, is done (TimeoutError after `timeout` seconds; the buffer then stays pending)."""
     ffi, lib = _handle
-    Mapping(buffer, nbytes, write=True)._settle(device, index)
+    Mapping(buffer, nbytes, write=True)._settle(device, index, timeout)
     put(memoryview(ffi.buffer(lib.wgpuBufferGetMappedRange(buffer._internal, 0, nbytes), nbytes)))
     lib.wgpuBufferUnmap(buffer._internal)

@@ -1,7 +1,7 @@
 """Faults: allocation failure at load, a lost device, a step past its deadline, interrupts, threads.
 
 Allocation failures are injected through mdst.engine.allocation_fault (a software adapter cannot be made
-to run out of memory on demand); the rest are real.
+to run out of memory on demand), and so is a weight copy that never finishes; the rest are real.
 """
 
 from __future__ import annotations
@@ -97,6 +97,28 @@ def test_a_step_past_its_deadline_raises_and_the_model_recovers(smollm2_path, ex
         with pytest.raises(mdst.DeviceError, match="did not finish within"):
             m.logits(list(range(100, 200)))
         m.engine.step_timeout = engine_mod.STEP_TIMEOUT
+        assert m.generate(PROMPT, max_tokens=8) == expected
+
+
+def test_a_weight_copy_past_its_deadline_raises_and_the_model_recovers(smollm2_path, expected, monkeypatch):
+    """A paged step whose weight copy never finishes raises DeviceError; the next step copies through
+    fresh staging buffers. Injected: the staging buffer's mapping is started and never completes, as
+    on a hung device."""
+    from mdst import native
+
+    with mdst.load(smollm2_path, device="gpu", context_length=128) as full:
+        limit = full.predicted.total - 40 * 2**20
+    with mdst.load(smollm2_path, device="gpu", context_length=128, gpu_memory_limit=limit, weight_paging=True) as m:
+        real_fill = native.fill
+
+        def stuck(device, buffer, nbytes, *args):
+            native.Mapping(buffer, nbytes, write=True)
+            raise TimeoutError
+
+        monkeypatch.setattr(native, "fill", stuck)
+        with pytest.raises(mdst.DeviceError, match="did not finish within"):
+            m.generate(PROMPT, max_tokens=8)
+        monkeypatch.setattr(native, "fill", real_fill)
         assert m.generate(PROMPT, max_tokens=8) == expected
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import native
-from ..errors import UnsupportedModelError
+from ..errors import DeviceError, UnsupportedModelError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
 from .fit import PhantomDevice
 
@@ -101,11 +101,12 @@ def dequantize(raw: Any, gtype: GGMLType, shape: tuple[int, ...]) -> np.ndarray:
 class WeightStore:
     """The GPU copies of a model's weights."""
 
-    def __init__(self, gpu: Any, gguf: GGUFFile, create_buffer: Any,
-                 progress: Callable[[int, int], None] | None = None):
+    def __init__(self, gpu: Any, gguf: GGUFFile, create_buffer: Any, progress: Callable[[int, int], None] | None,
+                 timeout: Callable[[], float]):
         self.gpu, self.gguf = gpu, gguf
         self._create = create_buffer
         self._progress = progress  # called with (bytes uploaded, bytes to upload) as loading goes
+        self._timeout = timeout    # seconds a staging buffer's previous copy may take (the engine's step deadline)
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
         # Uploads go through two mapped buffers of our own, taking turns: write_buffer's staging
@@ -212,6 +213,7 @@ class WeightStore:
         if self.slot_holds[slot] == (name, part):
             return
         p = self.weights[name].parts[part]
+        self.slot_holds[slot] = None   # until the copy is queued whole: a failed one leaves the slot unknown
         self._upload(self.slots[slot], name, p.row0 * self.weights[name].row_bytes, p.nbytes)
         self.slot_holds[slot] = (name, part)
         self.page_ins += 1
@@ -294,7 +296,12 @@ class WeightStore:
                         mem[:] = piece
                     else:
                         self.gguf.read_into(mem, source[0], source[1] + at)
-                native.fill(dev, st, len(piece), self._copied[turn], put)
+                try:
+                    native.fill(dev, st, len(piece), self._copied[turn], put, self._timeout())
+                except TimeoutError:
+                    self.release_staging()   # one is still being mapped: fresh ones next time
+                    raise DeviceError(f"a copy of weights to the GPU did not finish within {self._timeout():g} s; "
+                                      "the device may be hung") from None
             else:
                 st.map_sync(wgpu.MapMode.WRITE, 0, UPLOAD_CHUNK)
                 st.write_mapped(piece, 0)
@@ -307,7 +314,7 @@ class WeightStore:
                 self.gpu.queue.submit([enc.finish()])
 
     def release_staging(self) -> None:
-        """Destroy the staging buffers (weights are all resident: nothing is uploaded later)."""
+        """Destroy the staging buffers (after loading, when weights are all resident; or abandoned)."""
         for b in self._staging:
             b.destroy()
         self._staging = []
