@@ -1,7 +1,8 @@
 """How fast the host can move file bytes to the GPU through mapped MAP_WRITE staging buffers, as
 JSON lines: preadv into a MAP_WRITE buffer mapped through wgpu-native, then a GPU copy out of it,
 for several buffer counts, chunk sizes and filling threads. Weight loading and paging use one
-thread and two 2 MiB buffers (mdst/memory/weights.py); this shows what more would buy.
+thread and two 2 MiB buffers (mdst/memory/weights.py), well under this ceiling: four buffers
+filled by four threads there measured no faster, so the staging fill is not what bounds them.
 
 On a discrete GPU MAP_WRITE buffers may live in device memory the CPU writes over PCIe (BAR), so
 this is the host-to-GPU path's ceiling, not the file's. Each configuration runs twice in one process
@@ -29,16 +30,15 @@ def rate(gpu, fd: int, file_size: int, buffers: int, chunk: int, threads: int, t
     dev, usage = gpu.device, wgpu.BufferUsage
     staging = [dev.create_buffer(size=chunk, usage=usage.MAP_WRITE | usage.COPY_SRC) for _ in range(buffers)]
     target = dev.create_buffer(size=chunk * buffers, usage=usage.STORAGE | usage.COPY_DST)
-    copied: list[int | None] = [None] * buffers   # each buffer's last copy
     reps = total // chunk
 
-    def work(first: int) -> None:
+    def work(first: int) -> None:   # buffers first, first + threads, ...: this thread's alone
         for i in range(first, reps, threads):
             k, at = i % buffers, (i * chunk) % (file_size - chunk)
-            native.fill(dev, staging[k], chunk, copied[k], lambda mem: os.preadv(fd, [mem], at), 60.0)
+            native.fill(dev, staging[k], chunk, lambda mem: os.preadv(fd, [mem], at), 60.0)
             enc = dev.create_command_encoder()
             enc.copy_buffer_to_buffer(staging[k], 0, target, k * chunk, chunk)
-            copied[k] = native.submit(dev.queue, [enc.finish()])
+            dev.queue.submit([enc.finish()])
 
     t0 = time.perf_counter()
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]

@@ -121,11 +121,12 @@ class Readback(Mapping):
         return data
 
 
-def fill(device: Any, buffer: Any, nbytes: int, index: int | None, put: Callable[[memoryview], None],
-         timeout: float | None = None) -> None:
-    """Let `put` write the first `nbytes` (whole words) of MAP_WRITE `buffer`, once submission `index`,
-    its last reader, is done (TimeoutError after `timeout` seconds; the buffer then stays pending)."""
+def fill(device: Any, buffer: Any, nbytes: int, put: Callable[[memoryview], None], timeout: float) -> None:
+    """Let `put` write the first `nbytes` (whole words) of MAP_WRITE `buffer` once the GPU is done with
+    it (TimeoutError after `timeout` seconds; the buffer then stays pending)."""
     ffi, lib = _handle
-    Mapping(buffer, nbytes, write=True)._settle(device, index, timeout)
-    put(memoryview(ffi.buffer(lib.wgpuBufferGetMappedRange(buffer._internal, 0, nbytes), nbytes)))
-    lib.wgpuBufferUnmap(buffer._internal)
+    Mapping(buffer, nbytes, write=True)._settle(device, None, timeout)
+    try:
+        put(memoryview(ffi.buffer(lib.wgpuBufferGetMappedRange(buffer._internal, 0, nbytes), nbytes)))
+    finally:   # a failed put (a truncated file) leaves the buffer usable
+        lib.wgpuBufferUnmap(buffer._internal)
