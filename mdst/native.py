@@ -87,15 +87,13 @@ class Mapping:
         mode = lib.WGPUMapMode_Write if write else lib.WGPUMapMode_Read
         lib.wgpuBufferMapAsync(buffer._internal, mode, 0, self.size, info[0])
 
-    def _settle(self, device: Any, index: int | None, timeout: float | None = None) -> None:
-        """Block until submission `index` (the buffer's last user; None: every submission) is done.
-
-        With a timeout, poll without blocking until the mapping is done, and raise TimeoutError
-        after `timeout` seconds (a blocking poll cannot be given a deadline)."""
+    def _settle(self, device: Any, index: int | None, timeout: float | None) -> None:
+        """Until the mapping is done: one blocking poll for submission `index` (the buffer's last
+        user), or else polls without blocking, TimeoutError after `timeout` seconds (a blocking poll
+        cannot be given a deadline)."""
         ffi, lib = _handle
-        if timeout is None:
-            lib.wgpuDevicePoll(device._internal, True,
-                               ffi.NULL if index is None else ffi.new("WGPUSubmissionIndex *", index))
+        if index is not None:
+            lib.wgpuDevicePoll(device._internal, True, ffi.new("WGPUSubmissionIndex *", index))
         else:
             end = time.monotonic() + timeout
             while self.status is None:
@@ -114,7 +112,7 @@ class Readback(Mapping):
     def wait(self, device: Any, index: int) -> bytes:
         """Block until submission `index` (which wrote the buffer) is done; the bytes, buffer unmapped."""
         ffi, lib = _handle
-        self._settle(device, index)
+        self._settle(device, index, None)
         ptr = lib.wgpuBufferGetConstMappedRange(self.buffer._internal, 0, self.size)
         data = bytes(ffi.buffer(ptr, self.nbytes))
         lib.wgpuBufferUnmap(self.buffer._internal)
