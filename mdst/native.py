@@ -67,8 +67,8 @@ class Mapping:
     the device's fence, so a submission made meanwhile blocks until all of them are done: a decode
     step queued behind the one being read would only be accepted once that one had finished, and an
     upload staging buffer could not be filled while the other one's copy runs. Here the wait is for
-    one submission index only, on the caller's thread, and nothing else polls. The buffer must not
-    be mapped through wgpu-py as well.
+    this buffer alone (one submission index, or its own mapping), on the caller's thread, and
+    nothing else polls. The buffer must not be mapped through wgpu-py as well.
     """
 
     def __init__(self, buffer: Any, nbytes: int, write: bool = False):
