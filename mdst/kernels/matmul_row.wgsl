@@ -44,6 +44,25 @@ fn sq(G: u32) -> f32 {
     return dot(x[G], x[G]);
 }
 
+// For the types' own steps: the 8 groups of x one unit of 32 weights reads, G + ga[i] (column i of
+// a) and G + gb[i] (column i of b); ss: their sum of squares with NORM (else 0).
+struct XUnit {
+    a: mat4x4<f32>,
+    b: mat4x4<f32>,
+    ss: f32,
+}
+
+fn x_unit(G: u32, ga: vec4<u32>, gb: vec4<u32>) -> XUnit {
+    var u: XUnit;
+    u.a = mat4x4<f32>(xg(G + ga.x), xg(G + ga.y), xg(G + ga.z), xg(G + ga.w));
+    u.b = mat4x4<f32>(xg(G + gb.x), xg(G + gb.y), xg(G + gb.z), xg(G + gb.w));
+    if (NORM) {
+        u.ss = sq(G + ga.x) + sq(G + ga.y) + sq(G + ga.z) + sq(G + ga.w)
+             + sq(G + gb.x) + sq(G + gb.y) + sq(G + gb.z) + sq(G + gb.w);
+    }
+    return u;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {

@@ -34,14 +34,11 @@ fn lane_dot(base: u32, up: u32, t: u32) -> vec3<f32> {
         let pr = (u >> 1u) & 3u;
         let h = u & 1u;
         let G = blk * 64u + pr * 16u + h * 4u;   // x's group (of 4) at the unit's first low nibble
-        let xl = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
-        let xh = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
-        if (NORM) {
-            acc.z += sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 8u) + sq(G + 9u) + sq(G + 10u) + sq(G + 11u);
-        }
-        acc.x += q4k_unit(base + blk * QB, pr, h, xl, xh);
+        let xu = x_unit(G, vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(8u, 9u, 10u, 11u));   // low, high nibbles
+        acc.z += xu.ss;
+        acc.x += q4k_unit(base + blk * QB, pr, h, xu.a, xu.b);
         if (GLU != 0u) {
-            acc.y += q4k_unit(up + blk * QB, pr, h, xl, xh);
+            acc.y += q4k_unit(up + blk * QB, pr, h, xu.a, xu.b);
         }
     }
     return acc;

@@ -47,14 +47,11 @@ fn lane_dot(base: u32, up: u32, t: u32) -> vec3<f32> {
         let n = (u >> 2u) & 1u;
         let l0 = 8u * (u & 3u);
         let G = blk * 64u + n * 32u + l0 / 4u;   // x's group (of 4) at quarter 0's first position
-        let xa = mat4x4<f32>(xg(G), xg(G + 8u), xg(G + 16u), xg(G + 24u));
-        let xb = mat4x4<f32>(xg(G + 1u), xg(G + 9u), xg(G + 17u), xg(G + 25u));
-        if (NORM) {
-            acc.z += sq(G) + sq(G + 8u) + sq(G + 16u) + sq(G + 24u) + sq(G + 1u) + sq(G + 9u) + sq(G + 17u) + sq(G + 25u);
-        }
-        acc.x += q6k_unit(base + blk * QB, n, l0, xa, xb);
+        let xu = x_unit(G, vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(1u, 9u, 17u, 25u));   // quarters' first, second 4
+        acc.z += xu.ss;
+        acc.x += q6k_unit(base + blk * QB, n, l0, xu.a, xu.b);
         if (GLU != 0u) {
-            acc.y += q6k_unit(up + blk * QB, n, l0, xa, xb);
+            acc.y += q6k_unit(up + blk * QB, n, l0, xu.a, xu.b);
         }
     }
     return acc;
