@@ -82,10 +82,9 @@ def fuse(graph: Graph, row_fusions: bool, paired: set[str], runs: dict[str, tupl
     their input and gate their output (one-row and in-register kernels can; tiled GEMMs cannot);
     `paired`: gate weights stored with their up weights; `runs` (one-row plans): sibling matrices
     stored as one, by run name."""
-    nodes = list(graph.nodes)
-    next_id = [graph._next]
+    nodes, next_id = list(graph.nodes), graph._next
     if runs:
-        nodes = _fuse_siblings(nodes, runs, next_id)
+        nodes, next_id = _fuse_siblings(nodes, runs, next_id)
     if row_fusions:
         nodes = _fuse_glu(graph, nodes, paired)
         nodes = _fuse_norm_prologue(graph, nodes)
@@ -93,7 +92,7 @@ def fuse(graph: Graph, row_fusions: bool, paired: set[str], runs: dict[str, tupl
     nodes = _fuse_post_norm_add(graph, nodes)
     nodes = _fuse_attention_inputs(graph, nodes)
     out = Graph(graph.output_rows)
-    out.nodes, out.output, out._next = nodes, graph.output, next_id[0]
+    out.nodes, out.output, out._next = nodes, graph.output, next_id
     return out
 
 
@@ -107,7 +106,8 @@ def _producers(nodes: list[Node]) -> dict[int, Node]:
     return {n.out.id: n for n in nodes}
 
 
-def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id: list[int]) -> list[Node]:
+def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id: int) -> tuple[list[Node], int]:
+    """Each run's members -> one matmul over the run and a view per member; with the next free value id."""
     member = {m: name for name, run in runs.items() for m in run}
     found: dict[str, dict[str, Node]] = {}
     for n in nodes:
@@ -122,14 +122,14 @@ def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id:
             continue
         if n is not group[runs[name][0]]:
             continue   # a later member: its view came with the first
-        whole = Value(next_id[0], n.out.rows, sum(group[m].out.cols for m in runs[name]), name)
-        next_id[0] += 1
+        whole = Value(next_id, n.out.rows, sum(group[m].out.cols for m in runs[name]), name)
+        next_id += 1
         out.append(Node("matmul", n.inputs, whole, (name,)))
         col0 = 0
         for m in runs[name]:
             out.append(Node("view", (whole,), group[m].out, (), {"col0": col0}))
             col0 += group[m].out.cols
-    return out
+    return out, next_id
 
 
 def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:

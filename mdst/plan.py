@@ -228,7 +228,7 @@ class Compiler:
         # Views (fusion.py's sibling matmuls) are column ranges of a run's output, which lives
         # until the last of them is read; RoPE in place on a view is a view too.
         views: dict[int, int] = {}
-        for i, node in enumerate(graph.nodes):
+        for node in graph.nodes:
             if node.op == "view" or (node.op == "rope" and node.inputs[0].id in views):
                 views[node.out.id] = views.get(node.inputs[0].id, node.inputs[0].id)
         for v, base in views.items():

@@ -107,6 +107,8 @@ class WeightStore:
         self._create = create_buffer
         self._progress = progress  # called with (bytes uploaded, bytes to upload) as loading goes
         self._timeout = timeout    # seconds a staging buffer's previous copy may take (the engine's step deadline)
+        # staging buffers mapped through wgpu-native (a phantom device has nothing to map)
+        self._direct = native.can_map_directly() and not isinstance(gpu.device, PhantomDevice)
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
         # Uploads go through two mapped buffers of our own, taking turns: write_buffer's staging
@@ -285,22 +287,22 @@ class WeightStore:
         if not self._staging:
             self._staging = [dev.create_buffer(size=UPLOAD_CHUNK, usage=wgpu.BufferUsage.MAP_WRITE |
                                                wgpu.BufferUsage.COPY_SRC, label=f"upload.{i}") for i in range(2)]
-        direct = native.can_map_directly() and not isinstance(dev, PhantomDevice)
         for at in range(0, len(data), UPLOAD_CHUNK):
             piece = data[at:at + UPLOAD_CHUNK]
             st = self._staging[self._turn]
             self._turn ^= 1
-            if direct:
+            if self._direct:
                 def put(mem: memoryview, piece: memoryview = piece, at: int = at) -> None:
                     if source is None:
                         mem[:] = piece
                     else:
                         self.gguf.read_into(mem, source[0], source[1] + at)
+                timeout = self._timeout()
                 try:
-                    native.fill(dev, st, len(piece), put, self._timeout())
+                    native.fill(dev, st, len(piece), put, timeout)
                 except TimeoutError:
                     self.release_staging()   # one is still being mapped: fresh ones next time
-                    raise DeviceError(f"a copy of weights to the GPU did not finish within {self._timeout():g} s; "
+                    raise DeviceError(f"a copy of weights to the GPU did not finish within {timeout:g} s; "
                                       "the device may be hung") from None
             else:
                 st.map_sync(wgpu.MapMode.WRITE, 0, UPLOAD_CHUNK)
