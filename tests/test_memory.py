@@ -18,6 +18,7 @@ from mdst.gguf import GGUFFile
 from mdst.memory.fit import parse_bytes
 from mdst.memory.pool import size_class
 from mdst.testing import synth
+from load_memory import rss_by_mapping
 from metrics import rel_l2, report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,25 +234,13 @@ def test_zero_copy_loading_stays_within_a_quarter_of_the_file(gemma_path, gpu):
     assert r["weights_path"]["rss_growth_by_mapping"].get(os.path.realpath(gemma_path), 0) < 2**20
 
 
-def mapped_rss(path: str) -> int:
-    """Resident bytes of this process's mappings of `path`."""
-    total, here = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()
-            if "-" in head[0] and not head[0].endswith(":"):
-                here = len(head) > 5 and head[5] == os.path.realpath(path)
-            elif here and head[0] == "Rss:":
-                total += int(head[1]) * 1024
-    return total
-
-
 def test_file_reads_match_the_mapping_and_leave_it_untouched(smollm2_path):
     f = GGUFFile(smollm2_path)
+    path = os.path.realpath(smollm2_path)
     try:
-        before = mapped_rss(smollm2_path)
+        before = rss_by_mapping().get(path, 0)
         embedding = f.read("token_embd.weight")
-        assert mapped_rss(smollm2_path) - before < 2**16   # preadv: no page of the mapping touched
+        assert rss_by_mapping().get(path, 0) - before < 2**16   # preadv: no page of the mapping touched
         assert bytes(embedding) == bytes(f.tensor_bytes("token_embd.weight"))
         rng = np.random.default_rng(11)
         for t in rng.choice(list(f.tensors.values()), 12):
