@@ -19,12 +19,23 @@ def blocks(lang: str, text: str | None = None) -> list[str]:
     return [m.group(2) for m in _FENCE.finditer(text) if m.group(1) == lang]
 
 
+def following(block: str, text: str | None = None) -> str:
+    """The fenced block right after `block` (whatever its language): the output the README shows for it."""
+    text = README.read_text(encoding="utf-8") if text is None else text
+    fences = list(_FENCE.finditer(text))
+    i = next(i for i, m in enumerate(fences) if m.group(2) == block)
+    return fences[i + 1].group(2)
+
+
 def shell_commands(block: str) -> list[tuple[str, str]]:
     """The `$ command` lines of a console block, each with the output shown under it."""
     out: list[tuple[str, str]] = []
+    continued = False
     for line in block.splitlines():
-        if line.startswith("$ "):
-            out.append((line[2:], ""))
+        if line.startswith("$ ") or continued:
+            cmd = line[2:] if not continued else out.pop()[0] + "\n" + line
+            out.append((cmd, ""))
+            continued = line.endswith("\\")
         elif out:
             out[-1] = (out[-1][0], out[-1][1] + line + "\n")
     return out
