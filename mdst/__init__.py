@@ -29,7 +29,8 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
          progress: Callable[[int, int], None] | None = None) -> "Model":
     """Load a GGUF model (a path, or a packaged model's short name; None: the default small model).
 
-    device: "auto" (hardware adapter, else software, else numpy), "gpu" (any WebGPU adapter) or "cpu".
+    device: "auto" (a hardware adapter, else numpy: faster than a software adapter such as lavapipe),
+        "gpu" (any WebGPU adapter, software included) or "cpu" (numpy).
     precision: "auto", "f32" or "f16" (f16 needs the adapter's shader-f16).
     context_length: KV cache size in tokens (default: min(model maximum, 4096)).
     max_binding_size: cap on bytes per GPU binding, below the adapter's limit (tests the split path).

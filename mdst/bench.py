@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from .errors import DeviceError
 
 if TYPE_CHECKING:
     from .model import Model
@@ -23,32 +25,47 @@ def decode_weight_bytes(model: "Model") -> int:
     return total
 
 
-def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
-          seed: int = 0, profile: bool = False) -> dict[str, Any]:
-    """Median prefill and decode speed over `repeat` runs on random token ids (greedy decode)."""
+def check_bench_args(prompt_tokens: int, gen_tokens: int, repeat: int) -> None:
+    """ValueError unless the run sizes are positive (checked before a model is loaded, too)."""
     if prompt_tokens < 1 or gen_tokens < 1 or repeat < 1:
         raise ValueError("prompt_tokens, gen_tokens and repeat must be >= 1")
+
+
+def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
+          seed: int = 0, profile: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Median prefill and decode speed over `repeat` runs on random token ids (greedy decode).
+
+    progress, if given, is called with each phase about to run ("run 2/3: decode 128 tokens"), outside the timing.
+    """
+    check_bench_args(prompt_tokens, gen_tokens, repeat)
     if prompt_tokens + gen_tokens > model.context_length:
         raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens + gen_tokens} exceeds the context length "
                          f"{model.context_length}; load with a larger context_length")
+    eng = model.engine
+    if profile and (eng.kind != "gpu" or not eng.gpu.profile.timestamps):
+        raise DeviceError("profiling needs a WebGPU adapter with the timestamp-query feature; this model runs on "
+                          f"{model.backend}")
+    say = progress or (lambda phase: None)
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, model.n_vocab, prompt_tokens).tolist()
 
-    def once(n_prompt: int, n_gen: int) -> tuple[float, float]:
+    def once(n_prompt: int, n_gen: int, run: str) -> tuple[float, float]:
         with model.session() as s:
+            say(f"{run}: prefill {n_prompt} tokens")
             t0 = time.perf_counter()
             tok = int(s.prefill(ids[:n_prompt], greedy=True))
+            prefill_s = time.perf_counter() - t0
+            say(f"{run}: decode {n_gen} tokens")
             t1 = time.perf_counter()
             for tok in s.decode(tok, n_gen, lambda: "argmax", ahead=True):  # as generate() decodes
                 pass
-            t2 = time.perf_counter()
-        return t1 - t0, t2 - t1
+            decode_s = time.perf_counter() - t1
+        return prefill_s, decode_s
 
-    once(min(prompt_tokens, 8), 2)  # compile pipelines and plans outside the timing
-    runs = [once(prompt_tokens, gen_tokens) for _ in range(repeat)]
+    once(min(prompt_tokens, 8), 2, "warm-up")  # compile pipelines and plans outside the timing
+    runs = [once(prompt_tokens, gen_tokens, f"run {i + 1}/{repeat}") for i in range(repeat)]
     prefill_s = statistics.median(r[0] for r in runs)
     decode_s = statistics.median(r[1] for r in runs)
-    eng = model.engine
     wbytes = decode_weight_bytes(model)
     out: dict[str, Any] = {
         "model": model.path, "architecture": model.architecture, "backend": model.backend,
@@ -68,6 +85,7 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
         out["adapter"] = model.device_profile.as_dict()
         if profile:
             from .profile import profile_step
+            say("profile: GPU time per dispatch")
             out["profile"] = {"decode": profile_step(model, 1),
                               "prefill": profile_step(model, min(prompt_tokens, eng.chunk))}
     return out

@@ -999,8 +999,9 @@ def require_template(gguf: GGUFFile, name: str | None = None) -> str:
                             f"its named templates: {', '.join(named) or 'none'}")
     also = f"; it does have named templates ({', '.join(named)}): choose one by name" if named else ""
     raise TemplateError(f"{gguf.path} has no chat template ({_TEMPLATE_KEY} is not in its metadata), so chat "
-                        "messages can't be turned into a prompt; pass the template text yourself (e.g. the "
-                        "chat_template of the model's tokenizer_config.json) or generate from a plain prompt"
+                        "messages can't be turned into a prompt; pass the template text yourself (template= in Python, "
+                        "--chat-template FILE on the command line; e.g. the chat_template of the model's "
+                        "tokenizer_config.json) or generate from a plain prompt"
                         + also)
 
 

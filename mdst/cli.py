@@ -5,40 +5,74 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable
 
+from . import __version__
 from .errors import MdstError
+
+DEBUG_ENV = "MDST_DEBUG"  # set to 1 for tracebacks, as --debug does
+
+
+class StatusLine:
+    """One line of progress on stderr, redrawn in place and erased when done; silent unless stderr is a
+    terminal (logs and pipes get the results only)."""
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.live = getattr(self.stream, "isatty", lambda: False)()
+        self._shown = False
+
+    def __call__(self, text: str) -> None:
+        if self.live:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+            self._shown = True
+
+    def done(self) -> None:
+        """Erase the line."""
+        if self._shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._shown = False
 
 
 class ProgressBar:
-    """A loading bar on stderr: `[#######       ]  52%  125/241 MiB`, redrawn every percent on a
-    terminal, drawn once when loading ends otherwise (logs get one line, not a hundred)."""
+    """A loading bar on stderr: `loading [#######       ]  52%  125/241 MiB`, redrawn every percent on a
+    terminal and erased when loading ends; nothing otherwise."""
 
     def __init__(self, stream: Any = None, width: int = 30):
-        self.stream = stream or sys.stderr
+        self.line = StatusLine(stream)
         self.width = width
         self._shown = -1
-        self._live = getattr(self.stream, "isatty", lambda: False)()
 
     def __call__(self, done: int, total: int) -> None:
         pct = 100 * done // max(total, 1)
-        if pct == self._shown or (not self._live and done < total):
+        if pct == self._shown:
             return
         self._shown = pct
         fill = self.width * done // max(total, 1)
-        self.stream.write(f"\rloading [{'#' * fill}{' ' * (self.width - fill)}] {pct:3d}%  "
-                          f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB")
+        self.line(f"loading [{'#' * fill}{' ' * (self.width - fill)}] {pct:3d}%  "
+                  f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB")
         if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
+            self.line.done()
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, path: str | None = None) -> Any:
     import mdst
 
-    return mdst.load(args.model, device=args.device, precision=args.precision, context_length=args.context,
-                     progress=ProgressBar())
+    return mdst.load(path or args.model, device=args.device, precision=args.precision,
+                     context_length=args.context, progress=ProgressBar())
+
+
+def _check_generation(max_tokens: int, **sampling: Any) -> None:
+    """Reject bad generation options before loading anything (the library's own checks, so the same messages)."""
+    from .generate import check_max_tokens
+    from .sampling import SamplingParams
+
+    check_max_tokens(max_tokens)
+    SamplingParams(**sampling)
 
 
 def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -52,6 +86,9 @@ def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream a continuation of the prompt to stdout, then one line of stats to stderr."""
+    _check_generation(args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      seed=args.seed)
     model = _load(args)
     with model:
         for piece in model.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
@@ -69,12 +106,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     """Talk to a model: each line you type is a user turn; /reset starts over, /exit (or end of input) quits."""
     from .chat import require_template
+    from .gguf import GGUFFile
+    from .packaged import resolve_model_path
 
-    model = _load(args)
+    _check_generation(args.max_tokens, temperature=args.temperature, seed=args.seed)
+    path = resolve_model_path(args.model)
+    if args.chat_template:
+        with open(args.chat_template, encoding="utf-8") as f:
+            template = f.read()
+    else:
+        template = None
+        with GGUFFile(path) as g:  # the header only: fail before loading the weights
+            require_template(g)
+    model = _load(args, path)
     with model:
-        template = open(args.chat_template, encoding="utf-8").read() if args.chat_template else None
-        if template is None:
-            require_template(model.gguf)  # fail now, not after the first question
         messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
         print(f"mdst chat: {model.architecture} on {model.backend}. /reset starts over, /exit quits.",
               file=sys.stderr)
@@ -103,18 +148,39 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench
+    """Prefill and decode speed, as JSON or one line (and the GPU time per op and layer with --profile)."""
+    from .bench import bench, check_bench_args
 
+    check_bench_args(args.prompt_tokens, args.gen_tokens, args.repeat)
     model = _load(args)
+    status = StatusLine()
     with model:
-        r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat, profile=args.profile)
+        try:
+            r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat, profile=args.profile,
+                      progress=lambda phase: status(f"bench: {phase}"))
+        finally:
+            status.done()
     if args.json:
         print(json.dumps(r, indent=2))
-    else:
-        print(f"{r['model']} on {r['backend']} ({r['precision']}): prefill {r['prefill_tokens_per_s']:.1f} tok/s "
-              f"(pp{r['prompt_tokens']}), decode {r['decode_tokens_per_s']:.1f} tok/s (tg{r['gen_tokens']}), "
-              f"{r['decode_ms_per_token']:.2f} ms/token, {r['effective_gb_per_s']:.1f} GB/s")
+        return 0
+    print(f"{r['model']} on {r['backend']} ({r['precision']}): prefill {r['prefill_tokens_per_s']:.1f} tok/s "
+          f"(pp{r['prompt_tokens']}), decode {r['decode_tokens_per_s']:.1f} tok/s (tg{r['gen_tokens']}), "
+          f"{r['decode_ms_per_token']:.2f} ms/token, {r['effective_gb_per_s']:.1f} GB/s")
+    for step in r.get("profile", {}).values():
+        print(format_profile(step))
     return 0
+
+
+def format_profile(p: dict[str, Any]) -> str:
+    """One profiled step (bench's `profile` entries) as text: GPU time by op, then by layer."""
+    total = max(p["gpu_us_sum"], 1e-9)
+    lines = [f"GPU time of one {p['rows']}-row step ({p['dispatches']} dispatches, {p['gpu_us_sum']:.1f} us "
+             "summed over dispatches):"]
+    lines += [f"  {op:<24} {us:10.1f} us {100 * us / total:5.1f}%" for op, us in p["by_op_us"].items()]
+    layers = sorted((int(k), us) for k, us in p["by_layer_us"].items() if k != "-")  # "-": outside any layer
+    lines.append(f"  by layer (us): {', '.join(f'{k}: {us:.0f}' for k, us in layers)}; outside layers: "
+                 f"{p['by_layer_us'].get('-', 0):.0f}")
+    return "\n".join(lines)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -167,21 +233,28 @@ def format_memory(r: dict[str, Any]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """The adapters wgpu sees, what `--device auto` chooses and why, and the profile of the GPU it would use."""
     import platform
 
-    from . import __version__
-    from .device import list_adapters, open_gpu
+    from .device import adapters, choose_adapter, open_gpu
 
     print(f"mdst {__version__}, Python {platform.python_version()}, {platform.platform()}")
-    adapters = list_adapters()
-    if not adapters:
-        print("no WebGPU adapter found: install a Vulkan driver (Debian: apt-get install mesa-vulkan-drivers); "
-              "device='cpu' still works")
+    found = adapters()
+    for a in found:
+        info = a.info
+        print(f"adapter: {info.get('device')} [{info.get('adapter_type')}, {info.get('backend_type')}] "
+              f"{info.get('description', '')}")
+    if not found:
+        print("chosen: cpu (numpy): no WebGPU adapter found; install a Vulkan driver (Debian: apt-get install "
+              "mesa-vulkan-drivers) for --device gpu")
         return 1
-    for a in adapters:
-        print(f"adapter: {a.get('device')} [{a.get('adapter_type')}, {a.get('backend_type')}] {a.get('description', '')}")
-    gpu = open_gpu("gpu")
-    print("chosen:", json.dumps(gpu.profile.as_dict(), indent=2))
+    chosen, why = choose_adapter("auto", found)
+    if chosen is None:
+        print(f"chosen: cpu (numpy): {why}; --device gpu forces it")
+        forced, _ = choose_adapter("gpu", found)
+        print("--device gpu:", json.dumps(open_gpu(adapter=forced).profile.as_dict(), indent=2))
+    else:
+        print(f"chosen: {why}:", json.dumps(open_gpu(adapter=chosen).profile.as_dict(), indent=2))
     return 0
 
 
@@ -215,12 +288,23 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="log what mdst chooses")
+    p.add_argument("--debug", action="store_true", default=default,
+                   help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+
+
 def parser() -> argparse.ArgumentParser:
+    """The `mdst` argument parser."""
     p = argparse.ArgumentParser(prog="mdst", description="Run GGUF language models on WebGPU.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what mdst chooses")
+    p.add_argument("--version", action="version", version=f"mdst {__version__}")
+    _global_options(p, False)
+    # Also after the command (`mdst generate ... --debug`); SUPPRESS keeps the value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     for name, (_, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_)
+        sp = sub.add_parser(name, help=help_, parents=[] if name in SELF_PARSING else [common])
         if name == "generate":
             _model_options(sp)
             sp.add_argument("prompt")
@@ -271,11 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return COMMANDS[args.command][0](args)
-    except (MdstError, ValueError, TypeError, OSError) as e:
-        print(f"mdst: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        # One line: a user's mistake says what to do; anything else is a bug, named by its type.
+        expected = isinstance(e, (MdstError, ValueError, TypeError, OSError))
+        message = str(e) if expected else f"{type(e).__name__}: {e} (--debug shows the traceback)"
+        print(f"mdst: error: {message}", file=sys.stderr)
+        return 2 if expected else 1
 
 
 if __name__ == "__main__":

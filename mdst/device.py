@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ log = logging.getLogger("mdst")
 
 # Features mdst uses when the adapter offers them; none is required.
 OPTIONAL_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
-# Native backends first: wgpu's OpenGL backend lacks what compute-heavy work needs.
+# Hardware adapters first; then native backends (wgpu's OpenGL backend lacks what compute-heavy work needs);
+# then a discrete GPU before an integrated one.
 _BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 0, "OpenGL": 2}
 
 
@@ -25,7 +27,9 @@ class Presets:
     attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
-    gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT)
+    gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
+    gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
+    gemv_threads: int = 0         # matmul_row: fewer rows a group where a dispatch would have fewer threads
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
 
 
@@ -46,7 +50,8 @@ def with_overrides(base: Presets, text: str) -> Presets:
 
     allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
-               "gemv_chunk": (1, 2, 4, 8), "prefill_rows": (32, 64, 128, 256, 512, 1024)}
+               "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
+               "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "prefill_rows": (32, 64, 128, 256, 512, 1024)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")
@@ -130,37 +135,73 @@ class GPU:
         self.device._poll_wait()
 
 
-def _adapters() -> list:
+_DEVICE_SELECT_OFF = "NODEVICE_SELECT"  # Mesa's device-select layer's own off switch
+
+
+@functools.cache
+def _instance() -> None:
+    """Create wgpu's instance once, quietly on a headless machine.
+
+    Mesa's device-select Vulkan layer probes for a Wayland display at every adapter enumeration, and with no
+    XDG_RUNTIME_DIR libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set" (4 lines each time).
+    Without a display there is nothing for the layer to select by, so its own switch turns it off while wgpu
+    creates its Vulkan instance (the loader reads it only then); a user's own device-select settings win.
+    """
+    from wgpu.backends.wgpu_native.extras import get_wgpu_instance
+
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    quiet = (not (runtime_dir and os.path.isdir(runtime_dir))
+             and not any(k in os.environ for k in (_DEVICE_SELECT_OFF, "MESA_VK_DEVICE_SELECT")))
+    if quiet:
+        os.environ[_DEVICE_SELECT_OFF] = "1"
+    try:
+        get_wgpu_instance()
+    finally:
+        if quiet:
+            del os.environ[_DEVICE_SELECT_OFF]
+
+
+def adapters() -> list:
+    """Every adapter wgpu sees, best first: hardware, then native backends, then discrete GPUs."""
     try:
         import wgpu
     except Exception as e:  # pragma: no cover - wgpu is a hard dependency
         raise DeviceError(f"wgpu cannot be imported ({e}); reinstall mdst") from None
     try:
-        adapters = list(wgpu.gpu.enumerate_adapters_sync())
+        _instance()
+        found = list(wgpu.gpu.enumerate_adapters_sync())
     except Exception as e:
         log.debug("adapter enumeration failed: %s", e)
         return []
-    return sorted(adapters, key=lambda a: (_BACKEND_RANK.get(a.info.get("backend_type", ""), 1),
-                                          a.info.get("adapter_type") == "CPU"))
+    return sorted(found, key=lambda a: (a.info.get("adapter_type") == "CPU",
+                                       _BACKEND_RANK.get(a.info.get("backend_type", ""), 1),
+                                       a.info.get("adapter_type") != "DiscreteGPU"))
 
 
-def list_adapters() -> list[dict[str, str]]:
-    """Every adapter wgpu sees, as dicts of their info (for `mdst doctor`)."""
-    return [dict(a.info) for a in _adapters()]
+def choose_adapter(kind: str, found: list | None = None) -> tuple[Any | None, str]:
+    """The adapter for `kind` among `found` (default: `adapters()`) and why, in words; None means numpy.
+
+    "gpu": the best adapter, software included. "auto": the best hardware adapter; with only software ones
+    (lavapipe, SwiftShader) numpy, which decodes about 4x faster than lavapipe on the same cores
+    (benchmarks/RESULTS.md).
+    """
+    found = adapters() if found is None else found
+    if not found:
+        return None, "no WebGPU adapter found"
+    best = found[0]
+    name = f"{best.info.get('device', '?')} ({best.info.get('backend_type', '?')})"
+    if best.info.get("adapter_type") != "CPU":
+        return best, f"hardware adapter {name}"
+    if kind == "gpu":
+        return best, f"software adapter {name}, as device='gpu' asks"
+    names = ", ".join(dict.fromkeys(a.info.get("device", "?") for a in found))
+    return None, f"only software adapters ({names}), and numpy is faster than a software adapter"
 
 
-def choose_adapter(kind: str) -> Any | None:
-    """The adapter for `kind` ("gpu": any, software included; "auto": hardware first). None if there is none."""
-    adapters = _adapters()
-    if not adapters:
-        return None
-    hardware = [a for a in adapters if a.info.get("adapter_type") != "CPU"]
-    return (hardware or adapters)[0]
-
-
-def open_gpu(kind: str = "gpu", max_binding_size: int | None = None) -> GPU | None:
-    """Open a device on the chosen adapter with limits at the adapter's maximum."""
-    adapter = choose_adapter(kind)
+def open_gpu(kind: str = "gpu", max_binding_size: int | None = None, adapter: Any | None = None) -> GPU | None:
+    """Open a device on `adapter` (default: the one `kind` chooses) with limits at the adapter's maximum."""
+    if adapter is None:
+        adapter, _ = choose_adapter(kind)
     if adapter is None:
         return None
     limits = {k: v for k, v in adapter.limits.items()}
@@ -193,16 +234,19 @@ def resolve(device: str, max_binding_size: int | None = None) -> GPU | None:
     if device == "cpu":
         log.info("mdst: using the numpy CPU fallback (device='cpu')")
         return None
-    gpu = open_gpu(device, max_binding_size)
-    if gpu is None:
+    found = adapters()
+    adapter, why = choose_adapter(device, found)
+    if adapter is None:
         if device == "gpu":
             raise DeviceError("no WebGPU adapter found; install a Vulkan driver (on Debian: "
                               "apt-get install mesa-vulkan-drivers) or use device='cpu'")
-        log.warning("mdst: no WebGPU adapter found, using the numpy CPU fallback")
+        if not found:
+            log.warning("mdst: no WebGPU adapter found, using the numpy CPU fallback")
+        else:
+            log.info("mdst: using the numpy CPU fallback: %s; device='gpu' forces it", why)
         return None
-    p = gpu.profile
-    log.info("mdst: using %s adapter %s (%s)", "software" if p.software else "hardware", p.name, p.backend)
-    return gpu
+    log.info("mdst: using the %s", why)
+    return open_gpu(device, max_binding_size, adapter)
 
 
 def resolve_precision(precision: str, gpu: GPU | None) -> str:

@@ -6,7 +6,7 @@ import importlib
 import importlib.metadata
 import os
 
-from .errors import MdstError
+from .errors import GGUFError, MdstError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -37,10 +37,15 @@ PACKAGED = {"smollm2-135m": _smollm2, "gemma3-270m": _gemma3}
 
 
 def resolve_model_path(name: str | os.PathLike | None) -> str:
-    """A file path for a path or a packaged model's short name (None: the default model)."""
+    """A file path for a path or a packaged model's short name (None: the default model); GGUFError if neither."""
     if name is None:
         name = DEFAULT_MODEL
     name = os.fspath(name)
-    if name in PACKAGED and not os.path.exists(name):
+    if os.path.exists(name):
+        return name
+    if name in PACKAGED:
         return PACKAGED[name]()
-    return name
+    # Without this, a mistyped short name ("smollm2") reads as a bare "No such file or directory".
+    where = "" if os.path.isabs(name) else f" ({os.path.abspath(name)})"
+    raise GGUFError(f"cannot open {name}: no such file{where}, and not a packaged model name; "
+                    f"packaged models: {', '.join(PACKAGED)}")

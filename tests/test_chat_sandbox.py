@@ -3,10 +3,16 @@
 Each template runs in a worker process under an address-space limit, which reports how long the render took
 and how much its resident memory grew (Linux's VmHWM, reset before each case); a runaway allocation there is a
 MemoryError or a dead worker, and a hang is a timeout, all failures here.
+
+Which bound ends a case must not depend on the machine's speed or load, yet reaching some bounds takes about
+as long as the 2 s deadline on a loaded 2-core machine (parsing 50,000 operators; using up the work budget with
+item-heavy values, 8 Mi items at 8 units each). So the cases for every other bound run under a deadline the
+clock can't reach (`UNREACHED_SECONDS`), and the cases for the deadline run past it by hours.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -17,18 +23,23 @@ from pathlib import Path
 import pytest
 
 from conftest import need
+from mdst import chat
 from mdst.chat import LIMITS, TemplateError, render, require_template, template_from_gguf
 from mdst.gguf import GGUFFile
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_ADDRESS_SPACE_MARGIN = 2 << 30  # on top of the worker's size after imports
 MAX_SECONDS = LIMITS.seconds + 1.0     # the deadline, plus one builtin step that can't be interrupted
+UNREACHED_SECONDS = 120.0              # the deadline of the cases for the other bounds
+DEADLINE_FRAGMENT = "longer than"      # what the deadline's TemplateError says
 MAX_PEAK_MIB = 256                     # resident growth allowed for one render (the work budget is 64 Mi units)
 
 # Runs in the worker: one JSON request per line in, one JSON result per line out.
 WORKER = r"""
-import json, resource, sys, time
+import dataclasses, json, resource, sys, time
 from mdst import chat
+
+DEFAULT_LIMITS = chat.LIMITS
 
 def status(field):
     with open("/proc/self/status") as f:
@@ -39,6 +50,7 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
+    chat.LIMITS = dataclasses.replace(DEFAULT_LIMITS, **request["limits"])
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
     rss = status("VmRSS:")
@@ -73,13 +85,13 @@ class Worker:
         line = self.proc.stdout.readline() if ready else ""
         return json.loads(line) if line else None
 
-    def render(self, template: str) -> dict:
-        """The worker's result for `template`, or outcome "hang"/"died"."""
+    def render(self, template: str, **limits: float) -> dict:
+        """The worker's result for `template` under LIMITS with `limits` changed, or outcome "hang"/"died"."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
-        self.proc.stdin.write(json.dumps({"template": template}) + "\n")
+        self.proc.stdin.write(json.dumps({"template": template, "limits": limits}) + "\n")
         self.proc.stdin.flush()
-        result = self._read(MAX_SECONDS + 20)
+        result = self._read(limits.get("seconds", LIMITS.seconds) + 21)
         if result is None:
             outcome = "hang" if self.proc.poll() is None else "died"
             self.close()
@@ -210,11 +222,13 @@ HOSTILE = {
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_template_ends_in_template_error(worker, name):
     template, fragment = HOSTILE[name]
-    result = worker.render(template)
+    deadline_case = fragment == DEADLINE_FRAGMENT
+    result = worker.render(template, **({} if deadline_case else {"seconds": UNREACHED_SECONDS}))
     assert result["outcome"] == "TemplateError", result
     assert fragment in result["message"], result["message"]
     assert "MemoryError" not in result["message"], result["message"]  # the address-space limit was hit
-    assert result["seconds"] <= MAX_SECONDS, result
+    if deadline_case:
+        assert result["seconds"] <= MAX_SECONDS, result
     assert result["peak_mib"] <= MAX_PEAK_MIB, result
 
 
@@ -229,8 +243,10 @@ def test_worker_catches_a_blow_up(worker):
     assert "MemoryError" in raw.stderr
 
 
-def test_legit_long_conversation_renders():
-    """The bounds leave room for a conversation close to the output limit, built the quadratic way."""
+def test_legit_long_conversation_renders(monkeypatch):
+    """The size and work bounds leave room for a conversation close to the output limit, built the quadratic way
+    (about 1.7 s on a loaded 2-core machine, so under a deadline the clock can't reach)."""
+    monkeypatch.setattr(chat, "LIMITS", dataclasses.replace(LIMITS, seconds=UNREACHED_SECONDS))
     template = ("{% set ns = namespace(out='') %}{% for m in messages %}"
                 "{% set ns.out = ns.out ~ '<|' ~ m.role ~ '|>' ~ m.content ~ '\n' %}{% endfor %}{{ ns.out }}")
     messages = [{"role": "user", "content": "z" * 10_000} for _ in range(LIMITS.output_chars // 10_100)]
@@ -270,5 +286,6 @@ def test_model_without_template_is_a_clear_error(gemma_path, smollm2_path):
             require_template(f)
         assert f.path in str(e.value) and "has no chat template" in str(e.value)
         assert "pass the template text yourself" in str(e.value)
+        assert "template= in Python, --chat-template FILE on the command line" in str(e.value)
         with pytest.raises(TemplateError, match="no chat template named 'tool_use'"):
             require_template(f, "tool_use")

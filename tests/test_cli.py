@@ -1,53 +1,87 @@
-"""The mdst command line, run as users run it (a subprocess)."""
+"""The mdst command line, run as users run it (a subprocess), and in-process where a test must see inside."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import mdst
+from conftest import need
+from mdst import cli
 
-def mdst(*args: str, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mdst.cli", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+
+def mdst_cmd(*args: str, stdin: str | None = None, timeout: int = 600, env: dict | None = None,
+             module: str = "mdst.cli") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
-def test_generate_streams_text(gpu):
-    r = mdst("generate", "-m", "smollm2-135m", "--device", "gpu", "-n", "8", "The capital of France is")
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Make loading a model fail the test: the command must stop before it."""
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(mdst, "load", load)
+
+
+def test_generate_prints_only_the_text_and_one_stats_line(gpu):
+    """On a headless machine (no XDG_RUNTIME_DIR), no driver noise and no loading bar in a pipe."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    r = mdst_cmd("generate", "-m", "smollm2-135m", "--device", "gpu", "-n", "8", "The capital of France is", env=env)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
-    assert "loading [" in r.stderr and "tok/s" in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[5 prompt tokens, 8 generated") and "tok/s" in lines[0], lines
 
 
 def test_chat_reads_turns_from_stdin(gpu):
-    r = mdst("chat", "-m", "smollm2-135m", "--device", "gpu", "-n", "16",
-             stdin="What is the capital of France? Answer in one word.\n/reset\n/exit\n")
+    r = mdst_cmd("chat", "-m", "smollm2-135m", "--device", "gpu", "-n", "16",
+                 stdin="What is the capital of France? Answer in one word.\n/reset\n/exit\n")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
 
 
-def test_chat_without_a_template_says_what_to_do(gemma_path):
-    r = mdst("chat", "-m", gemma_path, "--device", "cpu", stdin="hi\n")
-    assert r.returncode == 2 and "chat template" in r.stderr and "error" in r.stderr
+def test_chat_without_a_template_says_what_to_do_before_loading(gemma_path, no_load, capsys):
+    assert cli.main(["chat", "-m", gemma_path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mdst: error: ") and "has no chat template" in err
+    assert "--chat-template FILE" in err and "template=" in err
 
 
 def test_inspect_prints_metadata_and_tensors(smollm2_path):
-    r = mdst("inspect", smollm2_path)
+    r = mdst_cmd("inspect", smollm2_path)
     assert r.returncode == 0
     assert "general.architecture = 'llama'" in r.stdout and "token_embd.weight" in r.stdout and "Q4_1" in r.stdout
 
 
-def test_doctor_lists_the_adapter(gpu):
-    r = mdst("doctor")
+def test_doctor_says_what_auto_chooses_and_why(gpu):
+    r = mdst_cmd("doctor")
     assert r.returncode == 0 and gpu.profile.name in r.stdout and "shader_f16" in r.stdout
+    if gpu.profile.software:  # the best adapter is a software one, so every adapter is
+        assert (f"chosen: cpu (numpy): only software adapters ({gpu.profile.name}), and numpy is faster than a "
+                "software adapter; --device gpu forces it") in r.stdout
+    else:
+        assert f"chosen: hardware adapter {gpu.profile.name}" in r.stdout
 
 
-def test_bench_json(gpu):
-    r = mdst("bench", "smollm2-135m", "--device", "gpu", "--prompt-tokens", "16", "--gen-tokens", "4", "--repeat",
-             "1", "--json")
+def test_bench_json_is_quiet_in_a_pipe(gpu):
+    r = mdst_cmd("bench", "smollm2-135m", "--device", "gpu", "--prompt-tokens", "16", "--gen-tokens", "4",
+                 "--repeat", "1", "--json")
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
     out = json.loads(r.stdout)
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_ms_per_token", "dispatches_per_token",
                 "effective_gb_per_s", "peak_gpu_bytes", "adapter"):
@@ -55,11 +89,79 @@ def test_bench_json(gpu):
     assert out["decode_tokens_per_s"] > 0
 
 
+def test_bench_profile_prints_the_table(gpu):
+    need(gpu.profile.timestamps, "the adapter has no timestamp-query feature")
+    r = mdst_cmd("bench", "smollm2-135m", "--device", "gpu", "--prompt-tokens", "16", "--gen-tokens", "4",
+                 "--repeat", "1", "--profile")
+    assert r.returncode == 0, r.stderr
+    assert "GPU time of one 1-row step" in r.stdout and "GPU time of one 16-row step" in r.stdout
+    assert "by layer (us): 0: " in r.stdout and "; outside layers: " in r.stdout
+
+
+def test_bench_shows_its_phases_on_a_terminal(smollm2_path, monkeypatch, capsys):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli.main(["bench", smollm2_path, "--device", "cpu", "--prompt-tokens", "8", "--gen-tokens", "2",
+                     "--repeat", "2"]) == 0
+    shown = terminal.getvalue()
+    for phase in ("warm-up: prefill 8 tokens", "run 1/2: prefill 8 tokens", "run 1/2: decode 2 tokens",
+                  "run 2/2: decode 2 tokens"):
+        assert f"\r\033[Kbench: {phase}" in shown
+    assert shown.endswith("\r\033[K")  # erased before the result
+    assert "decode" in capsys.readouterr().out
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        bar = cli.ProgressBar(stream)
+        bar(50 * 2**20, 100 * 2**20)
+        bar(100 * 2**20, 100 * 2**20)
+    assert "loading [###############               ]  50%  50/100 MiB" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r\033[K")
+    assert pipe.getvalue() == ""
+
+
+def test_version():
+    assert importlib.metadata.version("mdst") == mdst.__version__
+    for module in ("mdst.cli", "mdst"):
+        r = mdst_cmd("--version", module=module)
+        assert r.returncode == 0 and r.stdout == f"mdst {mdst.__version__}\n"
+
+
 @pytest.mark.parametrize("args,message", [
-    (("generate", "-m", "/no/such/file.gguf", "hi"), "cannot open"),
+    (("generate", "-m", "/no/such/file.gguf", "hi"), "cannot open /no/such/file.gguf: no such file"),
+    (("generate", "-m", "smollm2", "hi"), "packaged models: smollm2-135m, gemma3-270m"),
     (("inspect", "/etc/hostname"), "not valid GGUF"),
     (("generate", "-m", "smollm2-135m", "--device", "cpu", "-n", "0", "hi"), "max_tokens"),
 ])
 def test_errors_exit_2_with_a_message(args, message):
-    r = mdst(*args)
+    r = mdst_cmd(*args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith("mdst: error: ") and len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "-n", "-1", "hi"], "max_tokens must be >= 1, got -1"),
+    (["generate", "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
+    (["chat", "-t", "-1"], "temperature must be >= 0"),
+    (["bench", "smollm2-135m", "--repeat", "0"], "repeat must be >= 1"),
+])
+def test_arguments_are_checked_before_loading(no_load, capsys, args, message):
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("something broke")
+    monkeypatch.setitem(cli.COMMANDS, "doctor", (broken, ""))
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    assert cli.main(["doctor"]) == 1
+    assert capsys.readouterr().err == "mdst: error: RuntimeError: something broke (--debug shows the traceback)\n"
+    for argv in (["--debug", "doctor"], ["doctor", "--debug"]):
+        with pytest.raises(RuntimeError, match="something broke"):
+            cli.main(argv)
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        cli.main(["doctor"])
