@@ -27,9 +27,7 @@ class Presets:
     attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
-    gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
-    gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
-    gemv_threads: int = 0         # matmul_row: fewer rows a group where a dispatch would have fewer threads
+    gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT)
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
 
 
@@ -50,8 +48,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
 
     allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
-               "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
-               "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "prefill_rows": (32, 64, 128, 256, 512, 1024)}
+               "gemv_chunk": (1, 2, 4, 8), "prefill_rows": (32, 64, 128, 256, 512, 1024)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")
