@@ -22,7 +22,7 @@ def main() -> None:
     import mdst
 
     ids = list(range(10, 10 + args.tokens))
-    with mdst.load(args.model, device="gpu", precision="f32", context_length=128, max_binding_size=args.cap) as g:
+    with mdst.load(args.model, device="gpu", kv_type="f32", context_length=128, max_binding_size=args.cap) as g:
         got = g.logits(ids)
         parts = {n: len(w.parts) for n, w in g.engine.weights.weights.items()}
         info = {"adapter": g.backend, "max_binding_size": g.device_profile.max_binding_size,

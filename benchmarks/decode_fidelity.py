@@ -17,7 +17,7 @@ def decode_logits(path: str, device: str, ids: list[int], prompt: int) -> tuple[
     """Logits of each step after the prompt, one token a step; and the backend's name."""
     import mdst
 
-    kwargs = {"precision": "f32"} if device == "gpu" else {}
+    kwargs = {"kv_type": "f32"} if device == "gpu" else {}
     with mdst.load(path, device=device, context_length=128, **kwargs) as m, m.session() as s:
         s.prefill(ids[:prompt])
         return np.stack([s.prefill([t]) for t in ids[prompt:]]), m.backend

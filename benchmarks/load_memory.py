@@ -102,7 +102,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import mdst
-    from mdst.device import resolve, resolve_kv_type, resolve_precision
+    from mdst.device import resolve, resolve_kv_type
     from mdst.engine import GpuEngine, build_graphs
     from mdst.gguf import GGUFFile
     from mdst.models import family
@@ -119,7 +119,7 @@ def main() -> None:
     fam = family(f.architecture)
     cfg = fam.Config.from_gguf(f)
     graphs = build_graphs(lambda b: fam.forward(b, cfg), f)
-    kv_type = resolve_kv_type(None, resolve_precision("auto", gpu), gpu)
+    kv_type = resolve_kv_type(None, gpu)
     weights = measure(lambda: GpuEngine(gpu, f, graphs, args.context, kv_type), software)
     weights.pop("object").close()
     f.close()

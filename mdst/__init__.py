@@ -10,6 +10,7 @@ Nothing heavy is imported until it is used.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DeviceError, GGUFError, MdstError, OutOfMemoryError, UnsupportedModelError
@@ -23,7 +24,7 @@ __all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "U
            "DeviceError", "OutOfMemoryError", "__version__"]
 
 
-def load(path: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "auto",
+def load(path: str | os.PathLike | None = None, *, device: str = "auto", precision: str | None = None,
          context_length: int | None = None, max_binding_size: int | None = None, kv_type: str | None = None,
          gpu_memory_limit: int | str | None = None, weight_paging: bool = False,
          progress: Callable[[int, int], None] | None = None) -> "Model":
@@ -31,18 +32,24 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
 
     device: "auto" (a hardware adapter, else numpy: faster than a software adapter such as lavapipe),
         "gpu" (any WebGPU adapter, software included) or "cpu" (numpy).
-    precision: "auto", "f32" or "f16" (f16 needs the adapter's shader-f16).
     context_length: KV cache size in tokens (default: min(model maximum, 4096)).
     max_binding_size: cap on bytes per GPU binding, below the adapter's limit (tests the split path).
-    kv_type: KV cache storage, "f32", "f16" or "q8_0" (default: f16 with f16 precision, else f32).
+    kv_type: KV cache storage, "f32", "f16" or "q8_0" (default: f16 where the adapter has shader-f16, else f32):
+        the one precision setting; arithmetic is f32.
     gpu_memory_limit: refuse to load (OutOfMemoryError, with the breakdown) if the predicted GPU bytes exceed it.
     weight_paging: under gpu_memory_limit, keep what fits resident and page the other weights in per step.
     progress: called with (bytes uploaded, bytes to upload) while weights load (the CLI draws a bar).
+    precision: deprecated (it only set the KV cache type; DeprecationWarning): "f16" and "f32" mean that kv_type,
+        "auto" the default; an error if kv_type disagrees.
     """
-    from .model import Model
+    from .device import kv_type_for_precision
+    from .model import PRECISION_DEPRECATED, Model
     from .packaged import resolve_model_path
 
-    return Model(resolve_model_path(path), device=device, precision=precision, context_length=context_length,
+    if precision is not None:
+        warnings.warn(PRECISION_DEPRECATED, DeprecationWarning, stacklevel=2)
+        kv_type = kv_type_for_precision(precision, kv_type)
+    return Model(resolve_model_path(path), device=device, context_length=context_length,
                  max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit,
                  weight_paging=weight_paging, progress=progress)
 

@@ -59,10 +59,23 @@ class ProgressBar:
             self.line.done()
 
 
+def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
+    """--kv-type, or what the deprecated --precision stands for (said once on stderr); an error if they disagree."""
+    if getattr(args, "precision", None) is not None:
+        from .device import kv_type_for_precision
+
+        print(f"{prog}: warning: --precision is deprecated and will be removed: it only set the KV cache type "
+              "(arithmetic is f32); use --kv-type f32|f16|q8_0", file=sys.stderr)
+        args.kv_type = kv_type_for_precision(args.precision, args.kv_type)
+        args.precision = None
+    return args.kv_type
+
+
 def _load(args: argparse.Namespace, path: str | None = None) -> Any:
     import mdst
 
-    return mdst.load(path or args.model, device=args.device, precision=args.precision,
+    kv_type = kv_type_arg(args)
+    return mdst.load(path or args.model, device=args.device, kv_type=kv_type,
                      context_length=args.context, progress=ProgressBar())
 
 
@@ -81,8 +94,16 @@ def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None
     else:
         p.add_argument("-m", "--model", default=None, help="GGUF file or packaged model name (default: smollm2-135m)")
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
-    p.add_argument("--precision", default="auto", choices=["auto", "f32", "f16"])
+    kv_type_options(p)
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
+
+
+def kv_type_options(p: argparse.ArgumentParser) -> None:
+    """--kv-type, and --precision: its deprecated, hidden alias ("auto": the default)."""
+    p.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"],
+                   help="KV cache type, the one precision setting; arithmetic is f32 "
+                        "(default: f16 where the adapter has shader-f16, else f32)")
+    p.add_argument("--precision", default=None, choices=["auto", "f32", "f16"], help=argparse.SUPPRESS)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -163,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"{r['model']} on {r['backend']} ({r['precision']}): prefill {r['prefill_tokens_per_s']:.1f} tok/s "
+    print(f"{r['model']} on {r['backend']} ({r['kv_type']} KV cache): prefill {r['prefill_tokens_per_s']:.1f} tok/s "
           f"(pp{r['prompt_tokens']}), decode {r['decode_tokens_per_s']:.1f} tok/s (tg{r['gen_tokens']}), "
           f"{r['decode_ms_per_token']:.2f} ms/token, {r['effective_gb_per_s']:.1f} GB/s")
     for step in r.get("profile", {}).values():
@@ -190,7 +211,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.memory:
         import mdst
 
-        with mdst.load(args.file, device=args.device, context_length=args.context, kv_type=args.kv_type) as model:
+        with mdst.load(args.file, device=args.device, context_length=args.context, kv_type=kv_type_arg(args)) as model:
             if model.engine.kind == "gpu":
                 model.engine.compile_all()  # report every plan the model can use
             print(format_memory(model.memory_report()))
@@ -335,7 +356,7 @@ def parser() -> argparse.ArgumentParser:
                             help="load the model and report its memory (weights, KV, activations, pool, plans)")
             sp.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
             sp.add_argument("--context", type=int, default=None)
-            sp.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"])
+            kv_type_options(sp)
         elif name in SELF_PARSING:
             sp.add_argument("rest", nargs=argparse.REMAINDER)
     return p

@@ -1,4 +1,4 @@
-"""Adapter choice, feature and limit detection (`DeviceProfile`), and precision presets."""
+"""Adapter choice, feature and limit detection (`DeviceProfile`), the KV cache type and workgroup presets."""
 
 from __future__ import annotations
 
@@ -246,26 +246,30 @@ def resolve(device: str, max_binding_size: int | None = None) -> GPU | None:
     return open_gpu(device, max_binding_size, adapter)
 
 
-def resolve_precision(precision: str, gpu: GPU | None) -> str:
-    """'auto' -> 'f16' where the adapter has shader-f16, else 'f32'; 'f16' without it is an error."""
+KV_TYPES = ("f32", "f16", "q8_0")
+
+
+def kv_type_for_precision(precision: str, kv_type: str | None) -> str | None:
+    """The kv_type that the deprecated `precision` argument stands for (it only ever chose the KV cache's
+    type; arithmetic is f32): 'f16' -> 'f16', 'f32' -> 'f32', 'auto' -> kv_type as given (None: the default).
+    A kv_type that disagrees is an error."""
     if precision not in ("auto", "f32", "f16"):
-        raise ValueError(f"precision must be 'auto', 'f32' or 'f16', got {precision!r}")
-    has_f16 = gpu is not None and gpu.profile.shader_f16
+        raise ValueError(f"precision must be 'auto', 'f32' or 'f16', got {precision!r} "
+                         "(precision is deprecated: use kv_type)")
     if precision == "auto":
-        return "f16" if has_f16 else "f32"
-    if gpu is None:
-        return "f32"  # the numpy engine computes in float32
-    if precision == "f16" and not has_f16:
-        raise DeviceError(f"precision='f16' needs the shader-f16 feature, which {gpu.profile.name} lacks; "
-                          "use precision='f32' or 'auto'")
+        return kv_type
+    if kv_type is not None and kv_type != precision:
+        raise ValueError(f"precision={precision!r} and kv_type={kv_type!r} disagree: precision is deprecated "
+                         "and only set the KV cache type; give kv_type alone")
     return precision
 
 
-def resolve_kv_type(kv_type: str | None, precision: str, gpu: GPU | None) -> str:
-    """The KV cache format: given, or f16 with f16 precision and f32 otherwise; f16 needs shader-f16 on a GPU."""
+def resolve_kv_type(kv_type: str | None, gpu: GPU | None) -> str:
+    """The KV cache format: given, or by default f16 where the adapter has shader-f16 and f32 otherwise (numpy
+    included); f16 needs shader-f16 on a GPU. The one precision setting: arithmetic is f32."""
     if kv_type is None:
-        return "f16" if precision == "f16" else "f32"
-    if kv_type not in ("f32", "f16", "q8_0"):
+        return "f16" if gpu is not None and gpu.profile.shader_f16 else "f32"
+    if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type must be 'f32', 'f16' or 'q8_0', got {kv_type!r}")
     if kv_type == "f16" and gpu is not None and not gpu.profile.shader_f16:
         raise DeviceError(f"kv_type='f16' needs the shader-f16 feature, which {gpu.profile.name} lacks; "

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import threading
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,15 +22,21 @@ from .tokenizer import Tokenizer
 log = logging.getLogger("mdst")
 
 DEFAULT_CONTEXT = 4096
+PRECISION_DEPRECATED = ("precision= is deprecated and will be removed: it only set the KV cache type "
+                        "(arithmetic is f32); use kv_type= ('f32', 'f16' or 'q8_0')")
+
 
 
 class Model:
     """A GGUF model loaded onto a device. Use `mdst.load()` to make one."""
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
+    def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
                  context_length: int | None = None, max_binding_size: int | None = None,
                  kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
                  weight_paging: bool = False, progress: Callable[[int, int], None] | None = None):
+        if precision is not None:   # deprecated: it only ever chose the KV cache type
+            warnings.warn(PRECISION_DEPRECATED, DeprecationWarning, stacklevel=2)
+            kv_type = device_mod.kv_type_for_precision(precision, kv_type)
         self.path = os.fspath(path)
         self._lock = threading.RLock()       # one GPU step at a time
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
@@ -49,8 +56,7 @@ class Model:
             self.context_length = context_length
             limit = fit.parse_bytes(gpu_memory_limit)
             gpu = device_mod.resolve(device, max_binding_size)
-            self.precision = device_mod.resolve_precision(precision, gpu)
-            self.kv_type = device_mod.resolve_kv_type(kv_type, self.precision, gpu)
+            self._kv_type = device_mod.resolve_kv_type(kv_type, gpu)
             graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf)
             self.predicted: fit.Prediction | None = None
             if gpu is None:
@@ -98,8 +104,21 @@ class Model:
         p = self.device_profile
         return "cpu (numpy)" if p is None else f"{p.name} ({p.backend}{', software' if p.software else ''})"
 
+    @property
+    def kv_type(self) -> str:
+        """The KV cache's type ("f32", "f16" or "q8_0"): the one precision setting (arithmetic is f32)."""
+        return self._kv_type
+
+    @property
+    def precision(self) -> str:
+        """Deprecated: "f16" with an f16 KV cache, else "f32" (what `precision` chose); use `kv_type`."""
+        warnings.warn("Model.precision is deprecated: it only named the KV cache type; use Model.kv_type",
+                      DeprecationWarning, stacklevel=2)
+        return "f16" if self._kv_type == "f16" else "f32"
+
     def __repr__(self) -> str:
-        return f"<mdst.Model {os.path.basename(self.path)} {self.architecture} on {self.backend}, {self.precision}>"
+        return (f"<mdst.Model {os.path.basename(self.path)} {self.architecture} on {self.backend}, "
+                f"{self.kv_type} KV cache>")
 
     def memory_report(self) -> dict[str, Any]:
         """Where the memory goes: weights, KV cache, activations, pool statistics and the compiled plans."""

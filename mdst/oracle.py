@@ -820,7 +820,7 @@ def write(model_path: str, outdir: str | os.PathLike, *, prompt: str = "The capi
         shutil.rmtree(out / "blobs", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     blobs = Blobs(out)
-    with mdst.load(model_path, device="gpu", precision="f32", context_length=context_length,
+    with mdst.load(model_path, device="gpu", kv_type="f32", context_length=context_length,
                    max_binding_size=BROWSER_BINDING_LIMIT) as model:
         eng = model.engine
         ids = np.asarray(model.tokenize(prompt), np.int64)
@@ -842,7 +842,7 @@ def write(model_path: str, outdir: str | os.PathLike, *, prompt: str = "The capi
             "format": FORMAT, "version": VERSION,
             "generator": {"mdst": mdst.__version__, "adapter": model.backend},
             "model": {"file": os.path.basename(model.path), "architecture": model.architecture,
-                      "precision": model.precision, "context_length": context_length, "n_vocab": model.n_vocab,
+                      "kv_type": model.kv_type, "context_length": context_length, "n_vocab": model.n_vocab,
                       "n_layers": n_layers},
             "variant": {"f16": False, "compiler": "tint"},
             "cases": cases,

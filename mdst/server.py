@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import __version__
+from .cli import kv_type_arg, kv_type_options
 from .errors import MdstError
 
 log = logging.getLogger("mdst.server")
@@ -520,7 +521,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
-    p.add_argument("--precision", default="auto", choices=["auto", "f32", "f16"])
+    kv_type_options(p)
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
     p.add_argument("--chat-template", metavar="FILE", default=None,
                    help="Jinja chat template for models whose GGUF has none (or to replace it)")
@@ -540,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.chat_template is not None:
             with open(args.chat_template, encoding="utf-8") as f:
                 template = f.read()
-        model = mdst.load(args.model, device=args.device, precision=args.precision, context_length=args.context)
+        model = mdst.load(args.model, device=args.device, kv_type=kv_type_arg(args, "mdst serve"),
+                          context_length=args.context)
     except (MdstError, ValueError, TypeError, OSError) as e:
         print(f"mdst serve: error: {e}", file=sys.stderr)
         return 2

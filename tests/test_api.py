@@ -12,7 +12,7 @@ from mdst.errors import GGUFError, MdstError, UnsupportedModelError
 
 @pytest.fixture(scope="module")
 def model(smollm2_path, gpu):
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=64) as m:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=64) as m:
         yield m
 
 
@@ -41,7 +41,7 @@ def test_not_a_gguf_file(tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"device": "tpu"}, "device must be"),
-    ({"precision": "f8"}, "precision must be"),
+    ({"kv_type": "f8"}, "kv_type must be"),
     ({"context_length": 0}, "context_length"),
     ({"context_length": "4k"}, "context_length"),
     ({"max_binding_size": 100}, "max_binding_size"),
@@ -51,10 +51,58 @@ def test_bad_load_options(smollm2_path, kwargs, match):
         mdst.load(smollm2_path, **{"device": "gpu", **kwargs})
 
 
-def test_packaged_short_name_and_cpu_precision(smollm2_path):
+def test_packaged_short_name_and_cpu_kv_type(smollm2_path):
     with mdst.load("smollm2-135m", device="cpu") as m:
         assert m.path == smollm2_path
-        assert m.precision == "f32" and m.backend == "cpu (numpy)"
+        assert m.kv_type == "f32" and m.backend == "cpu (numpy)" and "f32 KV cache" in repr(m)
+        with pytest.raises(AttributeError):
+            m.kv_type = "f16"   # read-only
+        with pytest.warns(DeprecationWarning, match="kv_type"):
+            assert m.precision == "f32"
+
+
+def test_default_kv_type_follows_shader_f16():
+    from types import SimpleNamespace
+
+    from mdst.device import resolve_kv_type
+
+    def gpu(f16):
+        return SimpleNamespace(profile=SimpleNamespace(shader_f16=f16, name="test adapter"))
+
+    assert resolve_kv_type(None, gpu(True)) == "f16"
+    assert resolve_kv_type(None, gpu(False)) == "f32"
+    assert resolve_kv_type(None, None) == "f32"   # numpy
+    with pytest.raises(mdst.DeviceError, match="shader-f16"):
+        resolve_kv_type("f16", gpu(False))
+
+
+@pytest.mark.parametrize("precision,kv_type,want", [
+    ("f16", None, "f16"), ("f32", None, "f32"), ("auto", None, None),
+    ("auto", "q8_0", "q8_0"), ("f16", "f16", "f16"), ("f32", "f32", "f32"),
+])
+def test_deprecated_precision_maps_to_kv_type(precision, kv_type, want):
+    from mdst.device import kv_type_for_precision
+
+    assert kv_type_for_precision(precision, kv_type) == want
+
+
+def test_deprecated_precision_warns_and_sets_the_kv_type(smollm2_path):
+    with pytest.warns(DeprecationWarning, match="kv_type"):
+        m = mdst.load(smollm2_path, device="cpu", precision="f16", context_length=32)
+    with m:
+        assert m.kv_type == "f16"
+    with pytest.warns(DeprecationWarning, match="kv_type"):
+        m = mdst.load(smollm2_path, device="cpu", precision="auto", context_length=32)
+    with m:
+        assert m.kv_type == "f32"   # the default on numpy
+
+
+@pytest.mark.parametrize("precision,kv_type", [("f32", "q8_0"), ("f32", "f16"), ("f16", "f32")])
+def test_deprecated_precision_conflicting_with_kv_type(smollm2_path, precision, kv_type):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="disagree"):
+        mdst.load(smollm2_path, device="cpu", precision=precision, kv_type=kv_type)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="precision must be"):
+        mdst.load(smollm2_path, device="cpu", precision="f8")
 
 
 def test_context_defaults_to_model_maximum_capped(smollm2_path):

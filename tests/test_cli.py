@@ -111,6 +111,36 @@ def test_bench_shows_its_phases_on_a_terminal(smollm2_path, monkeypatch, capsys)
     assert "decode" in capsys.readouterr().out
 
 
+@pytest.fixture
+def load_kwargs(monkeypatch):
+    """Record what the command passes to mdst.load, then stop it there (an unexpected error: exit 1)."""
+    seen: list[dict] = []
+
+    def load(*args, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("stopped at load")
+    monkeypatch.setattr(mdst, "load", load)
+    return seen
+
+
+def test_kv_type_flag_and_deprecated_precision_alias(load_kwargs, capsys):
+    assert cli.main(["generate", "--kv-type", "q8_0", "hi"]) == 1
+    assert load_kwargs[-1]["kv_type"] == "q8_0" and "precision" not in load_kwargs[-1]
+    assert "deprecated" not in capsys.readouterr().err
+    for precision, want in (("f16", "f16"), ("f32", "f32"), ("auto", None)):
+        assert cli.main(["bench", "smollm2-135m", "--precision", precision]) == 1
+        assert load_kwargs[-1]["kv_type"] == want and "precision" not in load_kwargs[-1]
+        err = capsys.readouterr().err
+        assert err.count("--precision is deprecated") == 1 and "--kv-type" in err
+    n = len(load_kwargs)
+    assert cli.main(["generate", "--precision", "f32", "--kv-type", "q8_0", "hi"]) == 2
+    assert len(load_kwargs) == n and "disagree" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "--kv-type" in out and "--precision" not in out   # the alias is hidden
+
+
 def test_progress_bar_draws_on_a_terminal_only():
     terminal, pipe = Terminal(), io.StringIO()
     for stream in (terminal, pipe):

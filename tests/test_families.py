@@ -66,7 +66,7 @@ def token_ids(preset: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def load(request):
-    """load(path, device, context=CONTEXT) -> Model, each loaded once per module (GPU models in f32 precision)."""
+    """load(path, device, context=CONTEXT) -> Model, each loaded once per module (GPU models with an f32 KV cache)."""
     models: dict[tuple[str, str, int], mdst.Model] = {}
 
     def get(path: Path, device: str, context: int = CONTEXT) -> mdst.Model:
@@ -74,7 +74,7 @@ def load(request):
         if key not in models:
             if device == "gpu":
                 request.getfixturevalue("gpu")     # fails in CI, skips locally, without an adapter
-            models[key] = mdst.load(path, device=device, precision="f32", context_length=context)
+            models[key] = mdst.load(path, device=device, kv_type="f32", context_length=context)
         return models[key]
 
     yield get

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path, gpu):
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=256) as m:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=256) as m:
         yield m
 
 
@@ -104,7 +104,7 @@ def test_kv_types_match_cpu_reference_in_the_same_format(kv_type, tol, smollm2_p
     if kv_type == "f16" and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
     text = "The quick brown fox jumps over the lazy dog. " * 3
-    with mdst.load(smollm2_path, device="gpu", precision="f32", kv_type=kv_type, context_length=128) as g, \
+    with mdst.load(smollm2_path, device="gpu", kv_type=kv_type, context_length=128) as g, \
             mdst.load(smollm2_path, device="cpu", kv_type=kv_type, context_length=128) as c:
         ids = c.tokenize(text)
         rel = rel_l2(g.logits(ids), c.logits(ids))
@@ -120,8 +120,8 @@ def test_kv_types_match_cpu_reference_in_the_same_format(kv_type, tol, smollm2_p
 
 def test_q8_0_kv_stays_close_to_f32(smollm2_path, gpu):
     ids = list(range(100, 160))
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=128) as a, \
-            mdst.load(smollm2_path, device="gpu", precision="f32", kv_type="q8_0", context_length=128) as b:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=128) as a, \
+            mdst.load(smollm2_path, device="gpu", kv_type="q8_0", context_length=128) as b:
         rel = rel_l2(b.logits(ids), a.logits(ids))
     report("q8_0 KV cache vs f32 KV cache (SmolLM2, 60 tokens)", rel_l2=rel)
     assert rel < 5e-2
@@ -183,10 +183,10 @@ def test_prefix_reuse_prefills_only_new_tokens(smol):
 
 def test_weight_paging_gives_the_same_logits(smollm2_path, gpu):
     ids = list(range(200, 240))
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=128) as full:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=128) as full:
         want = full.logits(ids)
         limit = full.predicted.total - 40 * 2**20  # 40 MiB short of holding every weight
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=128, gpu_memory_limit=limit,
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=128, gpu_memory_limit=limit,
                    weight_paging=True) as paged:
         got = paged.logits(ids)
         w = paged.memory_report()["weights"]
@@ -206,13 +206,13 @@ def test_weight_paging_splits_a_matrix_larger_than_the_slots_allow(cache_dir, gp
     if not path.exists():
         synth.write(path, "gemma3-tiny", types="Q8_0", seed=5, n_vocab=65536)
     ids = list(range(300, 317))
-    with mdst.load(str(path), device="gpu", precision="f32", context_length=64) as full:
+    with mdst.load(str(path), device="gpu", kv_type="f32", context_length=64) as full:
         want = full.logits(ids)
         weights = full.predicted.bytes_by_kind["weights"]
         embedding = full.gguf.tensors["token_embd.weight"].nbytes
         limit = full.predicted.total - int(0.3 * weights)
     assert embedding > 0.7 * weights   # the embedding alone is more than the limit leaves for weights
-    with mdst.load(str(path), device="gpu", precision="f32", context_length=64, gpu_memory_limit=limit,
+    with mdst.load(str(path), device="gpu", kv_type="f32", context_length=64, gpu_memory_limit=limit,
                    weight_paging=True) as paged:
         got = paged.logits(ids)
         w = paged.memory_report()["weights"]
@@ -259,10 +259,10 @@ def test_uploads_through_wgpu_py_mapping_give_the_same_model(smollm2_path, gpu, 
         raise AssertionError("the fallback must not map through wgpu-native")
 
     ids = list(range(40, 52))
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=64) as m:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=64) as m:
         want = m.logits(ids)
     monkeypatch.setattr(native, "can_map_directly", lambda: False)
     monkeypatch.setattr(native, "fill", not_here)
-    with mdst.load(smollm2_path, device="gpu", precision="f32", context_length=64) as m:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=64) as m:
         got = m.logits(ids)
     np.testing.assert_array_equal(got, want)

@@ -29,9 +29,9 @@ def f32_path(gemma_path, cache_dir):
 @pytest.fixture(scope="module")
 def models(gemma_path, f32_path, gpu):
     ms = {
-        "f32_gpu": mdst.load(f32_path, device="gpu", precision="f32", context_length=1024),
+        "f32_gpu": mdst.load(f32_path, device="gpu", kv_type="f32", context_length=1024),
         "f32_cpu": mdst.load(f32_path, device="cpu", context_length=1024),
-        "q_gpu": mdst.load(gemma_path, device="gpu", precision="f32", context_length=1024),
+        "q_gpu": mdst.load(gemma_path, device="gpu", kv_type="f32", context_length=1024),
         "q_cpu": mdst.load(gemma_path, device="cpu", context_length=1024),
     }
     yield ms
@@ -108,7 +108,7 @@ def test_split_bindings_agree(gemma_path, models, ids, gpu):
     table = models["q_gpu"].engine.weights.weights["token_embd.weight"]
     assert len(table.parts) >= 2  # lavapipe's own 128 MiB limit already splits it
     for cap in (16 << 20, 1 << 20):
-        with mdst.load(gemma_path, device="gpu", precision="f32", context_length=64, max_binding_size=cap) as m:
+        with mdst.load(gemma_path, device="gpu", kv_type="f32", context_length=64, max_binding_size=cap) as m:
             parts = len(m.engine.weights.weights["token_embd.weight"].parts)
             got = m.logits(short)
         rel_base, rel_ref = rel_l2(got, base), rel_l2(got, ref)

@@ -27,9 +27,9 @@ def f32_path(smollm2_path, cache_dir):
 def models(smollm2_path, f32_path, gpu):
     """Each model loaded once: quantized and F32 copy, on lavapipe and on the CPU fallback."""
     ms = {
-        "q_gpu": mdst.load(smollm2_path, device="gpu", precision="f32", context_length=1024),
+        "q_gpu": mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=1024),
         "q_cpu": mdst.load(smollm2_path, device="cpu", context_length=1024),
-        "f32_gpu": mdst.load(f32_path, device="gpu", precision="f32", context_length=1024),
+        "f32_gpu": mdst.load(f32_path, device="gpu", kv_type="f32", context_length=1024),
         "f32_cpu": mdst.load(f32_path, device="cpu", context_length=1024),
     }
     yield ms
@@ -87,7 +87,7 @@ def test_quantized_gpu_matches_cpu_reference(models, ids, cpu_reference_logits):
 def test_quantized_f16_matches_cpu_reference(smollm2_path, gpu, ids, cpu_reference_logits):
     if not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
-    with mdst.load(smollm2_path, device="gpu", precision="f16", context_length=1024) as m:
+    with mdst.load(smollm2_path, device="gpu", kv_type="f16", context_length=1024) as m:
         rel = rel_l2(m.logits(ids), cpu_reference_logits)
     report("smollm2 Q4_1 lavapipe f16 vs CPU reference", rel_l2=rel)
     assert rel < 1e-2

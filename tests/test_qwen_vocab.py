@@ -113,7 +113,7 @@ def path(vocab_path, n_vocab, cache_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models(path, gpu):
-    ms = {d: mdst.load(path, device=d, precision="f32", context_length=CONTEXT) for d in ("gpu", "cpu")}
+    ms = {d: mdst.load(path, device=d, kv_type="f32", context_length=CONTEXT) for d in ("gpu", "cpu")}
     yield ms
     for m in ms.values():
         m.close()
