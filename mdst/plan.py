@@ -18,23 +18,25 @@ import numpy as np
 from . import native
 from .fusion import fuse
 from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
-from .kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params
+from .kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, wgsl_const
 from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from .memory.pool import Liveness
 from .memory.weights import GpuWeight, WeightStore, dequantize
-from .sampling import GPU_TOP_K
 
 _native = native.dispatch_calls()
 
-MAX_GROUPS = 65535
-TOPK_SLICE = 2048  # columns per top-k workgroup (SLICE in topk.wgsl)
-ARGMAX_SLICE = 4096  # columns per argmax workgroup (SLICE in argmax.wgsl)
+# Constants the kernels own, read from their WGSL (kernels/README.md).
+MAX_GROUPS = wgsl_const("common.wgsl", "MAX_GROUPS")  # workgroups in x before a dispatch spills into y
+TOPK_SLICE = wgsl_const("topk.wgsl", "SLICE")  # columns per top-k workgroup
+ARGMAX_SLICE = wgsl_const("argmax.wgsl", "SLICE")  # columns per argmax workgroup
+GEMM_TILE = wgsl_const("matmul_rows.wgsl", "TILE")  # matmul_rows: rows and outputs per workgroup
+GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")  # candidates a top-k slice keeps
 GEMV_WG = 256  # matmul_row: threads per workgroup (the lanes per row and groups per lane are presets)
 
 
 def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
-    """matmul_rows' workgroup count: 64 x 64 tiles of [m, n]."""
-    return (ceil_div(n, 64), ceil_div(m, 64), 1)
+    """matmul_rows' workgroup count: GEMM_TILE x GEMM_TILE tiles of [m, n]."""
+    return (ceil_div(n, GEMM_TILE), ceil_div(m, GEMM_TILE), 1)
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
@@ -358,7 +360,7 @@ class Compiler:
             li = self.layout.kv_index(s.layer)
             lk = self.layout.kv[li]
             k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
-            kvb = 32 if self.layout.kv_type == "q8_0" else 4
+            kvb = wgsl_const(f"kv/{KV_TYPES[self.layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
             if not a.get("stored"):  # else rope_store has appended k and v already
                 self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
                                (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},

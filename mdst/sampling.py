@@ -18,8 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
-GPU_TOP_K = 64   # the most candidates the GPU sampling kernels keep (KMAX in common.wgsl)
-DRAW_WORDS = 144  # the draw buffer's size in 4-byte words (layout: DRAW_* in common.wgsl)
+from .kernels import wgsl_const
+
+# The draw buffer's layout and the GPU's bounds are the kernels' (common.wgsl), read from there.
+GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")   # the most candidates the GPU sampling kernels keep
+DRAW_WORDS = wgsl_const("common.wgsl", "DRAW_WORDS")  # the draw buffer's size in 4-byte words
+# Word offsets of the draw buffer: f32 settings, u32 settings, then the penalty window's tokens and counts.
+_DRAW_F32 = ("TEMPERATURE", "TOP_P", "MIN_P", "U", "REPEAT", "PRESENCE", "FREQUENCY")
+_DRAW = {n: wgsl_const("common.wgsl", f"DRAW_{n}") for n in _DRAW_F32 + ("TOP_K", "N_HIST", "HIST", "COUNTS")}
 
 
 @dataclass(frozen=True)
@@ -93,12 +99,16 @@ class Draw:
     def encode(self) -> bytes:
         """The draw buffer's contents (layout: DRAW_* in kernels/common.wgsl)."""
         p = self.params
-        head = struct.pack("<ffffIIfff", p.temperature, p.top_p, p.min_p, self.u, p.top_k, len(self.tokens),
-                           p.repeat_penalty, p.presence_penalty, p.frequency_penalty)
+        f32 = dict(zip(_DRAW_F32, (p.temperature, p.top_p, p.min_p, self.u, p.repeat_penalty,
+                                   p.presence_penalty, p.frequency_penalty)))
         words = np.zeros(DRAW_WORDS, np.uint32)
-        words[:9] = np.frombuffer(head, np.uint32)
-        words[16:16 + len(self.tokens)] = self.tokens
-        words[80:80 + len(self.counts)] = self.counts
+        for name, v in f32.items():
+            words[_DRAW[name]] = struct.unpack("<I", struct.pack("<f", v))[0]
+        words[_DRAW["TOP_K"]] = p.top_k
+        words[_DRAW["N_HIST"]] = len(self.tokens)
+        h, c = _DRAW["HIST"], _DRAW["COUNTS"]
+        words[h:h + len(self.tokens)] = self.tokens
+        words[c:c + len(self.counts)] = self.counts
         return words.tobytes()
 
 

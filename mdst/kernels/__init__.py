@@ -144,6 +144,18 @@ def pack_params(name: str, values: dict[str, Any]) -> bytes:
     return out + b"\0" * (-len(out) % 16)
 
 
+# ---- constants shared with Python ----------------------------------------------------------------
+@lru_cache(maxsize=None)
+def wgsl_const(relpath: str, name: str) -> int:
+    """The value of a module-scope `const NAME: u32 = N;` (or `Nu`) in a kernel file, read from the
+    WGSL so that Python never keeps its own copy (README.md, section 3)."""
+    found = re.findall(rf"^const\s+{re.escape(name)}\s*:\s*u32\s*=\s*(\d+)u?\s*;", read(relpath), re.M)
+    if len(found) != 1:
+        raise LookupError(f"{relpath} must declare `const {name}: u32 = <integer>;` exactly once at line start "
+                          f"(found {len(found)})")
+    return int(found[0])
+
+
 class PipelineCache:
     """Compiled pipelines per (device, KernelSpec); each is compiled once."""
 

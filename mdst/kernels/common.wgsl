@@ -40,7 +40,9 @@ fn sin_cos(t: f32) -> vec2<f32> {
     }
 }
 
-// Workgroups beyond 65535 in x spill into y; this gives the flat index.
+// Workgroups beyond MAX_GROUPS in x spill into y; this gives the flat index. (The host reads
+// MAX_GROUPS, like every constant it shares with the kernels, from this source.)
+const MAX_GROUPS: u32 = 65535u;
 fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
@@ -66,4 +68,5 @@ const DRAW_PRESENCE: u32 = 7u;
 const DRAW_FREQUENCY: u32 = 8u;
 const DRAW_HIST: u32 = 16u;
 const DRAW_COUNTS: u32 = 80u;
-const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k)
+const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k) and tokens in its penalty window
+const DRAW_WORDS: u32 = 144u;   // the buffer's size in words: DRAW_COUNTS + KMAX
