@@ -6,11 +6,14 @@ loading itself costs. On the H100 that buffer's 16 MiB came as a 64 MiB block of
 (wgpu's allocator takes host-visible memory in blocks; the block shows as a /dev/nvidiactl mapping):
 its other 48 MiB stay counted as overhead. Figures:
 
-- weights: the GPU engine's setup alone (weights streamed from the mmap into GPU buffers) on an
-  already parsed file; target <= 25% of the file size;
-- the driver's first upload (a 4 KiB buffer written once), measured before and apart from both;
-- whole load: everything `mdst.load` does, the tokenizer included (for Gemma 3's 262k-token
-  vocabulary, HF tokenizers needs far more than the weights' path).
+- the driver's start-up (opening the first device) and its first upload (a 4 KiB buffer written
+  once), measured before and apart from the rest;
+- phases: the steps of a load one at a time, in `Model`'s order, each kept alive for the next
+  (parsing the file, the tokenizer, the graphs, the fit prediction on a phantom device, dropped
+  after, as a load does); what each grew RSS by at its peak and kept;
+- weights path: then the GPU engine's setup (weights streamed from the file into GPU buffers);
+  targets: overhead <= 25% of the file size and <= 10% of the GPU bytes;
+- whole load: everything `mdst.load` does (a second device, so without the driver's start-up).
 
 Peaks come from the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs), so
 short spikes inside native code are counted. Each figure also names the mappings whose resident
@@ -71,16 +74,30 @@ def measure(build, software: bool) -> dict:
     obj = build()
     seconds = time.perf_counter() - t0
     growth = status_bytes("VmHWM") - before
+    kept = status_bytes("VmRSS") - before
     by_mapping = grown(maps, rss_by_mapping())
-    by_kind = obj.bytes_by_kind if hasattr(obj, "bytes_by_kind") else obj.memory_report()["gpu_bytes"]
+    by_kind = getattr(obj, "bytes_by_kind", None)
+    if by_kind is None:
+        by_kind = obj.memory_report()["gpu_bytes"] if hasattr(obj, "memory_report") else {}
     in_host = sum(n for kind, n in by_kind.items() if software or kind in HOST_KINDS)
-    return {"seconds": round(seconds, 3), "peak_rss_growth_bytes": growth, "gpu_bytes": sum(by_kind.values()),
-            "gpu_bytes_in_host_memory": in_host, "overhead_bytes": growth - in_host,
+    return {"seconds": round(seconds, 3), "peak_rss_growth_bytes": growth, "rss_growth_bytes": kept,
+            "gpu_bytes": sum(by_kind.values()), "gpu_bytes_in_host_memory": in_host, "overhead_bytes": growth - in_host,
             "rss_growth_by_mapping": by_mapping, "object": obj}
 
 
 class _Upload:
     bytes_by_kind = {"probe": 4096}
+
+
+def predict(gpu, f, graphs, context: int, kv_type: str) -> dict:
+    """Model's fit prediction: the engine's setup, every plan and a cache on a phantom device, then dropped."""
+    from mdst.engine import GpuEngine
+    from mdst.memory.fit import phantom
+
+    ghost = GpuEngine(phantom(gpu), f, graphs, context, kv_type)
+    ghost.compile_all()
+    ghost.new_cache()
+    return {}
 
 
 def first_upload(gpu) -> _Upload:
@@ -107,32 +124,51 @@ def main() -> None:
     from mdst.gguf import GGUFFile
     from mdst.models import family
     from mdst.packaged import resolve_model_path
+    from mdst.tokenizer import Tokenizer
 
     path = resolve_model_path(args.model)
     size = os.path.getsize(path)
-    gpu = resolve("gpu")  # the driver's own start-up memory is not loading's
+    opened = measure(lambda: resolve("gpu"), False)   # the driver's own start-up memory is not loading's
+    gpu = opened.pop("object")
     software = gpu.profile.software
     first_use = measure(lambda: first_upload(gpu), software)   # nor what its first upload sets up
     first_use.pop("object")
 
-    f = GGUFFile(path)
+    phases = {}
+
+    def phase(name: str, build):
+        phases[name] = measure(build, software)
+        return phases[name].pop("object")
+
+    f = phase("parse", lambda: GGUFFile(path))
     fam = family(f.architecture)
     cfg = fam.Config.from_gguf(f)
-    graphs = build_graphs(lambda b: fam.forward(b, cfg), f)
+    tokenizer = phase("tokenizer", lambda: Tokenizer.from_gguf(f))
+    graphs = phase("graphs", lambda: build_graphs(lambda b: fam.forward(b, cfg), f))
     kv_type = resolve_kv_type(None, gpu)
+    phase("fit_prediction", lambda: predict(gpu, f, graphs, args.context, kv_type))
     weights = measure(lambda: GpuEngine(gpu, f, graphs, args.context, kv_type), software)
     weights.pop("object").close()
     f.close()
 
+    # the tokenizer stays alive, so the whole load cannot reuse the memory it freed
     whole = measure(lambda: mdst.load(path, device="gpu", context_length=args.context), software)
     model = whole.pop("object")
+    del tokenizer
     print(json.dumps({
         "benchmark": "load_memory", "model": path, "backend": model.backend, "file_bytes": size,
         "all_gpu_buffers_in_host_memory": software,
+        "device_open_rss_growth_bytes": opened["peak_rss_growth_bytes"],
+        "device_open_rss_growth_by_mapping": opened["rss_growth_by_mapping"],
         "first_upload_rss_growth_bytes": first_use["peak_rss_growth_bytes"],
+        "phases": {name: {k: v for k, v in p.items() if not k.startswith("gpu_bytes") and k != "overhead_bytes"}
+                   for name, p in phases.items()},
         "weights_path": {**weights, "overhead_fraction_of_file": round(weights["overhead_bytes"] / size, 4),
-                         "target_fraction": 0.25},
-        "whole_load": {**whole, "overhead_fraction_of_file": round(whole["overhead_bytes"] / size, 4)},
+                         "target_fraction": 0.25,
+                         "overhead_fraction_of_gpu_bytes": round(weights["overhead_bytes"] / weights["gpu_bytes"], 4),
+                         "target_fraction_of_gpu_bytes": 0.10},
+        "whole_load": {**whole, "overhead_fraction_of_file": round(whole["overhead_bytes"] / size, 4),
+                       "overhead_fraction_of_gpu_bytes": round(whole["overhead_bytes"] / whole["gpu_bytes"], 4)},
     }, indent=2))
     model.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Union
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import native, reference
 from .device import GPU
-from .errors import DeviceError, OutOfMemoryError, UnsupportedModelError
+from .errors import DeviceError, MdstError, OutOfMemoryError, UnsupportedModelError
 from .fusion import glu_pairs, sibling_runs
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
@@ -65,12 +66,17 @@ class Waiter:
 
     def _work(self) -> None:
         while True:
-            fn, done, box = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:   # close()
+                return
+            fn, done, box = job
             try:
                 box["value"] = fn()
             except BaseException as e:  # handed to the caller
                 box["error"] = e
             done.set()
+            # the job's closure holds the engine and its buffers: keep nothing while waiting for the next
+            del job, fn, done, box
 
     def run(self, fn: Callable[[], Any], timeout: float) -> Any:
         """fn() on the worker; TimeoutError if it has not returned within timeout seconds."""
@@ -85,11 +91,19 @@ class Waiter:
             raise box["error"]
         return box["value"]
 
+    def close(self, timeout: float = 5.0) -> None:
+        """End the worker once its current job is done (waiting at most `timeout` seconds for that)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout)
+
 
 class Engine:
     """What both engines share: graphs, the cache layout, step sizes."""
 
     kind = ""
+    closed = False   # set by close(): later steps raise MdstError
 
     def __init__(self, graphs: dict[str, Graph], context: int, chunk: int, kv_type: str):
         self.graphs, self.context, self.chunk = graphs, context, chunk
@@ -104,6 +118,11 @@ class Engine:
     def can_rewind(self, n_past: int, n: int) -> bool:
         """Whether a cache holding n_past tokens can be cut back to n."""
         return self.layout.can_rewind(n_past, n)
+
+    def check_open(self) -> None:
+        """MdstError if close() has been called."""
+        if self.closed:
+            raise MdstError("the model is closed; load it again")
 
     def step(self, cache: Any, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = "logits") -> np.ndarray:
         raise NotImplementedError
@@ -130,18 +149,26 @@ class CpuEngine(Engine):
                  chunk: int = DEFAULT_CHUNK):
         super().__init__(graphs, context, chunk, kv_type)
         self.weights = reference.ReferenceWeights(gguf)
+        self._caches: weakref.WeakSet = weakref.WeakSet()   # released by close(), whoever still holds them
 
     def new_cache(self) -> CpuKVCache:
-        return CpuKVCache.allocate(self.layout)
+        cache = CpuKVCache.allocate(self.layout)
+        self._caches.add(cache)
+        return cache
 
     def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str,
              pick: Pick = "logits") -> np.ndarray:
+        self.check_open()
         logits = reference.run(self.graphs[output_rows], self.weights, cache, ids, pos0)
         if isinstance(pick, Draw):
             return np.array([Sampler.pick(logits[-1], pick)])
         return reference.argmax(logits) if pick == "argmax" else logits
 
     def close(self) -> None:
+        """Drop the dequantized weights; the engine cannot be used afterwards."""
+        self.closed = True
+        for cache in list(self._caches):
+            cache.release()
         self.weights = None
 
 
@@ -167,6 +194,7 @@ class GpuEngine(Engine):
         self._live: dict[int, tuple[Any, str, int]] = {}   # id -> (buffer, kind, size)
         self.lost: str | None = None   # why the device cannot be used any more
         self._waiter = Waiter()
+        self._caches: weakref.WeakSet = weakref.WeakSet()   # released by close(), whoever still holds them
         try:
             self._setup(gguf, graphs, context, kv_type, chunk or gpu.profile.presets.prefill_rows, weight_budget,
                         progress)
@@ -264,7 +292,9 @@ class GpuEngine(Engine):
             pass
 
     def new_cache(self) -> GpuKVCache:
-        return GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"), self._free)
+        cache = GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"), self._free)
+        self._caches.add(cache)
+        return cache
 
     # ---- plans --------------------------------------------------------------------------------
     def plan(self, output_rows: str, n: int, pick: str) -> Plan:
@@ -298,7 +328,9 @@ class GpuEngine(Engine):
 
     @contextmanager
     def _device_errors(self) -> Iterator[None]:
-        """Refuse work on a lost device; turn an unexpected failure inside into DeviceError and mark it lost."""
+        """Refuse work on a closed engine or a lost device; turn an unexpected failure inside into DeviceError
+        and mark it lost."""
+        self.check_open()
         if self.lost:
             raise DeviceError(f"the GPU device can no longer be used ({self.lost}); load the model again")
         try:
@@ -320,6 +352,7 @@ class GpuEngine(Engine):
         simply written again later (the second value yielded counts it). Paged weights, host-side
         draws and picks that depend on earlier tokens take the one-step-at-a-time path.
         """
+        self.check_open()
         if count <= 0:
             return
         first_pick = pick()
@@ -486,9 +519,17 @@ class GpuEngine(Engine):
         }
 
     def close(self) -> None:
-        """Free every GPU buffer this engine made (caches included)."""
+        """Free every GPU buffer this engine made (caches included), end its wait thread and drop its
+        pipelines and bind groups; the engine cannot be used afterwards. The device is the caller's."""
+        self.closed = True
+        self._waiter.close()
+        for cache in list(self._caches):
+            cache.release()
         if getattr(self, "weights", None) is not None:
             self.weights.release_staging()
         for buf, _, _ in list(self._live.values()):
             self._free(buf)
+        # released now rather than when the collector breaks the engine's cycles (the pool's and
+        # weights' callbacks refer back to it)
         self.plans = {}
+        self.weights = self.pool = self.compiler = self.pipelines = self.staging = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from . import device as device_mod
 from .engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
 from .gguf import GGUFFile
-from .memory import fit
+from .memory import fit, host
 from .models import family
 from .tokenizer import Tokenizer
 
@@ -122,6 +123,7 @@ class Model:
 
     def memory_report(self) -> dict[str, Any]:
         """Where the memory goes: weights, KV cache, activations, pool statistics and the compiled plans."""
+        self._engine()
         report: dict[str, Any] = {"backend": self.backend, "context_length": self.context_length,
                                   "kv_type": self.kv_type, "file_bytes": os.path.getsize(self.path)}
         if self.engine.kind == "gpu":
@@ -202,17 +204,56 @@ class Model:
 
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Free the device memory and the file mapping."""
-        if getattr(self, "_default", None) is not None:
-            self._default.close()
-            self._default = None
-        eng = getattr(self, "engine", None)
-        if eng is not None:
-            eng.close()
-            self.engine = None
-        g = getattr(self, "gguf", None)
-        if g is not None:
-            g.close()
+        """Free the device (its buffers, pipelines and threads) and the file mapping; later use raises MdstError."""
+        with self._lock:   # after the step running now, if any
+            if getattr(self, "_default", None) is not None:
+                self._default.close()
+                self._default = None
+            eng = getattr(self, "engine", None)
+            if eng is not None:
+                self.engine = None
+                eng.close()
+                if eng.kind == "gpu":
+                    eng.gpu.device.destroy()   # opened for this model alone; stops wgpu's poll thread too
+                    del eng
+                    # wgpu-py's device and queue refer to each other, so the device is released (and the
+                    # driver frees what its buffers held) only when the collector breaks that cycle
+                    gc.collect()
+            # the parsed file and the tokenizer are host memory too (tens of MB for a large vocabulary)
+            g = self.__dict__.pop("_gguf", None)
+            if g is not None:
+                g.close()
+            self.__dict__.pop("_tokenizer", None)
+        host.trim()
+
+    def _open(self, name: str) -> Any:
+        """Attribute `name`, or MdstError once the model is closed."""
+        value = self.__dict__.get(name)
+        if value is None:
+            raise MdstError("the model is closed; load it again")
+        return value
+
+    def _engine(self) -> Any:
+        """The engine, or MdstError once the model is closed."""
+        return self._open("engine")
+
+    @property
+    def gguf(self) -> GGUFFile:
+        """The parsed GGUF file (metadata and tensor table); MdstError once the model is closed."""
+        return self._open("_gguf")
+
+    @gguf.setter
+    def gguf(self, value: GGUFFile) -> None:
+        self._gguf = value
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer; MdstError once the model is closed."""
+        return self._open("_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value: Tokenizer) -> None:
+        self._tokenizer = value
 
     def __enter__(self) -> "Model":
         return self
@@ -225,10 +266,8 @@ class Session:
     """One sequence's KV cache on a model. `feed` appends tokens and returns their logits."""
 
     def __init__(self, model: Model):
-        if model.engine is None:
-            raise MdstError("the model is closed")
         self.model = model
-        self.cache = model.engine.new_cache()
+        self.cache = model._engine().new_cache()
         self.tokens: list[int] = []
         self.written = 0   # positions the cache has been written up to (decode may run a step past n_past)
 
@@ -247,7 +286,7 @@ class Session:
     def _steps(self, ids: np.ndarray, output_rows: str, pick: Any = "logits",
                last_pick: Any = None) -> Iterator[np.ndarray]:
         """Feed ids a step at a time; each step ends in `pick`, the final one in `last_pick` if given."""
-        eng = self.model.engine
+        eng = self.model._engine()
         chunk = eng.max_rows(output_rows)
         for s in range(0, len(ids), chunk):
             part = ids[s:s + chunk]
@@ -283,7 +322,7 @@ class Session:
         Stop by closing the iterator (or leaving the loop): only tokens yielded count as fed.
         """
         self._room(count)
-        eng = self.model.engine
+        eng = self.model._engine()
         steps = eng.decode(self.cache, int(first), self.n_past, count, pick, ahead)
         fed = int(first)
         try:
@@ -310,7 +349,7 @@ class Session:
         """Keep only the first n cached tokens (everything, if a sliding-window ring already lost what n needs)."""
         if n >= self.n_past:
             return
-        if not self.model.engine.can_rewind(max(self.n_past, self.written), n):
+        if not self.model._engine().can_rewind(max(self.n_past, self.written), n):
             n = 0
         self.tokens = self.tokens[:n]
         self.written = max(n, self.written) if n else 0

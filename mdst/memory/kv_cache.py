@@ -131,7 +131,7 @@ class CacheLayout:
         return all(lk.ring >= n_past or n_past <= n + self.chunk for lk in self.kv)
 
 
-@dataclass
+@dataclass(eq=False)
 class GpuKVCache:
     """A sequence's cache buffers on the GPU, and the bind groups plans built over them."""
 
@@ -153,13 +153,14 @@ class GpuKVCache:
         return cls(layout, k, v, conv, free)
 
     def release(self) -> None:
-        """Give the buffers back."""
+        """Give the buffers back; the cache then holds nothing of its engine (a session may outlive it)."""
         for b in self.k + self.v + self.conv + self.chain:
             self.free(b)
         self.k, self.v, self.conv, self.bind_groups, self.chain = [], [], [], {}, []
+        self.free = lambda buffer: None
 
 
-@dataclass
+@dataclass(eq=False)
 class CpuKVCache:
     """A sequence's cache arrays for the numpy engine."""
 
