@@ -2,17 +2,41 @@
 
 Weight bytes read per dispatch over the dispatch's time, against two ceilings that count bytes read
 plus bytes written: a buffer copy, and a compute shader streaming an elementwise add (what a shader
-can read). The kernel is the one mdst's plans pick for the adapter, or each --lanes/--chunks variant.
+can read); and, per matrix, the same bytes read by a plain grid-stride loop of vec4<u32> loads timed
+the same way (back-to-back dispatches with a barrier between, as a decode step runs them), whose
+dispatch floor a matrix of a few tens of MB cannot hide. The kernel is the one mdst's plans pick for
+the adapter, or each --lanes/--chunks/--rows variant.
 Usage: python benchmarks/matmul_bandwidth.py [--k 4096] [--n 14336] [--types Q4_K,Q8_0,...] [--reps 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 from gpu_timing import dispatcher, passes, storage, timed
+
+
+# The read ceiling: every byte of a matrix read once as vec4<u32>, grid-stride, by READ_GROUPS x 256 threads.
+READ_GROUPS = 132 * 16
+READ = """
+@group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    var a = vec4<u32>(0u);
+    for (var i = gid.x; i < arrayLength(&w); i += nwg.x * 256u) {
+        a ^= w[i];
+    }
+    if (all(a == vec4<u32>(0x9e3779b9u))) {   // never in practice: keeps the loads
+        out[gid.x % arrayLength(&out)] = a.x;
+    }
+}
+"""
 
 
 def main() -> None:
@@ -24,6 +48,7 @@ def main() -> None:
     ap.add_argument("--copy-mib", type=int, default=1024)
     ap.add_argument("--lanes", default=None, help="matmul_row lanes per row to try, e.g. 16,32 (default: preset)")
     ap.add_argument("--chunks", default=None, help="matmul_row groups a lane takes to try, e.g. 1,8 (default: preset)")
+    ap.add_argument("--rows", default=None, help="matmul_row rows a group of lanes to try, e.g. 1,4 (default: preset)")
     args = ap.parse_args()
 
     import wgpu
@@ -31,7 +56,7 @@ def main() -> None:
     from mdst.device import open_gpu
     from mdst.gguf import GGML_TYPE_BY_NAME
     from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache
-    from mdst.plan import GEMV_WG, gemv_groups, grid1
+    from mdst.plan import GEMV_WG, gemv_groups, gemv_lanes, gemv_rows, grid1
     from mdst.testing.random_weights import random_weights
 
     gpu = open_gpu("gpu")
@@ -56,6 +81,8 @@ def main() -> None:
     stream_gbs = 12 * n_add / add_s / 1e9
     for b in add:
         b.destroy()
+    read = dev.create_compute_pipeline(layout="auto", compute={"module": dev.create_shader_module(code=READ),
+                                                               "entry_point": "main"})
 
     results = []
     for wtype in (args.types.split(",") if args.types else WEIGHT_TYPES):
@@ -75,15 +102,32 @@ def main() -> None:
             variants = [(spec, params, groups)]
         else:
             pre = gpu.profile.presets
-            variants = [(KernelSpec("matmul_row", wtype, constants=(("GPT", c), ("TPR", t), ("WG", GEMV_WG))),
-                         params, gemv_groups(n, t))
-                        for t in (map(int, args.lanes.split(",")) if args.lanes else [pre.gemv_lanes])
-                        for c in (list(map(int, args.chunks.split(","))) if args.chunks else [pre.gemv_chunk])]
+            variants = []
+            for c in (list(map(int, args.chunks.split(","))) if args.chunks else [pre.gemv_chunk]):
+                for lanes in (list(map(int, args.lanes.split(","))) if args.lanes else [None]):
+                    lanes = lanes or gemv_lanes(k, wtype, dataclasses.replace(pre, gemv_chunk=c))
+                    for r in (list(map(int, args.rows.split(","))) if args.rows else [gemv_rows(n, lanes, pre)]):
+                        consts = (("GPT", c), ("ROWS", r), ("TPR", lanes), ("WG", GEMV_WG))
+                        variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
+                                         gemv_groups(n, lanes, r)))
+        # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
+        nread = raw.nbytes // 16 * 16
+        rbg = dev.create_bind_group(layout=read.get_bind_group_layout(0), entries=[
+            {"binding": 0, "resource": {"buffer": bufs[0], "offset": 0, "size": nread}},
+            {"binding": 1, "resource": {"buffer": bufs[2], "offset": 0, "size": bufs[2].size}}])
+
+        def read_all(cp: Any) -> None:
+            cp.set_pipeline(read)
+            cp.set_bind_group(0, rbg)
+            cp.dispatch_workgroups(READ_GROUPS, 1, 1)
+        read_s = timed(gpu, passes(read_all), args.reps)
         for spec, params, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
             results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
                             "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
-                            "fraction_of_stream": round(raw.nbytes / s / (stream_gbs * 1e9), 3)})
+                            "fraction_of_stream": round(raw.nbytes / s / (stream_gbs * 1e9), 3),
+                            "read_ceiling_gb_per_s": round(nread / read_s / 1e9, 1),
+                            "fraction_of_read_ceiling": round(read_s / s * raw.nbytes / nread, 3)})
         for b in bufs:
             b.destroy()
     print(json.dumps({"benchmark": "matmul_bandwidth", "adapter": gpu.profile.as_dict(),

@@ -35,8 +35,9 @@ def main() -> None:
             rows = [{**r, "us": r["us_per_dispatch"], "variant": dict(c.split("=") for c in r["kernel"].split(":")[2:])}
                     for r in data["results"] if r["kernel"].startswith("matmul_row")]
             if rows:
-                lanes, chunk = least_worst(rows, "type", lambda r: (r["variant"]["TPR"], r["variant"].get("GPT", "8")))
-                picks += [f"gemv_lanes={lanes}", f"gemv_chunk={chunk}"]
+                lanes, chunk, per = least_worst(rows, "type", lambda r: (
+                    r["variant"]["TPR"], r["variant"].get("GPT", "8"), r["variant"].get("ROWS", "1")))
+                picks += [f"gemv_lanes={lanes}", f"gemv_chunk={chunk}", f"gemv_rows={per}"]
     print(",".join(picks))
 
 

@@ -31,7 +31,11 @@ TOPK_SLICE = wgsl_const("topk.wgsl", "SLICE")  # columns per top-k workgroup
 ARGMAX_SLICE = wgsl_const("argmax.wgsl", "SLICE")  # columns per argmax workgroup
 GEMM_TILE = wgsl_const("matmul_rows.wgsl", "TILE")  # matmul_rows: rows and outputs per workgroup
 GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")  # candidates a top-k slice keeps
-GEMV_WG = 256  # matmul_row: threads per workgroup (the lanes per row and groups per lane are presets)
+GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per group and groups per unit are presets)
+# Weights in a unit of matmul_row's step, for the types with a step of their own (the generic step's
+# unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
+GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
+GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
 
 
 def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
@@ -40,15 +44,26 @@ def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
-    """matmul_row's threads per row: the preset, fewer where a row has fewer steps to share out
-    (a type's own step takes 32 weights, the generic one 4 * gemv_chunk)."""
-    steps = k // 32 if wtype in TYPE_STEPS["matmul_row"] else ceil_div(k, 4 * presets.gemv_chunk)
-    return min(presets.gemv_lanes, 1 << max(0, steps - 1).bit_length())
+    """matmul_row's threads per row: the preset, fewer where a row has fewer units to share out."""
+    units = k // GEMV_UNIT[wtype] if wtype in GEMV_UNIT else ceil_div(k, 4 * presets.gemv_chunk)
+    return min(presets.gemv_lanes, 1 << max(0, units - 1).bit_length())
 
 
-def gemv_groups(n: int, lanes: int) -> tuple[int, int, int]:
-    """matmul_row's workgroup count for n output rows, `lanes` a row (GEMV_WG / lanes rows a workgroup)."""
-    return grid1(ceil_div(n, GEMV_WG // lanes))
+def gemv_rows(n: int, lanes: int, presets: Any) -> int:
+    """matmul_row's rows per group of lanes (ROWS): the preset, at most `lanes`, and halved while the
+    dispatch would have fewer than presets.gemv_threads threads (a short matrix still fills the GPU)."""
+    rows = max(1, min(presets.gemv_rows, lanes, GEMV_MAX_ROWS))
+    while rows > 1 and ceil_div(n, rows) * lanes < presets.gemv_threads:
+        rows //= 2
+    return rows
+
+
+def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
+    """matmul_row's workgroup count for n output rows, `lanes` a row and `rows` a group of lanes
+    (rows * GEMV_WG / lanes rows a workgroup)."""
+    return grid1(ceil_div(n, rows * (GEMV_WG // lanes)))
+
+
 _plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
 USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}              # `activate` in common.wgsl
@@ -423,8 +438,9 @@ class Compiler:
             elif r == 1:
                 pre = self.gpu.profile.presets
                 lanes = gemv_lanes(k, w.type.name, pre)
-                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows, lanes), params, label_of(node),
-                               w.type.name, WG=GEMV_WG, TPR=lanes, GPT=pre.gemv_chunk, **fused)
+                rows = gemv_rows(p.rows, lanes, pre)
+                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows, lanes, rows), params, label_of(node),
+                               w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=pre.gemv_chunk, **fused)
             else:
                 if norm is not None or glu:
                     raise RuntimeError("the many-row matmul fuses the residual add only")

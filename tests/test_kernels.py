@@ -87,20 +87,36 @@ def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
     return buf, x, g, want, k, n, row_bytes, lead
 
 
-@pytest.mark.parametrize("lanes,chunk", [(32, 8), (16, 1), (64, 2)])
+# (lanes per row, groups of 4 a unit of the generic step, rows per group, units per loop iteration):
+# rows that do not divide n (77), rows as many as lanes, a lone unit per row (64 lanes for k = 7 * 32)
+GEMV_SHAPES = [(32, 8, 1, 2), (16, 1, 3, 2), (64, 2, 4, 2), (8, 4, 8, 1)]
+
+
+@pytest.mark.parametrize("lanes,chunk,rows,upi", GEMV_SHAPES)
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_row(run, rng, wtype, fusion, lanes, chunk):
+def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 1, fusion)
     o0 = 5
     res = rng.standard_normal(o0 + n + 3).astype(np.float32)
-    constants = {"TPR": lanes, "GPT": chunk, "WG": GEMV_WG, **fusion}
+    constants = {"TPR": lanes, "GPT": chunk, "ROWS": rows, "UPI": upi, "WG": GEMV_WG, **fusion}
     spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
     y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
-                gemv_groups(n, lanes))[0])
+                gemv_groups(n, lanes, rows))[0])
     assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
     assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
+
+
+def test_gemv_step_units_come_from_the_wgsl():
+    # the plan sizes lanes by the units of a type's own step, which each step declares (UNIT)
+    from mdst.kernels import TYPE_STEPS, wgsl_const
+    from mdst.plan import GEMV_MAX_ROWS, GEMV_UNIT
+
+    assert set(GEMV_UNIT) == set(TYPE_STEPS["matmul_row"])
+    assert GEMV_UNIT["Q8_0"] == 16 and GEMV_UNIT["Q4_K"] == 32
+    assert all(GEMV_UNIT[t] == wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in GEMV_UNIT)
+    assert GEMV_MAX_ROWS == wgsl_const("matmul_row.wgsl", "MAX_ROWS") == 8
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -17,15 +17,16 @@ from metrics import rel_l2
 
 
 @pytest.fixture
-def gpu_presets(monkeypatch, gpu):
-    """Make every adapter opened in the test use the hardware presets."""
+def gpu_presets(monkeypatch, gpu, request):
+    """Make every adapter opened in the test use the hardware presets (with the changes of an indirect param)."""
     from mdst import device
 
     real = device.open_gpu
+    changes = getattr(request, "param", {})
 
     def opened(*a, **kw):
         g = real(*a, **kw)
-        g.profile = dataclasses.replace(g.profile, presets=presets_for(software=False))
+        g.profile = dataclasses.replace(g.profile, presets=dataclasses.replace(presets_for(software=False), **changes))
         return g
 
     monkeypatch.setattr(device, "open_gpu", opened)
@@ -52,6 +53,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     assert text == want
 
 
+# gemv_threads=0: every GEMV of this small model computes gemv_rows rows a group of lanes (the presets
+# proper give its short matrices one)
+@pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}], indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
     # Q4_K and Q6_K have GEMV steps of their own (quant/<TYPE>.matmul_row.wgsl): run them inside a model
     from mdst.testing import synth
@@ -78,3 +82,19 @@ def test_preset_overrides_are_checked():
         with_overrides(base, "splits=16")
     with pytest.raises(ValueError, match="attention_lanes must be one of"):
         with_overrides(base, "attention_lanes=3")
+    assert with_overrides(base, "gemv_rows=8,gemv_threads=0") == dataclasses.replace(base, gemv_rows=8, gemv_threads=0)
+    with pytest.raises(ValueError, match="gemv_rows must be one of"):
+        with_overrides(base, "gemv_rows=16")
+
+
+def test_gemv_rows_keep_short_matrices_busy():
+    from mdst.plan import GEMV_MAX_ROWS, gemv_groups, gemv_rows
+
+    pre = presets_for(software=False)
+    assert (pre.gemv_lanes, pre.gemv_rows, pre.gemv_threads) == (64, 4, 65536)
+    assert gemv_rows(14336, 64, pre) == 4 and gemv_rows(4096, 64, pre) == 4   # ffn, 8B shapes
+    assert gemv_rows(1024, 64, pre) == 1                                        # attn_v of the 8B: 64K threads
+    every = dataclasses.replace(pre, gemv_threads=0)
+    assert gemv_rows(4096, 2, every) == 2                                       # never more rows than lanes
+    assert gemv_rows(77, 64, dataclasses.replace(every, gemv_rows=8)) == GEMV_MAX_ROWS
+    assert gemv_groups(77, 64, 4) == (5, 1, 1)                                  # 16 rows a workgroup of 256

@@ -9,7 +9,7 @@ export const PRECISION_LINE = "alias half = f32;";
 const ENABLE = /(?<=^|\n)\s*enable\s+([a-z0-9_, ]+);\s*(?=\n|$)/g;
 
 // Kernels whose inner step a weight type may replace, and the types that do.
-export const TYPE_STEPS = { matmul_row: ["Q4_K", "Q6_K"] };
+export const TYPE_STEPS = { matmul_row: ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"] };
 
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
 // weight tensor) weights.wgsl, quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step

@@ -27,7 +27,7 @@ WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS")
 
 # Kernels whose inner step a weight type may replace, and the types that do (see compose).
-TYPE_STEPS = {"matmul_row": ("Q4_K", "Q6_K")}
+TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}
 
 # KV cache formats (kv/<name>.wgsl); "F" stores `half`: f32, or f16 in the f16 variant.
 KV_FORMATS = ("F", "Q8_0")

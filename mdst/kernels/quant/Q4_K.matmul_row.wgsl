@@ -1,45 +1,70 @@
-// matmul_row's step for Q4_K. A thread takes 32 weights at a time: 4 data words of a sub-block
-// pair, whose low nibbles are 16 weights of the pair's first sub-block and whose high nibbles are
-// the same 16 positions of the second. The block's scales are decoded once per 32 weights (the
-// generic step does it per 4) and the 4 words are loaded together. Units of 32 run 8 to a block;
-// thread t takes units t, t + TPR, ...
+// matmul_row's step for Q4_K. A unit is 32 weights: 4 data words of a sub-block pair, whose low
+// nibbles are 16 weights of the pair's first sub-block and whose high nibbles the same 16 positions
+// of the second. Units run 8 to a block (4 pairs x 2 halves). The unit's x and their sums are read
+// once for all the group's rows; per row, the block's 4 header words give the two sub-blocks' scales
+// and mins (decoded as one word of 4 bytes), and the nibbles become floats through exponent bits
+// (ub4 in matmul_row.wgsl) rather than integer-to-float conversions.
 
-// sum_i q_i x_i over one data word v: its low nibbles against xl, its high nibbles against xh.
-fn q4k_word(v: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
-    let q = vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u);
-    return vec2<f32>(dot(vec4<f32>(q & vec4<u32>(0xfu)), xl), dot(vec4<f32>((q >> vec4<u32>(4u)) & vec4<u32>(0xfu)), xh));
+const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
+const STEP_SYNC: bool = false;
+
+struct XU {
+    lo: mat4x4<f32>,   // x at the low nibbles (4 columns of 4)
+    hi: mat4x4<f32>,   // x at the high nibbles
+    sl: f32,           // their sums (for the mins)
+    sh: f32,
+    ss: f32,
 }
 
-// One unit: pair pr (0..3), half h (0, 1) of the block at byte b; xl, xh: the x values of its
-// low and high nibbles (4 columns of 4).
-fn q4k_unit(b: u32, pr: u32, h: u32, xl: mat4x4<f32>, xh: mat4x4<f32>) -> f32 {
-    let w = b >> 2u;
-    let dm = unpack2x16float(W[w]);
-    let lo = q4k_scale_min(w, 2u * pr);
-    let hi = q4k_scale_min(w, 2u * pr + 1u);
-    let q = w + 4u + 8u * pr + 4u * h;
-    let d = q4k_word(W[q], xl[0], xh[0]) + q4k_word(W[q + 1u], xl[1], xh[1])
-          + q4k_word(W[q + 2u], xl[2], xh[2]) + q4k_word(W[q + 3u], xl[3], xh[3]);
-    let one = vec4<f32>(1.0);
-    let sl = dot(xl[0] + xl[1] + xl[2] + xl[3], one);
-    let sh = dot(xh[0] + xh[1] + xh[2] + xh[3], one);
-    return dm.x * (lo.x * d.x + hi.x * d.y) - dm.y * (lo.y * sl + hi.y * sh);
+fn step_init(lid: u32) {}
+
+fn step_units() -> u32 {
+    return p.k / UNIT;
 }
 
-// Thread t's share of the row at byte `base` (and of the up row at `up`): (dot, up dot, x's sum of squares).
-fn lane_dot(base: u32, up: u32, t: u32) -> vec3<f32> {
-    var acc = vec3<f32>(0.0);
-    for (var u = t; u < p.k / 32u; u += TPR) {
-        let blk = u >> 3u;
-        let pr = (u >> 1u) & 3u;
-        let h = u & 1u;
-        let G = blk * 64u + pr * 16u + h * 4u;   // x's group (of 4) at the unit's first low nibble
-        let xu = x_unit(G, vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(8u, 9u, 10u, 11u));   // low, high nibbles
-        acc.z += xu.ss;
-        acc.x += q4k_unit(base + blk * QB, pr, h, xu.a, xu.b);
-        if (GLU != 0u) {
-            acc.y += q4k_unit(up + blk * QB, pr, h, xu.a, xu.b);
-        }
+fn step_x(u: u32) -> XU {
+    var xu: XU;
+    let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;   // x's group at the first low nibble
+    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
+    xu.hi = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
+    xu.sl = hsum(xu.lo[0] + xu.lo[1] + xu.lo[2] + xu.lo[3]);
+    xu.sh = hsum(xu.hi[0] + xu.hi[1] + xu.hi[2] + xu.hi[3]);
+    if (NORM) {
+        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 8u) + sq(G + 9u) + sq(G + 10u) + sq(G + 11u);
     }
-    return acc;
+    return xu;
+}
+
+// The block's header (f16 d and dmin, 12 bytes of scales and mins) and a unit's 4 data words.
+fn q4k_head(w: u32) -> vec4<u32> {
+    return vec4<u32>(W[w], W[w + 1u], W[w + 2u], W[w + 3u]);
+}
+
+fn q4k_data(q: u32) -> vec4<u32> {
+    return vec4<u32>(W[q], W[q + 1u], W[q + 2u], W[q + 3u]);
+}
+
+// Scales and mins of sub-blocks 2 pr and 2 pr + 1 as one word: bytes (scale, scale, min, min).
+// Sub-blocks 0..3 keep 6 bits in bytes s of words 1 (scale) and 2 (min); 4..7 keep their low 4 bits
+// in the nibbles of byte s - 4 of word 3 and their high 2 in the top bits of bytes s - 4 of words 1, 2.
+fn q4k_scales(hd: vec4<u32>, pr: u32) -> u32 {
+    let sh = 16u * (pr & 1u);
+    let a = (hd.y >> sh) & 0xffffu;
+    let m = (hd.z >> sh) & 0xffffu;
+    let c = (hd.w >> sh) & 0xffffu;
+    let low = (a & 0x3f3fu) | ((m & 0x3f3fu) << 16u);
+    let high = ((c & 0x0f0fu) | ((a >> 2u) & 0x3030u)) | ((((c >> 4u) & 0x0f0fu) | ((m >> 2u) & 0x3030u)) << 16u);
+    return select(low, high, pr >= 2u);
+}
+
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
+    let w = (b >> 2u) + (u >> 3u) * (QB / 4u);
+    let pr = (u >> 1u) & 3u;
+    let hd = q4k_head(w);
+    let v = q4k_data(w + 4u + 8u * pr + 4u * (u & 1u));
+    let dm = unpack2x16float(hd.x);
+    let sm = ub4(q4k_scales(hd, pr));   // scale lo, scale hi, min lo, min hi
+    let dl = dot(nib_lo(v.x), xu.lo[0]) + dot(nib_lo(v.y), xu.lo[1]) + dot(nib_lo(v.z), xu.lo[2]) + dot(nib_lo(v.w), xu.lo[3]);
+    let dh = dot(nib_hi(v.x), xu.hi[0]) + dot(nib_hi(v.y), xu.hi[1]) + dot(nib_hi(v.z), xu.hi[2]) + dot(nib_hi(v.w), xu.hi[3]);
+    return dm.x * (sm.x * dl + sm.y * dh) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);
 }

@@ -1,43 +1,67 @@
-// matmul_row's step for weight types without one of their own: a thread takes GPT groups of 4
-// weights at a time through deq4 (GPT = 1: neighbouring threads read neighbouring bytes), striding
-// over the row by TPR * GPT groups.
+// matmul_row's step for weight types without one of their own: a unit is GPT groups of 4 weights
+// (GPT = 1: neighbouring threads read neighbouring bytes), read through deq4. Groups past the row's
+// end (k not a multiple of 4 * GPT) read the row's last group against zeros: no branch per group.
+//
+// Every step defines: step_units() (units in a row), step_x(u) (the x a unit reads, and their sum
+// of squares with NORM, in a struct XU), step_dot(b, u, xu) (unit u of the row at byte b against
+// xu), and step_init(lid) (run before anything else; STEP_SYNC says a barrier must follow it).
 
-// One group of 4 weights: group gi of the blocks at bytes b (and bu, the up row's), x's group G.
-fn group_dot(b: u32, bu: u32, gi: u32, G: u32) -> vec3<f32> {
-    let xv = xg(G);
-    var r = vec3<f32>(0.0);
-    if (NORM) {
-        r.z = sq(G);
-    }
-    r.x = dot(deq4(b, gi), xv);
-    if (GLU != 0u) {
-        r.y = dot(deq4(bu, gi), xv);
-    }
-    return r;
+const STEP_SYNC: bool = false;
+
+struct XU {
+    a: mat4x4<f32>,   // groups 0..3 of the unit (those past GPT or the row's end are zero)
+    b: mat4x4<f32>,   // groups 4..7
+    ss: f32,
 }
 
-// Thread t's share of the row at byte `base` (and of the up row at `up`): (dot, up dot, x's sum of squares).
-fn lane_dot(base: u32, up: u32, t: u32) -> vec3<f32> {
-    var acc = vec3<f32>(0.0);
-    let kg = p.k / 4u;           // groups of 4 weights in the row
-    let gpb = QK / 4u;           // groups per block
-    for (var c = t * GPT; c < kg; c += TPR * GPT) {
-        if (gpb >= GPT && c + GPT <= kg) {
-            // GPT groups of one block: its start computed once, and no bounds check between the
-            // loads, so the compiler can issue them together (more bytes in flight per thread)
-            let b = (c / gpb) * QB;
-            for (var i = 0u; i < GPT; i++) {
-                acc += group_dot(base + b, up + b, c % gpb + i, c + i);
-            }
-        } else {
-            for (var i = 0u; i < GPT; i++) {
-                let G = c + i;
-                if (G < kg) {
-                    let o = (G / gpb) * QB;
-                    acc += group_dot(base + o, up + o, G % gpb, G);
-                }
-            }
-        }
+fn step_init(lid: u32) {}
+
+fn step_units() -> u32 {
+    return (p.k / 4u + GPT - 1u) / GPT;
+}
+
+// x's group u * GPT + i, or zeros past the row's end; its sum of squares added to ss with NORM.
+fn gx(u: u32, i: u32, ss: ptr<function, f32>) -> vec4<f32> {
+    let G = u * GPT + i;
+    let kg = p.k / 4u;
+    if (i >= GPT || G >= kg) {
+        return vec4<f32>(0.0);
     }
-    return acc;
+    if (NORM) {
+        *ss += sq(G);
+    }
+    return xg(G);
+}
+
+// (Written out rather than looped: compilers keep the groups in registers.)
+fn step_x(u: u32) -> XU {
+    var xu: XU;
+    var ss = 0.0;
+    xu.a = mat4x4<f32>(gx(u, 0u, &ss), gx(u, 1u, &ss), gx(u, 2u, &ss), gx(u, 3u, &ss));
+    if (GPT > 4u) {
+        xu.b = mat4x4<f32>(gx(u, 4u, &ss), gx(u, 5u, &ss), gx(u, 6u, &ss), gx(u, 7u, &ss));
+    }
+    xu.ss = ss;
+    return xu;
+}
+
+// Group u * GPT + i of the row at byte b against x (the row's last group past its end: x is zero there).
+fn gdot(b: u32, u: u32, i: u32, xv: vec4<f32>) -> f32 {
+    let gpb = QK / 4u;           // groups per block
+    let G = min(u * GPT + i, p.k / 4u - 1u);
+    return dot(deq4(b + (G / gpb) * QB, G % gpb), xv);
+}
+
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
+    var s = gdot(b, u, 0u, xu.a[0]);
+    if (GPT > 1u) {
+        s += gdot(b, u, 1u, xu.a[1]);
+    }
+    if (GPT > 2u) {
+        s += gdot(b, u, 2u, xu.a[2]) + gdot(b, u, 3u, xu.a[3]);
+    }
+    if (GPT > 4u) {
+        s += gdot(b, u, 4u, xu.b[0]) + gdot(b, u, 5u, xu.b[1]) + gdot(b, u, 6u, xu.b[2]) + gdot(b, u, 7u, xu.b[3]);
+    }
+    return s;
 }

@@ -1,0 +1,67 @@
+// matmul_row's step for Q5_K: Q4_K's (same units, header and scales) with each nibble's fifth bit
+// from qh: bit s of qh byte l belongs to weight l of sub-block s, so a unit's 16 positions read the 4
+// qh words of its half, bits 2 pr (low nibbles) and 2 pr + 1 (high nibbles).
+
+const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
+const STEP_SYNC: bool = false;
+
+struct XU {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+    sl: f32,
+    sh: f32,
+    ss: f32,
+}
+
+fn step_init(lid: u32) {}
+
+fn step_units() -> u32 {
+    return p.k / UNIT;
+}
+
+fn step_x(u: u32) -> XU {
+    var xu: XU;
+    let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;
+    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
+    xu.hi = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
+    xu.sl = hsum(xu.lo[0] + xu.lo[1] + xu.lo[2] + xu.lo[3]);
+    xu.sh = hsum(xu.hi[0] + xu.hi[1] + xu.hi[2] + xu.hi[3]);
+    if (NORM) {
+        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 8u) + sq(G + 9u) + sq(G + 10u) + sq(G + 11u);
+    }
+    return xu;
+}
+
+// As Q4_K's: bytes (scale, scale, min, min) of sub-blocks 2 pr and 2 pr + 1.
+fn q5k_scales(hd: vec4<u32>, pr: u32) -> u32 {
+    let sh = 16u * (pr & 1u);
+    let a = (hd.y >> sh) & 0xffffu;
+    let m = (hd.z >> sh) & 0xffffu;
+    let c = (hd.w >> sh) & 0xffffu;
+    let low = (a & 0x3f3fu) | ((m & 0x3f3fu) << 16u);
+    let high = ((c & 0x0f0fu) | ((a >> 2u) & 0x3030u)) | ((((c >> 4u) & 0x0f0fu) | ((m >> 2u) & 0x3030u)) << 16u);
+    return select(low, high, pr >= 2u);
+}
+
+// One data word's 8 weights (5 bits each) against x: its low nibbles with qh bit s0, high with s0 + 1.
+fn q5k_word(v: u32, qh: u32, s0: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
+    let m = 0x0f0f0f0fu;
+    let one = 0x01010101u;
+    return vec2<f32>(dot(ub4((v & m) | (((qh >> s0) & one) << 4u)), xl),
+                     dot(ub4(((v >> 4u) & m) | (((qh >> (s0 + 1u)) & one) << 4u)), xh));
+}
+
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
+    let w = (b >> 2u) + (u >> 3u) * (QB / 4u);
+    let pr = (u >> 1u) & 3u;
+    let h = u & 1u;
+    let hd = vec4<u32>(W[w], W[w + 1u], W[w + 2u], W[w + 3u]);
+    let q = w + 12u + 8u * pr + 4u * h;
+    let e = w + 4u + 4u * h;
+    let s0 = 2u * pr;
+    let dm = unpack2x16float(hd.x);
+    let sm = ub4(q5k_scales(hd, pr));
+    let d = q5k_word(W[q], W[e], s0, xu.lo[0], xu.hi[0]) + q5k_word(W[q + 1u], W[e + 1u], s0, xu.lo[1], xu.hi[1])
+          + q5k_word(W[q + 2u], W[e + 2u], s0, xu.lo[2], xu.hi[2]) + q5k_word(W[q + 3u], W[e + 3u], s0, xu.lo[3], xu.hi[3]);
+    return dm.x * (sm.x * d.x + sm.y * d.y) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);
+}

@@ -1,0 +1,52 @@
+// matmul_row's step for Q8_0. A unit is half a block: 16 signed bytes (four words, read with five
+// loads: blocks of 34 bytes start on even bytes) and the block's f16 scale (one load: an even
+// offset never splits it). Two units a block, so neighbouring threads read neighbouring 16 bytes.
+// The bytes become floats through f16 exponent bits (sb4) rather than integer-to-float conversions.
+
+const UNIT: u32 = 16u;   // weights a unit (read by the host: plan.GEMV_UNIT)
+const STEP_SYNC: bool = false;
+
+struct XU {
+    v: mat4x4<f32>,
+    ss: f32,
+}
+
+fn step_init(lid: u32) {}
+
+fn step_units() -> u32 {
+    return p.k / UNIT;
+}
+
+fn step_x(u: u32) -> XU {
+    var xu: XU;
+    let G = 4u * u;
+    xu.v = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
+    if (NORM) {
+        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u);
+    }
+    return xu;
+}
+
+// The 4 bytes of v as signed integers, as floats: f16 1024 + (b ^ 0x80), less 1152.
+fn sb4(v: u32) -> vec4<f32> {
+    let a = unpack2x16float((v & 0x00ff00ffu) ^ 0x64806480u) - 1152.0;
+    let b = unpack2x16float(((v >> 8u) & 0x00ff00ffu) ^ 0x64806480u) - 1152.0;
+    return vec4<f32>(a.x, b.x, a.y, b.y);
+}
+
+fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
+    let b = rb + (u >> 1u) * QB;
+    let o = b + 2u + 16u * (u & 1u);   // even
+    let s = (o & 3u) * 8u;
+    let i = o >> 2u;
+    let c0 = W[i];
+    let c1 = W[i + 1u];
+    let c2 = W[i + 2u];
+    let c3 = W[i + 3u];
+    let c4 = W[i + 4u];
+    let r = 31u - s;   // (c << 1) << r: c's bits moved up to follow a word shifted right by s; 0 when s = 0
+    let q = vec4<u32>((c0 >> s) | ((c1 << 1u) << r), (c1 >> s) | ((c2 << 1u) << r),
+                      (c2 >> s) | ((c3 << 1u) << r), (c3 >> s) | ((c4 << 1u) << r));
+    let d = unpack2x16float(W[b >> 2u] >> ((b & 2u) * 8u)).x;
+    return d * (dot(sb4(q.x), xu.v[0]) + dot(sb4(q.y), xu.v[1]) + dot(sb4(q.z), xu.v[2]) + dot(sb4(q.w), xu.v[3]));
+}
