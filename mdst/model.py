@@ -27,7 +27,6 @@ PRECISION_DEPRECATED = ("precision= is deprecated and will be removed: it only s
                         "(arithmetic is f32); use kv_type= ('f32', 'f16' or 'q8_0')")
 
 
-
 class Model:
     """A GGUF model loaded onto a device. Use `mdst.load()` to make one."""
 
