@@ -25,15 +25,15 @@ def parse_test(test: str) -> tuple[int, int, int]:
 
 
 def mdst_rates(path: Path, tests: list[str], repeat: int) -> dict[str, float]:
-    """tokens/s of each test through mdst.bench, the model loaded once with room for the deepest test."""
+    """tokens/s of each test through mdst.bench, the model loaded for each test with the context it needs
+    (as llama-bench sizes its context per test: mdst's decode attention covers the allocated context)."""
     import mdst
     from mdst.bench import bench
 
-    shapes = {t: parse_test(t) for t in tests}
-    context = max(p + g + d for p, g, d in shapes.values()) + 8
     out = {}
-    with mdst.load(path, device="gpu", context_length=context) as model:
-        for test, (p, g, d) in shapes.items():
+    for test in tests:
+        p, g, d = parse_test(test)
+        with mdst.load(path, device="gpu", context_length=p + g + max(d, 1) + 1) as model:
             if p:   # prefill p tokens (and one decode step, which bench needs and which is not counted)
                 out[test] = bench(model, p, 1, repeat)["prefill_tokens_per_s"]
             else:   # decode g tokens after a prompt of d tokens (one token: llama-bench's empty context)
