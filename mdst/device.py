@@ -26,6 +26,7 @@ class Presets:
     matmul: str = "tiled"         # "tiled": workgroup-memory tiles and cooperative GEMV; "by_output": lanes take outputs
     attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
+    attention_splits: int = 0     # at most this many splits (longer ones where the cache is longer; 0: no cap)
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
@@ -38,11 +39,13 @@ PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": ov
 
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
-    GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py), and a GEMV
+    GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py), though
+    no more than 64 splits for the merge to walk (H200, RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
-    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, gemv_lanes=64, gemv_chunk=2,
-                                                                 gemv_rows=4, gemv_threads=65536, prefill_rows=512)
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=64, gemv_lanes=64,
+                                                                 gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
+                                                                 prefill_rows=512)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
@@ -51,7 +54,8 @@ def with_overrides(base: Presets, text: str) -> Presets:
     import dataclasses
 
     allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
-               "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
+               "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "attention_splits": (0, 16, 32, 64, 128, 256),
+               "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
                "prefill_rows": (32, 64, 128, 256, 512, 1024)}

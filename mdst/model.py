@@ -48,6 +48,7 @@ class Model:
             self.family = family(self.architecture)
             self.config = self.family.Config.from_gguf(self.gguf)
             self.tokenizer = Tokenizer.from_gguf(self.gguf)
+            host.trim()   # building a large vocabulary frees tens of MB in the C heap that glibc would keep
             model_max = self.config.context_length
             if context_length is None:
                 context_length = min(model_max, DEFAULT_CONTEXT)

@@ -385,8 +385,13 @@ class Compiler:
                       "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
             split, lanes = self.gpu.profile.presets.attention_split, self.gpu.profile.presets.attention_lanes
             if r == 1 and split:
-                # decode: splits of `split` keys in parallel, then a merge (flash-decoding)
-                splits = ceil_div(min(lk.ring, s.window or lk.ring), split)
+                # decode: splits of `split` keys in parallel, then a merge (flash-decoding); splits cover the
+                # cache's allocated positions, so a long cache gets longer splits rather than more of them
+                keys = min(lk.ring, s.window or lk.ring)
+                cap = self.gpu.profile.presets.attention_splits
+                if cap:
+                    split = max(split, 1 << (ceil_div(keys, cap) - 1).bit_length())
+                splits = ceil_div(keys, split)
                 nbytes = s.heads * splits * (s.head_dim + 2) * 4
                 part = live.take(-id(node), nbytes)
                 self._dispatch(ds, "attention", [self.step, k, v, x[0], part, None], (s.heads, 1, splits), params,

@@ -32,7 +32,9 @@ def gpu_presets(monkeypatch, gpu, request):
     monkeypatch.setattr(device, "open_gpu", opened)
 
 
-@pytest.mark.parametrize("kv_type", ["f32", "q8_0"])
+# attention_splits=2: a 256-position cache in two splits of 128 keys (the presets proper: 8 of 32)
+@pytest.mark.parametrize("kv_type,gpu_presets", [("f32", {}), ("q8_0", {}), ("f32", {"attention_splits": 2})],
+                         indirect=["gpu_presets"])
 def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     ids = list(range(300, 380))  # more than one split of 64 keys at decode
     with mdst.load(smollm2_path, device="gpu", kv_type=kv_type, context_length=256) as g:
