@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 import mdst
+from mdst.errors import MdstError
 from mdst.server import create_app, main
 
 GEMMA_TEMPLATE = Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja"
@@ -318,10 +319,16 @@ def test_unknown_routes_and_methods(client, oai):
     assert client.get("/health").json() == {"status": "ok"}
 
 
-def test_generation_failures_are_500s_and_the_server_lives_on(smollm2_path):
-    closed = mdst.load(smollm2_path, device="cpu", context_length=64)
-    closed.close()  # every generation on it now fails inside the worker thread
-    server = RunningServer(create_app(closed, model_name="closed"))
+def test_generation_failures_are_500s_and_the_server_lives_on(smollm2_path, monkeypatch):
+    broken = mdst.load(smollm2_path, device="cpu", context_length=64)
+
+    def fail(*args, **kwargs):
+        raise MdstError("the engine is closed (injected)")
+
+    # every generation now fails inside the worker thread, after the request was checked and tokenized
+    monkeypatch.setattr(broken.engine, "step", fail)
+    monkeypatch.setattr(broken.engine, "decode", fail)
+    server = RunningServer(create_app(broken, model_name="closed"))
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
@@ -336,6 +343,7 @@ def test_generation_failures_are_500s_and_the_server_lives_on(smollm2_path):
             assert c.get("/v1/models").status_code == 200
     finally:
         server.stop()
+        broken.close()
 
 
 # ---- other models and the command line ---------------------------------------------------------------------------
