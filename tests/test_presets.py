@@ -32,9 +32,7 @@ def gpu_presets(monkeypatch, gpu, request):
     monkeypatch.setattr(device, "open_gpu", opened)
 
 
-# attention_splits=2: a 256-position cache in two splits of 128 keys (the presets proper: 8 of 32)
-@pytest.mark.parametrize("kv_type,gpu_presets", [("f32", {}), ("q8_0", {}), ("f32", {"attention_splits": 2})],
-                         indirect=["gpu_presets"])
+@pytest.mark.parametrize("kv_type", ["f32", "q8_0"])
 def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     ids = list(range(300, 380))  # more than one split of 64 keys at decode
     with mdst.load(smollm2_path, device="gpu", kv_type=kv_type, context_length=256) as g:
@@ -56,8 +54,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
 
 
 # gemv_threads=0: every GEMV of this small model computes gemv_rows rows a group of lanes (the presets
-# proper give its short matrices one)
-@pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}], indirect=True)
+# proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys
+# (the presets proper: two of 32)
+@pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}, {"attention_splits": 1}], indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
     # Q4_K and Q6_K have GEMV steps of their own (quant/<TYPE>.matmul_row.wgsl): run them inside a model
     from mdst.testing import synth
