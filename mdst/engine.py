@@ -110,6 +110,18 @@ class Engine:
         self.chunk_all = chunk
         self.layout = CacheLayout.of(graphs["last"], context, chunk, kv_type)
         self.vocab = graphs["last"].output.cols
+        self._caches: weakref.WeakSet = weakref.WeakSet()   # released by close(), whoever still holds them
+
+    def _track(self, cache: Any) -> Any:
+        """`cache`, remembered so that close() releases it."""
+        self._caches.add(cache)
+        return cache
+
+    def _release_caches(self) -> None:
+        """Mark the engine closed and release every cache it made (none if it failed before making any)."""
+        self.closed = True
+        for cache in list(getattr(self, "_caches", ())):
+            cache.release()
 
     def max_rows(self, output_rows: str) -> int:
         """Most rows one step may take."""
@@ -149,12 +161,9 @@ class CpuEngine(Engine):
                  chunk: int = DEFAULT_CHUNK):
         super().__init__(graphs, context, chunk, kv_type)
         self.weights = reference.ReferenceWeights(gguf)
-        self._caches: weakref.WeakSet = weakref.WeakSet()   # released by close(), whoever still holds them
 
     def new_cache(self) -> CpuKVCache:
-        cache = CpuKVCache.allocate(self.layout)
-        self._caches.add(cache)
-        return cache
+        return self._track(CpuKVCache.allocate(self.layout))
 
     def step(self, cache: CpuKVCache, ids: np.ndarray, pos0: int, output_rows: str,
              pick: Pick = "logits") -> np.ndarray:
@@ -166,9 +175,7 @@ class CpuEngine(Engine):
 
     def close(self) -> None:
         """Drop the dequantized weights; the engine cannot be used afterwards."""
-        self.closed = True
-        for cache in list(self._caches):
-            cache.release()
+        self._release_caches()
         self.weights = None
 
 
@@ -194,7 +201,6 @@ class GpuEngine(Engine):
         self._live: dict[int, tuple[Any, str, int]] = {}   # id -> (buffer, kind, size)
         self.lost: str | None = None   # why the device cannot be used any more
         self._waiter = Waiter()
-        self._caches: weakref.WeakSet = weakref.WeakSet()   # released by close(), whoever still holds them
         try:
             self._setup(gguf, graphs, context, kv_type, chunk or gpu.profile.presets.prefill_rows, weight_budget,
                         progress)
@@ -292,9 +298,8 @@ class GpuEngine(Engine):
             pass
 
     def new_cache(self) -> GpuKVCache:
-        cache = GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"), self._free)
-        self._caches.add(cache)
-        return cache
+        return self._track(GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"),
+                                               self._free))
 
     # ---- plans --------------------------------------------------------------------------------
     def plan(self, output_rows: str, n: int, pick: str) -> Plan:
@@ -521,10 +526,8 @@ class GpuEngine(Engine):
     def close(self) -> None:
         """Free every GPU buffer this engine made (caches included), end its wait thread and drop its
         pipelines and bind groups; the engine cannot be used afterwards. The device is the caller's."""
-        self.closed = True
         self._waiter.close()
-        for cache in list(self._caches):
-            cache.release()
+        self._release_caches()
         if getattr(self, "weights", None) is not None:
             self.weights.release_staging()
         for buf, _, _ in list(self._live.values()):

@@ -42,12 +42,12 @@ class Model:
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
         self._gen_owner: int | None = None
         self._default: Session | None = None
-        self.gguf = GGUFFile(self.path)
+        self._gguf = GGUFFile(self.path)
         try:
             self.architecture = self.gguf.architecture
             self.family = family(self.architecture)
             self.config = self.family.Config.from_gguf(self.gguf)
-            self.tokenizer = Tokenizer.from_gguf(self.gguf)
+            self._tokenizer = Tokenizer.from_gguf(self.gguf)
             host.trim()   # building a large vocabulary frees tens of MB in the C heap that glibc would keep
             model_max = self.config.context_length
             if context_length is None:
@@ -242,18 +242,10 @@ class Model:
         """The parsed GGUF file (metadata and tensor table); MdstError once the model is closed."""
         return self._open("_gguf")
 
-    @gguf.setter
-    def gguf(self, value: GGUFFile) -> None:
-        self._gguf = value
-
     @property
     def tokenizer(self) -> Tokenizer:
         """The model's tokenizer; MdstError once the model is closed."""
         return self._open("_tokenizer")
-
-    @tokenizer.setter
-    def tokenizer(self, value: Tokenizer) -> None:
-        self._tokenizer = value
 
     def __enter__(self) -> "Model":
         return self
