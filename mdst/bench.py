@@ -17,12 +17,8 @@ if TYPE_CHECKING:
 def decode_weight_bytes(model: "Model") -> int:
     """Weight bytes one decode step reads: every matrix a matmul reads in full, one row of each embedding."""
     g = model.engine.graphs["last"]
-    total = 0
-    for n in g.nodes:
-        for name in n.weights:
-            t = model.gguf.tensors[name]
-            total += t.row_bytes if n.op == "embed" else t.nbytes if n.op == "matmul" else 0
-    return total
+    t = model.gguf.tensors
+    return sum(t[n].row_bytes for n in g.embedding_names()) + sum(t[n].nbytes for n in g.matmul_names())
 
 
 def check_bench_args(prompt_tokens: int, gen_tokens: int, repeat: int) -> None:

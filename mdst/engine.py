@@ -233,15 +233,15 @@ class GpuEngine(Engine):
         self.staging = None
         self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress,
                                    lambda: self.step_timeout)
-        uses = [(n.op, name) for n in graphs["last"].nodes for name in n.weights]
-        pairs = glu_pairs(graphs["last"], gguf.tensors)
-        self.weights.load_matrices(list(dict.fromkeys(name for op, name in uses if op in ("embed", "matmul"))),
-                                   weight_budget, pairs, sibling_runs(graphs["last"], gguf.tensors, pairs))
-        for name in dict.fromkeys(name for op, name in uses if op not in ("embed", "matmul")):
+        last = graphs["last"]
+        pairs = glu_pairs(last, gguf.tensors)
+        self.weights.load_matrices(last.matrix_names(), weight_budget, pairs,
+                                   sibling_runs(last, gguf.tensors, pairs))
+        for name in last.vector_names():
             self.weights.load_vector(name)
         # Logits of every row: each weight part's slice of them must fit a binding too.
-        head = graphs["all"].producer(graphs["all"].output)
-        out_w = self.weights.weights.get(head.weights[0]) if head.op == "matmul" else None
+        head = graphs["all"].output_matrix()
+        out_w = self.weights.weights.get(head) if head else None
         self.chunk_all = max(1, min(self.chunk, ALL_LOGITS_BYTES // (4 * self.vocab)))
         if out_w is not None and self.chunk_all * self.vocab * 4 > cap:
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))

@@ -151,6 +151,30 @@ class Graph:
                 seen.setdefault(w)
         return list(seen)
 
+    def _weights_of(self, keep: Callable[[Node], bool]) -> list[str]:
+        return list(dict.fromkeys(w for n in self.nodes if keep(n) for w in n.weights))
+
+    def embedding_names(self) -> list[str]:
+        """Tables the graph looks rows up in, in first-use order."""
+        return self._weights_of(lambda n: n.op == "embed")
+
+    def matmul_names(self) -> list[str]:
+        """Weights matmuls read in full, in first-use order."""
+        return self._weights_of(lambda n: n.op == "matmul")
+
+    def matrix_names(self) -> list[str]:
+        """Weights read as matrices (embedding tables and matmul weights), in first-use order."""
+        return self._weights_of(lambda n: n.op in ("embed", "matmul"))
+
+    def vector_names(self) -> list[str]:
+        """Weights other ops read whole (norm scales, RoPE factors, convolution kernels), in first-use order."""
+        return self._weights_of(lambda n: n.op not in ("embed", "matmul"))
+
+    def output_matrix(self) -> str | None:
+        """The weight of the matmul that computes the output, if a matmul does."""
+        head = self.producer(self.output)
+        return head.weights[0] if head.op == "matmul" else None
+
     def last_uses(self) -> dict[int, int]:
         """For each value id, the index of the last node that reads it."""
         last: dict[int, int] = {}
