@@ -145,7 +145,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let t = lid % TPR;
     let j0 = (flat_wg(wid, nwg) * (WG / TPR) + lid / TPR) * ROWS;
     var a: Acc;
-    let nu = step_units();
+    let nu = (p.k + UNIT - 1u) / UNIT;   // the step's units in a row
     var u = t;
     if (UPI > 1u) {
         for (; u + TPR < nu; u += 2u * TPR) {

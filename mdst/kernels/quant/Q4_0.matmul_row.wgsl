@@ -16,10 +16,6 @@ struct XU {
 
 fn step_init(lid: u32) {}
 
-fn step_units() -> u32 {
-    return p.k / UNIT;
-}
-
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = (u >> 1u) * 8u + 2u * (u & 1u);

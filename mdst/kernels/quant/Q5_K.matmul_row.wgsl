@@ -15,10 +15,6 @@ struct XU {
 
 fn step_init(lid: u32) {}
 
-fn step_units() -> u32 {
-    return p.k / UNIT;
-}
-
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;

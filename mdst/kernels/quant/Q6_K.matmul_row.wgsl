@@ -17,10 +17,6 @@ struct XU {
 
 fn step_init(lid: u32) {}
 
-fn step_units() -> u32 {
-    return p.k / UNIT;
-}
-
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = (u >> 3u) * 64u + ((u >> 2u) & 1u) * 32u + 2u * (u & 3u);   // x's group at quarter 0's first position

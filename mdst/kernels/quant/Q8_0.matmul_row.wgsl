@@ -13,10 +13,6 @@ struct XU {
 
 fn step_init(lid: u32) {}
 
-fn step_units() -> u32 {
-    return p.k / UNIT;
-}
-
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = 4u * u;

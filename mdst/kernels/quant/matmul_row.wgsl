@@ -2,10 +2,12 @@
 // (GPT = 1: neighbouring threads read neighbouring bytes), read through deq4. Groups past the row's
 // end (k not a multiple of 4 * GPT) read the row's last group against zeros: no branch per group.
 //
-// Every step defines: step_units() (units in a row), step_x(u) (the x a unit reads, and their sum
-// of squares with NORM, in a struct XU), step_dot(b, u, xu) (unit u of the row at byte b against
-// xu), and step_init(lid) (run before anything else; STEP_SYNC says a barrier must follow it).
+// Every step defines: UNIT (weights a unit; a row holds ceil(k / UNIT) units), step_x(u) (the x a
+// unit reads, and their sum of squares with NORM, in a struct XU), step_dot(b, u, xu) (unit u of the
+// row at byte b against xu), and step_init(lid) (run before anything else; STEP_SYNC says a barrier
+// must follow it).
 
+override UNIT: u32 = 4u * GPT;
 const STEP_SYNC: bool = false;
 
 struct XU {
@@ -15,10 +17,6 @@ struct XU {
 }
 
 fn step_init(lid: u32) {}
-
-fn step_units() -> u32 {
-    return (p.k / 4u + GPT - 1u) / GPT;
-}
 
 // x's group u * GPT + i, or zeros past the row's end; its sum of squares added to ss with NORM.
 fn gx(u: u32, i: u32, ss: ptr<function, f32>) -> vec4<f32> {
