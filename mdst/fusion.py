@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .graph import Graph, Node, Value
+from .ops import Add, Attention, Glu, Matmul, RmsNorm, Rope, RopeStore, View
 
 
 def uses(graph: Graph) -> Counter:
@@ -36,10 +37,10 @@ def glu_pairs(graph: Graph, tensors: dict[str, Any]) -> list[tuple[str, str]]:
     count = uses(graph)
     pairs = []
     for n in graph.nodes:
-        if n.op != "glu":
+        if not isinstance(n.op, Glu):
             continue
         g, u = (producer.get(v.id) for v in n.inputs)
-        if not (g and u and g.op == u.op == "matmul" and not g.attrs and not u.attrs):
+        if not (g and u and _plain_matmul(g) and _plain_matmul(u)):
             continue
         if g.inputs[0].id != u.inputs[0].id or count[g.out.id] != 1 or count[u.out.id] != 1:
             continue
@@ -58,7 +59,7 @@ def sibling_runs(graph: Graph, tensors: dict[str, Any], paired: list[tuple[str, 
     skip = {n for pair in paired for n in pair}
     by_input: dict[int, list[str]] = {}
     for n in graph.nodes:
-        if n.op == "matmul" and not n.attrs and n.weights[0] not in skip:
+        if _plain_matmul(n) and n.weights[0] not in skip:
             by_input.setdefault(n.inputs[0].id, []).append(n.weights[0])
     runs = []
     for names in by_input.values():
@@ -106,16 +107,20 @@ def _producers(nodes: list[Node]) -> dict[int, Node]:
     return {n.out.id: n for n in nodes}
 
 
+def _plain_matmul(n: Node) -> bool:
+    return isinstance(n.op, Matmul) and n.op.plain
+
+
 def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id: int) -> tuple[list[Node], int]:
     """Each run's members -> one matmul over the run and a view per member; with the next free value id."""
     member = {m: name for name, run in runs.items() for m in run}
     found: dict[str, dict[str, Node]] = {}
     for n in nodes:
-        if n.op == "matmul" and not n.attrs and n.weights[0] in member:
+        if _plain_matmul(n) and n.weights[0] in member:
             found.setdefault(member[n.weights[0]], {})[n.weights[0]] = n
     out = []
     for n in nodes:
-        name = member.get(n.weights[0]) if n.op == "matmul" and not n.attrs and n.weights else None
+        name = member.get(n.weights[0]) if _plain_matmul(n) else None
         group = found.get(name) if name else None
         if group is None or len(group) != len(runs[name]) or len({g.inputs[0].id for g in group.values()}) != 1:
             out.append(n)
@@ -124,10 +129,10 @@ def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id:
             continue   # a later member: its view came with the first
         whole = Value(next_id, n.out.rows, sum(group[m].out.cols for m in runs[name]), name)
         next_id += 1
-        out.append(Node("matmul", n.inputs, whole, (name,)))
+        out.append(Node(Matmul(name, whole.cols, members=runs[name]), n.inputs, whole))
         col0 = 0
         for m in runs[name]:
-            out.append(Node("view", (whole,), group[m].out, (), {"col0": col0}))
+            out.append(Node(View(col0, group[m].out.cols), (whole,), group[m].out))
             col0 += group[m].out.cols
     return out, next_id
 
@@ -135,12 +140,11 @@ def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id:
 def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:
     prod, out, drop = _producers(nodes), [], set()
     for n in nodes:
-        if n.op == "glu":
+        if isinstance(n.op, Glu):
             g, u = (prod[v.id] for v in n.inputs)
-            if g.op == "matmul" and g.weights[0] in paired and u.op == "matmul":
+            if isinstance(g.op, Matmul) and g.op.weight in paired and isinstance(u.op, Matmul):
                 drop |= {id(g), id(u)}
-                out.append(Node("matmul", g.inputs, n.out, (g.weights[0], u.weights[0]),
-                                {"glu": (n.attrs["act"], u.weights[0])}))
+                out.append(Node(replace(g.op, up=u.op.weight, act=n.op.act), g.inputs, n.out))
                 continue
         out.append(n)
     return [n for n in out if id(n) not in drop]
@@ -152,14 +156,13 @@ def _fuse_norm_prologue(graph: Graph, nodes: list[Node]) -> list[Node]:
     readers: Counter = Counter()
     out = []
     for n in nodes:
-        src = prod.get(n.inputs[0].id) if n.op == "matmul" and n.inputs else None
-        if src is not None and src.op == "rms_norm" and src.attrs["dim"] == src.out.cols and "norm" not in n.attrs:
-            n = replace(n, inputs=(src.inputs[0],) + n.inputs[1:], weights=n.weights + (src.weights[0],),
-                        attrs={**n.attrs, "norm": (src.weights[0], src.attrs["eps"])})
+        src = prod.get(n.inputs[0].id) if isinstance(n.op, Matmul) else None
+        if src is not None and isinstance(src.op, RmsNorm) and src.op.dim == src.out.cols and n.op.norm is None:
+            n = Node(replace(n.op, norm=src.op.weight, eps=src.op.eps), (src.inputs[0],) + n.inputs[1:], n.out)
             readers[src.out.id] += 1
         out.append(n)
     # a norm all of whose readers now normalize for themselves is not computed any more
-    gone = {n.out.id for n in nodes if n.op == "rms_norm" and readers[n.out.id] == count[n.out.id]}
+    gone = {n.out.id for n in nodes if isinstance(n.op, RmsNorm) and readers[n.out.id] == count[n.out.id]}
     return [n for n in out if n.out.id not in gone]
 
 
@@ -169,7 +172,7 @@ def _fold_into_add(graph: Graph, nodes: list[Node], fold: Any) -> list[Node]:
     prod, count = _producers(nodes), _count(graph, nodes)
     out, drop = [], set()
     for n in nodes:
-        if n.op == "add":
+        if isinstance(n.op, Add):
             for mine, other in ((n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])):
                 m = prod.get(mine.id)
                 fused = fold(m, other, n) if m is not None and count[mine.id] == 1 else None
@@ -183,17 +186,17 @@ def _fold_into_add(graph: Graph, nodes: list[Node], fold: Any) -> list[Node]:
 
 def _fuse_residual(graph: Graph, nodes: list[Node]) -> list[Node]:
     def fold(m: Node, other: Value, add: Node) -> Node | None:
-        if m.op != "matmul" or "res" in m.attrs:
+        if not isinstance(m.op, Matmul) or m.op.res:
             return None
-        return Node("matmul", m.inputs + (other,), add.out, m.weights, {**m.attrs, "res": True})
+        return Node(replace(m.op, res=True), m.inputs + (other,), add.out)
     return _fold_into_add(graph, nodes, fold)
 
 
 def _fuse_post_norm_add(graph: Graph, nodes: list[Node]) -> list[Node]:
     def fold(m: Node, other: Value, add: Node) -> Node | None:
-        if m.op != "rms_norm" or m.attrs["dim"] != m.out.cols or m.attrs.get("add"):
+        if not isinstance(m.op, RmsNorm) or m.op.dim != m.out.cols or m.op.add:
             return None
-        return Node("rms_norm", (m.inputs[0], other), add.out, m.weights, {**m.attrs, "add": True})
+        return Node(replace(m.op, add=True), (m.inputs[0], other), add.out)
     return _fold_into_add(graph, nodes, fold)
 
 
@@ -201,12 +204,12 @@ def _fuse_attention_inputs(graph: Graph, nodes: list[Node]) -> list[Node]:
     prod, count = _producers(nodes), _count(graph, nodes)
     out, drop = [], set()
     for n in nodes:
-        if n.op == "attention":
+        if isinstance(n.op, Attention):
             fused = _rope_store(n, prod, count)
             if fused is not None:
                 node, gone = fused
                 drop |= gone
-                out += [node, Node("attention", (node.out,), n.out, (), {**n.attrs, "stored": True})]
+                out += [node, Node(replace(n.op, stored=True), (node.out,), n.out)]
                 continue
         out.append(n)
     return [n for n in out if id(n) not in drop]
@@ -217,30 +220,24 @@ def _rope_store(att: Node, prod: dict[int, Node], count: Counter) -> tuple[Node,
     per-head norm) read by nothing else; and the nodes it replaces."""
     q, k, v = att.inputs
     rq, rk = prod.get(q.id), prod.get(k.id)
-    if not (rq and rk and rq.op == rk.op == "rope" and rq.attrs["spec"] == rk.attrs["spec"]
-            and count[q.id] == 1 and count[k.id] == 1):
+    if not (rq and rk and isinstance(rq.op, Rope) and rq.op == rk.op and count[q.id] == 1 and count[k.id] == 1):
         return None
     gone = {id(rq), id(rk)}
     srcs, norms = [], []
     for r in (rq, rk):
         src = r.inputs[0]
         m = prod.get(src.id)
-        if m is not None and m.op == "rms_norm" and m.attrs["dim"] == r.attrs["head_dim"] and count[src.id] == 1 \
-                and not m.attrs.get("add"):
+        if m is not None and isinstance(m.op, RmsNorm) and m.op.dim == r.op.head_dim and count[src.id] == 1 \
+                and not m.op.add:
             gone.add(id(m))
             srcs.append(m.inputs[0])
-            norms.append((m.weights[0], m.attrs["eps"]))
+            norms.append(m.op)
         else:
             srcs.append(src)
             norms.append(None)
-    eps = {e for nm in norms if nm for e in [nm[1]]}
+    eps = {nm.eps for nm in norms if nm}
     if len(eps) > 1:
         return None
-    weights = tuple(nm[0] for nm in norms if nm) + ((rq.attrs["spec"].freq_factors,) if rq.attrs["spec"].freq_factors
-                                                    else ())
-    node = Node("rope_store", (srcs[0], srcs[1], v), q, weights,
-                {"spec": rq.attrs["spec"], "head_dim": rq.attrs["head_dim"], "attention": att.attrs["spec"],
-                 "q_norm": norms[0][0] if norms[0] else None, "k_norm": norms[1][0] if norms[1] else None,
-                 "eps": eps.pop() if eps else 0.0})
-    return node, gone
-
+    op = RopeStore(rq.op.spec, rq.op.head_dim, att.op.spec, *(nm.weight if nm else None for nm in norms),
+                   eps.pop() if eps else 0.0)
+    return Node(op, (srcs[0], srcs[1], v), q), gone

@@ -194,7 +194,7 @@ class CaseBuilder:
     def weight(self, wtype: str, rows: int, max_cols: int) -> tuple[np.ndarray, np.ndarray, int, str]:
         """Raw bytes, dequantized values and row bytes of `rows` rows of a model tensor of type `wtype`,
         cut to at most max_cols columns on a block boundary; and where they came from."""
-        from .memory.weights import dequantize
+        from .quants import dequantize
 
         tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) == 2]
         if not tensors:
@@ -368,7 +368,7 @@ class CaseBuilder:
         return out
 
     def _kv_store(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .memory.kv_cache import encode_rows, kv_row_bytes
+        from .quants import encode_rows, kv_row_bytes
         from .kernels.runner import Out
         kv_type = _kv_type(spec)
         kv_dim, ring, rows, n_rows = 96, 11, 6, 5
@@ -388,9 +388,9 @@ class CaseBuilder:
 
     def _attention(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference
-        from .graph import AttentionSpec
+        from .ops import AttentionSpec
         from .kernels.runner import Out
-        from .memory.kv_cache import decode_rows, encode_rows
+        from .quants import decode_rows, encode_rows
         rows, n_rows = 5, 4
         out = []
         for d, p in _distinct(uses, ignore="ring"):
@@ -537,7 +537,7 @@ class CaseBuilder:
 
     def _shortconv(self, spec: Any, uses: list[Any]) -> list[Case]:
         from . import reference
-        from .graph import ConvSpec
+        from .ops import ConvSpec
         from .kernels.runner import Out
         out = []
         for d in uses[:1]:
@@ -622,35 +622,18 @@ def layer_outputs(graph: Any, layers: list[int]) -> dict[str, int]:
     current: int | None = None
     last_add: dict[int, int] = {}
     for i, node in enumerate(graph.nodes):
-        if node.op == "embed" and "embed" not in taps:
+        if node.op.name == "embed" and "embed" not in taps:
             taps["embed"] = node.out.id
         if node.weights:
             parts = node.weights[0].split(".")
             current = int(parts[1]) if parts[0] == "blk" else None
-        if node.op == "add" and current is not None:
+        if node.op.name == "add" and current is not None:
             last_add[current] = node.out.id
     for layer in layers:
         if layer not in last_add:
             raise ValueError(f"layer {layer} does not exist (the model has layers 0..{max(last_add)})")
         taps[f"layer.{layer}"] = last_add[layer]
     return taps
-
-
-def _tap_compiler(compiler: Any) -> Any:
-    """A compiler sharing `compiler`'s state that also records, per graph node, the number of
-    dispatches emitted through it and its output buffer (where a replay reads activations)."""
-    from .plan import Compiler
-
-    class TapCompiler(Compiler):
-        def _emit(self, ds: list, node: Any, x: list, y: Any, nrows: Any, outputs: Any, live: Any) -> None:
-            super()._emit(ds, node, x, y, nrows, outputs, live)
-            self.node_ends[node.out.id] = (len(ds), y, nrows(node.out) * node.out.cols * 4)
-
-    tc = TapCompiler(compiler.gpu, compiler.pipelines, compiler.weights, compiler.pool, compiler.step,
-                     compiler.draw, compiler.layout, compiler.create)
-    tc._rope_tables = compiler._rope_tables   # one table buffer per RoPE spec, shared with the engine's plans
-    tc.node_ends = {}
-    return tc
 
 
 class PlanExport:
@@ -730,21 +713,15 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
     dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
     (the other kernel presets) would run, so the browser checks every kernel a model can use."""
-    import dataclasses
-
     from .device import presets_for
-    from .plan import Compiler
 
     c = engine.compiler
-    other = dataclasses.replace(c.gpu, profile=dataclasses.replace(
-        c.gpu.profile, presets=presets_for(software=not c.gpu.profile.software)))
-    twin = Compiler(other, c.pipelines, c.weights, c.pool, c.step, c.draw, c.layout, c.create)
-    twin._rope_tables = c._rope_tables
+    other = presets_for(software=not c.gpu.profile.software)
     specs: dict[Any, list[Any]] = {}
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
                                     ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits")]:
         for plan in (engine.plan(output_rows, rows, pick),
-                     twin.compile(engine.graphs[output_rows], rows, pick, engine.max_rows(output_rows))):
+                     c.compile(engine.graphs[output_rows], rows, pick, engine.max_rows(output_rows), presets=other)):
             for d in plan.dispatches:
                 specs.setdefault(d.spec, []).append(d)
     return specs
@@ -752,8 +729,12 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
 
 def export_plan(engine: Any, session: Any, token: int, layers: list[int], blobs: Blobs) -> dict[str, Any]:
     """The plan section for feeding `token` to `session` next (its cache as it is now)."""
-    tc = _tap_compiler(engine.compiler)
-    plan = tc.compile(engine.graphs["last"], 1, "argmax", engine.max_rows("last"))
+    node_ends: dict[int, tuple[int, Any, int]] = {}   # value id -> (dispatches so far, buffer, bytes)
+
+    def on_node(node: Any, dispatches: int, buf: Any, nbytes: int) -> None:
+        node_ends[node.out.id] = (dispatches, buf, nbytes)
+
+    plan = engine.compiler.compile(engine.graphs["last"], 1, "argmax", engine.max_rows("last"), on_node=on_node)
     same = engine.plan("last", 1, "argmax")
     if [(d.spec, d.workgroups, d.params) for d in plan.dispatches] != \
             [(d.spec, d.workgroups, d.params) for d in same.dispatches]:
@@ -761,7 +742,7 @@ def export_plan(engine: Any, session: Any, token: int, layers: list[int], blobs:
     step = np.zeros(engine.step_buffer.size // 4, np.uint32)
     step[0], step[1], step[4] = session.n_past, 1, token
     section = PlanExport(engine, session.cache, blobs).export(
-        plan, tc.node_ends, layer_outputs(engine.graphs["last"], layers), step.tobytes())
+        plan, node_ends, layer_outputs(engine.graphs["last"], layers), step.tobytes())
     plan.param_buffer.destroy()
     return section
 

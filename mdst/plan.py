@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import native
 from .fusion import fuse
-from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec, Value
+from .graph import Graph, Node, Value
+from .ops import (Add, Attention, AttentionSpec, Embed, Glu, LastRow, Matmul, Mul, RmsNorm, Rope, RopeSpec, RopeStore,
+                  ShortConv, View)
 from .kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, wgsl_const
 from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from .memory.pool import Liveness
-from .memory.weights import GpuWeight, WeightStore, dequantize
+from .memory.weights import GpuWeight, WeightStore
+from .quants import dequantize
 
 _native = native.dispatch_calls()
 
@@ -190,7 +193,8 @@ class Plan:
 
 
 class Compiler:
-    """Turns graphs into plans for one device, weight store, pool and precision."""
+    """Turns graphs into plans for one device, weight store, pool and cache layout. It keeps what plans
+    share (RoPE tables); each `compile` call keeps its own state in a `Compilation`."""
 
     def __init__(self, gpu: Any, pipelines: PipelineCache, weights: WeightStore, pool: Any,
                  step_buffer: Any, draw_buffer: Any, layout: CacheLayout, create_buffer: Any):
@@ -198,60 +202,63 @@ class Compiler:
         self.step, self.draw = step_buffer, draw_buffer
         self.layout = layout
         self.create = create_buffer
-        self._rope_tables: dict[Any, Any] = {}  # GPU tables by RoPE spec, and rope_store's by ("store", layer)
+        self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}   # one GPU table per distinct spec
+        self._store_tables: dict[int, GpuWeight] = {}   # rope_store's frequencies and norms, by layer
 
-    # ---- helpers ------------------------------------------------------------------------------
-    def _spec(self, name: str, wtype: str | None = None, **constants: int) -> KernelSpec:
-        kv, f16 = KV_TYPES[self.layout.kv_type] if name in USES_KV else (None, False)
-        return KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
-
-    def _dispatch(self, out: list[Dispatch], name: str, resources: list[Any], groups: tuple[int, int, int],
-                  params: dict[str, Any], label: str, wtype: str | None = None, **constants: int) -> None:
-        spec = self._spec(name, wtype, **constants)
-        out.append(Dispatch(spec, self.pipelines.get(spec), resources, groups, params, label, self._layer))
-
-    def _vector(self, name: str) -> np.ndarray:
+    def vector(self, name: str) -> np.ndarray:
         """A small tensor's values on the host (norm weights, RoPE frequency factors)."""
         t = self.weights.gguf.tensors[name]
         return dequantize(self.weights.gguf.tensor_bytes(name), t.type, t.shape).ravel()
 
-    def _rope_freqs(self, spec: RopeSpec) -> tuple[np.ndarray, float]:
-        return spec.table(self._vector(spec.freq_factors) if spec.freq_factors else None)
+    def rope_freqs(self, spec: RopeSpec) -> tuple[np.ndarray, float]:
+        """A RoPE spec's per-pair frequencies and magnitude scale."""
+        return spec.table(self.vector(spec.freq_factors) if spec.freq_factors else None)
 
     def rope_table(self, spec: RopeSpec) -> tuple[GpuWeight, float]:
         """The GPU frequency table of a RoPE spec (one per distinct spec)."""
         got = self._rope_tables.get(spec)
         if got is None:
-            freq, mscale = self._rope_freqs(spec)
+            freq, mscale = self.rope_freqs(spec)
             got = (self.weights.put_vector(f"rope.{len(self._rope_tables)}", freq), mscale)
             self._rope_tables[spec] = got
         return got
 
-    # ---- compilation --------------------------------------------------------------------------
-    def compile(self, graph: Graph, rows: int, pick: str, alloc_rows: int | None = None) -> Plan:
+    def store_table(self, op: RopeStore) -> GpuWeight:
+        """rope_store's table for a layer: RoPE frequencies, then the q and k norm weights (zeros if none)."""
+        got = self._store_tables.get(op.attention.layer)
+        if got is None:
+            hd = op.head_dim
+            norms = [self.vector(n) if n else np.zeros(hd, np.float32) for n in (op.q_norm, op.k_norm)]
+            got = self.weights.put_vector(f"rope_store.{op.attention.layer}",
+                                          np.concatenate([self.rope_freqs(op.rope)[0]] + norms))
+            self._store_tables[op.attention.layer] = got
+        return got
+
+    def compile(self, graph: Graph, rows: int, pick: str, alloc_rows: int | None = None, presets: Any = None,
+                on_node: Callable[[Node, int, Any, int], None] | None = None) -> Plan:
         """A plan for `rows` rows (the step may use fewer: the rest is padding), ending as `pick` says:
         "logits", "argmax" (greedy token ids) or "sample" (the sampling chain; last-row graphs only).
 
         Activation buffers are sized for `alloc_rows` (default: rows): plans compiled for every row
-        count up to it then ask the pool for the same slots and share them.
+        count up to it then ask the pool for the same slots and share them. `presets`: kernel presets
+        other than the device's (the oracle compiles the other kind of adapter's plans). `on_node(node,
+        dispatches so far, output buffer, output bytes)` is called after each node is lowered.
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
-        graph = fuse(graph, row_fusions=rows == 1 or self.gpu.profile.presets.matmul == "by_output",
+        c = Compilation(self, presets or self.gpu.profile.presets)
+        graph = fuse(graph, row_fusions=rows == 1 or c.presets.matmul == "by_output",
                      paired=self.weights.paired, runs=self.weights.run_members if rows == 1 else None)
-        self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(self.weights.slots))}
-        self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
-        live = Liveness(self.pool)
+        live = c.live
         last = graph.last_uses()
         # Views (fusion.py's sibling matmuls) are column ranges of a run's output, which lives
         # until the last of them is read; RoPE in place on a view is a view too.
         views: dict[int, int] = {}
         for node in graph.nodes:
-            if node.op == "view" or (node.op == "rope" and node.inputs[0].id in views):
+            if isinstance(node.op, View) or (isinstance(node.op, Rope) and node.inputs[0].id in views):
                 views[node.out.id] = views.get(node.inputs[0].id, node.inputs[0].id)
         for v, base in views.items():
             last[base] = max(last[base], last.get(v, -1))
         bufs: dict[int, Any] = {}
-        ds: list[Dispatch] = []
         outputs: list[OutputPart] = []
         cap = self.gpu.profile.max_binding_size
 
@@ -261,16 +268,16 @@ class Compiler:
         def arows(v: Value) -> int:
             return alloc_rows if v.rows == "n" else 1
 
-        self._layer = None
         for i, node in enumerate(graph.nodes):
             out = node.out
-            self._layer = layer_of(node, self._layer)
-            if node.op == "view":   # one-row plans only: a contiguous range of the run's output
-                bufs[out.id] = (bufs[node.inputs[0].id], 4 * node.attrs["col0"], 4 * out.cols)
+            c.layer = layer_of(node, c.layer)
+            if isinstance(node.op, View):   # one-row plans only: a contiguous range of the run's output
+                bufs[out.id] = (bufs[node.inputs[0].id], 4 * node.op.col0, 4 * out.cols)
                 continue
-            if node.op == "rope" and node.inputs[0].id in views:
+            in_place = isinstance(node.op, Rope)
+            if in_place and node.inputs[0].id in views:
                 bufs[out.id] = bufs[node.inputs[0].id]
-            elif node.op == "rope" and last[node.inputs[0].id] == i:
+            elif in_place and last[node.inputs[0].id] == i:
                 live.share(out.id, node.inputs[0].id)
                 bufs[out.id] = bufs[node.inputs[0].id]
             elif out is graph.output and arows(out) * out.cols * 4 > cap:
@@ -278,224 +285,65 @@ class Compiler:
             else:
                 bufs[out.id] = live.take(out.id, arows(out) * out.cols * 4)
             x = [bufs[v.id] for v in node.inputs]
+            c.outputs = None
             if out is graph.output:
-                outputs = self._output_parts(node, bufs[out.id], arows(out), out.cols, live)
-            self._emit(ds, node, x, bufs[out.id], nrows, outputs if out is graph.output else None, live)
+                outputs = c.outputs = self._output_parts(node, bufs[out.id], arows(out), out.cols, live)
+            lowering = LOWERINGS.get(type(node.op))
+            if lowering is None:
+                raise NotImplementedError(f"no GPU kernel for op {node.op.name!r}")
+            lowering(c, node, x, bufs[out.id], nrows(out))
+            if on_node is not None:
+                on_node(node, len(c.ds), bufs[out.id], nrows(out) * out.cols * 4)
             freed = set()
             for v in node.inputs:
                 vid = views.get(v.id, v.id)
-                if last.get(vid) == i and vid not in freed and not (node.op == "rope"):
+                if last.get(vid) == i and vid not in freed and not in_place:
                     live.free(vid)
                     freed.add(vid)
 
         rows_out = nrows(graph.output)
         ids_buffer, scratch = None, []
         if pick == "argmax":
-            ids_buffer, scratch = self._argmax(ds, outputs, rows_out)
+            ids_buffer, scratch = self._argmax(c, outputs, rows_out)
         elif pick == "sample":
             if rows_out != 1:
                 raise ValueError("sampling plans produce one row")
-            ids_buffer, scratch = self._sample(ds, outputs)
-        param_buffer = self._pack(ds)
-        return Plan(rows, graph.output_rows, pick, ds, outputs, rows_out, graph.output.cols, ids_buffer,
+            ids_buffer, scratch = self._sample(c, outputs)
+        param_buffer = self._pack(c.ds)
+        return Plan(rows, graph.output_rows, pick, c.ds, outputs, rows_out, graph.output.cols, ids_buffer,
                     scratch, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys),
-                    segments=self._segments(len(ds)))
-
-    def _weight(self, ds: list[Dispatch], name: str, part: int) -> Any:
-        """The buffer the next dispatch binds for a weight part: its own, or the least recently used slot."""
-        p = self.weights.matrix(name).parts[part]
-        if not p.paged:
-            return p.buffer
-        slot = next((s for s, held in self._lru.items() if held == (name, part)), None)
-        if slot is None:
-            slot = next(iter(self._lru))  # least recently used
-            self._misses.append((len(ds), slot, name, part))
-        del self._lru[slot]
-        self._lru[slot] = (name, part)   # now the most recently used
-        return self.weights.slots[slot]
-
-    def _segments(self, n: int) -> list[Segment]:
-        """Split a paged plan where a slot must change content (before its first reader)."""
-        if not self._misses:
-            return []
-        starts = sorted({i for i, *_ in self._misses} | {0})
-        return [Segment(a, b, [(slot, name, part) for i, slot, name, part in self._misses if i == a])
-                for a, b in zip(starts, starts[1:] + [n])]
+                    segments=c.segments())
 
     def _output_parts(self, node: Node, buf: Any, rows_out: int, cols: int, live: Liveness) -> list[OutputPart]:
         if buf is not None:
             return [OutputPart(buf, 0, cols)]
-        if node.op != "matmul":
+        if not isinstance(node.op, Matmul):
             raise RuntimeError("only a matmul output can be split across buffers")
-        w = self.weights.weights[node.weights[0]]
+        w = self.weights.weights[node.op.weight]
         return [OutputPart(live.take(-1 - k, rows_out * p.rows * 4), p.row0, p.rows) for k, p in enumerate(w.parts)]
 
-    def _emit(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, nrows: Any,
-              outputs: list[OutputPart] | None, live: Liveness) -> None:
-        op, a = node.op, node.attrs
-        out = node.out
-        r = nrows(out)
-        if op == "embed":
-            w = self.weights.weights[node.weights[0]]
-            for pi, p in enumerate(w.parts):
-                wbuf = self._weight(ds, w.name, pi)
-                self._dispatch(ds, "get_rows", [wbuf, self.step, y, None], (ceil_div(out.cols // 4, 64), r, 1),
-                               {"cols": out.cols, "row0": p.row0, "part_rows": p.rows, "row_bytes": w.row_bytes,
-                                "scale": a["scale"], "w0": p.offset}, "embed", w.type.name)
-        elif op == "matmul":
-            self._matmul(ds, node, x, y, r, outputs)
-        elif op == "rms_norm":
-            w = self.weights.weights[node.weights[0]]
-            n_vec = r * out.cols // a["dim"]
-            add = bool(a.get("add"))  # a post-norm fused with the residual add after it
-            self._dispatch(ds, "rms_norm", [x[0], w.parts[0].buffer, y, x[1] if add else x[0], None], grid1(n_vec),
-                           {"dim": a["dim"], "n_vec": n_vec, "eps": a["eps"]}, label_of(node), ADD=add)
-        elif op in ("add", "mul"):
-            n = r * out.cols
-            self._dispatch(ds, "binary", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, op,
-                           OP=0 if op == "add" else 1)
-        elif op == "glu":
-            n = r * out.cols
-            self._dispatch(ds, "glu", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, "glu",
-                           ACT=ACTIVATIONS[a["act"]])
-        elif op == "rope":
-            spec: RopeSpec = a["spec"]
-            table, mscale = self.rope_table(spec)
-            heads = out.cols // a["head_dim"]
-            if y is not x[0]:
-                raise RuntimeError("rope runs in place: its input must not be read afterwards")
-            self._dispatch(ds, "rope", [self.step, table.parts[0].buffer, y, None],
-                           (ceil_div(heads * spec.n_rot // 2, 64), r, 1),
-                           {"heads": heads, "head_dim": a["head_dim"], "n_rot": spec.n_rot,
-                            "neox": int(spec.neox), "mscale": mscale}, "rope")
-        elif op == "rope_store":
-            self._rope_store(ds, node, x, y, r)
-        elif op == "attention":
-            s: AttentionSpec = a["spec"]
-            li = self.layout.kv_index(s.layer)
-            lk = self.layout.kv[li]
-            k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
-            kvb = wgsl_const(f"kv/{KV_TYPES[self.layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
-            if not a.get("stored"):  # else rope_store has appended k and v already
-                self._dispatch(ds, "kv_store", [self.step, k, v, x[1], x[2], None],
-                               (ceil_div(lk.kv_dim // kvb, 64), r, 1), {"kv_dim": lk.kv_dim, "ring": lk.ring},
-                               "kv_store")
-            params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
-                      "window": s.window, "scale": s.scale, "softcap": s.softcap,
-                      "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
-            split, lanes = self.gpu.profile.presets.attention_split, self.gpu.profile.presets.attention_lanes
-            if r == 1 and split:
-                # decode: splits of `split` keys in parallel, then a merge (flash-decoding); splits cover the
-                # cache's allocated positions, so a long cache gets longer splits rather than more of them
-                keys = min(lk.ring, s.window or lk.ring)
-                cap = self.gpu.profile.presets.attention_splits
-                if cap:
-                    split = max(split, 1 << (ceil_div(keys, cap) - 1).bit_length())
-                splits = ceil_div(keys, split)
-                nbytes = s.heads * splits * (s.head_dim + 2) * 4
-                part = live.take(-id(node), nbytes)
-                self._dispatch(ds, "attention", [self.step, k, v, x[0], part, None], (s.heads, 1, splits), params,
-                               "attention", SPLIT=split, LPK=lanes)
-                self._dispatch(ds, "attention_merge", [self.step, part, y, None], (s.heads, 1, 1),
-                               {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
-                live.free(-id(node))
-            else:
-                self._dispatch(ds, "attention", [self.step, k, v, x[0], y, None], (s.heads, r, 1), params, "attention",
-                               LPK=lanes)
-        elif op == "shortconv":
-            c: ConvSpec = a["spec"]
-            w = self.weights.weights[node.weights[0]]
-            self._dispatch(ds, "shortconv", [self.step, x[0], w.parts[0].buffer,
-                                             CacheSlot(self.layout.conv_index(c.layer), "conv"), y, None],
-                           (ceil_div(c.channels, 64), 1, 1), {"channels": c.channels, "kernel": c.kernel},
-                           "shortconv")
-        elif op == "last_row":
-            self._dispatch(ds, "take_row", [self.step, x[0], y, None], (ceil_div(out.cols, 64), 1, 1),
-                           {"cols": out.cols}, "last_row")
-        else:
-            raise NotImplementedError(f"no GPU kernel for op {op!r}")
-
-    def _matmul(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, r: int,
-                outputs: list[OutputPart] | None) -> None:
-        """A matmul with its fusions (fusion.py): glu=(act, up weight), norm=(weight, eps), res (last input)."""
-        a = node.attrs
-        w = self.weights.matrix(node.weights[0])
-        k = node.inputs[0].cols
-        glu = ACTIVATIONS[a["glu"][0]] if "glu" in a else 0
-        norm, eps = (self.weights.weights[a["norm"][0]].parts[0].buffer, a["norm"][1]) if "norm" in a else (None, 0.0)
-        res = x[-1] if a.get("res") else None
-        fused = {"NORM": norm is not None, "RES": res is not None, "GLU": glu}
-        for pi, p in enumerate(w.parts):
-            if outputs is not None and len(outputs) > 1:
-                target, o0, stride = outputs[pi].buffer, 0, p.rows
-            else:
-                target, o0, stride = y, p.row0, node.out.cols
-            params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0, "w0": p.offset, "eps": eps}
-            wbuf = self._weight(ds, w.name, pi)
-            spare = x[0]  # bound where a fusion is off: every declared binding needs a buffer
-            args = [wbuf, x[0], target, res or spare, norm or spare, None]
-            if self.gpu.profile.presets.matmul == "by_output":
-                # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
-                rr = 1 if r == 1 else 8
-                params.update(m=r, y_stride=stride)
-                self._dispatch(ds, "matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1),
-                               params, label_of(node), w.type.name, R=rr, **fused)
-            elif r == 1:
-                pre = self.gpu.profile.presets
-                lanes = gemv_lanes(k, w.type.name, pre)
-                rows = gemv_rows(p.rows, lanes, pre)
-                self._dispatch(ds, "matmul_row", args, gemv_groups(p.rows, lanes, rows), params, label_of(node),
-                               w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=pre.gemv_chunk, **fused)
-            else:
-                if norm is not None or glu:
-                    raise RuntimeError("the many-row matmul fuses the residual add only")
-                params.update(m=r, y_stride=stride)
-                del params["eps"]
-                self._dispatch(ds, "matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r),
-                               params, label_of(node), w.type.name, RES=res is not None)
-
-    def _rope_store(self, ds: list[Dispatch], node: Node, x: list[Any], y: Any, r: int) -> None:
-        """Per-head q/k norms, RoPE and the KV-cache append in one dispatch (fusion.py)."""
-        a = node.attrs
-        s: AttentionSpec = a["attention"]
-        spec: RopeSpec = a["spec"]
-        freq, mscale = self._rope_freqs(spec)
-        li = self.layout.kv_index(s.layer)
-        hd = a["head_dim"]
-        aux = self._rope_tables.get(("store", s.layer))   # made once, shared by every plan
-        if aux is None:
-            norms = [self._vector(a[name]) if a[name] else np.zeros(hd, np.float32) for name in ("q_norm", "k_norm")]
-            aux = self.weights.put_vector(f"rope_store.{s.layer}", np.concatenate([freq] + norms))
-            self._rope_tables[("store", s.layer)] = aux
-        self._dispatch(ds, "rope_store", [self.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
-                                          aux.parts[0].buffer, None], (s.heads + s.kv_heads, r, 1),
-                       {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": a["head_dim"], "n_rot": spec.n_rot,
-                        "neox": int(spec.neox), "mscale": mscale, "ring": self.layout.kv[li].ring, "eps": a["eps"],
-                        "q_norm": int(a["q_norm"] is not None), "k_norm": int(a["k_norm"] is not None)}, "rope_store")
-
-    def _argmax(self, ds: list[Dispatch], outputs: list[OutputPart], rows_out: int) -> tuple[Any, list[Any]]:
+    def _argmax(self, c: Compilation, outputs: list[OutputPart], rows_out: int) -> tuple[Any, list[Any]]:
         """The largest logit of each ARGMAX_SLICE columns of every part, then the best of those per row."""
         slices = [ceil_div(o.cols, ARGMAX_SLICE) for o in outputs]
         best = self.create(rows_out * sum(slices) * 8, "argmax.best")
         ids = self.create(max(16, rows_out * 4), "argmax.ids")
         for o, first, n in zip(outputs, itertools.accumulate([0] + slices[:-1]), slices):
-            self._dispatch(ds, "argmax", [o.buffer, best, None], (n, rows_out, 1),
-                           {"cols": o.cols, "col0": o.col0, "slice0": first, "slices": sum(slices)}, "argmax")
-        self._dispatch(ds, "argmax_merge", [best, ids, None], (rows_out, 1, 1), {"slices": sum(slices)}, "argmax")
+            c.dispatch("argmax", [o.buffer, best, None], (n, rows_out, 1),
+                       {"cols": o.cols, "col0": o.col0, "slice0": first, "slices": sum(slices)}, "argmax")
+        c.dispatch("argmax_merge", [best, ids, None], (rows_out, 1, 1), {"slices": sum(slices)}, "argmax")
         return ids, [best]
 
-    def _sample(self, ds: list[Dispatch], outputs: list[OutputPart]) -> tuple[Any, list[Any]]:
+    def _sample(self, c: Compilation, outputs: list[OutputPart]) -> tuple[Any, list[Any]]:
         """Penalties on each logits part, top-k per 2048-column slice, then the chain and the draw."""
         slices = [ceil_div(o.cols, TOPK_SLICE) for o in outputs]
         cand = self.create(sum(slices) * GPU_TOP_K * 8, "sample.cand")
         ids = self.create(16, "sample.ids")
         for o in outputs:
-            self._dispatch(ds, "penalize", [self.draw, o.buffer, None], (1, 1, 1), {"cols": o.cols, "col0": o.col0},
-                           "sample")
+            c.dispatch("penalize", [self.draw, o.buffer, None], (1, 1, 1), {"cols": o.cols, "col0": o.col0}, "sample")
         for o, first in zip(outputs, itertools.accumulate([0] + slices[:-1])):
-            self._dispatch(ds, "topk", [self.draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), 1, 1),
-                           {"cols": o.cols, "col0": o.col0, "slice0": first}, "sample")
-        self._dispatch(ds, "sample", [self.draw, cand, ids, None], (1, 1, 1), {"slices": sum(slices)}, "sample")
+            c.dispatch("topk", [self.draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), 1, 1),
+                       {"cols": o.cols, "col0": o.col0, "slice0": first}, "sample")
+        c.dispatch("sample", [self.draw, cand, ids, None], (1, 1, 1), {"slices": sum(slices)}, "sample")
         return ids, [cand]
 
     def _pack(self, ds: list[Dispatch]) -> Any:
@@ -517,12 +365,203 @@ class Compiler:
         return buf
 
 
+class Compilation:
+    """One `Compiler.compile` call's state: the dispatches so far, what each paging slot holds, the layer."""
+
+    def __init__(self, compiler: Compiler, presets: Any):
+        self.compiler, self.presets = compiler, presets
+        self.ds: list[Dispatch] = []
+        self.live = Liveness(compiler.pool)
+        self.layer: int | None = None
+        self.outputs: list[OutputPart] | None = None   # the output's parts while lowering the output's node
+        self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(compiler.weights.slots))}
+        self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
+
+    def dispatch(self, name: str, resources: list[Any], groups: tuple[int, int, int], params: dict[str, Any],
+                 label: str, wtype: str | None = None, **constants: int) -> None:
+        """Append a dispatch of kernel `name` specialized by `constants` (and the cache format where it reads it)."""
+        kv, f16 = KV_TYPES[self.compiler.layout.kv_type] if name in USES_KV else (None, False)
+        spec = KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
+        self.ds.append(Dispatch(spec, self.compiler.pipelines.get(spec), resources, groups, params, label,
+                                self.layer))
+
+    def weight(self, name: str, part: int) -> Any:
+        """The buffer the next dispatch binds for a weight part: its own, or the least recently used slot."""
+        store = self.compiler.weights
+        p = store.matrix(name).parts[part]
+        if not p.paged:
+            return p.buffer
+        slot = next((s for s, held in self._lru.items() if held == (name, part)), None)
+        if slot is None:
+            slot = next(iter(self._lru))  # least recently used
+            self._misses.append((len(self.ds), slot, name, part))
+        del self._lru[slot]
+        self._lru[slot] = (name, part)   # now the most recently used
+        return store.slots[slot]
+
+    def segments(self) -> list[Segment]:
+        """Split a paged plan where a slot must change content (before its first reader)."""
+        if not self._misses:
+            return []
+        starts = sorted({i for i, *_ in self._misses} | {0})
+        n = len(self.ds)
+        return [Segment(a, b, [(slot, name, part) for i, slot, name, part in self._misses if i == a])
+                for a, b in zip(starts, starts[1:] + [n])]
+
+
+# ---- lowerings: one per op class, each emitting its kernel's dispatches ---------------------------
+# Each takes (compilation, node, input buffers, output buffer, rows of the output).
+
+def _embed(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    op: Embed = node.op
+    w = c.compiler.weights.weights[op.table]
+    for pi, p in enumerate(w.parts):
+        c.dispatch("get_rows", [c.weight(w.name, pi), c.compiler.step, y, None], (ceil_div(op.cols // 4, 64), r, 1),
+                   {"cols": op.cols, "row0": p.row0, "part_rows": p.rows, "row_bytes": w.row_bytes,
+                    "scale": op.scale, "w0": p.offset}, "embed", w.type.name)
+
+
+def _rms_norm(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    op: RmsNorm = node.op
+    w = c.compiler.weights.weights[op.weight]
+    n_vec = r * node.out.cols // op.dim
+    c.dispatch("rms_norm", [x[0], w.parts[0].buffer, y, x[1] if op.add else x[0], None], grid1(n_vec),
+               {"dim": op.dim, "n_vec": n_vec, "eps": op.eps}, label_of(node), ADD=op.add)
+
+
+def _binary(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    n = r * node.out.cols
+    c.dispatch("binary", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, node.op.name,
+               OP=0 if isinstance(node.op, Add) else 1)
+
+
+def _glu(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    n = r * node.out.cols
+    c.dispatch("glu", [x[0], x[1], y, None], grid1(ceil_div(n, 64)), {"n": n}, "glu", ACT=ACTIVATIONS[node.op.act])
+
+
+def _rope(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    op: Rope = node.op
+    table, mscale = c.compiler.rope_table(op.spec)
+    heads = node.out.cols // op.head_dim
+    if y is not x[0]:
+        raise RuntimeError("rope runs in place: its input must not be read afterwards")
+    c.dispatch("rope", [c.compiler.step, table.parts[0].buffer, y, None], (ceil_div(heads * op.spec.n_rot // 2, 64), r, 1),
+               {"heads": heads, "head_dim": op.head_dim, "n_rot": op.spec.n_rot, "neox": int(op.spec.neox),
+                "mscale": mscale}, "rope")
+
+
+def _rope_store(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    """Per-head q/k norms, RoPE and the KV-cache append in one dispatch (fusion.py)."""
+    op: RopeStore = node.op
+    s, spec = op.attention, op.rope
+    li = c.compiler.layout.kv_index(s.layer)
+    mscale = c.compiler.rope_freqs(spec)[1]
+    c.dispatch("rope_store", [c.compiler.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
+                              c.compiler.store_table(op).parts[0].buffer, None], (s.heads + s.kv_heads, r, 1),
+               {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": op.head_dim, "n_rot": spec.n_rot,
+                "neox": int(spec.neox), "mscale": mscale, "ring": c.compiler.layout.kv[li].ring, "eps": op.eps,
+                "q_norm": int(op.q_norm is not None), "k_norm": int(op.k_norm is not None)}, "rope_store")
+
+
+def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    s: AttentionSpec = node.op.spec
+    layout = c.compiler.layout
+    li = layout.kv_index(s.layer)
+    lk = layout.kv[li]
+    k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
+    if not node.op.stored:  # else rope_store has appended k and v already
+        kvb = wgsl_const(f"kv/{KV_TYPES[layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
+        c.dispatch("kv_store", [c.compiler.step, k, v, x[1], x[2], None], (ceil_div(lk.kv_dim // kvb, 64), r, 1),
+                   {"kv_dim": lk.kv_dim, "ring": lk.ring}, "kv_store")
+    params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
+              "window": s.window, "scale": s.scale, "softcap": s.softcap,
+              "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
+    split, lanes = c.presets.attention_split, c.presets.attention_lanes
+    if r == 1 and split:
+        # decode: splits of `split` keys in parallel, then a merge (flash-decoding); splits cover the
+        # cache's allocated positions, so a long cache gets longer splits rather than more of them
+        keys = min(lk.ring, s.window or lk.ring)
+        if c.presets.attention_splits:
+            split = max(split, 1 << (ceil_div(keys, c.presets.attention_splits) - 1).bit_length())
+        splits = ceil_div(keys, split)
+        part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
+        c.dispatch("attention", [c.compiler.step, k, v, x[0], part, None], (s.heads, 1, splits), params,
+                   "attention", SPLIT=split, LPK=lanes)
+        c.dispatch("attention_merge", [c.compiler.step, part, y, None], (s.heads, 1, 1),
+                   {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
+        c.live.free(-id(node))
+    else:
+        c.dispatch("attention", [c.compiler.step, k, v, x[0], y, None], (s.heads, r, 1), params, "attention",
+                   LPK=lanes)
+
+
+def _shortconv(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    op: ShortConv = node.op
+    w = c.compiler.weights.weights[op.weight]
+    c.dispatch("shortconv", [c.compiler.step, x[0], w.parts[0].buffer,
+                             CacheSlot(c.compiler.layout.conv_index(op.spec.layer), "conv"), y, None],
+               (ceil_div(op.spec.channels, 64), 1, 1), {"channels": op.spec.channels, "kernel": op.spec.kernel},
+               "shortconv")
+
+
+def _last_row(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    c.dispatch("take_row", [c.compiler.step, x[0], y, None], (ceil_div(node.out.cols, 64), 1, 1),
+               {"cols": node.out.cols}, "last_row")
+
+
+def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    """A matmul with its fusions (fusion.py): GLU with `up`, RMSNorm of x first, the residual (last input)."""
+    op: Matmul = node.op
+    store = c.compiler.weights
+    w = store.matrix(op.weight)
+    k = node.inputs[0].cols
+    glu = ACTIVATIONS[op.act] if op.up is not None else 0
+    norm = store.weights[op.norm].parts[0].buffer if op.norm is not None else None
+    res = x[-1] if op.res else None
+    fused = {"NORM": norm is not None, "RES": res is not None, "GLU": glu}
+    outputs = c.outputs
+    for pi, p in enumerate(w.parts):
+        if outputs is not None and len(outputs) > 1:
+            target, o0, stride = outputs[pi].buffer, 0, p.rows
+        else:
+            target, o0, stride = y, p.row0, node.out.cols
+        params = {"k": k, "n": p.rows, "row_bytes": w.row_bytes, "o0": o0, "w0": p.offset, "eps": op.eps}
+        wbuf = c.weight(w.name, pi)
+        spare = x[0]  # bound where a fusion is off: every declared binding needs a buffer
+        args = [wbuf, x[0], target, res or spare, norm or spare, None]
+        if c.presets.matmul == "by_output":
+            # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
+            rr = 1 if r == 1 else 8
+            params.update(m=r, y_stride=stride)
+            c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
+                       w.type.name, R=rr, **fused)
+        elif r == 1:
+            lanes = gemv_lanes(k, w.type.name, c.presets)
+            rows = gemv_rows(p.rows, lanes, c.presets)
+            c.dispatch("matmul_row", args, gemv_groups(p.rows, lanes, rows), params, label_of(node), w.type.name,
+                       WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, **fused)
+        else:
+            if norm is not None or glu:
+                raise RuntimeError("the many-row matmul fuses the residual add only")
+            params.update(m=r, y_stride=stride)
+            del params["eps"]
+            c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r), params,
+                       label_of(node), w.type.name, RES=res is not None)
+
+
+LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {
+    Embed: _embed, Matmul: _matmul, RmsNorm: _rms_norm, Add: _binary, Mul: _binary, Glu: _glu, Rope: _rope,
+    RopeStore: _rope_store, Attention: _attention, ShortConv: _shortconv, LastRow: _last_row,
+}
+
+
 def label_of(node: Node) -> str:
     """A profile label: the op and the role of its weight ("matmul.attn_q", "rms_norm.output_norm")."""
     if node.weights:
         parts = node.weights[0].split(".")
-        return f"{node.op}.{parts[2] if parts[0] == 'blk' and len(parts) >= 3 else parts[0]}"
-    return node.op
+        return f"{node.op.name}.{parts[2] if parts[0] == 'blk' and len(parts) >= 3 else parts[0]}"
+    return node.op.name
 
 
 def layer_of(node: Node, current: int | None) -> int | None:
@@ -531,7 +570,7 @@ def layer_of(node: Node, current: int | None) -> int | None:
         parts = name.split(".")
         if parts[0] == "blk" and len(parts) >= 3 and parts[1].isdigit():
             return int(parts[1])
-    spec = node.attrs.get("spec")
+    spec = getattr(node.op, "spec", None)
     return getattr(spec, "layer", current) if spec is not None else current
 
 

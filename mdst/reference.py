@@ -1,18 +1,22 @@
 """The numpy forward pass: the kernels' oracle and the CPU fallback behind device="cpu".
 
-Each op below is the plain float32 definition of what a kernel computes; `run` executes a
-recorded graph (mdst.graph) with them, including the same ring-buffer KV cache as the GPU.
+Each function below is the plain float32 definition of what a kernel computes; each op class of
+`mdst.ops` evaluates with them, and `run` executes a recorded graph (mdst.graph) op by op,
+including the same ring-buffer KV cache as the GPU.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .graph import AttentionSpec, ConvSpec, Graph, Node, RopeSpec
-from .memory.kv_cache import CpuKVCache, round_rows
-from .memory.weights import dequantize
+from .quants import dequantize
+
+if TYPE_CHECKING:
+    from .graph import Graph, Node
+    from .ops import AttentionSpec, ConvSpec, RopeSpec
 
 # ---- ops ----------------------------------------------------------------------------------------
 
@@ -165,7 +169,19 @@ class ReferenceWeights:
         return spec.table(ff)
 
 
-def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndarray, pos0: int,
+@dataclass
+class Step:
+    """What the ops' references read besides their inputs: the step's tokens and positions, the
+    weights (float32 [rows, row_elems] by name, with `rope_table(spec)`) and the sequence's cache."""
+
+    ids: np.ndarray
+    positions: np.ndarray
+    pos0: int
+    weights: ReferenceWeights
+    cache: Any
+
+
+def run(graph: Graph, weights: ReferenceWeights, cache: Any, ids: np.ndarray, pos0: int,
         on_node: Callable[[int, Node, np.ndarray], None] | None = None) -> np.ndarray:
     """Execute `graph` for tokens `ids` at positions pos0..; appends to `cache`; returns the output.
 
@@ -173,43 +189,11 @@ def run(graph: Graph, weights: ReferenceWeights, cache: CpuKVCache, ids: np.ndar
     oracle's per-layer activations); it must not modify the value.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    positions = pos0 + np.arange(len(ids))
+    step = Step(ids, pos0 + np.arange(len(ids)), pos0, weights, cache)
     env: dict[int, np.ndarray] = {}
     last = graph.last_uses()
     for i, node in enumerate(graph.nodes):
-        x = [env[v.id] for v in node.inputs]
-        a = node.attrs
-        if node.op == "embed":
-            y = weights[node.weights[0]][ids] * np.float32(a["scale"])
-        elif node.op == "matmul":
-            y = matmul(x[0], weights[node.weights[0]])
-        elif node.op == "rms_norm":
-            y = rms_norm(x[0], weights[node.weights[0]].ravel(), a["eps"], a["dim"])
-        elif node.op == "add":
-            y = x[0] + x[1]
-        elif node.op == "mul":
-            y = x[0] * x[1]
-        elif node.op == "glu":
-            y = glu(x[0], x[1], a["act"])
-        elif node.op == "rope":
-            spec: RopeSpec = a["spec"]
-            freq, mscale = weights.rope_table(spec)
-            y = rope(x[0], positions, freq, mscale, a["head_dim"], spec.n_rot, spec.neox)
-        elif node.op == "attention":
-            spec_a: AttentionSpec = a["spec"]
-            li = cache.layout.kv_index(spec_a.layer)
-            ring = cache.k[li].shape[0]
-            slots = positions % ring
-            cache.k[li][slots] = round_rows(x[1], cache.layout.kv_type)
-            cache.v[li][slots] = round_rows(x[2], cache.layout.kv_type)
-            y = attention(x[0], cache.k[li], cache.v[li], positions, spec_a)
-        elif node.op == "shortconv":
-            ci = cache.layout.conv_index(a["spec"].layer)
-            y, cache.conv[ci] = shortconv(x[0], weights[node.weights[0]], cache.conv[ci], pos0, a["spec"])
-        elif node.op == "last_row":
-            y = x[0][-1:]
-        else:
-            raise NotImplementedError(f"reference has no op {node.op!r}")
+        y = node.op.evaluate(step, [env[v.id] for v in node.inputs])
         env[node.out.id] = y.astype(np.float32, copy=False)
         if on_node is not None:
             on_node(i, node, env[node.out.id])

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from mdst import reference
-from mdst.graph import AttentionSpec, ConvSpec, RopeSpec
+from mdst.ops import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
-from mdst.memory.kv_cache import decode_rows, encode_rows, kv_row_bytes
+from mdst.quants import decode_rows, encode_rows, kv_row_bytes
 from mdst.plan import GEMV_WG, gemm_groups, gemv_groups
-from mdst.memory.weights import dequantize
+from mdst.quants import dequantize
 from metrics import rel_l2
 from mdst.testing.random_weights import awkward_k, random_weights
 

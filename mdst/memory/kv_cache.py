@@ -17,49 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..graph import AttentionSpec, ConvSpec, Graph
+from ..graph import Graph
+from ..ops import AttentionSpec, ConvSpec
+from ..quants import kv_row_bytes
 
 # kv_type -> (kernel format, f16 variant)
 KV_TYPES = {"f32": ("F", False), "f16": ("F", True), "q8_0": ("Q8_0", False)}
-
-
-def kv_row_bytes(kv_dim: int, kv_type: str) -> int:
-    """Bytes of one cached row of kv_dim values."""
-    if kv_type == "q8_0":
-        return kv_dim // 32 * 4 + kv_dim
-    return kv_dim * (2 if kv_type == "f16" else 4)
-
-
-def encode_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
-    """Rows [n, kv_dim] in the cache's byte format (as uint8 [n, row_bytes])."""
-    x = np.asarray(x, np.float32)
-    if kv_type == "f32":
-        return x.view(np.uint8).reshape(len(x), -1)
-    if kv_type == "f16":
-        return x.astype(np.float16).view(np.uint8).reshape(len(x), -1)
-    blocks = x.reshape(len(x), -1, 32)
-    d = np.abs(blocks).max(axis=2) / np.float32(127.0)
-    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
-    q = np.clip(np.round(blocks * inv[:, :, None]), -127, 127).astype(np.int8)
-    scale = d.astype(np.float16).astype(np.float32)
-    return np.concatenate([scale.view(np.uint8), q.reshape(len(x), -1).view(np.uint8)], axis=1)
-
-
-def decode_rows(raw: np.ndarray, kv_dim: int, kv_type: str) -> np.ndarray:
-    """Float32 rows [n, kv_dim] from the cache's byte format."""
-    raw = np.ascontiguousarray(raw, np.uint8).reshape(-1, kv_row_bytes(kv_dim, kv_type))
-    if kv_type == "f32":
-        return raw.view(np.float32).copy()
-    if kv_type == "f16":
-        return raw.view(np.float16).astype(np.float32)
-    scale = raw[:, :kv_dim // 8].view(np.float32)
-    q = raw[:, kv_dim // 8:].view(np.int8).astype(np.float32).reshape(len(raw), -1, 32)
-    return (q * scale[:, :, None]).reshape(len(raw), kv_dim)
-
-
-def round_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
-    """What storing rows in the cache and reading them back gives."""
-    return x if kv_type == "f32" else decode_rows(encode_rows(x, kv_type), x.shape[1], kv_type)
 
 
 @dataclass(frozen=True)

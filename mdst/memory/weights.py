@@ -20,6 +20,7 @@ import numpy as np
 from .. import native
 from ..errors import DeviceError, UnsupportedModelError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
+from ..quants import dequantize
 from .fit import PhantomDevice
 
 UPLOAD_CHUNK = 2 << 20   # bytes per upload: one of two mapped staging buffers, copied on the GPU
@@ -76,26 +77,6 @@ def run_name(run: tuple[str, ...]) -> str:
 def padded(nbytes: int) -> int:
     """GPU buffer size for nbytes: a multiple of 4, at least 4."""
     return max(4, -(-nbytes // 4) * 4)
-
-
-def dequantize(raw: Any, gtype: GGMLType, shape: tuple[int, ...]) -> np.ndarray:
-    """Float32 values of a tensor from its raw GGUF bytes, shaped [rows, row_elems]."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize as gguf_dequantize
-
-    data = np.frombuffer(raw, dtype=np.uint8)
-    if gtype.name == "F32":
-        out = data.view(np.float32)
-    elif gtype.name == "F16":
-        out = data.view(np.float16).astype(np.float32)
-    else:
-        try:
-            qtype = GGMLQuantizationType[gtype.name]
-            out = gguf_dequantize(data, qtype)
-        except (KeyError, NotImplementedError):
-            raise UnsupportedModelError(f"tensor type {gtype.name} cannot be dequantized") from None
-    rows = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    return np.asarray(out, dtype=np.float32).reshape(rows, shape[0])
 
 
 class WeightStore:

@@ -10,7 +10,7 @@ import math
 
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf import GGUFFile
-from ..graph import RopeSpec
+from ..ops import RopeSpec
 
 _REQUIRED = object()
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf import GGUFFile
-from ..graph import AttentionSpec, Builder, RopeSpec
+from ..graph import Builder
+from ..ops import AttentionSpec, RopeSpec
 from .base import Meta, output_weight, rope_from_gguf
 
 

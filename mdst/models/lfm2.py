@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..gguf import GGUFFile
-from ..graph import AttentionSpec, Builder, ConvSpec, RopeSpec
+from ..graph import Builder
+from ..ops import AttentionSpec, ConvSpec, RopeSpec
 from .base import Meta, output_weight, rope_from_gguf
 
 

@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 
 from ..gguf import GGUFFile
-from ..graph import AttentionSpec, Builder, RopeSpec
+from ..graph import Builder
+from ..ops import AttentionSpec, RopeSpec
 from .base import Meta, output_weight, rope_from_gguf
 
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..gguf import GGUFFile
-from ..memory.weights import dequantize
+from ..quants import dequantize
 
 GGML_TYPE_F32 = 0
 

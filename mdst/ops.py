@@ -1,0 +1,350 @@
+"""The ops a recorded graph is made of: one small class per op, owning its shape rule and its numpy
+reference (the math itself is in `mdst.reference`). The compiler lowers each class to its kernel
+(`mdst.plan`); fusion (`mdst.fusion`) produces the fused forms, which have references too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+from . import reference
+from .quants import round_rows
+from .reference import Step
+
+if TYPE_CHECKING:
+    from .graph import Value
+
+Shape = tuple  # (rows, cols): rows is "n" (one per token of the step) or 1
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """Rotary embedding settings, as llama.cpp names them (YaRN included)."""
+
+    n_rot: int
+    base: float
+    neox: bool
+    freq_scale: float = 1.0
+    ext_factor: float = 0.0
+    attn_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    n_ctx_orig: int = 0
+    freq_factors: str | None = None  # name of a per-pair frequency divisor tensor (rope_freqs.weight)
+
+    def table(self, freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Per-pair angular frequency (theta = pos * freq[i]) and the magnitude scale, in float64 math."""
+        half = self.n_rot // 2
+        i0 = 2.0 * np.arange(half, dtype=np.float64)  # even dimension index, as in ggml
+        extrap = self.base ** (-i0 / self.n_rot)
+        if freq_factors is not None:
+            extrap = extrap / np.asarray(freq_factors, dtype=np.float64)[:half]
+        freq = extrap * self.freq_scale
+        mscale = self.attn_factor
+        if self.ext_factor != 0.0:
+            lo, hi = self.corr_dims()
+            ramp = 1.0 - np.clip((i0 / 2.0 - lo) / max(0.001, hi - lo), 0.0, 1.0)
+            mix = ramp * self.ext_factor
+            freq = freq * (1.0 - mix) + extrap * mix
+            mscale *= 1.0 + 0.1 * math.log(1.0 / self.freq_scale)
+        return freq.astype(np.float32), float(mscale)
+
+    def corr_dims(self) -> tuple[float, float]:
+        """YaRN's correction range in dimension pairs (ggml_rope_yarn_corr_dims)."""
+        def corr_dim(n_rot: float) -> float:
+            return self.n_rot * math.log(self.n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(self.base))
+        start = math.floor(corr_dim(self.beta_fast))
+        end = math.ceil(corr_dim(self.beta_slow))
+        return float(max(0, start)), float(min(self.n_rot - 1, end))
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """A layer's attention shape; also what its KV cache must hold."""
+
+    layer: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    window: int = 0      # sliding window in positions; 0 = full causal
+    softcap: float = 0.0
+    # Llama 4 / Ministral 3 attention temperature: queries at position p are scaled by
+    # 1 + temp_scale * log(1 + floor(p / temp_floor)); temp_scale 0 turns it off.
+    temp_scale: float = 0.0
+    temp_floor: int = 1
+
+    def query_scale(self, positions: np.ndarray) -> np.ndarray:
+        """The factor applied to each position's query (scale and temperature)."""
+        t = 1.0 + self.temp_scale * np.log(np.floor(np.asarray(positions, np.float64) / self.temp_floor) + 1.0)
+        return self.scale * t
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A short causal depthwise convolution layer (LFM2): its rolling state is kernel - 1 rows."""
+
+    layer: int
+    channels: int
+    kernel: int
+
+    @property
+    def state_rows(self) -> int:
+        return self.kernel - 1
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a graph: a `Node` holds it with its input and output values."""
+
+    name: ClassVar[str]
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        """The weight tensors the op reads, in the order kernels bind them."""
+        return ()
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        """(rows, cols) of the output, from the inputs' shapes."""
+        return inputs[0].rows, inputs[0].cols
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        """The numpy reference: the output from the inputs' values."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Embed(Op):
+    """Rows of embedding table `table` [vocab, cols] for the step's token ids, times `scale`."""
+
+    name: ClassVar[str] = "embed"
+    table: str
+    cols: int
+    scale: float = 1.0
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.table,)
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return "n", self.cols
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return step.weights[self.table][step.ids] * np.float32(self.scale)
+
+
+@dataclass(frozen=True)
+class Matmul(Op):
+    """x [r, k] @ weight[n_out, k]^T, with the fusions a matmul kernel can do: RMSNorm of x first
+    (`norm`, `eps`), act(x W^T) * (x U^T) for `up` (`act`), and adding the last input (`res`).
+    `members`: the matrices a sibling run stores as `weight`, one after the other."""
+
+    name: ClassVar[str] = "matmul"
+    weight: str
+    n_out: int
+    up: str | None = None
+    act: str | None = None
+    norm: str | None = None
+    eps: float = 0.0
+    res: bool = False
+    members: tuple[str, ...] = ()
+
+    @property
+    def plain(self) -> bool:
+        """No fusion and a single matrix."""
+        return self.up is None and self.norm is None and not self.res and not self.members
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return tuple(w for w in (self.weight, self.up, self.norm) if w is not None)
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, self.n_out
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        w = step.weights
+        h = reference.rms_norm(x[0], w[self.norm].ravel(), self.eps) if self.norm else x[0]
+        mat = np.concatenate([w[m] for m in self.members]) if self.members else w[self.weight]
+        y = reference.matmul(h, mat)
+        if self.up is not None:
+            y = reference.glu(y, reference.matmul(h, w[self.up]), self.act)
+        return y + x[-1] if self.res else y
+
+
+@dataclass(frozen=True)
+class View(Op):
+    """Columns [col0, col0 + cols) of a sibling run's output (no work: the GPU binds a range)."""
+
+    name: ClassVar[str] = "view"
+    col0: int
+    cols: int
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, self.cols
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return x[0][:, self.col0:self.col0 + self.cols]
+
+
+@dataclass(frozen=True)
+class RmsNorm(Op):
+    """RMSNorm over groups of `dim` columns, scaled by `weight`; `add`: plus the second input."""
+
+    name: ClassVar[str] = "rms_norm"
+    weight: str
+    eps: float
+    dim: int
+    add: bool = False
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        y = reference.rms_norm(x[0], step.weights[self.weight].ravel(), self.eps, self.dim)
+        return y + x[1] if self.add else y
+
+
+@dataclass(frozen=True)
+class Add(Op):
+    """a + b, same shape."""
+
+    name: ClassVar[str] = "add"
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return x[0] + x[1]
+
+
+@dataclass(frozen=True)
+class Mul(Op):
+    """a * b, same shape."""
+
+    name: ClassVar[str] = "mul"
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return x[0] * x[1]
+
+
+@dataclass(frozen=True)
+class Glu(Op):
+    """act(gate) * up; act is "silu" or "gelu_tanh"."""
+
+    name: ClassVar[str] = "glu"
+    act: str
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return reference.glu(x[0], x[1], self.act)
+
+
+def _rope(step: Step, spec: RopeSpec, head_dim: int, x: np.ndarray) -> np.ndarray:
+    freq, mscale = step.weights.rope_table(spec)
+    return reference.rope(x, step.positions, freq, mscale, head_dim, spec.n_rot, spec.neox)
+
+
+def _store(step: Step, layer: int, k: np.ndarray, v: np.ndarray) -> int:
+    """Append the step's k and v rows to layer's ring cache, rounded as its type stores them; its index."""
+    cache = step.cache
+    li = cache.layout.kv_index(layer)
+    slots = step.positions % cache.k[li].shape[0]
+    cache.k[li][slots] = round_rows(k, cache.layout.kv_type)
+    cache.v[li][slots] = round_rows(v, cache.layout.kv_type)
+    return li
+
+
+@dataclass(frozen=True)
+class Rope(Op):
+    """Rotate the first spec.n_rot dims of each head (of `head_dim`) by position."""
+
+    name: ClassVar[str] = "rope"
+    spec: RopeSpec
+    head_dim: int
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.spec.freq_factors,) if self.spec.freq_factors else ()
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return _rope(step, self.spec, self.head_dim, x[0])
+
+
+@dataclass(frozen=True)
+class Attention(Op):
+    """Append k, v to layer spec.layer's cache, then causal attention of q over the cache.
+    `stored`: a `RopeStore` before it has appended them (its only input is then q)."""
+
+    name: ClassVar[str] = "attention"
+    spec: AttentionSpec
+    stored: bool = False
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        li = step.cache.layout.kv_index(self.spec.layer) if self.stored else _store(step, self.spec.layer, x[1], x[2])
+        return reference.attention(x[0], step.cache.k[li], step.cache.v[li], step.positions, self.spec)
+
+
+@dataclass(frozen=True)
+class RopeStore(Op):
+    """Attention's inputs in one pass: per-head RMSNorm of q and k (where `q_norm`/`k_norm` name a
+    weight), RoPE of both, and the append of k and v to the cache; the output is q."""
+
+    name: ClassVar[str] = "rope_store"
+    rope: RopeSpec
+    head_dim: int
+    attention: AttentionSpec
+    q_norm: str | None
+    k_norm: str | None
+    eps: float
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return tuple(w for w in (self.q_norm, self.k_norm, self.rope.freq_factors) if w)
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        q, k = (reference.rms_norm(a, step.weights[n].ravel(), self.eps, self.head_dim) if n else a
+                for a, n in ((x[0], self.q_norm), (x[1], self.k_norm)))
+        _store(step, self.attention.layer, _rope(step, self.rope, self.head_dim, k), x[2])
+        return _rope(step, self.rope, self.head_dim, q)
+
+
+@dataclass(frozen=True)
+class ShortConv(Op):
+    """LFM2's gated short convolution: bcx = [b | c | x] -> c * conv(b * x), causal over positions,
+    continuing from the layer's rolling state."""
+
+    name: ClassVar[str] = "shortconv"
+    spec: ConvSpec
+    weight: str
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, self.spec.channels
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        cache = step.cache
+        ci = cache.layout.conv_index(self.spec.layer)
+        y, cache.conv[ci] = reference.shortconv(x[0], step.weights[self.weight], cache.conv[ci], step.pos0, self.spec)
+        return y
+
+
+@dataclass(frozen=True)
+class LastRow(Op):
+    """The step's last row."""
+
+    name: ClassVar[str] = "last_row"
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return 1, inputs[0].cols
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return x[0][-1:]
+
+
+def settings(op: Op) -> dict[str, Any]:
+    """An op's fields by name (what distinguishes two ops of one class)."""
+    return {f.name: getattr(op, f.name) for f in fields(op)}
