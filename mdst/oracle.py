@@ -30,6 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .plan import step_words
+
 FORMAT = "mdst-oracle"
 VERSION = 1
 BROWSER_BINDING_LIMIT = 128 << 20   # maxStorageBufferBindingSize a browser grants by default
@@ -148,14 +150,6 @@ def _within(tol: float) -> dict[str, Any]:
     return {"rel_l2": tol}
 
 
-def _step(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None) -> np.ndarray:
-    rows = n_rows if rows is None else rows
-    s = np.zeros(4 + rows, np.uint32)
-    s[0], s[1] = pos0, n_rows
-    s[4:4 + len(ids)] = ids
-    return s
-
-
 def _distinct(uses: list[Any], ignore: str) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Each dispatch whose parameters, all but `ignore`, no earlier one had; with those parameters."""
     seen = set()
@@ -225,7 +219,7 @@ class CaseBuilder:
         want[inside] = table[ids[inside]] * np.float32(scale)
         lead = np.zeros(8, np.uint8)  # the part starts 8 bytes into its buffer (w0)
         return [Case(f"rows {row0}.. of {src} as one part at byte 8, {n} ids", spec,
-                     [np.concatenate([lead, raw[row0 * row_bytes:]]), _step(0, n, ids), Out(n * cols * 4)],
+                     [np.concatenate([lead, raw[row0 * row_bytes:]]), step_words(0, n, ids), Out(n * cols * 4)],
                      {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": scale,
                       "w0": 8}, (-(-cols // 4 // 64), n, 1), [Expect("f32", _within(1e-6), want)])]
 
@@ -315,7 +309,7 @@ class CaseBuilder:
             x = self.normal(rows, heads * hd)
             want = reference.rope(x, pos0 + np.arange(rows), freq, mscale, hd, n_rot, bool(neox))
             out.append(Case(f"the model's table (head {hd}, n_rot {n_rot}, neox {neox}) at positions {pos0}..",
-                            spec, [_step(pos0, rows), freq, Out(x.nbytes, init=x)],
+                            spec, [step_words(pos0, rows), freq, Out(x.nbytes, init=x)],
                             {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": neox, "mscale": mscale},
                             (-(-heads * n_rot // 2 // 64), rows, 1), [Expect("f32", _within(1e-5), want)]))
         return out
@@ -334,7 +328,7 @@ class CaseBuilder:
             part[:, -1, 0] = -3.0e38
             want = reference.merge_partials(part)
             out.append(Case(f"{heads} heads of {hd}, {splits} ranges (one empty)", spec,
-                            [_step(10, 1, rows=1), part, Out(want.nbytes)],
+                            [step_words(10, 1, rows=1), part, Out(want.nbytes)],
                             {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1),
                             [Expect("f32", _within(1e-5), want)]))
         return out
@@ -361,7 +355,7 @@ class CaseBuilder:
                 wk[(pos0 + r) % ring], wv[(pos0 + r) % ring] = want_k[r], v[r]
             out.append(Case(f"heads {heads}/{kvh}x{hd}, n_rot {n_rot}, q/k norms {p['q_norm']}/{p['k_norm']}, "
                             f"{n_rows} of {rows} rows at {pos0} into a ring of {ring}", spec,
-                            [_step(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), q, k, v, Out(q.nbytes),
+                            [step_words(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), q, k, v, Out(q.nbytes),
                              np.concatenate([freq, qw, kw])], {**p, "ring": ring}, (heads + kvh, rows, 1),
                             [Expect("f32", _within(1e-5), wk), Expect("f32", _exact(), wv),
                              Expect("f32", _within(1e-5), want_q)]))
@@ -382,7 +376,7 @@ class CaseBuilder:
             wk[slot], wv[slot] = encode_rows(k[r:r + 1], kv_type)[0], encode_rows(v[r:r + 1], kv_type)[0]
         kvb = 32 if kv_type == "q8_0" else 4
         return [Case(f"{n_rows} of {rows} rows into a {kv_type} ring of {ring} from position {pos0}", spec,
-                     [_step(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), k, v],
+                     [step_words(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), k, v],
                      {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // kvb // 64), rows, 1),
                      [Expect("u8", _exact(), wk), Expect("u8", _exact(), wv)])]
 
@@ -412,7 +406,7 @@ class CaseBuilder:
                                                     decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
                 out.append(Case(f"one row at {pos0} in {splits} ranges of {split} keys (heads {a.heads}/{a.kv_heads}"
                                 f"x{a.head_dim}, window {window})", spec,
-                                [_step(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)], {**p, "ring": ring},
+                                [step_words(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)], {**p, "ring": ring},
                                 (a.heads, 1, splits), [Expect("f32", _within(1e-5), want)]))
                 continue
             want = _poisoned(q.shape)
@@ -420,7 +414,7 @@ class CaseBuilder:
                                                 decode_rows(vc, kv_dim, kv_type), pos0 + np.arange(n_rows), a)
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
                             f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}", spec,
-                            [_step(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
+                            [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
                             (a.heads, rows, 1), [Expect("f32", _within(1e-5), want)]))
         return out
 
@@ -446,7 +440,7 @@ class CaseBuilder:
         from .kernels.runner import Out
         rows, n_rows, cols = 8, 5, 101
         x = self.normal(rows, cols)
-        return [Case(f"row {n_rows - 1} of {rows}", spec, [_step(0, n_rows, rows=rows), x, Out(cols * 4)],
+        return [Case(f"row {n_rows - 1} of {rows}", spec, [step_words(0, n_rows, rows=rows), x, Out(cols * 4)],
                      {"cols": cols}, (-(-cols // 64), 1, 1), [Expect("f32", _exact(), x[n_rows - 1])])]
 
     def _argmax(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -551,7 +545,7 @@ class CaseBuilder:
                 want_y = _poisoned((rows, ch))
                 want_y[:n_rows] = y
                 out.append(Case(f"{ch} channels, kernel {kernel}, {n_rows} of {rows} rows at {pos0}", spec,
-                                [_step(pos0, n_rows, rows=rows), bcx, w, Out(state.nbytes, init=state),
+                                [step_words(pos0, n_rows, rows=rows), bcx, w, Out(state.nbytes, init=state),
                                  Out(want_y.nbytes)], {"channels": ch, "kernel": kernel}, (-(-ch // 64), 1, 1),
                                 [Expect("f32", _within(1e-6), new_state), Expect("f32", _within(1e-6), want_y)]))
         return out

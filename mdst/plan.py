@@ -69,7 +69,7 @@ def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
 
 _plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
 USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
-ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}              # `activate` in common.wgsl
+ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}
 
 
 def grid1(groups: int) -> tuple[int, int, int]:
@@ -574,9 +574,18 @@ def layer_of(node: Node, current: int | None) -> int | None:
     return getattr(spec, "layer", current) if spec is not None else current
 
 
+STEP_POS0, STEP_ROWS, STEP_TOKENS = (wgsl_const("common.wgsl", f"STEP_{n}") for n in ("POS0", "ROWS", "TOKENS"))
+
+
+def step_words(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None) -> np.ndarray:
+    """The step buffer's words for n_rows rows from pos0: the token ids padded with zeros to `rows` (the plan's
+    rows; default n_rows)."""
+    data = np.zeros(STEP_TOKENS + (n_rows if rows is None else rows), dtype=np.uint32)
+    data[STEP_POS0], data[STEP_ROWS] = pos0, n_rows
+    data[STEP_TOKENS:STEP_TOKENS + len(ids)] = ids
+    return data
+
+
 def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: int) -> None:
-    """Fill the step buffer: [pos0, n_rows, 0, 0, ids padded with zeros to the plan's rows]."""
-    data = np.zeros(4 + rows, dtype=np.uint32)
-    data[0], data[1] = pos0, len(ids)
-    data[4:4 + len(ids)] = ids
-    queue.write_buffer(step_buffer, 0, data.tobytes())
+    """Fill the step buffer for a step of `ids` at pos0 (see step_words)."""
+    queue.write_buffer(step_buffer, 0, step_words(pos0, len(ids), ids, rows).tobytes())

@@ -13,7 +13,7 @@ from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.gguf import GGML_TYPE_BY_NAME
 from mdst.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.plan import GEMV_WG, gemm_groups, gemv_groups
+from mdst.plan import GEMV_WG, gemm_groups, gemv_groups, step_words
 from mdst.quants import dequantize
 from metrics import rel_l2
 from mdst.testing.random_weights import awkward_k, random_weights
@@ -33,14 +33,6 @@ def f32(b: np.ndarray) -> np.ndarray:
     return b.view(np.float32)
 
 
-def step_buffer(pos0: int, n_rows: int, ids=(), rows: int | None = None) -> np.ndarray:
-    rows = n_rows if rows is None else rows
-    s = np.zeros(4 + rows, np.uint32)
-    s[0], s[1] = pos0, n_rows
-    s[4:4 + len(ids)] = ids
-    return s
-
-
 def weight(wtype: str, rows: int, cols: int, rng):
     raw = random_weights(wtype, rows, cols, rng)
     t = GGML_TYPE_BY_NAME[wtype]
@@ -58,7 +50,7 @@ def test_get_rows(run, rng, wtype):
     part = raw[row0 * row_bytes:]
     lead = 8  # the part starts 8 bytes into its buffer (w0)
     part = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), part])
-    out = f32(run(KernelSpec("get_rows", wtype), [part, step_buffer(0, n, ids), Out(n * cols * 4)],
+    out = f32(run(KernelSpec("get_rows", wtype), [part, step_words(0, n, ids), Out(n * cols * 4)],
                   {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": 1.5,
                    "w0": lead}, (-(-cols // 4 // 64), n, 1))[0]).reshape(n, cols)
     for r, i in enumerate(ids):
@@ -166,7 +158,7 @@ def test_rope(run, rng, neox, yarn):
                     n_ctx_orig=64)
     freq, mscale = spec.table()
     x = rng.standard_normal((rows, heads * hd)).astype(np.float32)
-    out = f32(run(KernelSpec("rope"), [step_buffer(pos0, rows), freq, Out(x.nbytes, init=x)],
+    out = f32(run(KernelSpec("rope"), [step_words(pos0, rows), freq, Out(x.nbytes, init=x)],
                   {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": int(neox), "mscale": mscale},
                   (-(-heads * n_rot // 2 // 64), rows, 1))[0]).reshape(rows, -1)
     want = reference.rope(x, pos0 + np.arange(rows), freq, mscale, hd, n_rot, neox)
@@ -193,7 +185,7 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
     row_bytes = kv_row_bytes(kv_dim, kv_type)
     kvb = 32 if kv_type == "q8_0" else 4
     kc, vc = run(kv_spec("kv_store", kv_type, gpu),
-                 [step_buffer(pos0, n_rows, rows=rows), Out(ring * row_bytes), Out(ring * row_bytes), k, v],
+                 [step_words(pos0, n_rows, rows=rows), Out(ring * row_bytes), Out(ring * row_bytes), k, v],
                  {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // kvb // 64), rows, 1))
     written = {(pos0 + r) % ring: r for r in range(n_rows)}
     for got, src in ((kc, k), (vc, v)):
@@ -223,7 +215,7 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd):
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
-    out = f32(run(spec_k, [step_buffer(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
+    out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
                   {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
                    "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32},
                   (heads, rows, 1))[0]).reshape(rows, -1)
@@ -247,7 +239,7 @@ def test_rope_store(run, rng, gpu, norms, neox, kv_type):
     kc0 = np.full((ring, row_bytes), 0xFF, np.uint8)
     fmt, f16 = KV_SPECS[kv_type]
     kc, vc, qo = run(KernelSpec("rope_store", f16=f16, kv=fmt),
-                     [step_buffer(pos0, n_rows, rows=rows), Out(kc0.nbytes, init=kc0), Out(kc0.nbytes, init=kc0),
+                     [step_words(pos0, n_rows, rows=rows), Out(kc0.nbytes, init=kc0), Out(kc0.nbytes, init=kc0),
                       q, k, v, Out(q.nbytes), np.concatenate([freq, qw, kw])],
                      {"heads": heads, "kv_heads": kvh, "head_dim": hd, "n_rot": n_rot, "neox": int(neox),
                       "mscale": mscale, "ring": ring, "eps": 1e-6, "q_norm": int(norms), "k_norm": int(norms)},
@@ -275,7 +267,7 @@ def test_shortconv(run, rng, pos0):
     bcx = rng.standard_normal((rows, 3 * ch)).astype(np.float32)
     w = rng.standard_normal((ch, kernel)).astype(np.float32)
     state = rng.standard_normal((kernel - 1, ch)).astype(np.float32)
-    new_state, y = run(KernelSpec("shortconv"), [step_buffer(pos0, n_rows, rows=rows), bcx, w,
+    new_state, y = run(KernelSpec("shortconv"), [step_words(pos0, n_rows, rows=rows), bcx, w,
                                                  Out(state.nbytes, init=state), Out(rows * ch * 4)],
                        {"channels": ch, "kernel": kernel}, (2, 1, 1))
     want_y, want_state = reference.shortconv(bcx[:n_rows], w, state, pos0, spec)
@@ -300,9 +292,9 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
               "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
     fmt, f16 = KV_SPECS[kv_type]
     part = run(KernelSpec("attention", f16=f16, kv=fmt, constants=(("LPK", lpk), ("SPLIT", split))),
-               [step_buffer(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
+               [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
                params, (heads, rows, splits))[0]
-    out = f32(run(KernelSpec("attention_merge"), [step_buffer(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
+    out = f32(run(KernelSpec("attention_merge"), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
                   {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
@@ -334,7 +326,7 @@ def test_glu(run, rng, act):
 def test_take_row(run, rng):
     rows, n_rows, cols = 8, 5, 101
     x = rng.standard_normal((rows, cols)).astype(np.float32)
-    out = f32(run(KernelSpec("take_row"), [step_buffer(0, n_rows, rows=rows), x, Out(cols * 4)], {"cols": cols},
+    out = f32(run(KernelSpec("take_row"), [step_words(0, n_rows, rows=rows), x, Out(cols * 4)], {"cols": cols},
                   (2, 1, 1))[0])
     np.testing.assert_array_equal(out, x[n_rows - 1])
 

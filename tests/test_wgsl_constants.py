@@ -26,6 +26,12 @@ def test_python_values_are_the_wgsl_consts():
     assert sampling.DRAW_WORDS == wgsl_const("common.wgsl", "DRAW_WORDS")
     for fmt, _ in KV_TYPES.values():
         assert wgsl_const(f"kv/{fmt}.wgsl", "KVB") > 0
+    assert plan.ACTIVATIONS == {"silu": wgsl_const("common.wgsl", "ACT_SILU"),
+                                "gelu_tanh": wgsl_const("common.wgsl", "ACT_GELU_TANH")}
+    words = plan.step_words(7, 2, [11, 12], rows=4)
+    assert words[wgsl_const("common.wgsl", "STEP_POS0")] == 7 and words[wgsl_const("common.wgsl", "STEP_ROWS")] == 2
+    t = wgsl_const("common.wgsl", "STEP_TOKENS")
+    assert list(words[t:]) == [11, 12, 0, 0] and len(words) == t + 4
 
 
 def test_plan_does_not_import_sampling():

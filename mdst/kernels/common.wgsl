@@ -4,10 +4,12 @@
 // `half` is the storage type of the KV cache and of other tensors kept at reduced precision.
 alias half = f32;
 
-// Gated activations (glu, and matmuls with a fused GLU): 1 = SiLU, 2 = GELU with the tanh
-// approximation. tanh's argument is clamped: some drivers compute tanh through exp and overflow.
+// Gated activations (glu, and matmuls with a fused GLU), by the host's ACT/GLU override.
+// tanh's argument is clamped: some drivers compute tanh through exp and overflow.
+const ACT_SILU: u32 = 1u;
+const ACT_GELU_TANH: u32 = 2u;
 fn activate(kind: u32, g: f32) -> f32 {
-    if (kind == 1u) {
+    if (kind == ACT_SILU) {
         return g / (1.0 + exp(-g));
     }
     let t = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
