@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import device as device_mod
+from .allocator import CountingAllocator, GpuAllocator
 from .engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
 from .gguf import GGUFFile
@@ -60,37 +62,19 @@ class Model:
             self._kv_type = device_mod.resolve_kv_type(kv_type, gpu)
             graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf)
             self.predicted: fit.Prediction | None = None
+            self.device_profile = None
             if gpu is None:
                 self.engine: Any = CpuEngine(self.gguf, graphs, context_length, self.kv_type)
-                self.device_profile = None
             else:
                 if not isinstance(weight_paging, bool):
                     raise TypeError("weight_paging must be a bool")
-
-                def predict(budget: int | None) -> tuple[fit.Prediction, int]:
-                    # Every byte, on a phantom device: refuse before allocating anything. Also returns
-                    # the bytes the weights' layout took out of `budget`.
-                    ghost = GpuEngine(fit.phantom(gpu), self.gguf, graphs, context_length, self.kv_type,
-                                      weight_budget=budget)
-                    ghost.compile_all()
-                    ghost.new_cache()
-                    return fit.Prediction(dict(ghost.bytes_by_kind)), ghost.weights.budget_used
-
-                budget = None
-                self.predicted, _ = predict(None)
-                if limit is not None and self.predicted.total > limit and weight_paging:
-                    # what is not weights changes a little with paging (no paired weights, so no fused
-                    # gate/up): shrink the weights' budget below what the last layout used, by the excess
-                    budget = limit - (self.predicted.total - self.predicted.bytes_by_kind["weights"])
-                    for _ in range(8):
-                        self.predicted, used = predict(max(budget, 0))
-                        if self.predicted.total <= limit:
-                            break
-                        budget = used - (self.predicted.total - limit)
-                fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type,
-                          paging=weight_paging)
-                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget,
-                                        progress=progress)
+                engine = functools.partial(GpuEngine, gguf=self.gguf, graphs=graphs, context=context_length,
+                                           kv_type=self.kv_type)
+                # every byte predicted by the engine's own setup on a counting allocator, before allocating any
+                self.predicted, budget = fit.fit(lambda b: engine(CountingAllocator(gpu.profile), weight_budget=b),
+                                                 limit, paging=weight_paging, context_length=context_length,
+                                                 kv_type=self.kv_type)
+                self.engine = engine(GpuAllocator(gpu), weight_budget=budget, progress=progress)
                 self.device_profile = gpu.profile
             self.n_vocab = self.engine.vocab
         except BaseException:

@@ -237,7 +237,7 @@ class Compiler:
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
         graph = fuse(graph, row_fusions=rows == 1 or self.gpu.profile.presets.matmul == "by_output",
-                     paired=self.weights.paired, runs=self.weights.run_members if rows == 1 else None)
+                     paired=self.weights.layout.paired, runs=self.weights.layout.runs if rows == 1 else None)
         self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(self.weights.slots))}
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
         live = Liveness(self.pool)
