@@ -29,6 +29,15 @@ PRECISION_DEPRECATED = ("precision= is deprecated and will be removed: it only s
                         "(arithmetic is f32); use kv_type= ('f32', 'f16' or 'q8_0')")
 
 
+def checked_context(context_length: int | None, model_max: int) -> int:
+    """The context length asked for, or the model's capped at DEFAULT_CONTEXT; ValueError unless a positive int."""
+    if context_length is None:
+        return min(model_max, DEFAULT_CONTEXT)
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+        raise ValueError(f"context_length must be a positive int, got {context_length!r}")
+    return context_length
+
+
 class Model:
     """A GGUF model loaded onto a device. Use `mdst.load()` to make one."""
 
@@ -51,12 +60,7 @@ class Model:
             self.config = self.family.Config.from_gguf(self.gguf)
             self._tokenizer = Tokenizer.from_gguf(self.gguf)
             host.trim()   # building a large vocabulary frees tens of MB in the C heap that glibc would keep
-            model_max = self.config.context_length
-            if context_length is None:
-                context_length = min(model_max, DEFAULT_CONTEXT)
-            if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
-                raise ValueError(f"context_length must be a positive int, got {context_length!r}")
-            self.context_length = context_length
+            self.context_length = context_length = checked_context(context_length, self.config.context_length)
             limit = fit.parse_bytes(gpu_memory_limit)
             gpu = device_mod.resolve(device, max_binding_size)
             self._kv_type = device_mod.resolve_kv_type(kv_type, gpu)
