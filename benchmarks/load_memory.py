@@ -9,7 +9,7 @@ its other 48 MiB stay counted as overhead. Figures:
 - the driver's start-up (opening the first device) and its first upload (a 4 KiB buffer written
   once), measured before and apart from the rest;
 - phases: the steps of a load one at a time, in `Model`'s order, each kept alive for the next
-  (parsing the file, the tokenizer, the graphs, the fit prediction on a phantom device, dropped
+  (parsing the file, the tokenizer, the graphs, the fit prediction on a counting allocator, dropped
   after, as a load does); what each grew RSS by at its peak and kept;
 - weights path: then the GPU engine's setup (weights streamed from the file into GPU buffers);
   targets: overhead <= 25% of the file size and <= 10% of the GPU bytes;
@@ -90,13 +90,12 @@ class _Upload:
 
 
 def predict(gpu, f, graphs, context: int, kv_type: str) -> dict:
-    """Model's fit prediction: the engine's setup, every plan and a cache on a phantom device, then dropped."""
+    """Model's fit prediction: the engine's setup, every plan and a cache on a counting allocator, then dropped."""
+    from mdst.allocator import CountingAllocator
     from mdst.engine import GpuEngine
-    from mdst.memory.fit import phantom
+    from mdst.memory.fit import predict as fit_predict
 
-    ghost = GpuEngine(phantom(gpu), f, graphs, context, kv_type)
-    ghost.compile_all()
-    ghost.new_cache()
+    fit_predict(GpuEngine(CountingAllocator(gpu.profile), f, graphs, context, kv_type))
     return {}
 
 
@@ -119,6 +118,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import mdst
+    from mdst.allocator import GpuAllocator
     from mdst.device import resolve, resolve_kv_type
     from mdst.engine import GpuEngine, build_graphs
     from mdst.gguf import GGUFFile
@@ -147,7 +147,7 @@ def main() -> None:
     graphs = phase("graphs", lambda: build_graphs(lambda b: fam.forward(b, cfg), f))
     kv_type = resolve_kv_type(None, gpu)
     phase("fit_prediction", lambda: predict(gpu, f, graphs, args.context, kv_type))
-    weights = measure(lambda: GpuEngine(gpu, f, graphs, args.context, kv_type), software)
+    weights = measure(lambda: GpuEngine(GpuAllocator(gpu), f, graphs, args.context, kv_type), software)
     weights.pop("object").close()
     f.close()
 

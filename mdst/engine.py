@@ -17,14 +17,13 @@ from typing import Any, Callable, Iterator, Union
 import numpy as np
 
 from . import native, reference
-from .device import GPU
+from .allocator import Allocator
 from .errors import DeviceError, MdstError, OutOfMemoryError, UnsupportedModelError
-from .fusion import glu_pairs, sibling_runs
 from .gguf import GGUFFile
 from .graph import Builder, Graph, build
 from .kernels import WEIGHT_TYPES, PipelineCache
-from .memory.fit import PhantomDevice
 from .memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
+from .memory.layout import plan_layout
 from .memory.pool import BufferPool
 from .memory.weights import WeightStore
 from .plan import Compiler, Plan, write_step
@@ -34,11 +33,6 @@ Pick = Union[str, Draw]
 
 DEFAULT_CHUNK = 128
 STEP_TIMEOUT = 600.0          # seconds a step may take before DeviceError (a hung device must not hang us)
-
-# Fault injection (tests): called as allocation_fault(size, label) before every GPU buffer is made; raising
-# there acts as the allocation failing (OutOfMemoryError follows). Real allocation failures cannot be made
-# on demand on a software adapter.
-allocation_fault: Callable[[int, str], None] | None = None
 STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit are read in rounds
 ALL_LOGITS_BYTES = 32 << 20   # logits of one all-rows step (logits(), Session.feed) at most
 
@@ -182,31 +176,43 @@ class CpuEngine(Engine):
 class GpuEngine(Engine):
     """Runs compiled plans on a WebGPU device.
 
-    Every buffer goes through `_create`, which counts bytes by kind; on a phantom device
-    (mdst.memory.fit) the same setup predicts them without allocating.
+    Every buffer comes from its allocator (mdst.allocator), which counts bytes by kind: on a
+    counting allocator the same setup predicts them without allocating (mdst.memory.fit).
     """
 
     kind = "gpu"
 
-    def __init__(self, gpu: GPU, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
+    def __init__(self, allocator: Allocator, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
                  chunk: int | None = None, weight_budget: int | None = None,
                  progress: Callable[[int, int], None] | None = None, step_timeout: float = STEP_TIMEOUT):
         import wgpu
 
-        self.gpu = gpu
+        self.allocator = allocator
+        self.gpu = allocator.gpu
         self._wgpu = wgpu
         self.step_timeout = step_timeout
-        self.bytes_by_kind: dict[str, int] = {}   # live bytes per kind of buffer
-        self.peak_bytes = 0
-        self._live: dict[int, tuple[Any, str, int]] = {}   # id -> (buffer, kind, size)
         self.lost: str | None = None   # why the device cannot be used any more
         self._waiter = Waiter()
         try:
-            self._setup(gguf, graphs, context, kv_type, chunk or gpu.profile.presets.prefill_rows, weight_budget,
-                        progress)
+            self._setup(gguf, graphs, context, kv_type, chunk or self.gpu.profile.presets.prefill_rows,
+                        weight_budget, progress)
         except BaseException:
             self.close()  # a failed load leaves nothing allocated
             raise
+
+    @property
+    def bytes_by_kind(self) -> dict[str, int]:
+        """Live bytes per kind of buffer."""
+        return self.allocator.bytes_by_kind
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most bytes live at once."""
+        return self.allocator.peak_bytes
+
+    @property
+    def _live(self) -> dict[int, tuple[Any, str, int]]:
+        return self.allocator.live
 
     def _setup(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str, chunk: int,
                weight_budget: int | None, progress: Callable[[int, int], None] | None) -> None:
@@ -231,12 +237,11 @@ class GpuEngine(Engine):
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.plans: dict[tuple[str, int, str], Plan] = {}
         self.staging = None
-        self.weights = WeightStore(gpu, gguf, lambda n, label: self._create(n, label, kind="weights"), progress,
-                                   lambda: self.step_timeout)
         last = graphs["last"]
-        pairs = glu_pairs(last, gguf.tensors)
-        self.weights.load_matrices(last.matrix_names(), weight_budget, pairs,
-                                   sibling_runs(last, gguf.tensors, pairs))
+        self.weights = WeightStore(self.allocator, gguf, plan_layout(last, gguf.tensors, weight_budget, cap),
+                                   lambda n, label: self._create(n, label, kind="weights"), progress,
+                                   lambda: self.step_timeout)
+        self.weights.load_matrices()
         for name in last.vector_names():
             self.weights.load_vector(name)
         # Logits of every row: each weight part's slice of them must fit a binding too.
@@ -256,46 +261,20 @@ class GpuEngine(Engine):
     # ---- buffers ------------------------------------------------------------------------------
     def _create(self, size: int, label: str, uniform: bool = False, kind: str | None = None,
                 map_read: bool = False) -> Any:
-        u = self._wgpu.BufferUsage
-        if map_read:
-            usage = u.MAP_READ | u.COPY_DST
-        elif uniform:
-            usage = u.UNIFORM | u.COPY_DST
-        else:
-            usage = u.STORAGE | u.COPY_DST | u.COPY_SRC
-        kind = kind or ("params" if uniform else label.split(".")[0])
-        limit = self.gpu.profile.limits.get("max-buffer-size")
-        if limit and size > limit:
-            raise OutOfMemoryError(f"a {size}-byte GPU buffer ({label}) exceeds the adapter's max-buffer-size of "
-                                   f"{limit}; use a shorter context_length")
+        """A buffer from the allocator, counted under `kind` (default: "params" for uniforms, else the
+        label's first word)."""
         if self.lost:
             raise DeviceError(f"the GPU device can no longer be used ({self.lost}); load the model again")
         try:
-            if allocation_fault is not None and not isinstance(self.gpu.device, PhantomDevice):
-                allocation_fault(size, label)
-            buf = self.gpu.device.create_buffer(size=size, usage=usage, label=label)
-        except Exception as e:
-            if "device is lost" in str(e):
-                self.lost = "the device was lost"
-                raise DeviceError(f"the GPU device was lost while creating {label}; load the model again") from None
-            raise OutOfMemoryError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}; "
-                                   f"{sum(self.bytes_by_kind.values())} bytes were in use") from None
-        self.bytes_by_kind[kind] = self.bytes_by_kind.get(kind, 0) + size
-        self.peak_bytes = max(self.peak_bytes, sum(self.bytes_by_kind.values()))
-        self._live[id(buf)] = (buf, kind, size)
-        return buf
+            return self.allocator.create(size, label, kind or ("params" if uniform else label.split(".")[0]),
+                                         "map_read" if map_read else "uniform" if uniform else "storage")
+        except DeviceError:   # the device was lost
+            self.lost = "the device was lost"
+            raise
 
     def _free(self, buf: Any) -> None:
         """Destroy a buffer made by _create and stop counting it (once: later calls do nothing)."""
-        entry = self._live.pop(id(buf), None)
-        if entry is None:
-            return
-        _, kind, size = entry
-        self.bytes_by_kind[kind] -= size
-        try:
-            buf.destroy()
-        except Exception:  # a lost device has destroyed everything already
-            pass
+        self.allocator.free(buf)
 
     def new_cache(self) -> GpuKVCache:
         return self._track(GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"),
@@ -478,8 +457,7 @@ class GpuEngine(Engine):
 
     def _replace_staging(self) -> None:
         old = self.staging
-        self._live.pop(id(old))
-        self.bytes_by_kind["staging"] -= old.size
+        self.allocator.forget(old)   # left to the worker that may still map it
         self.staging = self._create(old.size, "staging", map_read=True, kind="staging")
 
     def _read_logits(self, enc: Any, plan: Plan, rows_out: int) -> np.ndarray:

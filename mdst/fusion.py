@@ -3,11 +3,11 @@ a round trip of its output through memory). The numpy reference runs the unfused
 fusion is checked against it by the model tests.
 
 - gate/up + GLU: `glu(matmul(h, Wg), matmul(h, Wu))` -> one matmul over the two weights stored
-  one after the other (`glu_pairs` tells the weight store which to pair);
+  one after the other (`memory.layout.glu_pairs` finds them for the weight layout);
 - RMSNorm prologue: `matmul(rms_norm(x, g), W)` -> the matmul normalizes x itself (one-row steps,
   or kernels that take rows in registers; a norm read by several matmuls is computed by each);
 - sibling matmuls (one-row plans): matmuls of one input, weight type and row length, stored back
-  to back (`sibling_runs`; q, k and v of attention) -> one matmul over the run whose output the
+  to back (`memory.layout.sibling_runs`; q, k and v of attention) -> one matmul over the run whose output the
   members' values view at their column offsets;
 - residual epilogue: `add(a, matmul(h, W))` -> the matmul adds a;
 - post-norm + add: `add(a, rms_norm(b, g))` -> one RMSNorm that adds a (Gemma's post-norms);
@@ -29,53 +29,6 @@ def uses(graph: Graph) -> Counter:
     n: Counter = Counter(v.id for node in graph.nodes for v in node.inputs)
     n[graph.output.id] += 1
     return n
-
-
-def glu_pairs(graph: Graph, tensors: dict[str, Any]) -> list[tuple[str, str]]:
-    """(gate, up) weight names whose matmuls feed only a GLU, from the same input, of the same type and shape."""
-    producer = {n.out.id: n for n in graph.nodes}
-    count = uses(graph)
-    pairs = []
-    for n in graph.nodes:
-        if not isinstance(n.op, Glu):
-            continue
-        g, u = (producer.get(v.id) for v in n.inputs)
-        if not (g and u and _plain_matmul(g) and _plain_matmul(u)):
-            continue
-        if g.inputs[0].id != u.inputs[0].id or count[g.out.id] != 1 or count[u.out.id] != 1:
-            continue
-        tg, tu = tensors[g.weights[0]], tensors[u.weights[0]]
-        if tg.type == tu.type and tg.shape == tu.shape:
-            pairs.append((g.weights[0], u.weights[0]))
-    return pairs
-
-
-VIEW_ALIGN = 256  # a view's byte offset must be a multiple of this (WebGPU's largest minStorageBufferOffsetAlignment)
-
-
-def sibling_runs(graph: Graph, tensors: dict[str, Any], paired: list[tuple[str, str]]) -> list[tuple[str, ...]]:
-    """Runs of plain matmuls in graph order that read the same input with weights of one type and row
-    length, each member's output starting at a multiple of VIEW_ALIGN bytes in the run's output."""
-    skip = {n for pair in paired for n in pair}
-    by_input: dict[int, list[str]] = {}
-    for n in graph.nodes:
-        if _plain_matmul(n) and n.weights[0] not in skip:
-            by_input.setdefault(n.inputs[0].id, []).append(n.weights[0])
-    runs = []
-    for names in by_input.values():
-        run = names[:1]
-        for name in names[1:]:
-            head, t = tensors[run[0]], tensors[name]
-            offset = sum(tensors[m].n_rows for m in run)   # the candidate's first output column
-            if t.type == head.type and t.row_bytes == head.row_bytes and offset * 4 % VIEW_ALIGN == 0:
-                run.append(name)
-                continue
-            if len(run) > 1:
-                runs.append(tuple(run))
-            run = [name]
-        if len(run) > 1:
-            runs.append(tuple(run))
-    return runs
 
 
 def fuse(graph: Graph, row_fusions: bool, paired: set[str], runs: dict[str, tuple[str, ...]] | None = None) -> Graph:
@@ -107,7 +60,8 @@ def _producers(nodes: list[Node]) -> dict[int, Node]:
     return {n.out.id: n for n in nodes}
 
 
-def _plain_matmul(n: Node) -> bool:
+def plain_matmul(n: Node) -> bool:
+    """Whether n is a matmul of one matrix with no fusion."""
     return isinstance(n.op, Matmul) and n.op.plain
 
 
@@ -116,11 +70,11 @@ def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id:
     member = {m: name for name, run in runs.items() for m in run}
     found: dict[str, dict[str, Node]] = {}
     for n in nodes:
-        if _plain_matmul(n) and n.weights[0] in member:
+        if plain_matmul(n) and n.weights[0] in member:
             found.setdefault(member[n.weights[0]], {})[n.weights[0]] = n
     out = []
     for n in nodes:
-        name = member.get(n.weights[0]) if _plain_matmul(n) else None
+        name = member.get(n.weights[0]) if plain_matmul(n) else None
         group = found.get(name) if name else None
         if group is None or len(group) != len(runs[name]) or len({g.inputs[0].id for g in group.values()}) != 1:
             out.append(n)

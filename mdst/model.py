@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import device as device_mod
+from .allocator import CountingAllocator, GpuAllocator
 from .engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
 from .gguf import GGUFFile
@@ -25,6 +27,15 @@ log = logging.getLogger("mdst")
 DEFAULT_CONTEXT = 4096
 PRECISION_DEPRECATED = ("precision= is deprecated and will be removed: it only set the KV cache type "
                         "(arithmetic is f32); use kv_type= ('f32', 'f16' or 'q8_0')")
+
+
+def checked_context(context_length: int | None, model_max: int) -> int:
+    """The context length asked for, or the model's capped at DEFAULT_CONTEXT; ValueError unless a positive int."""
+    if context_length is None:
+        return min(model_max, DEFAULT_CONTEXT)
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+        raise ValueError(f"context_length must be a positive int, got {context_length!r}")
+    return context_length
 
 
 class Model:
@@ -49,48 +60,25 @@ class Model:
             self.config = self.family.Config.from_gguf(self.gguf)
             self._tokenizer = Tokenizer.from_gguf(self.gguf)
             host.trim()   # building a large vocabulary frees tens of MB in the C heap that glibc would keep
-            model_max = self.config.context_length
-            if context_length is None:
-                context_length = min(model_max, DEFAULT_CONTEXT)
-            if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
-                raise ValueError(f"context_length must be a positive int, got {context_length!r}")
-            self.context_length = context_length
+            self.context_length = context_length = checked_context(context_length, self.config.context_length)
             limit = fit.parse_bytes(gpu_memory_limit)
             gpu = device_mod.resolve(device, max_binding_size)
             self._kv_type = device_mod.resolve_kv_type(kv_type, gpu)
             graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf)
             self.predicted: fit.Prediction | None = None
+            self.device_profile = None
             if gpu is None:
                 self.engine: Any = CpuEngine(self.gguf, graphs, context_length, self.kv_type)
-                self.device_profile = None
             else:
                 if not isinstance(weight_paging, bool):
                     raise TypeError("weight_paging must be a bool")
-
-                def predict(budget: int | None) -> tuple[fit.Prediction, int]:
-                    # Every byte, on a phantom device: refuse before allocating anything. Also returns
-                    # the bytes the weights' layout took out of `budget`.
-                    ghost = GpuEngine(fit.phantom(gpu), self.gguf, graphs, context_length, self.kv_type,
-                                      weight_budget=budget)
-                    ghost.compile_all()
-                    ghost.new_cache()
-                    return fit.Prediction(dict(ghost.bytes_by_kind)), ghost.weights.budget_used
-
-                budget = None
-                self.predicted, _ = predict(None)
-                if limit is not None and self.predicted.total > limit and weight_paging:
-                    # what is not weights changes a little with paging (no paired weights, so no fused
-                    # gate/up): shrink the weights' budget below what the last layout used, by the excess
-                    budget = limit - (self.predicted.total - self.predicted.bytes_by_kind["weights"])
-                    for _ in range(8):
-                        self.predicted, used = predict(max(budget, 0))
-                        if self.predicted.total <= limit:
-                            break
-                        budget = used - (self.predicted.total - limit)
-                fit.check(self.predicted, limit, context_length=context_length, kv_type=self.kv_type,
-                          paging=weight_paging)
-                self.engine = GpuEngine(gpu, self.gguf, graphs, context_length, self.kv_type, weight_budget=budget,
-                                        progress=progress)
+                engine = functools.partial(GpuEngine, gguf=self.gguf, graphs=graphs, context=context_length,
+                                           kv_type=self.kv_type)
+                # every byte predicted by the engine's own setup on a counting allocator, before allocating any
+                self.predicted, budget = fit.fit(lambda b: engine(CountingAllocator(gpu.profile), weight_budget=b),
+                                                 limit, paging=weight_paging, context_length=context_length,
+                                                 kv_type=self.kv_type)
+                self.engine = engine(GpuAllocator(gpu), weight_budget=budget, progress=progress)
                 self.device_profile = gpu.profile
             self.n_vocab = self.engine.vocab
         except BaseException:

@@ -247,7 +247,7 @@ class Compiler:
         alloc_rows = rows if alloc_rows is None else alloc_rows
         c = Compilation(self, presets or self.gpu.profile.presets)
         graph = fuse(graph, row_fusions=rows == 1 or c.presets.matmul == "by_output",
-                     paired=self.weights.paired, runs=self.weights.run_members if rows == 1 else None)
+                     paired=self.weights.layout.paired, runs=self.weights.layout.runs if rows == 1 else None)
         live = c.live
         last = graph.last_uses()
         # Views (fusion.py's sibling matmuls) are column ranges of a run's output, which lives

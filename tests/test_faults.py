@@ -1,6 +1,6 @@
 """Faults: allocation failure at load, a lost device, a step past its deadline, interrupts, threads.
 
-Allocation failures are injected through mdst.engine.allocation_fault (a software adapter cannot be made
+Allocation failures are injected through mdst.allocator.allocation_fault (a software adapter cannot be made
 to run out of memory on demand), and so is a weight copy that never finishes; the rest are real.
 """
 
@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import mdst
+from mdst import allocator as allocator_mod
 from mdst import engine as engine_mod
 
 PROMPT = "The capital of France is"
@@ -31,7 +32,7 @@ def inject(monkeypatch, prefix: str) -> list[str]:
             raise MemoryError("injected: out of device memory")
         made.append(label)
 
-    monkeypatch.setattr(engine_mod, "allocation_fault", fault)
+    monkeypatch.setattr(allocator_mod, "allocation_fault", fault)
     return made
 
 
@@ -64,7 +65,7 @@ def test_allocation_failure_at_first_use_leaves_the_model_usable(smollm2_path, g
         inject(monkeypatch, fail_at)
         with pytest.raises(mdst.OutOfMemoryError, match="injected"):
             m.generate(PROMPT, max_tokens=8)
-        monkeypatch.setattr(engine_mod, "allocation_fault", None)
+        monkeypatch.setattr(allocator_mod, "allocation_fault", None)
         assert m.generate(PROMPT, max_tokens=8) == expected
 
 
@@ -72,7 +73,7 @@ def test_a_fresh_load_works_after_a_failed_one(smollm2_path, gpu, monkeypatch, e
     inject(monkeypatch, "")
     with pytest.raises(mdst.OutOfMemoryError):
         mdst.load(smollm2_path, device="gpu", context_length=128)
-    monkeypatch.setattr(engine_mod, "allocation_fault", None)
+    monkeypatch.setattr(allocator_mod, "allocation_fault", None)
     with mdst.load(smollm2_path, device="gpu", context_length=128) as m:
         assert m.generate(PROMPT, max_tokens=8) == expected
 

@@ -223,8 +223,10 @@ def test_weight_paging_splits_a_matrix_larger_than_the_slots_allow(cache_dir, gp
 
 
 def test_zero_copy_loading_stays_within_a_quarter_of_the_file(gemma_path, gpu):
+    # this checkout's mdst, not whichever one the interpreter has installed
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_memory.py"), gemma_path],
-                         capture_output=True, text=True, timeout=600, check=True)
+                         capture_output=True, text=True, timeout=600, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     r = json.loads(out.stdout)
     report("load memory (Gemma 3 270M, lavapipe)", weights_path_overhead=r["weights_path"]["overhead_bytes"],
            weights_path_fraction=r["weights_path"]["overhead_fraction_of_file"],

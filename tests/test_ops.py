@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from mdst import ops, reference
-from mdst.fusion import fuse, glu_pairs, sibling_runs
+from mdst.fusion import fuse
 from mdst.gguf import GGUFFile
 from mdst.graph import build
 from mdst.memory.kv_cache import CacheLayout, CpuKVCache
-from mdst.memory.weights import run_name
+from mdst.memory.layout import glu_pairs, run_name, sibling_runs
 from mdst.models import family
 from mdst.plan import LOWERINGS
 from mdst.testing import synth

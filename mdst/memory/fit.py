@@ -1,17 +1,16 @@
 """Fit planning: the GPU bytes a model will request, predicted before anything is allocated.
 
 The prediction runs the engine's own setup (weight upload, every plan it can compile, one
-sequence's cache) against a phantom device that records each buffer request and allocates
-nothing, so it follows the real code path rather than a formula beside it.
+sequence's cache) on a counting allocator (mdst.allocator) that records each buffer request and
+allocates nothing, so it follows the real code path rather than a formula beside it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from ..device import GPU
 from ..errors import OutOfMemoryError
 
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
@@ -38,74 +37,6 @@ def parse_bytes(value: int | str | None) -> int | None:
 
 def mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-class PhantomBuffer:
-    """Stands in for a GPU buffer: has a size, holds nothing."""
-
-    def __init__(self, size: int, label: str):
-        self.size, self.label = size, label
-
-    def destroy(self) -> None:
-        pass
-
-    def map_sync(self, *args: Any) -> None:
-        pass
-
-    def write_mapped(self, *args: Any) -> None:
-        pass
-
-    def unmap(self) -> None:
-        pass
-
-
-class _PhantomEncoder:
-    def copy_buffer_to_buffer(self, *args: Any) -> None:
-        pass
-
-    def finish(self) -> None:
-        return None
-
-
-class _PhantomQueue:
-    def write_buffer(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def submit(self, *args: Any) -> None:
-        pass
-
-
-class _PhantomPipeline:
-    def get_bind_group_layout(self, index: int) -> None:
-        return None
-
-
-class PhantomDevice:
-    """Records buffer requests; compiles and allocates nothing."""
-
-    def __init__(self, limits: dict[str, int]):
-        self.queue = _PhantomQueue()
-        self.limits = limits
-
-    def create_buffer(self, *, size: int, usage: int, label: str = "") -> PhantomBuffer:
-        return PhantomBuffer(size, label)
-
-    def create_command_encoder(self, **kwargs: Any) -> _PhantomEncoder:
-        return _PhantomEncoder()
-
-    def create_shader_module(self, **kwargs: Any) -> None:
-        return None
-
-    def create_compute_pipeline(self, **kwargs: Any) -> _PhantomPipeline:
-        return _PhantomPipeline()
-
-    def _poll_wait(self) -> None:
-        pass
-
-
-def phantom(gpu: GPU) -> GPU:
-    """A GPU with the same profile whose device allocates nothing."""
-    return GPU(PhantomDevice(gpu.profile.limits), gpu.profile)
 
 
 @dataclass
@@ -137,3 +68,34 @@ def check(prediction: Prediction, limit: int | None, *, context_length: int, kv_
     options.append("a larger gpu_memory_limit")
     raise OutOfMemoryError(f"the model needs {mib(prediction.total)} of GPU memory ({prediction.breakdown()}) but "
                            f"gpu_memory_limit is {mib(limit)}; options: " + "; ".join(options))
+
+
+def predict(ghost: Any) -> tuple[Prediction, int]:
+    """Bytes of an engine set up on a counting allocator once it has compiled every plan and made one
+    sequence's cache, and the bytes its weights' layout took out of the weight budget."""
+    ghost.compile_all()
+    ghost.new_cache()
+    return Prediction(dict(ghost.bytes_by_kind)), ghost.weights.layout.budget_used
+
+
+def fit(ghost: Callable[[int | None], Any], limit: int | None, *, paging: bool, context_length: int,
+        kv_type: str) -> tuple[Prediction, int | None]:
+    """The prediction, and the weight budget (None: every weight resident) that meets `limit`.
+
+    `ghost(budget)` sets the engine up on a counting allocator with that weight budget. Without a
+    limit, or when everything fits, every weight is resident; otherwise, with `paging`, the budget
+    shrinks until the prediction fits (at most eight tries). OutOfMemoryError when it does not fit.
+    """
+    prediction, _ = predict(ghost(None))
+    budget = None
+    if limit is not None and prediction.total > limit and paging:
+        # what is not weights changes a little with paging (no paired weights, so no fused gate/up):
+        # shrink the weights' budget below what the last layout used, by the excess
+        budget = max(limit - (prediction.total - prediction.bytes_by_kind["weights"]), 0)
+        for _ in range(8):
+            prediction, used = predict(ghost(budget))
+            if prediction.total <= limit:
+                break
+            budget = max(used - (prediction.total - limit), 0)
+    check(prediction, limit, context_length=context_length, kv_type=kv_type, paging=paging)
+    return prediction, budget

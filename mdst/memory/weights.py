@@ -17,15 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import native
-from ..errors import DeviceError, UnsupportedModelError
+from ..errors import DeviceError
 from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
 from ..quants import dequantize
-from .fit import PhantomDevice
+from .layout import WeightLayout, padded, run_name
 
 UPLOAD_CHUNK = 2 << 20   # bytes per upload: one of two mapped staging buffers, copied on the GPU
 FLUSH_BYTES = 8 << 20    # write_buffer bytes (small tensors) after which the queue is drained
-PAGE_SLOTS = 2           # slot buffers paged parts take turns in
 
 
 @dataclass
@@ -58,51 +56,28 @@ class GpuWeight:
         return sum(p.nbytes for p in self.parts)
 
 
-def split_rows(n_rows: int, row_bytes: int, max_bytes: int) -> list[tuple[int, int]]:
-    """(row0, rows) parts of at most max_bytes each, on row boundaries."""
-    per = max_bytes // row_bytes
-    if per < 1:
-        raise UnsupportedModelError(f"one row of {row_bytes} bytes exceeds the binding limit of {max_bytes} bytes")
-    return [(r, min(per, n_rows - r)) for r in range(0, n_rows, per)]
-
-
-def run_name(run: tuple[str, ...]) -> str:
-    """The name of matrices stored as one: "blk.0.attn_q+attn_k.weight" for blk.0's attn_q and attn_k."""
-    parts = [n.split(".") for n in run]
-    if all(len(p) == 4 and p[:2] == parts[0][:2] and p[3] == parts[0][3] for p in parts):
-        return ".".join(parts[0][:2] + ["+".join(p[2] for p in parts)] + parts[0][3:])
-    return "+".join(run)
-
-
-def padded(nbytes: int) -> int:
-    """GPU buffer size for nbytes: a multiple of 4, at least 4."""
-    return max(4, -(-nbytes // 4) * 4)
 
 
 class WeightStore:
-    """The GPU copies of a model's weights."""
+    """The GPU copies of a model's weights, laid out as a `WeightLayout` says."""
 
-    def __init__(self, gpu: Any, gguf: GGUFFile, create_buffer: Any, progress: Callable[[int, int], None] | None,
-                 timeout: Callable[[], float]):
-        self.gpu, self.gguf = gpu, gguf
+    def __init__(self, allocator: Any, gguf: GGUFFile, layout: WeightLayout, create_buffer: Any,
+                 progress: Callable[[int, int], None] | None, timeout: Callable[[], float]):
+        self.allocator, self.gguf, self.layout = allocator, gguf, layout
+        self.gpu = allocator.gpu
         self._create = create_buffer
         self._progress = progress  # called with (bytes uploaded, bytes to upload) as loading goes
         self._timeout = timeout    # seconds a staging buffer's previous copy may take (the engine's step deadline)
-        # staging buffers mapped through wgpu-native (a phantom device has nothing to map)
-        self._direct = native.can_map_directly() and not isinstance(gpu.device, PhantomDevice)
         self.weights: dict[str, GpuWeight] = {}
         self._queued = 0
         # Uploads go through two mapped buffers of our own, taking turns: write_buffer's staging
         # comes from wgpu's allocator, which keeps the host memory it grew (tens of MB) after loading.
         self._staging: list[Any] = []
         self._turn = 0
-        self.paired: set[str] = set()                    # gate matrices stored with their up matrix after them
         self.runs: dict[str, GpuWeight] = {}             # sibling matrices stored back to back, as one matrix
-        self.run_members: dict[str, tuple[str, ...]] = {}  # run name -> the matrices it holds
         self.slots: list[Any] = []                       # paging slot buffers
         self.slot_holds: list[tuple[str, int] | None] = []  # (matrix, part) each slot holds now
         self.page_ins = 0                                # parts copied into slots so far
-        self.budget_used = 0                             # bytes of matrix parts and slots (paging's budget)
 
     @property
     def nbytes(self) -> int:
@@ -117,79 +92,46 @@ class WeightStore:
     def paged_bytes(self) -> int:
         return sum(p.nbytes for w in self.weights.values() for p in w.parts if p.paged)
 
-    def load_matrices(self, names: list[str], budget: int | None = None, pairs: list[tuple[str, str]] = (),
-                      siblings: list[tuple[str, ...]] = ()) -> None:
-        """Upload matrices as raw blocks, split into parts that fit a binding.
-
-        With a budget (bytes for resident parts plus the slots), matrices are split into parts small
-        enough for the slots to take an eighth of it, the longest run of parts in `names` order that
-        fits stays resident and the rest is paged. Otherwise each (gate, up) of
-        `pairs` that fits one binding shares a buffer, up after gate, so one dispatch reads both;
-        and so does each run of `siblings` (matrices with one input, of one type and row length),
-        which is then also readable as one matrix under `run_name(run)` (in `runs`).
-        """
-        self._total = sum(self.gguf.tensors[n].nbytes for n in names)
+    def load_matrices(self) -> None:
+        """Upload the matrices as raw blocks: shared buffers, then the resident parts; make the paging slots."""
+        lay = self.layout
+        t = self.gguf.tensors
+        self._total = sum(t[n].nbytes for run in lay.shared for n in run) + \
+            sum(t[n].nbytes for n in dict.fromkeys(p.name for p in lay.parts))
         self._done = 0
-        if budget is None:
-            self.paired = {run[0] for run in self._load_runs(pairs)}
-            for run in self._load_runs(siblings):
-                ws = [self.weights[n] for n in run]
-                rows = sum(w.parts[0].rows for w in ws)
-                self.runs[run_name(run)] = GpuWeight(run_name(run), ws[0].type, (ws[0].shape[0], rows), ws[0].row_bytes,
-                                                     [WeightPart(ws[0].parts[0].buffer, 0, rows, rows * ws[0].row_bytes)])
-                self.run_members[run_name(run)] = run
-            names = [n for n in names if n not in self.weights]
-        cap = self.gpu.profile.max_binding_size
-        if budget is not None and names:
-            # The slots are as large as the largest paged part: parts of at most a sixteenth of the
-            # budget keep the slots to an eighth of it (a tied embedding can be most of the weights).
-            cap = min(cap, max(budget // (8 * PAGE_SLOTS), max(self.gguf.tensors[n].row_bytes for n in names)))
-        parts = []  # (name, row0, rows) in first-use order
-        for name in names:
-            t = self.gguf.tensors[name]
-            self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes)
-            parts += [(name, row0, rows) for row0, rows in split_rows(t.n_rows, t.row_bytes, cap)]
-        sizes = [rows * self.weights[name].row_bytes for name, _, rows in parts]
-
-        def need(resident: int) -> int:   # bytes of the first `resident` parts and of the slots for the rest
-            return sum(padded(n) for n in sizes[:resident]) + PAGE_SLOTS * padded(max(sizes[resident:], default=0))
-
-        resident = len(parts)
-        while budget is not None and resident > 0 and need(resident) > budget:
-            resident -= 1
-        self.budget_used = need(resident)
-        for i, ((name, row0, rows), nbytes) in enumerate(zip(parts, sizes)):
+        for run in lay.shared:
+            self._load_shared(run)
+        for run in lay.runs.values():
+            ws = [self.weights[n] for n in run]
+            rows = sum(w.parts[0].rows for w in ws)
+            self.runs[run_name(run)] = GpuWeight(run_name(run), ws[0].type, (ws[0].shape[0], rows), ws[0].row_bytes,
+                                                 [WeightPart(ws[0].parts[0].buffer, 0, rows, rows * ws[0].row_bytes)])
+        for i, p in enumerate(lay.parts):
+            w = self.weights.get(p.name)
+            if w is None:
+                w = self.weights[p.name] = GpuWeight(p.name, t[p.name].type, t[p.name].shape, t[p.name].row_bytes)
             buf = None
-            if i < resident:
-                buf = self._create(padded(nbytes), f"w.{name}.{row0}")
-                self._upload(buf, name, row0 * self.weights[name].row_bytes, nbytes)
-            self.weights[name].parts.append(WeightPart(buf, row0, rows, nbytes))
-        if resident < len(parts):
-            slot = padded(max(sizes[resident:]))
-            self.slots = [self._create(slot, f"slot.{i}") for i in range(PAGE_SLOTS)]
-            self.slot_holds = [None] * PAGE_SLOTS
+            if i < lay.resident:
+                buf = self._create(padded(p.nbytes), f"w.{p.name}.{p.row0}")
+                self._upload(buf, p.name, p.row0 * w.row_bytes, p.nbytes)
+            w.parts.append(WeightPart(buf, p.row0, p.rows, p.nbytes))
+        if lay.slots:
+            self.slots = [self._create(lay.slot_bytes, f"slot.{i}") for i in range(lay.slots)]
+            self.slot_holds = [None] * lay.slots
         else:
             self.release_staging()
 
-    def _load_runs(self, runs: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
-        """Store each run's matrices back to back in one buffer where it fits a binding (and each
-        member ends on a 4-byte boundary, as copies need); returns the runs stored."""
-        cap = self.gpu.profile.max_binding_size
-        done = []
-        for run in runs:
-            ts = [self.gguf.tensors[n] for n in run]
-            sizes = [t.n_rows * t.row_bytes for t in ts]
-            if any(n in self.weights for n in run) or sum(sizes) > cap or any(b % 4 for b in sizes):
-                continue
-            buf = self._create(padded(sum(sizes)), "w." + run_name(run))
-            at = 0
-            for name, t, nbytes in zip(run, ts, sizes):
-                self._upload(buf, name, 0, nbytes, at)
-                self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes,
-                                               [WeightPart(buf, 0, t.n_rows, nbytes, at)])
-                at += nbytes
-            done.append(run)
-        return done
+    def _load_shared(self, run: tuple[str, ...]) -> None:
+        """Store a run's matrices back to back in one buffer."""
+        ts = [self.gguf.tensors[n] for n in run]
+        sizes = [t.n_rows * t.row_bytes for t in ts]
+        buf = self._create(padded(sum(sizes)), "w." + run_name(run))
+        at = 0
+        for name, t, nbytes in zip(run, ts, sizes):
+            self._upload(buf, name, 0, nbytes, at)
+            self.weights[name] = GpuWeight(name, t.type, t.shape, t.row_bytes,
+                                           [WeightPart(buf, 0, t.n_rows, nbytes, at)])
+            at += nbytes
 
     def page_in(self, slot: int, name: str, part: int) -> None:
         """Make slot `slot` hold part `part` of matrix `name` (copied from the mmap unless it already does)."""
@@ -257,38 +199,30 @@ class WeightStore:
         """Copy whole words into `buf` through the two mapped staging buffers, UPLOAD_CHUNK at a time.
 
         Mapping a staging buffer waits until the GPU has finished its previous copy, so one buffer
-        is filled while the other's copy runs. Through wgpu-native where it can (wgpu-py's mapping
-        waits for every submission, the other buffer's copy included), and then file bytes are read
-        straight into the mapped buffer (touching the file mapping leaves its pages resident).
-        Four buffers filled by four threads measured no faster in loading or paging on the H100.
+        is filled while the other's copy runs; file bytes are read straight into the mapped buffer
+        (touching the file mapping leaves its pages resident). Four buffers filled by four threads
+        measured no faster in loading or paging on the H100.
         """
-        import wgpu
-
         dev = self.gpu.device
         if not self._staging:
-            self._staging = [dev.create_buffer(size=UPLOAD_CHUNK, usage=wgpu.BufferUsage.MAP_WRITE |
-                                               wgpu.BufferUsage.COPY_SRC, label=f"upload.{i}") for i in range(2)]
+            self._staging = [self.allocator.create_upload(UPLOAD_CHUNK, f"upload.{i}") for i in range(2)]
         for at in range(0, len(data), UPLOAD_CHUNK):
             piece = data[at:at + UPLOAD_CHUNK]
             st = self._staging[self._turn]
             self._turn ^= 1
-            if self._direct:
-                def put(mem: memoryview, piece: memoryview = piece, at: int = at) -> None:
-                    if source is None:
-                        mem[:] = piece
-                    else:
-                        self.gguf.read_into(mem, source[0], source[1] + at)
-                timeout = self._timeout()
-                try:
-                    native.fill(dev, st, len(piece), put, timeout)
-                except TimeoutError:
-                    self.release_staging()   # one is still being mapped: fresh ones next time
-                    raise DeviceError(f"a copy of weights to the GPU did not finish within {timeout:g} s; "
-                                      "the device may be hung") from None
-            else:
-                st.map_sync(wgpu.MapMode.WRITE, 0, UPLOAD_CHUNK)
-                st.write_mapped(piece, 0)
-                st.unmap()
+
+            def put(mem: memoryview, piece: memoryview = piece, at: int = at) -> None:
+                if source is None:
+                    mem[:] = piece
+                else:
+                    self.gguf.read_into(mem, source[0], source[1] + at)
+            timeout = self._timeout()
+            try:
+                self.allocator.fill(st, len(piece), put, timeout)
+            except TimeoutError:
+                self.release_staging()   # one is still being mapped: fresh ones next time
+                raise DeviceError(f"a copy of weights to the GPU did not finish within {timeout:g} s; "
+                                  "the device may be hung") from None
             enc = dev.create_command_encoder()
             enc.copy_buffer_to_buffer(st, 0, buf, offset + at, len(piece))
             self.gpu.queue.submit([enc.finish()])
@@ -301,5 +235,5 @@ class WeightStore:
 
     def flush(self) -> None:
         """Wait until queued uploads have reached the GPU (their staging memory is freed)."""
-        self.gpu.wait_idle()
+        self.allocator.wait_idle()
         self._queued = 0
