@@ -361,7 +361,7 @@ class GpuEngine(Engine):
         groups = self.bind(plan, cache)
         with self._device_errors():
             out = self._run(plan, groups, ids, pos0, len(ids) if output_rows == "all" else 1,
-                            None if host_draw else pick)
+                            None if host_draw or not isinstance(pick, Draw) else pick)
         return np.array([Sampler.pick(out[-1], pick)]) if host_draw else out
 
     def _check_usable(self) -> None:
@@ -448,12 +448,13 @@ class GpuEngine(Engine):
             yield tok, pos0 + min(i + 2, count)
 
     def _run(self, plan: Plan, groups: list[Any], ids: np.ndarray, pos0: int, rows_out: int,
-             pick: Pick | None) -> np.ndarray:
-        """Write the step's inputs, submit `plan` and read back its logits or token ids."""
+             draw: Draw | None) -> np.ndarray:
+        """Write the step's inputs (and the draw a sampling plan reads), submit `plan` and read back its
+        logits or token ids."""
         device = self.gpu.device
         write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
-        if isinstance(pick, Draw):
-            device.queue.write_buffer(self.draw_buffer, 0, pick.encode())
+        if draw is not None:
+            device.queue.write_buffer(self.draw_buffer, 0, draw.encode())
         enc = device.create_command_encoder()
         if plan.segments:
             enc = self._run_segments(plan, groups)
