@@ -34,7 +34,7 @@ def main() -> None:
         s = m.session()
         tok = int(s.prefill(list(range(1, args.prompt + 1)), greedy=True))
         plan = eng.plan("last", 1, "argmax")
-        groups = plan.bind(dev, s.cache)
+        groups = eng.bind(plan, s.cache)
         qs = dev.create_query_set(type=wgpu.QueryType.timestamp, count=2)
         res = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
         rows = []

@@ -107,11 +107,12 @@ class GpuAllocator(Allocator):
             if allocation_fault is not None:
                 allocation_fault(size, label)
             return self.gpu.device.create_buffer(size=size, usage=flags, label=label)
-        except Exception as e:
-            if "device is lost" in str(e):
-                raise DeviceError(f"the GPU device was lost while creating {label}; load the model again") from None
+        except MemoryError as e:   # wgpu's GPUOutOfMemoryError is one
             raise OutOfMemoryError(f"creating a {size}-byte GPU buffer ({label}) failed: {e}; "
                                    f"{self.total} bytes were in use") from None
+        except wgpu.GPUError as e:   # a buffer within the adapter's limits fails validation on a lost device only
+            raise DeviceError(f"the GPU device was lost while creating {label} ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); load the model again") from None
 
     def create_upload(self, size: int, label: str) -> Any:
         import wgpu

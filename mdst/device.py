@@ -126,7 +126,6 @@ class GPU:
 
     device: Any
     profile: DeviceProfile
-    lost: list = field(default_factory=list)
 
     @property
     def queue(self) -> Any:

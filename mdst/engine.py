@@ -26,7 +26,7 @@ from .memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from .memory.layout import plan_layout
 from .memory.pool import BufferPool
 from .memory.weights import WeightStore
-from .plan import Compiler, Plan, write_step
+from .plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
 from .sampling import DRAW_WORDS, Draw, Sampler
 
 Pick = Union[str, Draw]
@@ -91,6 +91,14 @@ class Waiter:
         if thread is not None:
             self._jobs.put(None)
             thread.join(timeout)
+
+
+class CacheBindings:
+    """What a GpuEngine keeps for one of its caches: plans' bind groups over its buffers, and decode's buffers."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, list[Any]] = {}   # plan key -> bind groups (Plan.bind)
+        self.chain: list[Any] = []   # decode's next-token buffer and its two readback buffers
 
 
 class Engine:
@@ -192,6 +200,7 @@ class GpuEngine(Engine):
         self._wgpu = wgpu
         self.step_timeout = step_timeout
         self.lost: str | None = None   # why the device cannot be used any more
+        self._cache_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # GpuKVCache -> CacheBindings
         self._waiter = Waiter()
         try:
             self._setup(gguf, graphs, context, kv_type, chunk or self.gpu.profile.presets.prefill_rows,
@@ -251,7 +260,7 @@ class GpuEngine(Engine):
         if out_w is not None and self.chunk_all * self.vocab * 4 > cap:
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
         self.pipelines = PipelineCache(gpu.device)
-        self.step_buffer = self._create(16 + 4 * self.chunk, "step", kind="step")
+        self.step_buffer = self._create(4 * (STEP_TOKENS + self.chunk), "step", kind="step")
         self.draw_buffer = self._create(4 * DRAW_WORDS, "draw", kind="step")
         self.staging = self._create(min(STAGING_BYTES, max(self.chunk_all, self.chunk) * self.vocab * 4),
                                     "staging", map_read=True, kind="staging")
@@ -278,7 +287,24 @@ class GpuEngine(Engine):
 
     def new_cache(self) -> GpuKVCache:
         return self._track(GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"),
-                                               self._free))
+                                               self._give_back))
+
+    def _bindings(self, cache: GpuKVCache) -> CacheBindings:
+        """What this engine keeps for `cache` (made on first use)."""
+        state = self._cache_state.get(cache)
+        if state is None:
+            state = self._cache_state[cache] = CacheBindings()
+        return state
+
+    def _give_back(self, cache: GpuKVCache) -> None:
+        """Free a released cache's buffers and forget what the engine kept for it."""
+        state = self._cache_state.pop(cache, None)
+        for b in cache.buffers() + (state.chain if state else []):
+            self._free(b)
+
+    def bind(self, plan: Plan, cache: GpuKVCache) -> list[Any]:
+        """`plan`'s bind groups over `cache` (built on first use)."""
+        return plan.bind(self.gpu.device, cache, self._bindings(cache).groups)
 
     # ---- plans --------------------------------------------------------------------------------
     def plan(self, output_rows: str, n: int, pick: str) -> Plan:
@@ -305,26 +331,41 @@ class GpuEngine(Engine):
 
         A failing device (lost, destroyed, out of memory mid-step) raises DeviceError and marks the
         engine unusable: load the model again. A step that does not finish within step_timeout
-        seconds raises DeviceError too; the engine then waits for it before the next step.
+        seconds raises DeviceError too; the engine then waits for it before the next step. Any other
+        exception is a bug: it surfaces as itself and the engine stays usable.
         """
+        self._check_usable()
+        host_draw = isinstance(pick, Draw) and not pick.on_gpu   # settings the kernels do not cover: pick on the host
+        mode = "logits" if host_draw else "sample" if isinstance(pick, Draw) else pick
+        plan = self.plan(output_rows, len(ids), mode)
+        groups = self.bind(plan, cache)
         with self._device_errors():
-            return self._step(cache, ids, pos0, output_rows, pick)
+            out = self._run(plan, groups, ids, pos0, len(ids) if output_rows == "all" else 1,
+                            None if host_draw or not isinstance(pick, Draw) else pick)
+        return np.array([Sampler.pick(out[-1], pick)]) if host_draw else out
 
-    @contextmanager
-    def _device_errors(self) -> Iterator[None]:
-        """Refuse work on a closed engine or a lost device; turn an unexpected failure inside into DeviceError
-        and mark it lost."""
+    def _check_usable(self) -> None:
+        """MdstError on a closed engine, DeviceError on a lost device."""
         self.check_open()
         if self.lost:
             raise DeviceError(f"the GPU device can no longer be used ({self.lost}); load the model again")
+
+    @contextmanager
+    def _device_errors(self) -> Iterator[None]:
+        """Around handing work to the device (queue writes, submission, readback): an error of wgpu's own
+        (validation, out of memory, internal: what every call on a lost device raises) marks the device lost
+        and becomes DeviceError. Anything else is a bug and surfaces as itself."""
+        self._check_usable()
         try:
             yield
-        except (DeviceError, OutOfMemoryError, ValueError, TypeError):
-            raise
-        except Exception as e:
-            self.lost = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            raise DeviceError(f"a GPU step failed ({self.lost}); the device may have been lost: load the model "
-                              "again") from e
+        except self._wgpu.GPUError as e:
+            raise self._lose(e, "running a step") from e
+
+    def _lose(self, error: BaseException, doing: str) -> DeviceError:
+        """Mark the device unusable after wgpu's `error` while `doing`; the DeviceError to raise."""
+        text = str(error).strip()
+        self.lost = f"{type(error).__name__} while {doing}" + (f": {text.splitlines()[-1].strip()}" if text else "")
+        return DeviceError(f"the GPU failed ({self.lost}); the device may have been lost: load the model again")
 
     def decode(self, cache: GpuKVCache, first: int, pos0: int, count: int, pick: Callable[[], Pick],
                ahead: bool = False) -> Iterator[tuple[int, int]]:
@@ -336,7 +377,7 @@ class GpuEngine(Engine):
         simply written again later (the second value yielded counts it). Paged weights, host-side
         draws and picks that depend on earlier tokens take the one-step-at-a-time path.
         """
-        self.check_open()
+        self._check_usable()
         if count <= 0:
             return
         first_pick = pick()
@@ -347,22 +388,24 @@ class GpuEngine(Engine):
             yield from super().decode(cache, first, pos0, count, lambda: next(picks, None) or pick(), ahead)
             return
         dev = self.gpu.device
-        if not cache.chain:  # the next step's token, and two readback buffers taking turns
-            cache.chain = [self._create(16, "chain.token", kind="step")] + \
+        groups = self.bind(plan, cache)
+        state = self._bindings(cache)
+        if not state.chain:  # the next step's token, and two readback buffers taking turns
+            state.chain = [self._create(16, "chain.token", kind="step")] + \
                 [self._create(16, f"chain.read{i}", map_read=True, kind="staging") for i in range(2)]
-        token, reads = cache.chain[0], cache.chain[1:]
+        token, reads = state.chain[0], state.chain[1:]
 
         def submit(i: int, p: Pick) -> int:
             if i == 0:
                 write_step(dev.queue, self.step_buffer, np.array([first]), pos0, plan.rows)
             else:
-                dev.queue.write_buffer(self.step_buffer, 0, np.array([pos0 + i, 1], np.uint32))
+                dev.queue.write_buffer(self.step_buffer, 0, step_words(pos0 + i, 1, rows=0))   # the ids stay
             if isinstance(p, Draw):
                 dev.queue.write_buffer(self.draw_buffer, 0, p.encode())
             enc = dev.create_command_encoder()
             if i > 0:
-                enc.copy_buffer_to_buffer(token, 0, self.step_buffer, 16, 4)
-            plan.encode(enc, plan.bind(dev, cache))
+                enc.copy_buffer_to_buffer(token, 0, self.step_buffer, 4 * STEP_TOKENS, 4)
+            plan.encode(enc, groups)
             enc.copy_buffer_to_buffer(plan.ids_buffer, 0, reads[i % 2], 0, 4)
             enc.copy_buffer_to_buffer(plan.ids_buffer, 0, token, 0, 4)
             return native.submit(dev.queue, [enc.finish()])
@@ -378,24 +421,20 @@ class GpuEngine(Engine):
                               .view(np.uint32)[0])
                     index = following
                 except BaseException:
-                    for b in cache.chain:  # a late read may still map them: never reuse them
+                    for b in state.chain:  # a late read may still map them: never reuse them
                         self._free(b)
-                    cache.chain = []
+                    state.chain = []
                     raise
             yield tok, pos0 + min(i + 2, count)
 
-    def _step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick) -> np.ndarray:
-        if isinstance(pick, Draw) and not pick.on_gpu:  # settings the kernels do not cover: pick on the host
-            return np.array([Sampler.pick(self._step(cache, ids, pos0, output_rows, "logits")[-1], pick)])
-        n = len(ids)
-        mode = "sample" if isinstance(pick, Draw) else pick
-        plan = self.plan(output_rows, n, mode)
-        rows_out = n if output_rows == "all" else 1
+    def _run(self, plan: Plan, groups: list[Any], ids: np.ndarray, pos0: int, rows_out: int,
+             draw: Draw | None) -> np.ndarray:
+        """Write the step's inputs (and the draw a sampling plan reads), submit `plan` and read back its
+        logits or token ids."""
         device = self.gpu.device
-        groups = plan.bind(device, cache)
         write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
-        if isinstance(pick, Draw):
-            device.queue.write_buffer(self.draw_buffer, 0, pick.encode())
+        if draw is not None:
+            device.queue.write_buffer(self.draw_buffer, 0, draw.encode())
         enc = device.create_command_encoder()
         if plan.segments:
             enc = self._run_segments(plan, groups)
@@ -450,6 +489,8 @@ class GpuEngine(Engine):
                 self._replace_staging()
             raise DeviceError(f"a GPU step did not finish within {self.step_timeout:g} s; it may still be "
                               "running (the next step waits for it), or the device is hung") from None
+        except (self._wgpu.GPUError, RuntimeError) as e:   # wgpu refused the mapping, or reported it failed
+            raise self._lose(e, "reading a result back") from e
         except BaseException:
             if buffer is None:
                 self._replace_staging()

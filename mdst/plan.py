@@ -67,7 +67,7 @@ def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
     return grid1(ceil_div(n, rows * (GEMV_WG // lanes)))
 
 
-_plan_keys = itertools.count(1)  # bind groups are cached on a cache per plan key: unique per process
+_plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
 USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}
 
@@ -144,9 +144,9 @@ class Plan:
     key: int = field(default=0)
     segments: list[Segment] = field(default_factory=list)  # set when the plan reads paged weights
 
-    def bind(self, device: Any, cache: GpuKVCache) -> list[Any]:
-        """Bind groups for `cache` (built on first use, then kept on the cache)."""
-        groups = cache.bind_groups.get(self.key)
+    def bind(self, device: Any, cache: GpuKVCache, store: dict[int, list[Any]]) -> list[Any]:
+        """Bind groups for `cache`, built on first use and kept in `store` (the caller's, one per cache)."""
+        groups = store.get(self.key)
         if groups is None:
             groups = []
             for d in self.dispatches:
@@ -160,7 +160,7 @@ class Plan:
                     else:
                         entries.append({"binding": i, "resource": {"buffer": r, "offset": 0, "size": r.size}})
                 groups.append(device.create_bind_group(layout=d.pipeline.get_bind_group_layout(0), entries=entries))
-            cache.bind_groups[self.key] = groups
+            store[self.key] = groups
         return groups
 
     def encode(self, encoder: Any, groups: list[Any], start: int = 0, end: int | None = None,

@@ -34,7 +34,7 @@ def profile_step(model: "Model", rows: int = 1, output_rows: str = "last", pick:
     resolved = device.create_buffer(size=16 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
     with model.session() as s:
         s.prefill(list(range(1, 17)), greedy=True)
-        groups = plan.bind(device, s.cache)
+        groups = eng.bind(plan, s.cache)
         write_step(device.queue, eng.step_buffer, np.arange(1, rows + 1), s.n_past, plan.rows)
         enc = device.create_command_encoder()
         for i, (d, g) in enumerate(zip(plan.dispatches, groups)):

@@ -12,7 +12,7 @@ The numpy engine keeps float32 arrays but rounds what it stores exactly as the G
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -96,31 +96,36 @@ class CacheLayout:
 
 @dataclass(eq=False)
 class GpuKVCache:
-    """A sequence's cache buffers on the GPU, and the bind groups plans built over them."""
+    """A sequence's cache buffers on the GPU.
+
+    `give_back` is its engine's: it frees the buffers, and whatever the engine keeps for this cache
+    (bind groups, decode's buffers).
+    """
 
     layout: CacheLayout
     k: list[Any]
     v: list[Any]
     conv: list[Any]
-    free: Callable[[Any], None]
-    bind_groups: dict[int, list[Any]] = field(default_factory=dict)
-    chain: list[Any] = field(default_factory=list)   # GpuEngine.decode's token and readback buffers
+    give_back: Callable[["GpuKVCache"], None]
 
     @classmethod
     def allocate(cls, layout: CacheLayout, create: Callable[[int, str], Any],
-                 free: Callable[[Any], None]) -> "GpuKVCache":
+                 give_back: Callable[["GpuKVCache"], None]) -> "GpuKVCache":
         """Create the buffers (a convolution state is ignored at position 0, so contents do not matter)."""
         k = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.k") for lk in layout.kv]
         v = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.v") for lk in layout.kv]
         conv = [create(4 * c.state_rows * c.channels, f"conv.{c.layer}") for c in layout.conv]
-        return cls(layout, k, v, conv, free)
+        return cls(layout, k, v, conv, give_back)
+
+    def buffers(self) -> list[Any]:
+        """Every buffer the cache holds."""
+        return self.k + self.v + self.conv
 
     def release(self) -> None:
-        """Give the buffers back; the cache then holds nothing of its engine (a session may outlive it)."""
-        for b in self.k + self.v + self.conv + self.chain:
-            self.free(b)
-        self.k, self.v, self.conv, self.bind_groups, self.chain = [], [], [], {}, []
-        self.free = lambda buffer: None
+        """Give everything back to the engine; the cache then holds nothing of it (a session may outlive it)."""
+        give_back, self.give_back = self.give_back, lambda cache: None
+        give_back(self)
+        self.k, self.v, self.conv = [], [], []
 
 
 @dataclass(eq=False)
