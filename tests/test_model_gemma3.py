@@ -73,13 +73,16 @@ def test_f32_copy_matches_llama_cpp(models, ids, f32_path, cache_dir, which):
 def test_greedy_continuations_match_llama_cpp(models, f32_path, cache_dir, which):
     """llama.cpp's 32-token greedy continuation is mdst's iff, fed llama.cpp's tokens, mdst's argmax at every
     step is llama.cpp's next token; one batched pass checks that (real decoding is tested below and in
-    test_generate)."""
+    test_generate). The prompt but its last token only fills the cache: the 262,144-row output matrix is then
+    applied to the 32 rows checked alone."""
     m = models[which]
     same = []
     for prompt in PROMPTS:
         ids = m.tokenize(prompt)
         want = llamacpp.greedy(f32_path, ids, 32, cache_dir).tolist()
-        picks = m.logits(ids + want[:-1])[len(ids) - 1:].argmax(axis=-1).tolist()
+        with m.session() as s:
+            s.prefill(ids[:-1], greedy=True)
+            picks = s.feed(ids[-1:] + want[:-1]).argmax(axis=-1).tolist()
         same.append(picks == want)
     report(f"gemma3 f32-copy {which} greedy 32-token continuations identical to llama.cpp",
            identical=sum(same), of=len(same), per_prompt=same)
@@ -128,8 +131,9 @@ def greedy_decode(m: mdst.Model, ids: list[int], n: int) -> list[int]:
 
 
 def test_generation_past_the_sliding_window(models, f32_path, cache_dir):
-    """A 650-token prompt wraps the 512-position window ring. On the F32 copy the CPU engine's continuation must be
-    llama.cpp's; on the quantized file lavapipe's must be the CPU reference's (same ring, same kernels' math)."""
+    """A 650-token prompt wraps the 512-position window ring: the CPU engine's continuation of it on the F32 copy
+    must be llama.cpp's. (Lavapipe's quantized decode across the ring is checked against the CPU reference on the
+    tiny Gemma 3 of test_families, whose 8-position window wraps within 200 tokens: here it took minutes.)"""
     long_text = TEXT + "\n\n" + TEXT
     m = models["f32_cpu"]
     ids = m.tokenize(long_text)
@@ -138,8 +142,5 @@ def test_generation_past_the_sliding_window(models, f32_path, cache_dir):
     assert ring and all(r < len(ids) + 16 for r in ring)  # the ring really wraps
     want = llamacpp.greedy(f32_path, ids, 16, cache_dir).tolist()
     got = greedy_decode(m, ids, len(want))
-    gpu_q, cpu_q = greedy_decode(models["q_gpu"], ids, 16), greedy_decode(models["q_cpu"], ids, 16)
-    report("gemma3 past the window", prompt_tokens=len(ids), f32_cpu_identical_to_llama_cpp=got == want,
-           q_gpu_identical_to_cpu_reference=gpu_q == cpu_q)
+    report("gemma3 past the window", prompt_tokens=len(ids), f32_cpu_identical_to_llama_cpp=got == want)
     assert got == want
-    assert gpu_q == cpu_q
