@@ -128,8 +128,9 @@ def greedy_decode(m: mdst.Model, ids: list[int], n: int) -> list[int]:
 
 
 def test_generation_past_the_sliding_window(models, f32_path, cache_dir):
-    """A 650-token prompt wraps the 512-position window ring. On the F32 copy the CPU engine's continuation must be
-    llama.cpp's; on the quantized file lavapipe's must be the CPU reference's (same ring, same kernels' math)."""
+    """A 650-token prompt wraps the 512-position window ring: the CPU engine's continuation of it on the F32 copy
+    must be llama.cpp's. (Lavapipe's quantized decode across the ring is checked against the CPU reference on the
+    tiny Gemma 3 of test_families, whose 8-position window wraps within 200 tokens: here it took minutes.)"""
     long_text = TEXT + "\n\n" + TEXT
     m = models["f32_cpu"]
     ids = m.tokenize(long_text)
@@ -138,8 +139,5 @@ def test_generation_past_the_sliding_window(models, f32_path, cache_dir):
     assert ring and all(r < len(ids) + 16 for r in ring)  # the ring really wraps
     want = llamacpp.greedy(f32_path, ids, 16, cache_dir).tolist()
     got = greedy_decode(m, ids, len(want))
-    gpu_q, cpu_q = greedy_decode(models["q_gpu"], ids, 16), greedy_decode(models["q_cpu"], ids, 16)
-    report("gemma3 past the window", prompt_tokens=len(ids), f32_cpu_identical_to_llama_cpp=got == want,
-           q_gpu_identical_to_cpu_reference=gpu_q == cpu_q)
+    report("gemma3 past the window", prompt_tokens=len(ids), f32_cpu_identical_to_llama_cpp=got == want)
     assert got == want
-    assert gpu_q == cpu_q

@@ -37,9 +37,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     ids = list(range(300, 380))  # more than one split of 64 keys at decode
     with mdst.load(smollm2_path, device="gpu", kv_type=kv_type, context_length=256) as g:
         assert g.device_profile.presets.matmul == "tiled"
-        whole = g.logits(ids)
+        # one pass over ids (lavapipe's time goes by rows): a 70-row prefill (tiled matmuls), then one-row steps
         with g.session() as s:
-            s.feed(ids[:70])
+            prefill = s.feed(ids[:70])
             steps = np.concatenate([s.feed([t]) for t in ids[70:]])   # one-row steps: GEMV, split attention
         text = g.generate("The capital of France is", max_tokens=8)
         # q, k and v (all Q4_1) run as one matmul in one-row plans, read back as views
@@ -48,7 +48,7 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     with mdst.load(smollm2_path, device="cpu", kv_type=kv_type, context_length=256) as c:
         ref = c.logits(ids)
         want = c.generate("The capital of France is", max_tokens=8)
-    assert rel_l2(whole, ref) < (1e-3 if kv_type == "f32" else 2e-2)
+    assert rel_l2(prefill, ref[:70]) < (1e-3 if kv_type == "f32" else 2e-2)
     assert rel_l2(steps, ref[70:]) < (1e-3 if kv_type == "f32" else 2e-2)
     assert text == want
 

@@ -7,6 +7,7 @@ and no flash attention, and cache the result beside the F32 copies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,6 +24,13 @@ GGML_TYPE_F32 = 0
 
 def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (hex, first 16 digits)."""
+    st = os.stat(path)
+    return _hash(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash(path: str, size: int, mtime_ns: int) -> str:
+    """file_hash, once per file version: every llama.cpp result is keyed by it (1 GB for Gemma's F32 copy)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
