@@ -1,7 +1,7 @@
 """One-row (decode) attention time over a filled f16/f32 KV cache for each split size and lanes per key. JSON.
 
 Times the attention dispatch plus its merge (what a decode step runs per layer) on model-like head
-shapes, to choose the GPU presets (mdst.device.presets_for) by measurement.
+shapes, to choose the GPU presets (mdst.gpu.device.presets_for) by measurement.
 Usage: python benchmarks/attention_decode.py [--keys 640] [--ring 1024] [--splits 16,32,64] [--lanes 1,4,8,16]
 """
 
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     args = ap.parse_args()
 
-    from mdst.device import open_gpu
+    from mdst.gpu.device import open_gpu
     from mdst.kernels import KernelSpec, PipelineCache
 
     gpu = open_gpu("gpu")

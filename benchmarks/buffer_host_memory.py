@@ -21,7 +21,7 @@ MIB = 1 << 20
 def main() -> None:
     import wgpu
 
-    from mdst.device import resolve
+    from mdst.gpu.device import resolve
 
     gpu = resolve("gpu")
     dev, U = gpu.device, wgpu.BufferUsage

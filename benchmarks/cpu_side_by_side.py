@@ -59,7 +59,7 @@ def main() -> None:
     import numpy as np
 
     import mdst
-    from mdst.bench import bench
+    from mdst.serve.bench import bench
     from mdst.packaged import resolve_model_path
 
     for name in args.models.split(","):

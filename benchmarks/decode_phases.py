@@ -25,8 +25,8 @@ def main() -> None:
     import wgpu
 
     import mdst
-    from mdst.plan import write_step
-    from mdst.native import timestamp_period
+    from mdst.compile.plan import write_step
+    from mdst.gpu.native import timestamp_period
 
     with mdst.load(args.model, device="gpu", context_length=1024) as m:
         eng = m.engine

@@ -91,8 +91,8 @@ class _Upload:
 
 def predict(gpu, f, graphs, context: int, kv_type: str) -> dict:
     """Model's fit prediction: the engine's setup, every plan and a cache on a counting allocator, then dropped."""
-    from mdst.allocator import CountingAllocator
-    from mdst.engine import GpuEngine
+    from mdst.gpu.allocator import CountingAllocator
+    from mdst.runtime.engine import GpuEngine
     from mdst.memory.fit import predict as fit_predict
 
     fit_predict(GpuEngine(CountingAllocator(gpu.profile), f, graphs, context, kv_type))
@@ -118,13 +118,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import mdst
-    from mdst.allocator import GpuAllocator
-    from mdst.device import resolve, resolve_kv_type
-    from mdst.engine import GpuEngine, build_graphs
-    from mdst.gguf import GGUFFile
+    from mdst.gpu.allocator import GpuAllocator
+    from mdst.gpu.device import resolve, resolve_kv_type
+    from mdst.runtime.engine import GpuEngine, build_graphs
+    from mdst.format.gguf import GGUFFile
     from mdst.models import family
     from mdst.packaged import resolve_model_path
-    from mdst.tokenizer import Tokenizer
+    from mdst.text.tokenizer import Tokenizer
 
     path = resolve_model_path(args.model)
     size = os.path.getsize(path)

@@ -53,11 +53,11 @@ def main() -> None:
 
     import wgpu
 
-    from mdst.device import open_gpu
-    from mdst.gguf import GGML_TYPE_BY_NAME
+    from mdst.gpu.device import open_gpu
+    from mdst.format.gguf import GGML_TYPE_BY_NAME
     from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache
-    from mdst.plan import GEMV_WG, gemv_groups, gemv_lanes, gemv_rows, grid1
-    from mdst.testing.random_weights import random_weights
+    from mdst.compile.plan import GEMV_WG, gemv_groups, gemv_lanes, gemv_rows, grid1
+    from mdst.dev.random_weights import random_weights
 
     gpu = open_gpu("gpu")
     dev, u = gpu.device, wgpu.BufferUsage

@@ -1,6 +1,6 @@
 """Prefill and decode speed of models: synthetic shape-faithful presets and the packaged real files. JSON lines.
 
-Each model: `mdst.bench` (pp N, tg M, median of R runs, greedy decode on random token ids).
+Each model: `mdst.serve.bench` (pp N, tg M, median of R runs, greedy decode on random token ids).
 Synthetic files are written once into --cache (mdst synth, Q4_K_M-like mix unless --types).
 Usage: python benchmarks/models.py [--presets gemma3-270m,qwen3-0.6b] [--real smollm2-135m,gemma3-270m]
                                    [--prompt 512] [--gen 128] [--repeat 3] [--device gpu]
@@ -30,8 +30,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import mdst
-    from mdst.bench import bench
-    from mdst.testing import synth
+    from mdst.serve.bench import bench
+    from mdst.dev import synth
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ def rate(gpu, fd: int, file_size: int, buffers: int, chunk: int, threads: int, t
     """GB/s moving `total` bytes: each thread fills its share of the buffers in turn and queues the copies."""
     import wgpu
 
-    from mdst import native
+    from mdst.gpu import native
 
     dev, usage = gpu.device, wgpu.BufferUsage
     staging = [dev.create_buffer(size=chunk, usage=usage.MAP_WRITE | usage.COPY_SRC) for _ in range(buffers)]
@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=256, help="bytes moved per configuration")
     args = ap.parse_args()
 
-    from mdst import native
-    from mdst.device import resolve
+    from mdst.gpu import native
+    from mdst.gpu.device import resolve
 
     if not native.can_map_directly():
         raise SystemExit("this wgpu build lacks the entry points for mapping through wgpu-native")

@@ -25,10 +25,10 @@ def parse_test(test: str) -> tuple[int, int, int]:
 
 
 def mdst_rates(path: Path, tests: list[str], repeat: int) -> dict[str, float]:
-    """tokens/s of each test through mdst.bench, the model loaded for each test with the context it needs
+    """tokens/s of each test through mdst.serve.bench, the model loaded for each test with the context it needs
     (as llama-bench sizes its context per test: mdst's decode attention covers the allocated context)."""
     import mdst
-    from mdst.bench import bench
+    from mdst.serve.bench import bench
 
     out = {}
     for test in tests:
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--cache", default=os.environ.get("MDST_BENCH_CACHE", str(Path.home() / ".cache" / "mdst-bench")))
     args = ap.parse_args()
 
-    from mdst.testing import synth
+    from mdst.dev import synth
 
     builds = dict(item.split("=", 1) for item in args.llama)
     cache = Path(args.cache)

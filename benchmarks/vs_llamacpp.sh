@@ -17,7 +17,7 @@ if [ "$phase" != run ]; then
   bash .device/llamacpp.sh cuda >/dev/null & cuda=$!
   bash .device/llamacpp.sh vulkan >/dev/null & vk=$!
   python3 -c "
-import sys; from pathlib import Path; from mdst.testing import synth
+import sys; from pathlib import Path; from mdst.dev import synth
 cache = Path.home() / '.cache' / 'mdst-bench'; cache.mkdir(parents=True, exist_ok=True)
 for m in sys.argv[1].split(','):
     p = cache / f'{m}-Q4_K_M.gguf'

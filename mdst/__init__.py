@@ -17,7 +17,7 @@ from .errors import DeviceError, GGUFError, MdstError, OutOfMemoryError, Unsuppo
 
 if TYPE_CHECKING:
     from .model import Model, Session
-    from .tokenizer import Tokenizer
+    from .text.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 __all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "UnsupportedModelError",
@@ -42,7 +42,7 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
     precision: deprecated (it only set the KV cache type; DeprecationWarning): "f16" and "f32" mean that kv_type,
         "auto" the default; an error if kv_type disagrees.
     """
-    from .device import kv_type_for_precision
+    from .gpu.device import kv_type_for_precision
     from .model import PRECISION_DEPRECATED, Model
     from .packaged import resolve_model_path
 
@@ -59,6 +59,6 @@ def __getattr__(name: str) -> Any:
         from . import model
         return getattr(model, name)
     if name == "Tokenizer":
-        from .tokenizer import Tokenizer
+        from .text.tokenizer import Tokenizer
         return Tokenizer
     raise AttributeError(f"module 'mdst' has no attribute {name!r}")

@@ -62,7 +62,7 @@ class ProgressBar:
 def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
     """--kv-type, or what the deprecated --precision stands for (said once on stderr); an error if they disagree."""
     if getattr(args, "precision", None) is not None:
-        from .device import kv_type_for_precision
+        from .gpu.device import kv_type_for_precision
 
         print(f"{prog}: warning: --precision is deprecated and will be removed: it only set the KV cache type "
               "(arithmetic is f32); use --kv-type f32|f16|q8_0", file=sys.stderr)
@@ -82,7 +82,7 @@ def _load(args: argparse.Namespace, path: str | None = None) -> Any:
 def _check_generation(max_tokens: int, **sampling: Any) -> None:
     """Reject bad generation options before loading anything (the library's own checks, so the same messages)."""
     from .generate import check_max_tokens
-    from .sampling import SamplingParams
+    from .text.sampling import SamplingParams
 
     check_max_tokens(max_tokens)
     SamplingParams(**sampling)
@@ -126,8 +126,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Talk to a model: each line you type is a user turn; /reset starts over, /exit (or end of input) quits."""
-    from .chat import require_template
-    from .gguf import GGUFFile
+    from .text.chat import require_template
+    from .format.gguf import GGUFFile
     from .packaged import resolve_model_path
 
     _check_generation(args.max_tokens, temperature=args.temperature, seed=args.seed)
@@ -170,7 +170,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Prefill and decode speed, as JSON or one line (and the GPU time per op and layer with --profile)."""
-    from .bench import bench, check_bench_args
+    from .serve.bench import bench, check_bench_args
 
     check_bench_args(args.prompt_tokens, args.gen_tokens, args.repeat)
     model = _load(args)
@@ -205,7 +205,7 @@ def format_profile(p: dict[str, Any]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .gguf import GGUFFile, describe
+    from .format.gguf import GGUFFile, describe
     from .packaged import resolve_model_path
 
     if args.memory:
@@ -257,7 +257,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """The adapters wgpu sees, what `--device auto` chooses and why, and the profile of the GPU it would use."""
     import platform
 
-    from .device import adapters, choose_adapter, open_gpu
+    from .gpu.device import adapters, choose_adapter, open_gpu
 
     print(f"mdst {__version__}, Python {platform.python_version()}, {platform.platform()}")
     found = adapters()
@@ -280,19 +280,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .testing import synth
+    from .dev import synth
 
     return synth.main(args.rest)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import server
+    from .serve import server
 
     return server.main(args.rest)
 
 
 def cmd_oracle(args: argparse.Namespace) -> int:
-    from . import oracle
+    from .dev import oracle
 
     return oracle.main(args.rest)
 

@@ -6,7 +6,7 @@ import codecs
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .sampling import Sampler, SamplingParams
+from .text.sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
     from .model import Model
@@ -91,7 +91,7 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
 
     Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options.
     """
-    from .chat import render, require_template, special_tokens
+    from .text.chat import render, require_template, special_tokens
 
     if template is None:
         template = require_template(model.gguf)

@@ -13,14 +13,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import device as device_mod
-from .allocator import CountingAllocator, GpuAllocator
-from .engine import CpuEngine, GpuEngine, build_graphs
+from .gpu import device as device_mod
+from .gpu.allocator import CountingAllocator, GpuAllocator
+from .runtime.engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
-from .gguf import GGUFFile
+from .format.gguf import GGUFFile
 from .memory import fit, host
 from .models import family
-from .tokenizer import Tokenizer
+from .text.tokenizer import Tokenizer
 
 log = logging.getLogger("mdst")
 
@@ -285,7 +285,7 @@ class Session:
 
     def prefill(self, ids: Sequence[int], greedy: bool = False, draw: Any = None) -> np.ndarray:
         """Append `ids`; returns the last position's logits [vocab], or the next token id: its argmax with
-        greedy=True, or sampled with a `mdst.sampling.Draw` (on the GPU where the kernels cover its settings)."""
+        greedy=True, or sampled with a `mdst.text.sampling.Draw` (on the GPU where the kernels cover its settings)."""
         arr = self.model._check_ids(ids)
         self._room(len(arr))
         out = None

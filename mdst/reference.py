@@ -1,7 +1,7 @@
 """The numpy forward pass: the kernels' oracle and the CPU fallback behind device="cpu".
 
 Each function below is the plain float32 definition of what a kernel computes; each op class of
-`mdst.ops` evaluates with them, and `run` executes a recorded graph (mdst.graph) op by op,
+`mdst.ir.ops` evaluates with them, and `run` executes a recorded graph (mdst.ir.graph) op by op,
 including the same ring-buffer KV cache as the GPU.
 """
 
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .quants import dequantize
+from .format.quants import dequantize
 
 if TYPE_CHECKING:
-    from .graph import Graph, Node
-    from .ops import AttentionSpec, ConvSpec, RopeSpec
+    from .ir.graph import Graph, Node
+    from .ir.ops import AttentionSpec, ConvSpec, RopeSpec
 
 # ---- ops ----------------------------------------------------------------------------------------
 

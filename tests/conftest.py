@@ -57,7 +57,7 @@ def gemma_path() -> str:
 @pytest.fixture(scope="session")
 def gpu():
     """An open WebGPU device (lavapipe in CI)."""
-    from mdst.device import open_gpu
+    from mdst.gpu.device import open_gpu
     g = open_gpu("gpu")
     need(g is not None, "no WebGPU adapter (install mesa-vulkan-drivers)")
     return g

@@ -610,7 +610,7 @@ def judge(path: str, llama: LlamaGGUF, phase: Callable[[str], None]) -> dict:
     """Open `path` with llama.cpp, then with mdst (`phase` announces each); say how they disagree if mdst loads it.
     llama.cpp goes first so that nothing mdst leaves behind can starve it of memory."""
     from mdst.errors import GGUFError
-    from mdst.gguf import GGUFFile
+    from mdst.format.gguf import GGUFFile
 
     result: dict[str, Any] = {"problems": []}
     size = os.path.getsize(path)
@@ -657,7 +657,7 @@ def worker_main() -> None:
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever a library or a crash handler prints goes to stderr, not into the answers
     sys.path.insert(0, str(REPO))
-    import mdst.gguf  # noqa: F401 - imported before the limit, like everything the worker needs
+    import mdst.format.gguf  # noqa: F401 - imported before the limit, like everything the worker needs
     llama = LlamaGGUF()
     limit = _address_space_in_use() + WORKER_ADDRESS_SPACE
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

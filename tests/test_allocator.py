@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import mdst
-from mdst import allocator as allocator_mod
-from mdst.allocator import CountingAllocator, GpuAllocator
-from mdst.device import DeviceProfile
+from mdst.gpu import allocator as allocator_mod
+from mdst.gpu.allocator import CountingAllocator, GpuAllocator
+from mdst.gpu.device import DeviceProfile
 
 REQUESTS = [(1024, "w.a", "weights", "storage"), (256, "params", "params", "uniform"),
             (4096, "staging", "staging", "map_read"), (512, "w.b", "weights", "storage")]

@@ -64,7 +64,7 @@ def test_packaged_short_name_and_cpu_kv_type(smollm2_path):
 def test_default_kv_type_follows_shader_f16():
     from types import SimpleNamespace
 
-    from mdst.device import resolve_kv_type
+    from mdst.gpu.device import resolve_kv_type
 
     def gpu(f16):
         return SimpleNamespace(profile=SimpleNamespace(shader_f16=f16, name="test adapter"))
@@ -81,7 +81,7 @@ def test_default_kv_type_follows_shader_f16():
     ("auto", "q8_0", "q8_0"), ("f16", "f16", "f16"), ("f32", "f32", "f32"),
 ])
 def test_deprecated_precision_maps_to_kv_type(precision, kv_type, want):
-    from mdst.device import kv_type_for_precision
+    from mdst.gpu.device import kv_type_for_precision
 
     assert kv_type_for_precision(precision, kv_type) == want
 

@@ -19,7 +19,7 @@ from conftest import need
 from metrics import report
 from test_oracle import PRESETS, tampered, write_oracles
 
-from mdst import oracle
+from mdst.dev import oracle
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -1,4 +1,4 @@
-"""Hostile chat templates end in TemplateError within mdst.chat's bounds: no escape, hang or memory blow-up.
+"""Hostile chat templates end in TemplateError within mdst.text.chat's bounds: no escape, hang or memory blow-up.
 
 Each template runs in a worker process under an address-space limit, which reports how long the render took
 and how much its resident memory grew (Linux's VmHWM, reset before each case); a runaway allocation there is a
@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from conftest import need
-from mdst import chat
-from mdst.chat import LIMITS, TemplateError, render, require_template, template_from_gguf
-from mdst.gguf import GGUFFile
+from mdst.text import chat
+from mdst.text.chat import LIMITS, TemplateError, render, require_template, template_from_gguf
+from mdst.format.gguf import GGUFFile
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_ADDRESS_SPACE_MARGIN = 2 << 30  # on top of the worker's size after imports
@@ -37,7 +37,7 @@ MAX_PEAK_MIB = 256                     # resident growth allowed for one render 
 # Runs in the worker: one JSON request per line in, one JSON result per line out.
 WORKER = r"""
 import dataclasses, json, resource, sys, time
-from mdst import chat
+from mdst.text import chat
 
 DEFAULT_LIMITS = chat.LIMITS
 

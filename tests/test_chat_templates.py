@@ -1,4 +1,4 @@
-"""mdst.chat.render against transformers' apply_chat_template(..., tokenize=False), template by template.
+"""mdst.text.chat.render against transformers' apply_chat_template(..., tokenize=False), template by template.
 
 Every template llama.cpp keeps in models/templates is rendered on the same conversations (system + user,
 multi-turn, tool definitions, tool calls and results, reasoning, content parts, documents, with and without
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import need
-from mdst import chat
-from mdst.chat import TemplateError, render, special_tokens, template_from_gguf
-from mdst.gguf import GGUFFile
+from mdst.text import chat
+from mdst.text.chat import TemplateError, render, special_tokens, template_from_gguf
+from mdst.format.gguf import GGUFFile
 
 DATA = Path(__file__).parent / "data" / "chat"
 

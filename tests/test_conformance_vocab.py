@@ -1,4 +1,4 @@
-"""llama.cpp's tokenizer test vocabularies (models/ggml-vocab-*.gguf) through mdst.tokenizer.
+"""llama.cpp's tokenizer test vocabularies (models/ggml-vocab-*.gguf) through mdst.text.tokenizer.
 
 Each vocabulary with `.inp`/`.out` files must give the recorded ids for every case, read as
 llama.cpp's tests/test-tokenizer-0.cpp reads them: cases separated by "\\n__ggml_vocab_test__\\n",
@@ -20,8 +20,8 @@ from metrics import report
 from test_tokenizer import encode_mismatches, generated_strings, llama_detokenize, llama_eog_ids
 
 from mdst.errors import UnsupportedModelError
-from mdst.gguf import GGUFFile
-from mdst.tokenizer import _PRE_TYPES, Tokenizer
+from mdst.format.gguf import GGUFFile
+from mdst.text.tokenizer import _PRE_TYPES, Tokenizer
 
 CASE_SEPARATOR = "\n__ggml_vocab_test__\n"
 WITH_CASES = ["bert-bge", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2", "llama-bpe",

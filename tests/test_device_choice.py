@@ -8,7 +8,7 @@ import pytest
 
 import mdst
 from conftest import need
-from mdst import device
+from mdst.gpu import device
 
 
 class FakeAdapter:

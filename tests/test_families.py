@@ -1,6 +1,6 @@
 """The generated-model families (llama, qwen3, mistral3, lfm2, gemma3) against llama.cpp and the CPU reference.
 
-Tiny random-weight files from mdst.testing.synth exercise each family's features within the tested
+Tiny random-weight files from mdst.dev.synth exercise each family's features within the tested
 positions (sliding windows, YaRN and the attention temperature, short convolutions). Exactness is
 judged in two steps, as for the real models: the architecture on F32 files against llama.cpp, and
 the kernels on quantized files against mdst's own CPU reference (llama.cpp's quantized path rounds
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import mdst
-from mdst.gguf import GGUFFile
-from mdst.testing import kquants, llamacpp, synth
+from mdst.format.gguf import GGUFFile
+from mdst.dev import kquants, llamacpp, synth
 from metrics import agreement, rel_l2, report
 
 PRESETS = ("llama-tiny", "qwen3-tiny", "ministral3-tiny", "lfm2-tiny", "gemma3-tiny")

@@ -1,6 +1,6 @@
 """Faults: allocation failure at load, a lost device, a step past its deadline, interrupts, threads.
 
-Allocation failures are injected through mdst.allocator.allocation_fault (a software adapter cannot be made
+Allocation failures are injected through mdst.gpu.allocator.allocation_fault (a software adapter cannot be made
 to run out of memory on demand), and so is a weight copy that never finishes; the rest are real.
 """
 
@@ -11,8 +11,8 @@ import threading
 import pytest
 
 import mdst
-from mdst import allocator as allocator_mod
-from mdst import engine as engine_mod
+from mdst.gpu import allocator as allocator_mod
+from mdst.runtime import engine as engine_mod
 
 PROMPT = "The capital of France is"
 
@@ -105,7 +105,7 @@ def test_a_weight_copy_past_its_deadline_raises_and_the_model_recovers(smollm2_p
     """A paged step whose weight copy never finishes raises DeviceError; the next step copies through
     fresh staging buffers. Injected: the staging buffer's mapping is started and never completes, as
     on a hung device."""
-    from mdst import native
+    from mdst.gpu import native
 
     with mdst.load(smollm2_path, device="gpu", context_length=128) as full:
         limit = full.predicted.total - 40 * 2**20

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import mdst
-from mdst.chat import TemplateError
+from mdst.text.chat import TemplateError
 from mdst.generate import TextStream
-from mdst.sampling import Sampler, SamplingParams
+from mdst.text.sampling import Sampler, SamplingParams
 
 GEMMA_TEMPLATE = (Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja").read_text()
 
@@ -191,7 +191,7 @@ def test_chat_gemma3_with_a_given_template(gemma_path, gpu):
             g.chat([{"role": "user", "content": "Hi"}])
         reply = g.chat([{"role": "user", "content": "Hi"}], template=GEMMA_TEMPLATE, max_tokens=6)
         assert isinstance(reply, str)
-        ids = g.tokenize(mdst.chat.render(GEMMA_TEMPLATE, [{"role": "user", "content": "Hi"}], bos_token="<bos>",
+        ids = g.tokenize(mdst.text.chat.render(GEMMA_TEMPLATE, [{"role": "user", "content": "Hi"}], bos_token="<bos>",
                                           eos_token="<eos>"), add_bos=False)
         assert ids[0] == g.tokenizer.bos_id and ids[1] != g.tokenizer.bos_id  # one BOS, from the template
         assert g.last_stats["prompt_tokens"] == len(ids)

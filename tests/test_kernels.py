@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from mdst import reference
-from mdst.ops import AttentionSpec, ConvSpec, RopeSpec
+from mdst.ir.ops import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
-from mdst.gguf import GGML_TYPE_BY_NAME
-from mdst.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.plan import GEMV_WG, gemm_groups, gemv_groups, step_words
-from mdst.quants import dequantize
+from mdst.format.gguf import GGML_TYPE_BY_NAME
+from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
+from mdst.compile.plan import GEMV_WG, gemm_groups, gemv_groups, step_words
+from mdst.format.quants import dequantize
 from metrics import rel_l2
-from mdst.testing.random_weights import awkward_k, random_weights
+from mdst.dev.random_weights import awkward_k, random_weights
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
 def test_gemv_step_units_come_from_the_wgsl():
     # the plan sizes lanes by the units of a type's own step, which each step declares (UNIT)
     from mdst.kernels import TYPE_STEPS, wgsl_const
-    from mdst.plan import GEMV_MAX_ROWS, GEMV_UNIT
+    from mdst.compile.plan import GEMV_MAX_ROWS, GEMV_UNIT
 
     assert set(GEMV_UNIT) == set(TYPE_STEPS["matmul_row"])
     assert GEMV_UNIT["Q8_0"] == 16 and GEMV_UNIT["Q4_K"] == 32
@@ -352,14 +352,14 @@ def test_argmax_over_parts_and_slices(run, rng):
     np.testing.assert_array_equal(ids, reference.argmax(full))
 
 def draw_of(rng, **settings) -> "Draw":
-    from mdst.sampling import Draw, SamplingParams
+    from mdst.text.sampling import Draw, SamplingParams
     tokens = settings.pop("tokens", ())
     params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
     return Draw(params, float(np.float32(rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
 
 
 def test_penalize(run, rng):
-    from mdst.sampling import Sampler
+    from mdst.text.sampling import Sampler
     cols, col0 = 3000, 1000
     full = (rng.standard_normal(cols + col0) * 3).astype(np.float32)
     tokens = (5, 999, 1000, 1003, 2500, 3999)  # some before this part
@@ -397,7 +397,7 @@ def test_topk(run, rng):
 @pytest.mark.parametrize("settings", [{}, {"top_k": 5}, {"top_p": 0.5}, {"min_p": 0.2}, {"temperature": 2.5},
                                       {"top_k": 64, "top_p": 0.9, "min_p": 0.05, "temperature": 0.3}])
 def test_sample_matches_the_host_chain(run, rng, settings):
-    from mdst.sampling import Sampler
+    from mdst.text.sampling import Sampler
     cols = 3000
     x = (rng.standard_normal(cols) * 2).astype(np.float32)
     hits = 0

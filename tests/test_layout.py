@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mdst.errors import UnsupportedModelError
-from mdst.gguf import GGML_TYPE_BY_NAME, TensorInfo
-from mdst.graph import Graph, build
+from mdst.format.gguf import GGML_TYPE_BY_NAME, TensorInfo
+from mdst.ir.graph import Graph, build
 from mdst.memory.layout import PAGE_SLOTS, WeightLayout, padded, plan_layout
 
 D, FFN, VOCAB = 64, 128, 256

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import mdst
-from mdst.gguf import GGUFFile
+from mdst.format.gguf import GGUFFile
 from mdst.memory.fit import parse_bytes
 from mdst.memory.pool import size_class
-from mdst.testing import synth
+from mdst.dev import synth
 from load_memory import rss_by_mapping
 from metrics import rel_l2, report
 
@@ -259,7 +259,7 @@ def test_file_reads_match_the_mapping_and_leave_it_untouched(smollm2_path):
 
 def test_uploads_through_wgpu_py_mapping_give_the_same_model(smollm2_path, gpu, monkeypatch):
     """The fallback for wgpu builds without the native entry points uploads the same bytes."""
-    from mdst import native
+    from mdst.gpu import native
 
     def not_here(*args: object) -> None:
         raise AssertionError("the fallback must not map through wgpu-native")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mdst
-from mdst.testing import llamacpp
+from mdst.dev import llamacpp
 from metrics import agreement, rel_l2, report
 
 TEXT = (Path(__file__).parent / "data" / "english.txt").read_text()

@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mdst import ops, reference
-from mdst.fusion import fuse
-from mdst.gguf import GGUFFile
-from mdst.graph import build
+from mdst.ir import ops
+from mdst import reference
+from mdst.ir.fusion import fuse
+from mdst.format.gguf import GGUFFile
+from mdst.ir.graph import build
 from mdst.memory.kv_cache import CacheLayout, CpuKVCache
 from mdst.memory.layout import glu_pairs, run_name, sibling_runs
 from mdst.models import family
-from mdst.plan import LOWERINGS
-from mdst.testing import synth
+from mdst.compile.plan import LOWERINGS
+from mdst.dev import synth
 
 PRESETS = ("llama-tiny", "qwen3-tiny", "ministral3-tiny", "lfm2-tiny", "gemma3-tiny")
 

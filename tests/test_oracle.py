@@ -14,7 +14,7 @@ import pytest
 from conftest import need
 from metrics import report
 
-from mdst import oracle
+from mdst.dev import oracle
 from mdst.kernels import TYPE_STEPS, WEIGHT_TYPES, compose, pack_params, param_fields, read, variant
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ PRESETS = {"llama-tiny": EVERY_TYPE, "gemma3-tiny": "Q4_K_M", "lfm2-tiny": "Q8_0
 
 def write_oracles(root: Path) -> dict[str, Path]:
     """An oracle directory per preset under root."""
-    from mdst.testing import synth
+    from mdst.dev import synth
 
     out = {}
     for preset, types in PRESETS.items():

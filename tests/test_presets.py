@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 import mdst
-from mdst.device import presets_for
-from mdst.gguf import GGUFFile
+from mdst.gpu.device import presets_for
+from mdst.format.gguf import GGUFFile
 from metrics import rel_l2
 
 
 @pytest.fixture
 def gpu_presets(monkeypatch, gpu, request):
     """Make every adapter opened in the test use the hardware presets (with the changes of an indirect param)."""
-    from mdst import device
+    from mdst.gpu import device
 
     real = device.open_gpu
     changes = getattr(request, "param", {})
@@ -59,7 +59,7 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
 @pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}, {"attention_splits": 1}], indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
     # Q4_K and Q6_K have GEMV steps of their own (quant/<TYPE>.matmul_row.wgsl): run them inside a model
-    from mdst.testing import synth
+    from mdst.dev import synth
 
     path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
     with GGUFFile(path) as f:
@@ -74,7 +74,7 @@ def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
 
 
 def test_preset_overrides_are_checked():
-    from mdst.device import Presets, with_overrides
+    from mdst.gpu.device import Presets, with_overrides
 
     base = Presets("tiled", 64, 4)
     assert with_overrides(base, "attention_split=16, attention_lanes=8") == Presets("tiled", 16, 8)
@@ -89,7 +89,7 @@ def test_preset_overrides_are_checked():
 
 
 def test_gemv_rows_keep_short_matrices_busy():
-    from mdst.plan import GEMV_MAX_ROWS, gemv_groups, gemv_rows
+    from mdst.compile.plan import GEMV_MAX_ROWS, gemv_groups, gemv_rows
 
     pre = presets_for(software=False)
     assert (pre.gemv_lanes, pre.gemv_rows, pre.gemv_threads) == (64, 4, 65536)

@@ -18,8 +18,8 @@ import pytest
 from gguf import GGUFValueType as V
 
 import mdst
-from mdst.gguf import GGUFFile
-from mdst.testing import llamacpp, synth
+from mdst.format.gguf import GGUFFile
+from mdst.dev import llamacpp, synth
 from metrics import agreement, rel_l2, report
 from test_families import generator_version
 from test_tokenizer import llama_detokenize

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 import mdst
-from mdst import engine as engine_mod
-from mdst import plan as plan_mod
-from mdst.testing import synth
+from mdst.runtime import engine as engine_mod
+from mdst.compile import plan as plan_mod
+from mdst.dev import synth
 
 PROMPT = list(range(300, 316))   # byte, merge and special ids: every tiny vocab has them
 

@@ -19,7 +19,7 @@ import uvicorn
 
 import mdst
 from mdst.errors import MdstError
-from mdst.server import create_app, main
+from mdst.serve.server import create_app, main
 
 GEMMA_TEMPLATE = Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja"
 PROMPT = "The capital of France is"
@@ -371,7 +371,7 @@ def test_main_serves_until_interrupted(smollm2_path, gpu):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, mdst.server; sys.exit(mdst.server.main(sys.argv[1:]))",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, mdst.serve.server; sys.exit(mdst.serve.server.main(sys.argv[1:]))",
                              smollm2_path, "--port", str(port), "--device", "gpu", "--context", "128",
                              "--name", "tiny"], stderr=subprocess.PIPE, text=True)
     try:

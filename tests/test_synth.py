@@ -7,9 +7,9 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
-from mdst.gguf import GGUFFile
-from mdst.testing import synth
-from mdst.testing.kquants import RANDOM_BLOCK_TYPES, random_blocks
+from mdst.format.gguf import GGUFFile
+from mdst.dev import synth
+from mdst.dev.kquants import RANDOM_BLOCK_TYPES, random_blocks
 
 TINY = ["llama-tiny", "qwen3-tiny", "gemma3-tiny", "lfm2-tiny", "ministral3-tiny"]
 N_POS = 32

@@ -1,4 +1,4 @@
-"""mdst.tokenizer against llama.cpp on the packaged models, and its checks on broken vocabularies.
+"""mdst.text.tokenizer against llama.cpp on the packaged models, and its checks on broken vocabularies.
 
 SmolLM2 has a byte-level BPE vocabulary (tokenizer.ggml.pre "smollm"), Gemma 3 a SentencePiece one.
 Ids, detokenized text, single-token pieces, BOS/EOS flags and end-of-generation ids must all be
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mdst.errors import GGUFError, UnsupportedModelError
-from mdst.gguf import GGUFFile
-from mdst.tokenizer import Tokenizer
+from mdst.format.gguf import GGUFFile
+from mdst.text.tokenizer import Tokenizer
 
 STRINGS = json.loads((Path(__file__).parent / "data" / "tokenizer" / "strings.json").read_text(encoding="utf-8"))
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mdst import kernels, plan, sampling
+from mdst import kernels
+from mdst.compile import plan
+from mdst.text import sampling
 from mdst.kernels import wgsl_const
 from mdst.memory.kv_cache import KV_TYPES
-from mdst.sampling import Draw, SamplingParams
+from mdst.text.sampling import Draw, SamplingParams
 
 
 def test_python_values_are_the_wgsl_consts():
@@ -85,7 +87,8 @@ def patched(path):
         text = text.replace(a, b)
     return text
 K.read = patched
-from mdst import plan, sampling
+from mdst.compile import plan
+from mdst.text import sampling
 w = sampling.Draw(sampling.SamplingParams(repeat_penalty=2.0), 0.5, (7,), (3,)).encode()
 print(json.dumps([plan.MAX_GROUPS, plan.TOPK_SLICE, plan.ARGMAX_SLICE, plan.GEMM_TILE, plan.GPU_TOP_K,
                   sampling.GPU_TOP_K, sampling.DRAW_WORDS, len(w) // 4, int.from_bytes(w[80:84], "little")]))

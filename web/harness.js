@@ -1,13 +1,13 @@
 // Runs an mdst oracle directory (README.md in this folder documents it) through navigator.gpu:
 // every kernel case, then the replay of one decode step. Returns the same report as Python's
-// mdst.oracle.check() does for wgpu-native. No dependencies, no bundler.
+// mdst.dev.oracle.check() does for wgpu-native. No dependencies, no bundler.
 
 import { compose, kernelFiles, packParams, paramFields, variant } from "./kernels.js";
 
 const COMPILER = "tint"; // browsers compile WGSL with Tint (Chromium) or Naga (Firefox); the
 // transform keeps `enable subgroups;` for Tint, which needs it.
 
-// ---- comparison: the same rule as mdst.oracle.compare --------------------------------------
+// ---- comparison: the same rule as mdst.dev.oracle.compare --------------------------------------
 export function compare(actual, expect, dtype, rule) {
   if (actual.byteLength !== expect.byteLength) {
     return { ok: false, error: `${actual.byteLength} bytes, expected ${expect.byteLength}` };

@@ -57,7 +57,7 @@ const STEP_ROWS: u32 = 1u;
 const STEP_TOKENS: u32 = 4u;
 
 // The draw buffer (`draw`, array<u32>) of a sampled step, written by the host with the step
-// (mdst.sampling.Draw.encode): settings as f32/u32 words, then the distinct recent tokens and
+// (mdst.text.sampling.Draw.encode): settings as f32/u32 words, then the distinct recent tokens and
 // their counts for the repetition penalties.
 const DRAW_TEMPERATURE: u32 = 0u;
 const DRAW_TOP_P: u32 = 1u;

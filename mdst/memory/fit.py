@@ -1,7 +1,7 @@
 """Fit planning: the GPU bytes a model will request, predicted before anything is allocated.
 
 The prediction runs the engine's own setup (weight upload, every plan it can compile, one
-sequence's cache) on a counting allocator (mdst.allocator) that records each buffer request and
+sequence's cache) on a counting allocator (mdst.gpu.allocator) that records each buffer request and
 allocates nothing, so it follows the real code path rather than a formula beside it.
 """
 

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..graph import Graph
-from ..ops import AttentionSpec, ConvSpec
-from ..quants import kv_row_bytes
+from ..ir.graph import Graph
+from ..ir.ops import AttentionSpec, ConvSpec
+from ..format.quants import kv_row_bytes
 
 # kv_type -> (kernel format, f16 variant)
 KV_TYPES = {"f32": ("F", False), "f16": ("F", True), "q8_0": ("Q8_0", False)}

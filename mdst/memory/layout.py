@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedModelError
-from ..fusion import plain_matmul, uses
-from ..graph import Graph
-from ..ops import Glu
+from ..ir.fusion import plain_matmul, uses
+from ..ir.graph import Graph
+from ..ir.ops import Glu
 
 PAGE_SLOTS = 2   # slot buffers paged parts take turns in
 

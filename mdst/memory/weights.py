@@ -18,8 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DeviceError
-from ..gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
-from ..quants import dequantize
+from ..format.gguf import GGML_TYPE_BY_NAME, GGMLType, GGUFFile
+from ..format.quants import dequantize
 from .layout import WeightLayout, padded, run_name
 
 UPLOAD_CHUNK = 2 << 20   # bytes per upload: one of two mapped staging buffers, copied on the GPU

@@ -9,8 +9,8 @@ import numpy as np
 import math
 
 from ..errors import GGUFError, UnsupportedModelError
-from ..gguf import GGUFFile
-from ..ops import RopeSpec
+from ..format.gguf import GGUFFile
+from ..ir.ops import RopeSpec
 
 _REQUIRED = object()
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GGUFError, UnsupportedModelError
-from ..gguf import GGUFFile
-from ..graph import Builder
-from ..ops import AttentionSpec, RopeSpec
+from ..format.gguf import GGUFFile
+from ..ir.graph import Builder
+from ..ir.ops import AttentionSpec, RopeSpec
 from .base import Meta, output_weight, rope_from_gguf
 
 

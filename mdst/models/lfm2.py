@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
-from ..gguf import GGUFFile
-from ..graph import Builder
-from ..ops import AttentionSpec, ConvSpec, RopeSpec
+from ..format.gguf import GGUFFile
+from ..ir.graph import Builder
+from ..ir.ops import AttentionSpec, ConvSpec, RopeSpec
 from .base import Meta, output_weight, rope_from_gguf
 
 

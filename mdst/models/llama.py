@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf import GGUFFile
-from ..graph import Builder
-from ..ops import AttentionSpec, RopeSpec
+from ..format.gguf import GGUFFile
+from ..ir.graph import Builder
+from ..ir.ops import AttentionSpec, RopeSpec
 from .base import Meta, output_weight, rope_from_gguf
 
 

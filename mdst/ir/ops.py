@@ -1,6 +1,6 @@
 """The ops a recorded graph is made of: one small class per op, owning its shape rule and its numpy
 reference (the math itself is in `mdst.reference`). The compiler lowers each class to its kernel
-(`mdst.plan`); fusion (`mdst.fusion`) produces the fused forms, which have references too.
+(`mdst.compile.plan`); fusion (`mdst.ir.fusion`) produces the fused forms, which have references too.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
-from . import reference
-from .quants import round_rows
-from .reference import Step
+from .. import reference
+from ..format.quants import round_rows
+from ..reference import Step
 
 if TYPE_CHECKING:
     from .graph import Value

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ..model import Model
 
 
 def decode_weight_bytes(model: "Model") -> int:

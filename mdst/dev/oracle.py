@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .plan import step_words
+from ..compile.plan import step_words
 
 FORMAT = "mdst-oracle"
 VERSION = 1
@@ -178,7 +178,7 @@ class CaseBuilder:
             raise ValueError(f"{spec.key()}: oracles hold f32 specializations (the browser may lack shader-f16)")
         make = getattr(self, f"_{spec.name}", None)
         if make is None:
-            raise NotImplementedError(f"mdst.oracle has no case builder for kernel {spec.name!r}; add one")
+            raise NotImplementedError(f"mdst.dev.oracle has no case builder for kernel {spec.name!r}; add one")
         return make(spec, uses)
 
     # -- data
@@ -188,7 +188,7 @@ class CaseBuilder:
     def weight(self, wtype: str, rows: int, max_cols: int) -> tuple[np.ndarray, np.ndarray, int, str]:
         """Raw bytes, dequantized values and row bytes of `rows` rows of a model tensor of type `wtype`,
         cut to at most max_cols columns on a block boundary; and where they came from."""
-        from .quants import dequantize
+        from ..format.quants import dequantize
 
         tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) == 2]
         if not tensors:
@@ -206,7 +206,7 @@ class CaseBuilder:
 
     # -- one builder per kernel (named after the .wgsl file); shapes as in tests/test_kernels.py
     def _get_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
+        from ..kernels.runner import Out
         vocab, n = 37, 9
         raw, table, row_bytes, src = self.weight(spec.wtype, vocab, _awkward_k(spec.wtype))
         cols = table.shape[1]
@@ -227,7 +227,7 @@ class CaseBuilder:
         """A matmul case with the fusions `spec` turns on (NORM, GLU, RES): the bindings before the
         output, the residual and norm weight after it, the expected Y [m, 87] (columns 3.. of 77 rows),
         the parameters and a description."""
-        from . import reference
+        from .. import reference
         c = spec.constants_dict()
         glu, norm, res = int(c.get("GLU", 0)), bool(c.get("NORM", False)), bool(c.get("RES", False))
         n, o0, stride = 77, 3, 87
@@ -247,8 +247,8 @@ class CaseBuilder:
         return [buf, x, r, g], want, params, about
 
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
-        from .plan import gemv_groups
+        from ..kernels.runner import Out
+        from ..compile.plan import gemv_groups
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, 1)
         params["o0"] = 0
         want = np.concatenate([want[0, 3:80], _poisoned((3,))])   # one row: y[0:77]
@@ -258,8 +258,8 @@ class CaseBuilder:
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
-        from .plan import gemm_groups
+        from ..kernels.runner import Out
+        from ..compile.plan import gemm_groups
         m = 45
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
         del params["eps"]
@@ -268,7 +268,7 @@ class CaseBuilder:
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
+        from ..kernels.runner import Out
         c = spec.constants_dict()
         wg, rr = int(c.get("WG", 64)), int(c.get("R", 1))
         m = 2 * rr + 1
@@ -278,9 +278,9 @@ class CaseBuilder:
                      [Expect("f32", _within(1e-5), want)])]
 
     def _rms_norm(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .kernels.runner import Out
-        from .plan import grid1
+        from .. import reference
+        from ..kernels.runner import Out
+        from ..compile.plan import grid1
         eps = float(uses[0].params["eps"])
         out = []
         add = bool(spec.constants_dict().get("ADD", False))
@@ -294,8 +294,8 @@ class CaseBuilder:
         return out
 
     def _rope(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .kernels.runner import Out
+        from .. import reference
+        from ..kernels.runner import Out
         heads, rows, pos0 = 3, 5, 1000
         out, seen = [], set()
         for d in uses:
@@ -315,8 +315,8 @@ class CaseBuilder:
         return out
 
     def _attention_merge(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .kernels.runner import Out
+        from .. import reference
+        from ..kernels.runner import Out
         out = []
         for d in uses[:1]:
             heads, hd, splits = int(d.params["heads"]), int(d.params["head_dim"]), 5
@@ -334,8 +334,8 @@ class CaseBuilder:
         return out
 
     def _rope_store(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .kernels.runner import Out
+        from .. import reference
+        from ..kernels.runner import Out
         if spec.kv != "F":
             raise ValueError(f"{spec.key()}: oracles hold f32 cache formats")
         rows, n_rows, pos0, ring = 3, 2, 40, 45
@@ -362,8 +362,8 @@ class CaseBuilder:
         return out
 
     def _kv_store(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .quants import encode_rows, kv_row_bytes
-        from .kernels.runner import Out
+        from ..format.quants import encode_rows, kv_row_bytes
+        from ..kernels.runner import Out
         kv_type = _kv_type(spec)
         kv_dim, ring, rows, n_rows = 96, 11, 6, 5
         pos0 = 2 * ring - 2  # wraps around the ring; the last row is padding
@@ -381,10 +381,10 @@ class CaseBuilder:
                      [Expect("u8", _exact(), wk), Expect("u8", _exact(), wv)])]
 
     def _attention(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .ops import AttentionSpec
-        from .kernels.runner import Out
-        from .quants import decode_rows, encode_rows
+        from .. import reference
+        from ..ir.ops import AttentionSpec
+        from ..kernels.runner import Out
+        from ..format.quants import decode_rows, encode_rows
         rows, n_rows = 5, 4
         out = []
         for d, p in _distinct(uses, ignore="ring"):
@@ -419,17 +419,17 @@ class CaseBuilder:
         return out
 
     def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
-        from .plan import grid1
+        from ..kernels.runner import Out
+        from ..compile.plan import grid1
         n, op = 1013, int(spec.constants_dict().get("OP", 0))
         a, b = self.normal(n), self.normal(n)
         return [Case(f"{n} elements, {'a * b' if op else 'a + b'}", spec, [a, b, Out(4 * n)], {"n": n},
                      grid1(-(-n // 64)), [Expect("f32", _exact(), a * b if op else a + b)])]
 
     def _glu(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .kernels.runner import Out
-        from .plan import grid1
+        from .. import reference
+        from ..kernels.runner import Out
+        from ..compile.plan import grid1
         n, act = 1013, int(spec.constants_dict().get("ACT", 1))
         g, u = self.normal(n, scale=4.0), self.normal(n)
         g[:4] = [-200.0, 200.0, -30.0, 30.0]  # saturation must stay finite
@@ -437,14 +437,14 @@ class CaseBuilder:
                      [Expect("f32", _within(1e-5), reference.glu(g, u, {1: "silu", 2: "gelu_tanh"}[act]))])]
 
     def _take_row(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
+        from ..kernels.runner import Out
         rows, n_rows, cols = 8, 5, 101
         x = self.normal(rows, cols)
         return [Case(f"row {n_rows - 1} of {rows}", spec, [step_words(0, n_rows, rows=rows), x, Out(cols * 4)],
                      {"cols": cols}, (-(-cols // 64), 1, 1), [Expect("f32", _exact(), x[n_rows - 1])])]
 
     def _argmax(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
+        from ..kernels.runner import Out
         out = []
         for rows, cols, slice0, slices, col0 in [(3, 9000, 1, 5, 1000), (1, 37, 0, 1, 0)]:
             x = self.normal(rows, cols)
@@ -461,14 +461,14 @@ class CaseBuilder:
         return out
 
     def _draw(self, **settings: Any) -> Any:
-        from .sampling import Draw, SamplingParams
+        from ..text.sampling import Draw, SamplingParams
         tokens = settings.pop("tokens", ())
         params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
         return Draw(params, float(np.float32(self.rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
 
     def _penalize(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
-        from .sampling import Sampler
+        from ..kernels.runner import Out
+        from ..text.sampling import Sampler
         cols, col0 = 3000, 1000
         full = self.normal(cols + col0, scale=3.0)
         draw = self._draw(tokens=(5, 999, 1000, 1003, 2500, 3999), repeat_penalty=1.3, presence_penalty=0.2,
@@ -491,7 +491,7 @@ class CaseBuilder:
         return np.stack(out)
 
     def _topk(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
+        from ..kernels.runner import Out
         cols, col0, k = 5000, 700, 64
         x = self.normal(cols)
         x[[3, 10, 2100]] = 9.0   # ties, within a slice and across slices
@@ -502,8 +502,8 @@ class CaseBuilder:
                       "slice0": 0}, (len(want), 1, 1), [Expect("u32", _exact(), want)])]
 
     def _sample(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
-        from .sampling import Sampler
+        from ..kernels.runner import Out
+        from ..text.sampling import Sampler
         x = self.normal(3000, scale=2.0)
         out = []
         for settings in ({}, {"top_p": 0.5, "temperature": 1.5}, {"top_k": 64, "min_p": 0.05, "temperature": 0.3}):
@@ -516,7 +516,7 @@ class CaseBuilder:
         return out
 
     def _argmax_merge(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from .kernels.runner import Out
+        from ..kernels.runner import Out
         rows, slices = 70, 3
         x = [self.normal(rows, 100) for _ in range(slices)]
         x[1][0, 5] = x[2][0, 7] = 50.0   # a tie across slices: the earlier slice wins
@@ -530,9 +530,9 @@ class CaseBuilder:
                      (rows, 1, 1), [Expect("u32", _exact(), want)])]
 
     def _shortconv(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from . import reference
-        from .ops import ConvSpec
-        from .kernels.runner import Out
+        from .. import reference
+        from ..ir.ops import ConvSpec
+        from ..kernels.runner import Out
         out = []
         for d in uses[:1]:
             ch, kernel = 77, int(d.params["kernel"])
@@ -553,7 +553,7 @@ class CaseBuilder:
 
 def _awkward_k(wtype: str) -> int:
     """A row length that is a multiple of the type's block but of no workgroup tile."""
-    from .gguf import GGML_TYPE_BY_NAME
+    from ..format.gguf import GGML_TYPE_BY_NAME
     block = GGML_TYPE_BY_NAME[wtype].block
     return {1: 4 * 37, 32: 32 * 7, 256: 256 * 3}[block]
 
@@ -569,14 +569,14 @@ def _spec_json(spec: Any) -> dict[str, Any]:
 
 
 def _spec_from(entry: dict[str, Any]) -> Any:
-    from .kernels import KernelSpec
+    from ..kernels import KernelSpec
     return KernelSpec(entry["kernel"], entry["wtype"], bool(entry["f16"]), tuple(sorted(entry["constants"].items())),
                       entry.get("kv"))
 
 
 def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any, blobs: Blobs) -> list[dict]:
     """Build, run (wgpu-native) and reference-check every case of `specs`; their manifest entries."""
-    from .kernels.runner import Out
+    from ..kernels.runner import Out
 
     entries = []
     for spec, uses in specs.items():
@@ -656,8 +656,8 @@ class PlanExport:
 
     def export(self, plan: Any, node_ends: dict, taps: dict[str, int], step_bytes: bytes) -> dict[str, Any]:
         """The manifest's plan section (without expectations)."""
-        from .kernels import pack_params
-        from .plan import CacheSlot
+        from ..kernels import pack_params
+        from ..compile.plan import CacheSlot
 
         # The parameters are laid out again at the largest uniform offset alignment WebGPU allows
         # (the plan used this adapter's, which may be finer than a browser's).
@@ -691,7 +691,7 @@ class PlanExport:
 def _reference_step(engine: Any, ref_weights: Any, ref_cache: Any, ids: np.ndarray, pos0: int,
                     taps: dict[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The numpy reference's logits of a step (every row) and its activations at `taps`."""
-    from . import reference
+    from .. import reference
     acts: dict[str, np.ndarray] = {}
     by_node = {v: k for k, v in taps.items()}
 
@@ -707,7 +707,7 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
     dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
     (the other kernel presets) would run, so the browser checks every kernel a model can use."""
-    from .device import presets_for
+    from ..gpu.device import presets_for
 
     c = engine.compiler
     other = presets_for(software=not c.gpu.profile.software)
@@ -744,8 +744,8 @@ def export_plan(engine: Any, session: Any, token: int, layers: list[int], blobs:
 def golden_steps(model: Any, ids: np.ndarray, decode_steps: int, layers: list[int], blobs: Blobs,
                  with_plan: bool, log: Callable[[str], None]) -> tuple[list[dict], dict | None]:
     """Prefill `ids`, then greedy decode steps: each step's golden data; and the last step's plan."""
-    from . import reference
-    from .memory.kv_cache import CpuKVCache
+    from .. import reference
+    from ..memory.kv_cache import CpuKVCache
 
     eng = model.engine
     taps = layer_outputs(eng.graphs["all"], layers)
@@ -786,7 +786,7 @@ def write(model_path: str, outdir: str | os.PathLike, *, prompt: str = "The capi
     """Write an oracle directory for a model (see the module docstring); returns the manifest."""
     import mdst
 
-    from .kernels.runner import KernelRunner
+    from ..kernels.runner import KernelRunner
 
     if decode_steps < 1:
         raise ValueError(f"decode_steps must be at least 1, got {decode_steps}")
@@ -850,7 +850,7 @@ def load_manifest(outdir: str | os.PathLike) -> dict[str, Any]:
 
 def run_cases(outdir: str | os.PathLike, gpu: Any) -> list[dict[str, Any]]:
     """Every kernel case of an oracle directory, run on wgpu-native: one result per case."""
-    from .kernels.runner import KernelRunner, Out
+    from ..kernels.runner import KernelRunner, Out
 
     root = Path(outdir)
     runner = KernelRunner(gpu)
@@ -875,7 +875,7 @@ def replay(outdir: str | os.PathLike, gpu: Any) -> dict[str, Any]:
     """Replay the directory's plan (one decode step) on wgpu-native from the files alone."""
     import wgpu
 
-    from .kernels import PipelineCache
+    from ..kernels import PipelineCache
 
     root = Path(outdir)
     plan = load_manifest(root)["plan"]
@@ -933,7 +933,7 @@ def replay(outdir: str | os.PathLike, gpu: Any) -> dict[str, Any]:
 
 def check(outdir: str | os.PathLike, gpu: Any = None) -> dict[str, Any]:
     """Run an oracle directory on wgpu-native: the report web/harness.js writes for the browser."""
-    from .device import open_gpu
+    from ..gpu.device import open_gpu
 
     gpu = gpu or open_gpu("gpu")
     if gpu is None:
@@ -951,7 +951,7 @@ def check(outdir: str | os.PathLike, gpu: Any = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """`mdst oracle MODEL OUTDIR [--prompt TEXT] [--decode-steps N] [--layers 0,5] [--context N] [--no-plan]`;
     `mdst oracle --check OUTDIR` runs a directory on wgpu-native and prints the report."""
-    from .packaged import resolve_model_path
+    from ..packaged import resolve_model_path
 
     p = argparse.ArgumentParser(prog="mdst oracle", description="Write test data for the browser build (web/).")
     p.add_argument("model", nargs="?", help="GGUF file or packaged model name")

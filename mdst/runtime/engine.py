@@ -16,18 +16,19 @@ from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
-from . import native, reference
-from .allocator import Allocator
-from .errors import DeviceError, MdstError, OutOfMemoryError, UnsupportedModelError
-from .gguf import GGUFFile
-from .graph import Builder, Graph, build
-from .kernels import WEIGHT_TYPES, PipelineCache
-from .memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
-from .memory.layout import plan_layout
-from .memory.pool import BufferPool
-from .memory.weights import WeightStore
-from .plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
-from .sampling import DRAW_WORDS, Draw, Sampler
+from ..gpu import native
+from .. import reference
+from ..gpu.allocator import Allocator
+from ..errors import DeviceError, MdstError, OutOfMemoryError, UnsupportedModelError
+from ..format.gguf import GGUFFile
+from ..ir.graph import Builder, Graph, build
+from ..kernels import WEIGHT_TYPES, PipelineCache
+from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
+from ..memory.layout import plan_layout
+from ..memory.pool import BufferPool
+from ..memory.weights import WeightStore
+from ..compile.plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
+from ..text.sampling import DRAW_WORDS, Draw, Sampler
 
 Pick = Union[str, Draw]
 
@@ -184,7 +185,7 @@ class CpuEngine(Engine):
 class GpuEngine(Engine):
     """Runs compiled plans on a WebGPU device.
 
-    Every buffer comes from its allocator (mdst.allocator), which counts bytes by kind: on a
+    Every buffer comes from its allocator (mdst.gpu.allocator), which counts bytes by kind: on a
     counting allocator the same setup predicts them without allocating (mdst.memory.fit).
     """
 

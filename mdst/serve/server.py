@@ -32,11 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__
-from .cli import kv_type_arg, kv_type_options
-from .errors import MdstError
+from .. import __version__
+from ..cli import kv_type_arg, kv_type_options
+from ..errors import MdstError
 
-log = logging.getLogger("mdst.server")
+log = logging.getLogger("mdst.serve.server")
 
 # Request fields handed to the sampler (OpenAI's, plus llama.cpp's extras).
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
@@ -426,7 +426,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
     """The OpenAI-compatible ASGI app serving `model` (which the caller keeps and closes).
 
     chat_template: Jinja template text for /v1/chat/completions (default: the GGUF's own template)."""
-    from .chat import template_from_gguf
+    from ..text.chat import template_from_gguf
 
     template = chat_template if chat_template is not None else template_from_gguf(model.gguf)
     queue = GenerationQueue(model)

@@ -72,8 +72,8 @@ from jinja2.filters import make_attrgetter
 from jinja2.runtime import markup_join, str_join
 from markupsafe import EscapeFormatter, Markup
 
-from .errors import GGUFError, MdstError
-from .gguf import GGUFFile
+from ..errors import GGUFError, MdstError
+from ..format.gguf import GGUFFile
 
 __all__ = ["LIMITS", "SandboxLimits", "TemplateError", "render", "require_template", "special_tokens",
            "template_from_gguf"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdst.gguf import GGML_TYPE_BY_NAME
+from mdst.format.gguf import GGML_TYPE_BY_NAME
 
 # byte offsets of float16 scale fields within one block
 F16_FIELDS = {

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import GGUFError
+from ..errors import GGUFError
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

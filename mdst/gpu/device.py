@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 log = logging.getLogger("mdst")
 

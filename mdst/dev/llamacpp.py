@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..gguf import GGUFFile
-from ..quants import dequantize
+from ..format.gguf import GGUFFile
+from ..format.quants import dequantize
 
 GGML_TYPE_F32 = 0
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .gguf import GGMLType
 
 

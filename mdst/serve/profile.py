@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DeviceError
-from .native import timestamp_period
-from .plan import write_step
+from ..errors import DeviceError
+from ..gpu.native import timestamp_period
+from ..compile.plan import write_step
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ..model import Model
 
 
 def profile_step(model: "Model", rows: int = 1, output_rows: str = "last", pick: str = "argmax") -> dict[str, Any]:

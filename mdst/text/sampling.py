@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .kernels import wgsl_const
+from ..kernels import wgsl_const
 
 # The draw buffer's layout and the GPU's bounds are the kernels' (common.wgsl), read from there.
 GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")   # the most candidates the GPU sampling kernels keep

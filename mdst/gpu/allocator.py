@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from . import native
 from .device import GPU, DeviceProfile
-from .errors import DeviceError, OutOfMemoryError
+from ..errors import DeviceError, OutOfMemoryError
 
 # Fault injection (tests): called as allocation_fault(size, label) before every real GPU buffer is made;
 # raising there acts as the allocation failing (OutOfMemoryError follows). Real allocation failures cannot

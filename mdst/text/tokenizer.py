@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import tokenizers as hf
 
-from .errors import GGUFError, UnsupportedModelError
-from .gguf import T_BOOL, T_INT8, T_INT16, T_INT32, T_INT64, T_STRING, T_UINT8, T_UINT16, T_UINT32, T_UINT64, GGUFFile
+from ..errors import GGUFError, UnsupportedModelError
+from ..format.gguf import T_BOOL, T_INT8, T_INT16, T_INT32, T_INT64, T_STRING, T_UINT8, T_UINT16, T_UINT32, T_UINT64, GGUFFile
 
 # Token attributes (llama.cpp's llama_token_attr bits).
 UNDEFINED, UNKNOWN, UNUSED, NORMAL, CONTROL, USER_DEFINED, BYTE = 0, 1, 2, 4, 8, 16, 32

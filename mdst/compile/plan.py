@@ -15,16 +15,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import native
-from .fusion import fuse
-from .graph import Graph, Node, Value
-from .ops import (Add, Attention, AttentionSpec, Embed, Glu, LastRow, Matmul, Mul, RmsNorm, Rope, RopeSpec, RopeStore,
+from ..gpu import native
+from ..ir.fusion import fuse
+from ..ir.graph import Graph, Node, Value
+from ..ir.ops import (Add, Attention, AttentionSpec, Embed, Glu, LastRow, Matmul, Mul, RmsNorm, Rope, RopeSpec, RopeStore,
                   ShortConv, View)
-from .kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, wgsl_const
-from .memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
-from .memory.pool import Liveness
-from .memory.weights import GpuWeight, WeightStore
-from .quants import dequantize
+from ..kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, wgsl_const
+from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
+from ..memory.pool import Liveness
+from ..memory.weights import GpuWeight, WeightStore
+from ..format.quants import dequantize
 
 _native = native.dispatch_calls()
 

@@ -3,7 +3,7 @@
 A forward pass is recorded once as a list of `Node`s over symbolic `Value`s. Every value is a
 row-major float32 matrix [rows, cols]; rows is "n" (one per token of the step) or 1 (after
 `last_row`). The same graph is executed by `mdst.reference` (numpy) and compiled to GPU
-dispatches by `mdst.plan`, so the two backends cannot drift apart.
+dispatches by `mdst.compile.plan`, so the two backends cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import UnsupportedModelError
-from .gguf import TensorInfo
+from ..errors import UnsupportedModelError
+from ..format.gguf import TensorInfo
 from .ops import (Add, Attention, AttentionSpec, ConvSpec, Embed, Glu, LastRow, Matmul, Mul, Op, RmsNorm, Rope,
                   RopeSpec, ShortConv)
 

@@ -403,7 +403,7 @@ def metadata(preset: str | Preset, types: Types = "Q4_K_M", seed: int = 0) -> Me
     m: Meta = {
         "general.type": ("model", V.STRING),
         "general.name": (f"synthetic {p.name}", V.STRING),
-        "general.description": (f"random weights from mdst.testing.synth: preset {p.name}, "
+        "general.description": (f"random weights from mdst.dev.synth: preset {p.name}, "
                                 f"types {types if isinstance(types, str) else dict(types)}, seed {seed}"
                                 + (", wrong RoPE order (negative control)" if p.wrong_rope_order else ""), V.STRING),
         f"{a}.context_length": (p.context_length, V.UINT32),

@@ -1,0 +1,1 @@
+"""Compilation of graphs into plans: fixed dispatch lists, bindings and parameters."""

@@ -1,0 +1,1 @@
+"""Development support: synthetic models, quantizers, llama.cpp comparisons, the browser oracle."""

@@ -1,0 +1,1 @@
+"""WebGPU access: adapter choice, device profile and presets, wgpu-native entry points."""

@@ -1,0 +1,1 @@
+"""Serving and measuring: the OpenAI-compatible server, speed benchmarks, GPU profiles."""

@@ -1,1 +1,0 @@
-"""Test and benchmark support: synthetic models and kernel runners."""
