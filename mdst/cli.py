@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import MdstError
+from .serve.args import kv_type_arg, kv_type_options
 
 DEBUG_ENV = "MDST_DEBUG"  # set to 1 for tracebacks, as --debug does
 
@@ -59,18 +60,6 @@ class ProgressBar:
             self.line.done()
 
 
-def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
-    """--kv-type, or what the deprecated --precision stands for (said once on stderr); an error if they disagree."""
-    if getattr(args, "precision", None) is not None:
-        from .gpu.device import kv_type_for_precision
-
-        print(f"{prog}: warning: --precision is deprecated and will be removed: it only set the KV cache type "
-              "(arithmetic is f32); use --kv-type f32|f16|q8_0", file=sys.stderr)
-        args.kv_type = kv_type_for_precision(args.precision, args.kv_type)
-        args.precision = None
-    return args.kv_type
-
-
 def _load(args: argparse.Namespace, path: str | None = None) -> Any:
     import mdst
 
@@ -96,14 +85,6 @@ def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
     kv_type_options(p)
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
-
-
-def kv_type_options(p: argparse.ArgumentParser) -> None:
-    """--kv-type, and --precision: its deprecated, hidden alias ("auto": the default)."""
-    p.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"],
-                   help="KV cache type, the one precision setting; arithmetic is f32 "
-                        "(default: f16 where the adapter has shader-f16, else f32)")
-    p.add_argument("--precision", default=None, choices=["auto", "f32", "f16"], help=argparse.SUPPRESS)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -51,6 +51,8 @@ if [ ! -d "$src/vendor/llama.cpp/models" ]; then
   rm -rf "$tmp"
 fi
 
-# 3. The tests, through the venv's own pytest: `python -m pytest` would put the checkout on sys.path and test
-# its sources instead of the installed wheel.
+# 3. The layering (pyproject's [tool.importlinter]: imports point down, no cycles), then the tests, through the
+# venv's own pytest: `python -m pytest` would put the checkout on sys.path and test its sources instead of the
+# installed wheel.
+.venv/bin/lint-imports
 exec .venv/bin/pytest -ra --durations=15 "$@"

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from ..cli import kv_type_arg, kv_type_options
+from .args import kv_type_arg, kv_type_options
 from ..errors import MdstError
 
 log = logging.getLogger("mdst.serve.server")

@@ -1,0 +1,26 @@
+"""Command-line options that `mdst` and `mdst serve` share."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
+    """--kv-type, or what the deprecated --precision stands for (said once on stderr); an error if they disagree."""
+    if getattr(args, "precision", None) is not None:
+        from .gpu.device import kv_type_for_precision
+
+        print(f"{prog}: warning: --precision is deprecated and will be removed: it only set the KV cache type "
+              "(arithmetic is f32); use --kv-type f32|f16|q8_0", file=sys.stderr)
+        args.kv_type = kv_type_for_precision(args.precision, args.kv_type)
+        args.precision = None
+    return args.kv_type
+
+
+def kv_type_options(p: argparse.ArgumentParser) -> None:
+    """--kv-type, and --precision: its deprecated, hidden alias ("auto": the default)."""
+    p.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"],
+                   help="KV cache type, the one precision setting; arithmetic is f32 "
+                        "(default: f16 where the adapter has shader-f16, else f32)")
+    p.add_argument("--precision", default=None, choices=["auto", "f32", "f16"], help=argparse.SUPPRESS)
