@@ -6,8 +6,8 @@ reference (the math itself is in `mdst.reference`). The compiler lowers each cla
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 
@@ -344,7 +344,3 @@ class LastRow(Op):
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
         return x[0][-1:]
 
-
-def settings(op: Op) -> dict[str, Any]:
-    """An op's fields by name (what distinguishes two ops of one class)."""
-    return {f.name: getattr(op, f.name) for f in fields(op)}
