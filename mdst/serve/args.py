@@ -9,7 +9,7 @@ import sys
 def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
     """--kv-type, or what the deprecated --precision stands for (said once on stderr); an error if they disagree."""
     if getattr(args, "precision", None) is not None:
-        from .gpu.device import kv_type_for_precision
+        from ..gpu.device import kv_type_for_precision
 
         print(f"{prog}: warning: --precision is deprecated and will be removed: it only set the KV cache type "
               "(arithmetic is f32); use --kv-type f32|f16|q8_0", file=sys.stderr)
