@@ -51,6 +51,17 @@ def cpu_reference_logits(models, ids):
     return models["q_cpu"].logits(ids)
 
 
+# Rows the lavapipe gates compare: two all-row steps of 32 (the 262,144-entry output bounds a step's rows),
+# where each row costs that output matmul. The CPU path covers the whole text against llama.cpp.
+GPU_ROWS = 64
+
+
+def gpu_rows(m: mdst.Model, ids: list[int]) -> np.ndarray:
+    """Lavapipe's logits of the first GPU_ROWS positions of ids (causal: the first rows of a pass over all)."""
+    assert GPU_ROWS >= 2 * m.engine.chunk_all  # several steps, each reading the cache the one before wrote
+    return m.logits(ids[:GPU_ROWS])
+
+
 def test_config_comes_from_metadata(models):
     c = models["q_cpu"].config
     assert (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.window) == (18, 640, 4, 1, 256, 512)
@@ -62,9 +73,10 @@ def test_config_comes_from_metadata(models):
 @pytest.mark.parametrize("which", ["f32_gpu", "f32_cpu"])
 def test_f32_copy_matches_llama_cpp(models, ids, f32_path, cache_dir, which):
     ref = llamacpp.logits(f32_path, ids, cache_dir)
-    got = models[which].logits(ids)
+    got = gpu_rows(models[which], ids) if which.endswith("gpu") else models[which].logits(ids)
+    ref = ref[:len(got)]
     rel, agree = rel_l2(got, ref), agreement(got, ref)
-    report(f"gemma3 f32-copy {which} vs llama.cpp", tokens=len(ids), rel_l2=rel, top1_agreement=agree)
+    report(f"gemma3 f32-copy {which} vs llama.cpp", tokens=len(got), rel_l2=rel, top1_agreement=agree)
     assert rel < 2e-3
     assert agree >= 0.995
 
@@ -87,8 +99,9 @@ def test_greedy_continuations_match_llama_cpp(models, f32_path, cache_dir, which
 
 
 def test_quantized_gpu_matches_cpu_reference(models, ids, cpu_reference_logits):
-    rel = rel_l2(models["q_gpu"].logits(ids), cpu_reference_logits)
-    report("gemma3 Q4_K_M lavapipe f32 vs CPU reference", rel_l2=rel)
+    got = gpu_rows(models["q_gpu"], ids)
+    rel = rel_l2(got, cpu_reference_logits[:len(got)])
+    report("gemma3 Q4_K_M lavapipe f32 vs CPU reference", tokens=len(got), rel_l2=rel)
     assert rel < 1e-3
 
 
@@ -102,7 +115,7 @@ def test_quantized_agrees_with_llama_cpp(ids, gemma_path, cache_dir, cpu_referen
 
 def test_split_bindings_agree(gemma_path, models, ids, gpu):
     """The 178 MB embedding/output table exceeds a binding; smaller caps split everything further."""
-    short = ids[:24]
+    short = ids[:8]
     ref = models["q_cpu"].logits(short)
     base = models["q_gpu"].logits(short)
     table = models["q_gpu"].engine.weights.weights["token_embd.weight"]
