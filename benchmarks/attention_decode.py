@@ -1,59 +1,88 @@
-"""One-row (decode) attention time over a filled f16/f32 KV cache for each split size and lanes per key. JSON.
+"""One-row (decode) attention time over a filled KV cache, per model shape, cache length, split size and lanes
+per key, with the KV bytes read per second against the read ceiling (vec4 loads of a 1 GiB buffer). JSON.
 
-Times the attention dispatch plus its merge (what a decode step runs per layer) on model-like head
-shapes, to choose the GPU presets (mdst.gpu.device.presets_for) by measurement.
-Usage: python benchmarks/attention_decode.py [--keys 640] [--ring 1024] [--splits 16,32,64] [--lanes 1,4,8,16]
+Times the attention dispatch plus its merge as the plan specializes them (a decode step runs that pair per
+layer), to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode attention
+against the bandwidth it could have.
+Usage: python benchmarks/attention_decode.py [--cases 640@1024,8192@8192] [--splits 32,64] [--lanes 2,4,8]
+  a case is KEYS@RING: the query attends KEYS positions of a cache allocated for RING (the context length).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
-from gpu_timing import dispatcher, passes, storage, timed
+from gpu_timing import dispatcher, passes, read_ceiling_s, storage, timed
 
 SHAPES = {"gemma3-270m": (4, 1, 256), "qwen3-0.6b": (16, 8, 128), "qwen3-8b": (32, 8, 128)}  # heads, kv heads, dim
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--keys", type=int, default=640, help="positions attended (the query sits at keys - 1)")
-    ap.add_argument("--ring", type=int, default=1024, help="cache positions (the context length)")
-    ap.add_argument("--splits", default="16,32,64")
-    ap.add_argument("--lanes", default="1,4,8,16")
+    ap.add_argument("--cases", default="640@1024,8192@8192,32768@32768")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--splits", default=None, help="keys a split to try (default: the preset)")
+    ap.add_argument("--lanes", default=None, help="lanes per key to try (default: the preset)")
     ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--read-mib", type=int, default=1024, help="buffer size for the read ceiling")
     args = ap.parse_args()
 
+    from mdst.compile.plan import ATTN_WG, attention_group, attention_splits
     from mdst.gpu.device import open_gpu
     from mdst.kernels import KernelSpec, PipelineCache
 
     gpu = open_gpu("gpu")
+    pre = gpu.profile.presets
     f16 = gpu.profile.shader_f16
-    pipelines = PipelineCache(gpu.device)
+    dev = gpu.device
+    pipelines = PipelineCache(dev)
     rng = np.random.default_rng(0)
-    step = storage(gpu, np.array([args.keys - 1, 1, 0, 0, 0], np.uint32))
+
+    nbytes = args.read_mib << 20
+    src, sink = storage(gpu, nbytes), storage(gpu, 16)
+    read_gbs = nbytes / read_ceiling_s(gpu, src, nbytes, sink, 10) / 1e9
+    src.destroy(), sink.destroy()
+
     results = []
-    for name, (heads, kvh, hd) in SHAPES.items():
-        kv = (rng.standard_normal((args.ring, kvh * hd))).astype(np.float16 if f16 else np.float32)
-        k, v = storage(gpu, kv), storage(gpu, kv[::-1].copy())
-        q = storage(gpu, rng.standard_normal(heads * hd).astype(np.float32))
-        y = storage(gpu, 4 * heads * hd)
-        params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": args.ring, "window": 0,
-                  "scale": float(hd ** -0.5), "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
-        for split in map(int, args.splits.split(",")):
-            splits = -(-args.ring // split)
-            part = storage(gpu, heads * splits * (hd + 2) * 4)
-            for lanes in map(int, args.lanes.split(",")):
-                spec = KernelSpec("attention", f16=f16, kv="F", constants=(("LPK", lanes), ("SPLIT", split)))
-                att = dispatcher(gpu, pipelines, spec, [step, k, v, q, part], params, (heads, 1, splits))
-                merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge"), [step, part, y],
-                                   {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))
-                s = timed(gpu, passes(att, merge), args.reps)
-                results.append({"shape": name, "split": split, "lanes_per_key": lanes, "us": round(s * 1e6, 2)})
-    best = {n: min((r for r in results if r["shape"] == n), key=lambda r: r["us"]) for n in SHAPES}
-    print(json.dumps({"benchmark": "attention_decode", "adapter": gpu.profile.as_dict(), "keys": args.keys,
-                      "ring": args.ring, "results": results, "best": best}, indent=2))
+    for case in args.cases.split(","):
+        keys, ring = map(int, case.split("@"))
+        step = storage(gpu, np.array([keys - 1, 1, 0, 0, 0], np.uint32))
+        for name in args.shapes.split(","):
+            heads, kvh, hd = SHAPES[name]
+            kv = rng.standard_normal((ring, kvh * hd)).astype(np.float16 if f16 else np.float32)
+            k, v = storage(gpu, kv), storage(gpu, kv[::-1].copy())
+            kv_bytes = 2 * keys * kv.shape[1] * kv.itemsize
+            q = storage(gpu, rng.standard_normal(heads * hd).astype(np.float32))
+            y = storage(gpu, 4 * heads * hd)
+            params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
+                      "scale": float(hd ** -0.5), "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+            for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
+                split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
+                part = storage(gpu, heads * splits * (hd + 2) * 4)
+                for lanes in (map(int, args.lanes.split(",")) if args.lanes else [pre.attention_lanes]):
+                    gw = attention_group(heads, kvh, hd, lanes)
+                    consts = (("GW", gw), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
+                    att = dispatcher(gpu, pipelines, KernelSpec("attention", f16=f16, kv="F", constants=consts),
+                                     [step, k, v, q, part], params, (heads // gw, 1, splits))
+                    merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge"), [step, part, y],
+                                       {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))
+                    s = timed(gpu, passes(att, merge), args.reps)
+                    gbs = kv_bytes / s / 1e9
+                    results.append({"shape": name, "keys": keys, "ring": ring, "split": split, "splits": splits,
+                                    "lanes_per_key": lanes, "heads_per_workgroup": gw, "us": round(s * 1e6, 2),
+                                    "kv_gb_per_s": round(gbs, 1), "fraction_of_read_ceiling": round(gbs / read_gbs, 3)})
+                    print(json.dumps(results[-1]), flush=True)
+                part.destroy()
+            for b in (k, v, q, y):
+                b.destroy()
+    best = {f"{n}@{c}": min((r for r in results if r["shape"] == n and f"{r['keys']}@{r['ring']}" == c),
+                            key=lambda r: r["us"])
+            for n in args.shapes.split(",") for c in args.cases.split(",")}
+    print(json.dumps({"benchmark": "attention_decode", "adapter": gpu.profile.as_dict(),
+                      "read_ceiling_gb_per_s": round(read_gbs, 1), "results": results, "best": best}))
 
 
 if __name__ == "__main__":

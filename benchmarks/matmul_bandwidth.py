@@ -17,26 +17,9 @@ import json
 from typing import Any
 
 import numpy as np
-from gpu_timing import dispatcher, passes, storage, timed
+from gpu_timing import dispatcher, passes, read_ceiling_s, storage, timed
 
 
-# The read ceiling: every byte of a matrix read once as vec4<u32>, grid-stride, by READ_GROUPS x 256 threads.
-READ_GROUPS = 132 * 16
-READ = """
-@group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> out: array<u32>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    var a = vec4<u32>(0u);
-    for (var i = gid.x; i < arrayLength(&w); i += nwg.x * 256u) {
-        a ^= w[i];
-    }
-    if (all(a == vec4<u32>(0x9e3779b9u))) {   // never in practice: keeps the loads
-        out[gid.x % arrayLength(&out)] = a.x;
-    }
-}
-"""
 
 
 def main() -> None:
@@ -81,8 +64,6 @@ def main() -> None:
     stream_gbs = 12 * n_add / add_s / 1e9
     for b in add:
         b.destroy()
-    read = dev.create_compute_pipeline(layout="auto", compute={"module": dev.create_shader_module(code=READ),
-                                                               "entry_point": "main"})
 
     results = []
     for wtype in (args.types.split(",") if args.types else WEIGHT_TYPES):
@@ -112,15 +93,7 @@ def main() -> None:
                                          gemv_groups(n, lanes, r)))
         # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
         nread = raw.nbytes // 16 * 16
-        rbg = dev.create_bind_group(layout=read.get_bind_group_layout(0), entries=[
-            {"binding": 0, "resource": {"buffer": bufs[0], "offset": 0, "size": nread}},
-            {"binding": 1, "resource": {"buffer": bufs[2], "offset": 0, "size": bufs[2].size}}])
-
-        def read_all(cp: Any) -> None:
-            cp.set_pipeline(read)
-            cp.set_bind_group(0, rbg)
-            cp.dispatch_workgroups(READ_GROUPS, 1, 1)
-        read_s = timed(gpu, passes(read_all), args.reps)
+        read_s = read_ceiling_s(gpu, bufs[0], nread, bufs[2], args.reps)
         for spec, params, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
             results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,

@@ -13,7 +13,7 @@ from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import GEMV_WG, gemm_groups, gemv_groups, step_words
+from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, gemm_groups, gemv_groups, step_words
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -202,14 +202,23 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
                 assert (got[slot] == 0xFF).all(), "an unwritten slot changed"
 
 
-@pytest.mark.parametrize("window,softcap,temp,kv_type,lpk,hd", [
-    (0, 0.0, 0.0, "f32", 1, 96), (9, 0.0, 0.0, "f32", 1, 96), (0, 30.0, 0.0, "f32", 1, 96),
-    (0, 0.0, 0.3, "f32", 1, 96), (9, 0.0, 0.0, "f16", 1, 96), (0, 0.0, 0.0, "q8_0", 1, 96),
-    (9, 30.0, 0.3, "f32", 8, 96), (0, 0.0, 0.0, "q8_0", 2, 96),
-    (0, 0.0, 0.0, "f32", 4, 300)])   # wider than four dims a lane
-def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd):
-    spec_k = dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=(("LPK", lpk),))
-    heads, kvh, rows, n_rows, pos0 = 6, 2, 5, 4, 130
+def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int, split: int = 0) -> KernelSpec:
+    """The attention kernel as the plan specializes it: `lpk` lanes a key, the query heads a workgroup takes."""
+    gw = attention_group(heads, kvh, hd, lpk)
+    consts = (("GW", gw), ("LPK", lpk), ("SPLIT", split), ("WG", ATTN_WG))
+    return dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=consts)
+
+
+@pytest.mark.parametrize("window,softcap,temp,kv_type,lpk,hd,heads,kvh", [
+    (0, 0.0, 0.0, "f32", 1, 96, 6, 2), (9, 0.0, 0.0, "f32", 1, 96, 6, 2), (0, 30.0, 0.0, "f32", 1, 96, 6, 2),
+    (0, 0.0, 0.3, "f32", 1, 96, 6, 2), (9, 0.0, 0.0, "f16", 1, 96, 6, 2), (0, 0.0, 0.0, "q8_0", 1, 96, 6, 2),
+    (9, 30.0, 0.3, "f32", 8, 96, 6, 2), (0, 0.0, 0.0, "q8_0", 2, 96, 6, 2),
+    (0, 0.0, 0.0, "f32", 4, 300, 6, 2),   # fewer heads a workgroup than the group (memory), some lanes idle
+    (0, 0.0, 0.0, "f16", 4, 64, 16, 2),   # eight heads a workgroup
+    (9, 0.0, 0.0, "f32", 16, 36, 5, 5)])  # no grouping
+def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads, kvh):
+    rows, n_rows, pos0 = 5, 4, 130
+    spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk)
     ring = 137 if not window else window + rows - 1
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
@@ -218,11 +227,22 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd):
     out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
                   {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
                    "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32},
-                  (heads, rows, 1))[0]).reshape(rows, -1)
+                  (heads // dict(spec_k.constants)["GW"], rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
     assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+def test_attention_group_fits_workgroup_memory():
+    """The plan's choice of query heads a workgroup: a divisor of the group within the kernel's memory limits."""
+    assert attention_group(32, 8, 128, 4) == 4
+    assert attention_group(64, 4, 128, 4) == 8     # a group of 16: two workgroups a KV head
+    assert attention_group(6, 2, 300, 4) == 3      # 900 query values fit
+    assert attention_group(8, 1, 256, 1) == 4      # one lane a key: a tile of 128 scores a head
+    assert attention_group(12, 1, 512, 4) == 2
+    with pytest.raises(ValueError, match="head_dim 516"):
+        attention_group(4, 1, 516, 4)
 
 
 @pytest.mark.parametrize("norms,neox,kv_type", [(False, False, "f32"), (True, True, "f32"), (True, False, "q8_0")])
@@ -290,10 +310,9 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
               "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
-    fmt, f16 = KV_SPECS[kv_type]
-    part = run(KernelSpec("attention", f16=f16, kv=fmt, constants=(("LPK", lpk), ("SPLIT", split))),
-               [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
-               params, (heads, rows, splits))[0]
+    spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
+    part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
+               params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
     out = f32(run(KernelSpec("attention_merge"), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
                   {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),

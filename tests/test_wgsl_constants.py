@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -28,6 +29,13 @@ def test_python_values_are_the_wgsl_consts():
     assert sampling.DRAW_WORDS == wgsl_const("common.wgsl", "DRAW_WORDS")
     for fmt, _ in KV_TYPES.values():
         assert wgsl_const(f"kv/{fmt}.wgsl", "KVB") > 0
+    assert (plan.ATTN_MAX_GW, plan.ATTN_QS, plan.ATTN_SCORES) == tuple(
+        wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
+    assert plan.MERGE_MAX_SPLITS == wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
+    presets = dataclasses.make_dataclass("Presets", [("attention_split", int), ("attention_splits", int)])
+    assert plan.attention_splits(100_000, presets(32, 0))[1] <= plan.MERGE_MAX_SPLITS   # no cap: the merge's
+    assert plan.attention_splits(1000, presets(32, 64)) == (32, 32)
+    assert plan.attention_splits(8192, presets(32, 64)) == (128, 64)
     assert plan.ACTIVATIONS == {"silu": wgsl_const("common.wgsl", "ACT_SILU"),
                                 "gelu_tanh": wgsl_const("common.wgsl", "ACT_GELU_TANH")}
     words = plan.step_words(7, 2, [11, 12], rows=4)

@@ -69,6 +69,29 @@ def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
 
 _plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
 USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
+ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
+ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
+MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
+
+
+def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int:
+    """Query heads one attention workgroup computes: the most of a KV head's that its workgroup memory holds."""
+    if head_dim % 4 or head_dim > 4 * ATTN_WG:
+        raise ValueError(f"attention head_dim {head_dim} is not supported: it must be a multiple of 4 and at "
+                         f"most {4 * ATTN_WG}")
+    group = heads // kv_heads
+    fits = min(ATTN_MAX_GW, ATTN_QS // head_dim, ATTN_SCORES // (ATTN_WG // lanes))
+    return max(g for g in range(1, group + 1) if group % g == 0 and g <= fits)
+
+
+def attention_splits(keys: int, presets: Any) -> tuple[int, int]:
+    """Decode attention's (keys a split, splits) over a cache of `keys` positions: splits cover them all, so a
+    long cache gets longer splits rather than more of them once there are `attention_splits` (or the merge's most)."""
+    cap = min(presets.attention_splits or MERGE_MAX_SPLITS, MERGE_MAX_SPLITS)
+    split = max(presets.attention_split, 1 << (ceil_div(keys, cap) - 1).bit_length())
+    return split, ceil_div(keys, split)
+
+
 ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}
 
 
@@ -477,23 +500,21 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
               "window": s.window, "scale": s.scale, "softcap": s.softcap,
               "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
-    split, lanes = c.presets.attention_split, c.presets.attention_lanes
-    if r == 1 and split:
-        # decode: splits of `split` keys in parallel, then a merge (flash-decoding); splits cover the
-        # cache's allocated positions, so a long cache gets longer splits rather than more of them
-        keys = min(lk.ring, s.window or lk.ring)
-        if c.presets.attention_splits:
-            split = max(split, 1 << (ceil_div(keys, c.presets.attention_splits) - 1).bit_length())
-        splits = ceil_div(keys, split)
+    lanes = c.presets.attention_lanes
+    gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
+    consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG}
+    if r == 1 and c.presets.attention_split:
+        # decode: splits of keys in parallel, then a merge (flash-decoding)
+        split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
         part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
-        c.dispatch("attention", [c.compiler.step, k, v, x[0], part, None], (s.heads, 1, splits), params,
-                   "attention", SPLIT=split, LPK=lanes)
+        c.dispatch("attention", [c.compiler.step, k, v, x[0], part, None], (s.heads // gw, 1, splits), params,
+                   "attention", SPLIT=split, **consts)
         c.dispatch("attention_merge", [c.compiler.step, part, y, None], (s.heads, 1, 1),
                    {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
         c.live.free(-id(node))
     else:
-        c.dispatch("attention", [c.compiler.step, k, v, x[0], y, None], (s.heads, r, 1), params, "attention",
-                   LPK=lanes)
+        c.dispatch("attention", [c.compiler.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
+                   **consts)
 
 
 def _shortconv(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:

@@ -399,6 +399,7 @@ class CaseBuilder:
             q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
             kv_dim = a.kv_heads * a.head_dim
             split = int(spec.constants_dict().get("SPLIT", 0))
+            groups = a.heads // int(spec.constants_dict().get("GW", 1))   # workgroups along x: one a head group
             if split:   # decode's split form: one row, partials for as many ranges as its keys fill
                 keys = min(pos0 + 1, window or pos0 + 1)
                 splits = -(-keys // split)
@@ -407,7 +408,7 @@ class CaseBuilder:
                 out.append(Case(f"one row at {pos0} in {splits} ranges of {split} keys (heads {a.heads}/{a.kv_heads}"
                                 f"x{a.head_dim}, window {window})", spec,
                                 [step_words(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)], {**p, "ring": ring},
-                                (a.heads, 1, splits), [Expect("f32", _within(1e-5), want)]))
+                                (groups, 1, splits), [Expect("f32", _within(1e-5), want)]))
                 continue
             want = _poisoned(q.shape)
             want[:n_rows] = reference.attention(q[:n_rows], decode_rows(kc, kv_dim, kv_type),
@@ -415,7 +416,7 @@ class CaseBuilder:
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
                             f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}", spec,
                             [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
-                            (a.heads, rows, 1), [Expect("f32", _within(1e-5), want)]))
+                            (groups, rows, 1), [Expect("f32", _within(1e-5), want)]))
         return out
 
     def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:

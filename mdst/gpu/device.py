@@ -39,11 +39,11 @@ PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": ov
 
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
-    GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py), though
-    no more than 64 splits for the merge to walk (H200, RESULTS), and a GEMV
+    GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
+    splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
-    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=64, gemv_lanes=64,
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
                                                                  prefill_rows=512)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))

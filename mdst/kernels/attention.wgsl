@@ -1,19 +1,20 @@
-// Causal attention with grouped-query heads over a layer's KV cache (read through
-// kv/<type>.wgsl). Row r sits at position pos = pos0 + r and attends to positions
-// [pos - window + 1, pos] (window 0: [0, pos]), read from slot position % ring. Keys are
-// taken WG at a time with an online softmax, so any context length runs in fixed memory.
-// SPLIT = 0: one workgroup per (query head, row) writes the output. SPLIT > 0 (decode on a GPU,
-// where a few heads would leave it idle): workgroup z takes the SPLIT keys from the z-th onwards
-// and writes its partial (running max, sum, unnormalized output; head_dim + 2 floats) for
-// attention_merge to combine.
-// LPK lanes score each key together, reading its row in contiguous pieces (coalesced on GPUs)
-// and summing through workgroup memory; LPK = 1 (a lane per key, no extra barriers) suits CPUs.
-// Dispatch: (heads, rows, 1), or (heads, rows, splits) with SPLIT.
+// Causal attention with grouped-query heads over a layer's KV cache (read through kv/<format>.wgsl).
+// Row r sits at position pos = pos0 + r and attends to positions [pos - window + 1, pos] (window 0:
+// [0, pos]), read from slot position % ring. A workgroup computes GW query heads of one KV head, so a
+// cached row is read once for all of them. Keys go a tile of T = WG / LPK at a time with an online
+// softmax, so any context length runs in fixed memory:
+//   1. scores: LPK lanes score each key of the tile for the GW heads (summed through workgroup memory);
+//   2. weights: a thread per (head, key) finds the head's running max and the key's weight;
+//   3. values: thread (key group, four dims) adds the weighted V rows of every KG-th key, for the GW heads.
+// SPLIT = 0: workgroup (head group, row) writes the output. SPLIT > 0 (decode on a GPU, where a few heads
+// would leave it idle): workgroup z takes the SPLIT keys from the z-th onwards and writes each head's
+// partial (running max, sum, unnormalized output; head_dim + 2 floats) for attention_merge.
+// Dispatch: (heads / GW, rows, 1), or (heads / GW, rows, splits) with SPLIT.
 
 struct P {
     heads: u32,
     kv_heads: u32,
-    head_dim: u32,   // a multiple of 4, at most 8 * WG
+    head_dim: u32,   // a multiple of 4, at most 4 * WG; GW * head_dim <= QS
     ring: u32,
     window: u32,
     scale: f32,
@@ -27,52 +28,41 @@ struct P {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim] (or partials)
 @group(0) @binding(5) var<uniform> p: P;
 
-override WG: u32 = 64u;
+override WG: u32 = 128u;
 override SPLIT: u32 = 0u;
-override LPK: u32 = 1u;   // lanes per key: a power of two dividing WG
+override LPK: u32 = 4u;   // lanes per key: a power of two dividing WG
+override GW: u32 = 1u;    // query heads a workgroup: divides heads / kv_heads, at most MAX_GW
+override T: u32 = WG / LPK;
 
-var<workgroup> qs: array<f32, 512>;
-var<workgroup> sc: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
+// Limits of workgroup memory, read by the host (plan.attention_group): 16 KiB in all at WG = 128.
+const MAX_GW: u32 = 8u;
+const QS: u32 = 1024u;      // query values a workgroup holds: GW * head_dim
+const SCORES: u32 = 512u;   // scores a tile holds: GW * T
 
-// Values at dims d0, d0 + WG, d0 + 2 WG, d0 + 3 WG of cached V row `row` (past the head: its last
-// dim, never stored).
-fn v4(row: u32, vb: u32, kv_dim: u32, d0: u32) -> vec4<f32> {
-    let e = vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
-    let d = min(e, vec4<u32>(p.head_dim - 1u)) + vec4<u32>(vb);
-    return vec4<f32>(v_get(row, d.x, kv_dim), v_get(row, d.y, kv_dim), v_get(row, d.z, kv_dim),
-                     v_get(row, d.w, kv_dim));
+var<workgroup> qs: array<vec4<f32>, QS / 4u>;   // [GW, head_dim / 4], scaled
+var<workgroup> red: array<vec4<f32>, 2u * WG>;  // lane i's partial scores: heads 0-3 at i, 4-7 at WG + i
+var<workgroup> sc: array<f32, SCORES>;          // [GW, T] the tile's scores
+var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(score - running max)
+var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
+var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
+
+fn softcapped(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+    }
+    return s;
 }
 
-// Store v's dims (as v4 spreads them) that lie inside the head.
-fn put4(base: u32, d0: u32, v: vec4<f32>) {
-    if (d0 < p.head_dim) {
-        out[base + d0] = v.x;
-    }
-    if (d0 + WG < p.head_dim) {
-        out[base + d0 + WG] = v.y;
-    }
-    if (d0 + 2u * WG < p.head_dim) {
-        out[base + d0 + 2u * WG] = v.z;
-    }
-    if (d0 + 3u * WG < p.head_dim) {
-        out[base + d0 + 3u * WG] = v.w;
-    }
-}
-
-fn q4(d: u32) -> vec4<f32> {
-    return vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]);
-}
-
-fn k4(row: u32, i: u32, kv_dim: u32) -> vec4<f32> {
-    return vec4<f32>(k_get(row, i, kv_dim), k_get(row, i + 1u, kv_dim), k_get(row, i + 2u, kv_dim),
-                     k_get(row, i + 3u, kv_dim));
+fn put4(i: u32, v: vec4<f32>) {
+    out[i] = v.x;
+    out[i + 1u] = v.y;
+    out[i + 2u] = v.z;
+    out[i + 3u] = v.w;
 }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
     let r = wid.y;
     if (r >= step[STEP_ROWS]) {
         return;
@@ -87,101 +77,129 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         first += wid.z * SPLIT;
         last = min(pos, first + SPLIT - 1u);
     }
-    let kvh = h / (p.heads / p.kv_heads);
+    let h0 = wid.x * GW;
+    let kb = (h0 / (p.heads / p.kv_heads)) * p.head_dim;   // the KV head's first value in a cached row
     let kv_dim = p.kv_heads * p.head_dim;
-    let qbase = (r * p.heads + h) * p.head_dim;
+    let dv = p.head_dim / 4u;   // fours in a head
     let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
-    for (var d = lid; d < p.head_dim; d += WG) {
-        qs[d] = q[qbase + d] * qscale;
+    for (var i = lid; i < GW * dv; i += WG) {
+        let qb = (r * p.heads + h0) * p.head_dim + 4u * i;
+        qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
+    }
+    if (lid < 2u * MAX_GW) {
+        mh[lid] = -3.0e38;
     }
     workgroupBarrier();
 
-    var m = -3.0e38;
-    var l = 0.0;
-    // this lane's output dims lid + c * WG: c < 4 in accA, 4 <= c < 8 in accB (only for heads wider
-    // than 4 * WG); vectors, not an indexed array, so they stay in registers
-    var accA = vec4<f32>(0.0);
-    var accB = vec4<f32>(0.0);
-    let wide = p.head_dim > 4u * WG;
-    let kpc = WG / LPK;   // keys scored per chunk
     let lane = lid % LPK;
-    let kk = lid / LPK;
-    for (var t0 = first; t0 <= last; t0 += kpc) {
-        let j = t0 + kk;
-        var dot_ = 0.0;
-        if (j <= last) {
-            let row = j % p.ring;
-            let kb = kvh * p.head_dim;
-            // four neighbouring values a lane, two fours an iteration: eight loads in flight
-            for (var d = 4u * lane; d < p.head_dim; d += 8u * LPK) {
-                dot_ += dot(q4(d), k4(row, kb + d, kv_dim));
-                let d2 = d + 4u * LPK;
-                if (d2 < p.head_dim) {
-                    dot_ += dot(q4(d2), k4(row, kb + d2, kv_dim));
+    let kk = lid / LPK;        // the key this lane scores
+    let kg_n = WG / dv;        // key groups in step 3 (threads from kg_n * dv on idle there)
+    let kg = lid / dv;
+    let c = lid % dv;          // the four dims this thread adds in step 3
+    var acc: array<vec4<f32>, MAX_GW>;
+    var l: array<f32, MAX_GW>;
+    var slot = 0u;             // mh slot holding the running max
+    var part: array<f32, MAX_GW>;
+    for (var t0 = first; t0 <= last; t0 += T) {
+        let n = min(T, last + 1u - t0);   // keys in this tile
+        // 1. scores
+        for (var g = 0u; g < GW; g++) {
+            part[g] = 0.0;   // assigned, not declared here: a declaration in a loop may be zeroed once only
+        }
+        if (kk < n) {
+            let row = (t0 + kk) % p.ring;
+            for (var i = lane; i < dv; i += LPK) {
+                let k = k_get4(row, kb + 4u * i, kv_dim);
+                for (var g = 0u; g < GW; g++) {
+                    part[g] += dot(qs[g * dv + i], k);
                 }
             }
         }
         if (LPK > 1u) {
-            red[lid] = dot_;
+            red[lid] = vec4<f32>(part[0], part[1], part[2], part[3]);
+            if (GW > 4u) {
+                red[WG + lid] = vec4<f32>(part[4], part[5], part[6], part[7]);
+            }
             workgroupBarrier();
-            for (var w = LPK / 2u; w > 0u; w /= 2u) {
-                if (lane < w) {
-                    red[lid] += red[lid + w];
+            for (var e = lid; e < GW * T; e += WG) {
+                let g = e / T;
+                let t = e % T;
+                var s = 0.0;
+                for (var j = 0u; j < LPK; j++) {
+                    s += red[(g / 4u) * WG + t * LPK + j][g % 4u];
                 }
-                workgroupBarrier();
+                sc[e] = softcapped(s);
             }
-            dot_ = red[lid - lane];
-        }
-        if (lane == 0u) {
-            var s = -3.0e38;
-            if (j <= last) {
-                s = dot_;
-                if (p.softcap > 0.0) {
-                    s = p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-                }
+        } else {
+            for (var g = 0u; g < GW; g++) {
+                sc[g * T + kk] = softcapped(part[g]);
             }
-            sc[kk] = s;
         }
         workgroupBarrier();
-        let n = min(kpc, last + 1u - t0);
-        var tm = m;
-        for (var u = 0u; u < n; u++) {
-            tm = max(tm, sc[u]);
-        }
-        let alpha = exp(m - tm);
-        l *= alpha;
-        accA *= alpha;
-        accB *= alpha;
-        // four keys an iteration (loads in flight together); past n a key weighs 0 and rereads key n - 1
-        let vb = kvh * p.head_dim;
-        for (var u = 0u; u < n; u += 4u) {
-            let us = min(vec4<u32>(u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
-            let pw = select(vec4<f32>(0.0), exp(vec4<f32>(sc[us.x], sc[us.y], sc[us.z], sc[us.w]) - tm),
-                            vec4<u32>(u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n));
-            let rows = (vec4<u32>(t0) + us) % vec4<u32>(p.ring);
-            l += pw.x + pw.y + pw.z + pw.w;
-            accA += pw.x * v4(rows.x, vb, kv_dim, lid) + pw.y * v4(rows.y, vb, kv_dim, lid)
-                  + pw.z * v4(rows.z, vb, kv_dim, lid) + pw.w * v4(rows.w, vb, kv_dim, lid);
-            if (wide) {
-                let d0 = lid + 4u * WG;
-                accB += pw.x * v4(rows.x, vb, kv_dim, d0) + pw.y * v4(rows.y, vb, kv_dim, d0)
-                      + pw.z * v4(rows.z, vb, kv_dim, d0) + pw.w * v4(rows.w, vb, kv_dim, d0);
+        // 2. weights: past the tile's n keys a score is ignored, its weight 0
+        for (var e = lid; e < GW * T; e += WG) {
+            let g = e / T;
+            let t = e % T;
+            let old = mh[slot * MAX_GW + g];
+            var m = old;
+            for (var u = 0u; u < n; u++) {
+                m = max(m, sc[g * T + u]);
+            }
+            var w = 0.0;
+            if (t < n) {
+                w = exp(sc[e] - m);
+            }
+            pw[e] = w;
+            if (t == 0u) {
+                mh[(1u - slot) * MAX_GW + g] = m;
+                al[g] = exp(old - m);
             }
         }
-        m = tm;
+        workgroupBarrier();
+        slot = 1u - slot;
+        // 3. values (the next tile's writes to pw and al come after its first barrier)
+        if (kg < kg_n) {
+            for (var g = 0u; g < GW; g++) {
+                acc[g] *= al[g];
+                l[g] *= al[g];
+            }
+            for (var u = kg; u < n; u += kg_n) {
+                let v = v_get4((t0 + u) % p.ring, kb + 4u * c, kv_dim);
+                for (var g = 0u; g < GW; g++) {
+                    let w = pw[g * T + u];
+                    acc[g] += w * v;
+                    l[g] += w;
+                }
+            }
+        }
+    }
+    // Sum the key groups' partial outputs, one head at a time, through red.
+    for (var g = 0u; g < GW; g++) {
+        if (kg < kg_n) {
+            red[lid] = acc[g];
+            red[WG + lid] = vec4<f32>(l[g]);
+        }
+        workgroupBarrier();
+        if (lid < dv) {
+            var o = red[lid];
+            var s = red[WG + lid].x;
+            for (var j = 1u; j < kg_n; j++) {
+                o += red[j * dv + lid];
+                s += red[WG + j * dv + lid].x;
+            }
+            let h = h0 + g;
+            if (SPLIT > 0u) {
+                // an empty split (past pos) has sum 0
+                let pb = ((r * p.heads + h) * nwg.z + wid.z) * (p.head_dim + 2u);
+                if (lid == 0u) {
+                    out[pb] = mh[slot * MAX_GW + g];
+                    out[pb + 1u] = s;
+                }
+                put4(pb + 2u + 4u * lid, o);
+            } else {
+                put4((r * p.heads + h) * p.head_dim + 4u * lid, o / s);
+            }
+        }
         workgroupBarrier();
     }
-    if (SPLIT > 0u) {
-        // partial (m, l, acc) of split z; an empty split (past pos) has l = 0
-        let pb = ((r * p.heads + h) * nwg.z + wid.z) * (p.head_dim + 2u);
-        if (lid == 0u) {
-            out[pb] = m;
-            out[pb + 1u] = l;
-        }
-        put4(pb + 2u, lid, accA);
-        put4(pb + 2u, lid + 4u * WG, accB);
-        return;
-    }
-    put4(qbase, lid, accA / l);
-    put4(qbase, lid + 4u * WG, accB / l);
 }

@@ -1,11 +1,13 @@
 // Attention with SPLIT, second stage: combine a (head, row)'s per-split partials (m, l, acc) into
 // out = sum_z acc_z * exp(m_z - M) / sum_z l_z * exp(m_z - M), M the largest m_z of non-empty splits.
+// Each split's weight is found once, in workgroup memory; the dims then read the splits' partial outputs
+// up to the last non-empty split (splits past the query's position are empty), four splits at a time.
 // Dispatch: (heads, rows).
 
 struct P {
     heads: u32,
     head_dim: u32,
-    splits: u32,
+    splits: u32,     // at most MAX_SPLITS
 }
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
@@ -14,6 +16,12 @@ struct P {
 @group(0) @binding(3) var<uniform> p: P;
 
 override WG: u32 = 64u;
+
+const MAX_SPLITS: u32 = 256u;   // read by the host (plan.attention_splits)
+
+var<workgroup> ms: array<f32, MAX_SPLITS>;   // split z's running max (-3e38 when empty)
+var<workgroup> ls: array<f32, MAX_SPLITS>;   // its sum of weights
+var<workgroup> ws: array<f32, MAX_SPLITS>;   // its weight exp(m_z - M), 0 when empty
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -24,27 +32,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let stride = p.head_dim + 2u;
     let base = (r * p.heads + h) * p.splits * stride;
+    for (var z = lid; z < p.splits; z += WG) {
+        let l = part[base + z * stride + 1u];
+        ls[z] = l;
+        ms[z] = select(-3.0e38, part[base + z * stride], l > 0.0);
+    }
+    workgroupBarrier();
     var big = -3.0e38;
+    var nz = 0u;   // splits up to the last non-empty one
     for (var z = 0u; z < p.splits; z++) {
-        if (part[base + z * stride + 1u] > 0.0) {
-            big = max(big, part[base + z * stride]);
+        big = max(big, ms[z]);
+        if (ls[z] > 0.0) {
+            nz = z + 1u;
         }
     }
+    for (var z = lid; z < p.splits; z += WG) {
+        ws[z] = select(0.0, exp(ms[z] - big), ls[z] > 0.0);
+    }
+    workgroupBarrier();
     var total = 0.0;
-    for (var z = 0u; z < p.splits; z++) {
-        let l = part[base + z * stride + 1u];
-        if (l > 0.0) {
-            total += l * exp(part[base + z * stride] - big);
-        }
+    for (var z = 0u; z < nz; z++) {
+        total += ls[z] * ws[z];
     }
     for (var d = lid; d < p.head_dim; d += WG) {
-        var acc = 0.0;
-        for (var z = 0u; z < p.splits; z++) {
-            let o = base + z * stride;
-            if (part[o + 1u] > 0.0) {
-                acc += part[o + 2u + d] * exp(part[o] - big);
-            }
+        let o = base + 2u + d;
+        var acc = vec4<f32>(0.0);
+        var z = 0u;
+        for (; z + 4u <= nz; z += 4u) {
+            acc += vec4<f32>(part[o + z * stride], part[o + (z + 1u) * stride], part[o + (z + 2u) * stride],
+                             part[o + (z + 3u) * stride]) * vec4<f32>(ws[z], ws[z + 1u], ws[z + 2u], ws[z + 3u]);
         }
-        out[(r * p.heads + h) * p.head_dim + d] = acc / total;
+        for (; z < nz; z++) {
+            acc.x += part[o + z * stride] * ws[z];
+        }
+        out[(r * p.heads + h) * p.head_dim + d] = (acc.x + acc.y + acc.z + acc.w) / total;
     }
 }

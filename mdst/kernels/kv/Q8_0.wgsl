@@ -12,19 +12,21 @@ fn q8_row_words(kv_dim: u32) -> u32 {
     return kv_dim / 32u + kv_dim / 4u;
 }
 
-// value i of a row whose scale word is s and whose quant word holding i is w
-fn q8_value(s: u32, w: u32, i: u32) -> f32 {
-    return bitcast<f32>(s) * f32(bitcast<i32>(w << (24u - 8u * (i & 3u))) >> 24u);
+// The four values of quant word w (signed bytes, low byte first) times the block's scale word s.
+fn q8_values(s: u32, w: u32) -> vec4<f32> {
+    let q = bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u);
+    return bitcast<f32>(s) * vec4<f32>(q);
 }
 
-fn k_get(row: u32, i: u32, kv_dim: u32) -> f32 {
+// Values i .. i + 3 of a cached row (i a multiple of 4): one quant word.
+fn k_get4(row: u32, i: u32, kv_dim: u32) -> vec4<f32> {
     let b = row * q8_row_words(kv_dim);
-    return q8_value(kc[b + i / 32u], kc[b + kv_dim / 32u + i / 4u], i);
+    return q8_values(kc[b + i / 32u], kc[b + kv_dim / 32u + i / 4u]);
 }
 
-fn v_get(row: u32, i: u32, kv_dim: u32) -> f32 {
+fn v_get4(row: u32, i: u32, kv_dim: u32) -> vec4<f32> {
     let b = row * q8_row_words(kv_dim);
-    return q8_value(vc[b + i / 32u], vc[b + kv_dim / 32u + i / 4u], i);
+    return q8_values(vc[b + i / 32u], vc[b + kv_dim / 32u + i / 4u]);
 }
 
 // The block's scale word and its eight quant words: [scale, q0, ..., q7].
