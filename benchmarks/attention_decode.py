@@ -15,7 +15,7 @@ import dataclasses
 import json
 
 import numpy as np
-from gpu_timing import dispatcher, passes, read_ceiling_s, storage, timed
+from gpu_timing import dispatcher, passes, read_ceiling, storage, timed
 
 SHAPES = {"gemma3-270m": (4, 1, 256), "qwen3-0.6b": (16, 8, 128), "qwen3-8b": (32, 8, 128)}  # heads, kv heads, dim
 
@@ -43,7 +43,7 @@ def main() -> None:
 
     nbytes = args.read_mib << 20
     src, sink = storage(gpu, nbytes), storage(gpu, 16)
-    read_gbs = nbytes / read_ceiling_s(gpu, src, nbytes, sink, 10) / 1e9
+    read_gbs = nbytes / read_ceiling(gpu)(src, nbytes, sink, 10) / 1e9
     src.destroy(), sink.destroy()
 
     results = []

@@ -37,8 +37,8 @@ def storage(gpu: Any, data: np.ndarray | int) -> Any:
 
     u = wgpu.BufferUsage
     if isinstance(data, int):
-        return gpu.device.create_buffer(size=max(4, data), usage=u.STORAGE | u.COPY_SRC | u.COPY_DST)
-    return gpu.device.create_buffer_with_data(data=np.ascontiguousarray(data), usage=u.STORAGE | u.COPY_SRC | u.COPY_DST)
+        return gpu.device.create_buffer(size=max(4, data), usage=u.STORAGE | u.COPY_SRC)
+    return gpu.device.create_buffer_with_data(data=np.ascontiguousarray(data), usage=u.STORAGE | u.COPY_SRC)
 
 
 def dispatcher(gpu: Any, pipelines: Any, spec: Any, buffers: list[Any], params: dict[str, Any],
@@ -91,18 +91,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 """
 
 
-def read_ceiling_s(gpu: Any, src: Any, nbytes: int, sink: Any, reps: int) -> float:
-    """Seconds to read the first `nbytes` (a multiple of 16) of `src` once with vec4<u32> loads; `sink` is any
-    storage buffer (the shader writes it only to keep its loads)."""
+def read_ceiling(gpu: Any) -> Callable[[Any, int, Any, int], float]:
+    """A function timing one read of a buffer's first `nbytes` (a multiple of 16) with vec4<u32> loads:
+    (src, nbytes, sink, reps) -> seconds; `sink` is any storage buffer (written only to keep the loads)."""
     dev = gpu.device
     pipe = dev.create_compute_pipeline(layout="auto", compute={"module": dev.create_shader_module(code=READ),
                                                                "entry_point": "main"})
-    bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
-        {"binding": 0, "resource": {"buffer": src, "offset": 0, "size": nbytes}},
-        {"binding": 1, "resource": {"buffer": sink, "offset": 0, "size": sink.size}}])
 
-    def read_all(cp: Any) -> None:
-        cp.set_pipeline(pipe)
-        cp.set_bind_group(0, bg)
-        cp.dispatch_workgroups(READ_GROUPS, 1, 1)
-    return timed(gpu, passes(read_all), reps)
+    def seconds(src: Any, nbytes: int, sink: Any, reps: int) -> float:
+        bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
+            {"binding": 0, "resource": {"buffer": src, "offset": 0, "size": nbytes}},
+            {"binding": 1, "resource": {"buffer": sink, "offset": 0, "size": sink.size}}])
+
+        def read_all(cp: Any) -> None:
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(READ_GROUPS, 1, 1)
+        return timed(gpu, passes(read_all), reps)
+    return seconds

@@ -17,9 +17,7 @@ import json
 from typing import Any
 
 import numpy as np
-from gpu_timing import dispatcher, passes, read_ceiling_s, storage, timed
-
-
+from gpu_timing import dispatcher, passes, read_ceiling, storage, timed
 
 
 def main() -> None:
@@ -65,6 +63,7 @@ def main() -> None:
     for b in add:
         b.destroy()
 
+    read_time = read_ceiling(gpu)
     results = []
     for wtype in (args.types.split(",") if args.types else WEIGHT_TYPES):
         t = GGML_TYPE_BY_NAME[wtype]
@@ -93,7 +92,7 @@ def main() -> None:
                                          gemv_groups(n, lanes, r)))
         # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
         nread = raw.nbytes // 16 * 16
-        read_s = read_ceiling_s(gpu, bufs[0], nread, bufs[2], args.reps)
+        read_s = read_time(bufs[0], nread, bufs[2], args.reps)
         for spec, params, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
             results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
