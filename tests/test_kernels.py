@@ -11,6 +11,7 @@ from mdst import reference
 from mdst.ir.ops import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
+from mdst.dev.oracle import weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
 from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, gemm_groups, gemv_groups, step_words
@@ -48,7 +49,7 @@ def test_get_rows(run, rng, wtype):
     # the second half of the table as a separate part: rows outside it must stay untouched
     row0 = vocab // 2
     part = raw[row0 * row_bytes:]
-    lead = 8  # the part starts 8 bytes into its buffer (w0)
+    lead = weight_lead(wtype)  # the part starts this far into its buffer (w0)
     part = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), part])
     out = f32(run(KernelSpec("get_rows", wtype), [part, step_words(0, n, ids), Out(n * cols * 4)],
                   {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": 1.5,
@@ -64,11 +65,11 @@ FUSIONS = [{}, {"NORM": True}, {"RES": True}, {"GLU": 1, "NORM": True, "RES": Tr
 
 
 def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
-    """Inputs and reference of a matmul with its fusions; the weights sit 8 bytes into their buffer."""
+    """Inputs and reference of a matmul with its fusions; the weights sit weight_lead bytes into their buffer."""
     k, n = awkward_k(wtype), 77
     glu = fusion.get("GLU", 0)
     raw, w, row_bytes = weight(wtype, 2 * n if glu else n, k, rng)   # gate rows, then up rows
-    lead = 8
+    lead = weight_lead(wtype)
     buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
     x = rng.standard_normal((m, k)).astype(np.float32)
     g = rng.standard_normal(k).astype(np.float32)

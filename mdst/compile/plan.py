@@ -20,7 +20,7 @@ from ..ir.fusion import fuse
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import (Add, Attention, AttentionSpec, Embed, Glu, LastRow, Matmul, Mul, RmsNorm, Rope, RopeSpec, RopeStore,
                   ShortConv, View)
-from ..kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, wgsl_const
+from ..kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, weight_align, wgsl_const
 from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from ..memory.pool import Liveness
 from ..memory.weights import GpuWeight, WeightStore
@@ -411,7 +411,11 @@ class Compilation:
     def weight(self, name: str, part: int) -> Any:
         """The buffer the next dispatch binds for a weight part: its own, or the least recently used slot."""
         store = self.compiler.weights
-        p = store.matrix(name).parts[part]
+        m = store.matrix(name)
+        p = m.parts[part]
+        align = weight_align(m.type.name)
+        if p.offset % align or m.row_bytes % align:
+            raise RuntimeError(f"{name} part {part} at byte {p.offset}: {m.type.name} is read in {align}-byte words")  # layout bug
         if not p.paged:
             return p.buffer
         slot = next((s for s, held in self._lru.items() if held == (name, part)), None)

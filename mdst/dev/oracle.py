@@ -217,11 +217,12 @@ class CaseBuilder:
         want = _poisoned((n, cols))
         inside = ids >= row0
         want[inside] = table[ids[inside]] * np.float32(scale)
-        lead = np.zeros(8, np.uint8)  # the part starts 8 bytes into its buffer (w0)
-        return [Case(f"rows {row0}.. of {src} as one part at byte 8, {n} ids", spec,
-                     [np.concatenate([lead, raw[row0 * row_bytes:]]), step_words(0, n, ids), Out(n * cols * 4)],
+        lead = weight_lead(spec.wtype)  # where the part starts in its buffer (w0)
+        return [Case(f"rows {row0}.. of {src} as one part at byte {lead}, {n} ids", spec,
+                     [np.concatenate([np.zeros(lead, np.uint8), raw[row0 * row_bytes:]]), step_words(0, n, ids),
+                      Out(n * cols * 4)],
                      {"cols": cols, "row0": row0, "part_rows": vocab - row0, "row_bytes": row_bytes, "scale": scale,
-                      "w0": 8}, (-(-cols // 4 // 64), n, 1), [Expect("f32", _within(1e-6), want)])]
+                      "w0": lead}, (-(-cols // 4 // 64), n, 1), [Expect("f32", _within(1e-6), want)])]
 
     def _fused_matmul(self, spec: Any, m: int) -> tuple[list[Any], np.ndarray, dict[str, Any], str]:
         """A matmul case with the fusions `spec` turns on (NORM, GLU, RES): the bindings before the
@@ -240,10 +241,11 @@ class CaseBuilder:
             y = reference.glu(y, reference.matmul(xn, w[n:]), {1: "silu", 2: "gelu_tanh"}[glu])
         want = _poisoned((m, stride))
         want[:, o0:o0 + n] = y + (r[:, o0:o0 + n] if res else 0)
-        buf = np.concatenate([np.zeros(8, np.uint8), raw])  # the part starts 8 bytes into its buffer
-        about = (f"{m} rows of x @ {src} at byte 8 into columns {o0}.. of stride {stride}"
+        lead = weight_lead(spec.wtype)
+        buf = np.concatenate([np.zeros(lead, np.uint8), raw])  # the part starts `lead` bytes into its buffer
+        about = (f"{m} rows of x @ {src} at byte {lead} into columns {o0}.. of stride {stride}"
                  + (", normalized first" if norm else "") + (", gated" if glu else "") + (", plus a residual" if res else ""))
-        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": 8, "eps": 1e-5}
+        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5}
         return [buf, x, r, g], want, params, about
 
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -550,6 +552,13 @@ class CaseBuilder:
                                  Out(want_y.nbytes)], {"channels": ch, "kernel": kernel}, (-(-ch // 64), 1, 1),
                                 [Expect("f32", _within(1e-6), new_state), Expect("f32", _within(1e-6), want_y)]))
         return out
+
+
+def weight_lead(wtype: str) -> int:
+    """Where a test's weight part starts in its buffer (w0): off the binding's start, as its type allows
+    (8 bytes where bytes are read anywhere: blocks of 18 or 34 bytes then also start off word boundaries)."""
+    from ..kernels import weight_align
+    return max(8, weight_align(wtype))
 
 
 def _awkward_k(wtype: str) -> int:

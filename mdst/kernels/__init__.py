@@ -4,7 +4,7 @@ A kernel is named by a `KernelSpec`: the kernel file, the weight type it reads (
 cache format it reads or writes (if any), the precision variant and its override constants. Its
 WGSL source is, in this order,
 
-    common.wgsl + [weights.wgsl + quant/<WTYPE>.wgsl [+ step]] + [kv/<KV>.wgsl] + <kernel>.wgsl
+    common.wgsl + [weights(_vec4).wgsl + quant/<WTYPE>.wgsl [+ step]] + [kv/<KV>.wgsl] + <kernel>.wgsl
 
 where `step`, for kernels listed in TYPE_STEPS, is the weight type's own inner step
 (quant/<WTYPE>.<kernel>.wgsl) or the generic one (quant/<kernel>.wgsl).
@@ -28,6 +28,16 @@ WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q
 
 # Kernels whose inner step a weight type may replace, and the types that do (see compose).
 TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}
+
+# Weight types whose blocks are whole 16-byte words: kernels read them through weights_vec4.wgsl (one load a
+# header or 16 bytes of data) instead of weights.wgsl's 4-byte words.
+WIDE_TYPES = ("Q4_K",)
+
+
+def weight_align(wtype: str) -> int:
+    """What a weight part's byte offset (and row length) must be a multiple of: 16 for WIDE_TYPES, read in
+    16-byte words; 1 for the others, whose kernels read bytes anywhere."""
+    return 16 if wtype in WIDE_TYPES else 1
 
 # KV cache formats (kv/<name>.wgsl); "F" stores `half`: f32, or f16 in the f16 variant.
 KV_FORMATS = ("F", "Q8_0")
@@ -72,7 +82,7 @@ def compose(name: str, wtype: str | None = None, kv: str | None = None) -> str:
     if wtype is not None:
         if wtype not in WEIGHT_TYPES:
             raise KeyError(f"no kernel reads weight type {wtype}")
-        parts += [read("weights.wgsl"), read(f"quant/{wtype}.wgsl")]
+        parts += [read("weights_vec4.wgsl" if wtype in WIDE_TYPES else "weights.wgsl"), read(f"quant/{wtype}.wgsl")]
         if name in TYPE_STEPS:
             parts.append(read(f"quant/{wtype}.{name}.wgsl" if wtype in TYPE_STEPS[name] else f"quant/{name}.wgsl"))
     if kv is not None:

@@ -72,3 +72,13 @@ const DRAW_HIST: u32 = 16u;
 const DRAW_COUNTS: u32 = 80u;
 const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k) and tokens in its penalty window
 const DRAW_WORDS: u32 = 144u;   // the buffer's size in words: DRAW_COUNTS + KMAX
+
+// Byte decoders for the weight types (quant/*.wgsl). The four bytes of v as signed integers.
+fn i8x4(v: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v << 24u, v << 16u, v << 8u, v)) >> vec4<u32>(24u));
+}
+
+// The four bytes of v as unsigned integers.
+fn u8x4(v: u32) -> vec4<u32> {
+    return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+}

@@ -1,6 +1,7 @@
 // Weight access, prepended to kernels that read a weight tensor (binding 0), followed by
 // quant/<type>.wgsl, which defines QK (weights per block), QB (bytes per block) and
-// deq4(b, g): weights 4g..4g+3 of the block that starts at byte b, as f32.
+// deq4(b, g): weights 4g..4g+3 of the block that starts at byte b, as f32. Types whose blocks are
+// whole 16-byte words take weights_vec4.wgsl instead (README.md, section 1).
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 
@@ -31,14 +32,4 @@ fn w_u16(o: u32) -> u32 {
 
 fn w_f16(o: u32) -> f32 {
     return unpack2x16float(w_u16(o)).x;
-}
-
-// The four bytes of v as signed integers.
-fn i8x4(v: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v << 24u, v << 16u, v << 8u, v)) >> vec4<u32>(24u));
-}
-
-// The four bytes of v as unsigned integers.
-fn u8x4(v: u32) -> vec4<u32> {
-    return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
 }

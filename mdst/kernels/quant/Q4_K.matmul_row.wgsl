@@ -1,9 +1,10 @@
 // matmul_row's step for Q4_K. A unit is 32 weights: 4 data words of a sub-block pair, whose low
 // nibbles are 16 weights of the pair's first sub-block and whose high nibbles the same 16 positions
 // of the second. Units run 8 to a block (4 pairs x 2 halves). The unit's x and their sums are read
-// once for all the group's rows; per row, the block's 4 header words give the two sub-blocks' scales
-// and mins (decoded as one word of 4 bytes), and the nibbles become floats through exponent bits
-// (ub4 in matmul_row.wgsl) rather than integer-to-float conversions.
+// once for all the group's rows; per row, a unit is two 16-byte loads (weights_vec4.wgsl): its data and
+// the block's header, which gives the two sub-blocks' scales and mins (decoded as one word of 4 bytes),
+// and the nibbles become floats through exponent bits (ub4 in matmul_row.wgsl) rather than
+// integer-to-float conversions.
 
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
@@ -31,15 +32,6 @@ fn step_x(u: u32) -> XU {
     return xu;
 }
 
-// The block's header (f16 d and dmin, 12 bytes of scales and mins) and a unit's 4 data words.
-fn q4k_head(w: u32) -> vec4<u32> {
-    return vec4<u32>(W[w], W[w + 1u], W[w + 2u], W[w + 3u]);
-}
-
-fn q4k_data(q: u32) -> vec4<u32> {
-    return vec4<u32>(W[q], W[q + 1u], W[q + 2u], W[q + 3u]);
-}
-
 // Scales and mins of sub-blocks 2 pr and 2 pr + 1 as one word: bytes (scale, scale, min, min).
 // Sub-blocks 0..3 keep 6 bits in bytes s of words 1 (scale) and 2 (min); 4..7 keep their low 4 bits
 // in the nibbles of byte s - 4 of word 3 and their high 2 in the top bits of bytes s - 4 of words 1, 2.
@@ -54,10 +46,10 @@ fn q4k_scales(hd: vec4<u32>, pr: u32) -> u32 {
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
-    let w = (b >> 2u) + (u >> 3u) * (QB / 4u);
+    let h = (b >> 4u) + (u >> 3u) * (QB / 16u);   // the block's header word
     let pr = (u >> 1u) & 3u;
-    let hd = q4k_head(w);
-    let v = q4k_data(w + 4u + 8u * pr + 4u * (u & 1u));
+    let hd = W[h];
+    let v = W[h + 1u + 2u * pr + (u & 1u)];
     let dm = unpack2x16float(hd.x);
     let sm = ub4(q4k_scales(hd, pr));   // scale lo, scale hi, min lo, min hi
     let dl = dot(nib_lo(v.x), xu.lo[0]) + dot(nib_lo(v.y), xu.lo[1]) + dot(nib_lo(v.z), xu.lo[2]) + dot(nib_lo(v.w), xu.lo[3]);
