@@ -135,8 +135,14 @@ def download(name: str, quant: str | None = None, revision: str | None = None,
     if ref.file is not None and quant is not None:
         raise ValueError(f"{name!r} names a file, so quant={quant!r} has nothing to choose; give one of them")
     if ref.file is None:
-        listing = _repo_files(ref)
-        files = split_files(pick(listing, quant, ref.repo), listing)
+        listing, cached = _repo_files(ref)
+        try:
+            files = split_files(pick(listing, quant, ref.repo), listing)
+        except HubError as e:
+            if not cached:
+                raise
+            raise HubError(f"{e} (offline, so only the files in the Hugging Face cache count; download others while "
+                           "online: mdst pull)") from None
     else:
         files = split_files(ref.file)
     from huggingface_hub import hf_hub_download
@@ -149,19 +155,19 @@ def download(name: str, quant: str | None = None, revision: str | None = None,
     return paths[0]
 
 
-def _repo_files(ref: HubRef) -> list[str]:
-    """The repository's files at the revision: listed by the Hub, or from the cache when offline
-    (HF_HUB_OFFLINE) or the Hub cannot be reached."""
+def _repo_files(ref: HubRef) -> tuple[list[str], bool]:
+    """The repository's files at the revision, and whether they come from the cache: listed by the Hub, or by
+    the cache when offline (HF_HUB_OFFLINE) or the Hub cannot be reached."""
     from huggingface_hub import HfApi
 
     try:
         with _hub_errors(ref):
-            return HfApi().list_repo_files(ref.repo, revision=ref.revision)
+            return HfApi().list_repo_files(ref.repo, revision=ref.revision), False
     except HubError as e:
         cached = _cached_files(ref) if _unreachable(e.__cause__) else None
         if cached is None:
             raise
-        return cached
+        return cached, True
 
 
 def _cached_files(ref: HubRef) -> list[str] | None:
@@ -210,11 +216,11 @@ def _hub_errors(ref: HubRef, file: str | None = None) -> Iterator[None]:
     except RepositoryNotFoundError as e:
         raise HubError(f"no model repository {ref.repo} on {constants.ENDPOINT} (or it is private: log in with "
                        "HF_TOKEN or `hf auth login`); check the name") from e
-    except EntryNotFoundError as e:
-        raise HubError(f"{ref.repo} has no file {file}{at}; `mdst pull {ref.repo}` lists its quantizations") from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise HubError(f"{what}{at} is not in the Hugging Face cache and the Hub cannot be used (offline mode, "
                        "HF_HUB_OFFLINE=1, or no connection); download it first while online (`mdst pull`)") from e
+    except EntryNotFoundError as e:   # after LocalEntryNotFoundError, its subclass
+        raise HubError(f"{ref.repo} has no file {file}{at}; `mdst pull {ref.repo}` lists its quantizations") from e
     except HfHubHTTPError as e:
         raise HubError(f"the Hub refused {what}{at}: {e}") from e
     except Exception as e:
