@@ -174,7 +174,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.memory:
         import mdst
 
-        with mdst.load(args.file, device=args.device, context_length=args.context, kv_type=kv_type_arg(args)) as model:
+        with mdst.load(args.file, quant=args.quant, revision=args.revision, device=args.device,
+                       context_length=args.context, kv_type=kv_type_arg(args)) as model:
             if model.engine.kind == "gpu":
                 model.engine.compile_all()  # report every plan the model can use
             print(format_memory(model.memory_report()))

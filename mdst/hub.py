@@ -113,10 +113,11 @@ def pick(files: list[str], quant: str | None, repo: str) -> str:
 def split_files(file: str, files: list[str] | None = None) -> list[str]:
     """Every part of the model that `file` starts (just `file` unless it is NAME-00001-of-0000N.gguf);
     HubError if the repository's listing `files` lacks one."""
-    m = SPLIT_NAME.match(os.path.basename(file))
+    folder, _, base = file.rpartition("/")   # paths in a repository use "/" on every OS
+    m = SPLIT_NAME.match(base)
     if m is None or int(m["no"]) != 1:
         return [file]
-    prefix = file[:len(file) - len(os.path.basename(file))] + m["prefix"]
+    prefix = f"{folder}/{m['prefix']}" if folder else m["prefix"]
     count = int(m["count"])
     parts = [split_path(prefix, i, count) for i in range(count)]
     missing = [p for p in parts if files is not None and p not in files]
@@ -215,7 +216,7 @@ def _hub_errors(ref: HubRef, file: str | None = None) -> Iterator[None]:
         raise HubError(f"{ref.repo} has no revision {ref.revision!r}; give a branch, tag or commit it has") from e
     except RepositoryNotFoundError as e:
         raise HubError(f"no model repository {ref.repo} on {constants.ENDPOINT} (or it is private: log in with "
-                       "HF_TOKEN or `hf auth login`); check the name") from e
+                       "HF_TOKEN or `hf auth login`), and no such local file; check the name") from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise HubError(f"{what}{at} is not in the Hugging Face cache and the Hub cannot be used (offline mode, "
                        "HF_HUB_OFFLINE=1, or no connection); download it first while online (`mdst pull`)") from e

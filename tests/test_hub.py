@@ -147,7 +147,7 @@ def gen(name, **kw):
     with mdst.load(name, device="cpu", context_length=32, **kw) as m:
         return m.generate("Once upon", max_tokens=4), m.gguf.paths
 out["local"] = gen({str(server.local)!r})[0]
-out["hf"] = gen("hf://{REPO}/tiny-Q8_0.gguf")
+out["hf"] = gen("hf://{REPO}/tiny-Q8_0.gguf@{server.commit(REPO)}")
 out["quant"] = gen("{REPO}", quant="q4_k_m", revision="main")
 out["split"] = gen("{REPO}", quant="F16")
 out["errors"] = []
@@ -163,7 +163,8 @@ print(json.dumps(out))
     assert r.stderr == ""   # no download bars: stderr is not a terminal
     text, paths = out["hf"]
     assert text == out["local"] and paths[0].endswith("/tiny-Q8_0.gguf")
-    assert paths[0].startswith(str(tmp_path / "hf" / "hub" / "models--org--tiny-GGUF" / "snapshots"))
+    assert paths[0] == str(tmp_path / "hf" / "hub" / "models--org--tiny-GGUF" / "snapshots" / server.commit(REPO) /
+                           "tiny-Q8_0.gguf")
     text, paths = out["quant"]
     assert text == out["local"] and Path(paths[0]).name == "tiny-Q4_K_M.gguf"
     text, paths = out["split"]
