@@ -70,7 +70,7 @@ def download_bar(progress: bool | None) -> type:
 
     class DownloadBar(tqdm):
         def __init__(self, *args: Any, **kwargs: Any):
-            kwargs["disable"] = not draw or kwargs.get("disable", False)
+            kwargs["disable"] = not draw or kwargs.get("disable") is True   # None would mean: only on a terminal
             super().__init__(*args, **kwargs)
 
     return DownloadBar

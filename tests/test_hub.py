@@ -28,14 +28,15 @@ REPO = "org/tiny-GGUF"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The stand-in Hub serving REPO: three single-file quantizations, a split one in a folder, a vision
-    projector and a README."""
+    """The stand-in Hub serving REPO: three single-file quantizations (Q8_0 and Q4_K_M the same model, the
+    local file), a split one in a folder (the same model), a vision projector and a README."""
     d = tmp_path_factory.mktemp("hub")
     whole = synth.write(d / "tiny.gguf", "llama-tiny", types="Q8_0", seed=11)
     repo = d / "repo"
     (repo / "split").mkdir(parents=True)
-    for quant in ("Q8_0", "Q4_K_M", "Q4_K_S"):
+    for quant in ("Q8_0", "Q4_K_M"):
         shutil.copy(whole, repo / f"tiny-{quant}.gguf")
+    synth.write(repo / "tiny-Q4_K_S.gguf", "llama-tiny", types="Q8_0", seed=12)   # other bytes: a download of its own
     split_gguf(whole, repo / "split" / "tiny-F16", 2)
     (repo / "mmproj-tiny-F16.gguf").write_bytes(b"GGUF")
     (repo / "README.md").write_text("a tiny model\n")
@@ -158,9 +159,13 @@ for name, kw in [("{REPO}", {{}}), ("{REPO}", {{"quant": "Q4_K"}}), ("org/none",
     except mdst.HubError as e:
         out["errors"].append(str(e))
 print(json.dumps(out))
+import sys; print("-- progress=True --", file=sys.stderr)
+resolve_model_path("{REPO}", quant="Q4_K_S", progress=True)
 """)
     out = json.loads(r.stdout)
-    assert r.stderr == ""   # no download bars: stderr is not a terminal
+    silent, drawn = r.stderr.split("-- progress=True --\n")
+    assert silent == ""   # no download bars: stderr is not a terminal
+    assert "tiny-Q4_K_S.gguf" in drawn and "100%" in drawn   # huggingface_hub's bar, asked for
     text, paths = out["hf"]
     assert text == out["local"] and paths[0].endswith("/tiny-Q8_0.gguf")
     assert paths[0] == str(tmp_path / "hf" / "hub" / "models--org--tiny-GGUF" / "snapshots" / server.commit(REPO) /
@@ -184,14 +189,14 @@ print(json.dumps(out))
 
 def test_pull_then_offline_from_the_cache(server, tmp_path):
     home = tmp_path / "hf"
-    r = run(server, home, "", "pull", REPO, "--quant", "Q4_K_S")
+    r = run(server, home, "", "pull", REPO, "--quant", "Q4_K_M")
     path = r.stdout.strip()
-    assert Path(path).name == "tiny-Q4_K_S.gguf" and Path(path).is_file() and r.stderr == ""
+    assert Path(path).name == "tiny-Q4_K_M.gguf" and Path(path).is_file() and r.stderr == ""
     r = run(server, home, "", "pull", f"hf://{REPO}/split/tiny-F16-00001-of-00002.gguf")
     assert Path(r.stdout.strip()).with_name("tiny-F16-00002-of-00002.gguf").is_file()
 
     asked = len(server.requests)
-    r = run(server, home, "", "generate", "-m", REPO, "--quant", "Q4_K_S", "--device", "cpu", "-n", "4",
+    r = run(server, home, "", "generate", "-m", REPO, "--quant", "Q4_K_M", "--device", "cpu", "-n", "4",
             "Once upon", offline=True)
     local = run(server, home, "", "generate", "-m", str(server.local), "--device", "cpu", "-n", "4", "Once upon",
                 offline=True)
@@ -199,7 +204,7 @@ def test_pull_then_offline_from_the_cache(server, tmp_path):
     run(server, home, "", "inspect", f"hf://{REPO}/split/tiny-F16-00001-of-00002.gguf", offline=True)
     missing = run(server, home, "", "pull", REPO, "--quant", "Q8_0", offline=True, check=False)
     assert missing.returncode == 2
-    assert missing.stderr == (f"mdst: error: {REPO} has no Q8_0 GGUF model; its quantizations: F16, Q4_K_S (offline, "
+    assert missing.stderr == (f"mdst: error: {REPO} has no Q8_0 GGUF model; its quantizations: F16, Q4_K_M (offline, "
                               "so only the files in the Hugging Face cache count; download others while online: "
                               "mdst pull)\n")
     missing = run(server, home, "", "pull", f"hf://{REPO}/tiny-Q8_0.gguf", offline=True, check=False)
