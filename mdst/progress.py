@@ -49,7 +49,8 @@ class ByteBar:
 
 
 @contextlib.contextmanager
-def loading(progress: bool | None | Callable[[int, int], None], desc: str) -> Iterator[Callable[[int, int], None] | None]:
+def loading(progress: bool | None | Callable[[int, int], None],
+            desc: str) -> Iterator[Callable[[int, int], None] | None]:
     """The `(done, total)` callback for `progress` while the block runs: the caller's own, a `ByteBar` (erased
     when the block ends, also on an error), or None when nothing is drawn."""
     if callable(progress):

@@ -9,7 +9,7 @@ It answers what huggingface_hub's `list_repo_files` and `hf_hub_download` ask (r
 
 with the X-Error-Code header huggingface_hub maps to its errors (RepoNotFound, RevisionNotFound,
 EntryNotFound). REV is "main" or the repository's commit (a hash of its files). `requests` records
-every request, so tests can tell whether the Hub was asked at all.
+every request (and the token it carried), so tests can tell whether and how the Hub was asked.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class HubServer:
 
     def __init__(self, repos: dict[str, Path]):
         self.repos = {name: Path(folder) for name, folder in repos.items()}
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str | None]] = []   # method, path, Authorization header
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
@@ -74,7 +74,7 @@ class HubServer:
                 self.end_headers()
 
             def _serve(self, body: bool) -> None:
-                hub.requests.append((self.command, self.path))
+                hub.requests.append((self.command, self.path, self.headers.get("Authorization")))
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 api = path.startswith("/api/models/")
                 parts = path.removeprefix("/api/models/" if api else "/").split("/")

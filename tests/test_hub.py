@@ -46,12 +46,14 @@ def server(tmp_path_factory):
     s.close()
 
 
-def run(server: HubServer, home: Path, code: str, *args: str, offline: bool = False,
-        check: bool = True) -> subprocess.CompletedProcess:
+def run(server: HubServer, home: Path, code: str, *args: str, offline: bool = False, check: bool = True,
+        token: str | None = None) -> subprocess.CompletedProcess:
     """Python `code` (or `-m mdst ARGS` when code is "") in a child pointed at the stand-in Hub, HF_HOME in `home`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_ENDPOINT=server.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1",
                HF_HUB_OFFLINE="1" if offline else "0", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    if token is not None:
+        env["HF_TOKEN"] = token
     guard = ("import hub_server; hub_server.forbid_network()\n"
              "import os, huggingface_hub.constants as c; assert c.ENDPOINT == os.environ['HF_ENDPOINT']\n")
     if code:
@@ -182,14 +184,17 @@ resolve_model_path("{REPO}", quant="Q4_K_S", progress=True)
     assert repo.startswith("no model repository org/none on http://127.0.0.1:")
     assert "has no revision 'v9'" in revision
     assert "has no file absent.gguf" in file
-    asked = {path.split("?")[0] for _, path in server.requests[before:]}
-    assert f"/api/models/{REPO}/tree/main" in asked and f"/{REPO}/resolve/main/split/tiny-F16-00002-of-00002.gguf" in asked
+    asked = {path.split("?")[0] for _, path, _ in server.requests[before:]}
+    assert f"/api/models/{REPO}/tree/main" in asked
+    assert f"/{REPO}/resolve/main/split/tiny-F16-00002-of-00002.gguf" in asked
     assert "/org/tiny-GGUF/resolve/main/mmproj-tiny-F16.gguf" not in asked
 
 
 def test_pull_then_offline_from_the_cache(server, tmp_path):
     home = tmp_path / "hf"
-    r = run(server, home, "", "pull", REPO, "--quant", "Q4_K_M")
+    before = len(server.requests)
+    r = run(server, home, "", "pull", REPO, "--quant", "Q4_K_M", token="hf_test_token")
+    assert {auth for _, _, auth in server.requests[before:]} == {"Bearer hf_test_token"}   # HF_TOKEN is used
     path = r.stdout.strip()
     assert Path(path).name == "tiny-Q4_K_M.gguf" and Path(path).is_file() and r.stderr == ""
     r = run(server, home, "", "pull", f"hf://{REPO}/split/tiny-F16-00001-of-00002.gguf")
