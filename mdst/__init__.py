@@ -13,22 +13,28 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import DeviceError, GGUFError, MdstError, OutOfMemoryError, UnsupportedModelError
+from .errors import DeviceError, GGUFError, HubError, MdstError, OutOfMemoryError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from .model import Model, Session
     from .text.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "UnsupportedModelError",
+__all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "UnsupportedModelError", "HubError",
            "DeviceError", "OutOfMemoryError", "__version__"]
 
 
-def load(path: str | os.PathLike | None = None, *, device: str = "auto", precision: str | None = None,
-         context_length: int | None = None, max_binding_size: int | None = None, kv_type: str | None = None,
-         gpu_memory_limit: int | str | None = None, weight_paging: bool = False,
-         progress: Callable[[int, int], None] | None = None) -> "Model":
-    """Load a GGUF model (a path, or a packaged model's short name; None: the default small model).
+def load(path: str | os.PathLike | None = None, *, quant: str | None = None, revision: str | None = None,
+         device: str = "auto", precision: str | None = None, context_length: int | None = None,
+         max_binding_size: int | None = None, kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
+         weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None) -> "Model":
+    """Load a GGUF model: a path, a packaged model's short name (None: the default small model), or a Hugging Face
+    Hub model, "hf://ORG/REPO/FILE.gguf" or "ORG/REPO" with `quant` (downloaded into the Hub's cache; a path that
+    exists wins over a Hub name).
+
+    quant: the quantization to pick among an ORG/REPO's GGUF files ("Q4_K_M"; matched as a whole word in the
+        file name); not needed when the repository holds one model.
+    revision: the Hub branch, tag or commit (default: main).
 
     device: "auto" (a hardware adapter, else numpy: faster than a software adapter such as lavapipe),
         "gpu" (any WebGPU adapter, software included) or "cpu" (numpy).
@@ -38,7 +44,8 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
         the one precision setting; arithmetic is f32.
     gpu_memory_limit: refuse to load (OutOfMemoryError, with the breakdown) if the predicted GPU bytes exceed it.
     weight_paging: under gpu_memory_limit, keep what fits resident and page the other weights in per step.
-    progress: called with (bytes uploaded, bytes to upload) while weights load (the CLI draws a bar).
+    progress: bars (tqdm, on stderr) for downloads and weight uploads: None draws them when stderr is a terminal,
+        True always, False never; a callable is called with (bytes uploaded, bytes to upload) instead.
     precision: deprecated (it only set the KV cache type; DeprecationWarning): "f16" and "f32" mean that kv_type,
         "auto" the default; an error if kv_type disagrees.
     """
@@ -49,7 +56,7 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto", precisi
     if precision is not None:
         warnings.warn(PRECISION_DEPRECATED, DeprecationWarning, stacklevel=2)
         kv_type = kv_type_for_precision(precision, kv_type)
-    return Model(resolve_model_path(path), device=device, context_length=context_length,
+    return Model(resolve_model_path(path, quant, revision, progress), device=device, context_length=context_length,
                  max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit,
                  weight_paging=weight_paging, progress=progress)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import MdstError
-from .serve.args import kv_type_arg, kv_type_options
+from .serve.args import MODEL_HELP, hub_options, kv_type_arg, kv_type_options
 
 DEBUG_ENV = "MDST_DEBUG"  # set to 1 for tracebacks, as --debug does
 
@@ -39,33 +39,14 @@ class StatusLine:
             self._shown = False
 
 
-class ProgressBar:
-    """A loading bar on stderr: `loading [#######       ]  52%  125/241 MiB`, redrawn every percent on a
-    terminal and erased when loading ends; nothing otherwise."""
-
-    def __init__(self, stream: Any = None, width: int = 30):
-        self.line = StatusLine(stream)
-        self.width = width
-        self._shown = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        pct = 100 * done // max(total, 1)
-        if pct == self._shown:
-            return
-        self._shown = pct
-        fill = self.width * done // max(total, 1)
-        self.line(f"loading [{'#' * fill}{' ' * (self.width - fill)}] {pct:3d}%  "
-                  f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB")
-        if done >= total:
-            self.line.done()
-
-
 def _load(args: argparse.Namespace, path: str | None = None) -> Any:
     import mdst
 
     kv_type = kv_type_arg(args)
-    return mdst.load(path or args.model, device=args.device, kv_type=kv_type,
-                     context_length=args.context, progress=ProgressBar())
+    if path is not None:   # already resolved
+        return mdst.load(path, device=args.device, kv_type=kv_type, context_length=args.context)
+    return mdst.load(args.model, quant=args.quant, revision=args.revision, device=args.device, kv_type=kv_type,
+                     context_length=args.context)
 
 
 def _check_generation(max_tokens: int, **sampling: Any) -> None:
@@ -79,9 +60,10 @@ def _check_generation(max_tokens: int, **sampling: Any) -> None:
 
 def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
-        p.add_argument("model", help="GGUF file or packaged model name (smollm2-135m, gemma3-270m)")
+        p.add_argument("model", help=MODEL_HELP)
     else:
-        p.add_argument("-m", "--model", default=None, help="GGUF file or packaged model name (default: smollm2-135m)")
+        p.add_argument("-m", "--model", default=None, help=MODEL_HELP + " (default: smollm2-135m)")
+    hub_options(p)
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
     kv_type_options(p)
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
@@ -112,7 +94,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .packaged import resolve_model_path
 
     _check_generation(args.max_tokens, temperature=args.temperature, seed=args.seed)
-    path = resolve_model_path(args.model)
+    path = resolve_model_path(args.model, args.quant, args.revision)
     if args.chat_template:
         with open(args.chat_template, encoding="utf-8") as f:
             template = f.read()
@@ -192,12 +174,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.memory:
         import mdst
 
-        with mdst.load(args.file, device=args.device, context_length=args.context, kv_type=kv_type_arg(args)) as model:
+        with mdst.load(args.file, quant=args.quant, revision=args.revision, device=args.device,
+                       context_length=args.context, kv_type=kv_type_arg(args)) as model:
             if model.engine.kind == "gpu":
                 model.engine.compile_all()  # report every plan the model can use
             print(format_memory(model.memory_report()))
         return 0
-    with GGUFFile(resolve_model_path(args.file)) as f:
+    with GGUFFile(resolve_model_path(args.file, args.quant, args.revision)) as f:
         print(describe(f))
     return 0
 
@@ -260,6 +243,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Download a Hugging Face model (every part of a split one) into the Hub's cache; print the path to load."""
+    from . import hub
+
+    if hub.parse(args.model, args.revision) is None:
+        raise ValueError(f"{args.model!r} is not a Hugging Face model name; write ORG/REPO (with --quant) or "
+                         "hf://ORG/REPO/FILE.gguf")
+    print(hub.download(args.model, args.quant, args.revision))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .dev import synth
 
@@ -283,6 +277,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "chat": (cmd_chat, "chat with a model interactively (its chat template; /reset, /exit)"),
     "bench": (cmd_bench, "prefill and decode speed"),
     "inspect": (cmd_inspect, "print a GGUF file's metadata and tensor table"),
+    "pull": (cmd_pull, "download a Hugging Face model (mdst pull ORG/REPO --quant Q4_K_M); print its path"),
     "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
     "synth": (cmd_synth, "write a synthetic random-weight GGUF (mdst synth PRESET OUT.gguf)"),
     "oracle": (cmd_oracle, "export kernel cases and golden data for the browser build (mdst oracle MODEL OUTDIR)"),
@@ -333,11 +328,16 @@ def parser() -> argparse.ArgumentParser:
                             help="add GPU time per op and per layer (timestamp queries)")
         elif name == "inspect":
             sp.add_argument("file")
+            hub_options(sp)
             sp.add_argument("--memory", action="store_true",
                             help="load the model and report its memory (weights, KV, activations, pool, plans)")
             sp.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
             sp.add_argument("--context", type=int, default=None)
             kv_type_options(sp)
+        elif name == "pull":
+            sp.add_argument("model", help="ORG/REPO (with --quant where it holds several models) or "
+                                           "hf://ORG/REPO/FILE.gguf")
+            hub_options(sp)
         elif name in SELF_PARSING:
             sp.add_argument("rest", nargs=argparse.REMAINDER)
     return p

@@ -19,3 +19,8 @@ class DeviceError(MdstError, RuntimeError):
 
 class OutOfMemoryError(MdstError, MemoryError):
     """The model, KV cache and activations do not fit the device or the memory limit."""
+
+
+class HubError(MdstError):
+    """A model could not be found or fetched on the Hugging Face Hub (repository, revision, file or
+    quantization not there; offline and not in the cache)."""

@@ -20,6 +20,7 @@ from .errors import MdstError
 from .format.gguf import GGUFFile
 from .memory import fit, host
 from .models import family
+from .progress import check as progress_check, loading
 from .text.tokenizer import Tokenizer
 
 log = logging.getLogger("mdst")
@@ -44,11 +45,12 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
                  context_length: int | None = None, max_binding_size: int | None = None,
                  kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
-                 weight_paging: bool = False, progress: Callable[[int, int], None] | None = None):
+                 weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None):
         if precision is not None:   # deprecated: it only ever chose the KV cache type
             warnings.warn(PRECISION_DEPRECATED, DeprecationWarning, stacklevel=2)
             kv_type = device_mod.kv_type_for_precision(precision, kv_type)
         self.path = os.fspath(path)
+        progress_check(progress)   # here, not only where a bar would be drawn
         self._lock = threading.RLock()       # one GPU step at a time
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
         self._gen_owner: int | None = None
@@ -78,7 +80,8 @@ class Model:
                 self.predicted, budget = fit.fit(lambda b: engine(CountingAllocator(gpu.profile), weight_budget=b),
                                                  limit, paging=weight_paging, context_length=context_length,
                                                  kv_type=self.kv_type)
-                self.engine = engine(GpuAllocator(gpu), weight_budget=budget, progress=progress)
+                with loading(progress, f"loading {os.path.basename(self.path)}") as bar:
+                    self.engine = engine(GpuAllocator(gpu), weight_budget=budget, progress=bar)
                 self.device_profile = gpu.profile
             self.n_vocab = self.engine.vocab
         except BaseException:
@@ -113,7 +116,7 @@ class Model:
         """Where the memory goes: weights, KV cache, activations, pool statistics and the compiled plans."""
         self._engine()
         report: dict[str, Any] = {"backend": self.backend, "context_length": self.context_length,
-                                  "kv_type": self.kv_type, "file_bytes": os.path.getsize(self.path)}
+                                  "kv_type": self.kv_type, "file_bytes": sum(map(os.path.getsize, self.gguf.paths))}
         if self.engine.kind == "gpu":
             report.update(self.engine.memory_report())
             report["predicted_gpu_bytes"] = dict(self.predicted.bytes_by_kind)

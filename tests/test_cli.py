@@ -141,17 +141,6 @@ def test_kv_type_flag_and_deprecated_precision_alias(load_kwargs, capsys):
     assert "--kv-type" in out and "--precision" not in out   # the alias is hidden
 
 
-def test_progress_bar_draws_on_a_terminal_only():
-    terminal, pipe = Terminal(), io.StringIO()
-    for stream in (terminal, pipe):
-        bar = cli.ProgressBar(stream)
-        bar(50 * 2**20, 100 * 2**20)
-        bar(100 * 2**20, 100 * 2**20)
-    assert "loading [###############               ]  50%  50/100 MiB" in terminal.getvalue()
-    assert terminal.getvalue().endswith("\r\033[K")
-    assert pipe.getvalue() == ""
-
-
 def test_version():
     assert importlib.metadata.version("mdst") == mdst.__version__
     for module in ("mdst.cli", "mdst"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -25,6 +26,9 @@ MAX_DIMS = 4
 MAX_NAME_BYTES = 63  # ggml keeps a tensor name in 64 bytes, the terminating NUL included
 MAX_KEY_BYTES = 2**16 - 1  # the GGUF specification's limit on metadata keys (llama.cpp does not check it)
 INT64_MAX = 2**63 - 1  # dimensions and element counts are int64 in ggml
+# llama.cpp's split models (gguf-split): every file says which part it is; the first holds the metadata.
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf$")
 
 # GGUF metadata value types.
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
@@ -74,8 +78,9 @@ class TensorInfo:
     name: str
     type: GGMLType
     shape: tuple[int, ...]
-    offset: int  # absolute byte offset in the file
+    offset: int  # absolute byte offset in the file that holds it
     nbytes: int
+    file: int = 0  # which file of a split model holds it (GGUFFile.paths); 0 unless split
 
     @property
     def n_elements(self) -> int:
@@ -206,28 +211,33 @@ class _Cursor:
         return np.frombuffer(self.buf, dtype=_SCALAR[d.etype][1], count=d.count, offset=d.pos).copy()
 
 
-class GGUFFile:
-    """A GGUF file opened over mmap: `metadata` (key -> value), `tensors` (name -> TensorInfo)."""
+def split_path(prefix: str, no: int, count: int) -> str:
+    """The name llama.cpp's gguf-split gives part `no` (0-based) of `count`: PREFIX-0000N-of-0000C.gguf."""
+    return f"{prefix}-{no + 1:05d}-of-{count:05d}.gguf"
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
+
+class _Part:
+    """One GGUF file opened over mmap and parsed: header, metadata, tensor table (offsets in this file)."""
+
+    def __init__(self, path: str, index: int):
+        self.path, self.index = path, index
         try:
-            self._file = open(self.path, "rb")
+            self.file = open(self.path, "rb")
         except OSError as e:
             raise GGUFError(f"cannot open {self.path}: {e.strerror}; check the path") from None
         try:
-            size = os.fstat(self._file.fileno()).st_size
+            size = os.fstat(self.file.fileno()).st_size
             if size == 0:
                 raise GGUFError(f"{self.path}: the file is empty; it is not a GGUF file")
-            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            self._view = memoryview(self._mmap)
+            self.mmap = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+            self.view = memoryview(self.mmap)
             self._parse()
         except BaseException:
             self.close()
             raise
 
     def _parse(self) -> None:
-        c = _Cursor(self._view, self.path)
+        c = _Cursor(self.view, self.path)
         n_tensors, n_kv = self._read_header(c)
         self._read_metadata(c, n_kv)
         self.alignment = self._read_alignment(c)
@@ -240,8 +250,8 @@ class GGUFFile:
     def _read_header(self, c: _Cursor) -> tuple[int, int]:
         """Magic and version checked; the tensor and metadata counts, checked against the file's size."""
         c.need(4, "magic")
-        if bytes(self._view[:4]) != MAGIC:
-            raise c.fail(f"bad magic {bytes(self._view[:4])!r}, expected b'GGUF'")
+        if bytes(self.view[:4]) != MAGIC:
+            raise c.fail(f"bad magic {bytes(self.view[:4])!r}, expected b'GGUF'")
         c.pos = 4
         self.version = c.scalar("<I", "version")
         if self.version not in (2, 3):
@@ -249,7 +259,7 @@ class GGUFFile:
             raise c.fail(f"unsupported GGUF version {self.version}{hint}; mdst reads versions 2 and 3")
         n_tensors = c.scalar("<Q", "tensor count")
         n_kv = c.scalar("<Q", "metadata count")
-        left = len(self._view) - c.pos
+        left = len(self.view) - c.pos
         if n_kv > left // 13:  # key length (8) + 1-byte key + type (4) at least
             raise c.fail(f"metadata count {n_kv} exceeds what the file can hold")
         if n_tensors > left // 24:  # name length (8) + n_dims (4) + type (4) + offset (8) at least
@@ -301,7 +311,7 @@ class GGUFFile:
         alignment: what writers produce and llama.cpp requires; so overlaps, gaps and misaligned offsets
         are all corruption."""
         self.data_offset = -(-c.pos // self.alignment) * self.alignment
-        if self.data_offset > len(self._view) and table:
+        if self.data_offset > len(self.view) and table:
             raise c.fail("tensor data section starts past the end of the file")
         self.tensors: dict[str, TensorInfo] = {}
         expected = 0
@@ -310,10 +320,10 @@ class GGUFFile:
             if offset != expected:
                 raise c.fail(f"tensor {name!r} is at data offset {offset}, expected {expected} (tensor data must "
                              f"follow the table's order, each tensor padded to the alignment of {self.alignment})")
-            if self.data_offset + offset + nbytes > len(self._view):
+            if self.data_offset + offset + nbytes > len(self.view):
                 raise c.fail(f"tensor {name!r} ({nbytes} bytes at data offset {offset}) extends past the end of "
                              "the file")
-            self.tensors[name] = TensorInfo(name, gtype, shape, self.data_offset + offset, nbytes)
+            self.tensors[name] = TensorInfo(name, gtype, shape, self.data_offset + offset, nbytes, self.index)
             expected = offset + -(-nbytes // self.alignment) * self.alignment
 
     @staticmethod
@@ -332,6 +342,106 @@ class GGUFFile:
                          f"{gtype.block}")
         return gtype
 
+    def close(self) -> None:
+        """Release the mapping (views still held elsewhere keep it alive until they go)."""
+        view = getattr(self, "view", None)
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass
+        m = getattr(self, "mmap", None)
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:  # a numpy view still refers to it; it closes when collected
+                pass
+        f = getattr(self, "file", None)
+        if f is not None:
+            f.close()
+        self.view = self.mmap = self.file = None
+
+    def split_count(self) -> int:
+        """`split.count` (1 for a file that is not part of a split model), checked to be a u16 of at least 1."""
+        return self._split_key(SPLIT_COUNT, default=1, least=1)
+
+    def split_no(self) -> int:
+        """`split.no`: this file's 0-based part number (0 when absent)."""
+        return self._split_key(SPLIT_NO, default=0, least=0)
+
+    def _split_key(self, key: str, default: int, least: int) -> int:
+        if key not in self.metadata:
+            return default
+        v = self.metadata[key]
+        if self.metadata_types[key] not in (T_UINT8, T_UINT16, T_UINT32) or v < least:
+            raise GGUFError(f"{self.path}: {key} must be an unsigned integer of at least {least}, got {v!r}; the "
+                            "split file is corrupt - re-download it")
+        return v
+
+
+class GGUFFile:
+    """A GGUF model opened over mmap: `metadata` (key -> value), `tensors` (name -> TensorInfo).
+
+    A model split by llama.cpp's gguf-split (NAME-00001-of-00003.gguf ...) is opened from its first file:
+    the other parts are found beside it, and `tensors` spans them all (`TensorInfo.file` says which).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._parts: list[_Part] = []
+        try:
+            first = _Part(self.path, 0)
+            self._parts.append(first)
+            self.version, self.alignment, self.data_offset = first.version, first.alignment, first.data_offset
+            self.metadata, self.metadata_types = first.metadata, first.metadata_types
+            self.tensors: dict[str, TensorInfo] = dict(first.tensors)
+            count = first.split_count()
+            if count > 1:
+                self._join_parts(count)
+        except BaseException:
+            self.close()
+            raise
+
+    def _join_parts(self, count: int) -> None:
+        """Open parts 2..count of a split model beside the first and merge their tensor tables, checking each
+        part's number and count, and the total tensor count that the first part records."""
+        first = self._parts[0]
+        named = SPLIT_NAME.match(os.path.basename(self.path))
+        if first.split_no() != 0:
+            prefix = named["prefix"] if named else "NAME"
+            raise GGUFError(f"{self.path} is part {first.split_no() + 1} of a model split into {count} files; "
+                            f"open its first part, {split_path(prefix, 0, count)}")
+        if named is None or int(named["no"]) != 1 or int(named["count"]) != count:
+            raise GGUFError(f"{self.path} is the first of {count} split files, but is not named "
+                            f"NAME-00001-of-{count:05d}.gguf, so its other parts cannot be found; rename the parts "
+                            "as llama.cpp's gguf-split names them")
+        prefix = os.path.join(os.path.dirname(self.path), named["prefix"])
+        for i in range(1, count):
+            path = split_path(prefix, i, count)
+            if not os.path.exists(path):
+                raise GGUFError(f"{self.path}: part {i + 1} of {count} is missing (expected {path}); put all "
+                                f"{count} parts in one folder (mdst pull downloads them together)")
+            part = _Part(path, i)
+            self._parts.append(part)
+            if part.split_no() != i or part.split_count() != count:
+                raise GGUFError(f"{path} says it is part {part.split_no() + 1} of {part.split_count()}, expected "
+                                f"part {i + 1} of {count}; the files come from different splits - download them "
+                                "again together")
+            for name, t in part.tensors.items():
+                if name in self.tensors:
+                    raise GGUFError(f"{path}: tensor {name!r} is also in {self._parts[self.tensors[name].file].path}; "
+                                    "the parts come from different splits - download them again together")
+                self.tensors[name] = t
+        expected = first.metadata.get(SPLIT_TENSORS)
+        if expected is not None and expected != len(self.tensors):
+            raise GGUFError(f"{self.path}: the split model should hold {expected} tensors but its {count} parts hold "
+                            f"{len(self.tensors)}; a part is from another split or damaged - download them again")
+
+    @property
+    def paths(self) -> list[str]:
+        """The files the model is read from: one, or every part of a split model in order."""
+        return [p.path for p in self._parts]
+
     # ---- access -------------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
         """Metadata value for `key`, or `default`."""
@@ -341,7 +451,7 @@ class GGUFFile:
         """A zero-copy view of a tensor's bytes (optionally the byte range [start, stop))."""
         t = self.tensors[name]
         stop = t.nbytes if stop is None else min(stop, t.nbytes)
-        return self._view[t.offset + start:t.offset + stop]
+        return self._parts[t.file].view[t.offset + start:t.offset + stop]
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> bytearray:
         """A copy of a tensor's bytes [start, stop), read as read_into does."""
@@ -355,15 +465,16 @@ class GGUFFile:
         """Fill `dest` with a tensor's bytes from byte `start` on, read from the file where the OS has
         preadv, else copied from the mapping. Reading the file touches no page of the mapping (a
         touch maps in up to a megabyte around it, which then stays in this process's RSS)."""
-        at = self.tensors[name].offset + start
+        t = self.tensors[name]
+        part, at = self._parts[t.file], t.offset + start
         if not hasattr(os, "preadv"):
-            dest[:] = self._view[at:at + len(dest)]
+            dest[:] = part.view[at:at + len(dest)]
             return
         done = 0
         while done < len(dest):
-            n = os.preadv(self._file.fileno(), [dest[done:]], at + done)
+            n = os.preadv(part.file.fileno(), [dest[done:]], at + done)
             if n <= 0:
-                raise GGUFError(f"{self.path}: the file ended while reading tensor {name}; was it truncated?")
+                raise GGUFError(f"{part.path}: the file ended while reading tensor {name}; was it truncated?")
             done += n
 
     def release_pages(self, name: str, start: int = 0, stop: int | None = None) -> None:
@@ -374,8 +485,9 @@ class GGUFFile:
         page = mmap.PAGESIZE
         a = -(-(t.offset + start) // page) * page
         b = (t.offset + stop) // page * page
-        if b > a and hasattr(mmap, "MADV_DONTNEED") and self._mmap is not None:
-            self._mmap.madvise(mmap.MADV_DONTNEED, a, b - a)
+        m = self._parts[t.file].mmap
+        if b > a and hasattr(mmap, "MADV_DONTNEED") and m is not None:
+            m.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.tensors.values())
@@ -389,23 +501,9 @@ class GGUFFile:
         return arch
 
     def close(self) -> None:
-        """Release the mapping (views still held elsewhere keep it alive until they go)."""
-        view = getattr(self, "_view", None)
-        if view is not None:
-            try:
-                view.release()
-            except BufferError:
-                pass
-        m = getattr(self, "_mmap", None)
-        if m is not None:
-            try:
-                m.close()
-            except BufferError:  # a numpy view still refers to it; it closes when collected
-                pass
-        f = getattr(self, "_file", None)
-        if f is not None:
-            f.close()
-        self._view = self._mmap = self._file = None
+        """Release the mappings (views still held elsewhere keep them alive until they go)."""
+        for part in self._parts:
+            part.close()
 
     def __enter__(self) -> "GGUFFile":
         return self
@@ -417,7 +515,8 @@ class GGUFFile:
 def describe(f: GGUFFile, max_array: int = 8) -> str:
     """Human-readable metadata and tensor table (for `mdst inspect`)."""
     lines = [f"{f.path}: GGUF v{f.version}, {len(f.metadata)} metadata entries, {len(f.tensors)} tensors, "
-             f"alignment {f.alignment}", "", "metadata:"]
+             f"alignment {f.alignment}", *(f"  part {i + 1}: {p}" for i, p in enumerate(f.paths) if len(f.paths) > 1),
+             "", "metadata:"]
     for k, v in f.metadata.items():
         if isinstance(v, (list, np.ndarray)):
             head = v[:max_array].tolist() if isinstance(v, np.ndarray) else list(v[:max_array])
@@ -427,9 +526,10 @@ def describe(f: GGUFFile, max_array: int = 8) -> str:
         if len(s) > 160:
             s = s[:157] + "..."
         lines.append(f"  {k} = {s}")
-    lines += ["", f"{'tensor':<40} {'type':<8} {'shape':<22} {'offset':>12} {'bytes':>12}"]
+    lines += ["", f"{'tensor':<40} {'type':<8} {'shape':<22} {'part':>4} {'offset':>12} {'bytes':>12}"]
     for t in f:
-        lines.append(f"{t.name:<40} {t.type.name:<8} {str(list(t.shape)):<22} {t.offset:>12} {t.nbytes:>12}")
+        lines.append(f"{t.name:<40} {t.type.name:<8} {str(list(t.shape)):<22} {t.file + 1:>4} {t.offset:>12} "
+                     f"{t.nbytes:>12}")
     total = sum(t.nbytes for t in f)
     lines.append(f"{len(f.tensors)} tensors, {total / 2**20:.1f} MiB of tensor data")
     return "\n".join(lines)

@@ -24,3 +24,13 @@ def kv_type_options(p: argparse.ArgumentParser) -> None:
                    help="KV cache type, the one precision setting; arithmetic is f32 "
                         "(default: f16 where the adapter has shader-f16, else f32)")
     p.add_argument("--precision", default=None, choices=["auto", "f32", "f16"], help=argparse.SUPPRESS)
+
+
+MODEL_HELP = ("GGUF file, packaged model name (smollm2-135m, gemma3-270m) or Hugging Face model "
+              "(ORG/REPO with --quant, hf://ORG/REPO/FILE.gguf)")
+
+
+def hub_options(p: argparse.ArgumentParser) -> None:
+    """--quant and --revision: which file of a Hugging Face repository."""
+    p.add_argument("--quant", default=None, help="quantization to pick in an ORG/REPO, e.g. Q4_K_M")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: main)")

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from .args import kv_type_arg, kv_type_options
+from .args import MODEL_HELP, hub_options, kv_type_arg, kv_type_options
 from ..errors import MdstError
 
 log = logging.getLogger("mdst.serve.server")
@@ -517,7 +517,8 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
 def parser() -> argparse.ArgumentParser:
     """Arguments of `mdst serve`."""
     p = argparse.ArgumentParser(prog="mdst serve", description="Serve a model over an OpenAI-compatible HTTP API.")
-    p.add_argument("model", help="GGUF file or packaged model name (smollm2-135m, gemma3-270m)")
+    p.add_argument("model", help=MODEL_HELP)
+    hub_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
@@ -541,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.chat_template is not None:
             with open(args.chat_template, encoding="utf-8") as f:
                 template = f.read()
-        model = mdst.load(args.model, device=args.device, kv_type=kv_type_arg(args, "mdst serve"),
+        model = mdst.load(args.model, quant=args.quant, revision=args.revision, device=args.device,
+                          kv_type=kv_type_arg(args, "mdst serve"),
                           context_length=args.context)
     except (MdstError, ValueError, TypeError, OSError) as e:
         print(f"mdst serve: error: {e}", file=sys.stderr)
