@@ -46,7 +46,7 @@ def check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
             raise ValueError(f"logit_bias keys must be token ids (non-negative ints), got {key!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or abs(value) > MAX_LOGIT_BIAS:
-            raise ValueError(f"logit_bias[{tid}] must be a number in [-100, 100], got {value!r}")
+            raise ValueError(f"logit_bias values must be numbers in [-100, 100]; token {tid} has {value!r}")
         out[tid] = float(value)
     return tuple(sorted(out.items()))
 
