@@ -55,13 +55,13 @@ def check_top_logprobs(logprobs: Any, top_logprobs: Any) -> int | None:
 
 
 def score(logits: np.ndarray, token: int, k: int, token_bytes: Callable[[int], bytes]) -> TokenLogprob:
-    """`token`'s log-probability under log_softmax(logits) and the k largest, in float64 from float32 logits."""
-    x = np.asarray(logits, np.float64)
+    """`token`'s log-probability under log_softmax(logits) and the k largest (exp in float32, sums in float64)."""
+    x = np.asarray(logits, np.float32)
     m = float(x.max())
-    lse = m + math.log(float(np.exp(x - m).sum()))
+    lse = m + math.log(float(np.exp(x - np.float32(m)).sum(dtype=np.float64)))
     top: tuple[tuple[int, float], ...] = ()
     if k:
         ids = np.argpartition(-x, k - 1)[:k] if k < x.size else np.arange(x.size)
         ids = ids[np.lexsort((ids, -x[ids]))]
-        top = tuple((int(i), float(x[i] - lse)) for i in ids)
-    return TokenLogprob(int(token), token_bytes(int(token)), float(x[token] - lse), top)
+        top = tuple((int(i), float(x[i]) - lse) for i in ids)
+    return TokenLogprob(int(token), token_bytes(int(token)), float(x[token]) - lse, top)
