@@ -340,13 +340,13 @@ def _count(body: dict, name: str) -> int | None:
     return value
 
 
-def _completion_logprobs(body: dict) -> dict:
+def _completion_logprobs_options(body: dict) -> dict:
     """/v1/completions' `logprobs` (how many alternatives per token; absent: none) as generate() options."""
     k = _count(body, "logprobs")
     return {} if k is None else {"logprobs": True, "top_logprobs": k}
 
 
-def _chat_logprobs(body: dict) -> dict:
+def _chat_logprobs_options(body: dict) -> dict:
     """/v1/chat/completions' `logprobs` (bool) and `top_logprobs` (0..20, needs logprobs) as chat() options."""
     on, k = _flag(body, "logprobs"), _count(body, "top_logprobs")
     if k is not None and not on:
@@ -375,13 +375,13 @@ def _token_json(lp: TokenLogprob | tuple[int, float], token_bytes: Callable[[int
     return {"token": raw.decode("utf-8", errors="replace"), "logprob": value, "bytes": list(raw)}
 
 
-def chat_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[int], bytes]) -> dict:
+def _chat_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[int], bytes]) -> dict:
     """OpenAI's chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}."""
     return {"content": [dict(_token_json(lp, token_bytes), top_logprobs=[_token_json(t, token_bytes) for t in lp.top])
                         for lp in logprobs], "refusal": None}
 
 
-def completion_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[int], bytes], offset: int = 0) -> dict:
+def _completion_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[int], bytes], offset: int = 0) -> dict:
     """OpenAI's legacy completion `logprobs` object: tokens, token_logprobs, top_logprobs, text_offset."""
     offsets = []
     for lp in logprobs:
@@ -431,8 +431,8 @@ class Reply:
         if not self.logprobs:
             return None
         if self.chat:
-            return chat_logprobs(logprobs, self.token_bytes)
-        got = completion_logprobs(logprobs, self.token_bytes, self.offset)
+            return _chat_logprobs(logprobs, self.token_bytes)
+        got = _completion_logprobs(logprobs, self.token_bytes, self.offset)
         self.offset += sum(len(lp.text) for lp in logprobs)
         return got
 
@@ -532,7 +532,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         _only(body, "best_of", (1,), "this server returns one choice per request")
         _only(body, "suffix", ("",), "insertion (fill in the middle) is not implemented")
         prompt = _prompt(body)
-        logprobs = _completion_logprobs(body)
+        logprobs = _completion_logprobs_options(body)
         options = dict(_sampling(body), stop=body.get("stop"), **logprobs,
                        max_tokens=_max_tokens(body, "max_tokens", default=DEFAULT_COMPLETION_MAX_TOKENS))
 
@@ -545,7 +545,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
     async def chat_completions(request: Request) -> Response:
         body = await _json_body(request)
         _common_options(body)
-        logprobs = _chat_logprobs(body)
+        logprobs = _chat_logprobs_options(body)
         if template is None:
             raise ApiError(400, f"model {model_name!r} has no chat template, so chat messages can't be turned "
                                 "into a prompt; restart the server with --chat-template FILE (a Jinja chat "
