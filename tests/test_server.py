@@ -183,7 +183,7 @@ def test_chat_with_the_openai_client(oai, model):
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == prompt_tokens
 
 
-def test_logprobs_in_openai_shapes(oai, model):
+def test_logprobs_in_openai_shapes(oai, client, model):
     """Completions' legacy logprobs and chat's per-token objects, whole and streamed, are the library's."""
     want = model.generate(PROMPT, max_tokens=4, logprobs=True, top_logprobs=2)
     reply = oai.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
@@ -192,6 +192,11 @@ def test_logprobs_in_openai_shapes(oai, model):
     np.testing.assert_allclose(lp.token_logprobs, [t.logprob for t in want.logprobs], atol=1e-4)
     assert [list(d) for d in lp.top_logprobs] == [[model.detokenize([i]) for i, _ in t.top] for t in want.logprobs]
     assert lp.text_offset == [sum(len(t.text) for t in want.logprobs[:i]) for i in range(4)]
+    chunks, _ = stream_completion(client, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1)
+    parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["text"]]
+    assert [t for p in parts for t in p["tokens"]] == lp.tokens
+    assert [o for p in parts for o in p["text_offset"]] == lp.text_offset   # offsets run on across chunks
+    assert all(len(d) == 1 for p in parts for d in p["top_logprobs"])
 
     messages = [{"role": "user", "content": "Say hi."}]
     chat = model.chat(messages, max_tokens=4, logprobs=True, top_logprobs=3)
