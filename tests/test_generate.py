@@ -89,6 +89,12 @@ def test_gpu_sampling_matches_the_host_chain(smol, smol_cpu, kw):
                                                                                            max_tokens=20, **kw)
 
 
+def test_greedy_with_penalties_matches_the_host_chain(smol, smol_cpu):
+    """Greedy with penalties (or a logit bias) runs the sampling chain at temperature 0: the best candidate."""
+    kw = dict(max_tokens=8, temperature=0, repeat_penalty=1.5)
+    assert smol.generate("1, 2, 3, 4,", **kw) == smol_cpu.generate("1, 2, 3, 4,", **kw)
+
+
 def test_stop_strings_end_generation_and_are_not_returned(smol):
     full = smol.generate("1, 2, 3, 4,", max_tokens=20)
     stop = full.split(",")[2] + ","   # a piece the greedy continuation is known to contain
