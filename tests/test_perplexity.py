@@ -128,3 +128,16 @@ def test_cli_perplexity_and_kld_end_to_end(smollm2_path, q_model, text, tmp_path
     assert "Mean    KLD:   0.000000" in out and "Same top p: 100.000" in out
     assert cli.main(args + ["--kl-divergence-base", str(base), "--kl-divergence", "--ctx", "32"]) == 2
     assert "the base file holds 2 windows of 16 tokens, this run has 2 of 32" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_options_before_loading(smollm2_path, tmp_path, monkeypatch, capsys):
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(mdst, "load", load)
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("short")
+    for extra, why in [(["--ctx", "7"], "ctx must be an even number"),
+                       (["--kl-divergence"], "pass --kl-divergence-base FILE"),
+                       (["--kl-divergence", "--kl-divergence-base", str(text_file)], "cannot read the KL-divergence")]:
+        assert cli.main(["perplexity", smollm2_path, str(text_file), *extra]) == 2
+        assert why in capsys.readouterr().err
