@@ -400,7 +400,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--ctx", type=int, default=None,
                             help="window length in tokens, even, >= 8 (default 512, or the base file's)")
             sp.add_argument("--batch", type=int, default=None,
-                            help="rows of logits held at once (default: half a window)")
+                            help="rows of logits held at once (default: the scored half of a window)")
             sp.add_argument("--chunks", type=int, default=None,
                             help="at most this many windows (default: all the text fills, or the base file's)")
             sp.add_argument("--kl-divergence-base", default=None, metavar="FILE",
