@@ -258,13 +258,15 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     """llama-perplexity's PPL of a text (running value per window on stderr, the estimate on stdout); with
     --kl-divergence-base, save the reference log-probabilities, and with --kl-divergence too, compare to them."""
     from .quality.kld import BaseLogProbs, kl_divergence, save_base
-    from .quality.perplexity import PerplexityResult, check_ctx, perplexity
+    from .quality.perplexity import PerplexityResult, check_count, check_ctx, perplexity
 
     if args.kl_divergence and not args.kl_divergence_base:
         raise ValueError("--kl-divergence compares against a base file: pass --kl-divergence-base FILE, made by a "
                          "run of the reference model with --kl-divergence-base FILE alone")
     base = BaseLogProbs.load(args.kl_divergence_base) if args.kl_divergence else None
     ctx = check_ctx(args.ctx if args.ctx is not None else base.ctx if base else 512)
+    check_count("--chunks", args.chunks, "every window the text fills")
+    check_count("--batch", args.batch, "the scored half of a window at once")
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
     args.context = args.context or ctx

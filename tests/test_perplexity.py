@@ -136,7 +136,8 @@ def test_cli_rejects_bad_options_before_loading(smollm2_path, tmp_path, monkeypa
     monkeypatch.setattr(mdst, "load", load)
     text_file = tmp_path / "text.txt"
     text_file.write_text("short")
-    for extra, why in [(["--ctx", "7"], "ctx must be an even number"),
+    for extra, why in [(["--ctx", "7"], "ctx must be an even number"), (["--chunks", "0"], "--chunks must be a positive"),
+                       (["--batch", "-1"], "--batch must be a positive int"),
                        (["--kl-divergence"], "pass --kl-divergence-base FILE"),
                        (["--kl-divergence", "--kl-divergence-base", str(text_file)], "cannot read the KL-divergence")]:
         assert cli.main(["perplexity", smollm2_path, str(text_file), *extra]) == 2

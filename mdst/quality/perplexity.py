@@ -28,12 +28,18 @@ def check_ctx(ctx: object) -> int:
     return int(ctx)
 
 
+def check_count(name: str, value: object, none_means: str) -> int | None:
+    """`value` as a positive int, or None (which means `none_means`); ValueError otherwise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}; leave it out for {none_means}")
+    return value
+
+
 def text_windows(model: "Model", text: str, ctx: int = 512, chunks: int | None = None) -> np.ndarray:
     """The windows llama-perplexity evaluates: int64 (n, ctx), each window's first token BOS where the model
     adds one; at most `chunks` windows (all that the text fills when None)."""
     ctx = check_ctx(ctx)
-    if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
-        raise ValueError(f"chunks must be a positive int (or None for every window the text fills), got {chunks!r}")
+    check_count("chunks", chunks, "every window the text fills")
     tok = model.tokenizer
     if tok.add_eos:
         raise ValueError("this model's tokenizer appends an end token to every text, which the windows would "
@@ -54,10 +60,7 @@ def scored_windows(model: "Model", windows: np.ndarray,
     """For each window in turn (consume each before the next), its (logits, targets) pieces of at most `batch`
     rows over the scored half: logits[j] predicts targets[j]; each window is evaluated from an empty cache."""
     ctx = check_ctx(windows.shape[1])
-    if batch is None:
-        batch = ctx
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int (rows of logits held at once), got {batch!r}")
+    batch = check_count("batch", batch, "the scored half of a window at once") or ctx
     if ctx > model.context_length:
         raise ValueError(f"a window of {ctx} tokens exceeds the model's context length of {model.context_length}; "
                          f"load it with context_length={ctx} or more")
