@@ -108,6 +108,16 @@ def test_base_file_for_other_windows_is_rejected(f32_model, f32_base, text, tmp_
         BaseLogProbs.load(junk)
 
 
+def test_gpu_windows_score_as_the_cpu_path(smollm2_path, q_model, text, gpu):
+    """Lavapipe: each window's context half through the last-row plans, its scored half through all-row plans."""
+    with mdst.load(smollm2_path, device="gpu", kv_type="f32", context_length=32) as g:
+        got = perplexity(g, text, 32, 2)
+    ref = perplexity(q_model, text, 32, 2)
+    assert got.tokens == ref.tokens == 2 * 15
+    np.testing.assert_allclose(got.nll, ref.nll, atol=2e-4)
+    assert got.ppl == pytest.approx(ref.ppl, rel=1e-5)
+
+
 @pytest.mark.parametrize("ctx, why", [(7, "even"), (6, "at least 8"), (512, "needs at least 1024")])
 def test_bad_windows_are_rejected(q_model, text, ctx, why):
     with pytest.raises(ValueError, match=why):
