@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 import numpy as np
 
@@ -44,12 +44,14 @@ class BaseLogProbs:
         """Window length."""
         return int(self.windows.shape[1])
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a compressed .npz at `path` (the name as given, whatever its suffix)."""
-        with open(path, "wb") as f:
-            np.savez_compressed(f, format=np.array(FORMAT), windows=self.windows.astype(np.int32),
-                                n_vocab=np.array(self.n_vocab), top_ids=self.top_ids, top_logp=self.top_logp,
-                                rest_logp=self.rest_logp, nll=self.nll)
+    def save(self, file: str | os.PathLike | BinaryIO) -> None:
+        """Write a compressed .npz to `file`: a path (the name kept as given, whatever its suffix) or a binary file."""
+        if isinstance(file, (str, os.PathLike)):
+            with open(file, "wb") as f:
+                return self.save(f)
+        np.savez_compressed(file, format=np.array(FORMAT), windows=self.windows.astype(np.int32),
+                            n_vocab=np.array(self.n_vocab), top_ids=self.top_ids, top_logp=self.top_logp,
+                            rest_logp=self.rest_logp, nll=self.nll)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BaseLogProbs":
@@ -112,18 +114,24 @@ def save_base(model: "Model", text: str, path: str | os.PathLike, ctx: int = 512
     """Run the reference `model` over the windows of `text`, save its log-probabilities to `path`; returns them
     and its perplexity (`on_window` gets the PPL so far after each window)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < model.n_vocab:
-        raise ValueError(f"k must be an int in [1, {model.n_vocab}), got {k!r}")
+        raise ValueError(f"k (--top-k) must be an int in [1, {model.n_vocab}), got {k!r}")
     windows = text_windows(model, text, ctx, chunks)
     parts: list[tuple[np.ndarray, ...]] = []
     result = PerplexityResult(np.zeros(0), 0, windows.shape[1])
-    for i, pieces in enumerate(scored_windows(model, windows, batch)):
-        parts.extend(base_rows(logits, targets, k) for logits, targets in pieces)
-        result = PerplexityResult(np.concatenate([p[3] for p in parts]), i + 1, windows.shape[1])
-        if on_window is not None:
-            on_window(result)
-    top_ids, top_logp, rest_logp, nll = (np.concatenate(a) for a in zip(*parts))
-    base = BaseLogProbs(windows, model.n_vocab, top_ids, top_logp, rest_logp, nll)
-    base.save(path)
+    with open(path, "wb") as out:   # opened first: an unwritable path fails before the run, not after
+        try:
+            for i, pieces in enumerate(scored_windows(model, windows, batch)):
+                parts.extend(base_rows(logits, targets, k) for logits, targets in pieces)
+                result = PerplexityResult(np.concatenate([p[3] for p in parts]), i + 1, windows.shape[1])
+                if on_window is not None:
+                    on_window(result)
+            top_ids, top_logp, rest_logp, nll = (np.concatenate(a) for a in zip(*parts))
+            base = BaseLogProbs(windows, model.n_vocab, top_ids, top_logp, rest_logp, nll)
+            base.save(out)
+        except BaseException:
+            out.close()
+            os.unlink(path)   # no truncated base file left behind
+            raise
     return base, result
 
 
