@@ -45,7 +45,7 @@ def q_model(smollm2_path):
 def f32_base(f32_model, text, tmp_path_factory):
     """The F32 copy's base file and the PPL of the same run."""
     path = tmp_path_factory.mktemp("kld") / "f32.kld"
-    _, result = save_base(f32_model, text, path, CTX, CHUNKS)
+    _, result = save_base(f32_model, text, path, CTX, CHUNKS, batch=100)   # the scored half in two pieces
     return path, result
 
 
@@ -77,21 +77,24 @@ def test_q4_1_ppl_matches_llama_cpp(llama_cpp, q_model, smollm2_path, text, cach
     windows = text_windows(q_model, text, CTX, CHUNKS)
     ref_ppl, _ = ppl_and_se(llama_cpp_nll(smollm2_path, windows, cache_dir))
     running = []
-    got = perplexity(q_model, text, CTX, CHUNKS, batch=100, on_window=lambda r: running.append(r.ppl))
+    got = perplexity(q_model, text, CTX, CHUNKS, on_window=lambda r: running.append(r.ppl))
     report("smollm2 q4_1 ppl vs llama.cpp", ctx=CTX, windows=got.windows, ppl=got.ppl, llama_cpp=ref_ppl)
     assert len(running) == CHUNKS and running[-1] == got.ppl
     assert got.ppl == pytest.approx(ref_ppl, rel=1e-2)
 
 
 def test_kld_of_a_model_against_its_own_base_is_zero(f32_model, f32_base, text):
+    """Within float noise: the base run fed its scored halves in two pieces, this run in one (other matmul shapes)."""
     r = kl_divergence(f32_model, text, BaseLogProbs.load(f32_base[0]))
     s = r.summary()
+    report("smollm2 f32-copy kld vs its own base", kld_mean=s["kld_mean"], kld_max=s["kld_max"],
+           p_diff_max=float(np.abs(r.p_diff).max()))
     assert s["tokens"] == f32_base[1].tokens
-    assert abs(s["kld_mean"]) < 1e-6 and np.abs(r.kld).max() < 1e-5
+    assert abs(s["kld_mean"]) < 1e-7 and np.abs(r.kld).max() < 1e-5
     assert s["same_top"] == 1.0
-    assert np.abs(r.p_diff).max() < 1e-6
+    assert np.abs(r.p_diff).max() < 1e-4
     assert s["ppl"] == pytest.approx(s["ppl_base"], rel=1e-6)
-    assert s["ppl_base"] == pytest.approx(f32_base[1].ppl, rel=1e-9)
+    assert s["ppl_base"] == f32_base[1].ppl
 
 
 def test_base_file_for_other_windows_is_rejected(f32_model, f32_base, text, tmp_path):
