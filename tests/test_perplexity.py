@@ -105,6 +105,11 @@ def test_base_file_for_other_windows_is_rejected(f32_model, f32_base, text, tmp_
         kl_divergence(f32_model, text[1000:], base)
     with pytest.raises(BaseFileError, match="vocabulary of 49152 tokens, this model has 10"):
         base.check_matches(base.windows, 10)
+    cut = tmp_path / "cut.kld"
+    BaseLogProbs(base.windows, base.n_vocab, base.top_ids[:-1], base.top_logp[:-1], base.rest_logp[:-1],
+                 base.nll[:-1]).save(cut)
+    with pytest.raises(BaseFileError, match="truncated or inconsistent"):
+        BaseLogProbs.load(cut)
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
     with pytest.raises(BaseFileError, match="cannot read"):

@@ -63,12 +63,14 @@ class BaseLogProbs:
                                         "`mdst perplexity BASE_MODEL TEXT --kl-divergence-base FILE`")
                 base = cls(z["windows"].astype(np.int64), int(z["n_vocab"]), z["top_ids"], z["top_logp"],
                            z["rest_logp"], z["nll"])
+        except BaseFileError:
+            raise
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            if isinstance(e, BaseFileError):
-                raise
             raise BaseFileError(f"cannot read the KL-divergence base file {path}: {e}") from None
-        n, ctx = base.windows.shape
-        if base.nll.shape != (n * (ctx - 1 - ctx // 2),) or base.top_ids.shape != base.top_logp.shape:
+        n, ctx = base.windows.shape if base.windows.ndim == 2 else (0, 0)
+        t = n * (ctx - 1 - ctx // 2)
+        if (not n or base.nll.shape != (t,) or base.rest_logp.shape != (t,) or base.top_ids.ndim != 2
+                or base.top_ids.shape[0] != t or base.top_ids.shape != base.top_logp.shape):
             raise BaseFileError(f"{path} is truncated or inconsistent (its arrays do not match its windows); "
                                 "make it again")
         return base
