@@ -41,6 +41,7 @@ class ReplyParser:
         self.started = False        # the current mode has emitted text (so leading whitespace is gone)
         self.content_seen = False   # any content emitted (a leading-only opening no longer applies)
         self.calls = 0
+        self.gap = ""
 
     def push(self, text: str) -> list[dict]:
         """Deltas for the text generated so far that can be told apart now."""
@@ -85,6 +86,7 @@ class ReplyParser:
                         if not self.started:
                             self.buf = self.buf.lstrip()
                         before, self.buf = self.buf[:start], self.buf[start:]
+                        self.gap = before[len(before.rstrip()):]  # given back if the section is not a call
                         self._emit(out, "content", before, final=True)
                         self._switch("section")
                         continue
@@ -101,7 +103,8 @@ class ReplyParser:
                     calls = calls[:1]
                 for call in calls:
                     self._call(out, call)
-                text, self.buf = (rest if calls else self.buf), ""
+                text, self.buf = (rest if calls else self.gap + self.buf), ""
+                self.started = self.content_seen  # content goes on where it stopped
                 self._emit(out, "content", text, final=True)
                 return out
 

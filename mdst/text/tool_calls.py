@@ -422,7 +422,7 @@ def knows_tools(template: str) -> bool:
 
 
 def fallback_system_prompt(tools: list) -> str:
-    """Hermes-style tool instructions, for templates that never render `tools` (as Qwen 2.5's template writes)."""
+    """Hermes-style tool instructions, for templates that never render `tools` (the text Qwen 2.5's template writes)."""
     listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
             "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"

@@ -31,7 +31,7 @@ class ToolPrompt:
 def _function_name(tool: Any, index: int) -> str:
     function = tool.get("function") if isinstance(tool, Mapping) else None
     if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
-        raise ValueError(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
+        raise ValueError(f"tools item {index} must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
                          "\"parameters\": {...}}}")
     return function["name"]
 
@@ -102,7 +102,7 @@ def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool
         tool_choice = "auto"
     forcing = tool_choice not in ("auto", "none")
     if forcing and not tools:
-        raise ValueError(f"tool_choice={json.dumps(tool_choice, default=str)} needs tools; pass tools=[...]")
+        raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} needs tools; pass tools=[...]")
     forced = _forced_name(tool_choice, names) if forcing else None
     messages = [_object_arguments(m) if isinstance(m, Mapping) else m for m in messages]
     if tools is None or tool_choice == "none":
@@ -115,6 +115,6 @@ def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool
     else:
         tools_variable = tools
     if forcing and fmt is None:
-        raise ValueError(f"tool_choice={json.dumps(tool_choice, default=str)} can't be forced for this chat template: "
+        raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} can't be forced for this chat template: "
                          "mdst does not know how it writes tool calls; use tool_choice=\"auto\"")
     return ToolPrompt(messages, tools_variable, fmt, fmt.opening(forced) if forcing else "")
