@@ -95,8 +95,8 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
     forced). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options.
     """
-    from .text.chat import render, require_template, special_tokens
-    from .text.tool_prompt import tool_prompt
+    from .text.chat import require_template, special_tokens
+    from .text.tool_prompt import render_prompt, tool_prompt
 
     if template is None:
         template = require_template(model.gguf)
@@ -104,7 +104,7 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
         raise TypeError("parallel_tool_calls must be a bool")
     specials = special_tokens(model.gguf)
     plan = tool_prompt(template, messages, tools, tool_choice)
-    text = render(template, plan.messages, add_generation_prompt=True, tools=plan.tools, **specials)
+    text = render_prompt(template, plan, **specials)
     think = think_tags(template)
     parser = ReplyParser(plan.fmt, think, reasoning=bool(think) and not plan.opening and
                          text.rstrip().endswith(think[0]), tools=tools, prefix=plan.opening,

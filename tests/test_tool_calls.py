@@ -13,7 +13,7 @@ import mdst
 from mdst.text.chat import TemplateError, render, special_tokens
 from mdst.text.reply import ChatDelta, ChatReply, ReplyParser, think_tags
 from mdst.text.tool_calls import FALLBACK, FORMATS, detect, parse
-from mdst.text.tool_prompt import tool_prompt
+from mdst.text.tool_prompt import render_prompt, tool_prompt
 from mdst.serve.server import create_app
 from test_chat_templates import SPECIAL, TEMPLATES, WEATHER_QUESTION, WEATHER_TOOL, tokenizer_for
 from test_server import RunningServer
@@ -171,12 +171,22 @@ def test_tool_prompt_renders_like_transformers(templates, name, tool_choice):
 
 def test_fallback_describes_the_tools_to_a_template_without_them(smollm2_template):
     plan = tool_prompt(smollm2_template, OPENAI_CONVERSATION, TOOLS, "required")
-    text = render(smollm2_template, plan.messages, **SPECIAL) + plan.opening
+    text = render_prompt(smollm2_template, plan, **SPECIAL) + plan.opening
     assert plan.fmt is FALLBACK and plan.tools is None
     assert text.startswith("<|im_start|>system\n# Tools") and json.dumps(WEATHER_TOOL) in text
     # the earlier call is written the way the model is asked to write calls, and the reply opens one
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>' in text
     assert text.endswith("<|im_start|>assistant\n<tool_call>\n")
+
+
+def test_fallback_goes_to_the_user_message_where_a_template_has_no_system_role(templates):
+    gemma2 = templates["google-gemma-2-2b-it"]
+    plan = tool_prompt(gemma2, [WEATHER_QUESTION], TOOLS)
+    text = render_prompt(gemma2, plan, **SPECIAL)
+    assert text.startswith("<s><start_of_turn>user\n# Tools") and WEATHER_QUESTION["content"] in text
+    with pytest.raises(TemplateError, match="System role not supported"):  # with a system message of its own
+        render_prompt(gemma2, tool_prompt(gemma2, [{"role": "system", "content": "Be brief."}, WEATHER_QUESTION],
+                                          TOOLS), **SPECIAL)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +382,7 @@ def test_forced_tool_call_through_the_openai_client(forced_reply, cpu_model, smo
     # what the model writes greedily after the forced opening, generated directly from the same prompt
     plan = tool_prompt(smollm2_template, E2E["messages"], E2E["tools"], FORCED)
     specials = special_tokens(cpu_model.gguf)
-    prompt = render(smollm2_template, plan.messages, **specials) + plan.opening
+    prompt = render_prompt(smollm2_template, plan, **specials) + plan.opening
     written = cpu_model.generate(prompt, max_tokens=24,
                                  add_bos=cpu_model.tokenizer.add_bos and not prompt.startswith(specials["bos_token"]))
     content, calls = parse(FALLBACK, plan.opening + written, E2E["tools"])

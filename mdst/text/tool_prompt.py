@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Any, Mapping, Sequence
 
+from .chat import TemplateError, render
 from .tool_calls import ToolCallFormat, detect, fallback_system_prompt, knows_tools
 
 TOOL_CHOICES = ("auto", "none", "required")
@@ -26,6 +27,8 @@ class ToolPrompt:
     tools: list | None             # the `tools` template variable
     fmt: ToolCallFormat | None     # the format to parse calls in (None: no tools offered)
     opening: str                   # text appended to the prompt that begins the reply (a forced call)
+    in_user: list | None = None    # the conversation with the tools described in its first user message instead
+                                   # (for templates without a system role, when the description was added)
 
 
 def _function_name(tool: Any, index: int) -> str:
@@ -83,13 +86,28 @@ def _as_hermes_text(message: Mapping) -> Mapping:
     return {**rest, "content": "\n".join(w for w in written if w)}
 
 
-def _with_fallback_system(messages: list, tools: list) -> list:
-    """The conversation with the tools described in its system message (added if it has none)."""
+def _described(messages: list, tools: list) -> tuple[list, list | None]:
+    """The conversation with the tools described in its system message (one is added if it has none), and,
+    where one was added, the conversation with the description opening its first user message instead."""
     prompt = fallback_system_prompt(tools)
     first = messages[0] if messages else None
     if isinstance(first, Mapping) and first.get("role") == "system" and isinstance(first.get("content"), str):
-        return [{**first, "content": first["content"] + "\n\n" + prompt}, *messages[1:]]
-    return [{"role": "system", "content": prompt}, *messages]
+        return [{**first, "content": first["content"] + "\n\n" + prompt}, *messages[1:]], None
+    in_user = None
+    if isinstance(first, Mapping) and first.get("role") == "user" and isinstance(first.get("content"), str):
+        in_user = [{**first, "content": prompt + "\n\n" + first["content"]}, *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages], in_user
+
+
+def render_prompt(template: str, plan: ToolPrompt, **variables: Any) -> str:
+    """The template's rendering of the plan's conversation (with the generation prompt, before the opening);
+    a template that refuses the added system message gets the tools described in the first user message."""
+    try:
+        return render(template, plan.messages, add_generation_prompt=True, tools=plan.tools, **variables)
+    except TemplateError:
+        if plan.in_user is None:
+            raise
+        return render(template, plan.in_user, add_generation_prompt=True, tools=plan.tools, **variables)
 
 
 def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool_choice: Any = "auto") -> ToolPrompt:
@@ -108,13 +126,14 @@ def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool
     if tools is None or tool_choice == "none":
         return ToolPrompt(messages, None, None, "")
     fmt = detect(template)
+    in_user = None
     if not knows_tools(template):
-        messages = _with_fallback_system([_as_hermes_text(m) if isinstance(m, Mapping) else m for m in messages],
-                                         tools)
+        messages, in_user = _described([_as_hermes_text(m) if isinstance(m, Mapping) else m for m in messages],
+                                       tools)
         tools_variable = None
     else:
         tools_variable = tools
     if forcing and fmt is None:
         raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} can't be forced for this chat template: "
                          "mdst does not know how it writes tool calls; use tool_choice=\"auto\"")
-    return ToolPrompt(messages, tools_variable, fmt, fmt.opening(forced) if forcing else "")
+    return ToolPrompt(messages, tools_variable, fmt, fmt.opening(forced) if forcing else "", in_user)
