@@ -412,3 +412,46 @@ def test_streamed_tool_call_chunks(server, forced_reply):
     assert first.function.arguments == "" and all(p.index == 0 and p.id is None and p.function.name is None
                                                   for p in rest)
     assert "".join(p.function.arguments for p in rest) == whole.message.tool_calls[0].function.arguments
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tool_choice": "always"}, "tool_choice"),
+    ({"tool_choice": 3}, "tool_choice"),
+    ({"tools": "get_weather"}, "tools"),
+    ({"tools": [{"type": "function"}]}, "tools"),
+    ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+])
+def test_bad_tool_requests_get_400s(server, extra, param):
+    body = {**E2E, "tools": [CITY_TOOL], **extra}
+    with pytest.raises(openai.BadRequestError) as error:
+        server.chat.completions.create(**body)
+    assert error.value.body["param"] == param
+
+
+THINKING_TEMPLATE = """{% for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}{{ '<|im_start|>assistant\\n<think>\\n' }}"""
+
+
+def test_server_reports_reasoning_content(cpu_model):
+    """A template whose generation prompt opens a think block: the reply so far is reasoning, in the message
+    and in the stream's deltas, and it is what the model writes after that prompt."""
+    import httpx
+
+    messages = [{"role": "user", "content": "Hi"}]
+    written = cpu_model.generate(render(THINKING_TEMPLATE, messages), max_tokens=4, add_bos=False)
+    assert written.strip()
+    running = RunningServer(create_app(cpu_model, model_name="smollm2", chat_template=THINKING_TEMPLATE))
+    try:
+        body = {"messages": messages, "max_tokens": 4, "temperature": 0}
+        message = httpx.post(running.url + "/v1/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]
+        assert message == {"role": "assistant", "content": "", "reasoning_content": written.strip()}
+        with httpx.stream("POST", running.url + "/v1/chat/completions", json={**body, "stream": True},
+                          timeout=120) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == written.strip()
+        assert not any(d.get("content") for d in deltas)
+    finally:
+        running.stop()
