@@ -175,7 +175,8 @@ def test_fallback_describes_the_tools_to_a_template_without_them(smollm2_templat
     assert plan.fmt is FALLBACK and plan.tools is None
     assert text.startswith("<|im_start|>system\n# Tools") and json.dumps(WEATHER_TOOL) in text
     # the earlier call is written the way the model is asked to write calls, and the reply opens one
-    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>' in text
+    earlier = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
+    assert f"<tool_call>\n{earlier}\n</tool_call>" in text
     assert text.endswith("<|im_start|>assistant\n<tool_call>\n")
 
 
@@ -270,13 +271,15 @@ REPLIES = [
      [("get_weather", {"city": "Paris"}), ("get_time", {"days": 4})]),
     ("command_r", '<|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "get_weather", "parameters": '
      + json.dumps(NESTED) + '}\n]<|END_ACTION|>', "", [("get_weather", NESTED)]),
-    ("granite", '<|tool_call|>[{"name": "get_time", "arguments": {"zone": "UTC"}}]', "", [("get_time", {"zone": "UTC"})]),
+    ("granite", '<|tool_call|>[{"name": "get_time", "arguments": {"zone": "UTC"}}]', "",
+     [("get_time", {"zone": "UTC"})]),
     ("apertus", '<|tools_prefix|>[{"get_weather": {"city": "Bern"}}, {"get_time": {}}]<|tools_suffix|>', "",
      [("get_weather", {"city": "Bern"}), ("get_time", {})]),
     ("tool_calls_json", '<tool_calls>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n{"name": "get_weather", '
      '"arguments": {"city": "Rome"}}\n</tool_calls>', "", [("get_time", {"zone": "UTC"}),
                                                           ("get_weather", {"city": "Rome"})]),
-    ("functionary_v3_1", '<function=get_weather>{"city": "Paris"}</function>', "", [("get_weather", {"city": "Paris"})]),
+    ("functionary_v3_1", '<function=get_weather>{"city": "Paris"}</function>', "",
+     [("get_weather", {"city": "Paris"})]),
 ]
 
 
@@ -308,6 +311,21 @@ def test_stream_holds_a_possible_opening_until_it_can_tell():
     end = parser.push(' "arguments": {}}\n</tool_call>') + parser.finish()
     assert [d["tool_calls"][0] for d in end][0]["function"] == {"name": "get_time", "arguments": ""}
     assert end[1] == {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}
+
+
+def test_stream_reports_a_call_once_text_follows_it():
+    """Calls that stand alone are reported when the next text shows they are complete, not at the end."""
+    parser = ReplyParser(FORMAT["hermes"], tools=TOOLS)
+    first = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
+    assert parser.push(first) == []  # the reply may end here, or go on
+    early = parser.push('\n<tool_call>\n{"name": "get_weather", "arguments": {"ci')
+    assert [d["tool_calls"][0]["index"] for d in early] == [0, 0] and early[1]["tool_calls"][0]["function"] == {
+        "arguments": '{"zone": "UTC"}'}
+    rest = parser.push('ty": "Oslo"}}\n</tool_call>') + parser.finish()
+    assert [d["tool_calls"][0]["index"] for d in rest] == [1, 1]
+    # a list of calls (Mistral's JSON list) is complete only at its end
+    listed = ReplyParser(FORMAT["mistral"], tools=TOOLS)
+    assert listed.push('[TOOL_CALLS][{"name": "get_time", "arguments": {}}, {"name": "g') == []
 
 
 def test_parallel_tool_calls_false_keeps_the_first():
@@ -445,7 +463,8 @@ def test_server_reports_reasoning_content(cpu_model):
     running = RunningServer(create_app(cpu_model, model_name="smollm2", chat_template=THINKING_TEMPLATE))
     try:
         body = {"messages": messages, "max_tokens": 4, "temperature": 0}
-        message = httpx.post(running.url + "/v1/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]
+        reply = httpx.post(running.url + "/v1/chat/completions", json=body, timeout=120).json()
+        message = reply["choices"][0]["message"]
         assert message == {"role": "assistant", "content": "", "reasoning_content": written.strip()}
         with httpx.stream("POST", running.url + "/v1/chat/completions", json={**body, "stream": True},
                           timeout=120) as r:

@@ -96,14 +96,17 @@ class ReplyParser:
                 self.buf = self._emit(out, "content", self.buf, final, () if self.fmt is None else self.fmt.openings)
                 return out
             else:  # section
-                if not final:
-                    return out
                 calls, rest = parse_section(self.fmt, self.buf, self.tools)
-                if not self.parallel:
-                    calls = calls[:1]
+                if not final and not (self.fmt.standalone and calls and rest.strip()):
+                    return out
+                # at the end, or calls that text follows (so complete): report them, read on after them
                 for call in calls:
                     self._call(out, call)
-                text, self.buf = (rest if calls else self.gap + self.buf), ""
+                if calls:
+                    self.buf, self.gap = rest, ""
+                if not final:
+                    continue  # what follows is read as more calls, or reported as content at the end
+                text, self.buf = (self.buf if calls else self.gap + self.buf), ""
                 self.started = self.content_seen  # content goes on where it stopped
                 self._emit(out, "content", text, final=True)
                 return out
@@ -126,7 +129,10 @@ class ReplyParser:
         return kept
 
     def _call(self, out: list[dict], call: dict) -> None:
-        """A tool call in OpenAI's streamed shape: its id, type and name, then its arguments."""
+        """A tool call in OpenAI's streamed shape: its id, type and name, then its arguments (only the first call
+        without parallel tool calls)."""
+        if self.calls and not self.parallel:
+            return
         function = call["function"]
         out.append({"tool_calls": [{"index": self.calls, "id": call["id"], "type": "function",
                                     "function": {"name": function["name"], "arguments": ""}}]})

@@ -37,6 +37,8 @@ class ToolCallFormat:
     opening: Callable[[str | None], str]      # prompt text that begins a call (of the named function)
     leading: tuple[str, ...] = ()             # text that starts a section only at the reply's start
     short_ids: bool = False                   # the template insists on 9-alphanumeric call ids (Mistral)
+    standalone: bool = False                  # each call is complete on its own (no list or section around
+                                              # them), so a stream can report one as soon as text follows it
 
     def new_id(self) -> str:
         """A fresh tool-call id in the shape this format's templates accept."""
@@ -179,7 +181,8 @@ def _glm_call(text: str, i: int, tools: dict) -> tuple[Call, int]:
 
 
 def _minimax_scan(text: str, tools: dict) -> tuple[list[Call], int]:
-    """<minimax:tool_call>\\n<invoke name="N">\\n<parameter name="K">V</parameter>...</invoke>...</minimax:tool_call>."""
+    """<minimax:tool_call>\\n<invoke name="N">\\n<parameter name="K">V</parameter>...</invoke>...
+    </minimax:tool_call> (MiniMax M2)."""
     invoke = re.compile(r'\s*<invoke name="([^"]+)">(.*?)</invoke>', re.S)
     parameter = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.S)
     calls: list[Call] = []
@@ -274,7 +277,8 @@ def _deepseek_scan(text: str, tools: dict) -> tuple[list[Call], int]:
 def _kimi_scan(text: str, tools: dict) -> tuple[list[Call], int]:
     """<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>{..}
     <|tool_call_end|>...<|tool_calls_section_end|> (Kimi K2)."""
-    call = re.compile(r"\s*<\|tool_call_begin\|>\s*((?:functions\.)?([^:<\s]+)(?::\d+)?)\s*<\|tool_call_argument_begin\|>")
+    call = re.compile(r"\s*<\|tool_call_begin\|>\s*((?:functions\.)?([^:<\s]+)(?::\d+)?)\s*"
+                      r"<\|tool_call_argument_begin\|>")
     try:
         i = _expect(text, 0, "<|tool_calls_section_begin|>")
     except ValueError:
@@ -359,33 +363,41 @@ def _has(*needles: str) -> Callable[[str], bool]:
     return lambda src: all(n in src for n in needles)
 
 
+def _hermes_template(src: str) -> bool:
+    return "<tool_call>" in src and "<invoke name=" not in src  # MiniMax M3 wraps <invoke> XML in <tool_call>
+
+
+def _function_opening(prefix: str, named: str) -> Callable[[str | None], str]:
+    """Openings `prefix`, or `named` with NAME replaced by the function's name."""
+    return lambda n: prefix if n is None else named.replace("NAME", n)
+
+
 FORMATS: list[ToolCallFormat] = [  # tried in order: the more specific markers first
-    ToolCallFormat("kimi_k2", _has("<|tool_calls_section_begin|>"), ("<|tool_calls_section_begin|>",),
-                   _kimi_scan, lambda n: "<|tool_calls_section_begin|>" if n is None else
-                   f"<|tool_calls_section_begin|><|tool_call_begin|>functions.{n}:0<|tool_call_argument_begin|>"),
+    ToolCallFormat("kimi_k2", _has("<|tool_calls_section_begin|>"), ("<|tool_calls_section_begin|>",), _kimi_scan,
+                   _function_opening("<|tool_calls_section_begin|>", "<|tool_calls_section_begin|><|tool_call_begin|>"
+                                     "functions.NAME:0<|tool_call_argument_begin|>")),
     ToolCallFormat("deepseek", _has(_DS_CALLS_BEGIN), (_DS_CALLS_BEGIN,), _deepseek_scan,
-                   lambda n: _DS_CALLS_BEGIN if n is None else f"{_DS_CALLS_BEGIN}{_DS_CALL_BEGIN}{n}{_DS_SEP}"),
+                   _function_opening(_DS_CALLS_BEGIN, f"{_DS_CALLS_BEGIN}{_DS_CALL_BEGIN}NAME{_DS_SEP}")),
     ToolCallFormat("minimax_m2", _has("<minimax:tool_call>"), ("<minimax:tool_call>",), _minimax_scan,
-                   lambda n: "<minimax:tool_call>\n" if n is None else f'<minimax:tool_call>\n<invoke name="{n}">\n'),
+                   _function_opening("<minimax:tool_call>\n", '<minimax:tool_call>\n<invoke name="NAME">\n')),
     ToolCallFormat("seed_oss", _has("<seed:tool_call>"), ("<seed:tool_call>",),
                    _repeat(_xml_function_call("<seed:tool_call>", "</seed:tool_call>")),
-                   lambda n: "<seed:tool_call>\n" if n is None else f"<seed:tool_call>\n<function={n}>\n"),
+                   _function_opening("<seed:tool_call>\n", "<seed:tool_call>\n<function=NAME>\n"), standalone=True),
     ToolCallFormat("glm", _has("<tool_call>", "<arg_key>"), ("<tool_call>",), _repeat(_glm_call),
-                   lambda n: "<tool_call>" if n is None else f"<tool_call>{n}\n"),
+                   _function_opening("<tool_call>", "<tool_call>NAME\n"), standalone=True),
     ToolCallFormat("qwen3_coder", _has("<tool_call>", "<function=", "<parameter="), ("<tool_call>",),
                    _repeat(_xml_function_call("<tool_call>", "</tool_call>")),
-                   lambda n: "<tool_call>\n" if n is None else f"<tool_call>\n<function={n}>\n"),
+                   _function_opening("<tool_call>\n", "<tool_call>\n<function=NAME>\n"), standalone=True),
     ToolCallFormat("tool_calls_json", _has("<tool_calls>"), ("<tool_calls>",), _json_block_scan,
                    _named_opening("<tool_calls>[", "arguments")),
-    ToolCallFormat("hermes", lambda src: "<tool_call>" in src and "<invoke name=" not in src, ("<tool_call>",), _repeat(_hermes_call),
-                   _named_opening("<tool_call>\n", "arguments")),
-    ToolCallFormat("nemotron", _has("<TOOLCALL>"), ("<TOOLCALL>",), _wrapped_list("<TOOLCALL>", "</TOOLCALL>", _named),
-                   _named_opening("<TOOLCALL>[", "arguments")),
+    ToolCallFormat("hermes", _hermes_template, ("<tool_call>",), _repeat(_hermes_call),
+                   _named_opening("<tool_call>\n", "arguments"), standalone=True),
+    ToolCallFormat("nemotron", _has("<TOOLCALL>"), ("<TOOLCALL>",),
+                   _wrapped_list("<TOOLCALL>", "</TOOLCALL>", _named), _named_opening("<TOOLCALL>[", "arguments")),
     ToolCallFormat("mistral_args", _has("[TOOL_CALLS]", "[ARGS]"), ("[TOOL_CALLS]",), _repeat(_mistral_args_call),
-                   lambda n: "[TOOL_CALLS]" if n is None else f"[TOOL_CALLS]{n}[ARGS]", short_ids=True),
-    ToolCallFormat("mistral", _has("[TOOL_CALLS]"), ("[TOOL_CALLS]",),
-                   _wrapped_list("[TOOL_CALLS]", None, _named), _named_opening("[TOOL_CALLS][", "arguments"),
-                   short_ids=True),
+                   _function_opening("[TOOL_CALLS]", "[TOOL_CALLS]NAME[ARGS]"), short_ids=True, standalone=True),
+    ToolCallFormat("mistral", _has("[TOOL_CALLS]"), ("[TOOL_CALLS]",), _wrapped_list("[TOOL_CALLS]", None, _named),
+                   _named_opening("[TOOL_CALLS][", "arguments"), short_ids=True),
     ToolCallFormat("granite", _has("<|tool_call|>"), ("<|tool_call|>",), _wrapped_list("<|tool_call|>", None, _named),
                    _named_opening("<|tool_call|>[", "arguments")),
     ToolCallFormat("command_r", _has("<|START_ACTION|>"), ("<|START_ACTION|>",),
@@ -396,14 +408,12 @@ FORMATS: list[ToolCallFormat] = [  # tried in order: the more specific markers f
                    _wrapped_list("<|tools_prefix|>", "<|tools_suffix|>", _apertus_read),
                    lambda n: "<|tools_prefix|>[" if n is None else f"<|tools_prefix|>[{{{_quoted(n)}: "),
     ToolCallFormat("lfm2", _has("List of tools: "), ("<|tool_call_start|>",), _lfm2_scan,
-                   lambda n: "<|tool_call_start|>[" if n is None else f"<|tool_call_start|>[{n}("),
-    ToolCallFormat("firefunction", _has("functools["), ("functools[",),
-                   _wrapped_list("functools", None, _named), _named_opening("functools[", "arguments")),
+                   _function_opening("<|tool_call_start|>[", "<|tool_call_start|>[NAME(")),
     ToolCallFormat("functionary_v3_1", _has("<function=", "<|python_tag|>"), ("<function=",),
-                   _repeat(_functionary_call), lambda n: "<function=" if n is None else f"<function={n}>"),
+                   _repeat(_functionary_call), _function_opening("<function=", "<function=NAME>"), standalone=True),
     ToolCallFormat("llama3", _has("<|start_header_id|>", '"parameters": '), ("<|python_tag|>",),
                    _repeat(_llama3_call), lambda n: '{"name": "' if n is None else _named_opening("", "parameters")(n),
-                   leading=("{",)),
+                   leading=("{",), standalone=True),
 ]
 FALLBACK = next(f for f in FORMATS if f.name == "hermes")
 
