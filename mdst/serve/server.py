@@ -1,7 +1,8 @@
 """`mdst serve`: an OpenAI-compatible HTTP server (Starlette + uvicorn) over one loaded model.
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
-server-sent-event streaming), GET /health. Errors are OpenAI's error JSON.
+server-sent-event streaming; chat with tools, tool_calls and reasoning_content as mdst.text.reply splits the
+reply), GET /health. Errors are OpenAI's error JSON.
 
 Model calls block, so they never run on the event loop. Each request reserves its turn in one FIFO worker
 thread when it arrives; its prompt is checked and tokenized in a helper thread meanwhile (so bad input is a 400
@@ -312,7 +313,7 @@ def _tools(body: dict) -> dict:
         raise ApiError(400, "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
                             "\"function\": {\"name\": ...}}", param="tool_choice")
     parallel = body.get("parallel_tool_calls")
-    return {"tools": tools or None, "tool_choice": choice or "auto",
+    return {"tools": tools or None, "tool_choice": "auto" if choice is None else choice,
             "parallel_tool_calls": True if parallel is None else _flag(body, "parallel_tool_calls")}
 
 
