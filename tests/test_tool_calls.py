@@ -474,3 +474,15 @@ def test_server_reports_reasoning_content(cpu_model):
         assert not any(d.get("content") for d in deltas)
     finally:
         running.stop()
+
+
+def test_openai_sdk_messages_render_with_object_arguments(templates):
+    """A reply's message sent back as the SDK's object: its JSON-text arguments reach the template as an object."""
+    from openai.types.chat import ChatCompletionMessage
+
+    llama = templates["meta-llama-Llama-3.1-8B-Instruct"]
+    sent = ChatCompletionMessage(role="assistant", content=None, tool_calls=[
+        {"id": "call0001a", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "UTC"}'}}])
+    plan = tool_prompt(llama, [WEATHER_QUESTION, sent], TOOLS)
+    assert '{"name": "get_time", "parameters": {"zone": "UTC"}}<|eot_id|>' in render(llama, plan.messages,
+                                                                                      tools=plan.tools, **SPECIAL)

@@ -122,6 +122,8 @@ def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool
     if forcing and not tools:
         raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} needs tools; pass tools=[...]")
     forced = _forced_name(tool_choice, names) if forcing else None
+    # pydantic messages (the OpenAI SDK's, e.g. a reply's message sent back) as dicts, so their calls convert too
+    messages = [m.model_dump() if callable(getattr(m, "model_dump", None)) else m for m in messages]
     messages = [_object_arguments(m) if isinstance(m, Mapping) else m for m in messages]
     if tools is None or tool_choice == "none":
         return ToolPrompt(messages, None, None, "")
