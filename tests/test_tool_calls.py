@@ -16,6 +16,7 @@ from mdst.text.tool_calls import FALLBACK, FORMATS, detect, parse
 from mdst.text.tool_prompt import render_prompt, tool_prompt
 from mdst.serve.server import create_app
 from test_chat_templates import SPECIAL, TEMPLATES, WEATHER_QUESTION, WEATHER_TOOL, tokenizer_for
+from test_chat_templates import smollm2, template_dir  # noqa: F401 (fixtures)
 from test_server import RunningServer
 
 FORMAT = {f.name: f for f in FORMATS}
@@ -64,11 +65,6 @@ NOT_ROUND_TRIPPED = {"LFM2-8B-A1B", "LFM2.5-Instruct", "ibm-granite-granite-3.3-
 @pytest.fixture(scope="module")
 def templates(template_dir):
     return {name: (template_dir / f"{name}.jinja").read_text(encoding="utf-8") for name in TEMPLATES}
-
-
-@pytest.fixture(scope="module")
-def template_dir(llama_cpp_src):
-    return llama_cpp_src / "models" / "templates"
 
 
 def calls_of(tool_calls: list[dict]) -> list[tuple[str, object]]:
@@ -191,11 +187,8 @@ def test_fallback_goes_to_the_user_message_where_a_template_has_no_system_role(t
 
 
 @pytest.fixture(scope="module")
-def smollm2_template(smollm2_path):
-    from mdst.format.gguf import GGUFFile
-    from mdst.text.chat import template_from_gguf
-    with GGUFFile(smollm2_path) as f:
-        return template_from_gguf(f)
+def smollm2_template(smollm2):
+    return smollm2[0]
 
 
 def test_tool_choice_openings_and_errors(templates):
