@@ -225,6 +225,8 @@ REPLIES = [
      "Let me look that up.", [("get_weather", NESTED), ("get_time", {"zone": "Asia/東京"})]),
     ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}\n</tool_call>',  # a } short
      '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}\n</tool_call>', []),
+    ("hermes", '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "get_weather", '
+     '"arguments": {"city": ', '<tool_call>\n{"name": "get_weather", "arguments": {"city":', [("get_time", {})]),
     ("hermes", "I can't call <tool_call> here, sorry.", "I can't call <tool_call> here, sorry.", []),
     ("qwen3_coder", 'Checking.\n<tool_call>\n<function=get_time>\n<parameter=zone>\n123\n</parameter>\n<parameter=days>'
      '\n3\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSão Paulo'
@@ -236,6 +238,11 @@ REPLIES = [
      [("get_weather", NESTED), ("get_time", {})]),
     ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}', 
      '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}', []),
+    ("qwen3_coder", 'Checking.\n<tool_call>\n<function=get_time>\n<parameter=zone>\nUTC\n</parameter>\n</tool_call>',
+     'Checking.\n<tool_call>\n<function=get_time>\n<parameter=zone>\nUTC\n</parameter>\n</tool_call>', []),
+    ("kimi_k2", '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_time:0<|tool_call_argument_begin|>'
+     '{zone: UTC}<|tool_call_end|><|tool_calls_section_end|>', '<|tool_calls_section_begin|><|tool_call_begin|>'
+     'functions.get_time:0<|tool_call_argument_begin|>{zone: UTC}<|tool_call_end|><|tool_calls_section_end|>', []),
     ("mistral_args", 'Sure.[TOOL_CALLS]get_weather[ARGS]' + json.dumps(NESTED, ensure_ascii=False)
      + '[TOOL_CALLS]get_time[CALL_ID]x9Y8z7W6v[ARGS]{"zone": "UTC"}', "Sure.",
      [("get_weather", NESTED), ("get_time", {"zone": "UTC"})]),
