@@ -174,6 +174,12 @@ def test_fallback_describes_the_tools_to_a_template_without_them(smollm2_templat
     earlier = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
     assert f"<tool_call>\n{earlier}\n</tool_call>" in text
     assert text.endswith("<|im_start|>assistant\n<tool_call>\n")
+    # without tools too, the earlier call is written out: the template itself can't render a content-less message
+    with pytest.raises(TemplateError):
+        render(smollm2_template, OPENAI_CONVERSATION, **SPECIAL)
+    plain = tool_prompt(smollm2_template, OPENAI_CONVERSATION, None)
+    assert f"<|im_start|>assistant\n<tool_call>\n{earlier}\n</tool_call><|im_end|>" in render_prompt(
+        smollm2_template, plain, **SPECIAL)
 
 
 def test_fallback_goes_to_the_user_message_where_a_template_has_no_system_role(templates):

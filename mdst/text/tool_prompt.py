@@ -86,6 +86,17 @@ def _as_hermes_text(message: Mapping) -> Mapping:
     return {**rest, "content": "\n".join(w for w in written if w)}
 
 
+def _prepared(message: Any, knows_tools: bool) -> Any:
+    """A message as the template should see it: SDK objects as dicts (so their calls convert too), tool-call
+    arguments as objects, and calls written as Hermes text for a template that renders no tools."""
+    if callable(getattr(message, "model_dump", None)):
+        message = message.model_dump()
+    if not isinstance(message, Mapping):
+        return message
+    message = _object_arguments(message)
+    return message if knows_tools else _as_hermes_text(message)
+
+
 def _described(messages: list, tools: list) -> tuple[list, list | None]:
     """The conversation with the tools described in its system message (one is added if it has none), and,
     where one was added, the conversation with the description opening its first user message instead."""
@@ -122,20 +133,17 @@ def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool
     if forcing and not tools:
         raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} needs tools; pass tools=[...]")
     forced = _forced_name(tool_choice, names) if forcing else None
-    # pydantic messages (the OpenAI SDK's, e.g. a reply's message sent back) as dicts, so their calls convert too
-    messages = [m.model_dump() if callable(getattr(m, "model_dump", None)) else m for m in messages]
-    messages = [_object_arguments(m) if isinstance(m, Mapping) else m for m in messages]
+    knows = knows_tools(template)
+    if isinstance(messages, (list, tuple)):  # anything else is left for render() to refuse
+        messages = [_prepared(m, knows) for m in messages]
     if tools is None or tool_choice == "none":
         return ToolPrompt(messages, None, None, "")
     fmt = detect(template)
-    in_user = None
-    if not knows_tools(template):
-        messages, in_user = _described([_as_hermes_text(m) if isinstance(m, Mapping) else m for m in messages],
-                                       tools)
-        tools_variable = None
-    else:
-        tools_variable = tools
     if forcing and fmt is None:
         raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} can't be forced for this chat template: "
                          "mdst does not know how it writes tool calls; use tool_choice=\"auto\"")
-    return ToolPrompt(messages, tools_variable, fmt, fmt.opening(forced) if forcing else "", in_user)
+    opening = fmt.opening(forced) if forcing else ""
+    if knows:
+        return ToolPrompt(messages, tools, fmt, opening)
+    described, in_user = _described(messages, tools)
+    return ToolPrompt(described, None, fmt, opening, in_user)
