@@ -80,8 +80,9 @@ def _named(obj: Any, args_keys: tuple[str, ...] = ("arguments", "parameters"),
 
 def _param_value(raw: str, name: str, param: str, tools: dict) -> Any:
     """An XML-style parameter's value: text for string parameters, else JSON where it parses."""
-    schema = tools.get(name, {}).get("properties", {}).get(param, {})
-    if schema.get("type") == "string":
+    properties = tools.get(name, {}).get("properties")
+    schema = properties.get(param) if isinstance(properties, dict) else None
+    if isinstance(schema, dict) and schema.get("type") == "string":
         return raw
     try:
         return json.loads(raw)
