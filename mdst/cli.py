@@ -120,11 +120,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            reply = []
+            reply, thinking = [], False
             for piece in model.chat(messages, template=template, max_tokens=args.max_tokens,
                                     temperature=args.temperature, seed=args.seed, stream=True):
-                reply.append(piece)
-                sys.stdout.write(piece)
+                if piece.reasoning_content is not None:  # a think block is shown, not kept in the history
+                    thinking = True
+                    sys.stdout.write(piece.reasoning_content)
+                elif piece:
+                    sys.stdout.write("\n\n" if thinking else "")
+                    thinking = False
+                    reply.append(piece)
+                    sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             messages.append({"role": "assistant", "content": "".join(reply)})
