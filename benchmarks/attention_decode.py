@@ -31,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from mdst.compile.plan import ATTN_WG, attention_group, attention_splits
+    from mdst.reference import split_keys
     from mdst.gpu.device import open_gpu
     from mdst.kernels import KernelSpec, PipelineCache
 
@@ -71,7 +72,8 @@ def main() -> None:
                                        {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))
                     s = timed(gpu, passes(att, merge), args.reps)
                     gbs = kv_bytes / s / 1e9
-                    results.append({"shape": name, "keys": keys, "ring": ring, "split": split, "splits": splits,
+                    results.append({"shape": name, "keys": keys, "ring": ring, "splits": splits,
+                                    "keys_per_split": split_keys(keys, split, splits),
                                     "lanes_per_key": lanes, "heads_per_workgroup": gw, "us": round(s * 1e6, 2),
                                     "kv_gb_per_s": round(gbs, 1), "fraction_of_read_ceiling": round(gbs / read_gbs, 3)})
                     print(json.dumps(results[-1]), flush=True)

@@ -4,7 +4,8 @@
 #   GPU machine: source .device/on-device.sh && bash benchmarks/before_after.sh run
 # "run" writes the synthetic files once, then times both trees in turn, ROUNDS times (alternating, so drift
 # on the machine hits both), and prints JSON lines and a table of medians and after/before ratios.
-# Env: MODELS (default gemma3-270m,qwen3-0.6b,qwen3-8b), ROUNDS (2), REPEAT (3), PROMPT (512), GEN (128).
+# Env: MODELS (default gemma3-270m,qwen3-0.6b,qwen3-8b), ROUNDS (2), REPEAT (3), PROMPT (512), GEN (128),
+# CONTEXT (1024: the context each model is loaded with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -20,7 +21,7 @@ case "${1:-}" in
     out=${OUT:-benchmarks/results/$(date +%F)-before-after}
     mkdir -p "$out"
     models=${MODELS:-gemma3-270m,qwen3-0.6b,qwen3-8b}
-    args=(--presets "$models" --prompt "${PROMPT:-512}" --gen "${GEN:-128}" --repeat "${REPEAT:-3}")
+    args=(--presets "$models" --prompt "${PROMPT:-512}" --gen "${GEN:-128}" --repeat "${REPEAT:-3}" --context "${CONTEXT:-1024}")
     python3 benchmarks/models.py "${args[@]}" --gen 1 --repeat 1 >/dev/null   # synthetic files, warm caches
     for round in $(seq "${ROUNDS:-2}"); do
       for tree in before after; do

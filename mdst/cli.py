@@ -1,4 +1,4 @@
-"""`mdst` on the command line: generate, chat, bench, inspect, doctor, synth."""
+"""`mdst` on the command line: generate, chat, bench, perplexity, inspect, doctor, synth."""
 
 from __future__ import annotations
 
@@ -120,11 +120,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            reply = []
+            reply, thinking = [], False
             for piece in model.chat(messages, template=template, max_tokens=args.max_tokens,
                                     temperature=args.temperature, seed=args.seed, stream=True):
-                reply.append(piece)
-                sys.stdout.write(piece)
+                if piece.reasoning_content is not None:  # a think block is shown, not kept in the history
+                    thinking = True
+                    sys.stdout.write(piece.reasoning_content)
+                elif piece:
+                    sys.stdout.write("\n\n" if thinking else "")
+                    thinking = False
+                    reply.append(piece)
+                    sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             messages.append({"role": "assistant", "content": "".join(reply)})
@@ -254,6 +260,74 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    """llama-perplexity's PPL of a text (running value per window on stderr, the estimate on stdout); with
+    --kl-divergence-base, save the reference log-probabilities, and with --kl-divergence too, compare to them."""
+    from .quality.kld import BaseLogProbs, kl_divergence, save_base
+    from .quality.perplexity import PerplexityResult, check_count, check_ctx, perplexity
+
+    if args.kl_divergence and not args.kl_divergence_base:
+        raise ValueError("--kl-divergence compares against a base file: pass --kl-divergence-base FILE, made by a "
+                         "run of the reference model with --kl-divergence-base FILE alone")
+    base = BaseLogProbs.load(args.kl_divergence_base) if args.kl_divergence else None
+    ctx = check_ctx(args.ctx if args.ctx is not None else base.ctx if base else 512)
+    check_count("--chunks", args.chunks, "every window the text fills")
+    check_count("--batch", args.batch, "the scored half of a window at once")
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    args.context = args.context or ctx
+    model = _load(args)
+    with model:
+        if base is not None:
+            r = kl_divergence(model, text, base, batch=args.batch, chunks=args.chunks, ctx=ctx,
+                                  on_window=lambda r: print(_kld_window(r), file=sys.stderr, flush=True))
+            print(format_kld(r.summary()))
+            return 0
+        def running(r: PerplexityResult) -> None:
+            print(f"[{r.windows}]{r.ppl:.4f},", end="", file=sys.stderr, flush=True)
+        if args.kl_divergence_base:
+            _, r = save_base(model, text, args.kl_divergence_base, ctx, args.chunks, args.batch, args.top_k,
+                                 on_window=running)
+        else:
+            r = perplexity(model, text, ctx, args.chunks, args.batch, on_window=running)
+        print(file=sys.stderr)
+    print(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.se:.5f} ({r.windows} windows of {r.ctx} tokens, "
+          f"{r.tokens} scored)")
+    if args.kl_divergence_base:
+        print(f"saved the log-probabilities (top {args.top_k} a token) to {args.kl_divergence_base}")
+    return 0
+
+
+def _kld_window(r: Any) -> str:
+    s = r.summary()
+    return (f"[{r.windows}] PPL {s['ppl']:.4f}, ln(PPL/PPL(base)) {s['ln_ppl_ratio']:.5f}, "
+            f"KLD {s['kld_mean']:.6f}, same top p {100 * s['same_top']:.3f}%")
+
+
+def format_kld(s: dict[str, Any]) -> str:
+    """KL-divergence statistics as text, in llama-perplexity's order and names."""
+    def pct(name: str, values: dict[str, float], scale: float, fmt: str, unit: str, skip: tuple = ()) -> list[str]:
+        return [f"{'Median ' if q == '50.0' else f'{float(q):4.1f}%  '} {name}: {scale * v:{fmt}}{unit}"
+                for q, v in values.items() if q not in skip]
+    lines = [f"====== Perplexity statistics ({s['windows']} windows, {s['tokens']} tokens) ======",
+             f"Mean PPL(Q)                   : {s['ppl']:10.6f} ± {s['ppl_se']:10.6f}",
+             f"Mean PPL(base)                : {s['ppl_base']:10.6f} ± {s['ppl_base_se']:10.6f}",
+             f"Mean ln(PPL(Q)/PPL(base))     : {s['ln_ppl_ratio']:10.6f} ± {s['ln_ppl_ratio_se']:10.6f}",
+             "", "====== KL divergence statistics ======",
+             f"Mean    KLD: {s['kld_mean']:10.6f} ± {s['kld_se']:10.6f}",
+             f"Maximum KLD: {s['kld_max']:10.6f}",
+             *pct("KLD", s["kld_percentiles"], 1.0, "10.6f", "", skip=("75.0", "25.0")),
+             f"Minimum KLD: {s['kld_min']:10.6f}",
+             "", "====== Token probability statistics ======",
+             f"Mean    Δp: {100 * s['p_diff_mean']:6.3f} ± {100 * s['p_diff_se']:5.3f} %",
+             f"Maximum Δp: {100 * s['p_diff_max']:6.3f}%",
+             *pct("Δp", s["p_diff_percentiles"], 100.0, "6.3f", "%"),
+             f"Minimum Δp: {100 * s['p_diff_min']:6.3f}%",
+             f"RMS Δp    : {100 * s['p_diff_rms']:6.3f} ± {100 * s['p_diff_rms_se']:5.3f} %",
+             f"Same top p: {100 * s['same_top']:6.3f} ± {100 * s['same_top_se']:5.3f} %"]
+    return "\n".join(lines)
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .dev import synth
 
@@ -276,6 +350,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "generate": (cmd_generate, "continue a prompt, streaming to stdout"),
     "chat": (cmd_chat, "chat with a model interactively (its chat template; /reset, /exit)"),
     "bench": (cmd_bench, "prefill and decode speed"),
+    "perplexity": (cmd_perplexity, "perplexity of a text, and KL divergence against a reference model "
+                                   "(llama-perplexity's method)"),
     "inspect": (cmd_inspect, "print a GGUF file's metadata and tensor table"),
     "pull": (cmd_pull, "download a Hugging Face model (mdst pull ORG/REPO --quant Q4_K_M); print its path"),
     "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
@@ -326,6 +402,22 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true")
             sp.add_argument("--profile", action="store_true",
                             help="add GPU time per op and per layer (timestamp queries)")
+        elif name == "perplexity":
+            _model_options(sp, positional=True)
+            sp.add_argument("text", help="a UTF-8 text file (at least 2 x ctx tokens)")
+            sp.add_argument("--ctx", type=int, default=None,
+                            help="window length in tokens, even, >= 8 (default 512, or the base file's)")
+            sp.add_argument("--batch", type=int, default=None,
+                            help="rows of logits held at once (default: the scored half of a window)")
+            sp.add_argument("--chunks", type=int, default=None,
+                            help="at most this many windows (default: all the text fills, or the base file's)")
+            sp.add_argument("--kl-divergence-base", default=None, metavar="FILE",
+                            help="alone: save this model's log-probabilities to FILE (.npz); with --kl-divergence: "
+                                 "compare this model against them")
+            sp.add_argument("--kl-divergence", action="store_true",
+                            help="KL divergence, top-1 agreement and delta-p against --kl-divergence-base")
+            sp.add_argument("--top-k", type=int, default=32,
+                            help="log-probabilities saved per token in a base file (default 32)")
         elif name == "inspect":
             sp.add_argument("file")
             hub_options(sp)

@@ -24,3 +24,7 @@ class OutOfMemoryError(MdstError, MemoryError):
 class HubError(MdstError):
     """A model could not be found or fetched on the Hugging Face Hub (repository, revision, file or
     quantization not there; offline and not in the cache)."""
+
+
+class BaseFileError(MdstError, ValueError):
+    """A KL-divergence base file that cannot be read or was made for other windows (text, ctx, vocabulary)."""

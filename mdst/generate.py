@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .text.logprobs import Piece, TokenLogprob, check_top_logprobs, score
+from .text.reply import ChatDelta, ChatReply, ReplyParser, think_tags
 from .text.sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
@@ -91,25 +92,64 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
 
 
 def chat(model: "Model", messages: Sequence[dict], *, template: str | None = None, tools: list | None = None,
-         max_tokens: int = 512, stream: bool = False, truncate: bool = False, stop: Any = None,
-         logprobs: bool = False, top_logprobs: int = 0, **sampling: Any) -> str | Iterator[str]:
+         tool_choice: Any = "auto", parallel_tool_calls: bool = True, max_tokens: int = 512, stream: bool = False,
+         truncate: bool = False, stop: Any = None, logprobs: bool = False, top_logprobs: int = 0,
+         **sampling: Any) -> Any:
     """Answer a conversation: render the chat template (the GGUF's, or `template`), generate the reply.
 
-    Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options
-    (logit_bias included); logprobs and top_logprobs as in generate().
+    Returns a `ChatReply` (a str of the content, with `.reasoning_content`, `.tool_calls` and `.message`), or
+    with stream=True an iterator of `ChatDelta` pieces (str of content, with the same fields as OpenAI deltas).
+    `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
+    forced). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options
+    (logit_bias included); with logprobs=True the reply and each piece carry `.logprobs` as in generate().
     """
-    from .text.chat import render, require_template, special_tokens
+    from .text.chat import require_template, special_tokens
+    from .text.tool_prompt import render_prompt, tool_prompt
 
     if template is None:
         template = require_template(model.gguf)
+    if not isinstance(parallel_tool_calls, bool):
+        raise TypeError("parallel_tool_calls must be a bool")
     specials = special_tokens(model.gguf)
-    text = render(template, messages, add_generation_prompt=True, tools=tools, **specials)
+    plan = tool_prompt(template, messages, tools, tool_choice)
+    text = render_prompt(template, plan, **specials)
+    think = think_tags(template)
+    parser = ReplyParser(plan.fmt, think, reasoning=bool(think) and not plan.opening and
+                         text.rstrip().endswith(think[0]), tools=tools, prefix=plan.opening,
+                         parallel_tool_calls=parallel_tool_calls)
+    text += plan.opening
     # Templates usually write BOS themselves; never add a second one.
     bos = specials.get("bos_token")
     add_bos = model.tokenizer.add_bos and not (bos and text.startswith(bos))
     ids = model.tokenize(text, add_bos=add_bos, special=True)
-    return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate,
-               params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs)
+    pieces = run(model, ids, max_tokens=max_tokens, stop=stop, stream=True, truncate=truncate,
+                 params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs)
+    deltas = _reply_pieces(pieces, parser)
+    return deltas if stream else ChatReply.merge(deltas)
+
+
+def _reply_pieces(pieces: Iterator[str], parser: Any) -> Iterator[Any]:
+    """The generated text as ChatDelta pieces, as `parser` tells them apart; each delta carries the
+    log-probabilities (if any) of the tokens read since the delta before."""
+    scored: list[Any] = []
+
+    def of(delta: dict) -> ChatDelta:
+        piece = ChatDelta.of(delta)
+        piece.logprobs = tuple(scored)
+        scored.clear()
+        return piece
+
+    try:
+        for piece in pieces:
+            scored.extend(getattr(piece, "logprobs", ()))
+            for delta in parser.push(piece):
+                yield of(delta)
+        for delta in parser.finish():
+            yield of(delta)
+        if scored:   # tokens whose text the parser held back and dropped: still reported
+            yield of({})
+    finally:
+        pieces.close()   # a reply left early still records its statistics and frees the model
 
 
 def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,

@@ -216,7 +216,8 @@ class Model:
     def chat(self, messages: Sequence[dict], max_tokens: int = 512, **kwargs: Any) -> Any:
         """Reply to a conversation ([{"role": ..., "content": ...}, ...]) using the model's chat template.
 
-        See mdst.generate.chat for every option (template=, tools=, stream=, stop=, sampling settings)."""
+        Returns a ChatReply (a str of the content, with .reasoning_content and .tool_calls). See mdst.generate.chat
+        for every option (template=, tools=, tool_choice=, stream=, stop=, sampling settings)."""
         from .generate import chat
         return chat(self, messages, max_tokens=max_tokens, **kwargs)
 

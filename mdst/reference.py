@@ -91,9 +91,15 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, positions
     return out
 
 
+def split_keys(keys: int, split: int, splits: int) -> int:
+    """Keys a range of split decode attention takes: `splits` ranges cover the `keys` filled ones, at least
+    `split` each (the kernel's rule; ranges past the keys are empty)."""
+    return max(split, -(-keys // splits))
+
+
 def attention_partials(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, spec: AttentionSpec,
                        split: int, splits: int) -> np.ndarray:
-    """One row's attention in key ranges of `split` (the SPLIT kernel's output): per head and range,
+    """One row's attention in `splits` key ranges of split_keys (the SPLIT kernel's output): per head and range,
     (running max, sum of exponentials, unnormalized output) [heads, splits, head_dim + 2]."""
     hd, kvh = spec.head_dim, spec.kv_heads
     group = spec.heads // kvh
@@ -102,8 +108,9 @@ def attention_partials(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, 
     qs = q.reshape(spec.heads, hd).astype(np.float64) * spec.query_scale(np.array([pos]))[0]
     out = np.zeros((spec.heads, splits, hd + 2))
     out[:, :, 0] = -3.0e38
+    n = split_keys(pos + 1 - first, split, splits)
     for z in range(splits):
-        lo, hi = first + z * split, min(pos, first + (z + 1) * split - 1)
+        lo, hi = first + z * n, min(pos, first + (z + 1) * n - 1)
         if lo > hi:
             continue
         slots = np.arange(lo, hi + 1) % ring

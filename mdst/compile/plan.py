@@ -85,11 +85,11 @@ def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int
 
 
 def attention_splits(keys: int, presets: Any) -> tuple[int, int]:
-    """Decode attention's (keys a split, splits) over a cache of `keys` positions: splits cover them all, so a
-    long cache gets longer splits rather than more of them once there are `attention_splits` (or the merge's most)."""
+    """Decode attention's (least keys a split, splits) over a cache of `keys` positions: enough splits of the
+    preset's length for them all, at most `attention_splits` (and the merge's most); the kernel lengthens the
+    splits to cover the positions filled so far (reference.split_keys)."""
     cap = min(presets.attention_splits or MERGE_MAX_SPLITS, MERGE_MAX_SPLITS)
-    split = max(presets.attention_split, 1 << (ceil_div(keys, cap) - 1).bit_length())
-    return split, ceil_div(keys, split)
+    return presets.attention_split, min(cap, ceil_div(keys, presets.attention_split))
 
 
 ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -109,6 +109,16 @@ def logits(path: str | os.PathLike, ids: Sequence[int], cache_dir: str | os.Path
         llm.eval(list(ids))
         return np.array(llm.scores[:len(ids)], dtype=np.float32)
     return _cached(cache_dir, path, "logits", ids, None, compute)
+
+
+def windows_logits(path: str | os.PathLike, windows: np.ndarray) -> Iterator[np.ndarray]:
+    """llama.cpp's logits at every position of each window (rows of `windows`), each from an empty cache; not
+    cached (a window of Gemma's vocabulary is half a GB)."""
+    llm = _llama(path, n_ctx=windows.shape[1])
+    for w in windows:
+        llm.reset()   # the next eval drops every cached position from n_tokens = 0 on
+        llm.eval(list(map(int, w)))
+        yield np.array(llm.scores[:len(w)], dtype=np.float32)
 
 
 def greedy(path: str | os.PathLike, ids: Sequence[int], n: int, cache_dir: str | os.PathLike) -> np.ndarray:

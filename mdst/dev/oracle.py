@@ -402,15 +402,16 @@ class CaseBuilder:
             kv_dim = a.kv_heads * a.head_dim
             split = int(spec.constants_dict().get("SPLIT", 0))
             groups = a.heads // int(spec.constants_dict().get("GW", 1))   # workgroups along x: one a head group
-            if split:   # decode's split form: one row, partials for as many ranges as its keys fill
+            if split:   # decode's split form: one row's partials, in ranges of `split` keys and in fewer, longer ones
                 keys = min(pos0 + 1, window or pos0 + 1)
-                splits = -(-keys // split)
-                want = reference.attention_partials(q[0], decode_rows(kc, kv_dim, kv_type),
-                                                    decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
-                out.append(Case(f"one row at {pos0} in {splits} ranges of {split} keys (heads {a.heads}/{a.kv_heads}"
-                                f"x{a.head_dim}, window {window})", spec,
-                                [step_words(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)], {**p, "ring": ring},
-                                (groups, 1, splits), [Expect("f32", _within(1e-5), want)]))
+                for splits in sorted({-(-keys // split), -(-keys // split // 3) or 1}, reverse=True):
+                    want = reference.attention_partials(q[0], decode_rows(kc, kv_dim, kv_type),
+                                                        decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
+                    n = reference.split_keys(keys, split, splits)
+                    out.append(Case(f"one row at {pos0} in {splits} ranges of {n} keys (heads {a.heads}/"
+                                    f"{a.kv_heads}x{a.head_dim}, window {window})", spec,
+                                    [step_words(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)],
+                                    {**p, "ring": ring}, (groups, 1, splits), [Expect("f32", _within(1e-5), want)]))
                 continue
             want = _poisoned(q.shape)
             want[:n_rows] = reference.attention(q[:n_rows], decode_rows(kc, kv_dim, kv_type),

@@ -7,8 +7,9 @@
 //   2. weights: a thread per (head, key) finds the head's running max and the key's weight;
 //   3. values: thread (key group, four dims) adds the weighted V rows of every KG-th key, for the GW heads.
 // SPLIT = 0: workgroup (head group, row) writes the output. SPLIT > 0 (decode on a GPU, where a few heads
-// would leave it idle): workgroup z takes the SPLIT keys from the z-th onwards and writes each head's
-// partial (running max, sum, unnormalized output; head_dim + 2 floats) for attention_merge.
+// would leave it idle): the keys up to the row's position are cut into ranges of at least SPLIT, one a
+// workgroup z, which writes each head's partial (running max, sum, unnormalized output; head_dim + 2
+// floats) for attention_merge.
 // Dispatch: (heads / GW, rows, 1), or (heads / GW, rows, splits) with SPLIT.
 
 struct P {
@@ -74,8 +75,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var last = pos;   // keys [first, last]
     if (SPLIT > 0u) {
-        first += wid.z * SPLIT;
-        last = min(pos, first + SPLIT - 1u);
+        // the nwg.z splits share the filled keys, at least SPLIT each (reference.split_keys): a cache
+        // allocated long but filled short still spreads its keys over many workgroups
+        let len = max(SPLIT, (last + 1u - first + nwg.z - 1u) / nwg.z);
+        first += wid.z * len;
+        last = min(pos, first + len - 1u);
     }
     let h0 = wid.x * GW;
     let kb = (h0 / (p.heads / p.kv_heads)) * p.head_dim;   // the KV head's first value in a cached row

@@ -1,7 +1,8 @@
 """`mdst serve`: an OpenAI-compatible HTTP server (Starlette + uvicorn) over one loaded model.
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
-server-sent-event streaming and logprobs), POST /v1/embeddings, GET /health. Errors are OpenAI's error JSON.
+server-sent-event streaming and logprobs; chat with tools, tool_calls and reasoning_content as
+mdst.text.reply splits the reply), POST /v1/embeddings, GET /health. Errors are OpenAI's error JSON.
 
 Model calls block, so they never run on the event loop. Each request reserves its turn in one FIFO worker
 thread when it arrives; its prompt is checked and tokenized in a helper thread meanwhile (so bad input is a 400
@@ -37,6 +38,7 @@ from .. import __version__
 from .args import MODEL_HELP, hub_options, kv_type_arg, kv_type_options
 from ..errors import MdstError
 from ..text.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+from ..text.reply import ChatDelta, ChatReply
 
 log = logging.getLogger("mdst.serve.server")
 
@@ -114,9 +116,9 @@ class Job:
         finally:
             self.cancel()
 
-    async def result(self) -> tuple[str, dict, list[TokenLogprob]]:
-        """The whole text, the generation's statistics and its tokens' log-probabilities (if asked for)."""
-        text, stats, logprobs = [], {}, []
+    async def result(self) -> tuple[list, dict]:
+        """The generated pieces and the generation's statistics."""
+        text, stats = [], {}
         async for kind, value in self.events():
             if kind == "error":
                 raise value
@@ -124,10 +126,9 @@ class Job:
                 stats = value
             else:
                 text.append(value)
-                logprobs.extend(getattr(value, "logprobs", ()))
-        return "".join(text), stats, logprobs
+        return text, stats
 
-    async def result_unless_disconnected(self, request: Request) -> tuple[str, dict, list[TokenLogprob]]:
+    async def result_unless_disconnected(self, request: Request) -> tuple[list, dict]:
         """result(), unless the client goes away first: then the generation is cancelled (499)."""
 
         async def watch() -> None:
@@ -318,15 +319,18 @@ def _embedding_input(body: dict) -> list[str]:
     return texts
 
 
-def _tools(body: dict) -> list | None:
+def _tools(body: dict) -> dict:
+    """tools, tool_choice and parallel_tool_calls as chat() options (mdst checks the tools themselves)."""
     tools = body.get("tools")
-    choice = body.get("tool_choice")
-    if choice not in (None, "auto", "none"):
-        raise ApiError(400, "tool_choice must be \"auto\" or \"none\": forcing a tool call is not implemented",
-                       param="tool_choice")
     if tools is not None and not isinstance(tools, list):
         raise ApiError(400, "tools must be a list of tool definitions", param="tools")
-    return None if choice == "none" or not tools else tools
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, (str, dict)):
+        raise ApiError(400, "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}}", param="tool_choice")
+    parallel = body.get("parallel_tool_calls")
+    return {"tools": tools or None, "tool_choice": "auto" if choice is None else choice,
+            "parallel_tool_calls": True if parallel is None else _flag(body, "parallel_tool_calls")}
 
 
 def _count(body: dict, name: str) -> int | None:
@@ -393,6 +397,11 @@ def _completion_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[in
             "text_offset": offsets}
 
 
+def _finish_reason(stats: dict, called: bool) -> str:
+    """OpenAI's finish_reason: "tool_calls" for a reply that ended by calling tools."""
+    return "tool_calls" if called and stats["finish_reason"] == "stop" else stats["finish_reason"]
+
+
 def _sse(data: Any) -> str:
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {text}\n\n"
@@ -444,26 +453,31 @@ class Reply:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name,
                 "system_fingerprint": f"mdst-{__version__}", "choices": choices}
 
-    def whole(self, text: str, stats: dict, logprobs: list[TokenLogprob]) -> dict:
+    def whole(self, pieces: list, stats: dict) -> dict:
         """The non-streaming response."""
-        choice: dict[str, Any] = {"index": 0, "finish_reason": stats["finish_reason"],
-                                  "logprobs": self._logprobs(logprobs)}
+        scored = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
+        choice: dict[str, Any] = {"index": 0, "finish_reason": stats["finish_reason"], "logprobs": self._logprobs(scored)}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            message = ChatReply.merge(pieces).message
+            choice["message"] = message
+            choice["finish_reason"] = _finish_reason(stats, bool(message.get("tool_calls")))
         else:
-            choice["text"] = text
+            choice["text"] = "".join(pieces)
         body = self._envelope([choice], chunk=False)
         body["usage"] = _usage(stats)
         return body
 
     def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
-        """One streamed chunk: a text piece (with its tokens' logprobs), the opening role (chat), or the
-        closing finish_reason."""
-        logprobs = self._logprobs(list(getattr(text, "logprobs", ()))) if text else None
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": logprobs}
+        """One streamed chunk: a text piece (a ChatDelta's fields for chat; with its tokens' logprobs), the
+        opening role (chat), or the closing finish_reason."""
+        scored = getattr(text, "logprobs", ())
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason,
+                                  "logprobs": self._logprobs(list(scored)) if scored else None}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
-            if text is not None:
+            if isinstance(text, ChatDelta):
+                delta.update(text.delta())
+            elif text is not None:
                 delta["content"] = text
             choice["delta"] = delta
         else:
@@ -474,11 +488,13 @@ class Reply:
         """The SSE body: (role,) pieces, the finish_reason, (usage,) [DONE]; an error event if generation fails."""
         if self.chat:
             yield _sse(self.chunk("", role=True))
+        called = False
         async for kind, value in job.events():
             if kind == "piece":
+                called = called or bool(getattr(value, "tool_calls", None))
                 yield _sse(self.chunk(value))
             elif kind == "done":
-                yield _sse(self.chunk(None, value["finish_reason"]))
+                yield _sse(self.chunk(None, _finish_reason(value, called)))
                 if include_usage:
                     final = self._envelope([], chunk=True)
                     final["usage"] = _usage(value)
@@ -522,8 +538,8 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         job = await queue.submit(prepare, fields)
         if stream:
             return EventStream(job, reply.stream(job, include_usage))
-        text, stats, logprobs = await job.result_unless_disconnected(request)
-        return JSONResponse(reply.whole(text, stats, logprobs))
+        pieces, stats = await job.result_unless_disconnected(request)
+        return JSONResponse(reply.whole(pieces, stats))
 
     async def completions(request: Request) -> Response:
         body = await _json_body(request)
@@ -557,10 +573,10 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
                                               default=model.context_length))
 
         def prepare() -> Iterator[str]:
-            return model.chat(messages, template=template, tools=tools, stream=True, **options)
+            return model.chat(messages, template=template, stream=True, **tools, **options)
 
         reply = Reply(True, model_name, model.tokenizer.token_bytes, bool(logprobs))
-        return await respond(request, body, reply, prepare, ("messages", "tools", *options))
+        return await respond(request, body, reply, prepare, ("messages", *tools, *options))
 
     async def embeddings(request: Request) -> Response:
         body = await _json_body(request)

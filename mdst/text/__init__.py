@@ -1,1 +1,2 @@
-"""Text in, text out: tokenizers, chat templates and sampling settings."""
+"""Text in, text out: tokenizers, chat templates, sampling settings, and replies split into reasoning, content
+and tool calls."""
