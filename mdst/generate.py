@@ -6,6 +6,7 @@ import codecs
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from .text.logprobs import Piece, TokenLogprob, check_top_logprobs, score
 from .text.reply import ChatDelta, ChatReply, ReplyParser, think_tags
 from .text.sampling import Sampler, SamplingParams
 
@@ -70,10 +71,14 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
              top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
              presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
              stop: str | Sequence[str] | None = None, stream: bool = False, add_bos: bool | None = None,
-             truncate: bool = False) -> str | Iterator[str]:
+             truncate: bool = False, logit_bias: dict[int, float] | None = None, logprobs: bool = False,
+             top_logprobs: int = 0) -> str | Iterator[str]:
     """Continue `prompt`. Returns the text, or with stream=True an iterator of text pieces.
 
     Greedy when temperature is 0. `stop` strings end generation and are not returned.
+    `logit_bias` ({token id: bias in [-100, 100]}) is added to those logits before sampling.
+    With logprobs=True the text (and each streamed piece) is a `Piece`, a str whose `logprobs`
+    holds a `TokenLogprob` per token: its log-probability and the `top_logprobs` (0..20) likeliest.
     A prompt longer than the context is an error unless truncate=True (keeps its end).
     Afterwards `model.last_stats` holds token counts, speeds and the finish reason.
     """
@@ -82,18 +87,21 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
     ids = model.tokenize(prompt, add_bos=add_bos)
     return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate,
                params=SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                                     presence_penalty, frequency_penalty, seed))
+                                     presence_penalty, frequency_penalty, seed, logit_bias),
+               logprobs=logprobs, top_logprobs=top_logprobs)
 
 
 def chat(model: "Model", messages: Sequence[dict], *, template: str | None = None, tools: list | None = None,
          tool_choice: Any = "auto", parallel_tool_calls: bool = True, max_tokens: int = 512, stream: bool = False,
-         truncate: bool = False, stop: Any = None, **sampling: Any) -> Any:
+         truncate: bool = False, stop: Any = None, logprobs: bool = False, top_logprobs: int = 0,
+         **sampling: Any) -> Any:
     """Answer a conversation: render the chat template (the GGUF's, or `template`), generate the reply.
 
     Returns a `ChatReply` (a str of the content, with `.reasoning_content`, `.tool_calls` and `.message`), or
     with stream=True an iterator of `ChatDelta` pieces (str of content, with the same fields as OpenAI deltas).
     `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
-    forced). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options.
+    forced). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options
+    (logit_bias included); with logprobs=True the reply and each piece carry `.logprobs` as in generate().
     """
     from .text.chat import require_template, special_tokens
     from .text.tool_prompt import render_prompt, tool_prompt
@@ -115,28 +123,45 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     add_bos = model.tokenizer.add_bos and not (bos and text.startswith(bos))
     ids = model.tokenize(text, add_bos=add_bos, special=True)
     pieces = run(model, ids, max_tokens=max_tokens, stop=stop, stream=True, truncate=truncate,
-                 params=SamplingParams(**sampling))
+                 params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs)
     deltas = _reply_pieces(pieces, parser)
     return deltas if stream else ChatReply.merge(deltas)
 
 
 def _reply_pieces(pieces: Iterator[str], parser: Any) -> Iterator[Any]:
-    """The generated text as ChatDelta pieces, as `parser` tells them apart."""
+    """The generated text as ChatDelta pieces, as `parser` tells them apart; each delta carries the
+    log-probabilities (if any) of the tokens read since the delta before."""
+    scored: list[Any] = []
+
+    def of(delta: dict) -> ChatDelta:
+        piece = ChatDelta.of(delta)
+        piece.logprobs = tuple(scored)
+        scored.clear()
+        return piece
+
     try:
         for piece in pieces:
+            scored.extend(getattr(piece, "logprobs", ()))
             for delta in parser.push(piece):
-                yield ChatDelta.of(delta)
+                yield of(delta)
         for delta in parser.finish():
-            yield ChatDelta.of(delta)
+            yield of(delta)
+        if scored:   # tokens whose text the parser held back and dropped: still reported
+            yield of({})
     finally:
         pieces.close()   # a reply left early still records its statistics and frees the model
 
 
 def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
-        stream: bool = False, truncate: bool = False) -> str | Iterator[str]:
+        stream: bool = False, truncate: bool = False, logprobs: bool = False,
+        top_logprobs: int = 0) -> str | Iterator[str]:
     """Generate from prompt token ids (the shared core of generate() and chat())."""
     max_tokens = check_max_tokens(max_tokens)
     stops = check_stop(stop)
+    top = check_top_logprobs(logprobs, top_logprobs)
+    bad = [t for t, _ in params.logit_bias if t >= model.n_vocab]
+    if bad:
+        raise ValueError(f"logit_bias names token id {bad[0]}, outside the vocabulary [0, {model.n_vocab})")
     if not isinstance(truncate, bool):
         raise TypeError("truncate must be a bool")
     if not ids:
@@ -147,12 +172,33 @@ def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: i
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {ctx} (and one more is needed "
                              f"to generate); shorten it, load with a larger context_length, or pass truncate=True")
         ids = ids[len(ids) - (ctx - 1):]
-    pieces = _pieces(model, list(ids), params, max_tokens, stops)
-    return pieces if stream else "".join(pieces)
+    pieces = _pieces(model, list(ids), params, max_tokens, stops, top)
+    if stream:
+        return pieces
+    if top is None:
+        return "".join(pieces)
+    got = list(pieces)
+    return Piece("".join(got), tuple(lp for p in got for lp in p.logprobs))
+
+
+def _scored(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int, token_bytes: Any,
+            into: list[TokenLogprob]) -> Iterator[int]:
+    """Tokens picked on the host from read-back logits; each one's log-probabilities are appended to `into`.
+
+    The same chain as the GPU's (Sampler.pick) on the same uniform numbers, so the text is the
+    one generation without logprobs gives; each step feeds the token before when asked for the next.
+    """
+    logits = session.prefill(new)
+    while True:
+        tok = Sampler.pick(logits, sampler.next_draw(history))
+        into.append(score(logits, tok, k, token_bytes))
+        yield tok
+        logits = session.prefill([tok])
 
 
 def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: int,
-            stops: list[str]) -> Iterator[str]:
+            stops: list[str], top: int | None = None) -> Iterator[str]:
+    """Text pieces as tokens come (`Piece`s with their tokens' log-probabilities when `top` is set)."""
     tok_bytes = model.tokenizer.token_bytes
     eog = model.tokenizer.eog_ids
     sampler = Sampler(params)
@@ -168,23 +214,37 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
             return "argmax" if params.greedy else sampler.next_draw(history)
 
         new = ids[session.n_past:]
-        tok = int(session.prefill(new, greedy=True) if params.greedy else session.prefill(new, draw=pick()))
+        scored: list[TokenLogprob] = []   # the log-probabilities of tokens whose text is not out yet
+        if top is None:
+            tok = int(session.prefill(new, greedy=True) if params.greedy else session.prefill(new, draw=pick()))
+            # penalties read the tokens so far, so only penalty-free picks let the GPU run a step ahead
+            steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
+                                   ahead=not params.penalized)
+        else:
+            steps = _scored(session, new, sampler, history, top, tok_bytes, scored)
+            tok = next(steps)
         t1 = time.perf_counter()
         stats["prefill_s"] = t1 - t0
         generated = 0
-        # penalties read the tokens so far, so only penalty-free picks let the GPU run a step ahead
-        steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
-                               ahead=not params.penalized)
+
+        def out(piece: str) -> str:
+            if top is None:
+                return piece
+            got = Piece(piece, tuple(scored))
+            scored.clear()
+            return got
+
         try:
             while True:
                 if tok in eog:
                     stats["finish_reason"] = "stop"
+                    del scored[-1:]   # the end-of-generation token is not part of the text
                     break
                 generated += 1
                 history.append(tok)
                 piece = text.push(tok_bytes(tok))
                 if piece:
-                    yield piece
+                    yield out(piece)
                 if text.stopped:
                     stats["finish_reason"] = "stop"
                     break
@@ -194,7 +254,7 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
                 tok = next(steps)
             rest = text.flush() if not text.stopped else ""
             if rest:
-                yield rest
+                yield out(rest)
         finally:
             steps.close()
             t2 = time.perf_counter()

@@ -157,6 +157,33 @@ class Model:
         with self.session() as s:
             return s.feed(ids)
 
+    def embed(self, texts: str | Sequence[str], pooling: str | None = None, normalize: bool = True) -> np.ndarray:
+        """Embeddings: each text's final hidden states (after the final norm, before the LM head), pooled.
+
+        pooling: "mean" (over the tokens), "last" (the last token's), "cls" (the first token's), or
+        None for the file's `{arch}.pooling_type` (1 mean, 2 cls, 3 last; mean otherwise). Returns
+        float32 (d_model,) for one string, (len(texts), d_model) for a list; unit length if normalize.
+        """
+        from .text.embedding import check_pooling, pool
+
+        one = isinstance(texts, str)
+        items = [texts] if one else texts
+        if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+            raise TypeError("texts must be a string or a list of strings")
+        if not items:
+            raise ValueError("texts is empty; pass at least one string")
+        if not isinstance(normalize, bool):
+            raise TypeError("normalize must be a bool")
+        pooling = check_pooling(pooling, self.gguf)
+        out = []
+        for i, text in enumerate(items):
+            ids = self.tokenize(text)
+            if not ids:
+                raise ValueError(f"texts[{i}] has no tokens; pass some text")
+            with self.session() as s:
+                out.append(pool(s.hidden(ids), pooling, normalize))
+        return out[0] if one else np.stack(out)
+
     def session(self) -> "Session":
         """A new session with its own KV cache (weights are shared)."""
         return Session(self)
@@ -286,6 +313,12 @@ class Session:
         arr = self.model._check_ids(ids)
         self._room(len(arr))
         return np.concatenate(list(self._steps(arr, "all")), axis=0)
+
+    def hidden(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids`; returns their final hidden states (the LM head's input), float32 (len(ids), d_model)."""
+        arr = self.model._check_ids(ids)
+        self._room(len(arr))
+        return np.concatenate(list(self._steps(arr, "hidden")), axis=0)
 
     def prefill(self, ids: Sequence[int], greedy: bool = False, draw: Any = None) -> np.ndarray:
         """Append `ids`; returns the last position's logits [vocab], or the next token id: its argmax with

@@ -11,6 +11,7 @@ import mdst
 from mdst.text.chat import TemplateError
 from mdst.generate import TextStream
 from mdst.text.sampling import Sampler, SamplingParams
+from metrics import rel_l2, report
 
 GEMMA_TEMPLATE = (Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja").read_text()
 
@@ -86,6 +87,12 @@ def test_gpu_sampling_matches_the_host_chain(smol, smol_cpu, kw):
     """The GPU picks on-device (only ids read back); the CPU engine picks with Sampler on its logits."""
     assert smol.generate("A list of fruits:", max_tokens=20, **kw) == smol_cpu.generate("A list of fruits:",
                                                                                            max_tokens=20, **kw)
+
+
+def test_greedy_with_penalties_matches_the_host_chain(smol, smol_cpu):
+    """Greedy with penalties (or a logit bias) runs the sampling chain at temperature 0: the best candidate."""
+    kw = dict(max_tokens=8, temperature=0, repeat_penalty=1.5)
+    assert smol.generate("1, 2, 3, 4,", **kw) == smol_cpu.generate("1, 2, 3, 4,", **kw)
 
 
 def test_stop_strings_end_generation_and_are_not_returned(smol):
@@ -195,3 +202,130 @@ def test_chat_gemma3_with_a_given_template(gemma_path, gpu):
                                           eos_token="<eos>"), add_bos=False)
         assert ids[0] == g.tokenizer.bos_id and ids[1] != g.tokenizer.bos_id  # one BOS, from the template
         assert g.last_stats["prompt_tokens"] == len(ids)
+
+
+# ---- logprobs, logit_bias, embeddings --------------------------------------------------------------------------
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+@pytest.mark.parametrize("kw", [{}, dict(temperature=0.9, top_k=20, seed=7)])
+def test_logprobs_are_log_softmax_of_the_logits(smol, smol_cpu, device, kw):
+    """Each token's logprob and its top 5 equal log_softmax(logits(prefix)); the text is the one without logprobs."""
+    m = smol if device == "gpu" else smol_cpu
+    prompt = "The capital of France is"
+    text = m.generate(prompt, max_tokens=5, logprobs=True, top_logprobs=5, **kw)
+    assert text == m.generate(prompt, max_tokens=5, **kw) and len(text.logprobs) == 5
+    ids = m.tokenize(prompt)
+    toks = [lp.token for lp in text.logprobs]
+    assert m.detokenize(toks) == text
+    ref = log_softmax(m.logits(ids + toks)[len(ids) - 1:-1])
+    for lp, row in zip(text.logprobs, ref):
+        assert abs(lp.logprob - row[lp.token]) < 1e-4
+        top_ids = [t for t, _ in lp.top]
+        assert len(top_ids) == 5 and set(top_ids) == set(np.argsort(-row)[:5].tolist())
+        values = [v for _, v in lp.top]
+        assert values == sorted(values, reverse=True)
+        np.testing.assert_allclose(values, row[top_ids], atol=1e-4)
+        assert lp.logprob <= values[0] + 1e-9 and lp.text == m.detokenize([lp.token])
+        if not kw:   # greedy: the chosen token is the most likely one
+            assert lp.token == top_ids[0]
+
+
+def test_streamed_logprobs_cover_the_streamed_text(smol_cpu):
+    pieces = list(smol_cpu.generate("Tell me about the sea.", max_tokens=6, stream=True, logprobs=True))
+    whole = smol_cpu.generate("Tell me about the sea.", max_tokens=6, logprobs=True)
+    assert "".join(pieces) == whole
+    streamed = [lp for p in pieces for lp in p.logprobs]
+    assert [lp.token for lp in streamed] == [lp.token for lp in whole.logprobs]
+    # the second run reuses the cached prompt, so its last position is computed in another step shape
+    np.testing.assert_allclose([lp.logprob for lp in streamed], [lp.logprob for lp in whole.logprobs], atol=1e-4)
+    assert all(lp.top == () for lp in whole.logprobs)   # top_logprobs=0
+
+
+def test_chat_returns_logprobs(smol_cpu):
+    messages = [{"role": "user", "content": "Say hi."}]
+    reply = smol_cpu.chat(messages, max_tokens=4, logprobs=True, top_logprobs=2)
+    assert reply == smol_cpu.chat(messages, max_tokens=4)
+    assert "".join(lp.text for lp in reply.logprobs) == reply and all(len(lp.top) == 2 for lp in reply.logprobs)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_logit_bias_forbids_and_forces_tokens(smol, smol_cpu, device):
+    """Greedy and sampled picks honour the bias (on the GPU: the penalize kernel before argmax/top-k)."""
+    m = smol if device == "gpu" else smol_cpu
+    prompt = "The capital of France is"
+    plain = m.generate(prompt, max_tokens=4, logprobs=True)
+    first = plain.logprobs[0].token
+    banned = m.generate(prompt, max_tokens=4, logit_bias={first: -100}, logprobs=True)
+    assert banned.logprobs[0].token != first
+    forced = m.tokenize(" banana", add_bos=False)[0]
+    for kw in ({}, dict(temperature=0.8, seed=1)):
+        text = m.generate(prompt, max_tokens=4, logit_bias={forced: 100}, **kw)
+        assert text == m.detokenize([forced] * 4)
+    # the GPU's on-device pick and the host's pick from read-back logits agree under a bias
+    assert m.generate(prompt, max_tokens=4, logit_bias={first: -100}) == banned
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(logit_bias={49152: 1.0}), ValueError, "outside the vocabulary"),
+    (dict(logit_bias={1: 100.5}), ValueError, r"\[-100, 100\]"), (dict(logit_bias={-1: 1.0}), ValueError, "logit_bias"),
+    (dict(logit_bias={"x": 1.0}), ValueError, "logit_bias"), (dict(logit_bias=[1, 2]), TypeError, "logit_bias"),
+    (dict(logit_bias={1: float("inf")}), ValueError, "logit_bias"), (dict(logprobs=1), TypeError, "logprobs"),
+    (dict(logprobs=True, top_logprobs=21), ValueError, "top_logprobs"),
+    (dict(top_logprobs=2), ValueError, "logprobs=True"), (dict(logprobs=True, top_logprobs=1.5), TypeError, "top_"),
+])
+def test_bad_logprobs_and_logit_bias_name_themselves(smol_cpu, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        smol_cpu.generate("Hello", max_tokens=2, **kw)
+
+
+def reference_hidden(m, ids: list[int]) -> np.ndarray:
+    """The LM head's input: the numpy path's final-norm output of the recorded all-rows graph."""
+    from mdst import reference
+    graph = m.engine.graphs["all"]
+    head = len(graph.nodes) - 1   # the LM head's matmul
+    seen = {}
+    reference.run(graph, m.engine.weights, m.engine.new_cache(), np.array(ids), 0,
+                  lambda i, node, value: seen.update(h=value.copy()) if node.out is graph.nodes[head].inputs[0] else 0)
+    return seen["h"]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_embed_pools_the_final_hidden_states(smol, smol_cpu, device):
+    """Embeddings pool the LM head's input; on the numpy path it is the reference graph's, on lavapipe it
+    matches that as closely as the logits do (f32 sums in another order), and gives the GPU's own logits."""
+    m = smol if device == "gpu" else smol_cpu
+    texts = ["The sea is blue.", "Paris"]
+    hidden = []
+    for t in texts:
+        with m.session() as s:
+            hidden.append(s.hidden(m.tokenize(t)))
+    ids = m.tokenize(texts[0])
+    head = smol_cpu.engine.weights[smol_cpu.engine.graphs["all"].output_matrix()]
+    assert rel_l2(hidden[0] @ head.T, m.logits(ids)) < 1e-4
+    rel = rel_l2(hidden[0], reference_hidden(smol_cpu, ids))
+    report(f"smollm2 hidden states {device} vs numpy reference", rel_l2=rel)
+    assert rel < (1e-3 if device == "gpu" else 1e-6)
+    unit = m.embed(texts)   # mean, unit length
+    want = np.stack([h.mean(0) for h in hidden])
+    assert unit.shape == (2, 576) and unit.dtype == np.float32
+    np.testing.assert_allclose(unit, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-4)
+    for pooling, row in (("cls", 0), ("last", -1)) if device == "cpu" else ():   # pooling is host code
+        got = m.embed(texts[0], pooling=pooling, normalize=False)
+        assert got.shape == (576,)
+        np.testing.assert_allclose(got, hidden[0][row], atol=1e-4)
+
+
+def test_embed_reads_the_files_pooling_type(smol_cpu, monkeypatch):
+    assert np.array_equal(smol_cpu.embed("Paris"), smol_cpu.embed("Paris", pooling="mean"))  # no pooling_type: mean
+    monkeypatch.setitem(smol_cpu.gguf.metadata, "llama.pooling_type", 3)
+    assert np.array_equal(smol_cpu.embed("Paris"), smol_cpu.embed("Paris", pooling="last"))
+    for bad, exc in ((dict(texts=[]), ValueError), (dict(texts=5), TypeError), (dict(texts="x", pooling="max"),
+                                                                                  ValueError)):
+        with pytest.raises(exc):
+            smol_cpu.embed(**bad)

@@ -383,7 +383,8 @@ def test_penalize(run, rng):
     cols, col0 = 3000, 1000
     full = (rng.standard_normal(cols + col0) * 3).astype(np.float32)
     tokens = (5, 999, 1000, 1003, 2500, 3999)  # some before this part
-    draw = draw_of(rng, tokens=tokens, repeat_penalty=1.3, presence_penalty=0.2, frequency_penalty=0.1)
+    draw = draw_of(rng, tokens=tokens, repeat_penalty=1.3, presence_penalty=0.2, frequency_penalty=0.1,
+                   logit_bias={10: 3.0, 1003: -2.5, 1500: 7.0, 3999: 100})   # biased, some penalized too
     got = f32(run(KernelSpec("penalize"), [np.frombuffer(draw.encode(), np.uint32), Out(cols * 4, init=full[col0:])],
                   {"cols": cols, "col0": col0}, (1, 1, 1))[0])
     np.testing.assert_allclose(got, Sampler.penalize(full, draw)[col0:], rtol=1e-6)
@@ -415,7 +416,8 @@ def test_topk(run, rng):
 
 
 @pytest.mark.parametrize("settings", [{}, {"top_k": 5}, {"top_p": 0.5}, {"min_p": 0.2}, {"temperature": 2.5},
-                                      {"top_k": 64, "top_p": 0.9, "min_p": 0.05, "temperature": 0.3}])
+                                      {"top_k": 64, "top_p": 0.9, "min_p": 0.05, "temperature": 0.3},
+                                      {"temperature": 0.0}])   # greedy through the chain (with a logit bias)
 def test_sample_matches_the_host_chain(run, rng, settings):
     from mdst.text.sampling import Sampler
     cols = 3000
@@ -423,7 +425,7 @@ def test_sample_matches_the_host_chain(run, rng, settings):
     hits = 0
     for _ in range(12):
         draw = draw_of(rng, **settings)
-        k = draw.params.top_k
+        k = draw.top_k
         cand = topk_reference(x, 0, k)
         cand[:, k:] = 0  # places past k hold leftovers: the kernel must not read them
         got = run(KernelSpec("sample"), [np.frombuffer(draw.encode(), np.uint32), cand, Out(16)],

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx  # the test extras: httpx, openai, starlette, uvicorn
+import numpy as np
 import openai
 import pytest
 import uvicorn
@@ -182,6 +183,60 @@ def test_chat_with_the_openai_client(oai, model):
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == prompt_tokens
 
 
+def test_logprobs_in_openai_shapes(oai, client, model):
+    """Completions' legacy logprobs and chat's per-token objects, whole and streamed, are the library's."""
+    want = model.generate(PROMPT, max_tokens=4, logprobs=True, top_logprobs=2)
+    reply = oai.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    lp = reply.choices[0].logprobs
+    assert reply.choices[0].text == want and lp.tokens == [t.text for t in want.logprobs]
+    np.testing.assert_allclose(lp.token_logprobs, [t.logprob for t in want.logprobs], atol=1e-4)
+    assert [list(d) for d in lp.top_logprobs] == [[model.detokenize([i]) for i, _ in t.top] for t in want.logprobs]
+    assert lp.text_offset == [sum(len(t.text) for t in want.logprobs[:i]) for i in range(4)]
+    chunks, _ = stream_completion(client, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1)
+    parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["text"]]
+    assert [t for p in parts for t in p["tokens"]] == lp.tokens
+    assert [o for p in parts for o in p["text_offset"]] == lp.text_offset   # offsets run on across chunks
+    assert all(len(d) == 1 for p in parts for d in p["top_logprobs"])
+
+    messages = [{"role": "user", "content": "Say hi."}]
+    chat = model.chat(messages, max_tokens=4, logprobs=True, top_logprobs=3)
+    reply = oai.chat.completions.create(model="smollm2", messages=messages, max_tokens=4, temperature=0,
+                                        logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert [c.token for c in content] == [t.text for t in chat.logprobs]
+    assert [bytes(c.bytes) for c in content] == [t.bytes for t in chat.logprobs]
+    np.testing.assert_allclose([c.logprob for c in content], [t.logprob for t in chat.logprobs], atol=1e-4)
+    assert all([x.logprob for x in c.top_logprobs] == sorted((x.logprob for x in c.top_logprobs), reverse=True)
+               and len(c.top_logprobs) == 3 and c.top_logprobs[0].logprob >= c.logprob for c in content)
+    chunks = list(oai.chat.completions.create(model="smollm2", messages=messages, max_tokens=4, temperature=0,
+                                              logprobs=True, stream=True))
+    streamed = [x for c in chunks if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.content]
+    assert [x.token for x in streamed] == [t.text for t in chat.logprobs]
+    assert all(x.top_logprobs == [] for x in streamed)
+
+
+def test_logit_bias_through_the_openai_client(oai, model, greedy_reference):
+    forced = model.tokenize(" banana", add_bos=False)[0]
+    reply = oai.completions.create(model="smollm2", prompt=PROMPT, max_tokens=3, temperature=0,
+                                   logit_bias={str(forced): 100})
+    assert reply.choices[0].text == model.detokenize([forced] * 3) != greedy_reference[:len(reply.choices[0].text)]
+    assert reply.choices[0].logprobs is None   # not asked for
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        oai.completions.create(model="smollm2", prompt=PROMPT, max_tokens=3, logit_bias={"999999": 1})
+
+
+def test_embeddings_with_the_openai_client(oai, client, model):
+    texts = ["The sea is blue.", "Paris"]
+    reply = oai.embeddings.create(model="smollm2", input=texts)   # the client asks for base64
+    assert [d.index for d in reply.data] == [0, 1] and reply.model == "smollm2"
+    np.testing.assert_allclose(np.array([d.embedding for d in reply.data]), model.embed(texts), atol=1e-6)
+    n = sum(len(model.tokenize(t)) for t in texts)
+    assert reply.usage.prompt_tokens == n and reply.usage.total_tokens == n
+    body = client.post("/v1/embeddings", json={"input": "Paris", "encoding_format": "float"}).json()
+    assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
+    np.testing.assert_allclose(body["data"][0]["embedding"], model.embed("Paris"), atol=1e-6)
+
+
 TOOLS_TEMPLATE = """{% if tools %}<|im_start|>system
 You may call: {{ tools | map(attribute='function') | map(attribute='name') | join(', ') }}<|im_end|>
 {% endif %}{% for m in messages %}<|im_start|>{{ m.role }}
@@ -277,7 +332,11 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": [1, 2, 3]}, "prompt"),
     ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
     ("/v1/completions", {"prompt": "x", "echo": True}, "echo"),
-    ("/v1/completions", {"prompt": "x", "logprobs": 2}, "logprobs"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 21}, "logprobs"),
+    ("/v1/completions", {"prompt": "x", "logprobs": True}, "logprobs"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"five": 1}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": [5]}, "logit_bias"),
     ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
     ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "temperature"),
     ("/v1/completions", {"prompt": "x", "top_p": 0}, "top_p"),
@@ -293,7 +352,13 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"messages": [{"role": ["user"], "content": "hi"}]}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}, "hello"]}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": 1}, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+                              "top_logprobs": 21}, "top_logprobs"),
+    ("/v1/embeddings", {"input": []}, "input"),
+    ("/v1/embeddings", {"input": [1, 2]}, "input"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"},
      "tool_choice"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": None,
@@ -311,8 +376,8 @@ def test_bad_requests_get_openai_400s(client, path, body, param):
 
 
 def test_unknown_routes_and_methods(client, oai):
-    r = client.post("/v1/embeddings", json={"input": "x"})
-    assert r.status_code == 404 and "/v1/embeddings" in r.json()["error"]["message"]
+    r = client.post("/v1/images/generations", json={"prompt": "x"})
+    assert r.status_code == 404 and "/v1/images/generations" in r.json()["error"]["message"]
     assert client.get("/v1/completions").status_code == 405
     with pytest.raises(openai.BadRequestError, match="n=2"):
         oai.completions.create(model="smollm2", prompt="x", n=2)

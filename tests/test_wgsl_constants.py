@@ -65,12 +65,15 @@ def test_wgsl_const_is_strict(monkeypatch):
 def test_draw_layout_follows_common_wgsl():
     c = lambda name: wgsl_const("common.wgsl", name)  # noqa: E731
     kmax, hist, counts = c("KMAX"), c("DRAW_HIST"), c("DRAW_COUNTS")
-    head = ["TEMPERATURE", "TOP_P", "MIN_P", "U", "TOP_K", "N_HIST", "REPEAT", "PRESENCE", "FREQUENCY"]
+    head = ["TEMPERATURE", "TOP_P", "MIN_P", "U", "TOP_K", "N_HIST", "REPEAT", "PRESENCE", "FREQUENCY", "N_BIAS"]
     offsets = [c(f"DRAW_{n}") for n in head]
     assert len(set(offsets)) == len(offsets) and max(offsets) < hist
-    assert hist + kmax <= counts and counts + kmax <= c("DRAW_WORDS")
+    bias_ids, bias = c("DRAW_BIAS_IDS"), c("DRAW_BIAS")
+    assert hist + kmax <= counts and counts + kmax <= bias_ids and bias_ids + kmax <= bias
+    assert bias + kmax <= c("DRAW_WORDS")
+    biases = {1000 + i: i - 31.5 for i in range(kmax)}
     p = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, repeat_penalty=1.1,
-                       presence_penalty=0.3, frequency_penalty=-0.2)
+                       presence_penalty=0.3, frequency_penalty=-0.2, logit_bias=biases)
     tokens, n = tuple(range(100, 100 + kmax)), tuple(range(1, kmax + 1))
     w = np.frombuffer(Draw(p, 0.25, tokens, n).encode(), np.uint32)
     f = w.view(np.float32)
@@ -79,13 +82,15 @@ def test_draw_layout_follows_common_wgsl():
         == [np.float32(v) for v in (0.7, 0.9, 0.05, 0.25, 1.1, 0.3, -0.2)]
     assert w[c("DRAW_TOP_K")] == 40 and w[c("DRAW_N_HIST")] == kmax
     assert tuple(w[hist:hist + kmax]) == tokens and tuple(w[counts:counts + kmax]) == n
+    assert w[c("DRAW_N_BIAS")] == kmax and tuple(w[bias_ids:bias_ids + kmax]) == tuple(biases)
+    assert tuple(f[bias:bias + kmax]) == tuple(np.float32(v) for v in biases.values())
 
 
 _CHANGED = """
 import json, mdst.kernels as K
 read = K.read
 edits = {"common.wgsl": [("MAX_GROUPS: u32 = 65535u", "MAX_GROUPS: u32 = 1000u"), ("KMAX: u32 = 64u", "KMAX: u32 = 32u"),
-                         ("DRAW_HIST: u32 = 16u", "DRAW_HIST: u32 = 20u"), ("DRAW_WORDS: u32 = 144u", "DRAW_WORDS: u32 = 150u")],
+                         ("DRAW_HIST: u32 = 16u", "DRAW_HIST: u32 = 20u"), ("DRAW_WORDS: u32 = 272u", "DRAW_WORDS: u32 = 280u")],
          "topk.wgsl": [("SLICE: u32 = 2048u", "SLICE: u32 = 1024u")], "argmax.wgsl": [("SLICE: u32 = 4096u", "SLICE: u32 = 512u")],
          "matmul_rows.wgsl": [("TILE: u32 = 64u", "TILE: u32 = 32u")]}
 def patched(path):
@@ -106,4 +111,4 @@ print(json.dumps([plan.MAX_GROUPS, plan.TOPK_SLICE, plan.ARGMAX_SLICE, plan.GEMM
 def test_changing_the_wgsl_changes_python():
     """A fresh interpreter whose kernel sources say otherwise gets other values: nothing is a copy."""
     out = subprocess.run([sys.executable, "-c", _CHANGED], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == [1000, 1024, 512, 32, 32, 32, 150, 150, 7]
+    assert json.loads(out) == [1000, 1024, 512, 32, 32, 32, 280, 280, 7]

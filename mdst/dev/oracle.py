@@ -476,8 +476,8 @@ class CaseBuilder:
         cols, col0 = 3000, 1000
         full = self.normal(cols + col0, scale=3.0)
         draw = self._draw(tokens=(5, 999, 1000, 1003, 2500, 3999), repeat_penalty=1.3, presence_penalty=0.2,
-                          frequency_penalty=0.1)
-        return [Case(f"six recent tokens, part of {cols} columns from {col0}", spec,
+                          frequency_penalty=0.1, logit_bias={10: 3.0, 1003: -2.5, 1500: 7.0, 3999: 100})
+        return [Case(f"six recent tokens and four biased ones, part of {cols} columns from {col0}", spec,
                      [np.frombuffer(draw.encode(), np.uint32), Out(cols * 4, init=full[col0:])],
                      {"cols": cols, "col0": col0}, (1, 1, 1),
                      [Expect("f32", _within(1e-6), Sampler.penalize(full, draw)[col0:])])]
@@ -510,9 +510,10 @@ class CaseBuilder:
         from ..text.sampling import Sampler
         x = self.normal(3000, scale=2.0)
         out = []
-        for settings in ({}, {"top_p": 0.5, "temperature": 1.5}, {"top_k": 64, "min_p": 0.05, "temperature": 0.3}):
+        for settings in ({}, {"top_p": 0.5, "temperature": 1.5}, {"top_k": 64, "min_p": 0.05, "temperature": 0.3},
+                         {"temperature": 0.0}):
             draw = self._draw(**settings)
-            cand = self._topk_pairs(x, 0, draw.params.top_k)
+            cand = self._topk_pairs(x, 0, draw.top_k)
             want = np.array([Sampler.pick(x, draw), POISON, POISON, POISON], np.uint32)
             out.append(Case(f"the chain with {settings or 'defaults'} over {len(cand)} slices", spec,
                             [np.frombuffer(draw.encode(), np.uint32), cand, Out(16)], {"slices": len(cand)},

@@ -101,6 +101,16 @@ class Graph:
         head = self.producer(self.output)
         return head.op.weight if isinstance(head.op, Matmul) else None
 
+    def hidden_states(self) -> "Graph":
+        """The same pass ending before the LM head: its output is the final norm's, [rows, d_model]."""
+        head = self.nodes[-1] if self.nodes else None
+        if head is None or head.out is not self.output or not isinstance(head.op, Matmul):
+            raise UnsupportedModelError("the forward pass does not end in the LM head's matmul, so its hidden "
+                                        "states cannot be taken")
+        g = Graph(self.output_rows)
+        g.nodes, g.output, g._next = self.nodes[:-1], head.inputs[0], self._next
+        return g
+
     def last_uses(self) -> dict[int, int]:
         """For each value id, the index of the last node that reads it."""
         last: dict[int, int] = {}

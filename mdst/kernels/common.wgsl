@@ -58,7 +58,7 @@ const STEP_TOKENS: u32 = 4u;
 
 // The draw buffer (`draw`, array<u32>) of a sampled step, written by the host with the step
 // (mdst.text.sampling.Draw.encode): settings as f32/u32 words, then the distinct recent tokens and
-// their counts for the repetition penalties.
+// their counts for the repetition penalties, then the logit-bias tokens and their biases.
 const DRAW_TEMPERATURE: u32 = 0u;
 const DRAW_TOP_P: u32 = 1u;
 const DRAW_MIN_P: u32 = 2u;
@@ -68,10 +68,13 @@ const DRAW_N_HIST: u32 = 5u;
 const DRAW_REPEAT: u32 = 6u;
 const DRAW_PRESENCE: u32 = 7u;
 const DRAW_FREQUENCY: u32 = 8u;
+const DRAW_N_BIAS: u32 = 9u;
 const DRAW_HIST: u32 = 16u;
 const DRAW_COUNTS: u32 = 80u;
-const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k) and tokens in its penalty window
-const DRAW_WORDS: u32 = 144u;   // the buffer's size in words: DRAW_COUNTS + KMAX
+const DRAW_BIAS_IDS: u32 = 144u;
+const DRAW_BIAS: u32 = 208u;
+const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k), tokens in its penalty window, biased tokens
+const DRAW_WORDS: u32 = 272u;   // the buffer's size in words: DRAW_BIAS + KMAX
 
 // Byte decoders for the weight types (quant/*.wgsl). The four bytes of v as signed integers.
 fn i8x4(v: u32) -> vec4<f32> {

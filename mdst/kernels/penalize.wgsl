@@ -1,8 +1,9 @@
-// Repetition penalties on one logits part, in place, before sampling (llama.cpp's rule): for each
-// distinct recent token t seen c times, x[t] is divided by repeat_penalty if positive (multiplied
-// if not), then lowered by c * frequency_penalty + presence_penalty. The draw buffer (see
-// sample.wgsl) lists the distinct tokens and their counts. One invocation per listed token.
-// Dispatch: 1 workgroup (at most 64 tokens).
+// Logit bias, then repetition penalties, on one logits part, in place, before sampling (llama.cpp's
+// order and rule): each listed biased token t gets x[t] += bias; then for each distinct recent token t
+// seen c times, x[t] is divided by repeat_penalty if positive (multiplied if not), then lowered by
+// c * frequency_penalty + presence_penalty. The draw buffer (see common.wgsl) lists the biased tokens
+// and their biases, and the distinct recent tokens and their counts. One invocation per listed token.
+// Dispatch: 1 workgroup (at most 64 tokens of each list).
 
 struct P {
     cols: u32,       // columns of this part
@@ -15,6 +16,13 @@ struct P {
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32) {
+    if (lid < draw[DRAW_N_BIAS]) {
+        let t = draw[DRAW_BIAS_IDS + lid];
+        if (t >= p.col0 && t - p.col0 < p.cols) {
+            x[t - p.col0] += bitcast<f32>(draw[DRAW_BIAS + lid]);
+        }
+    }
+    storageBarrier();   // a biased token may be a penalized one too: the bias lands first
     if (lid >= draw[DRAW_N_HIST]) {
         return;
     }

@@ -75,6 +75,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     while (n < k && top_i[n] != 0xffffffffu) {
         n++;
     }
+    let t = bitcast<f32>(draw[DRAW_TEMPERATURE]);
+    if (t == 0.0) {   // greedy with a logit bias: the best candidate (the host asks for k = 1)
+        ids[0] = top_i[0];
+        return;
+    }
     var total = 0.0;
     for (var i = 0u; i < n; i++) {
         total += exp(top_v[i] - top_v[0]);
@@ -101,7 +106,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         }
         keep = min(keep, max(m, 1u));
     }
-    let t = bitcast<f32>(draw[DRAW_TEMPERATURE]);
     var z = 0.0;
     for (var i = 0u; i < keep; i++) {
         z += exp((top_v[i] - top_v[0]) / t);

@@ -2,8 +2,9 @@
 
 Both take the same recorded graphs from the family module and expose the same interface:
 `new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `decode(...)` (one-token steps in a row)
-and `chunk` (rows per step). `pick` is "logits" (return them), "argmax" (greedy token ids) or a
-sampling `Draw` (one sampled token id).
+and `chunk` (rows per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every
+row's final hidden state, the LM head's input: embeddings). `pick` is "logits" (return the output),
+"argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ ALL_LOGITS_BYTES = 32 << 20   # logits of one all-rows step (logits(), Session.f
 
 
 def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile) -> dict[str, Graph]:
-    """The family's forward pass recorded for last-row and all-row outputs."""
-    return {mode: build(forward, gguf.tensors, mode) for mode in ("last", "all")}
+    """The family's forward pass recorded for last-row and all-row logits, and all-row hidden states."""
+    graphs = {mode: build(forward, gguf.tensors, mode) for mode in ("last", "all")}
+    graphs["hidden"] = graphs["all"].hidden_states()
+    return graphs
 
 
 def buckets(chunk: int) -> list[int]:
@@ -320,7 +323,9 @@ class GpuEngine(Engine):
 
     def compile_all(self) -> None:
         """Compile every plan a model can use: last-row steps ending in logits, argmax or sampling, all-row
-        steps, every size."""
+        steps, every size. Hidden-state plans (embeddings) are left to first use: they take the activation
+        slots of the last-row plans of their size and add only their parameters (about 60 KB for SmolLM2),
+        while compiling them would add a third to the fit prediction's time at every load."""
         for output_rows, pick in (("last", "argmax"), ("last", "logits"), ("last", "sample"), ("all", "logits")):
             for rows in buckets(self.max_rows(output_rows)):
                 self.plan(output_rows, rows, pick)
@@ -341,7 +346,7 @@ class GpuEngine(Engine):
         plan = self.plan(output_rows, len(ids), mode)
         groups = self.bind(plan, cache)
         with self._device_errors():
-            out = self._run(plan, groups, ids, pos0, len(ids) if output_rows == "all" else 1,
+            out = self._run(plan, groups, ids, pos0, 1 if output_rows == "last" else len(ids),
                             None if host_draw or not isinstance(pick, Draw) else pick)
         return np.array([Sampler.pick(out[-1], pick)]) if host_draw else out
 
@@ -505,7 +510,7 @@ class GpuEngine(Engine):
     def _read_logits(self, enc: Any, plan: Plan, rows_out: int) -> np.ndarray:
         """Copy the logits parts out through the staging buffer, as many rows a round as fit."""
         device = self.gpu.device
-        out = np.empty((rows_out, self.vocab), np.float32)
+        out = np.empty((rows_out, plan.out_cols), np.float32)
         widest = max(p.cols for p in plan.outputs)
         per_round = max(1, self.staging.size // (4 * widest))
         for part in plan.outputs:

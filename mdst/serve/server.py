@@ -1,8 +1,8 @@
 """`mdst serve`: an OpenAI-compatible HTTP server (Starlette + uvicorn) over one loaded model.
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
-server-sent-event streaming; chat with tools, tool_calls and reasoning_content as mdst.text.reply splits the
-reply), GET /health. Errors are OpenAI's error JSON.
+server-sent-event streaming and logprobs; chat with tools, tool_calls and reasoning_content as
+mdst.text.reply splits the reply), POST /v1/embeddings, GET /health. Errors are OpenAI's error JSON.
 
 Model calls block, so they never run on the event loop. Each request reserves its turn in one FIFO worker
 thread when it arrives; its prompt is checked and tokenized in a helper thread meanwhile (so bad input is a 400
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -36,13 +37,14 @@ from starlette.routing import Route
 from .. import __version__
 from .args import MODEL_HELP, hub_options, kv_type_arg, kv_type_options
 from ..errors import MdstError
+from ..text.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from ..text.reply import ChatDelta, ChatReply
 
 log = logging.getLogger("mdst.serve.server")
 
 # Request fields handed to the sampler (OpenAI's, plus llama.cpp's extras).
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
-                   "frequency_penalty", "seed")
+                   "frequency_penalty", "seed", "logit_bias")
 DEFAULT_TEMPERATURE = 1.0          # OpenAI's default
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -193,6 +195,10 @@ class GenerationQueue:
         job.start(pieces)
         return job
 
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """fn() on the worker, in turn after the generations queued before it; its result."""
+        return await asyncio.wrap_future(self._worker.submit(fn))
+
     def close(self) -> None:
         """Wait for the running generation and drop the queued ones."""
         self._worker.shutdown(wait=True, cancel_futures=True)
@@ -244,7 +250,6 @@ def _common_options(body: dict) -> None:
     if body.get("model") is not None and not isinstance(body["model"], str):
         raise ApiError(400, "model must be a string", param="model")
     _only(body, "n", (1,), "this server returns one choice per request")
-    _only(body, "logit_bias", ({},), "logit_bias is not implemented")
     _only(body, "response_format", ({"type": "text"},), "only plain text output is implemented")
 
 
@@ -303,6 +308,17 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
+def _embedding_input(body: dict) -> list[str]:
+    """/v1/embeddings' `input`: a string or a non-empty list of strings."""
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "input is required: a string or a non-empty list of strings (token arrays are not "
+                            "taken)", param="input")
+    return texts
+
+
 def _tools(body: dict) -> dict:
     """tools, tool_choice and parallel_tool_calls as chat() options (mdst checks the tools themselves)."""
     tools = body.get("tools")
@@ -315,6 +331,31 @@ def _tools(body: dict) -> dict:
     parallel = body.get("parallel_tool_calls")
     return {"tools": tools or None, "tool_choice": "auto" if choice is None else choice,
             "parallel_tool_calls": True if parallel is None else _flag(body, "parallel_tool_calls")}
+
+
+def _count(body: dict, name: str) -> int | None:
+    """An optional int field in [0, MAX_TOP_LOGPROBS]."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {json.dumps(value)}",
+                       param=name)
+    return value
+
+
+def _completion_logprobs_options(body: dict) -> dict:
+    """/v1/completions' `logprobs` (how many alternatives per token; absent: none) as generate() options."""
+    k = _count(body, "logprobs")
+    return {} if k is None else {"logprobs": True, "top_logprobs": k}
+
+
+def _chat_logprobs_options(body: dict) -> dict:
+    """/v1/chat/completions' `logprobs` (bool) and `top_logprobs` (0..20, needs logprobs) as chat() options."""
+    on, k = _flag(body, "logprobs"), _count(body, "top_logprobs")
+    if k is not None and not on:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return {"logprobs": True, "top_logprobs": k or 0} if on else {}
 
 
 def _max_tokens(body: dict, *names: str, default: int) -> int:
@@ -330,6 +371,30 @@ def _usage(stats: dict) -> dict:
     return {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["generated_tokens"],
             "total_tokens": stats["prompt_tokens"] + stats["generated_tokens"],
             "prompt_tokens_details": {"cached_tokens": stats["cached_tokens"]}}
+
+
+def _token_json(lp: TokenLogprob | tuple[int, float], token_bytes: Callable[[int], bytes]) -> dict:
+    """A token as chat logprobs show it: its text, log-probability and UTF-8 bytes."""
+    value, raw = (lp.logprob, lp.bytes) if isinstance(lp, TokenLogprob) else (lp[1], token_bytes(lp[0]))
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": value, "bytes": list(raw)}
+
+
+def _chat_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[int], bytes]) -> dict:
+    """OpenAI's chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}."""
+    return {"content": [dict(_token_json(lp, token_bytes), top_logprobs=[_token_json(t, token_bytes) for t in lp.top])
+                        for lp in logprobs], "refusal": None}
+
+
+def _completion_logprobs(logprobs: list[TokenLogprob], token_bytes: Callable[[int], bytes], offset: int = 0) -> dict:
+    """OpenAI's legacy completion `logprobs` object: tokens, token_logprobs, top_logprobs, text_offset."""
+    offsets = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.text)
+    return {"tokens": [lp.text for lp in logprobs], "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": [{token_bytes(t).decode("utf-8", errors="replace"): v for t, v in lp.top}
+                             for lp in logprobs],
+            "text_offset": offsets}
 
 
 def _finish_reason(stats: dict, called: bool) -> str:
@@ -361,11 +426,24 @@ class EventStream(StreamingResponse):
 class Reply:
     """The fixed fields of one response (id, created, model) and its body or chunks, for one endpoint."""
 
-    def __init__(self, chat: bool, model_name: str):
+    def __init__(self, chat: bool, model_name: str, token_bytes: Callable[[int], bytes], logprobs: bool = False):
         self.chat = chat
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model_name = model_name
+        self.token_bytes = token_bytes
+        self.logprobs = logprobs
+        self.offset = 0   # characters streamed so far (completion logprobs' text_offset)
+
+    def _logprobs(self, logprobs: list[TokenLogprob]) -> dict | None:
+        """The choice's `logprobs` (null unless the request asked for them)."""
+        if not self.logprobs:
+            return None
+        if self.chat:
+            return _chat_logprobs(logprobs, self.token_bytes)
+        got = _completion_logprobs(logprobs, self.token_bytes, self.offset)
+        self.offset += sum(len(lp.text) for lp in logprobs)
+        return got
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
         if self.chat:
@@ -377,7 +455,8 @@ class Reply:
 
     def whole(self, pieces: list, stats: dict) -> dict:
         """The non-streaming response."""
-        choice: dict[str, Any] = {"index": 0, "finish_reason": stats["finish_reason"], "logprobs": None}
+        scored = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
+        choice: dict[str, Any] = {"index": 0, "finish_reason": stats["finish_reason"], "logprobs": self._logprobs(scored)}
         if self.chat:
             message = ChatReply.merge(pieces).message
             choice["message"] = message
@@ -389,9 +468,11 @@ class Reply:
         return body
 
     def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
-        """One streamed chunk: a text piece (a ChatDelta's fields for chat), the opening role (chat), or the
-        closing finish_reason."""
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+        """One streamed chunk: a text piece (a ChatDelta's fields for chat; with its tokens' logprobs), the
+        opening role (chat), or the closing finish_reason."""
+        scored = getattr(text, "logprobs", ())
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason,
+                                  "logprobs": self._logprobs(list(scored)) if scored else None}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
             if isinstance(text, ChatDelta):
@@ -464,37 +545,64 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         body = await _json_body(request)
         _common_options(body)
         _only(body, "echo", (False,), "the prompt is never repeated in the output")
-        _only(body, "logprobs", (), "log probabilities are not implemented")
         _only(body, "best_of", (1,), "this server returns one choice per request")
         _only(body, "suffix", ("",), "insertion (fill in the middle) is not implemented")
         prompt = _prompt(body)
-        options = dict(_sampling(body), stop=body.get("stop"),
+        logprobs = _completion_logprobs_options(body)
+        options = dict(_sampling(body), stop=body.get("stop"), **logprobs,
                        max_tokens=_max_tokens(body, "max_tokens", default=DEFAULT_COMPLETION_MAX_TOKENS))
 
         def prepare() -> Iterator[str]:
             return model.generate(prompt, stream=True, **options)
 
-        return await respond(request, body, Reply(False, model_name), prepare, ("prompt", *options))
+        reply = Reply(False, model_name, model.tokenizer.token_bytes, bool(logprobs))
+        return await respond(request, body, reply, prepare, ("prompt", *options))
 
     async def chat_completions(request: Request) -> Response:
         body = await _json_body(request)
         _common_options(body)
-        _only(body, "logprobs", (False,), "log probabilities are not implemented")
-        _only(body, "top_logprobs", (0,), "log probabilities are not implemented")
+        logprobs = _chat_logprobs_options(body)
         if template is None:
             raise ApiError(400, f"model {model_name!r} has no chat template, so chat messages can't be turned "
                                 "into a prompt; restart the server with --chat-template FILE (a Jinja chat "
                                 "template) or use /v1/completions", code="no_chat_template")
         messages, tools = _messages(body), _tools(body)
         # Without a limit a reply may run to the end of the context, as OpenAI's does.
-        options = dict(_sampling(body), stop=body.get("stop"),
+        options = dict(_sampling(body), stop=body.get("stop"), **logprobs,
                        max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens",
                                               default=model.context_length))
 
         def prepare() -> Iterator[str]:
             return model.chat(messages, template=template, stream=True, **tools, **options)
 
-        return await respond(request, body, Reply(True, model_name), prepare, ("messages", *tools, *options))
+        reply = Reply(True, model_name, model.tokenizer.token_bytes, bool(logprobs))
+        return await respond(request, body, reply, prepare, ("messages", *tools, *options))
+
+    async def embeddings(request: Request) -> Response:
+        body = await _json_body(request)
+        texts = _embedding_input(body)
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, f"encoding_format must be \"float\" or \"base64\", got {json.dumps(encoding)}",
+                           param="encoding_format")
+        if body.get("model") is not None and not isinstance(body["model"], str):
+            raise ApiError(400, "model must be a string", param="model")
+
+        def embed() -> tuple[Any, int]:
+            return model.embed(texts), sum(len(model.tokenize(t)) for t in texts)
+
+        try:
+            vectors, tokens = await queue.call(embed)
+        except (ValueError, TypeError) as e:
+            raise _bad_argument(e, ("input",)) from None
+        if "dimensions" in body and body["dimensions"] not in (None, vectors.shape[1]):
+            raise ApiError(400, f"dimensions must be {vectors.shape[1]} (this model's), got "
+                                f"{json.dumps(body['dimensions'])}", param="dimensions")
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64"
+                 else v.tolist()} for i, v in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": model_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_card]})
@@ -524,6 +632,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         Route("/v1/models/{model_id:path}", _guarded(get_model), methods=["GET"]),
         Route("/v1/completions", _guarded(completions), methods=["POST"]),
         Route("/v1/chat/completions", _guarded(chat_completions), methods=["POST"]),
+        Route("/v1/embeddings", _guarded(embeddings), methods=["POST"]),
         Route("/health", _guarded(health), methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)

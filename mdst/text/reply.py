@@ -146,6 +146,7 @@ class ChatDelta(str):
 
     reasoning_content: str | None = None
     tool_calls: list[dict] | None = None
+    logprobs: tuple = ()   # the TokenLogprobs of the tokens read since the piece before (logprobs=True)
 
     @classmethod
     def of(cls, delta: dict) -> "ChatDelta":
@@ -173,13 +174,15 @@ class ChatReply(str):
 
     reasoning_content: str | None
     tool_calls: list[dict]
+    logprobs: tuple   # every generated token's TokenLogprob (empty unless logprobs=True)
 
     @classmethod
     def merge(cls, pieces: Iterable[Any]) -> "ChatReply":
         """The reply the streamed `pieces` (ChatDelta, or plain text) add up to."""
-        content, reasoning, calls = [], [], {}
+        content, reasoning, calls, logprobs = [], [], {}, []
         for piece in pieces:
             content.append(str(piece))
+            logprobs.extend(getattr(piece, "logprobs", ()))
             if getattr(piece, "reasoning_content", None) is not None:
                 reasoning.append(piece.reasoning_content)
             for part in getattr(piece, "tool_calls", None) or ():
@@ -191,6 +194,7 @@ class ChatReply(str):
         reply = cls("".join(content))
         reply.reasoning_content = "".join(reasoning) if reasoning else None
         reply.tool_calls = [calls[i] for i in sorted(calls)]
+        reply.logprobs = tuple(logprobs)
         return reply
 
     @property

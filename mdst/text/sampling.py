@@ -1,9 +1,10 @@
 """Token sampling: the settings users know from llama.cpp, checked, and the chain that applies them.
 
-Order as in llama.cpp's default chain: penalties -> top-k -> top-p -> min-p -> temperature -> draw.
-The chain runs on the candidates that top-k leaves; with temperature 0 and no penalties the
-pick is the argmax. The GPU runs the whole chain (kernels penalize, topk, sample) when top_k is
-1..64 and the penalty window at most 64 tokens, reading back only the token id; `Sampler.pick` is
+Order as in llama.cpp's default chain: logit bias -> penalties -> top-k -> top-p -> min-p ->
+temperature -> draw. The chain runs on the candidates that top-k leaves; with temperature 0 and no
+bias or penalties the pick is the argmax. The GPU runs the whole chain (kernels penalize, topk,
+sample) when top_k is 1..64 (or the temperature 0), the penalty window and the biased tokens at most
+64 each, reading back only the token id; `Sampler.pick` is
 the same chain on the host (for the numpy engine, other settings, and as the GPU's reference).
 The draw itself is by inverse CDF with a uniform number from the seeded generator, so host and GPU
 pick the same token for the same number.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +26,29 @@ GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")   # the most candidates the GPU sa
 DRAW_WORDS = wgsl_const("common.wgsl", "DRAW_WORDS")  # the draw buffer's size in 4-byte words
 # Word offsets of the draw buffer: f32 settings, u32 settings, then the penalty window's tokens and counts.
 _DRAW_F32 = ("TEMPERATURE", "TOP_P", "MIN_P", "U", "REPEAT", "PRESENCE", "FREQUENCY")
-_DRAW = {n: wgsl_const("common.wgsl", f"DRAW_{n}") for n in _DRAW_F32 + ("TOP_K", "N_HIST", "HIST", "COUNTS")}
+_DRAW = {n: wgsl_const("common.wgsl", f"DRAW_{n}")
+         for n in _DRAW_F32 + ("TOP_K", "N_HIST", "HIST", "COUNTS", "N_BIAS", "BIAS_IDS", "BIAS")}
+MAX_LOGIT_BIAS = 100.0   # OpenAI's bound on a bias
+
+
+def check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
+    """{token id: bias in [-100, 100]} (ids may be strings of digits, as JSON keys are) as sorted pairs."""
+    if bias is None:
+        return ()
+    if isinstance(bias, tuple):
+        bias = dict(bias)
+    if not isinstance(bias, Mapping):
+        raise TypeError(f"logit_bias must be a dict {{token id: bias}}, got {type(bias).__name__}")
+    out = {}
+    for key, value in bias.items():
+        tid = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+        if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0:
+            raise ValueError(f"logit_bias keys must be token ids (non-negative ints), got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or abs(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias values must be numbers in [-100, 100]; token {tid} has {value!r}")
+        out[tid] = float(value)
+    return tuple(sorted(out.items()))
 
 
 @dataclass(frozen=True)
@@ -41,8 +64,10 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    logit_bias: Any = ()   # {token id: bias}; kept as sorted (id, bias) pairs
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "logit_bias", check_logit_bias(self.logit_bias))
         def number(name: str, v: object) -> float:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"{name} must be a number, got {type(v).__name__}")
@@ -75,7 +100,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         """True when the pick is the plain argmax of the logits."""
-        return self.temperature == 0 and not self.penalized
+        return self.temperature == 0 and not self.penalized and not self.logit_bias
 
     @property
     def penalized(self) -> bool:
@@ -94,7 +119,13 @@ class Draw:
     @property
     def on_gpu(self) -> bool:
         """Whether the GPU kernels can run this draw (else the host samples from read-back logits)."""
-        return 1 <= self.params.top_k <= GPU_TOP_K and len(self.tokens) <= GPU_TOP_K
+        return 1 <= self.top_k <= GPU_TOP_K and len(self.tokens) <= GPU_TOP_K \
+            and len(self.params.logit_bias) <= GPU_TOP_K
+
+    @property
+    def top_k(self) -> int:
+        """Candidates the chain keeps: one at temperature 0 (the argmax, after bias and penalties)."""
+        return 1 if self.params.temperature == 0 else self.params.top_k
 
     def encode(self) -> bytes:
         """The draw buffer's contents (layout: DRAW_* in kernels/common.wgsl)."""
@@ -104,11 +135,16 @@ class Draw:
         words = np.zeros(DRAW_WORDS, np.uint32)
         for name, v in f32.items():
             words[_DRAW[name]] = struct.unpack("<I", struct.pack("<f", v))[0]
-        words[_DRAW["TOP_K"]] = p.top_k
+        words[_DRAW["TOP_K"]] = self.top_k
         words[_DRAW["N_HIST"]] = len(self.tokens)
         h, c = _DRAW["HIST"], _DRAW["COUNTS"]
         words[h:h + len(self.tokens)] = self.tokens
         words[c:c + len(self.counts)] = self.counts
+        n, b, v = len(p.logit_bias), _DRAW["BIAS_IDS"], _DRAW["BIAS"]
+        words[_DRAW["N_BIAS"]] = n
+        if n:
+            words[b:b + n] = [t for t, _ in p.logit_bias]
+            words[v:v + n] = np.array([x for _, x in p.logit_bias], np.float32).view(np.uint32)
         return words.tobytes()
 
 
@@ -130,12 +166,17 @@ class Sampler:
 
     @staticmethod
     def penalize(logits: np.ndarray, draw: Draw) -> np.ndarray:
-        """Repeat / presence / frequency penalties of the draw's window (llama.cpp's rule)."""
-        if not draw.tokens:
-            return logits
+        """The logit bias, then repeat / presence / frequency penalties of the draw's window (llama.cpp's rule)."""
         p = draw.params
-        ids, counts = np.asarray(draw.tokens), np.asarray(draw.counts)
+        if not draw.tokens and not p.logit_bias:
+            return logits
         out = logits.astype(np.float32, copy=True)
+        if p.logit_bias:
+            ids = np.array([t for t, _ in p.logit_bias])
+            out[ids] += np.array([x for _, x in p.logit_bias], np.float32)
+        if not draw.tokens:
+            return out
+        ids, counts = np.asarray(draw.tokens), np.asarray(draw.counts)
         sel = out[ids]
         sel = np.where(sel <= 0, sel * np.float32(p.repeat_penalty), sel / np.float32(p.repeat_penalty))
         out[ids] = sel - counts * np.float32(p.frequency_penalty) - np.float32(p.presence_penalty)
