@@ -1,0 +1,134 @@
+"""lm-evaluation-harness support (mdst.eval) and `mdst eval`, on SmolLM2 (numpy path), offline.
+
+The numbers lm_eval reports are checked against mdst's own log-probabilities computed here from
+Model.logits, independently of the harness's session and prefix reuse.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+# datasets and huggingface_hub read these when imported: set before lm_eval pulls them in
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lm_eval")   # the eval extra; the test extra installs it, so CI runs these
+
+import mdst
+from mdst.cli import main
+from mdst.eval.harness import MdstLM
+from mdst.quality.perplexity import log_softmax
+
+TASKS = Path(__file__).parent / "data" / "lm_eval"
+
+
+@pytest.fixture(scope="module")
+def lm(smollm2_path):
+    with mdst.load(smollm2_path, device="cpu", context_length=128) as m:
+        yield MdstLM(m)
+
+
+@pytest.fixture
+def in_tasks_dir(monkeypatch):
+    """The task YAML names its JSONL relative to the working directory (as datasets resolves data_files)."""
+    monkeypatch.chdir(TASKS)
+
+
+def docs() -> list[dict]:
+    return [json.loads(line) for line in (TASKS / "capitals.jsonl").read_text().splitlines()]
+
+
+def logprob(model, ids: list[int], start: int) -> float:
+    """log P(ids[start:] | ids[:start]) from Model.logits (one stateless pass)."""
+    lp = log_softmax(model.logits(ids[:-1]))
+    return float(sum(lp[j - 1, ids[j]] for j in range(start, len(ids))))
+
+
+def choice_logprob(model, context: str, choice: str) -> float:
+    """lm_eval's convention: " " + choice after the context, tokenized whole; the context's tokens split off."""
+    ctx = model.tokenize(context)
+    return logprob(model, model.tokenize(context + " " + choice), len(ctx))
+
+
+def request(kind: str, *args):
+    from lm_eval.api.instance import Instance
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+def test_multiple_choice_acc_is_mdst_loglikelihoods(lm, in_tasks_dir):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(model=lm, tasks=["mdst_capitals"], task_manager=TaskManager(include_path=str(TASKS)))
+    right, reqs, expected = [], [], []
+    for d in docs():
+        context = f"Question: {d['question']}\nAnswer:"
+        ll = [choice_logprob(lm.model, context, c) for c in d["choices"]]
+        right.append(int(np.argmax(ll)) == d["answer"])
+        reqs += [request("loglikelihood", context, " " + c) for c in d["choices"]]
+        expected += ll
+    assert out["results"]["mdst_capitals"]["acc,none"] == pytest.approx(np.mean(right), abs=1e-12)
+    got = [g for g, _ in lm.loglikelihood(reqs)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_loglikelihood_rolling_is_sum_of_logprobs(lm):
+    text = "The quick brown fox jumps over the lazy dog. It was not amused."
+    ids = [lm.prefix_token_id, *lm.model.tokenize(text, add_bos=False)]
+    (got,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", text)])
+    assert got == pytest.approx(logprob(lm.model, ids, 1), rel=1e-4)
+
+
+def test_generate_until_stops_at_the_stop_string(lm):
+    prompt = "Here is a list of fruits: apple, banana,"
+    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 12})])
+    words = free.split()
+    assert len(words) >= 3, free
+    stop = words[1]
+    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 12})])
+    assert cut == free[:free.index(stop)]
+
+
+def test_mdst_eval_writes_the_record(smollm2_path, in_tasks_dir, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert main(["eval", smollm2_path, "--device", "cpu", "--context", "128", "--tasks", "mdst_capitals",
+                 "--include-path", str(TASKS), "--limit", "4", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    with open(smollm2_path, "rb") as f:
+        assert rec["model"]["sha256_first_mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
+    assert rec["device"] == "cpu" and rec["adapter"] == "cpu (numpy)" and rec["limit"] == 4
+    assert set(rec["versions"]) == {"mdst", "lm_eval", "wgpu"} and rec["versions"]["lm_eval"]
+    task = rec["tasks"]["mdst_capitals"]
+    chance = np.mean([1 / len(d["choices"]) for d in docs()[:4]])
+    acc = rec["lm_eval_results"]["mdst_capitals"]["acc,none"]
+    assert task["samples"] == 4 and task["metric"] == "acc" and task["score"] == acc
+    assert task["chance"] == pytest.approx(chance)
+    assert rec["aggregate"] == pytest.approx((acc - chance) / (1 - chance))
+    assert "aggregate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, problem", [
+    ("device=cpu", "pretrained=PATH"),
+    ("pretrained=x.gguf,device=cuda", "device=gpu, cpu or auto"),
+    ("pretrained=x.gguf,dtype=float16", "unknown model_args for mdst: dtype"),
+])
+def test_bad_model_args(args, problem):
+    from lm_eval.api.registry import get_model
+
+    assert get_model("mdst") is MdstLM
+    with pytest.raises(ValueError, match=problem):
+        MdstLM.create_from_arg_string(args)
+
+
+def test_bad_generation_kwargs(lm):
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        lm.generate_until([request("generate_until", "Hi", {"until": ["\n"], "repetition_penalty": 1.1})])
+
+
+def test_mdst_eval_unknown_task(smollm2_path, capsys):
+    assert main(["eval", smollm2_path, "--device", "cpu", "--tasks", "no_such_task_xyz", "--limit", "1"]) == 2
+    assert "unknown lm_eval task(s): no_such_task_xyz" in capsys.readouterr().err
