@@ -64,16 +64,15 @@ def test_multiple_choice_acc_is_mdst_loglikelihoods(lm, in_tasks_dir):
     from lm_eval.tasks import TaskManager
 
     out = simple_evaluate(model=lm, tasks=["mdst_capitals"], task_manager=TaskManager(include_path=str(TASKS)))
-    right, reqs, expected = [], [], []
-    for d in docs():
-        context = f"Question: {d['question']}\nAnswer:"
-        ll = [choice_logprob(lm.model, context, c) for c in d["choices"]]
+    samples = out["samples"]["mdst_capitals"]
+    assert [s["doc"] for s in samples] == docs()
+    right = []
+    for s in samples:
+        d = s["doc"]
+        ll = [choice_logprob(lm.model, f"Question: {d['question']}\nAnswer:", c) for c in d["choices"]]
         right.append(int(np.argmax(ll)) == d["answer"])
-        reqs += [request("loglikelihood", context, " " + c) for c in d["choices"]]
-        expected += ll
+        np.testing.assert_allclose([got for got, _ in s["filtered_resps"]], ll, rtol=1e-4, atol=1e-3)
     assert out["results"]["mdst_capitals"]["acc,none"] == pytest.approx(np.mean(right), abs=1e-12)
-    got = [g for g, _ in lm.loglikelihood(reqs)]
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
 def test_loglikelihood_rolling_is_sum_of_logprobs(lm):
@@ -85,27 +84,27 @@ def test_loglikelihood_rolling_is_sum_of_logprobs(lm):
 
 def test_generate_until_stops_at_the_stop_string(lm):
     prompt = "Here is a list of fruits: apple, banana,"
-    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 12})])
+    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8})])
     words = free.split()
     assert len(words) >= 3, free
     stop = words[1]
-    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 12})])
+    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 8})])
     assert cut == free[:free.index(stop)]
 
 
 def test_mdst_eval_writes_the_record(smollm2_path, in_tasks_dir, tmp_path, capsys):
     out = tmp_path / "run.json"
     assert main(["eval", smollm2_path, "--device", "cpu", "--context", "128", "--tasks", "mdst_capitals",
-                 "--include-path", str(TASKS), "--limit", "4", "--output", str(out)]) == 0
+                 "--include-path", str(TASKS), "--limit", "2", "--output", str(out)]) == 0
     rec = json.loads(out.read_text())
     with open(smollm2_path, "rb") as f:
         assert rec["model"]["sha256_first_mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
-    assert rec["device"] == "cpu" and rec["adapter"] == "cpu (numpy)" and rec["limit"] == 4
+    assert rec["device"] == "cpu" and rec["adapter"] == "cpu (numpy)" and rec["limit"] == 2
     assert set(rec["versions"]) == {"mdst", "lm_eval", "wgpu"} and rec["versions"]["lm_eval"]
     task = rec["tasks"]["mdst_capitals"]
-    chance = np.mean([1 / len(d["choices"]) for d in docs()[:4]])
+    chance = np.mean([1 / len(d["choices"]) for d in docs()[:2]])
     acc = rec["lm_eval_results"]["mdst_capitals"]["acc,none"]
-    assert task["samples"] == 4 and task["metric"] == "acc" and task["score"] == acc
+    assert task["samples"] == 2 and task["metric"] == "acc" and task["score"] == acc
     assert task["chance"] == pytest.approx(chance)
     assert rec["aggregate"] == pytest.approx((acc - chance) / (1 - chance))
     assert "aggregate" in capsys.readouterr().err
@@ -127,8 +126,3 @@ def test_bad_model_args(args, problem):
 def test_bad_generation_kwargs(lm):
     with pytest.raises(ValueError, match="repetition_penalty"):
         lm.generate_until([request("generate_until", "Hi", {"until": ["\n"], "repetition_penalty": 1.1})])
-
-
-def test_mdst_eval_unknown_task(smollm2_path, capsys):
-    assert main(["eval", smollm2_path, "--device", "cpu", "--tasks", "no_such_task_xyz", "--limit", "1"]) == 2
-    assert "unknown lm_eval task(s): no_such_task_xyz" in capsys.readouterr().err

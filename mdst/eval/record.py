@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import warnings
 from typing import Any, Sequence
 
 from .harness import MdstLM
@@ -56,7 +57,9 @@ def evaluate(lm: MdstLM, tasks: Sequence[str] | str, limit: int | None = None, i
     if unknown:
         raise ValueError(f"unknown lm_eval task(s): {', '.join(unknown)}; `lm-eval ls tasks` lists them"
                          + ("" if include_path else ", and --include-path adds a folder of your own task YAMLs"))
-    leaves = {name: t for name, t in _leaf_tasks(get_task_dict(names, manager), Task)}
+    with warnings.catch_warnings():   # newer lm_eval deprecates get_task_dict for TaskManager.load, which 0.4.9 lacks
+        warnings.simplefilter("ignore", DeprecationWarning)
+        leaves = dict(_leaf_tasks(get_task_dict(names, manager), Task))
     out = evaluator.simple_evaluate(model=lm, tasks=list(leaves.values()), limit=limit, task_manager=manager)
     per_task = {}
     for name, task in leaves.items():
