@@ -301,12 +301,13 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """lm_eval's tasks on a model: the run record as JSON (to --output, else stdout) and the rescaled aggregate."""
     from .eval.harness import MdstLM
-    from .eval.record import check_tasks, evaluate
+    from .eval.record import check_limit, evaluate, load_tasks
 
-    check_tasks(args.tasks)
+    check_limit(args.limit)
+    tasks = load_tasks(args.tasks, args.include_path)   # before the model: a wrong name costs no load
     lm = MdstLM(_load(args))
     with lm.model:
-        record = evaluate(lm, args.tasks, args.limit, args.include_path, args.device)
+        record = evaluate(lm, tasks, args.limit, args.device)
     text = json.dumps(record, indent=2, default=str)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

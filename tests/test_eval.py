@@ -7,6 +7,8 @@ Model.logits, independently of the harness's session and prefix reuse.
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # datasets and huggingface_hub read these when imported: set before lm_eval pulls them in
@@ -84,11 +86,11 @@ def test_loglikelihood_rolling_is_sum_of_logprobs(lm):
 
 def test_generate_until_stops_at_the_stop_string(lm):
     prompt = "Here is a list of fruits: apple, banana,"
-    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 8})])
+    (free,) = lm.generate_until([request("generate_until", prompt, {"until": [], "max_gen_toks": 6})])
     words = free.split()
     assert len(words) >= 3, free
     stop = words[1]
-    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 8})])
+    (cut,) = lm.generate_until([request("generate_until", prompt, {"until": [stop], "max_gen_toks": 6})])
     assert cut == free[:free.index(stop)]
 
 
@@ -119,10 +121,25 @@ def test_bad_model_args(args, problem):
     from lm_eval.api.registry import get_model
 
     assert get_model("mdst") is MdstLM
-    with pytest.raises(ValueError, match=problem):
-        MdstLM.create_from_arg_string(args)
+    with pytest.raises(ValueError, match=problem):   # lm_eval's command line always adds its --device
+        MdstLM.create_from_arg_string(args, {"device": "cuda:0", "batch_size": 1, "max_batch_size": None})
 
 
 def test_bad_generation_kwargs(lm):
     with pytest.raises(ValueError, match="repetition_penalty"):
         lm.generate_until([request("generate_until", "Hi", {"until": ["\n"], "repetition_penalty": 1.1})])
+
+
+def test_python_m_mdst_eval_finds_the_model(in_tasks_dir):
+    """lm_eval's own command line through `python -m mdst.eval` resolves --model mdst (here, to its args check)."""
+    got = subprocess.run([sys.executable, "-m", "mdst.eval", "--model", "mdst", "--model_args", "device=cpu",
+                          "--tasks", "mdst_capitals", "--include_path", str(TASKS)],
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode != 0
+    assert "model_args for mdst need pretrained=PATH" in got.stderr
+
+
+def test_mdst_eval_checks_tasks_before_loading(capsys):
+    assert main(["eval", "no-such-model.gguf", "--tasks", "mdst_capitals,no_such_task_xyz",
+                 "--include-path", str(TASKS)]) == 2
+    assert "unknown lm_eval task(s): no_such_task_xyz" in capsys.readouterr().err

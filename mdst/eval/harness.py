@@ -22,7 +22,7 @@ from ..errors import MdstError
 try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 except ImportError as e:   # the optional extra
     raise MdstError("lm-evaluation-harness is not installed; pip install 'mdst[eval]'") from e
 
@@ -72,6 +72,16 @@ class MdstLM(TemplateLM):
         if tok.eos_id is None and tok.bos_id is None:
             raise ValueError("this model's tokenizer has neither a BOS nor an EOS token, which lm_eval needs "
                              "as the context of texts scored from their start")
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "MdstLM":
+        """From lm_eval's `--model_args` string and its other options (see `lm_eval_options`)."""
+        return cls(**lm_eval_options(simple_parse_args_string(arg_string), additional_config))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> "MdstLM":
+        """From lm_eval's model_args dict and its other options (see `lm_eval_options`)."""
+        return cls(**lm_eval_options(arg_dict, additional_config))
 
     # ---- what TemplateLM asks ------------------------------------------------------------------
     @property
@@ -152,6 +162,18 @@ class MdstLM(TemplateLM):
         room = self.max_length - min(max_tokens, self.max_length // 2)   # as lm_eval's HF model: keep the end
         return run(self.model, ids[-room:], params=SamplingParams(temperature, **sampling), max_tokens=max_tokens,
                    stop=stops)
+
+
+def lm_eval_options(model_args: dict[str, Any], additional: dict | None) -> dict[str, Any]:
+    """model_args with lm_eval's own options (batch_size, max_batch_size, device) where model_args lacks them.
+
+    lm_eval's command line always passes its --device (default "cuda:0"): it counts only when it names an
+    mdst device and model_args has no device=, so device=gpu in model_args never collides with it.
+    """
+    extra = {k: v for k, v in (additional or {}).items() if v is not None and k not in model_args}
+    if extra.get("device") not in DEVICES:
+        extra.pop("device", None)
+    return {**model_args, **extra}
 
 
 def score(session: Any, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .harness import MdstLM
@@ -41,17 +42,28 @@ def check_tasks(tasks: Sequence[str] | str) -> list[str]:
     return names
 
 
-def evaluate(lm: MdstLM, tasks: Sequence[str] | str, limit: int | None = None, include_path: str | None = None,
-             device: str | None = None) -> dict[str, Any]:
-    """Run lm_eval's `tasks` (names; `include_path` adds a folder of task YAMLs) on `lm`, at most `limit` docs
-    each; returns the run record."""
-    from lm_eval import evaluator
+def check_limit(limit: object) -> int | None:
+    """`limit` as a positive int of docs per task, or None (all); ValueError otherwise."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int (docs per task), got {limit!r}; leave it out for all")
+    return limit
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """lm_eval tasks ready to run: their manager and each leaf task (a group's members) by name."""
+
+    manager: Any
+    by_name: dict[str, Any]
+
+
+def load_tasks(tasks: Sequence[str] | str, include_path: str | None = None) -> Tasks:
+    """lm_eval's `tasks` (names; `include_path` adds a folder of task YAMLs) with their docs, before any model
+    is loaded, so a misspelt name or a missing dataset costs no load; ValueError for unknown names."""
     from lm_eval.api.task import Task
     from lm_eval.tasks import TaskManager, get_task_dict
 
     names = check_tasks(tasks)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int (docs per task), got {limit!r}; leave it out for all")
     manager = TaskManager(include_path=include_path)
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
@@ -59,8 +71,16 @@ def evaluate(lm: MdstLM, tasks: Sequence[str] | str, limit: int | None = None, i
                          + ("" if include_path else ", and --include-path adds a folder of your own task YAMLs"))
     with warnings.catch_warnings():   # newer lm_eval deprecates get_task_dict for TaskManager.load, which 0.4.9 lacks
         warnings.simplefilter("ignore", DeprecationWarning)
-        leaves = dict(_leaf_tasks(get_task_dict(names, manager), Task))
-    out = evaluator.simple_evaluate(model=lm, tasks=list(leaves.values()), limit=limit, task_manager=manager)
+        return Tasks(manager, dict(_leaf_tasks(get_task_dict(names, manager), Task)))
+
+
+def evaluate(lm: MdstLM, tasks: Tasks, limit: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Run `tasks` on `lm`, at most `limit` docs each; returns the run record (`device`: what was asked for)."""
+    from lm_eval import evaluator
+
+    check_limit(limit)
+    leaves = tasks.by_name
+    out = evaluator.simple_evaluate(model=lm, tasks=list(leaves.values()), limit=limit, task_manager=tasks.manager)
     per_task = {}
     for name, task in leaves.items():
         metrics = out["results"].get(name, {})
