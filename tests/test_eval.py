@@ -11,10 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-# datasets and huggingface_hub read these when imported: set before lm_eval pulls them in
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import numpy as np
 import pytest
 
@@ -23,9 +19,27 @@ pytest.importorskip("lm_eval")   # the eval extra; the test extra installs it, s
 import mdst
 from mdst.cli import main
 from mdst.eval.harness import MdstLM
+from mdst.eval.record import task_manager
 from mdst.quality.perplexity import log_softmax
 
 TASKS = Path(__file__).parent / "data" / "lm_eval"
+OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    """No network for these tests, and only for them: datasets and huggingface_hub read the variables at import,
+    so their copies are set too, and all is restored afterwards."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in OFFLINE.items():
+            mp.setenv(name, value)
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            mp.setattr(datasets.config, name, True)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +77,9 @@ def request(kind: str, *args):
 
 def test_multiple_choice_acc_is_mdst_loglikelihoods(lm, in_tasks_dir):
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    out = simple_evaluate(model=lm, tasks=["mdst_capitals"], task_manager=TaskManager(include_path=str(TASKS)))
+    # lm_eval's TaskManager, as `mdst eval` builds it (once per include path: indexing takes seconds)
+    out = simple_evaluate(model=lm, tasks=["mdst_capitals"], task_manager=task_manager(str(TASKS)))
     samples = out["samples"]["mdst_capitals"]
     assert [s["doc"] for s in samples] == docs()
     right = []
@@ -134,7 +148,7 @@ def test_python_m_mdst_eval_finds_the_model(in_tasks_dir):
     """lm_eval's own command line through `python -m mdst.eval` resolves --model mdst (here, to its args check)."""
     got = subprocess.run([sys.executable, "-m", "mdst.eval", "--model", "mdst", "--model_args", "device=cpu",
                           "--tasks", "mdst_capitals", "--include_path", str(TASKS)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env={**os.environ, **OFFLINE})
     assert got.returncode != 0
     assert "model_args for mdst need pretrained=PATH" in got.stderr
 

@@ -140,12 +140,12 @@ class MdstLM(TemplateLM):
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Each request's continuation, ended by its `until` strings (not included) or max_gen_toks tokens."""
-        out = []
-        for req in requests:
-            context, gen_kwargs = req.args
-            text = self._generate(context, dict(gen_kwargs or {}))
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            out.append(text)
+        out = [""] * len(requests)
+        # in the order of their prompts, so the default session's cache keeps what neighbours share (few-shot)
+        for i in sorted(range(len(requests)), key=lambda i: requests[i].args[0]):
+            context, gen_kwargs = requests[i].args
+            out[i] = self._generate(context, dict(gen_kwargs or {}))
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), out[i])
         return out
 
     def _generate(self, context: str, kwargs: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ score, chance level and rescaled score (`scores.py`), their aggregate, and lm_ev
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import warnings
@@ -57,14 +58,23 @@ class Tasks:
     by_name: dict[str, Any]
 
 
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None = None) -> Any:
+    """lm_eval's TaskManager (the index of every task YAML it ships, and those under include_path), built once
+    per include_path: indexing takes seconds, and Task objects are made anew from it each time."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
 def load_tasks(tasks: Sequence[str] | str, include_path: str | None = None) -> Tasks:
     """lm_eval's `tasks` (names; `include_path` adds a folder of task YAMLs) with their docs, before any model
     is loaded, so a misspelt name or a missing dataset costs no load; ValueError for unknown names."""
     from lm_eval.api.task import Task
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
     names = check_tasks(tasks)
-    manager = TaskManager(include_path=include_path)
+    manager = task_manager(include_path)
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise ValueError(f"unknown lm_eval task(s): {', '.join(unknown)}; `lm-eval ls tasks` lists them"
