@@ -118,7 +118,7 @@ class MdstLM(TemplateLM):
         with self.model.session() as s:
             for i in order:
                 key, context, continuation = requests[i]
-                out[i] = score(s, context, continuation)
+                out[i] = score_continuation(s, context, continuation)
                 if key is not None:
                     self.cache_hook.add_partial("loglikelihood", key, out[i])
         return out
@@ -133,7 +133,7 @@ class MdstLM(TemplateLM):
                 windows = get_rolling_token_windows(token_list=self.tok_encode(text, add_special_tokens=False),
                                                     prefix_token=self.prefix_token_id,
                                                     max_seq_len=self.max_length, context_len=1)
-                total = sum(score(s, *make_disjoint_window(w))[0] for w in windows)
+                total = sum(score_continuation(s, *make_disjoint_window(w))[0] for w in windows)
                 self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
                 out.append(total)
         return out
@@ -176,7 +176,7 @@ def lm_eval_options(model_args: dict[str, Any], additional: dict | None) -> dict
     return {**model_args, **extra}
 
 
-def score(session: Any, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
+def score_continuation(session: Any, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
     """(log P(continuation | context), whether each continuation token is the argmax) in `session`, reusing
     the cached prefix it shares with context; a request longer than the context length keeps its end."""
     ctx_len = session.model.context_length
