@@ -139,6 +139,10 @@ def test_mask_bits_follow_the_grammar(smol_cpu):
     allowed = np.flatnonzero(constraint.allowed())
     assert {smol_cpu.detokenize([t]) for t in allowed} <= {"y", "ye", "yes", "n", "no"}
     assert smol_cpu.tokenize("yes", add_bos=False)[0] in allowed
+    for tok in smol_cpu.tokenize("yes", add_bos=False):
+        assert not constraint.done
+        constraint.advance(tok)
+    assert constraint.done   # complete: generation ends here, without waiting for an end-of-generation token
 
 
 def test_cli_generate_with_a_grammar_and_a_schema(smollm2_path, tmp_path, capsys):
