@@ -69,14 +69,35 @@ def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
 
 
+def _constraint(args: argparse.Namespace) -> dict:
+    """generate()'s response_format / grammar from --json-schema FILE and --grammar FILE, checked before loading."""
+    from .text.grammar import grammar_for
+
+    out: dict[str, Any] = {}
+    if args.json_schema is not None:
+        with open(args.json_schema, encoding="utf-8") as f:
+            try:
+                schema = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"--json-schema {args.json_schema} is not JSON: {e}") from None
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+    if args.grammar is not None:
+        with open(args.grammar, encoding="utf-8") as f:
+            out["grammar"] = f.read()
+    grammar_for(**out)
+    return out
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Stream a continuation of the prompt to stdout, then one line of stats to stderr."""
     _check_generation(args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       seed=args.seed)
+    constraint = _constraint(args)
     model = _load(args)
     with model:
         for piece in model.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=True):
+                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=True,
+                                    **constraint):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -415,6 +436,10 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--top-k", type=int, default=40)
             sp.add_argument("--top-p", type=float, default=1.0)
             sp.add_argument("--seed", type=int, default=None)
+            sp.add_argument("--json-schema", default=None, metavar="FILE",
+                            help="a JSON schema file: the output is JSON that it validates")
+            sp.add_argument("--grammar", default=None, metavar="FILE",
+                            help="a GBNF or Lark grammar file: the output is a string of its language")
         elif name == "chat":
             _model_options(sp)
             sp.add_argument("--system", default=None, help="a system message")

@@ -6,6 +6,7 @@ import codecs
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from .text.grammar import Constraint, grammar_for
 from .text.logprobs import Piece, TokenLogprob, check_top_logprobs, score
 from .text.reply import ChatDelta, ChatReply, ReplyParser, think_tags
 from .text.sampling import Sampler, SamplingParams
@@ -72,13 +73,16 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
              presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
              stop: str | Sequence[str] | None = None, stream: bool = False, add_bos: bool | None = None,
              truncate: bool = False, logit_bias: dict[int, float] | None = None, logprobs: bool = False,
-             top_logprobs: int = 0) -> str | Iterator[str]:
+             top_logprobs: int = 0, response_format: dict | None = None,
+             grammar: str | None = None) -> str | Iterator[str]:
     """Continue `prompt`. Returns the text, or with stream=True an iterator of text pieces.
 
     Greedy when temperature is 0. `stop` strings end generation and are not returned.
     `logit_bias` ({token id: bias in [-100, 100]}) is added to those logits before sampling.
     With logprobs=True the text (and each streamed piece) is a `Piece`, a str whose `logprobs`
     holds a `TokenLogprob` per token: its log-probability and the `top_logprobs` (0..20) likeliest.
+    `response_format` ({"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": {...}}},
+    OpenAI's) or `grammar` (GBNF or Lark text) constrain the output; it ends when the grammar is complete.
     A prompt longer than the context is an error unless truncate=True (keeps its end).
     Afterwards `model.last_stats` holds token counts, speeds and the finish reason.
     """
@@ -88,20 +92,21 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
     return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate,
                params=SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                                      presence_penalty, frequency_penalty, seed, logit_bias),
-               logprobs=logprobs, top_logprobs=top_logprobs)
+               logprobs=logprobs, top_logprobs=top_logprobs, response_format=response_format, grammar=grammar)
 
 
 def chat(model: "Model", messages: Sequence[dict], *, template: str | None = None, tools: list | None = None,
          tool_choice: Any = "auto", parallel_tool_calls: bool = True, max_tokens: int = 512, stream: bool = False,
          truncate: bool = False, stop: Any = None, logprobs: bool = False, top_logprobs: int = 0,
-         **sampling: Any) -> Any:
+         response_format: dict | None = None, grammar: str | None = None, **sampling: Any) -> Any:
     """Answer a conversation: render the chat template (the GGUF's, or `template`), generate the reply.
 
     Returns a `ChatReply` (a str of the content, with `.reasoning_content`, `.tool_calls` and `.message`), or
     with stream=True an iterator of `ChatDelta` pieces (str of content, with the same fields as OpenAI deltas).
     `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
     forced). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options
-    (logit_bias included); with logprobs=True the reply and each piece carry `.logprobs` as in generate().
+    (logit_bias included); with logprobs=True the reply and each piece carry `.logprobs` as in generate();
+    `response_format` and `grammar` constrain the reply's text as in generate().
     """
     from .text.chat import require_template, special_tokens
     from .text.tool_prompt import render_prompt, tool_prompt
@@ -123,7 +128,8 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     add_bos = model.tokenizer.add_bos and not (bos and text.startswith(bos))
     ids = model.tokenize(text, add_bos=add_bos, special=True)
     pieces = run(model, ids, max_tokens=max_tokens, stop=stop, stream=True, truncate=truncate,
-                 params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs)
+                 params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs,
+                 response_format=response_format, grammar=grammar)
     deltas = _reply_pieces(pieces, parser)
     return deltas if stream else ChatReply.merge(deltas)
 
@@ -153,10 +159,12 @@ def _reply_pieces(pieces: Iterator[str], parser: Any) -> Iterator[Any]:
 
 
 def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
-        stream: bool = False, truncate: bool = False, logprobs: bool = False,
-        top_logprobs: int = 0) -> str | Iterator[str]:
+        stream: bool = False, truncate: bool = False, logprobs: bool = False, top_logprobs: int = 0,
+        response_format: dict | None = None, grammar: str | None = None) -> str | Iterator[str]:
     """Generate from prompt token ids (the shared core of generate() and chat())."""
     max_tokens = check_max_tokens(max_tokens)
+    rules = grammar_for(response_format, grammar)
+    constraint = Constraint(rules, model.tokenizer) if rules is not None else None
     stops = check_stop(stop)
     top = check_top_logprobs(logprobs, top_logprobs)
     bad = [t for t, _ in params.logit_bias if t >= model.n_vocab]
@@ -172,7 +180,7 @@ def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: i
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {ctx} (and one more is needed "
                              f"to generate); shorten it, load with a larger context_length, or pass truncate=True")
         ids = ids[len(ids) - (ctx - 1):]
-    pieces = _pieces(model, list(ids), params, max_tokens, stops, top)
+    pieces = _pieces(model, list(ids), params, max_tokens, stops, top, constraint)
     if stream:
         return pieces
     if top is None:
@@ -181,24 +189,30 @@ def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: i
     return Piece("".join(got), tuple(lp for p in got for lp in p.logprobs))
 
 
-def _scored(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int, token_bytes: Any,
-            into: list[TokenLogprob]) -> Iterator[int]:
-    """Tokens picked on the host from read-back logits; each one's log-probabilities are appended to `into`.
+def _host_picked(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int | None,
+                 token_bytes: Any, into: list[TokenLogprob], constraint: Constraint | None) -> Iterator[int]:
+    """Tokens picked on the host from read-back logits, masked by `constraint` if any; with `k` set, each
+    one's log-probabilities (of the unmasked logits: the model's distribution) are appended to `into`.
 
-    The same chain as the GPU's (Sampler.pick) on the same uniform numbers, so the text is the
-    one generation without logprobs gives; each step feeds the token before when asked for the next.
+    The same chain as the GPU's (Sampler.pick) on the same uniform numbers, so without a constraint the
+    text is the one generation on the GPU gives; each step feeds the token before when asked for the next.
     """
     logits = session.prefill(new)
     while True:
-        tok = Sampler.pick(logits, sampler.next_draw(history))
-        into.append(score(logits, tok, k, token_bytes))
+        allowed = logits if constraint is None else constraint.mask(logits)
+        tok = Sampler.pick(allowed, sampler.next_draw(history))
+        if k is not None:
+            into.append(score(logits, tok, k, token_bytes))
+        if constraint is not None:
+            constraint.advance(tok)
         yield tok
         logits = session.prefill([tok])
 
 
 def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: int,
-            stops: list[str], top: int | None = None) -> Iterator[str]:
-    """Text pieces as tokens come (`Piece`s with their tokens' log-probabilities when `top` is set)."""
+            stops: list[str], top: int | None = None, constraint: Constraint | None = None) -> Iterator[str]:
+    """Text pieces as tokens come (`Piece`s with their tokens' log-probabilities when `top` is set), the
+    output kept to `constraint`'s grammar if any."""
     tok_bytes = model.tokenizer.token_bytes
     eog = model.tokenizer.eog_ids
     sampler = Sampler(params)
@@ -215,13 +229,13 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
 
         new = ids[session.n_past:]
         scored: list[TokenLogprob] = []   # the log-probabilities of tokens whose text is not out yet
-        if top is None:
+        if top is None and constraint is None:
             tok = int(session.prefill(new, greedy=True) if params.greedy else session.prefill(new, draw=pick()))
             # penalties read the tokens so far, so only penalty-free picks let the GPU run a step ahead
             steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
                                    ahead=not params.penalized)
         else:
-            steps = _scored(session, new, sampler, history, top, tok_bytes, scored)
+            steps = _host_picked(session, new, sampler, history, top, tok_bytes, scored, constraint)
             tok = next(steps)
         t1 = time.perf_counter()
         stats["prefill_s"] = t1 - t0
@@ -245,7 +259,7 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
                 piece = text.push(tok_bytes(tok))
                 if piece:
                     yield out(piece)
-                if text.stopped:
+                if text.stopped or (constraint is not None and constraint.done):
                     stats["finish_reason"] = "stop"
                     break
                 if generated >= max_tokens or session.n_past + 1 >= model.context_length:

@@ -12,7 +12,7 @@ const ENABLE = /(?<=^|\n)\s*enable\s+([a-z0-9_, ]+);\s*(?=\n|$)/g;
 export const TYPE_STEPS = { matmul_row: ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"] };
 
 // Weight types whose blocks are whole 16-byte words, read through weights_vec4.wgsl.
-export const WIDE_TYPES = ["Q4_K"];
+export const WIDE_TYPES = ["Q4_K", "Q5_K"];
 
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
 // weight tensor) weights.wgsl (weights_vec4.wgsl for WIDE_TYPES), quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step

@@ -31,7 +31,7 @@ TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}
 
 # Weight types whose blocks are whole 16-byte words: kernels read them through weights_vec4.wgsl (one load a
 # header or 16 bytes of data) instead of weights.wgsl's 4-byte words.
-WIDE_TYPES = ("Q4_K",)
+WIDE_TYPES = ("Q4_K", "Q5_K")
 
 
 def weight_align(wtype: str) -> int:

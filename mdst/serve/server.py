@@ -1,7 +1,8 @@
 """`mdst serve`: an OpenAI-compatible HTTP server (Starlette + uvicorn) over one loaded model.
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
-server-sent-event streaming and logprobs; chat with tools, tool_calls and reasoning_content as
+server-sent-event streaming, logprobs and structured output (response_format; llama.cpp's grammar and
+json_schema); chat with tools, tool_calls and reasoning_content as
 mdst.text.reply splits the reply), POST /v1/embeddings, GET /health. Errors are OpenAI's error JSON.
 
 Model calls block, so they never run on the event loop. Each request reserves its turn in one FIFO worker
@@ -250,7 +251,18 @@ def _common_options(body: dict) -> None:
     if body.get("model") is not None and not isinstance(body["model"], str):
         raise ApiError(400, "model must be a string", param="model")
     _only(body, "n", (1,), "this server returns one choice per request")
-    _only(body, "response_format", ({"type": "text"},), "only plain text output is implemented")
+
+
+def _constraint(body: dict) -> dict:
+    """generate()'s output constraint: OpenAI's `response_format`, or llama.cpp's `grammar` (GBNF) or
+    `json_schema` (a schema object); checked by mdst, whose errors become a 400 naming the field."""
+    given = [name for name in ("response_format", "grammar", "json_schema") if body.get(name) is not None]
+    if len(given) > 1:
+        raise ApiError(400, f"{' and '.join(given)} each constrain the output; send one of them", param=given[1])
+    if body.get("json_schema") is not None:
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "json_schema",
+                                                                          "schema": body["json_schema"]}}}
+    return {name: body[name] for name in given}
 
 
 def _sampling(body: dict) -> dict:
@@ -549,7 +561,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         _only(body, "suffix", ("",), "insertion (fill in the middle) is not implemented")
         prompt = _prompt(body)
         logprobs = _completion_logprobs_options(body)
-        options = dict(_sampling(body), stop=body.get("stop"), **logprobs,
+        options = dict(_sampling(body), stop=body.get("stop"), **logprobs, **_constraint(body),
                        max_tokens=_max_tokens(body, "max_tokens", default=DEFAULT_COMPLETION_MAX_TOKENS))
 
         def prepare() -> Iterator[str]:
@@ -568,7 +580,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
                                 "template) or use /v1/completions", code="no_chat_template")
         messages, tools = _messages(body), _tools(body)
         # Without a limit a reply may run to the end of the context, as OpenAI's does.
-        options = dict(_sampling(body), stop=body.get("stop"), **logprobs,
+        options = dict(_sampling(body), stop=body.get("stop"), **logprobs, **_constraint(body),
                        max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens",
                                               default=model.context_length))
 

@@ -1,6 +1,7 @@
 // matmul_row's step for Q5_K: Q4_K's (same units, header and scales) with each nibble's fifth bit
 // from qh: bit s of qh byte l belongs to weight l of sub-block s, so a unit's 16 positions read the 4
-// qh words of its half, bits 2 pr (low nibbles) and 2 pr + 1 (high nibbles).
+// qh words of its half, bits 2 pr (low nibbles) and 2 pr + 1 (high nibbles). Header, nibbles and qh
+// are one 16-byte load each (weights_vec4.wgsl).
 
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
@@ -48,16 +49,16 @@ fn q5k_word(v: u32, qh: u32, s0: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32>
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
-    let w = (b >> 2u) + (u >> 3u) * (QB / 4u);
+    let v = (b >> 4u) + (u >> 3u) * (QB / 16u);   // the block's header word
     let pr = (u >> 1u) & 3u;
     let h = u & 1u;
-    let hd = vec4<u32>(W[w], W[w + 1u], W[w + 2u], W[w + 3u]);
-    let q = w + 12u + 8u * pr + 4u * h;
-    let e = w + 4u + 4u * h;
+    let hd = W[v];
+    let q = W[v + 3u + 2u * pr + h];   // the unit's 16 bytes of nibbles
+    let e = W[v + 1u + h];             // and of fifth bits
     let s0 = 2u * pr;
     let dm = unpack2x16float(hd.x);
     let sm = ub4(q5k_scales(hd, pr));
-    let d = q5k_word(W[q], W[e], s0, xu.lo[0], xu.hi[0]) + q5k_word(W[q + 1u], W[e + 1u], s0, xu.lo[1], xu.hi[1])
-          + q5k_word(W[q + 2u], W[e + 2u], s0, xu.lo[2], xu.hi[2]) + q5k_word(W[q + 3u], W[e + 3u], s0, xu.lo[3], xu.hi[3]);
+    let d = q5k_word(q.x, e.x, s0, xu.lo[0], xu.hi[0]) + q5k_word(q.y, e.y, s0, xu.lo[1], xu.hi[1])
+          + q5k_word(q.z, e.z, s0, xu.lo[2], xu.hi[2]) + q5k_word(q.w, e.w, s0, xu.lo[3], xu.hi[3]);
     return dm.x * (sm.x * d.x + sm.y * d.y) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);
 }
