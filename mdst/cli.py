@@ -1,4 +1,4 @@
-"""`mdst` on the command line: generate, chat, bench, perplexity, inspect, doctor, synth."""
+"""`mdst` on the command line: generate, chat, bench, perplexity, eval, inspect, doctor, synth."""
 
 from __future__ import annotations
 
@@ -319,6 +319,33 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """lm_eval's tasks on a model: the run record as JSON (to --output, else stdout) and the rescaled aggregate."""
+    from .eval.harness import MdstLM
+    from .eval.record import check_limit, evaluate, load_tasks
+
+    check_limit(args.limit)
+    tasks = load_tasks(args.tasks, args.include_path)   # before the model: a wrong name costs no load
+    lm = MdstLM(_load(args))
+    with lm.model:
+        record = evaluate(lm, tasks, args.limit, args.device)
+    text = json.dumps(record, indent=2, default=str)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    for name, t in record["tasks"].items():
+        shown = "no score" if t["score"] is None else (
+            f"{t['metric']} {t['score']:.4f}, chance {t['chance']:.4f}, rescaled "
+            + ("n/a" if t["rescaled"] is None else f"{t['rescaled']:.4f}"))
+        print(f"{name}: {shown}", file=sys.stderr)
+    agg = record["aggregate"]
+    print(f"aggregate (mean of (score - chance) / (1 - chance)): {'n/a' if agg is None else f'{agg:.4f}'}",
+          file=sys.stderr)
+    return 0
+
+
 def _kld_window(r: Any) -> str:
     s = r.summary()
     return (f"[{r.windows}] PPL {s['ppl']:.4f}, ln(PPL/PPL(base)) {s['ln_ppl_ratio']:.5f}, "
@@ -373,6 +400,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "bench": (cmd_bench, "prefill and decode speed"),
     "perplexity": (cmd_perplexity, "perplexity of a text, and KL divergence against a reference model "
                                    "(llama-perplexity's method)"),
+    "eval": (cmd_eval, "lm-evaluation-harness tasks on a model: a JSON run record and a chance-rescaled "
+                       "aggregate (pip install 'mdst[eval]')"),
     "inspect": (cmd_inspect, "print a GGUF file's metadata and tensor table"),
     "pull": (cmd_pull, "download a Hugging Face model (mdst pull ORG/REPO --quant Q4_K_M); print its path"),
     "doctor": (cmd_doctor, "print the WebGPU adapters and what mdst will use"),
@@ -443,6 +472,13 @@ def parser() -> argparse.ArgumentParser:
                             help="KL divergence, top-1 agreement and delta-p against --kl-divergence-base")
             sp.add_argument("--top-k", type=int, default=32,
                             help="log-probabilities saved per token in a base file (default 32)")
+        elif name == "eval":
+            _model_options(sp, positional=True)
+            sp.add_argument("--tasks", required=True, help="lm_eval task names, comma-separated (T1,T2)")
+            sp.add_argument("--limit", type=int, default=None, help="at most N docs per task")
+            sp.add_argument("--include-path", default=None, metavar="DIR",
+                            help="a folder of your own lm_eval task YAMLs")
+            sp.add_argument("--output", default=None, metavar="FILE", help="write the JSON record here")
         elif name == "inspect":
             sp.add_argument("file")
             hub_options(sp)
