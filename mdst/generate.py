@@ -104,9 +104,10 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     Returns a `ChatReply` (a str of the content, with `.reasoning_content`, `.tool_calls` and `.message`), or
     with stream=True an iterator of `ChatDelta` pieces (str of content, with the same fields as OpenAI deltas).
     `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
-    forced: by a grammar for the common formats, which excludes response_format and grammar). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options
-    (logit_bias included); with logprobs=True the reply and each piece carry `.logprobs` as in generate();
-    `response_format` and `grammar` constrain the reply's text as in generate().
+    forced: by a grammar for the common formats, which excludes response_format and grammar). Generation ends
+    at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options (logit_bias included);
+    with logprobs=True the reply and each piece carry `.logprobs` as in generate(); `response_format` and
+    `grammar` constrain the reply's text as in generate().
     """
     from .text.chat import require_template, special_tokens
     from .text.tool_prompt import render_prompt, tool_prompt

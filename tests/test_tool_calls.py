@@ -12,7 +12,7 @@ import openai
 import pytest
 
 import mdst
-from mdst.text.chat import TemplateError, render, special_tokens
+from mdst.text.chat import TemplateError, render
 from mdst.text.grammar import engine_tokenizer
 from mdst.text.reply import ChatDelta, ChatReply, ReplyParser, think_tags
 from mdst.text.tool_calls import FALLBACK, FORMATS, detect, parse
