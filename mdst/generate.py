@@ -104,9 +104,10 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     Returns a `ChatReply` (a str of the content, with `.reasoning_content`, `.tool_calls` and `.message`), or
     with stream=True an iterator of `ChatDelta` pieces (str of content, with the same fields as OpenAI deltas).
     `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
-    forced). Generation ends at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options
-    (logit_bias included); with logprobs=True the reply and each piece carry `.logprobs` as in generate();
-    `response_format` and `grammar` constrain the reply's text as in generate().
+    forced: by a grammar for the common formats, which excludes response_format and grammar). Generation ends
+    at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options (logit_bias included);
+    with logprobs=True the reply and each piece carry `.logprobs` as in generate(); `response_format` and
+    `grammar` constrain the reply's text as in generate().
     """
     from .text.chat import require_template, special_tokens
     from .text.tool_prompt import render_prompt, tool_prompt
@@ -117,9 +118,12 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
         raise TypeError("parallel_tool_calls must be a bool")
     specials = special_tokens(model.gguf)
     plan = tool_prompt(template, messages, tools, tool_choice)
+    if plan.grammar is not None and grammar_for(response_format, grammar) is not None:
+        raise ValueError(f"tool_choice {tool_choice!r} constrains the reply to a tool call, and response_format or "
+                         "grammar constrain it too; pass one of them")
     text = render_prompt(template, plan, **specials)
     think = think_tags(template)
-    parser = ReplyParser(plan.fmt, think, reasoning=bool(think) and not plan.opening and
+    parser = ReplyParser(plan.fmt, think, reasoning=bool(think) and not plan.opening and plan.grammar is None and
                          text.rstrip().endswith(think[0]), tools=tools, prefix=plan.opening,
                          parallel_tool_calls=parallel_tool_calls)
     text += plan.opening
@@ -129,7 +133,7 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     ids = model.tokenize(text, add_bos=add_bos, special=True)
     pieces = run(model, ids, max_tokens=max_tokens, stop=stop, stream=True, truncate=truncate,
                  params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs,
-                 response_format=response_format, grammar=grammar)
+                 response_format=response_format, grammar=grammar, rules=plan.grammar)
     deltas = _reply_pieces(pieces, parser)
     return deltas if stream else ChatReply.merge(deltas)
 
@@ -160,10 +164,13 @@ def _reply_pieces(pieces: Iterator[str], parser: Any) -> Iterator[Any]:
 
 def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
         stream: bool = False, truncate: bool = False, logprobs: bool = False, top_logprobs: int = 0,
-        response_format: dict | None = None, grammar: str | None = None) -> str | Iterator[str]:
-    """Generate from prompt token ids (the shared core of generate() and chat())."""
+        response_format: dict | None = None, grammar: str | None = None,
+        rules: str | None = None) -> str | Iterator[str]:
+    """Generate from prompt token ids (the shared core of generate() and chat()); `rules`, an llguidance grammar
+    mdst built (a forced tool call), stands in for response_format and grammar."""
     max_tokens = check_max_tokens(max_tokens)
-    rules = grammar_for(response_format, grammar)
+    if rules is None:
+        rules = grammar_for(response_format, grammar)
     constraint = Constraint(rules, model.tokenizer) if rules is not None else None
     stops = check_stop(stop)
     top = check_top_logprobs(logprobs, top_logprobs)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
+import llguidance
 import openai
 import pytest
 
 import mdst
-from mdst.text.chat import TemplateError, render, special_tokens
+from mdst.text.chat import TemplateError, render
+from mdst.text.grammar import engine_tokenizer
 from mdst.text.reply import ChatDelta, ChatReply, ReplyParser, think_tags
 from mdst.text.tool_calls import FALLBACK, FORMATS, detect, parse
 from mdst.text.tool_prompt import render_prompt, tool_prompt
@@ -200,13 +203,16 @@ def smollm2_template(smollm2):
 def test_tool_choice_openings_and_errors(templates):
     qwen = templates["Qwen-Qwen3-0.6B"]
     named = {"type": "function", "function": {"name": "get_time"}}
-    assert tool_prompt(qwen, [WEATHER_QUESTION], TOOLS, named).opening == \
-        '<tool_call>\n{"name": "get_time", "arguments": '
-    assert tool_prompt(qwen, [WEATHER_QUESTION], TOOLS, "required").opening == "<tool_call>\n"
-    assert tool_prompt(templates["mistralai-Ministral-3-14B-Reasoning-2512"], [WEATHER_QUESTION], TOOLS,
-                       named).opening == "[TOOL_CALLS]get_time[ARGS]"
-    assert tool_prompt(templates["meta-llama-Llama-3.1-8B-Instruct"], [WEATHER_QUESTION], TOOLS, named).opening == \
-        '{"name": "get_time", "parameters": '
+    # formats with a call grammar: the prompt opens the section, the grammar writes the call
+    for choice in (named, "required"):
+        plan = tool_prompt(qwen, [WEATHER_QUESTION], TOOLS, choice)
+        assert plan.opening == "<tool_call>\n" and plan.grammar is not None
+    llama = tool_prompt(templates["meta-llama-Llama-3.1-8B-Instruct"], [WEATHER_QUESTION], TOOLS, named)
+    assert llama.opening == "" and llama.grammar is not None
+    # a format without one: the named call's opening only
+    mistral3 = tool_prompt(templates["mistralai-Ministral-3-14B-Reasoning-2512"], [WEATHER_QUESTION], TOOLS, named)
+    assert mistral3.opening == "[TOOL_CALLS]get_time[ARGS]" and mistral3.grammar is None
+    assert tool_prompt(qwen, [WEATHER_QUESTION], TOOLS, "auto").grammar is None
     none = tool_prompt(qwen, [WEATHER_QUESTION], TOOLS, "none")
     assert none.tools is None and none.fmt is None
     with pytest.raises(ValueError, match="not among the tools"):
@@ -219,6 +225,41 @@ def test_tool_choice_openings_and_errors(templates):
         tool_prompt(templates["openai-gpt-oss-120b"], [WEATHER_QUESTION], TOOLS, "required")
     with pytest.raises(ValueError, match="tools item 0"):
         tool_prompt(qwen, [WEATHER_QUESTION], [{"type": "function"}])
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"$ref": "#/$defs/missing"}}}}}
+    with pytest.raises(ValueError, match="parameters schema of tool f"):
+        tool_prompt(qwen, [WEATHER_QUESTION], [bad], "required")
+
+
+# (template, the call each format's grammar should accept after the opening, as the parser reads it)
+GRAMMAR_CALLS = {
+    "Qwen-Qwen3-0.6B": '{"name": "get_time", "arguments": {"zone": "UTC", "days": 2}}\n</tool_call>',
+    "mistralai-Mistral-Nemo-Instruct-2407": '{"name": "get_time", "arguments": {"zone": "UTC", "days": 2}}]',
+    "ibm-granite-granite-3.3-2B-Instruct": '{"name": "get_time", "arguments": {"zone": "UTC", "days": 2}}]',
+    "meta-llama-Llama-3.1-8B-Instruct": '{"name": "get_time", "parameters": {"zone": "UTC", "days": 2}}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMAR_CALLS))
+def test_forced_call_grammar_accepts_a_valid_call_only(templates, cpu_model, name):
+    """Each covered format's grammar takes a call of an allowed tool with valid arguments (which parses back into
+    that call) and nothing else: not another tool's name under a named choice, not arguments off the schema."""
+    template, call = templates[name], GRAMMAR_CALLS[name]
+    tokenizer = cpu_model.tokenizer
+
+    def accepted(plan, text: str) -> bool:
+        matcher = llguidance.LLMatcher(engine_tokenizer(tokenizer), plan.grammar, log_level=0)
+        ids = tokenizer.encode(text, add_bos=False, special=False)
+        return matcher.validate_tokens(ids) == len(ids) and matcher.consume_tokens(ids) and matcher.is_accepting()
+
+    required = tool_prompt(template, [WEATHER_QUESTION], TOOLS, "required")
+    assert accepted(required, call)
+    assert calls_of(parse(required.fmt, required.opening + call, TOOLS)[1]) == [("get_time", {"zone": "UTC",
+                                                                                          "days": 2})]
+    assert not accepted(required, call.replace('"days": 2', '"days": "two"'))    # days is an integer
+    assert not accepted(required, call.replace("get_time", "get_tim"))
+    named = tool_prompt(template, [WEATHER_QUESTION], TOOLS, {"type": "function", "function": {"name": "get_weather"}})
+    assert not accepted(named, call) and required.opening == named.opening
 
 
 # ---- parsing replies --------------------------------------------------------------------------------------------
@@ -392,7 +433,7 @@ CITY_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 FORCED = {"type": "function", "function": {"name": "get_weather"}}
 E2E = dict(model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[CITY_TOOL],
-           tool_choice=FORCED, max_tokens=24, temperature=0)
+           tool_choice=FORCED, max_tokens=40, temperature=0)
 
 
 @pytest.fixture(scope="module")
@@ -400,24 +441,33 @@ def forced_reply(server):
     return server.chat.completions.create(**E2E)
 
 
-def test_forced_tool_call_through_the_openai_client(forced_reply, cpu_model, smollm2_template):
-    """The forced call comes back as tool_calls, exactly as the parse of what the model wrote after the opening."""
-    reply = forced_reply
-    # what the model writes greedily after the forced opening, generated directly from the same prompt
-    plan = tool_prompt(smollm2_template, E2E["messages"], E2E["tools"], FORCED)
-    specials = special_tokens(cpu_model.gguf)
-    prompt = render_prompt(smollm2_template, plan, **specials) + plan.opening
-    written = cpu_model.generate(prompt, max_tokens=24,
-                                 add_bos=cpu_model.tokenizer.add_bos and not prompt.startswith(specials["bos_token"]))
-    content, calls = parse(FALLBACK, plan.opening + written, E2E["tools"])
-    message = reply.choices[0].message
-    got = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or ()]
-    assert got == calls_of(calls) and (message.content or "") == content
-    if calls:
-        assert got[0][0] == "get_weather" and reply.choices[0].finish_reason in ("tool_calls", "length")
-        assert message.tool_calls[0].type == "function" and message.tool_calls[0].id.startswith("call_")
-    else:
-        assert content.startswith('<tool_call>\n{"name": "get_weather", "arguments": ')
+def test_forced_tool_call_through_the_openai_client(forced_reply):
+    """A named choice comes back as exactly that tool's call, its arguments valid for its schema."""
+    choice = forced_reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), CITY_TOOL["function"]["parameters"])
+
+
+STRICT_TOOLS = [{"type": "function", "function": {"name": name, "parameters": {
+    "type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}}}
+    for name, properties in [("get_weather", {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}),
+                             ("get_time", {"zone": {"type": "string"}, "hours": {"type": "integer"}})]]
+
+
+def test_required_tool_call_is_one_of_the_tools(cpu_model):
+    """tool_choice="required" with two tools gives one call of either, with arguments valid for that tool."""
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in STRICT_TOOLS}
+    reply = cpu_model.chat([{"role": "user", "content": "What time is it in Tokyo?"}], tools=STRICT_TOOLS,
+                           tool_choice="required", max_tokens=40, temperature=0)
+    (call,) = reply.tool_calls
+    assert call["function"]["name"] in schemas and not str(reply)
+    jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
+    assert cpu_model.last_stats["finish_reason"] == "stop"   # the grammar ended the reply after the call
+    with pytest.raises(ValueError, match="response_format or grammar"):
+        cpu_model.chat([WEATHER_QUESTION], tools=TOOLS, tool_choice="required",
+                       response_format={"type": "json_object"})
 
 
 def test_streamed_tool_call_chunks(server, forced_reply):
@@ -428,9 +478,6 @@ def test_streamed_tool_call_chunks(server, forced_reply):
     parts = [t for d in deltas for t in d.tool_calls or ()]
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.finish_reason]
-    if not whole.message.tool_calls:
-        assert parts == [] and "".join(d.content or "" for d in deltas) == whole.message.content
-        return
     first, *rest = parts
     assert first.index == 0 and first.id and first.type == "function" and first.function.name == "get_weather"
     assert first.function.arguments == "" and all(p.index == 0 and p.id is None and p.function.name is None

@@ -74,6 +74,16 @@ def grammar_for(response_format: Any = None, grammar: Any = None) -> str | None:
     return _checked(rules, why)
 
 
+def lark_rules(lark: str, why: str) -> str:
+    """The llguidance grammar of Lark text built by mdst (a forced tool call); ValueError saying `why` if the
+    engine refuses it (a tool's JSON schema it cannot use)."""
+    try:
+        rules = _llguidance().LLMatcher.grammar_from_lark(lark)
+    except ValueError as e:
+        raise ValueError(f"{why}: {e}") from None
+    return _checked(rules, why)
+
+
 def _checked(rules: str, why: str) -> str:
     """`rules`, or a ValueError saying `why` and the engine's message."""
     failed, messages = _llguidance().LLMatcher.validate_grammar_with_warnings(rules)

@@ -2,11 +2,12 @@
 
 A `ToolCallFormat` knows the strings that open a tool-call section (`openings`, anywhere in the reply; `leading`,
 only at its start), how to read the calls of a section (`scan`), and the prompt text that starts one call
-(`opening`, used to force a call while mdst has no grammar engine). `detect(template)` picks the format from the
-template source, as llama.cpp does; templates that never mention `tools` get `FALLBACK` (Hermes-style calls,
-described to the model by `fallback_system_prompt`), and templates with a format mdst does not read (gpt-oss's
-channels, DeepSeek V3.2's DSML, Gemma 4, ...) get None: their replies stay content. `parse(fmt, text)` splits a
-whole reply into its content and its calls; a section that does not parse stays in the content, as written.
+(`opening`, how a call is forced where mdst.text.tool_grammar has no grammar for the format). `detect(template)`
+picks the format from the template source, as llama.cpp does; templates that never mention `tools` get
+`FALLBACK` (Hermes-style calls, described to the model by `fallback_system_prompt`), and templates with a format
+mdst does not read (gpt-oss's channels, DeepSeek V3.2's DSML, Gemma 4, ...) get None: their replies stay
+content. `parse(fmt, text)` splits a whole reply into its content and its calls; a section that does not parse
+stays in the content, as written.
 """
 
 from __future__ import annotations

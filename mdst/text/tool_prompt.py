@@ -2,10 +2,12 @@
 call is forced.
 
 `tool_choice` is OpenAI's: "auto" (the model decides), "none" (the tools are left out of the prompt),
-"required" or {"type": "function", "function": {"name": ...}}. Without a grammar engine mdst cannot constrain
-what the model writes, so "required" and a named function start the reply with the format's tool-call opening
-(for a named Qwen-style call `<tool_call>\\n{"name": "NAME", "arguments": `) and the model continues from inside
-the call; it may still write something that does not parse, which is then reported as content.
+"required" or {"type": "function", "function": {"name": ...}}. For the formats mdst.text.tool_grammar covers
+(Hermes/Qwen, Mistral's JSON list, Granite, Llama 3.x) "required" and a named function come with a grammar that
+makes the reply exactly one call of an allowed tool with arguments valid for its parameters schema ("required"
+with parallel_tool_calls gives one call too). For the other formats the reply only starts with the format's
+tool-call opening (for a named Mistral `[ARGS]` call `[TOOL_CALLS]NAME[ARGS]`) and the model continues from
+inside the call; it may still write something that does not parse, which is then reported as content.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from .chat import TemplateError, render
 from .tool_calls import ToolCallFormat, detect, fallback_system_prompt, knows_tools
+from .tool_grammar import forced_call
 
 TOOL_CHOICES = ("auto", "none", "required")
 
@@ -29,6 +32,7 @@ class ToolPrompt:
     opening: str                   # text appended to the prompt that begins the reply (a forced call)
     in_user: list | None = None    # the conversation with the tools described in its first user message instead
                                    # (for templates without a system role, when the description was added)
+    grammar: str | None = None     # llguidance grammar the rest of a forced call keeps to (None: unconstrained)
 
 
 def _function_name(tool: Any, index: int) -> str:
@@ -142,8 +146,10 @@ def tool_prompt(template: str, messages: Sequence[Any], tools: list | None, tool
     if forcing and fmt is None:
         raise ValueError(f"tool_choice {json.dumps(tool_choice, default=str)} can't be forced for this chat template: "
                          "mdst does not know how it writes tool calls; use tool_choice=\"auto\"")
-    opening = fmt.opening(forced) if forcing else ""
+    opening, grammar = fmt.opening(forced) if forcing else "", None
+    if forcing and (constrained := forced_call(fmt, tools, forced)) is not None:
+        opening, grammar = constrained
     if knows:
-        return ToolPrompt(messages, tools, fmt, opening)
+        return ToolPrompt(messages, tools, fmt, opening, grammar=grammar)
     described, in_user = _described(messages, tools)
-    return ToolPrompt(described, None, fmt, opening, in_user)
+    return ToolPrompt(described, None, fmt, opening, in_user, grammar)
