@@ -1,7 +1,10 @@
 """Host dequantization of the weight types gguf-py can also quantize: values the type represents exactly
-come back unchanged, in mdst's [rows, row length] shape, and equal gguf-py's own dequantization."""
+come back unchanged, in mdst's [rows, row length] shape, and equal gguf-py's own dequantization; the kernels'
+copies of llama.cpp's grids."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -43,3 +46,23 @@ def test_dequantize_inverts_gguf_py_quantizer(wtype):
     ours = dequantize(raw.tobytes(), GGML_TYPE_BY_NAME[wtype], (cols, rows))
     np.testing.assert_array_equal(ours, x)
     np.testing.assert_array_equal(ours, gguf_dequantize(raw, GGMLQuantizationType[wtype]))
+
+
+@pytest.mark.parametrize("wtype", ["IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S"])
+def test_wgsl_grid_is_llama_cpp_grid(wtype):
+    # every entry, where the kernel tests' random blocks reach only some: entry i is 16 bits of word i >> 1,
+    # weight j an index into gguf-py's levels (2 bits for 3 levels, 3 bits for 8)
+    from gguf import quants
+
+    from mdst.kernels import read
+
+    body = re.search(rf"{wtype}_GRID: array<u32, (\d+)> = array<u32, \d+>\(([^)]*)\)", read(f"quant/{wtype}.wgsl"))
+    words = np.array([int(w.strip().rstrip("u"), 16) for w in body.group(2).split(",") if w.strip()], np.uint32)
+    assert len(words) == int(body.group(1))
+    ref = getattr(quants, wtype)
+    ref.init_grid()
+    grid = ref.grid.reshape(ref.grid_shape)
+    bits = 2 if len(ref.grid_map) <= 4 else 3
+    entries = np.stack([words & 0xFFFF, words >> 16], axis=1).ravel()
+    idx = (entries[:, None] >> (bits * np.arange(grid.shape[1], dtype=np.uint32))) & ((1 << bits) - 1)
+    np.testing.assert_array_equal(np.array(ref.grid_map, np.float32)[idx], grid)

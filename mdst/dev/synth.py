@@ -159,7 +159,8 @@ MIXES: tuple[str, ...] = WEIGHT_TYPES + ("Q4_K_M",)
 
 # llama-quantize's substitutes when a type's block does not divide a row (llama-quant.cpp).
 _FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
-             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0}
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL,
+             T.IQ3_S: T.IQ4_NL}
 
 _FILE_TYPES = {
     "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
@@ -168,7 +169,9 @@ _FILE_TYPES = {
     "Q3_K": LlamaFileType.MOSTLY_Q3_K_S, "Q4_K": LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": LlamaFileType.MOSTLY_Q5_K_S,
     "Q6_K": LlamaFileType.MOSTLY_Q6_K, "IQ4_NL": LlamaFileType.MOSTLY_IQ4_NL, "IQ4_XS": LlamaFileType.MOSTLY_IQ4_XS,
     "MXFP4": LlamaFileType.MOSTLY_MXFP4_MOE, "TQ1_0": LlamaFileType.MOSTLY_TQ1_0,
-    "TQ2_0": LlamaFileType.MOSTLY_TQ2_0, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
+    "TQ2_0": LlamaFileType.MOSTLY_TQ2_0, "IQ2_XXS": LlamaFileType.MOSTLY_IQ2_XXS,
+    "IQ2_XS": LlamaFileType.MOSTLY_IQ2_XS, "IQ3_XXS": LlamaFileType.MOSTLY_IQ3_XXS, "IQ3_S": LlamaFileType.MOSTLY_IQ3_S,
+    "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
 }
 
 Types = str | Mapping[str, str | T]
