@@ -9,7 +9,7 @@ import pytest
 
 from mdst import reference
 from mdst.ir.ops import AttentionSpec, ConvSpec, RopeSpec
-from mdst.kernels import WEIGHT_TYPES, KernelSpec
+from mdst.kernels import TYPE_STEPS, WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
@@ -63,6 +63,17 @@ def test_get_rows(run, rng, wtype):
 
 FUSIONS = [{}, {"NORM": True}, {"RES": True}, {"GLU": 1, "NORM": True, "RES": True}, {"GLU": 2}]
 
+# Fusions and lane shapes are the matmul kernels' code, the same for every type the generic step reads through
+# deq4: all of them run with F32, Q5_0 (blocks off word boundaries) and the types with steps of their own; the
+# other types run the plain case (every lane shape of the GEMV) and the fully fused one (one shape), which read their
+# deq4 the same ways.
+ALL_FUSION_TYPES = {"F32", "Q5_0", *TYPE_STEPS["matmul_row"]}
+TYPE_FUSIONS = [(w, f) for w in WEIGHT_TYPES for f in (FUSIONS if w in ALL_FUSION_TYPES else FUSIONS[:1] + FUSIONS[3:4])]
+
+
+def fusion_id(fusion: dict) -> str:
+    return "-".join(f"{k}{v}" for k, v in fusion.items()) or "plain"
+
 
 def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
     """Inputs and reference of a matmul with its fusions; the weights sit weight_lead bytes into their buffer."""
@@ -85,9 +96,11 @@ def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
 GEMV_SHAPES = [(32, 8, 1, 2), (16, 1, 3, 2), (64, 2, 4, 2), (8, 4, 8, 1)]
 
 
-@pytest.mark.parametrize("lanes,chunk,rows,upi", GEMV_SHAPES)
-@pytest.mark.parametrize("fusion", FUSIONS)
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+GEMV_CASES = [pytest.param(w, f, *shape, id=f"{w}-{fusion_id(f)}-{'-'.join(map(str, shape))}")
+              for w, f in TYPE_FUSIONS for shape in (GEMV_SHAPES if w in ALL_FUSION_TYPES or not f else GEMV_SHAPES[:1])]
+
+
+@pytest.mark.parametrize("wtype,fusion,lanes,chunk,rows,upi", GEMV_CASES)
 def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 1, fusion)
     o0 = 5
@@ -112,8 +125,7 @@ def test_gemv_step_units_come_from_the_wgsl():
     assert GEMV_MAX_ROWS == wgsl_const("matmul_row.wgsl", "MAX_ROWS") == 8
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+@pytest.mark.parametrize("wtype,fusion", TYPE_FUSIONS, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
 @pytest.mark.parametrize("R,m", [(1, 1), (8, 45)])
 def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, fusion)

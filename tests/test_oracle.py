@@ -26,7 +26,10 @@ EVERY_TYPE = {"blk.0.attn_q.*": "F32", "blk.0.attn_k.*": "F16", "blk.0.attn_v.*"
               "blk.0.ffn_down.*": "Q5_1", "blk.1.attn_q.*": "Q2_K", "blk.1.attn_k.*": "Q3_K",
               "blk.1.attn_v.*": "Q4_K", "blk.1.attn_output.*": "Q5_K", "blk.1.ffn_gate.*": "Q6_K",
               "blk.1.ffn_up.*": "IQ4_NL", "blk.1.ffn_down.*": "IQ4_XS", "*": "Q8_0"}
-PRESETS = {"llama-tiny": EVERY_TYPE, "gemma3-tiny": "Q4_K_M", "lfm2-tiny": "Q8_0", "ministral3-tiny": "Q5_K"}
+LFM2_TYPES = {"blk.0.ffn_gate.*": "MXFP4", "blk.0.ffn_up.*": "TQ1_0", "blk.0.ffn_down.*": "TQ2_0", "*": "Q8_0"}
+PRESETS = {"llama-tiny": EVERY_TYPE, "gemma3-tiny": "Q4_K_M", "lfm2-tiny": LFM2_TYPES,
+           "ministral3-tiny": {"blk.0.attn_q.*": "IQ2_XXS", "blk.0.attn_k.*": "IQ2_XS", "blk.0.attn_v.*": "IQ3_XXS",
+                               "blk.0.attn_output.*": "IQ3_S", "*": "Q5_K"}}
 
 
 def write_oracles(root: Path) -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""Random K-quant and IQ4 blocks with a chosen standard deviation.
+"""Random K-quant and IQ blocks with a chosen standard deviation.
 
 gguf-py can dequantize these types but not quantize them. Synthetic weights need no
 quantizer: each block gets uniformly random codes, random sub-block scales (and mins)
@@ -11,9 +11,12 @@ Block layouts are ggml's (`ggml-common.h`); `gguf.quants.dequantize` is the chec
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import GGML_QUANT_SIZES
+from gguf.quants import dequantize
 
 # Block scales are jittered by U(0.75, 1.25) so no two blocks share the same `d`.
 _JITTER = (0.75, 1.25)
@@ -133,9 +136,29 @@ def _iq4_xs(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
     return np.hstack([_f16(d), scales_h.view(np.uint8).reshape(n, 2), scales_l, _codes(rng, n, 128)])
 
 
+@lru_cache(maxsize=None)
+def _unit_mean_sq(qtype: T) -> float:
+    """E[w^2] of `qtype`'s blocks of random bytes with d = 1, measured on a fixed sample: the grid types' levels,
+    scales and signs are tables, whose moments are simplest measured."""
+    rng = np.random.default_rng(0)
+    blocks = _codes(rng, 4096, GGML_QUANT_SIZES[qtype][1])
+    blocks[:, 0:2] = _f16(np.ones(4096))
+    return float(np.mean(dequantize(blocks, qtype).astype(np.float64) ** 2))
+
+
+def _grid_writer(qtype: T):
+    """Blocks of the grid types (IQ2_XXS, IQ2_XS, IQ3_XXS, IQ3_S): f16 d, then random bytes (grid indices,
+    signs and scales all take any value)."""
+    def write(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+        d = _block_d(rng, n, std, _unit_mean_sq(qtype))
+        return np.hstack([_f16(d), _codes(rng, n, GGML_QUANT_SIZES[qtype][1] - 2)])
+    return write
+
+
 _WRITERS = {
     T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
     T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs,
+    **{t: _grid_writer(t) for t in (T.IQ2_XXS, T.IQ2_XS, T.IQ3_XXS, T.IQ3_S)},
 }
 
 RANDOM_BLOCK_TYPES: frozenset[T] = frozenset(_WRITERS)

@@ -1,7 +1,7 @@
 """Random tensors in every GGUF weight type, as raw bytes, for kernel tests and benchmarks.
 
 Quantized blocks are random bytes with their float16 scale fields replaced by small normal
-values, so every bit pattern of the quantized fields gets exercised and values stay finite.
+values (E8M0 exponents by small powers of two), so every bit pattern of the quantized fields gets exercised and values stay finite.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from mdst.format.gguf import GGML_TYPE_BY_NAME
 F16_FIELDS = {
     "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-    "IQ4_NL": (0,), "IQ4_XS": (0,),
+    "IQ4_NL": (0,), "IQ4_XS": (0,), "MXFP4": (), "TQ1_0": (52,), "TQ2_0": (64,),
+    "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,),
 }
+
+# byte offsets of E8M0 scale fields (a power of two, 2^(e - 128)) within one block
+E8M0_FIELDS = {"MXFP4": (0,)}
 
 
 def random_weights(wtype: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -32,6 +36,8 @@ def random_weights(wtype: str, rows: int, cols: int, rng: np.random.Generator) -
     raw = rng.integers(0, 256, size=(nblocks, t.block_bytes), dtype=np.uint8)
     for off in F16_FIELDS[wtype]:
         raw[:, off:off + 2] = (rng.standard_normal(nblocks) * 0.05).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    for off in E8M0_FIELDS.get(wtype, ()):
+        raw[:, off] = rng.integers(118, 126, size=nblocks)    # scales 2^-10 .. 2^-3: weights up to 1.5
     return raw.ravel()
 
 

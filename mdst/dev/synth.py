@@ -152,13 +152,15 @@ LOGIT_STD = 3.0     # std of the logits: LM head (and tied embedding) entries ha
 NORM_NOISE = 0.2    # norm weights are 1 + N(0, NORM_NOISE^2): non-trivial, so a skipped or misapplied norm shows
 
 # Types gguf-py quantizes from floats; the K-quants and IQ4 come from kquants.random_blocks.
-_FLOAT_QUANT_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1)
+_FLOAT_QUANT_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.MXFP4, T.TQ1_0, T.TQ2_0)
 WEIGHT_TYPES: tuple[str, ...] = tuple(t.name for t in _FLOAT_QUANT_TYPES) + tuple(
     t.name for t in sorted(RANDOM_BLOCK_TYPES))
 MIXES: tuple[str, ...] = WEIGHT_TYPES + ("Q4_K_M",)
 
 # llama-quantize's substitutes when a type's block does not divide a row (llama-quant.cpp).
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL,
+             T.IQ3_S: T.IQ4_NL}
 
 _FILE_TYPES = {
     "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
@@ -166,6 +168,9 @@ _FILE_TYPES = {
     "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q5_1": LlamaFileType.MOSTLY_Q5_1, "Q2_K": LlamaFileType.MOSTLY_Q2_K,
     "Q3_K": LlamaFileType.MOSTLY_Q3_K_S, "Q4_K": LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": LlamaFileType.MOSTLY_Q5_K_S,
     "Q6_K": LlamaFileType.MOSTLY_Q6_K, "IQ4_NL": LlamaFileType.MOSTLY_IQ4_NL, "IQ4_XS": LlamaFileType.MOSTLY_IQ4_XS,
+    "MXFP4": LlamaFileType.MOSTLY_MXFP4_MOE, "TQ1_0": LlamaFileType.MOSTLY_TQ1_0,
+    "TQ2_0": LlamaFileType.MOSTLY_TQ2_0, "IQ2_XXS": LlamaFileType.MOSTLY_IQ2_XXS,
+    "IQ2_XS": LlamaFileType.MOSTLY_IQ2_XS, "IQ3_XXS": LlamaFileType.MOSTLY_IQ3_XXS, "IQ3_S": LlamaFileType.MOSTLY_IQ3_S,
     "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
 }
 

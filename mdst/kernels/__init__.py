@@ -24,7 +24,8 @@ from typing import Any
 
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
-                "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS")
+                "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
+                "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S")
 
 # Kernels whose inner step a weight type may replace, and the types that do (see compose).
 TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}

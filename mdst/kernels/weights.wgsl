@@ -33,3 +33,13 @@ fn w_u16(o: u32) -> u32 {
 fn w_f16(o: u32) -> f32 {
     return unpack2x16float(w_u16(o)).x;
 }
+
+// The IQ types' sign patterns: weights 4h..4h+3 of 8 take signs from bits 4h..4h+3 of s (set: negative).
+fn sign4(s: u32, h: u32) -> vec4<f32> {
+    return 1.0 - 2.0 * vec4<f32>((vec4<u32>(s >> (4u * h)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u));
+}
+
+// 8 signs from 7 stored bits: the eighth makes the count of negatives even (llama.cpp's ksigns table).
+fn ksigns(s7: u32) -> u32 {
+    return s7 | ((countOneBits(s7) & 1u) << 7u);
+}
