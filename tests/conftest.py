@@ -90,3 +90,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("measured figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cpu(smollm2_path):
+    """SmolLM2 on the numpy engine, shared by the server-facing tests (structured output, tool calls)."""
+    import mdst
+    with mdst.load(smollm2_path, device="cpu", context_length=320) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def smollm2_openai(smollm2_cpu):
+    """An `openai` client of mdst's server on smollm2_cpu, on 127.0.0.1."""
+    import openai
+    from mdst.serve.server import create_app
+    from test_server import RunningServer
+    running = RunningServer(create_app(smollm2_cpu, model_name="smollm2"))
+    yield openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    running.stop()

@@ -11,10 +11,8 @@ import pytest
 
 import mdst
 from mdst import cli
-from mdst.serve.server import create_app
 from mdst.text.grammar import Constraint, grammar_for
 from mdst.text.sampling import Sampler, SamplingParams
-from test_server import RunningServer
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 12},
@@ -37,17 +35,14 @@ SCHEMAS = {
 YES_NO = {"gbnf": 'root ::= "yes" | "no"', "lark": 'start: "yes" | "no"'}
 
 
-@pytest.fixture(scope="module")
-def smol_cpu(smollm2_path):
-    with mdst.load(smollm2_path, device="cpu", context_length=256) as m:
-        yield m
+@pytest.fixture(scope="session")
+def smol_cpu(smollm2_cpu):
+    return smollm2_cpu
 
 
-@pytest.fixture(scope="module")
-def oai(smol_cpu):
-    server = RunningServer(create_app(smol_cpu, model_name="smollm2"))
-    yield openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
-    server.stop()
+@pytest.fixture(scope="session")
+def oai(smollm2_openai):
+    return smollm2_openai
 
 
 @pytest.mark.parametrize("name", SCHEMAS)

@@ -416,17 +416,14 @@ def test_mistral_think_tags(templates):
 
 # ---- end to end: the server and the openai client on SmolLM2 (CPU) ----------------------------------------------
 
-@pytest.fixture(scope="module")
-def cpu_model(smollm2_path):
-    with mdst.load(smollm2_path, device="cpu", context_length=320) as m:
-        yield m
+@pytest.fixture(scope="session")
+def cpu_model(smollm2_cpu):
+    return smollm2_cpu
 
 
-@pytest.fixture(scope="module")
-def server(cpu_model):
-    running = RunningServer(create_app(cpu_model, model_name="smollm2"))
-    yield openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=120)
-    running.stop()
+@pytest.fixture(scope="session")
+def server(smollm2_openai):
+    return smollm2_openai
 
 
 CITY_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
