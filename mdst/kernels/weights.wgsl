@@ -43,3 +43,19 @@ fn sign4(s: u32, h: u32) -> vec4<f32> {
 fn ksigns(s7: u32) -> u32 {
     return s7 | ((countOneBits(s7) & 1u) << 7u);
 }
+
+// Signed bytes of a 16-byte table (4 a word: a vector, so dynamic indexing needs no memory) at indices q:
+// the level tables of IQ4_NL, IQ4_XS and MXFP4.
+fn levels16(table: vec4<u32>, q: vec4<u32>) -> vec4<f32> {
+    let v = vec4<u32>(table[q.x >> 2u], table[q.y >> 2u], table[q.z >> 2u], table[q.w >> 2u]);
+    return vec4<f32>(bitcast<vec4<i32>>(v << (vec4<u32>(24u) - 8u * (q & vec4<u32>(3u)))) >> vec4<u32>(24u));
+}
+
+// IQ4_NL's 16 levels (IQ4_XS uses them too).
+const IQ4_LEVELS = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
+
+// IQ2_XXS and IQ2_XS: weights 4h..4h+3 of the 16-bit grid entry e as levels 8, 25, 43.
+fn iq2_levels(e: u32, h: u32) -> vec4<f32> {
+    let v = (vec4<u32>(e >> (8u * h)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u);
+    return vec4<f32>(8u + 17u * v + (v >> vec4<u32>(1u)));
+}

@@ -43,12 +43,6 @@ var<private> IQ2_XS_GRID: array<u32, 256> = array<u32, 256>(
     0xa665a495u, 0xa80aa698u, 0xa822a820u, 0xa8a0a828u, 0xa904a8a8u, 0xa986a984u, 0xaa2aaa28u, 0xaaaaaa91u,
 );
 
-// Weights 4h..4h+3 of the 16-bit grid entry e as levels 8, 25, 43.
-fn iq2_levels(e: u32, h: u32) -> vec4<f32> {
-    let v = (vec4<u32>(e >> (8u * h)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u);
-    return vec4<f32>(8u + 17u * v + (v >> vec4<u32>(1u)));
-}
-
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let l = g >> 1u;                                 // the u16 of the group: 8 weights
     let q = w_u16(b + 2u + 2u * l);

@@ -27,12 +27,6 @@ var<private> IQ2_XXS_GRID: array<u32, 128> = array<u32, 128>(
     0x92459180u, 0x94229400u, 0x95519444u, 0x99209881u, 0xa050a002u, 0xa109a085u, 0xa418a200u, 0xa904a850u,
 );
 
-// Weights 4h..4h+3 of the 16-bit grid entry e as levels 8, 25, 43.
-fn iq2_levels(e: u32, h: u32) -> vec4<f32> {
-    let v = (vec4<u32>(e >> (8u * h)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u);
-    return vec4<f32>(8u + 17u * v + (v >> vec4<u32>(1u)));
-}
-
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let o = b + 2u + 8u * (g >> 3u);
     let l = (g >> 1u) & 3u;

@@ -17,7 +17,7 @@ struct XU {
 
 fn step_init(lid: u32) {
     if (lid < 16u) {
-        iq4_lut[lid] = iq4_levels(vec4<u32>(lid)).x;
+        iq4_lut[lid] = levels16(IQ4_LEVELS, vec4<u32>(lid)).x;
     }
 }
 

@@ -6,19 +6,11 @@
 const QK: u32 = 256u;
 const QB: u32 = 136u;
 
-// The 16 levels as signed bytes, 4 a word (a vector: dynamic indexing needs no memory).
-const IQ4_LEVELS = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
-
-fn iq4_levels(q: vec4<u32>) -> vec4<f32> {
-    let v = vec4<u32>(IQ4_LEVELS[q.x >> 2u], IQ4_LEVELS[q.y >> 2u], IQ4_LEVELS[q.z >> 2u], IQ4_LEVELS[q.w >> 2u]);
-    return vec4<f32>(bitcast<vec4<i32>>(v << (vec4<u32>(24u) - 8u * (q & vec4<u32>(3u)))) >> vec4<u32>(24u));
-}
-
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let w = b >> 2u;
     let s = g >> 3u;
     let w0 = W[w];                // d, scales_h
     let sc = ((W[w + 1u] >> (4u * s)) & 0xfu) | (((w0 >> (16u + 2u * s)) & 3u) << 4u);
     let q = (u8x4(W[w + 2u + 4u * s + (g & 3u)]) >> vec4<u32>(4u * ((g >> 2u) & 1u))) & vec4<u32>(0xfu);
-    return unpack2x16float(w0).x * (f32(sc) - 32.0) * iq4_levels(q);
+    return unpack2x16float(w0).x * (f32(sc) - 32.0) * levels16(IQ4_LEVELS, q);
 }

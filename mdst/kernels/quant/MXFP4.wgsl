@@ -5,15 +5,10 @@
 const QK: u32 = 32u;
 const QB: u32 = 17u;
 
-// The 16 doubled E2M1 values as signed bytes, 4 a word (a vector: dynamic indexing needs no memory).
+// The 16 doubled E2M1 values as signed bytes, 4 a word (weights.wgsl's levels16).
 const MXFP4_LEVELS = vec4<u32>(0x03020100u, 0x0c080604u, 0xfdfeff00u, 0xf4f8fafcu);
-
-fn mxfp4_levels(q: vec4<u32>) -> vec4<f32> {
-    let v = vec4<u32>(MXFP4_LEVELS[q.x >> 2u], MXFP4_LEVELS[q.y >> 2u], MXFP4_LEVELS[q.z >> 2u], MXFP4_LEVELS[q.w >> 2u]);
-    return vec4<f32>(bitcast<vec4<i32>>(v << (vec4<u32>(24u) - 8u * (q & vec4<u32>(3u)))) >> vec4<u32>(24u));
-}
 
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let q = (u8x4(w_u32(b + 1u + (g & 3u) * 4u)) >> vec4<u32>((g >> 2u) * 4u)) & vec4<u32>(0xfu);
-    return ldexp(1.0, i32(w_u8(b)) - 128) * mxfp4_levels(q);
+    return ldexp(1.0, i32(w_u8(b)) - 128) * levels16(MXFP4_LEVELS, q);
 }
