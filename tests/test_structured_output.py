@@ -35,20 +35,10 @@ SCHEMAS = {
 YES_NO = {"gbnf": 'root ::= "yes" | "no"', "lark": 'start: "yes" | "no"'}
 
 
-@pytest.fixture(scope="session")
-def smol_cpu(smollm2_cpu):
-    return smollm2_cpu
-
-
-@pytest.fixture(scope="session")
-def oai(smollm2_openai):
-    return smollm2_openai
-
-
 @pytest.mark.parametrize("name", SCHEMAS)
-def test_chat_replies_follow_the_json_schema(oai, name):
+def test_chat_replies_follow_the_json_schema(smollm2_openai, name):
     schema = SCHEMAS[name]
-    r = oai.chat.completions.create(
+    r = smollm2_openai.chat.completions.create(
         model="smollm2", temperature=0, max_tokens=60,
         messages=[{"role": "user", "content": f"Give an example of {name} data as JSON."}],
         response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema}})
@@ -57,9 +47,9 @@ def test_chat_replies_follow_the_json_schema(oai, name):
     jsonschema.validate(json.loads(choice.message.content), schema)
 
 
-def test_streamed_and_sampled_replies_follow_the_schema(oai):
+def test_streamed_and_sampled_replies_follow_the_schema(smollm2_openai):
     schema = SCHEMAS["enum"]
-    chunks = oai.chat.completions.create(
+    chunks = smollm2_openai.chat.completions.create(
         model="smollm2", temperature=1.0, seed=7, max_tokens=40, stream=True,
         messages=[{"role": "user", "content": "Pick a T-shirt."}],
         response_format={"type": "json_schema", "json_schema": {"name": "shirt", "schema": schema}})
@@ -67,23 +57,23 @@ def test_streamed_and_sampled_replies_follow_the_schema(oai):
     jsonschema.validate(json.loads(text), schema)
 
 
-def test_json_object_mode_gives_a_json_object(oai):
-    r = oai.completions.create(model="smollm2", prompt="A cat described as JSON:", temperature=0, max_tokens=60,
+def test_json_object_mode_gives_a_json_object(smollm2_openai):
+    r = smollm2_openai.completions.create(model="smollm2", prompt="A cat described as JSON:", temperature=0, max_tokens=60,
                                extra_body={"response_format": {"type": "json_object"}})
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].text), dict)
 
 
-def test_llama_cpp_json_schema_field(oai):
-    r = oai.completions.create(model="smollm2", prompt="Someone's name and age:", temperature=0, max_tokens=40,
+def test_llama_cpp_json_schema_field(smollm2_openai):
+    r = smollm2_openai.completions.create(model="smollm2", prompt="Someone's name and age:", temperature=0, max_tokens=40,
                                extra_body={"json_schema": PERSON})
     jsonschema.validate(json.loads(r.choices[0].text), PERSON)
 
 
 @pytest.mark.parametrize("syntax", YES_NO)
-def test_grammar_restricts_the_text_exactly(oai, syntax):
+def test_grammar_restricts_the_text_exactly(smollm2_openai, syntax):
     for prompt in ("Is the sky green? Answer:", "Is water wet? Answer:"):
-        r = oai.completions.create(model="smollm2", prompt=prompt, temperature=0, max_tokens=10,
+        r = smollm2_openai.completions.create(model="smollm2", prompt=prompt, temperature=0, max_tokens=10,
                                    extra_body={"grammar": YES_NO[syntax]})
         assert r.choices[0].text in ("yes", "no") and r.choices[0].finish_reason == "stop"
 
@@ -97,17 +87,17 @@ def test_grammar_restricts_the_text_exactly(oai, syntax):
     ({"grammar": "root ::= undefined-rule"}, "grammar"),
     ({"grammar": 'root ::= "a"', "json_schema": {"type": "object"}}, "json_schema"),
 ])
-def test_bad_constraints_are_400s(oai, extra, param):
+def test_bad_constraints_are_400s(smollm2_openai, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
-        oai.completions.create(model="smollm2", prompt="x", max_tokens=4, extra_body=extra)
+        smollm2_openai.completions.create(model="smollm2", prompt="x", max_tokens=4, extra_body=extra)
     assert e.value.body["param"] == param and e.value.body["message"]
 
 
-def test_a_grammar_that_allows_everything_keeps_the_sampled_text(smol_cpu):
+def test_a_grammar_that_allows_everything_keeps_the_sampled_text(smollm2_cpu):
     """Constrained steps draw the same uniform numbers as unconstrained ones: an all-allowing grammar changes nothing."""
     options = dict(max_tokens=12, temperature=0.9, seed=11)
-    free = smol_cpu.generate("Once upon a time", **options)
-    assert smol_cpu.generate("Once upon a time", grammar=r"start: /(.|\n)*/", **options) == free
+    free = smollm2_cpu.generate("Once upon a time", **options)
+    assert smollm2_cpu.generate("Once upon a time", grammar=r"start: /(.|\n)*/", **options) == free
 
 
 def test_constrained_greedy_is_the_argmax_of_the_allowed_tokens(smollm2_path, gpu):
@@ -127,14 +117,14 @@ def test_constrained_greedy_is_the_argmax_of_the_allowed_tokens(smollm2_path, gp
         assert text == m.detokenize(picked) and text in (" red.", " green.", " blue.", " yellow.")
 
 
-def test_mask_bits_follow_the_grammar(smol_cpu):
-    constraint = Constraint(grammar_for(grammar=YES_NO["gbnf"]), smol_cpu.tokenizer)
+def test_mask_bits_follow_the_grammar(smollm2_cpu):
+    constraint = Constraint(grammar_for(grammar=YES_NO["gbnf"]), smollm2_cpu.tokenizer)
     words = constraint.bitmask()
-    assert words.dtype == np.uint32 and words.size == -(-smol_cpu.n_vocab // 32)
+    assert words.dtype == np.uint32 and words.size == -(-smollm2_cpu.n_vocab // 32)
     allowed = np.flatnonzero(constraint.allowed())
-    assert {smol_cpu.detokenize([t]) for t in allowed} <= {"y", "ye", "yes", "n", "no"}
-    assert smol_cpu.tokenize("yes", add_bos=False)[0] in allowed
-    for tok in smol_cpu.tokenize("yes", add_bos=False):
+    assert {smollm2_cpu.detokenize([t]) for t in allowed} <= {"y", "ye", "yes", "n", "no"}
+    assert smollm2_cpu.tokenize("yes", add_bos=False)[0] in allowed
+    for tok in smollm2_cpu.tokenize("yes", add_bos=False):
         assert not constraint.done
         constraint.advance(tok)
     assert constraint.done   # complete: generation ends here, without waiting for an end-of-generation token

@@ -241,11 +241,11 @@ GRAMMAR_CALLS = {
 
 
 @pytest.mark.parametrize("name", sorted(GRAMMAR_CALLS))
-def test_forced_call_grammar_accepts_a_valid_call_only(templates, cpu_model, name):
+def test_forced_call_grammar_accepts_a_valid_call_only(templates, smollm2_cpu, name):
     """Each covered format's grammar takes a call of an allowed tool with valid arguments (which parses back into
     that call) and nothing else: not another tool's name under a named choice, not arguments off the schema."""
     template, call = templates[name], GRAMMAR_CALLS[name]
-    tokenizer = cpu_model.tokenizer
+    tokenizer = smollm2_cpu.tokenizer
 
     def accepted(plan, text: str) -> bool:
         matcher = llguidance.LLMatcher(engine_tokenizer(tokenizer), plan.grammar, log_level=0)
@@ -416,16 +416,6 @@ def test_mistral_think_tags(templates):
 
 # ---- end to end: the server and the openai client on SmolLM2 (CPU) ----------------------------------------------
 
-@pytest.fixture(scope="session")
-def cpu_model(smollm2_cpu):
-    return smollm2_cpu
-
-
-@pytest.fixture(scope="session")
-def server(smollm2_openai):
-    return smollm2_openai
-
-
 CITY_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 FORCED = {"type": "function", "function": {"name": "get_weather"}}
@@ -434,8 +424,8 @@ E2E = dict(model="smollm2", messages=[{"role": "user", "content": "Weather in Pa
 
 
 @pytest.fixture(scope="module")
-def forced_reply(server):
-    return server.chat.completions.create(**E2E)
+def forced_reply(smollm2_openai):
+    return smollm2_openai.chat.completions.create(**E2E)
 
 
 def test_forced_tool_call_through_the_openai_client(forced_reply):
@@ -453,22 +443,22 @@ STRICT_TOOLS = [{"type": "function", "function": {"name": name, "parameters": {
                              ("get_time", {"zone": {"type": "string"}, "hours": {"type": "integer"}})]]
 
 
-def test_required_tool_call_is_one_of_the_tools(cpu_model):
+def test_required_tool_call_is_one_of_the_tools(smollm2_cpu):
     """tool_choice="required" with two tools gives one call of either, with arguments valid for that tool."""
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in STRICT_TOOLS}
-    reply = cpu_model.chat([{"role": "user", "content": "What time is it in Tokyo?"}], tools=STRICT_TOOLS,
+    reply = smollm2_cpu.chat([{"role": "user", "content": "What time is it in Tokyo?"}], tools=STRICT_TOOLS,
                            tool_choice="required", max_tokens=40, temperature=0)
     (call,) = reply.tool_calls
     assert call["function"]["name"] in schemas and not str(reply)
     jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
-    assert cpu_model.last_stats["finish_reason"] == "stop"   # the grammar ended the reply after the call
+    assert smollm2_cpu.last_stats["finish_reason"] == "stop"   # the grammar ended the reply after the call
     with pytest.raises(ValueError, match="response_format or grammar"):
-        cpu_model.chat([WEATHER_QUESTION], tools=TOOLS, tool_choice="required",
+        smollm2_cpu.chat([WEATHER_QUESTION], tools=TOOLS, tool_choice="required",
                        response_format={"type": "json_object"})
 
 
-def test_streamed_tool_call_chunks(server, forced_reply):
-    chunks = list(server.chat.completions.create(stream=True, **E2E))
+def test_streamed_tool_call_chunks(smollm2_openai, forced_reply):
+    chunks = list(smollm2_openai.chat.completions.create(stream=True, **E2E))
     whole = forced_reply.choices[0]
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert deltas[0].role == "assistant"
@@ -490,10 +480,10 @@ def test_streamed_tool_call_chunks(server, forced_reply):
     ({"tools": [{"type": "function"}]}, "tools"),
     ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
 ])
-def test_bad_tool_requests_get_400s(server, extra, param):
+def test_bad_tool_requests_get_400s(smollm2_openai, extra, param):
     body = {**E2E, "tools": [CITY_TOOL], **extra}
     with pytest.raises(openai.BadRequestError) as error:
-        server.chat.completions.create(**body)
+        smollm2_openai.chat.completions.create(**body)
     assert error.value.body["param"] == param
 
 
@@ -502,15 +492,15 @@ THINKING_TEMPLATE = """{% for m in messages %}<|im_start|>{{ m.role }}
 {% endfor %}{{ '<|im_start|>assistant\\n<think>\\n' }}"""
 
 
-def test_server_reports_reasoning_content(cpu_model):
+def test_server_reports_reasoning_content(smollm2_cpu):
     """A template whose generation prompt opens a think block: the reply so far is reasoning, in the message
     and in the stream's deltas, and it is what the model writes after that prompt."""
     import httpx
 
     messages = [{"role": "user", "content": "Hi"}]
-    written = cpu_model.generate(render(THINKING_TEMPLATE, messages), max_tokens=4, add_bos=False)
+    written = smollm2_cpu.generate(render(THINKING_TEMPLATE, messages), max_tokens=4, add_bos=False)
     assert written.strip()
-    running = RunningServer(create_app(cpu_model, model_name="smollm2", chat_template=THINKING_TEMPLATE))
+    running = RunningServer(create_app(smollm2_cpu, model_name="smollm2", chat_template=THINKING_TEMPLATE))
     try:
         body = {"messages": messages, "max_tokens": 4, "temperature": 0}
         reply = httpx.post(running.url + "/v1/chat/completions", json=body, timeout=120).json()
