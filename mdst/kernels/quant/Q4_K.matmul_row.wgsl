@@ -32,26 +32,13 @@ fn step_x(u: u32) -> XU {
     return xu;
 }
 
-// Scales and mins of sub-blocks 2 pr and 2 pr + 1 as one word: bytes (scale, scale, min, min).
-// Sub-blocks 0..3 keep 6 bits in bytes s of words 1 (scale) and 2 (min); 4..7 keep their low 4 bits
-// in the nibbles of byte s - 4 of word 3 and their high 2 in the top bits of bytes s - 4 of words 1, 2.
-fn q4k_scales(hd: vec4<u32>, pr: u32) -> u32 {
-    let sh = 16u * (pr & 1u);
-    let a = (hd.y >> sh) & 0xffffu;
-    let m = (hd.z >> sh) & 0xffffu;
-    let c = (hd.w >> sh) & 0xffffu;
-    let low = (a & 0x3f3fu) | ((m & 0x3f3fu) << 16u);
-    let high = ((c & 0x0f0fu) | ((a >> 2u) & 0x3030u)) | ((((c >> 4u) & 0x0f0fu) | ((m >> 2u) & 0x3030u)) << 16u);
-    return select(low, high, pr >= 2u);
-}
-
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let h = (b >> 4u) + (u >> 3u) * (QB / 16u);   // the block's header word
     let pr = (u >> 1u) & 3u;
     let hd = W[h];
     let v = W[h + 1u + 2u * pr + (u & 1u)];
     let dm = unpack2x16float(hd.x);
-    let sm = ub4(q4k_scales(hd, pr));   // scale lo, scale hi, min lo, min hi
+    let sm = ub4(kq_scales(hd, pr));   // scale lo, scale hi, min lo, min hi
     let dl = dot(nib_lo(v.x), xu.lo[0]) + dot(nib_lo(v.y), xu.lo[1]) + dot(nib_lo(v.z), xu.lo[2]) + dot(nib_lo(v.w), xu.lo[3]);
     let dh = dot(nib_hi(v.x), xu.hi[0]) + dot(nib_hi(v.y), xu.hi[1]) + dot(nib_hi(v.z), xu.hi[2]) + dot(nib_hi(v.w), xu.hi[3]);
     return dm.x * (sm.x * dl + sm.y * dh) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);

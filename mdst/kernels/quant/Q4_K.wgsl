@@ -5,23 +5,12 @@
 const QK: u32 = 256u;
 const QB: u32 = 144u;
 
-// (scale, min) of sub-block s from the block's header words (d/dmin, scales and mins), as integers 0..63.
-fn q4k_scale_min(hd: vec4<u32>, s: u32) -> vec2<f32> {
-    // scale bytes s%4 of words 1 and 2; sub-blocks 4..7 add word 3 and use these as high bits.
-    // Both are computed and one selected: neighbouring threads take different sub-blocks.
-    let sh = 8u * (s & 3u);
-    let a = (hd.yz >> vec2<u32>(sh)) & vec2<u32>(0xffu);
-    let c = (hd.w >> sh) & 0xffu;
-    let high = vec2<u32>(c & 0xfu, c >> 4u) | ((a >> vec2<u32>(6u)) << vec2<u32>(4u));
-    return vec2<f32>(select(a & vec2<u32>(63u), high, s >= 4u));
-}
-
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let v = b >> 4u;              // the block's header word; its data words follow
     let s = g >> 3u;              // sub-block of 32
     let hd = W[v];
     let dm = unpack2x16float(hd.x);
-    let sm = q4k_scale_min(hd, s);
+    let sm = kq_scale_min(hd, s);
     let i = 8u * (g >> 4u) + (g & 7u);   // the data word, of 32
     let q = (u8x4(W[v + 1u + (i >> 2u)][i & 3u]) >> vec4<u32>(4u * (s & 1u))) & vec4<u32>(0xfu);
     return dm.x * sm.x * vec4<f32>(q) - dm.y * sm.y;

@@ -29,17 +29,6 @@ fn step_x(u: u32) -> XU {
     return xu;
 }
 
-// As Q4_K's: bytes (scale, scale, min, min) of sub-blocks 2 pr and 2 pr + 1.
-fn q5k_scales(hd: vec4<u32>, pr: u32) -> u32 {
-    let sh = 16u * (pr & 1u);
-    let a = (hd.y >> sh) & 0xffffu;
-    let m = (hd.z >> sh) & 0xffffu;
-    let c = (hd.w >> sh) & 0xffffu;
-    let low = (a & 0x3f3fu) | ((m & 0x3f3fu) << 16u);
-    let high = ((c & 0x0f0fu) | ((a >> 2u) & 0x3030u)) | ((((c >> 4u) & 0x0f0fu) | ((m >> 2u) & 0x3030u)) << 16u);
-    return select(low, high, pr >= 2u);
-}
-
 // One data word's 8 weights (5 bits each) against x: its low nibbles with qh bit s0, high with s0 + 1.
 fn q5k_word(v: u32, qh: u32, s0: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
     let m = 0x0f0f0f0fu;
@@ -57,7 +46,7 @@ fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let e = W[v + 1u + h];             // and of fifth bits
     let s0 = 2u * pr;
     let dm = unpack2x16float(hd.x);
-    let sm = ub4(q5k_scales(hd, pr));
+    let sm = ub4(kq_scales(hd, pr));
     let d = q5k_word(q.x, e.x, s0, xu.lo[0], xu.hi[0]) + q5k_word(q.y, e.y, s0, xu.lo[1], xu.hi[1])
           + q5k_word(q.z, e.z, s0, xu.lo[2], xu.hi[2]) + q5k_word(q.w, e.w, s0, xu.lo[3], xu.hi[3]);
     return dm.x * (sm.x * d.x + sm.y * d.y) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);
