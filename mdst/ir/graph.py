@@ -247,6 +247,10 @@ class Builder:
         if len(t.shape) != 3 or x.cols not in (t.row_elems, k * t.row_elems):
             raise UnsupportedModelError(f"tensor {weight!r} has shape {list(t.shape)}, expected [{x.cols} or "
                                         f"{x.cols // k}, *, n_expert] for {k} experts per token")
+        router = self.graph.producer(routes)
+        if not isinstance(router.op, Route) or router.inputs[0].cols != t.shape[2]:
+            raise UnsupportedModelError(f"tensor {weight!r} holds {t.shape[2]} experts; its route must come from a "
+                                        f"router over as many")
         if t.shape[2] > 1 << 24:
             raise UnsupportedModelError(f"tensor {weight!r} has {t.shape[2]} experts; ids are exact below 2^24")
         return self._add(ExpertMatmul(weight, t.shape[1], k, combine), (x, routes), weight)

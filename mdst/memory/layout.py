@@ -115,8 +115,8 @@ def split_rows(n_rows: int, row_bytes: int, max_bytes: int, unit: int = 1) -> li
     """(row0, rows) parts of at most max_bytes each, on boundaries of `unit` rows."""
     per = max_bytes // (row_bytes * unit) * unit
     if per < 1:
-        what = f"one expert's {unit} rows" if unit > 1 else "one row"
-        raise UnsupportedModelError(f"{what} of {row_bytes * unit} bytes exceed the binding limit of {max_bytes} bytes")
+        what = f"one expert ({unit} rows)" if unit > 1 else "one row"
+        raise UnsupportedModelError(f"{what} of {row_bytes * unit} bytes exceeds the binding limit of {max_bytes} bytes")
     return [(r, min(per, n_rows - r)) for r in range(0, n_rows, per)]
 
 
