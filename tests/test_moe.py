@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mdst.dev import llamacpp, synth
+from mdst.serve.bench import decode_weight_bytes
 from metrics import agreement, rel_l2, report
 from test_families import CHUNKS, N_POS, feed_in_parts, load, tiny, token_ids  # noqa: F401 (fixtures)
 
@@ -20,8 +21,16 @@ PRESETS = ("qwen3moe-tiny", "lfm2moe-tiny")
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_tiny_presets_route_their_experts(tiny, load, preset):
-    c = load(tiny(preset), "cpu").config
+    m = load(tiny(preset), "cpu")
+    c = m.config
     assert 1 < c.moe.used < c.moe.experts
+    t = m.gguf.tensors
+    experts = [n for n in t if "_exps." in n]
+    tied = "output.weight" not in t
+    dense = sum(t[n].nbytes for n in t if len(t[n].shape) == 2 and (tied or n != "token_embd.weight"))
+    # a decode step reads the chosen experts only (bench's bandwidth figure)
+    assert decode_weight_bytes(m) == (dense + t["token_embd.weight"].row_bytes
+                                      + sum(t[n].nbytes for n in experts) * c.moe.used // c.moe.experts)
     if preset == "lfm2moe-tiny":
         assert c.moe.gating == "sigmoid" and 0 < c.moe.dense_lead < c.n_layers   # dense and expert layers
         assert 0 in c.kv_heads and any(c.kv_heads)

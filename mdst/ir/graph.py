@@ -85,8 +85,12 @@ class Graph:
         return self._weights_of(lambda n: isinstance(n.op, Embed))
 
     def matmul_names(self) -> list[str]:
-        """Weights matmuls read (in full, or the chosen experts'), in first-use order."""
-        return self._weights_of(lambda n: isinstance(n.op, (Matmul, ExpertMatmul)))
+        """Weights matmuls read in full, in first-use order."""
+        return self._weights_of(lambda n: isinstance(n.op, Matmul))
+
+    def expert_weights(self) -> dict[str, int]:
+        """Expert tensors by name, with the experts a token reads of each."""
+        return {n.op.weight: n.op.k for n in self.nodes if isinstance(n.op, ExpertMatmul)}
 
     def matrix_names(self) -> list[str]:
         """Weights read as matrices (embedding tables, matmul and expert weights), in first-use order."""
