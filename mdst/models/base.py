@@ -119,6 +119,12 @@ class Moe:
         return cls(experts, used, GATING[code], m.int("leading_dense_block_count", 0))
 
 
+def dense_ffn(b: Builder, h: Value, p: str) -> Value:
+    """The SiLU-gated MLP of layer prefix `p`."""
+    g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
+    return b.matmul(g, p + "ffn_down.weight")
+
+
 def moe_ffn(b: Builder, h: Value, p: str, moe: Moe, bias: bool = False) -> Value:
     """The experts' SiLU-gated feed-forward of layer prefix `p`: the router picks `moe.used` experts a token
     (by probability plus `exp_probs_b` when `bias`; weights normalized to sum 1), whose outputs are summed."""

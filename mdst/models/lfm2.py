@@ -16,7 +16,7 @@ from ..errors import UnsupportedModelError
 from ..format.gguf import GGUFFile
 from ..ir.graph import Builder, Value
 from ..ir.ops import AttentionSpec, ConvSpec, RopeSpec
-from .base import Meta, output_weight, rope_from_gguf
+from .base import Meta, dense_ffn, output_weight, rope_from_gguf
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,6 @@ def mixer(b: Builder, c: Config, h: Value, i: int) -> Value:
     spec = AttentionSpec(i, c.n_heads, c.kv_heads[i], hd, 1.0 / math.sqrt(hd), c.window)
     a = b.attention(b.rope(q, c.rope, hd), b.rope(k, c.rope, hd), v, spec)
     return b.matmul(a, p + "attn_output.weight")
-
-
-def dense_ffn(b: Builder, h: Value, p: str) -> Value:
-    """The SiLU-gated MLP of layer prefix p."""
-    g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
-    return b.matmul(g, p + "ffn_down.weight")
 
 
 def forward(b: Builder, c: Config) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from ..format.gguf import GGUFFile
 from ..ir.graph import Builder
 from . import lfm2
-from .base import Meta, Moe, moe_ffn
+from .base import Meta, Moe, dense_ffn, moe_ffn
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,6 @@ def forward(b: Builder, c: Config) -> None:
         p = f"blk.{i}."
         x = b.add(x, lfm2.mixer(b, c, b.rms_norm(x, p + "attn_norm.weight", c.eps), i))
         h = b.rms_norm(x, p + "ffn_norm.weight", c.eps)
-        x = b.add(x, lfm2.dense_ffn(b, h, p) if i < c.moe.dense_lead else moe_ffn(b, h, p, c.moe, bias=True))
+        x = b.add(x, dense_ffn(b, h, p) if i < c.moe.dense_lead else moe_ffn(b, h, p, c.moe, bias=True))
     x = b.rms_norm(b.last_row(x), "token_embd_norm.weight", c.eps)
     b.logits(b.matmul(x, c.output))                                    # [rows, vocab]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..format.gguf import GGUFFile
 from ..ir.graph import Builder, Value
 from ..ir.ops import AttentionSpec, RopeSpec
-from .base import Meta, output_weight, rope_from_gguf
+from .base import Meta, dense_ffn, output_weight, rope_from_gguf
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,6 @@ def forward(b: Builder, c: Config) -> None:
     for i in range(c.n_layers):
         p = f"blk.{i}."
         x = b.add(x, attention(b, c, b.rms_norm(x, p + "attn_norm.weight", c.eps), i))
-        h = b.rms_norm(x, p + "ffn_norm.weight", c.eps)
-        g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
-        x = b.add(x, b.matmul(g, p + "ffn_down.weight"))
+        x = b.add(x, dense_ffn(b, b.rms_norm(x, p + "ffn_norm.weight", c.eps), p))
     x = b.rms_norm(b.last_row(x), "output_norm.weight", c.eps)
     b.logits(b.matmul(x, c.output))                                    # [rows, vocab]
