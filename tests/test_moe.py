@@ -15,6 +15,7 @@ from mdst.dev import llamacpp, synth
 from mdst.serve.bench import decode_weight_bytes
 from metrics import agreement, rel_l2, report
 from test_families import CHUNKS, N_POS, feed_in_parts, load, tiny, token_ids  # noqa: F401 (fixtures)
+from test_presets import gpu_presets  # noqa: F401 (fixture)
 
 PRESETS = ("qwen3moe-tiny", "lfm2moe-tiny")
 
@@ -27,7 +28,8 @@ def test_tiny_presets_route_their_experts(tiny, load, preset):
     t = m.gguf.tensors
     experts = [n for n in t if "_exps." in n]
     tied = "output.weight" not in t
-    dense = sum(t[n].nbytes for n in t if len(t[n].shape) == 2 and (tied or n != "token_embd.weight"))
+    dense = sum(t[n].nbytes for n in t if len(t[n].shape) == 2 and (tied or n != "token_embd.weight")
+                and ".shortconv.conv." not in n)   # convolution kernels are no matrices
     # a decode step reads the chosen experts only (bench's bandwidth figure)
     assert decode_weight_bytes(m) == (dense + t["token_embd.weight"].row_bytes
                                       + sum(t[n].nbytes for n in experts) * c.moe.used // c.moe.experts)
@@ -60,6 +62,19 @@ def test_quantized_gpu_fed_in_parts_matches_cpu_reference(tiny, load, cache_dir,
     rel = rel_l2(gpu, cpu)
     report(f"{preset} Q4_K_M lavapipe fed in parts vs CPU reference", rel_l2=rel,
            cpu_vs_llama_cpp_rel_l2=rel_l2(cpu, ref), cpu_vs_llama_cpp_top1=agreement(cpu, ref))
+    assert rel < 1e-3
+
+
+def test_gpu_presets_match_the_reference(tiny, load, gpu_presets):
+    """The hardware adapters' kernels around the experts (tiled GEMM, cooperative GEMV) forced onto lavapipe."""
+    import mdst
+
+    path, ids = tiny("lfm2moe-tiny", "Q4_K_M"), token_ids("lfm2moe-tiny")
+    with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
+        assert g.device_profile.presets.matmul == "tiled"
+        got = feed_in_parts(g, ids, list(CHUNKS))
+    rel = rel_l2(got, load(path, "cpu").logits(ids))
+    report("lfm2moe-tiny Q4_K_M GPU presets on lavapipe, fed in parts, vs CPU reference", rel_l2=rel)
     assert rel < 1e-3
 
 
