@@ -1,7 +1,8 @@
 """Prefill and decode speed of models: synthetic shape-faithful presets and the packaged real files. JSON lines.
 
 Each model: `mdst.serve.bench` (pp N, tg M, median of R runs, greedy decode on random token ids).
-Synthetic files are written once into --cache (mdst synth, Q4_K_M-like mix unless --types).
+Synthetic files are written once into --cache (mdst synth, Q4_K_M-like mix unless --types); any synth preset
+name works, the mixtures of experts included (qwen3-30b-a3b, lfm2-8b-a1b).
 Usage: python benchmarks/models.py [--presets gemma3-270m,qwen3-0.6b] [--real smollm2-135m,gemma3-270m]
                                    [--prompt 512] [--gen 128] [--repeat 3] [--device gpu]
 """

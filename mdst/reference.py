@@ -148,6 +148,46 @@ def shortconv(bcx: np.ndarray, w: np.ndarray, state: np.ndarray, pos0: int, spec
     return (c * conv).astype(np.float32), seq[-(k - 1):].astype(np.float32)
 
 
+ROUTE_SUM_MIN = 6.103515625e-5   # llama.cpp clamps the chosen experts' probability sum to this (f16's smallest normal)
+
+
+def route(logits: np.ndarray, k: int, gating: str, norm: bool, bias: np.ndarray | None = None) -> np.ndarray:
+    """A mixture-of-experts router over logits [rows, n_expert]: probabilities (softmax or sigmoid), the k
+    experts of highest probability plus `bias` (the bias only selects; first index on ties), their
+    probabilities divided by their sum when `norm`. Returns [rows, 2k]: the k weights, then the k ids."""
+    z = logits.astype(np.float32)
+    if gating == "softmax":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    else:
+        probs = 1.0 / (1.0 + np.exp(-z))
+    score = probs + bias.reshape(1, -1) if bias is not None else probs
+    ids = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    w = np.take_along_axis(probs, ids, axis=1)
+    if norm:
+        w = w / np.maximum(w.sum(axis=1, keepdims=True), ROUTE_SUM_MIN)
+    return np.concatenate([w, ids.astype(np.float32)], axis=1).astype(np.float32)
+
+
+def expert_matmul(x: np.ndarray, routes: np.ndarray, w: np.ndarray, n_out: int, combine: bool) -> np.ndarray:
+    """Row r's k chosen experts (routes [rows, 2k], from `route`) applied to x: w holds the experts' [n_out, K]
+    matrices one after another. Slot j reads x[r] (x of K columns) or its j-th K columns (x of k * K);
+    output [rows, k * n_out], or with `combine` the slots' sum weighted by the router, [rows, n_out]."""
+    k = routes.shape[1] // 2
+    kk = w.shape[1]
+    rows = x.shape[0]
+    ids = routes[:, k:].astype(np.int64)
+    xs = x.reshape(rows, k if x.shape[1] != kk else 1, kk)
+    out = np.empty((rows, k, n_out), np.float32)
+    for r in range(rows):
+        for j in range(k):
+            e = ids[r, j]
+            out[r, j] = w[e * n_out:(e + 1) * n_out] @ xs[r, j if xs.shape[1] > 1 else 0]
+    if combine:
+        return (out * routes[:, :k, None]).sum(axis=1, dtype=np.float32)
+    return out.reshape(rows, k * n_out)
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Index of the largest logit per row (first on ties)."""
     return np.argmax(logits, axis=-1).astype(np.int64)

@@ -444,3 +444,59 @@ def test_sample_matches_the_host_chain(run, rng, settings):
                   {"slices": len(cand)}, (1, 1, 1))[0].view(np.uint32)[0]
         hits += int(got) == Sampler.pick(x, draw)
     assert hits == 12
+
+
+def separated_logits(rng, rows: int, n: int) -> np.ndarray:
+    """Router logits whose ranking no rounding can change: a permutation of steps of 0.1, centred, per row."""
+    return np.stack([(rng.permutation(n) - n / 2) * 0.1 + rng.uniform(0, 0.01, n) for _ in range(rows)]
+                    ).astype(np.float32)
+
+
+@pytest.mark.parametrize("gating,bias,norm", [("softmax", False, True), ("sigmoid", True, True),
+                                              ("sigmoid", False, False)])
+def test_route(run, rng, gating, bias, norm):
+    rows, n, k = 13, 37, 5
+    logits = separated_logits(rng, rows, n)
+    b = (rng.permutation(n) % 3).astype(np.float32) if bias else None   # reorders groups, keeps the gaps
+    spec = KernelSpec("route", constants=tuple(sorted({"SIGMOID": gating == "sigmoid", "BIAS": bias}.items())))
+    y = f32(run(spec, [logits, b if bias else logits, Out(rows * 2 * k * 4)],
+                {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (1, 1, 1))[0]).reshape(rows, 2 * k)
+    want = reference.route(logits, k, gating, norm, b)
+    np.testing.assert_array_equal(y[:, k:], want[:, k:])
+    np.testing.assert_allclose(y[:, :k], want[:, :k], rtol=2e-6, atol=1e-7)
+
+
+EXPERT_TYPES = ["F32", "Q5_0", "Q4_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("combine", [False, True])
+@pytest.mark.parametrize("wtype", EXPERT_TYPES)
+def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, combine):
+    """A part holding experts [2, 6) of 6 at weight_lead bytes in: slots routed elsewhere stay unwritten (or,
+    combined, add nothing to the previous part's sum, which `acc` adds to)."""
+    experts, n_out, used, rows, e0 = 6, 37, 3, 5, 2
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
+    lead = weight_lead(wtype)
+    part = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw[e0 * n_out * row_bytes:]])
+    routes = reference.route(separated_logits(rng, rows, experts), used, "softmax", True)
+    x = rng.standard_normal((rows, used * k if combine else k)).astype(np.float32)
+    ids = routes[:, used:].astype(int)
+    held = ids >= e0
+    assert held.any() and not held.all()
+    out_cols = n_out if combine else used * n_out
+    prev = rng.standard_normal((rows, out_cols)).astype(np.float32)
+    spec = KernelSpec("matmul_experts", wtype, constants=(("COMBINE", combine),))
+    y = f32(run(spec, [part, x, routes, Out(rows * out_cols * 4, prev if combine else None)],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": e0, "e1": experts, "used": used,
+                 "x_slot": k if combine else 0, "x_stride": x.shape[1], "acc": 1},
+                (-(-n_out // 64), rows, 1 if combine else used))[0]).reshape(rows, -1)
+    masked = routes.copy()
+    masked[:, :used] *= held                     # the slots of other parts' experts count nothing here
+    want = reference.expert_matmul(x, masked, w, n_out, combine)
+    if combine:
+        assert rel_l2(y, want + prev) < 1e-5
+    else:
+        slots = y.reshape(rows, used, n_out)
+        assert np.isnan(slots[~held]).all(), "a slot of another part's expert was written"
+        assert rel_l2(slots[held], want.reshape(rows, used, n_out)[held]) < 1e-5

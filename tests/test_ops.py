@@ -17,7 +17,7 @@ from mdst.models import family
 from mdst.compile.plan import LOWERINGS
 from mdst.dev import synth
 
-PRESETS = ("llama-tiny", "qwen3-tiny", "ministral3-tiny", "lfm2-tiny", "gemma3-tiny")
+PRESETS = ("llama-tiny", "qwen3-tiny", "ministral3-tiny", "lfm2-tiny", "gemma3-tiny", "qwen3moe-tiny", "lfm2moe-tiny")
 
 
 def test_every_op_but_view_has_one_lowering():

@@ -18,8 +18,8 @@ import numpy as np
 from ..gpu import native
 from ..ir.fusion import fuse
 from ..ir.graph import Graph, Node, Value
-from ..ir.ops import (Add, Attention, AttentionSpec, Embed, Glu, LastRow, Matmul, Mul, RmsNorm, Rope, RopeSpec, RopeStore,
-                  ShortConv, View)
+from ..ir.ops import (Add, Attention, AttentionSpec, Embed, ExpertMatmul, Glu, LastRow, Matmul, Mul, RmsNorm, Rope,
+                      RopeSpec, RopeStore, Route, ShortConv, View)
 from ..kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, weight_align, wgsl_const
 from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from ..memory.pool import Liveness
@@ -575,9 +575,34 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                        label_of(node), w.type.name, RES=res is not None)
 
 
+def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    op: Route = node.op
+    bias = c.compiler.weights.weights[op.bias].parts[0].buffer if op.bias else x[0]   # x: a spare binding
+    c.dispatch("route", [x[0], bias, y, None], grid1(ceil_div(r, 64)),
+               {"n_expert": node.inputs[0].cols, "k": op.k, "rows": r, "norm": int(op.norm)}, "route",
+               SIGMOID=op.gating == "sigmoid", BIAS=op.bias is not None)
+
+
+def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    """One dispatch per part of the expert tensor (layout.py splits it on expert boundaries)."""
+    op: ExpertMatmul = node.op
+    w = c.compiler.weights.matrix(op.weight)
+    k = w.shape[0]
+    cols = node.inputs[0].cols
+    for pi, p in enumerate(w.parts):
+        e0 = p.row0 // op.n_out
+        params = {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "w0": p.offset, "e0": e0,
+                  "e1": e0 + p.rows // op.n_out, "used": op.k, "x_slot": 0 if cols == k else k, "x_stride": cols,
+                  "acc": int(pi > 0)}
+        c.dispatch("matmul_experts", [c.weight(w.name, pi), x[0], x[1], y, None],
+                   (ceil_div(op.n_out, 64), r, 1 if op.combine else op.k), params, label_of(node), w.type.name,
+                   COMBINE=op.combine)
+
+
 LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {
     Embed: _embed, Matmul: _matmul, RmsNorm: _rms_norm, Add: _binary, Mul: _binary, Glu: _glu, Rope: _rope,
-    RopeStore: _rope_store, Attention: _attention, ShortConv: _shortconv, LastRow: _last_row,
+    RopeStore: _rope_store, Attention: _attention, ShortConv: _shortconv, LastRow: _last_row, Route: _route,
+    ExpertMatmul: _expert_matmul,
 }
 
 

@@ -190,7 +190,7 @@ class CaseBuilder:
         cut to at most max_cols columns on a block boundary; and where they came from."""
         from ..format.quants import dequantize
 
-        tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) == 2]
+        tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) in (2, 3)]
         if not tensors:
             raise ValueError(f"the model has no {wtype} matrix")
         t = max(tensors, key=lambda t: (min(t.row_elems, max_cols), t.n_rows))
@@ -554,6 +554,54 @@ class CaseBuilder:
                                  Out(want_y.nbytes)], {"channels": ch, "kernel": kernel}, (-(-ch // 64), 1, 1),
                                 [Expect("f32", _within(1e-6), new_state), Expect("f32", _within(1e-6), want_y)]))
         return out
+
+    def _separated_logits(self, rows: int, n: int) -> np.ndarray:
+        """Router logits whose ranking no rounding can change: permutations of steps of 0.1, centred."""
+        return np.stack([(self.rng.permutation(n) - n / 2) * 0.1 + self.rng.uniform(0, 0.01, n)
+                         for _ in range(rows)]).astype(np.float32)
+
+    def _route(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .. import reference
+        from ..kernels.runner import Out
+        c = spec.constants_dict()
+        d = uses[0].params
+        n, k, rows, norm = int(d["n_expert"]), int(d["k"]), 13, bool(d["norm"])
+        gating = "sigmoid" if c.get("SIGMOID") else "softmax"
+        logits = self._separated_logits(rows, n)
+        bias = (self.rng.permutation(n) % 3).astype(np.float32) if c.get("BIAS") else None
+        want = reference.route(logits, k, gating, norm, bias)
+        return [Case(f"{rows} rows of {n} experts, {k} picked by {gating}", spec,
+                     [logits, logits if bias is None else bias, Out(want.nbytes)],
+                     {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (1, 1, 1),
+                     [Expect("f32", _within(1e-6), want)])]
+
+    def _matmul_experts(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .. import reference
+        from ..kernels.runner import Out
+        combine = bool(spec.constants_dict().get("COMBINE", False))
+        experts, n_out, used, rows, e0 = 6, 37, 3, 5, 2
+        raw, w, row_bytes, src = self.weight(spec.wtype, experts * n_out, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        routes = reference.route(self._separated_logits(rows, experts), used, "softmax", True)
+        x = self.normal(rows, used * k if combine else k)
+        held = routes[:, used:] >= e0
+        masked = routes.copy()
+        masked[:, :used] *= held   # slots of experts before e0 belong to another part
+        want = reference.expert_matmul(x, masked, w, n_out, combine)
+        prev = self.normal(*want.shape)
+        if combine:
+            want = want + prev
+        else:
+            want = want.reshape(rows, used, n_out)
+            want[~held] = np.nan
+            want = want.reshape(rows, -1)
+        lead = weight_lead(spec.wtype)
+        return [Case(f"experts {e0}.. of {experts} x {n_out} rows of {src} at byte {lead}, {used} a row", spec,
+                     [np.concatenate([np.zeros(lead, np.uint8), raw[e0 * n_out * row_bytes:]]), x, routes,
+                      Out(want.nbytes, init=prev if combine else None)],
+                     {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": e0, "e1": experts, "used": used,
+                      "x_slot": k if combine else 0, "x_stride": x.shape[1], "acc": 1},
+                     (-(-n_out // 64), rows, 1 if combine else used), [Expect("f32", _within(1e-5), want)])]
 
 
 def weight_lead(wtype: str) -> int:

@@ -333,6 +333,54 @@ class ShortConv(Op):
 
 
 @dataclass(frozen=True)
+class Route(Op):
+    """A mixture-of-experts router on logits [r, n_expert]: `gating` ("softmax" or "sigmoid") probabilities,
+    the `k` best (by probability plus the `bias` vector, if named), their probabilities normalized to sum 1
+    when `norm`. Output [r, 2k]: the k weights, then the k expert ids as floats."""
+
+    name: ClassVar[str] = "route"
+    k: int
+    gating: str
+    norm: bool
+    bias: str | None = None
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.bias,) if self.bias else ()
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, 2 * self.k
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        bias = step.weights[self.bias].ravel() if self.bias else None
+        return reference.route(x[0], self.k, self.gating, self.norm, bias)
+
+
+@dataclass(frozen=True)
+class ExpertMatmul(Op):
+    """x [r, K or k * K] through the k experts the route (second input, `Route`'s output) picked for each
+    row: `weight` holds n_expert matrices [n_out, K] one after another and only the chosen ones are read.
+    Output [r, k * n_out] (slot j: expert j of the row, on x or x's j-th K columns), or with `combine`
+    the slots' sum weighted by the router's weights, [r, n_out]."""
+
+    name: ClassVar[str] = "expert_matmul"
+    weight: str
+    n_out: int
+    k: int
+    combine: bool = False
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, self.n_out if self.combine else self.k * self.n_out
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return reference.expert_matmul(x[0], x[1], step.weights[self.weight], self.n_out, self.combine)
+
+
+@dataclass(frozen=True)
 class LastRow(Op):
     """The step's last row."""
 
