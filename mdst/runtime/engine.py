@@ -145,6 +145,16 @@ class Engine:
     def step(self, cache: Any, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = "logits") -> np.ndarray:
         raise NotImplementedError
 
+    def step_batch(self, caches: list[Any], ids: list[np.ndarray], pos0s: list[int], picks: list[Pick]) -> np.ndarray:
+        """One step over several sequences: ids[i] (at most `chunk` tokens) at positions pos0s[i].. of
+        caches[i], each ending in picks[i] ("argmax" or a `Draw`); the token id each picks, in order.
+
+        Each sequence's token equals what `step` gives it alone. This one runs a step per sequence; an
+        engine that batches the rows into one forward pass overrides it.
+        """
+        return np.array([int(self.step(c, np.asarray(i), p, "last", k)[0]) for c, i, p, k in zip(caches, ids, pos0s, picks)],
+                        np.int64)
+
     def decode(self, cache: Any, first: int, pos0: int, count: int, pick: Callable[[], Pick],
                ahead: bool = False) -> Iterator[tuple[int, int]]:
         """Up to `count` one-token steps: feed `first` at pos0, then each token picked.
@@ -178,6 +188,14 @@ class CpuEngine(Engine):
         if isinstance(pick, Draw):
             return np.array([Sampler.pick(logits[-1], pick)])
         return reference.argmax(logits) if pick == "argmax" else logits
+
+    def step_batch(self, caches: list[CpuKVCache], ids: list[np.ndarray], pos0s: list[int],
+                   picks: list[Pick]) -> np.ndarray:
+        """One forward pass over every sequence's rows (each matmul reads its weight once for all of them)."""
+        self.check_open()
+        logits = reference.run_batch(self.graphs["last"], self.weights, caches, ids, pos0s)
+        return np.array([Sampler.pick(row, k) if isinstance(k, Draw) else int(np.argmax(row))
+                         for row, k in zip(logits, picks)], np.int64)
 
     def close(self) -> None:
         """Drop the dequantized weights; the engine cannot be used afterwards."""
