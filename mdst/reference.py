@@ -199,8 +199,8 @@ class Step:
 def per_sequence(step: Step, fn: Callable[..., np.ndarray], *x: np.ndarray) -> np.ndarray:
     """fn(one-sequence step, its rows of each x) for every sequence of `step`, rows joined back in order."""
     parts = step.split()
-    if len(parts) == 1:
-        return fn(step, *x)
+    if len(parts) == 1:   # its rows are all of them
+        return fn(parts[0][1], *x)
     return np.concatenate([fn(sub, *(a[rows] for a in x)) for rows, sub in parts])
 
 

@@ -451,6 +451,44 @@ class GpuEngine(Engine):
                     raise
             yield tok, pos0 + min(i + 2, count)
 
+    def step_batch(self, caches: list[GpuKVCache], ids: list[np.ndarray], pos0s: list[int],
+                   picks: list[Pick]) -> np.ndarray:
+        """One-token steps of every sequence recorded in one command encoder, submitted once, their tokens read
+        back once: each sequence's step words and draw are copied into the step and draw buffers before its
+        dispatches. Paged plans, host-side draws and longer feeds take a step per sequence."""
+        self._check_usable()
+        modes = ["sample" if isinstance(k, Draw) else k for k in picks]
+        plans = [self.plan("last", 1, m) for m in modes]
+        if any(len(i) != 1 for i in ids) or any(p.segments for p in plans) or 4 * len(ids) > self.staging.size or \
+                any(isinstance(k, Draw) and not k.on_gpu for k in picks):
+            return super().step_batch(caches, ids, pos0s, picks)
+        n, step_bytes, draw_bytes = len(caches), 4 * (STEP_TOKENS + 1), 4 * DRAW_WORDS
+        steps = np.concatenate([step_words(p, 1, i) for p, i in zip(pos0s, ids)])
+        draws = b"".join(k.encode() if isinstance(k, Draw) else bytes(draw_bytes) for k in picks)
+        groups = [self.bind(p, c) for p, c in zip(plans, caches)]
+        dev = self.gpu.device
+        with self._device_errors():
+            inputs = self._batch_inputs(n * (step_bytes + draw_bytes))
+            dev.queue.write_buffer(inputs, 0, steps.tobytes() + draws)
+            enc = dev.create_command_encoder()
+            for i, (plan, g, k) in enumerate(zip(plans, groups, picks)):
+                enc.copy_buffer_to_buffer(inputs, i * step_bytes, self.step_buffer, 0, step_bytes)
+                if isinstance(k, Draw):
+                    enc.copy_buffer_to_buffer(inputs, n * step_bytes + i * draw_bytes, self.draw_buffer, 0, draw_bytes)
+                plan.encode(enc, g)
+                enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 4 * i, 4)
+            dev.queue.submit([enc.finish()])
+            return self._read(4 * n).view(np.uint32).astype(np.int64)
+
+    def _batch_inputs(self, nbytes: int) -> Any:
+        """The buffer batched steps copy their step words and draws from, grown to hold `nbytes`."""
+        have = getattr(self, "_batch_buffer", None)
+        if have is None or have.size < nbytes:
+            if have is not None:
+                self._free(have)
+            self._batch_buffer = self._create(max(nbytes, 2 * (have.size if have else 0)), "batch.inputs", kind="step")
+        return self._batch_buffer
+
     def _run(self, plan: Plan, groups: list[Any], ids: np.ndarray, pos0: int, rows_out: int,
              draw: Draw | None) -> np.ndarray:
         """Write the step's inputs (and the draw a sampling plan reads), submit `plan` and read back its
