@@ -122,14 +122,19 @@ SMOL_PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time,
 @pytest.mark.parametrize("device", ("cpu", "gpu"))
 def test_generate_list_equals_each_alone(request, device):
     m = request.getfixturevalue("smollm2_cpu" if device == "cpu" else "smollm2_gpu")
-    kw = {"max_tokens": 8, "temperature": 0.8, "seed": 3, "repeat_penalty": 1.3, "stop": ["\n\n"]}
+    kw = {"max_tokens": 6, "temperature": 0.8, "seed": 3, "repeat_penalty": 1.3, "stop": ["\n\n"]}
     want = [m.generate(p, **kw) for p in SMOL_PROMPTS]
     assert m.generate(SMOL_PROMPTS, **kw) == want
-    texts = [""] * len(SMOL_PROMPTS)
-    for i, piece in m.generate(SMOL_PROMPTS, stream=True, **kw):
-        texts[i] += piece
-    assert texts == want
     assert len(m.last_stats["finish_reason"]) == len(SMOL_PROMPTS)
+
+
+def test_generate_list_streams(smollm2_cpu):
+    """Streamed (prompt index, piece) pairs join into the texts generate(list) returns."""
+    kw = {"max_tokens": 6, "temperature": 0.8, "seed": 4}
+    texts = [""] * len(SMOL_PROMPTS)
+    for i, piece in smollm2_cpu.generate(SMOL_PROMPTS, stream=True, **kw):
+        texts[i] += piece
+    assert texts == smollm2_cpu.generate(SMOL_PROMPTS, **kw)
 
 
 def test_generate_list_bad_input(smollm2_cpu):
