@@ -1,8 +1,8 @@
 """Engines run one forward step over a KV cache: `GpuEngine` (WebGPU plans) and `CpuEngine` (numpy).
 
 Both take the same recorded graphs from the family module and expose the same interface:
-`new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `decode(...)` (one-token steps in a row)
-and `chunk` (rows per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every
+`new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `step_batch(caches, ids, pos0s, picks)` (one
+step over several sequences, a token each), `decode(...)` (one-token steps in a row) and `chunk` (rows per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every
 row's final hidden state, the LM head's input: embeddings). `pick` is "logits" (return the output),
 "argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
 """
