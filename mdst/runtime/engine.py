@@ -2,9 +2,10 @@
 
 Both take the same recorded graphs from the family module and expose the same interface:
 `new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `step_batch(caches, ids, pos0s, picks)` (one
-step over several sequences, a token each), `decode(...)` (one-token steps in a row) and `chunk` (rows per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every
-row's final hidden state, the LM head's input: embeddings). `pick` is "logits" (return the output),
-"argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
+step over several sequences, a token each), `decode(...)` (one-token steps in a row) and `chunk` (rows
+per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every row's final hidden
+state, the LM head's input: embeddings). `pick` is "logits" (return the output), "argmax" (greedy token
+ids) or a sampling `Draw` (one sampled token id).
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ class Engine:
         Each sequence's token equals what `step` gives it alone. This one runs a step per sequence; an
         engine that batches the rows into one forward pass overrides it.
         """
-        return np.array([int(self.step(c, np.asarray(i), p, "last", k)[0]) for c, i, p, k in zip(caches, ids, pos0s, picks)],
-                        np.int64)
+        return np.array([int(self.step(c, np.asarray(i), p, "last", k)[0])
+                         for c, i, p, k in zip(caches, ids, pos0s, picks)], np.int64)
 
     def decode(self, cache: Any, first: int, pos0: int, count: int, pick: Callable[[], Pick],
                ahead: bool = False) -> Iterator[tuple[int, int]]:
@@ -268,6 +269,7 @@ class GpuEngine(Engine):
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.plans: dict[tuple[str, int, str], Plan] = {}
         self.staging = None
+        self._batch_buffer: Any = None   # step_batch's step words and draws, grown on demand
         last = graphs["last"]
         self.weights = WeightStore(self.allocator, gguf, plan_layout(last, gguf.tensors, weight_budget, cap),
                                    lambda n, label: self._create(n, label, kind="weights"), progress,
@@ -482,7 +484,7 @@ class GpuEngine(Engine):
 
     def _batch_inputs(self, nbytes: int) -> Any:
         """The buffer batched steps copy their step words and draws from, grown to hold `nbytes`."""
-        have = getattr(self, "_batch_buffer", None)
+        have = self._batch_buffer
         if have is None or have.size < nbytes:
             if have is not None:
                 self._free(have)
