@@ -15,6 +15,7 @@ import numpy as np
 
 from .gpu import device as device_mod
 from .gpu.allocator import CountingAllocator, GpuAllocator
+from .runtime.batch import Batch
 from .runtime.engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
 from .format.gguf import GGUFFile
@@ -188,8 +189,14 @@ class Model:
         """A new session with its own KV cache (weights are shared)."""
         return Session(self)
 
-    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, **kwargs: Any) -> Any:
-        """Continue `prompt`; greedy when temperature is 0. See mdst.generate.generate for every option."""
+    def batch(self) -> Batch:
+        """An empty batch of sequences that decode together (continuous batching; see mdst.runtime.batch)."""
+        return Batch(self._engine(), lambda: self._lock)
+
+    def generate(self, prompt: str | Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
+                 **kwargs: Any) -> Any:
+        """Continue `prompt` (or each of a list of prompts, decoded together: a list of texts); greedy when
+        temperature is 0. See mdst.generate.generate for every option."""
         from .generate import generate
         return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, **kwargs)
 

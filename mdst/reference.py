@@ -219,13 +219,29 @@ class ReferenceWeights:
 @dataclass
 class Step:
     """What the ops' references read besides their inputs: the step's tokens and positions, the
-    weights (float32 [rows, row_elems] by name, with `rope_table(spec)`) and the sequence's cache."""
+    weights (float32 [rows, row_elems] by name, with `rope_table(spec)`) and the sequence's cache.
+
+    A batched step holds several sequences' rows (`parts`: consecutive row ranges, each a one-sequence
+    Step with its own cache and positions); ops that read a cache evaluate each part on its own rows."""
 
     ids: np.ndarray
     positions: np.ndarray
     pos0: int
     weights: ReferenceWeights
     cache: Any
+    parts: tuple[tuple[slice, "Step"], ...] = ()
+
+    def split(self) -> tuple[tuple[slice, "Step"], ...]:
+        """(rows, one-sequence step) for each sequence of the step."""
+        return self.parts or ((slice(None), self),)
+
+
+def per_sequence(step: Step, fn: Callable[..., np.ndarray], *x: np.ndarray) -> np.ndarray:
+    """fn(one-sequence step, its rows of each x) for every sequence of `step`, rows joined back in order."""
+    parts = step.split()
+    if len(parts) == 1:   # its rows are all of them
+        return fn(parts[0][1], *x)
+    return np.concatenate([fn(sub, *(a[rows] for a in x)) for rows, sub in parts])
 
 
 def run(graph: Graph, weights: ReferenceWeights, cache: Any, ids: np.ndarray, pos0: int,
@@ -236,7 +252,25 @@ def run(graph: Graph, weights: ReferenceWeights, cache: Any, ids: np.ndarray, po
     oracle's per-layer activations); it must not modify the value.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    step = Step(ids, pos0 + np.arange(len(ids)), pos0, weights, cache)
+    return execute(graph, Step(ids, pos0 + np.arange(len(ids)), pos0, weights, cache), on_node)
+
+
+def run_batch(graph: Graph, weights: ReferenceWeights, caches: list[Any], ids: list[np.ndarray],
+              pos0s: list[int]) -> np.ndarray:
+    """Execute `graph` once over several sequences: ids[i] at positions pos0s[i].. appended to caches[i];
+    the output's rows follow the sequences' rows in order (an all-rows graph: every row's output)."""
+    parts, r = [], 0
+    for cache, tok, p0 in zip(caches, ids, pos0s):
+        tok = np.asarray(tok, dtype=np.int64)
+        parts.append((slice(r, r + len(tok)), Step(tok, p0 + np.arange(len(tok)), p0, weights, cache)))
+        r += len(tok)
+    all_ids = np.concatenate([s.ids for _, s in parts])
+    positions = np.concatenate([s.positions for _, s in parts])
+    return execute(graph, Step(all_ids, positions, pos0s[0], weights, None, tuple(parts)))
+
+
+def execute(graph: Graph, step: Step, on_node: Callable[[int, Node, np.ndarray], None] | None = None) -> np.ndarray:
+    """Evaluate `graph`'s nodes in order for `step`; the graph's output."""
     env: dict[int, np.ndarray] = {}
     last = graph.last_uses()
     for i, node in enumerate(graph.nodes):

@@ -245,14 +245,14 @@ def _rope(step: Step, spec: RopeSpec, head_dim: int, x: np.ndarray) -> np.ndarra
     return reference.rope(x, step.positions, freq, mscale, head_dim, spec.n_rot, spec.neox)
 
 
-def _store(step: Step, layer: int, k: np.ndarray, v: np.ndarray) -> int:
-    """Append the step's k and v rows to layer's ring cache, rounded as its type stores them; its index."""
-    cache = step.cache
-    li = cache.layout.kv_index(layer)
-    slots = step.positions % cache.k[li].shape[0]
-    cache.k[li][slots] = round_rows(k, cache.layout.kv_type)
-    cache.v[li][slots] = round_rows(v, cache.layout.kv_type)
-    return li
+def _store(step: Step, layer: int, k: np.ndarray, v: np.ndarray) -> None:
+    """Append each sequence's k and v rows to its layer's ring cache, rounded as its type stores them."""
+    for rows, one in step.split():
+        cache = one.cache
+        li = cache.layout.kv_index(layer)
+        slots = one.positions % cache.k[li].shape[0]
+        cache.k[li][slots] = round_rows(k[rows], cache.layout.kv_type)
+        cache.v[li][slots] = round_rows(v[rows], cache.layout.kv_type)
 
 
 @dataclass(frozen=True)
@@ -281,8 +281,13 @@ class Attention(Op):
     stored: bool = False
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        li = step.cache.layout.kv_index(self.spec.layer) if self.stored else _store(step, self.spec.layer, x[1], x[2])
-        return reference.attention(x[0], step.cache.k[li], step.cache.v[li], step.positions, self.spec)
+        if not self.stored:
+            _store(step, self.spec.layer, x[1], x[2])
+        return reference.per_sequence(step, self._one, x[0])
+
+    def _one(self, step: Step, q: np.ndarray) -> np.ndarray:
+        li = step.cache.layout.kv_index(self.spec.layer)
+        return reference.attention(q, step.cache.k[li], step.cache.v[li], step.positions, self.spec)
 
 
 @dataclass(frozen=True)
@@ -326,9 +331,12 @@ class ShortConv(Op):
         return inputs[0].rows, self.spec.channels
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return reference.per_sequence(step, self._one, x[0])
+
+    def _one(self, step: Step, bcx: np.ndarray) -> np.ndarray:
         cache = step.cache
         ci = cache.layout.conv_index(self.spec.layer)
-        y, cache.conv[ci] = reference.shortconv(x[0], step.weights[self.weight], cache.conv[ci], step.pos0, self.spec)
+        y, cache.conv[ci] = reference.shortconv(bcx, step.weights[self.weight], cache.conv[ci], step.pos0, self.spec)
         return y
 
 
@@ -382,7 +390,7 @@ class ExpertMatmul(Op):
 
 @dataclass(frozen=True)
 class LastRow(Op):
-    """The step's last row."""
+    """The step's last row (each sequence's, in a batched step)."""
 
     name: ClassVar[str] = "last_row"
 
@@ -390,5 +398,5 @@ class LastRow(Op):
         return 1, inputs[0].cols
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        return x[0][-1:]
+        return reference.per_sequence(step, lambda one, a: a[-1:], x[0])
 
