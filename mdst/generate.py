@@ -285,24 +285,29 @@ def _batch_pieces(model: "Model", prompts: list[list[int]], params: SamplingPara
         model.last_stats = stats
 
 
-def _host_picked(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int | None,
-                 token_bytes: Any, into: list[TokenLogprob], constraint: Constraint | None) -> Iterator[int]:
-    """Tokens picked on the host from read-back logits, masked by `constraint` if any; with `k` set, each
-    one's log-probabilities (of the unmasked logits: the model's distribution) are appended to `into`.
+def _stepwise(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int | None,
+              token_bytes: Any, into: list[TokenLogprob], constraint: Constraint | None) -> Iterator[int]:
+    """Tokens picked a step at a time, each step's draw carrying `constraint`'s mask of allowed tokens if any.
 
-    The same chain as the GPU's (Sampler.pick) on the same uniform numbers, so without a constraint the
-    text is the one generation on the GPU gives; each step feeds the token before when asked for the next.
+    Without `k` the GPU picks (the mask uploaded with the draw, only the token read back); with `k` set the
+    logits are read back, the host picks with the same chain (Sampler.pick) and appends the token's
+    log-probabilities (of the unmasked logits: the model's distribution) to `into`. Both draw the uniform
+    numbers a free generation draws, so without a constraint the text is the one generation on the GPU gives.
+    The next step waits for this one's token: its mask depends on it.
     """
-    logits = session.prefill(new)
+    ids = new
     while True:
-        allowed = logits if constraint is None else constraint.mask(logits)
-        tok = Sampler.pick(allowed, sampler.next_draw(history))
-        if k is not None:
+        draw = sampler.next_draw(history, None if constraint is None else constraint.bitmask())
+        if k is None:
+            tok = int(session.prefill(ids, draw=draw))
+        else:
+            logits = session.prefill(ids)
+            tok = Sampler.pick(logits, draw)
             into.append(score(logits, tok, k, token_bytes))
         if constraint is not None:
             constraint.advance(tok)
         yield tok
-        logits = session.prefill([tok])
+        ids = [tok]
 
 
 def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: int,
@@ -331,7 +336,7 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
             steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
                                    ahead=not params.penalized)
         else:
-            steps = _host_picked(session, new, sampler, history, top, tok_bytes, scored, constraint)
+            steps = _stepwise(session, new, sampler, history, top, tok_bytes, scored, constraint)
             tok = next(steps)
         t1 = time.perf_counter()
         stats["prefill_s"] = t1 - t0

@@ -383,11 +383,15 @@ def test_argmax_over_parts_and_slices(run, rng):
               (rows, 1, 1))[0].view(np.uint32)
     np.testing.assert_array_equal(ids, reference.argmax(full))
 
-def draw_of(rng, **settings) -> "Draw":
+def draw_of(rng, allowed: np.ndarray | None = None, **settings) -> "Draw":
+    """A draw with `settings`; constrained to the tokens `allowed` (a bool per token id) if given."""
     from mdst.text.sampling import Draw, SamplingParams
     tokens = settings.pop("tokens", ())
     params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
-    return Draw(params, float(np.float32(rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
+    mask = None if allowed is None else np.packbits(allowed, bitorder="little").tobytes()
+    if mask is not None:
+        mask += bytes(-len(mask) % 4)   # whole u32 words
+    return Draw(params, float(np.float32(rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)), mask)
 
 
 def test_penalize(run, rng):
@@ -403,11 +407,13 @@ def test_penalize(run, rng):
 
 
 def topk_reference(x: np.ndarray, col0: int, k: int, slice_: int = 2048) -> np.ndarray:
-    """Per slice: the k largest (value bits, id) pairs, descending, ties by id; missing places marked."""
+    """Per slice: the k largest (value bits, id) pairs, descending, ties by id; missing places (fewer than k
+    values, or -inf: a masked token) marked."""
     out = []
     for s in range(0, len(x), slice_):
         part = x[s:s + slice_]
         order = np.lexsort((np.arange(len(part)), -part))[:k]
+        order = order[part[order] > -np.inf]
         pairs = np.full((64, 2), 0xFFFFFFFF, np.uint32)
         pairs[:len(order), 0] = part[order].view(np.uint32)
         pairs[:len(order), 1] = col0 + s + order
@@ -500,3 +506,58 @@ def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, co
         slots = y.reshape(rows, used, n_out)
         assert np.isnan(slots[~held]).all(), "a slot of another part's expert was written"
         assert rel_l2(slots[held], want.reshape(rows, used, n_out)[held]) < 1e-5
+
+
+def test_topk_skips_the_tokens_a_mask_forbids(run, rng):
+    cols, col0, k = 5003, 700, 40   # the part's ids start inside a mask word; its end is mid-word
+    vocab = col0 + cols + 45
+    allowed = rng.random(vocab) < 0.3
+    allowed[col0 + 2048:col0 + 4096] = False
+    allowed[col0 + 3000] = True   # the second slice: one allowed token, k - 1 places missing
+    x = rng.standard_normal(cols).astype(np.float32)
+    draw = draw_of(rng, allowed, top_k=k)
+    slices = -(-cols // 2048)
+    cand = run(KernelSpec("topk"), [np.frombuffer(draw.encode(), np.uint32), x, Out(slices * 64 * 8)],
+               {"cols": cols, "col0": col0, "slice0": 0}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
+    want = topk_reference(np.where(allowed[col0:col0 + cols], x, -np.inf).astype(np.float32), col0, k)
+    np.testing.assert_array_equal(cand[:, :k, 1], want[:, :k, 1])
+    real = want[:, :k, 1] != 0xFFFFFFFF
+    np.testing.assert_array_equal(cand[:, :k, 0][real], want[:, :k, 0][real])
+    assert real[1].sum() == 1 and real[0].sum() == k
+
+
+def gpu_pick(run, x: np.ndarray, draw) -> int:
+    """The sampling ending on one row of logits: penalize (in place), topk per slice, sample."""
+    cols, words = x.size, np.frombuffer(draw.encode(), np.uint32)
+    slices = -(-cols // 2048)
+    y = run(KernelSpec("penalize"), [words, Out(x.nbytes, init=x)], {"cols": cols, "col0": 0}, (1, 1, 1))[0]
+    cand = run(KernelSpec("topk"), [words, y.view(np.float32), Out(slices * 64 * 8)],
+               {"cols": cols, "col0": 0, "slice0": 0}, (slices, 1, 1))[0]
+    got = run(KernelSpec("sample"), [words, cand.view(np.uint32), Out(16)], {"slices": slices}, (1, 1, 1))[0]
+    return int(got.view(np.uint32)[0])
+
+
+@pytest.mark.parametrize("mask", ["random", "all but one", "below the top k"])
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, {}, {"top_k": 5, "top_p": 0.7}, {"min_p": 0.1},
+                                      {"temperature": 1.5, "top_k": 64}])
+def test_masked_sampling_matches_the_host_chain(run, rng, mask, settings):
+    """The chain on the GPU with a grammar's mask picks what Sampler.pick picks from the same logits, mask and
+    uniform number; a logit bias on a forbidden token does not bring it back."""
+    from mdst.text.sampling import Sampler
+    cols = 4133   # three top-k slices, not a multiple of 32 or of a workgroup
+    x = (rng.standard_normal(cols) * 2).astype(np.float32)
+    ranked = np.argsort(-x, kind="stable")
+    allowed = np.zeros(cols, bool)
+    if mask == "random":
+        allowed[rng.random(cols) < 0.2] = True
+    elif mask == "all but one":
+        allowed[rng.integers(cols)] = True
+    else:   # only tokens the unmasked top-k (64 at most) would never pick
+        allowed[ranked[64 + rng.permutation(200)[:30]]] = True
+    forbidden = int(ranked[0]) if not allowed[ranked[0]] else int(np.flatnonzero(~allowed)[0])
+    for _ in range(3):
+        draw = draw_of(rng, allowed, logit_bias={forbidden: 100}, **settings)
+        want = Sampler.pick(x, draw)
+        assert allowed[want]
+        assert gpu_pick(run, x, draw) == want
+

@@ -464,11 +464,12 @@ class CaseBuilder:
                             (-(-cols // 4096), rows, 1), [Expect("u32", _exact(), want)]))
         return out
 
-    def _draw(self, **settings: Any) -> Any:
+    def _draw(self, mask: bytes | None = None, **settings: Any) -> Any:
         from ..text.sampling import Draw, SamplingParams
         tokens = settings.pop("tokens", ())
         params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
-        return Draw(params, float(np.float32(self.rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
+        return Draw(params, float(np.float32(self.rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)),
+                    mask)
 
     def _penalize(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
@@ -496,14 +497,25 @@ class CaseBuilder:
 
     def _topk(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
+        from ..text.sampling import mask_words
         cols, col0, k = 5000, 700, 64
         x = self.normal(cols)
         x[[3, 10, 2100]] = 9.0   # ties, within a slice and across slices
-        draw = self._draw(top_k=k)
-        want = self._topk_pairs(x, col0, k)
-        return [Case(f"top {k} of {cols} columns from {col0} in {len(want)} slices", spec,
-                     [np.frombuffer(draw.encode(), np.uint32), x, Out(want.nbytes)], {"cols": cols, "col0": col0,
-                      "slice0": 0}, (len(want), 1, 1), [Expect("u32", _exact(), want)])]
+        # a grammar's mask (every slice keeps more than k tokens): forbidden tokens are never candidates
+        ids = np.arange(mask_words(col0 + cols) * 32)
+        allowed = (self.rng.random(ids.size) < 0.25) | (ids % 7 == 0)
+        allowed[col0 + 3] = False   # one of the tied maxima
+        mask = np.packbits(allowed, bitorder="little").tobytes()
+        out = []
+        for draw, kept, what in [(self._draw(top_k=k), x, ""),
+                                 (self._draw(mask, top_k=k), np.where(allowed[col0:col0 + cols], x, -np.inf),
+                                  ", the tokens a constrained draw's mask allows")]:
+            want = self._topk_pairs(kept.astype(np.float32), col0, k)
+            out.append(Case(f"top {k} of {cols} columns from {col0} in {len(want)} slices{what}", spec,
+                            [np.frombuffer(draw.encode(), np.uint32), x, Out(want.nbytes)],
+                            {"cols": cols, "col0": col0, "slice0": 0}, (len(want), 1, 1),
+                            [Expect("u32", _exact(), want)]))
+        return out
 
     def _sample(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out

@@ -30,7 +30,7 @@ from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
 from ..compile.plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
-from ..text.sampling import DRAW_WORDS, Draw, Sampler
+from ..text.sampling import DRAW_WORDS, Draw, Sampler, check_mask, mask_words
 
 Pick = Union[str, Draw]
 
@@ -285,7 +285,8 @@ class GpuEngine(Engine):
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
         self.pipelines = PipelineCache(gpu.device)
         self.step_buffer = self._create(4 * (STEP_TOKENS + self.chunk), "step", kind="step")
-        self.draw_buffer = self._create(4 * DRAW_WORDS, "draw", kind="step")
+        # a constrained draw's bitmask of allowed tokens follows the draw's fixed words
+        self.draw_buffer = self._create(4 * (DRAW_WORDS + mask_words(self.vocab)), "draw", kind="step")
         self.staging = self._create(min(STAGING_BYTES, max(self.chunk_all, self.chunk) * self.vocab * 4),
                                     "staging", map_read=True, kind="staging")
         self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.draw_buffer,
@@ -427,7 +428,7 @@ class GpuEngine(Engine):
             else:
                 dev.queue.write_buffer(self.step_buffer, 0, step_words(pos0 + i, 1, rows=0))   # the ids stay
             if isinstance(p, Draw):
-                dev.queue.write_buffer(self.draw_buffer, 0, p.encode())
+                dev.queue.write_buffer(self.draw_buffer, 0, self._draw_words(p))
             enc = dev.create_command_encoder()
             if i > 0:
                 enc.copy_buffer_to_buffer(token, 0, self.step_buffer, 4 * STEP_TOKENS, 4)
@@ -498,7 +499,7 @@ class GpuEngine(Engine):
         device = self.gpu.device
         write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
         if draw is not None:
-            device.queue.write_buffer(self.draw_buffer, 0, draw.encode())
+            device.queue.write_buffer(self.draw_buffer, 0, self._draw_words(draw))
         enc = device.create_command_encoder()
         if plan.segments:
             enc = self._run_segments(plan, groups)
@@ -509,6 +510,12 @@ class GpuEngine(Engine):
             device.queue.submit([enc.finish()])
             return self._read(rows_out * 4).view(np.uint32).astype(np.int64)
         return self._read_logits(enc, plan, rows_out)
+
+    def _draw_words(self, draw: Draw) -> bytes:
+        """The draw buffer's contents for `draw`; ValueError if its mask is not over this model's vocabulary."""
+        if draw.mask is not None:
+            check_mask(draw.mask, self.vocab)
+        return draw.encode()
 
     def _run_segments(self, plan: Plan, groups: list[Any]) -> Any:
         """A paged plan: copy each segment's weight parts into their slots, then submit its dispatches.
