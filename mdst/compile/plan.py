@@ -421,9 +421,12 @@ class Compilation:
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
 
     def dispatch(self, name: str, resources: list[Any], groups: tuple[int, int, int], params: dict[str, Any],
-                 label: str, wtype: str | None = None, **constants: int) -> None:
-        """Append a dispatch of kernel `name` specialized by `constants` (and the cache format where it reads it)."""
-        kv, f16 = KV_TYPES[self.compiler.layout.kv_type] if name in USES_KV else (None, False)
+                 label: str, wtype: str | None = None, f16: bool = False, **constants: int) -> None:
+        """Append a dispatch of kernel `name` specialized by `constants` (and the cache format where it reads it);
+        `f16`: the f16 variant (for a KV kernel, the cache format decides)."""
+        kv = None
+        if name in USES_KV:
+            kv, f16 = KV_TYPES[self.compiler.layout.kv_type]
         spec = KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
         self.ds.append(Dispatch(spec, self.compiler.pipelines.get(spec), resources, groups, params, label,
                                 self.layer))
@@ -596,8 +599,9 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             params.update(m=r, y_stride=stride)
             del params["eps"]
             tr, tc = gemm_block(r, c.presets)
+            f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16
             c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r, tr, tc), params,
-                       label_of(node), w.type.name, RES=res is not None, TR=tr, TC=tc)
+                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc)
 
 
 LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {

@@ -4,6 +4,9 @@
 // memory (each weight is dequantized once per 16 TR activation rows); each thread owns a TR x TC block
 // of the tile: rows 4 ty + 64 a and outputs 4 tx + 64 b (a < TR / 4, b < TC / 4), so neighbouring threads
 // read neighbouring vec4s of the staged tiles.
+// Staged values and the products of one step are `half`: in the f16 variant (where the adapter has
+// shader-f16) a step's TK products are summed in f16 (packed FMAs), and each step's sums are added to
+// f32 accumulators; the f32 variant computes the same in f32.
 // Dispatch: (ceil(n / (16 TC)), ceil(m / (16 TR))).
 
 struct P {
@@ -31,8 +34,8 @@ override TK: u32 = STAGE / max(ROWS_T, COLS_T);   // k a step: each operand's st
 const TILE: u32 = 64u;      // rows and outputs a tile at TR = TC = 4 (the host's gemm_groups scales it)
 const STAGE: u32 = 2048u;   // floats of each operand staged at a time: 16 KiB in all
 
-var<workgroup> xs: array<vec4<f32>, STAGE / 4u>;  // [k][row / 4]: 4 rows a vec4
-var<workgroup> ws: array<vec4<f32>, STAGE / 4u>;  // [k][output / 4]
+var<workgroup> xs: array<vec4<half>, STAGE / 4u>;  // [k][row / 4]: 4 rows a vec4
+var<workgroup> ws: array<vec4<half>, STAGE / 4u>;  // [k][output / 4]
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -60,7 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 xv = x[(r0 + row) * kg + G];
             }
             for (var c = 0u; c < 4u; c++) {
-                xs[(4u * q + c) * (ROWS_T / 4u) + row / 4u][row % 4u] = xv[c];
+                xs[(4u * q + c) * (ROWS_T / 4u) + row / 4u][row % 4u] = half(xv[c]);
             }
         }
         for (var e = lid; e < COLS_T * kq; e += 256u) {
@@ -72,39 +75,48 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 wv = deq4(p.w0 + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
             }
             for (var c = 0u; c < 4u; c++) {
-                ws[(4u * q + c) * (COLS_T / 4u) + row / 4u][row % 4u] = wv[c];
+                ws[(4u * q + c) * (COLS_T / 4u) + row / 4u][row % 4u] = half(wv[c]);
             }
         }
         workgroupBarrier();
+        // this step's sums, p<a><i>_<b> for acc<a><i>_<b>
+        var p00_0 = vec4<half>(0.0); var p01_0 = vec4<half>(0.0); var p02_0 = vec4<half>(0.0); var p03_0 = vec4<half>(0.0);
+        var p00_1 = vec4<half>(0.0); var p01_1 = vec4<half>(0.0); var p02_1 = vec4<half>(0.0); var p03_1 = vec4<half>(0.0);
+        var p10_0 = vec4<half>(0.0); var p11_0 = vec4<half>(0.0); var p12_0 = vec4<half>(0.0); var p13_0 = vec4<half>(0.0);
+        var p10_1 = vec4<half>(0.0); var p11_1 = vec4<half>(0.0); var p12_1 = vec4<half>(0.0); var p13_1 = vec4<half>(0.0);
         for (var kk = 0u; kk < TK; kk++) {
             let a0 = xs[kk * (ROWS_T / 4u) + ty];
             let b0 = ws[kk * (COLS_T / 4u) + tx];
-            acc00_0 += a0.x * b0;
-            acc01_0 += a0.y * b0;
-            acc02_0 += a0.z * b0;
-            acc03_0 += a0.w * b0;
+            p00_0 += a0.x * b0;
+            p01_0 += a0.y * b0;
+            p02_0 += a0.z * b0;
+            p03_0 += a0.w * b0;
             if (TC > 4u) {
                 let b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
-                acc00_1 += a0.x * b1;
-                acc01_1 += a0.y * b1;
-                acc02_1 += a0.z * b1;
-                acc03_1 += a0.w * b1;
+                p00_1 += a0.x * b1;
+                p01_1 += a0.y * b1;
+                p02_1 += a0.z * b1;
+                p03_1 += a0.w * b1;
             }
             if (TR > 4u) {
                 let a1 = xs[kk * (ROWS_T / 4u) + 16u + ty];
-                acc10_0 += a1.x * b0;
-                acc11_0 += a1.y * b0;
-                acc12_0 += a1.z * b0;
-                acc13_0 += a1.w * b0;
+                p10_0 += a1.x * b0;
+                p11_0 += a1.y * b0;
+                p12_0 += a1.z * b0;
+                p13_0 += a1.w * b0;
                 if (TC > 4u) {
                     let b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
-                    acc10_1 += a1.x * b1;
-                    acc11_1 += a1.y * b1;
-                    acc12_1 += a1.z * b1;
-                    acc13_1 += a1.w * b1;
+                    p10_1 += a1.x * b1;
+                    p11_1 += a1.y * b1;
+                    p12_1 += a1.z * b1;
+                    p13_1 += a1.w * b1;
                 }
             }
         }
+        acc00_0 += vec4<f32>(p00_0); acc01_0 += vec4<f32>(p01_0); acc02_0 += vec4<f32>(p02_0); acc03_0 += vec4<f32>(p03_0);
+        acc00_1 += vec4<f32>(p00_1); acc01_1 += vec4<f32>(p01_1); acc02_1 += vec4<f32>(p02_1); acc03_1 += vec4<f32>(p03_1);
+        acc10_0 += vec4<f32>(p10_0); acc11_0 += vec4<f32>(p11_0); acc12_0 += vec4<f32>(p12_0); acc13_0 += vec4<f32>(p13_0);
+        acc10_1 += vec4<f32>(p10_1); acc11_1 += vec4<f32>(p11_1); acc12_1 += vec4<f32>(p12_1); acc13_1 += vec4<f32>(p13_1);
         workgroupBarrier();
     }
     var acc = array<vec4<f32>, 16>(acc00_0, acc01_0, acc02_0, acc03_0, acc10_0, acc11_0, acc12_0, acc13_0,
