@@ -6,6 +6,7 @@ shader doing nothing but independent vec4 FMAs (f32, and f16 where the adapter h
 adapter, timed the same way.
 Usage: python benchmarks/gemm.py [--m 512] [--k 4096] [--n 14336] [--types Q4_K,Q8_0,F16] [--reps 20]
                                  [--blocks 4x4,8x8]   (matmul_rows' rows x outputs a thread; default: the presets')
+                                 [--f16]              (also matmul_rows' f16 variant, where the adapter has shader-f16)
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
     ap.add_argument("--types", default="Q4_K,Q6_K,Q8_0,F16,F32")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--blocks", default=None, help="matmul_rows rows x outputs a thread to try, e.g. 4x4,8x8")
+    ap.add_argument("--f16", action="store_true", help="also time matmul_rows' f16 variant (needs shader-f16)")
     args = ap.parse_args()
 
     from mdst.gpu.device import open_gpu
@@ -116,13 +118,15 @@ def main() -> None:
         else:
             blocks = ([tuple(map(int, b.split("x"))) for b in args.blocks.split(",")] if args.blocks
                       else [gemm_block(m, gpu.profile.presets)])
-            variants = [(KernelSpec("matmul_rows", wtype, constants=(("TC", tc), ("TR", tr))),
-                         gemm_groups(n, m, tr, tc)) for tr, tc in blocks]
+            f16s = [False, True] if args.f16 and gpu.profile.shader_f16 else [bool(gpu.profile.presets.gemm_f16 and gpu.profile.shader_f16)]
+            variants = [(KernelSpec("matmul_rows", wtype, f16, constants=(("TC", tc), ("TR", tr))),
+                         gemm_groups(n, m, tr, tc)) for tr, tc in blocks for f16 in f16s]
         for spec, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
             tflops = 2 * m * n * k / s / 1e12
             results.append({"type": wtype, "m": m, "k": k, "n": n, "kernel": spec.key(), "ms": round(s * 1e3, 3),
-                            "tflop_per_s": round(tflops, 4), "fraction_of_f32_peak": round(tflops / peaks["f32"], 3)})
+                            "tflop_per_s": round(tflops, 4), "fraction_of_f32_peak": round(tflops / peaks["f32"], 3),
+                            **({"fraction_of_f16_peak": round(tflops / peaks["f16"], 3)} if spec.f16 else {})})
         for b in bufs:
             b.destroy()
     print(json.dumps({"benchmark": "gemm", "adapter": gpu.profile.as_dict(), "fma_peak_tflop_per_s": {t: round(v, 4) for t, v in peaks.items()},
