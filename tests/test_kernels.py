@@ -14,7 +14,7 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, gemm_groups, gemv_groups, step_words
+from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, step_words
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -75,9 +75,9 @@ def fusion_id(fusion: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in fusion.items()) or "plain"
 
 
-def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
+def fused_matmul_case(rng, wtype: str, m: int, fusion: dict, n: int = 77):
     """Inputs and reference of a matmul with its fusions; the weights sit weight_lead bytes into their buffer."""
-    k, n = awkward_k(wtype), 77
+    k = awkward_k(wtype)
     glu = fusion.get("GLU", 0)
     raw, w, row_bytes = weight(wtype, 2 * n if glu else n, k, rng)   # gate rows, then up rows
     lead = weight_lead(wtype)
@@ -139,17 +139,29 @@ def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
-@pytest.mark.parametrize("res_", [False, True])
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_rows(run, rng, wtype, res_):
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 75, {})
-    o0, stride, m = 3, 87, 75
+# (rows, outputs) a thread: the 64 x 64 tile for every type; the larger tiles for a float, a small-block and
+# a K-quant type, over more rows and outputs than one tile of theirs holds; the f16 variant (f16 products
+# and step sums) within 1e-2 of the reference
+GEMM_CASES = [(w, res_, 4, 4, 75, 77, False) for w in WEIGHT_TYPES for res_ in (False, True)] + \
+    [(w, True, tr, tc, 150, 141, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
+    [(w, True, tr, tc, 150, 141, True) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))]
+
+
+@pytest.mark.parametrize("wtype,res_,tr,tc,m,n,f16", GEMM_CASES)
+def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16):
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {}, n)
+    o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    y = f32(run(KernelSpec("matmul_rows", wtype, constants=(("RES", res_),)), [buf, x, Out(m * stride * 4), res],
+    spec = KernelSpec("matmul_rows", wtype, f16, constants=(("RES", res_), ("TC", tc), ("TR", tr)))
+    y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
-                gemm_groups(n, m))[0]).reshape(m, stride)
+                gemm_groups(n, m, tr, tc))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
-    assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
+    err = rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0))
+    assert err < (1e-2 if f16 else 1e-5)
+    assert not f16 or err > 1e-6, "the f16 variant computed in f32"
 
 
 @pytest.mark.parametrize("add", [False, True])
@@ -245,6 +257,43 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
     assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+@pytest.mark.parametrize("window,softcap,temp,kv_type,hd,heads,kvh,pos0", [
+    (0, 0.0, 0.0, "f32", 96, 6, 2, 0), (11, 0.0, 0.0, "f32", 96, 6, 2, 30), (0, 30.0, 0.3, "f32", 96, 6, 2, 5),
+    (0, 0.0, 0.0, "f16", 64, 16, 2, 3), (11, 0.0, 0.0, "q8_0", 96, 6, 2, 20),
+    (0, 0.0, 0.0, "f32", 300, 6, 2, 1),   # three keys a tile, some dims' threads idle
+    (5, 0.0, 0.0, "f16", 256, 9, 3, 2),   # Gemma-like: window, eight query vectors a workgroup
+    (0, 0.0, 0.0, "f32", 36, 5, 5, 9)])   # no grouping, small heads
+def test_attention_rows(run, rng, gpu, window, softcap, temp, kv_type, hd, heads, kvh, pos0):
+    """Prefill's flash attention: blocks of rows over KV tiles, against the reference at rows that fill no block."""
+    rows, n_rows = 37, 35
+    gw, br, bc = flash_tiles(heads, kvh, hd)
+    spec_k = dataclasses.replace(kv_spec("attention_rows", kv_type, gpu),
+                                 constants=(("BC", bc), ("BR", br), ("GW", gw), ("WG", ATTN_WG)))
+    ring = window + rows - 1 if window else pos0 + rows + 3
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=4)
+    kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
+    vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
+    q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
+    out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
+                  {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 4},
+                  (heads // gw, -(-rows // br), 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
+                               pos0 + np.arange(n_rows), spec)
+    assert rel_l2(out[:n_rows], want) < 1e-5
+    assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+def test_flash_tiles_fit_workgroup_memory():
+    """attention_rows' blocks: query vectors and keys a tile within its memory, heads dividing the group."""
+    assert flash_tiles(32, 8, 128) == (4, 4, 8)    # Qwen3 8B: 16 query vectors, 8 keys a tile
+    assert flash_tiles(4, 1, 256) == (4, 2, 4)       # Gemma 3 270M: 8 query vectors of 256
+    assert flash_tiles(9, 3, 64) == (3, 5, 8)        # SmolLM2 135M: 15 of 16 query vectors used
+    assert flash_tiles(6, 2, 300) == (3, 2, 3)
+    with pytest.raises(ValueError, match="head_dim 516"):
+        flash_tiles(4, 1, 516)
 
 
 def test_attention_group_fits_workgroup_memory():

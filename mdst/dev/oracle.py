@@ -266,7 +266,9 @@ class CaseBuilder:
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
         del params["eps"]
         params.update(m=m, y_stride=87)
-        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params, gemm_groups(params["n"], m),
+        c = spec.constants_dict()
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
+                     gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -387,7 +389,8 @@ class CaseBuilder:
         from ..ir.ops import AttentionSpec
         from ..kernels.runner import Out
         from ..format.quants import decode_rows, encode_rows
-        rows, n_rows = 5, 4
+        flash = spec.name == "attention_rows"   # blocks of BR rows a workgroup: more rows than one block
+        rows, n_rows = (19, 18) if flash else (5, 4)
         out = []
         for d, p in _distinct(uses, ignore="ring"):
             window = int(p["window"])
@@ -419,8 +422,11 @@ class CaseBuilder:
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
                             f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}", spec,
                             [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
-                            (groups, rows, 1), [Expect("f32", _within(1e-5), want)]))
+                            (groups, -(-rows // int(spec.constants_dict()["BR"])) if flash else rows, 1),
+                            [Expect("f32", _within(1e-5), want)]))
         return out
+
+    _attention_rows = _attention
 
     def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
