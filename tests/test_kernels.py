@@ -75,9 +75,10 @@ def fusion_id(fusion: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in fusion.items()) or "plain"
 
 
-def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
-    """Inputs and reference of a matmul with its fusions; the weights sit weight_lead bytes into their buffer."""
-    k, n = awkward_k(wtype), 77
+def fused_matmul_case(rng, wtype: str, m: int, fusion: dict, k: int | None = None):
+    """Inputs and reference of a matmul with its fusions (and Q8: x through its 8-bit round trip); the weights
+    sit weight_lead bytes into their buffer."""
+    k, n = k or awkward_k(wtype), 77
     glu = fusion.get("GLU", 0)
     raw, w, row_bytes = weight(wtype, 2 * n if glu else n, k, rng)   # gate rows, then up rows
     lead = weight_lead(wtype)
@@ -85,6 +86,7 @@ def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
     x = rng.standard_normal((m, k)).astype(np.float32)
     g = rng.standard_normal(k).astype(np.float32)
     xn = reference.rms_norm(x, g, 1e-5) if fusion.get("NORM") else x
+    xn = reference.q8_round_trip(xn) if fusion.get("Q8") else xn
     want = reference.matmul(xn, w[:n])
     if glu:
         want = reference.glu(want, reference.matmul(xn, w[n:]), {1: "silu", 2: "gelu_tanh"}[glu])
@@ -112,6 +114,36 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
                 gemv_groups(n, lanes, rows))[0])
     assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
     assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
+
+
+# Q8 (8-bit activations): the types whose steps have an integer path with every fusion, and one generic-step type
+# and IQ4_XS (which read the 8-bit copy through xg) fully fused; x quantized 256 values at a time (XQ), so rows of
+# 3 * awkward_k weights take several chunks, the last one short for 32-weight blocks.
+Q8_INT_TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+Q8_CASES = [pytest.param(w, f, *shape, id=f"{w}-{fusion_id(f)}-{'-'.join(map(str, shape))}")
+            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS")
+            for f in (FUSIONS if w in Q8_INT_TYPES else FUSIONS[3:4])
+            for shape in (GEMV_SHAPES[:3] if w in Q8_INT_TYPES and not f else GEMV_SHAPES[:1])]
+
+
+@pytest.mark.parametrize("wtype,fusion,lanes,chunk,rows,upi", Q8_CASES)
+def test_matmul_row_q8(run, rng, wtype, fusion, lanes, chunk, rows, upi):
+    seed = int(rng.integers(1 << 31))
+    fusion = {**fusion, "Q8": True}
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(np.random.default_rng(seed), wtype, 1, fusion,
+                                                               3 * awkward_k(wtype))
+    f32_want = fused_matmul_case(np.random.default_rng(seed), wtype, 1, {**fusion, "Q8": False}, k)[3]
+    o0 = 5
+    res = rng.standard_normal(o0 + n + 3).astype(np.float32)
+    constants = {"TPR": lanes, "GPT": chunk, "ROWS": rows, "UPI": upi, "WG": GEMV_WG, "XQ": 256, **fusion}
+    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
+    y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
+                gemv_groups(n, lanes, rows))[0])
+    assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
+    r = res[o0:o0 + n] if fusion.get("RES") else 0
+    assert rel_l2(y[o0:o0 + n], want[0] + r) < 1e-5
+    assert rel_l2(y[o0:o0 + n], f32_want[0] + r) > 1e-4   # x did go through 8 bits
 
 
 def test_gemv_step_units_come_from_the_wgsl():
