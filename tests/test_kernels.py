@@ -157,7 +157,11 @@ def test_gemv_step_units_come_from_the_wgsl():
     assert GEMV_MAX_ROWS == wgsl_const("matmul_row.wgsl", "MAX_ROWS") == 8
 
 
-@pytest.mark.parametrize("wtype,fusion", TYPE_FUSIONS, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
+# Q8 on CPU adapters: the same f32 code for every type; the plain and the fully fused case of a few types
+BY_OUTPUT_CASES = TYPE_FUSIONS + [(w, {**f, "Q8": True}) for w in ("Q4_0", "Q4_K", "Q6_K") for f in (FUSIONS[0], FUSIONS[3])]
+
+
+@pytest.mark.parametrize("wtype,fusion", BY_OUTPUT_CASES, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
 @pytest.mark.parametrize("R,m", [(1, 1), (8, 45)])
 def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, fusion)
@@ -171,13 +175,18 @@ def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
-@pytest.mark.parametrize("res_", [False, True])
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_rows(run, rng, wtype, res_):
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 75, {})
+# every type plain and with the residual; the block-quantized ones also with 8-bit activations (Q8)
+GEMM_CASES = [(w, res_, q8) for w in WEIGHT_TYPES for res_, q8 in ((False, False), (True, False), (True, True))
+              if not q8 or GGML_TYPE_BY_NAME[w].block > 1]
+
+
+@pytest.mark.parametrize("wtype,res_,q8", GEMM_CASES)
+def test_matmul_rows(run, rng, wtype, res_, q8):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 75, {"Q8": q8})
     o0, stride, m = 3, 87, 75
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    y = f32(run(KernelSpec("matmul_rows", wtype, constants=(("RES", res_),)), [buf, x, Out(m * stride * 4), res],
+    consts = (("Q8", True), ("RES", res_)) if q8 else (("RES", res_),)
+    y = f32(run(KernelSpec("matmul_rows", wtype, constants=consts), [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
                 gemm_groups(n, m))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()

@@ -1,7 +1,8 @@
 // Many-row matmul (prefill, GEMM) on GPUs: Y[r, o0 + j] = sum_k X[r, k] * W[j, k] (+ R[r, o0 + j]
 // with RES) for rows r < m and the part's rows j < n. Each workgroup of 256 threads computes a 64 x 64 tile of Y, stepping
 // through k 32 at a time with both operands staged in workgroup memory (each weight is dequantized
-// once per 64 activation rows); each thread owns a 4 x 4 block of the tile.
+// once per 64 activation rows); each thread owns a 4 x 4 block of the tile. Q8: each row's 32 staged values of
+// X (one block) go through their 8-bit round trip (reference.q8_round_trip) in workgroup memory first.
 // Dispatch: (ceil(n / 64), ceil(m / 64)).
 
 struct P {
@@ -20,6 +21,7 @@ struct P {
 @group(0) @binding(4) var<uniform> p: P;
 
 override RES: bool = false;
+override Q8: bool = false;
 
 const TILE: u32 = 64u;   // rows and outputs per tile
 const TK: u32 = 32u;     // k per step
@@ -61,6 +63,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
+        if (Q8) {
+            if (lid < TILE) {
+                var amax = 0.0;
+                for (var kk = 0u; kk < TK; kk++) {
+                    amax = max(amax, abs(xs[kk * 16u + lid / 4u][lid % 4u]));
+                }
+                let d = amax / 127.0;
+                let id = select(0.0, 1.0 / d, d > 0.0);
+                for (var kk = 0u; kk < TK; kk++) {
+                    let at = kk * 16u + lid / 4u;
+                    xs[at][lid % 4u] = round(xs[at][lid % 4u] * id) * d;
+                }
+            }
+            workgroupBarrier();
+        }
         for (var kk = 0u; kk < TK; kk++) {
             let a = xs[kk * 16u + ty];
             let b = ws[kk * 16u + tx];
