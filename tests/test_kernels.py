@@ -158,7 +158,7 @@ def test_gemv_step_units_come_from_the_wgsl():
 
 
 # Q8 on CPU adapters: the same f32 code for every type; the plain and the fully fused case of a few types
-BY_OUTPUT_CASES = TYPE_FUSIONS + [(w, {**f, "Q8": True}) for w in ("Q4_0", "Q4_K", "Q6_K") for f in (FUSIONS[0], FUSIONS[3])]
+BY_OUTPUT_CASES = TYPE_FUSIONS + [(w, {**f, "Q8": True}) for w in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K") for f in FUSIONS]
 
 
 @pytest.mark.parametrize("wtype,fusion", BY_OUTPUT_CASES, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
