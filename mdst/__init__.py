@@ -42,7 +42,7 @@ def load(path: str | os.PathLike | None = None, *, quant: str | None = None, rev
     context_length: KV cache size in tokens (default: min(model maximum, 4096)).
     max_binding_size: cap on bytes per GPU binding, below the adapter's limit (tests the split path).
     kv_type: KV cache storage, "f32", "f16" or "q8_0" (default: f16 where the adapter has shader-f16, else f32):
-        the one precision setting; arithmetic is f32.
+        the storage setting (arithmetic: activations).
     activations: what matmuls on quantized weights multiply, the precision setting of arithmetic: "f32" (x as it
         is) or "q8" (x rounded to 8 bits per block of 32, llama.cpp's q8_1, so GPU kernels use packed 8-bit
         integer dot products; the numpy path computes the same).

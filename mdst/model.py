@@ -101,7 +101,7 @@ class Model:
 
     @property
     def kv_type(self) -> str:
-        """The KV cache's type ("f32", "f16" or "q8_0"): the one precision setting (arithmetic is f32)."""
+        """The KV cache's type ("f32", "f16" or "q8_0"); `activations` is the arithmetic's setting."""
         return self._kv_type
 
     @property

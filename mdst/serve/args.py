@@ -21,7 +21,7 @@ def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
 def kv_type_options(p: argparse.ArgumentParser) -> None:
     """--kv-type, and --precision: its deprecated, hidden alias ("auto": the default)."""
     p.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"],
-                   help="KV cache type, the one precision setting; arithmetic is f32 "
+                   help="KV cache type (arithmetic: --activations) "
                         "(default: f16 where the adapter has shader-f16, else f32)")
     p.add_argument("--precision", default=None, choices=["auto", "f32", "f16"], help=argparse.SUPPRESS)
 
