@@ -70,7 +70,7 @@ fn xn(G: u32) -> vec4<f32> {
     return x[G];
 }
 
-// For the steps: xn(G), or with Q8 its 8-bit round trip; its sum of squares (unused with Q8).
+// For the steps: xn(G), or with Q8 its 8-bit round trip (sq(G) below: its sum of squares, unused with Q8).
 fn xg(G: u32) -> vec4<f32> {
     if (Q8) {
         return q8_scale(G) * i8x4(q8_word(G));
