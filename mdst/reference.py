@@ -34,6 +34,18 @@ def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (x @ w.T).astype(np.float32)
 
 
+Q8_BLOCK = 32   # values of an activation row that share one 8-bit scale
+
+
+def q8_round_trip(x: np.ndarray) -> np.ndarray:
+    """x through 8-bit activations (llama.cpp's q8_1 blocks): per 32 values of a row, d = amax / 127 and
+    q = round(x / d) (ties to even, as WGSL's round), back as q * d. Rows are a multiple of 32 long."""
+    b = x.reshape(*x.shape[:-1], -1, Q8_BLOCK).astype(np.float32)
+    d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    return (np.round(b * inv) * d).reshape(x.shape).astype(np.float32)
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 

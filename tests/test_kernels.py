@@ -75,9 +75,10 @@ def fusion_id(fusion: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in fusion.items()) or "plain"
 
 
-def fused_matmul_case(rng, wtype: str, m: int, fusion: dict, n: int = 77):
-    """Inputs and reference of a matmul with its fusions; the weights sit weight_lead bytes into their buffer."""
-    k = awkward_k(wtype)
+def fused_matmul_case(rng, wtype: str, m: int, fusion: dict, n: int = 77, k: int | None = None):
+    """Inputs and reference of a matmul with its fusions (and Q8: x through its 8-bit round trip); the weights
+    sit weight_lead bytes into their buffer."""
+    k = k or awkward_k(wtype)
     glu = fusion.get("GLU", 0)
     raw, w, row_bytes = weight(wtype, 2 * n if glu else n, k, rng)   # gate rows, then up rows
     lead = weight_lead(wtype)
@@ -85,6 +86,7 @@ def fused_matmul_case(rng, wtype: str, m: int, fusion: dict, n: int = 77):
     x = rng.standard_normal((m, k)).astype(np.float32)
     g = rng.standard_normal(k).astype(np.float32)
     xn = reference.rms_norm(x, g, 1e-5) if fusion.get("NORM") else x
+    xn = reference.q8_round_trip(xn) if fusion.get("Q8") else xn
     want = reference.matmul(xn, w[:n])
     if glu:
         want = reference.glu(want, reference.matmul(xn, w[n:]), {1: "silu", 2: "gelu_tanh"}[glu])
@@ -114,6 +116,36 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
     assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
+# Q8 (8-bit activations): the types whose steps have an integer path with every fusion, and one generic-step type
+# and IQ4_XS (which read the 8-bit copy through xg) fully fused; x quantized 256 values at a time (XQ), so rows of
+# 3 * awkward_k weights take several chunks, the last one short for 32-weight blocks.
+Q8_INT_TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+Q8_CASES = [pytest.param(w, f, *shape, id=f"{w}-{fusion_id(f)}-{'-'.join(map(str, shape))}")
+            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS")
+            for f in (FUSIONS if w in Q8_INT_TYPES else FUSIONS[3:4])
+            for shape in (GEMV_SHAPES[:3] if w in Q8_INT_TYPES and not f else GEMV_SHAPES[:1])]
+
+
+@pytest.mark.parametrize("wtype,fusion,lanes,chunk,rows,upi", Q8_CASES)
+def test_matmul_row_q8(run, rng, wtype, fusion, lanes, chunk, rows, upi):
+    seed = int(rng.integers(1 << 31))
+    fusion = {**fusion, "Q8": True}
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(np.random.default_rng(seed), wtype, 1, fusion,
+                                                               k=3 * awkward_k(wtype))
+    f32_want = fused_matmul_case(np.random.default_rng(seed), wtype, 1, {**fusion, "Q8": False}, k=k)[3]
+    o0 = 5
+    res = rng.standard_normal(o0 + n + 3).astype(np.float32)
+    constants = {"TPR": lanes, "GPT": chunk, "ROWS": rows, "UPI": upi, "WG": GEMV_WG, "XQ": 256, **fusion}
+    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
+    y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
+                gemv_groups(n, lanes, rows))[0])
+    assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
+    r = res[o0:o0 + n] if fusion.get("RES") else 0
+    assert rel_l2(y[o0:o0 + n], want[0] + r) < 1e-5
+    assert rel_l2(y[o0:o0 + n], f32_want[0] + r) > 1e-4   # x did go through 8 bits
+
+
 def test_gemv_step_units_come_from_the_wgsl():
     # the plan sizes lanes by the units of a type's own step, which each step declares (UNIT)
     from mdst.kernels import TYPE_STEPS, wgsl_const
@@ -125,7 +157,11 @@ def test_gemv_step_units_come_from_the_wgsl():
     assert GEMV_MAX_ROWS == wgsl_const("matmul_row.wgsl", "MAX_ROWS") == 8
 
 
-@pytest.mark.parametrize("wtype,fusion", TYPE_FUSIONS, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
+# Q8 on CPU adapters: the same f32 code for every type; the plain and the fully fused case of a few types
+BY_OUTPUT_CASES = TYPE_FUSIONS + [(w, {**f, "Q8": True}) for w in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K") for f in FUSIONS]
+
+
+@pytest.mark.parametrize("wtype,fusion", BY_OUTPUT_CASES, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
 @pytest.mark.parametrize("R,m", [(1, 1), (8, 45)])
 def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, fusion)
@@ -139,22 +175,25 @@ def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
-# (rows, outputs) a thread: the 64 x 64 tile for every type; the larger tiles for a float, a small-block and
-# a K-quant type, over more rows and outputs than one tile of theirs holds; the f16 variant (f16 products
-# and step sums) within 1e-2 of the reference
-GEMM_CASES = [(w, res_, 4, 4, 75, 77, False) for w in WEIGHT_TYPES for res_ in (False, True)] + \
-    [(w, True, tr, tc, 150, 141, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
-    [(w, True, tr, tc, 150, 141, True) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))]
+# (rows, outputs) a thread: the 64 x 64 tile for every type, plain and with the residual, and the
+# block-quantized ones with 8-bit activations (Q8, which the host builds at 4 x 4 in f32); the larger tiles for
+# a float, a small-block and a K-quant type, over more rows and outputs than one tile of theirs holds; the f16
+# variant (f16 products and step sums) within 1e-2 of the reference
+GEMM_CASES = [(w, res_, 4, 4, 75, 77, False, q8) for w in WEIGHT_TYPES
+              for res_, q8 in ((False, False), (True, False), (True, True)) if not q8 or GGML_TYPE_BY_NAME[w].block > 1] + \
+    [(w, True, tr, tc, 150, 141, False, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
+    [(w, True, tr, tc, 150, 141, True, False) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))]
 
 
-@pytest.mark.parametrize("wtype,res_,tr,tc,m,n,f16", GEMM_CASES)
-def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16):
+@pytest.mark.parametrize("wtype,res_,tr,tc,m,n,f16,q8", GEMM_CASES)
+def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
     if f16 and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {}, n)
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, n)
     o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    spec = KernelSpec("matmul_rows", wtype, f16, constants=(("RES", res_), ("TC", tc), ("TR", tr)))
+    consts = (("Q8", True),) * q8 + (("RES", res_), ("TC", tc), ("TR", tr))
+    spec = KernelSpec("matmul_rows", wtype, f16, constants=consts)
     y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
                 gemm_groups(n, m, tr, tc))[0]).reshape(m, stride)

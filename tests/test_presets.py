@@ -13,7 +13,7 @@ import pytest
 import mdst
 from mdst.gpu.device import presets_for
 from mdst.format.gguf import GGUFFile
-from metrics import rel_l2
+from metrics import agreement, rel_l2
 
 
 @pytest.fixture
@@ -114,3 +114,22 @@ def test_gemv_rows_keep_short_matrices_busy():
     assert gemv_rows(4096, 2, every) == 2                                       # never more rows than lanes
     assert gemv_rows(77, 64, dataclasses.replace(every, gemv_rows=8)) == GEMV_MAX_ROWS
     assert gemv_groups(77, 64, 4) == (5, 1, 1)                                  # 16 rows a workgroup of 256
+
+
+def test_gpu_presets_with_q8_activations_match_the_reference(gpu_presets, tmp_path):
+    # activations="q8" through the GPU kernels (matmul_row's integer Q4_K/Q6_K steps, matmul_rows' round trip in
+    # its tiles) inside a model, against the numpy path; the gate allows for the round trip's discontinuity
+    # (test_model_smollm2's q8 test says why); every matmul of the plans reads quantized weights and takes Q8
+    from mdst.dev import synth
+
+    path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
+    ids = list(range(20, 40))
+    with mdst.load(path, device="gpu", kv_type="f32", context_length=64, activations="q8") as g, g.session() as s:
+        prefill = s.feed(ids[:8])
+        steps = np.concatenate([s.feed([t]) for t in ids[8:]])
+        plans = [g.engine.plan("all", rows, "logits") for rows in (1, 8)]
+    assert all(dict(d.spec.constants).get("Q8") for p in plans for d in p.dispatches if d.spec.name.startswith("matmul"))
+    with mdst.load(path, device="cpu", context_length=64, activations="q8") as c:
+        ref = c.logits(ids)
+    got = np.concatenate([prefill, steps])
+    assert rel_l2(got, ref) < 5e-2 and agreement(got, ref) >= 0.9

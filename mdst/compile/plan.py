@@ -572,6 +572,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     norm = store.weights[op.norm].parts[0].buffer if op.norm is not None else None
     res = x[-1] if op.res else None
     fused = {"NORM": norm is not None, "RES": res is not None, "GLU": glu}
+    q8 = {"Q8": True} if op.q8 else {}   # x through its 8-bit round trip (set only when on: f32 keys unchanged)
     outputs = c.outputs
     for pi, p in enumerate(w.parts):
         if outputs is not None and len(outputs) > 1:
@@ -587,21 +588,22 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             rr = 1 if r == 1 else 8
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
-                       w.type.name, R=rr, **fused)
+                       w.type.name, R=rr, **fused, **q8)
         elif r == 1:
             lanes = gemv_lanes(k, w.type.name, c.presets)
             rows = gemv_rows(p.rows, lanes, c.presets)
             c.dispatch("matmul_row", args, gemv_groups(p.rows, lanes, rows), params, label_of(node), w.type.name,
-                       WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, **fused)
+                       WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, **fused, **q8)
         else:
             if norm is not None or glu:
                 raise RuntimeError("the many-row matmul fuses the residual add only")
             params.update(m=r, y_stride=stride)
             del params["eps"]
-            tr, tc = gemm_block(r, c.presets)
-            f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16
+            # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
+            tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
+            f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16 and not op.q8
             c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r, tr, tc), params,
-                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc)
+                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc, **q8)
 
 
 def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:

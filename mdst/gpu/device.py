@@ -282,7 +282,7 @@ def kv_type_for_precision(precision: str, kv_type: str | None) -> str | None:
 
 def resolve_kv_type(kv_type: str | None, gpu: GPU | None) -> str:
     """The KV cache format: given, or by default f16 where the adapter has shader-f16 and f32 otherwise (numpy
-    included); f16 needs shader-f16 on a GPU. The one precision setting: arithmetic is f32."""
+    included); f16 needs shader-f16 on a GPU. (Arithmetic is the activations option's.)"""
     if kv_type is None:
         return "f16" if gpu is not None and gpu.profile.shader_f16 else "f32"
     if kv_type not in KV_TYPES:

@@ -127,13 +127,27 @@ class Graph:
         return last
 
 
-class Builder:
-    """Records ops into a `Graph`. `output_rows` is "all" (logits for every row) or "last"."""
+# The load option `activations`: what matmuls on quantized weights multiply. "f32": x as it is; "q8": x through
+# its 8-bit round trip (Matmul.q8), which lets GPU kernels use packed 8-bit integer dot products.
+ACTIVATION_TYPES = ("f32", "q8")
 
-    def __init__(self, tensors: dict[str, TensorInfo], output_rows: str = "last"):
+
+def check_activations(activations: str) -> str:
+    """`activations` if it is one of ACTIVATION_TYPES, else a ValueError naming them."""
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {', '.join(map(repr, ACTIVATION_TYPES))}, got {activations!r}")
+    return activations
+
+
+class Builder:
+    """Records ops into a `Graph`. `output_rows` is "all" (logits for every row) or "last"; `activations` is
+    the load option of that name (ACTIVATION_TYPES)."""
+
+    def __init__(self, tensors: dict[str, TensorInfo], output_rows: str = "last", activations: str = "f32"):
         if output_rows not in ("all", "last"):
             raise ValueError(f"output_rows must be 'all' or 'last', got {output_rows!r}")
         self.tensors = tensors
+        self.activations = check_activations(activations)
         self.graph = Graph(output_rows)
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -169,7 +183,9 @@ class Builder:
         t = self._tensor(weight)
         if len(t.shape) != 2 or t.row_elems != x.cols:
             raise UnsupportedModelError(f"tensor {weight!r} has shape {list(t.shape)}, expected [{x.cols}, *]")
-        return self._add(Matmul(weight, t.n_rows), (x,), weight)
+        # the one place that decides which matmuls take 8-bit activations: those on block-quantized weights
+        q8 = self.activations == "q8" and t.type.block > 1
+        return self._add(Matmul(weight, t.n_rows, q8=q8), (x,), weight)
 
     def rms_norm(self, x: Value, weight: str, eps: float, dim: int | None = None) -> Value:
         """RMSNorm over groups of `dim` columns (default: the whole row), scaled by `weight`."""
@@ -270,9 +286,10 @@ class Builder:
         self.graph.output = x
 
 
-def build(forward: Callable[[Builder], None], tensors: dict[str, TensorInfo], output_rows: str) -> Graph:
+def build(forward: Callable[[Builder], None], tensors: dict[str, TensorInfo], output_rows: str,
+          activations: str = "f32") -> Graph:
     """Record `forward` into a graph."""
-    b = Builder(tensors, output_rows)
+    b = Builder(tensors, output_rows, activations)
     forward(b)
     if b.graph.output is None:
         raise RuntimeError("the forward pass set no output")

@@ -141,7 +141,8 @@ class Embed(Op):
 class Matmul(Op):
     """x [r, k] @ weight[n_out, k]^T, with the fusions a matmul kernel can do: RMSNorm of x first
     (`norm`, `eps`), act(x W^T) * (x U^T) for `up` (`act`), and adding the last input (`res`).
-    `members`: the matrices a sibling run stores as `weight`, one after the other."""
+    `members`: the matrices a sibling run stores as `weight`, one after the other. `q8`: x (after the norm)
+    goes through its 8-bit round trip first (reference.q8_round_trip; the load option activations="q8")."""
 
     name: ClassVar[str] = "matmul"
     weight: str
@@ -152,6 +153,7 @@ class Matmul(Op):
     eps: float = 0.0
     res: bool = False
     members: tuple[str, ...] = ()
+    q8: bool = False
 
     @property
     def plain(self) -> bool:
@@ -168,6 +170,7 @@ class Matmul(Op):
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
         w = step.weights
         h = reference.rms_norm(x[0], w[self.norm].ravel(), self.eps) if self.norm else x[0]
+        h = reference.q8_round_trip(h) if self.q8 else h
         mat = np.concatenate([w[m] for m in self.members]) if self.members else w[self.weight]
         y = reference.matmul(h, mat)
         if self.up is not None:

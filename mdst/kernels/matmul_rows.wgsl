@@ -7,6 +7,8 @@
 // Staged values and the products of one step are `half`: in the f16 variant (where the adapter has
 // shader-f16) a step's TK products are summed in f16 (packed FMAs), and each step's sums are added to
 // f32 accumulators; the f32 variant computes the same in f32.
+// Q8: each row's 32 staged values of X (one block) go through their 8-bit round trip
+// (reference.q8_round_trip) in workgroup memory first; the host builds it with TK = 32, f32 (TR = TC = 4).
 // Dispatch: (ceil(n / (16 TC)), ceil(m / (16 TR))).
 
 struct P {
@@ -30,6 +32,7 @@ override TC: u32 = 4u;   // outputs a thread: 4 or 8
 override ROWS_T: u32 = 16u * TR;   // rows a tile
 override COLS_T: u32 = 16u * TC;   // outputs a tile
 override TK: u32 = STAGE / max(ROWS_T, COLS_T);   // k a step: each operand's stage holds STAGE floats
+override Q8: bool = false;
 
 const TILE: u32 = 64u;      // rows and outputs a tile at TR = TC = 4 (the host's gemm_groups scales it)
 const STAGE: u32 = 2048u;   // floats of each operand staged at a time: 16 KiB in all
@@ -79,6 +82,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
+        if (Q8) {
+            if (lid < ROWS_T) {
+                var amax = 0.0;
+                for (var kk = 0u; kk < TK; kk++) {
+                    amax = max(amax, abs(xs[kk * (ROWS_T / 4u) + lid / 4u][lid % 4u]));
+                }
+                let d = amax / 127.0;
+                let id = select(0.0, 1.0 / d, d > 0.0);
+                for (var kk = 0u; kk < TK; kk++) {
+                    let at = kk * (ROWS_T / 4u) + lid / 4u;
+                    xs[at][lid % 4u] = round(xs[at][lid % 4u] * id) * d;
+                }
+            }
+            workgroupBarrier();
+        }
         // this step's sums, p<a><i>_<b> for acc<a><i>_<b>
         var p00_0 = vec4<half>(0.0); var p01_0 = vec4<half>(0.0); var p02_0 = vec4<half>(0.0); var p03_0 = vec4<half>(0.0);
         var p00_1 = vec4<half>(0.0); var p01_1 = vec4<half>(0.0); var p02_1 = vec4<half>(0.0); var p03_1 = vec4<half>(0.0);

@@ -40,9 +40,10 @@ STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit ar
 ALL_LOGITS_BYTES = 32 << 20   # logits of one all-rows step (logits(), Session.feed) at most
 
 
-def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile) -> dict[str, Graph]:
-    """The family's forward pass recorded for last-row and all-row logits, and all-row hidden states."""
-    graphs = {mode: build(forward, gguf.tensors, mode) for mode in ("last", "all")}
+def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile, activations: str = "f32") -> dict[str, Graph]:
+    """The family's forward pass recorded for last-row and all-row logits, and all-row hidden states;
+    `activations` is the load option (graph.ACTIVATION_TYPES)."""
+    graphs = {mode: build(forward, gguf.tensors, mode, activations) for mode in ("last", "all")}
     graphs["hidden"] = graphs["all"].hidden_states()
     return graphs
 

@@ -67,7 +67,7 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
     wbytes = decode_weight_bytes(model)
     out: dict[str, Any] = {
         "model": model.path, "architecture": model.architecture, "backend": model.backend,
-        "kv_type": model.kv_type, "context_length": model.context_length,
+        "kv_type": model.kv_type, "activations": model.activations, "context_length": model.context_length,
         "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
         "prefill_tokens_per_s": prompt_tokens / prefill_s,
         "decode_tokens_per_s": gen_tokens / decode_s,
