@@ -48,21 +48,31 @@ def test_dequantize_inverts_gguf_py_quantizer(wtype):
     np.testing.assert_array_equal(ours, gguf_dequantize(raw, GGMLQuantizationType[wtype]))
 
 
-@pytest.mark.parametrize("wtype", ["IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S"])
-def test_wgsl_grid_is_llama_cpp_grid(wtype):
-    # every entry, where the kernel tests' random blocks reach only some: entry i is 16 bits of word i >> 1,
-    # weight j an index into gguf-py's levels (2 bits for 3 levels, 3 bits for 8)
+# (kernel file, table name, gguf-py class): the grid types' tables; IQ1_M shares IQ1_S's.
+GRID_TABLES = [("IQ2_XXS", "IQ2_XXS_GRID", "IQ2_XXS"), ("IQ2_XS", "IQ2_XS_GRID", "IQ2_XS"),
+               ("IQ2_S", "IQ2_S_GRID", "IQ2_S"), ("IQ3_XXS", "IQ3_XXS_GRID", "IQ3_XXS"),
+               ("IQ3_S", "IQ3_S_GRID", "IQ3_S"), ("iq1_grid", "IQ1_GRID_\\d+", "IQ1_S")]
+
+
+@pytest.mark.parametrize("file,table,wtype", GRID_TABLES)
+def test_wgsl_grid_is_llama_cpp_grid(file, table, wtype):
+    # every entry, where the kernel tests' random blocks reach only some: entry i is 16 bits of word i >> 1
+    # (a table split into arrays is their concatenation), weight j an index into gguf-py's levels (2 bits for
+    # 3 levels, 3 bits for 8)
     from gguf import quants
 
     from mdst.kernels import read
 
-    body = re.search(rf"{wtype}_GRID: array<u32, (\d+)> = array<u32, \d+>\(([^)]*)\)", read(f"quant/{wtype}.wgsl"))
-    words = np.array([int(w.strip().rstrip("u"), 16) for w in body.group(2).split(",") if w.strip()], np.uint32)
-    assert len(words) == int(body.group(1))
+    words = []
+    for n, body in re.findall(rf"{table}: array<u32, (\d+)> = array<u32, \d+>\(([^)]*)\)", read(f"quant/{file}.wgsl")):
+        words += [int(w.strip().rstrip("u"), 16) for w in body.split(",") if w.strip()]
+        assert len(words) % int(n) == 0
+    words = np.array(words, np.uint32)
     ref = getattr(quants, wtype)
     ref.init_grid()
     grid = ref.grid.reshape(ref.grid_shape)
     bits = 2 if len(ref.grid_map) <= 4 else 3
     entries = np.stack([words & 0xFFFF, words >> 16], axis=1).ravel()
+    assert len(entries) == len(grid)
     idx = (entries[:, None] >> (bits * np.arange(grid.shape[1], dtype=np.uint32))) & ((1 << bits) - 1)
     np.testing.assert_array_equal(np.array(ref.grid_map, np.float32)[idx], grid)

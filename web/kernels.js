@@ -14,16 +14,20 @@ export const TYPE_STEPS = { matmul_row: ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
 // Weight types whose blocks are whole 16-byte words, read through weights_vec4.wgsl.
 export const WIDE_TYPES = ["Q4_K", "Q5_K"];
 
+// Tables several weight types share (quant/<file>.wgsl), composed just before the type's own quant file.
+export const TYPE_TABLES = { IQ1_S: "iq1_grid", IQ1_M: "iq1_grid" };
+
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
-// weight tensor) weights.wgsl (weights_vec4.wgsl for WIDE_TYPES), quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step
+// weight tensor) weights.wgsl (weights_vec4.wgsl for WIDE_TYPES), the type's TYPE_TABLES file, quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step
 // quant/<wtype>.<name>.wgsl or the generic quant/<name>.wgsl, then (for kernels that use a KV
 // cache) kv/<kv>.wgsl, then <name>.wgsl, joined with "\n".
 // readText(relativePath) returns a file of the kernels folder as text.
 export async function compose(readText, name, wtype = null, kv = null) {
   const parts = [await readText("common.wgsl")];
   if (wtype !== null && wtype !== undefined) {
-    parts.push(await readText(WIDE_TYPES.includes(wtype) ? "weights_vec4.wgsl" : "weights.wgsl"),
-               await readText(`quant/${wtype}.wgsl`));
+    parts.push(await readText(WIDE_TYPES.includes(wtype) ? "weights_vec4.wgsl" : "weights.wgsl"));
+    if (Object.hasOwn(TYPE_TABLES, wtype)) parts.push(await readText(`quant/${TYPE_TABLES[wtype]}.wgsl`));
+    parts.push(await readText(`quant/${wtype}.wgsl`));
     const steps = Object.hasOwn(TYPE_STEPS, name) ? TYPE_STEPS[name] : null;
     if (steps) parts.push(await readText(steps.includes(wtype) ? `quant/${wtype}.${name}.wgsl` : `quant/${name}.wgsl`));
   }

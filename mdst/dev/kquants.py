@@ -136,29 +136,44 @@ def _iq4_xs(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
     return np.hstack([_f16(d), scales_h.view(np.uint8).reshape(n, 2), scales_l, _codes(rng, n, 128)])
 
 
+def put_block_d(qtype: T, blocks: np.ndarray, d: np.ndarray) -> None:
+    """Write each block's scale d into `blocks` (uint8 [n, type_size]): an f16 at byte 0 for the grid types,
+    but IQ1_M keeps its f16's four nibbles atop its four u16 scale words (bytes 48..55)."""
+    if qtype != T.IQ1_M:
+        blocks[:, 0:2] = _f16(d)
+        return
+    bits = d.astype(np.float16).view(np.uint16)[:, None]
+    words = blocks[:, 48:56].copy().view(np.uint16)
+    words = (words & 0x0FFF) | (((bits >> np.array([0, 4, 8, 12], np.uint16)) & 0xF) << 12)
+    blocks[:, 48:56] = words.astype(np.uint16).view(np.uint8)
+
+
 @lru_cache(maxsize=None)
 def _unit_mean_sq(qtype: T) -> float:
     """E[w^2] of `qtype`'s blocks of random bytes with d = 1, measured on a fixed sample: the grid types' levels,
     scales and signs are tables, whose moments are simplest measured."""
     rng = np.random.default_rng(0)
     blocks = _codes(rng, 4096, GGML_QUANT_SIZES[qtype][1])
-    blocks[:, 0:2] = _f16(np.ones(4096))
+    put_block_d(qtype, blocks, np.ones(4096))
     return float(np.mean(dequantize(blocks, qtype).astype(np.float64) ** 2))
 
 
 def _grid_writer(qtype: T):
-    """Blocks of the grid types (IQ2_XXS, IQ2_XS, IQ3_XXS, IQ3_S): f16 d, then random bytes (grid indices,
-    signs and scales all take any value)."""
+    """Blocks of the grid types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M): random bytes (grid
+    indices, signs and scales all take any value) with the block scale d put in."""
     def write(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
-        d = _block_d(rng, n, std, _unit_mean_sq(qtype))
-        return np.hstack([_f16(d), _codes(rng, n, GGML_QUANT_SIZES[qtype][1] - 2)])
+        blocks = _codes(rng, n, GGML_QUANT_SIZES[qtype][1])
+        put_block_d(qtype, blocks, _block_d(rng, n, std, _unit_mean_sq(qtype)))
+        return blocks
     return write
 
+
+GRID_TYPES = (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M)
 
 _WRITERS = {
     T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
     T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs,
-    **{t: _grid_writer(t) for t in (T.IQ2_XXS, T.IQ2_XS, T.IQ3_XXS, T.IQ3_S)},
+    **{t: _grid_writer(t) for t in GRID_TYPES},
 }
 
 RANDOM_BLOCK_TYPES: frozenset[T] = frozenset(_WRITERS)

@@ -176,7 +176,7 @@ LOGIT_STD = 3.0     # std of the logits: LM head (and tied embedding) entries ha
 BIAS_STD = 0.1     # lfm2moe's expert selection biases: about a sigmoid probability's spread
 NORM_NOISE = 0.2    # norm weights are 1 + N(0, NORM_NOISE^2): non-trivial, so a skipped or misapplied norm shows
 
-# Types gguf-py quantizes from floats; the K-quants and IQ4 come from kquants.random_blocks.
+# Types gguf-py quantizes from floats; the K-quants and IQ types come from kquants.random_blocks.
 _FLOAT_QUANT_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.MXFP4, T.TQ1_0, T.TQ2_0)
 WEIGHT_TYPES: tuple[str, ...] = tuple(t.name for t in _FLOAT_QUANT_TYPES) + tuple(
     t.name for t in sorted(RANDOM_BLOCK_TYPES))
@@ -185,7 +185,7 @@ MIXES: tuple[str, ...] = WEIGHT_TYPES + ("Q4_K_M",)
 # llama-quantize's substitutes when a type's block does not divide a row (llama-quant.cpp).
 _FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
              T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL,
-             T.IQ3_S: T.IQ4_NL}
+             T.IQ3_S: T.IQ4_NL, T.IQ2_S: T.IQ4_NL, T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL}
 
 _FILE_TYPES = {
     "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
@@ -196,6 +196,7 @@ _FILE_TYPES = {
     "MXFP4": LlamaFileType.MOSTLY_MXFP4_MOE, "TQ1_0": LlamaFileType.MOSTLY_TQ1_0,
     "TQ2_0": LlamaFileType.MOSTLY_TQ2_0, "IQ2_XXS": LlamaFileType.MOSTLY_IQ2_XXS,
     "IQ2_XS": LlamaFileType.MOSTLY_IQ2_XS, "IQ3_XXS": LlamaFileType.MOSTLY_IQ3_XXS, "IQ3_S": LlamaFileType.MOSTLY_IQ3_S,
+    "IQ2_S": LlamaFileType.MOSTLY_IQ2_S, "IQ1_S": LlamaFileType.MOSTLY_IQ1_S, "IQ1_M": LlamaFileType.MOSTLY_IQ1_M,
     "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
 }
 

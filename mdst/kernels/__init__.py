@@ -25,7 +25,7 @@ from typing import Any
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
-                "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S")
+                "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_S", "IQ1_M")
 
 # Kernels whose inner step a weight type may replace, and the types that do (see compose).
 TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}
@@ -33,6 +33,9 @@ TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}
 # Weight types whose blocks are whole 16-byte words: kernels read them through weights_vec4.wgsl (one load a
 # header or 16 bytes of data) instead of weights.wgsl's 4-byte words.
 WIDE_TYPES = ("Q4_K", "Q5_K")
+
+# Tables several weight types share (quant/<file>.wgsl), composed just before the type's own quant file.
+TYPE_TABLES = {"IQ1_S": "iq1_grid", "IQ1_M": "iq1_grid"}
 
 
 def weight_align(wtype: str) -> int:
@@ -83,7 +86,10 @@ def compose(name: str, wtype: str | None = None, kv: str | None = None) -> str:
     if wtype is not None:
         if wtype not in WEIGHT_TYPES:
             raise KeyError(f"no kernel reads weight type {wtype}")
-        parts += [read("weights_vec4.wgsl" if wtype in WIDE_TYPES else "weights.wgsl"), read(f"quant/{wtype}.wgsl")]
+        parts.append(read("weights_vec4.wgsl" if wtype in WIDE_TYPES else "weights.wgsl"))
+        if wtype in TYPE_TABLES:
+            parts.append(read(f"quant/{TYPE_TABLES[wtype]}.wgsl"))
+        parts.append(read(f"quant/{wtype}.wgsl"))
         if name in TYPE_STEPS:
             parts.append(read(f"quant/{wtype}.{name}.wgsl" if wtype in TYPE_STEPS[name] else f"quant/{name}.wgsl"))
     if kv is not None:
