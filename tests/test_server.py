@@ -20,7 +20,8 @@ import uvicorn
 
 import mdst
 from mdst.errors import MdstError
-from mdst.serve.server import create_app, main
+from mdst.serve.command import main
+from mdst.serve.server import create_app
 
 GEMMA_TEMPLATE = Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja"
 PROMPT = "The capital of France is"
@@ -485,7 +486,7 @@ def test_main_serves_until_interrupted(smollm2_path, gpu):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, mdst.serve.server; sys.exit(mdst.serve.server.main(sys.argv[1:]))",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, mdst.serve.command; sys.exit(mdst.serve.command.main(sys.argv[1:]))",
                              smollm2_path, "--port", str(port), "--device", "gpu", "--context", "128",
                              "--name", "tiny"], stderr=subprocess.PIPE, text=True)
     try:
@@ -510,3 +511,7 @@ def test_main_serves_until_interrupted(smollm2_path, gpu):
 def test_main_reports_a_missing_model(tmp_path, capsys):
     assert main([str(tmp_path / "missing.gguf")]) == 2
     assert "mdst serve: error:" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.gguf"), "--max-batch", "0"]) == 2
+    assert "--max-batch must be at least 1" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.gguf"), "--replicas", "2"]) == 2
+    assert "--replicas needs --ray" in capsys.readouterr().err
