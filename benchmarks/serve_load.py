@@ -80,6 +80,15 @@ def metrics(text: str) -> dict[str, float]:
             if line and not line.startswith("#")}
 
 
+def idle_metrics(url: str, deadline: float) -> dict[str, float]:
+    """/metrics once the server is idle (the last cancelled requests leave at their turn), or at `deadline`."""
+    while True:
+        got = metrics(httpx.get(url + "/metrics", timeout=60).text)
+        if (got["mdst_batch_size"] == 0 and got["mdst_queue_depth"] == 0) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
 async def load(url: str, args: argparse.Namespace) -> tuple[list[dict], int, float]:
     """The clients' results, how many did not finish within --timeout (counted as lost), and the wall time."""
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=0)
@@ -110,7 +119,7 @@ def main() -> None:
         server, url = serve(model, args.max_batch)
         try:
             results, unfinished, wall = asyncio.run(load(url, args))
-            after = metrics(httpx.get(url + "/metrics", timeout=60).text)
+            after = idle_metrics(url, deadline=time.monotonic() + 60)
         finally:
             server.should_exit = True
         backend = model.backend
