@@ -386,9 +386,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import server
+    from .serve import command
 
-    return server.main(args.rest)
+    return command.main(args.rest)
 
 
 def cmd_oracle(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ import uvicorn
 
 import mdst
 from mdst.errors import MdstError
-from mdst.serve.server import create_app, main
+from mdst.serve.command import main
+from mdst.serve.server import create_app
 
 GEMMA_TEMPLATE = Path(__file__).parent / "data" / "chat" / "google-gemma-3-it.jinja"
 PROMPT = "The capital of France is"
@@ -157,6 +158,51 @@ def test_seed_makes_sampling_reproducible(client):
     first = sample(11)
     assert sample(11) == first
     assert sample(12) != first
+
+
+def test_n_choices_sample_with_seed_plus_index(client, oai, model, greedy_reference):
+    sampled = {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 1.5, "top_k": 0}
+    body = complete(client, n=2, seed=11, **sampled)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    singles = [complete(client, seed=11 + i, **sampled)["choices"][0]["text"] for i in range(2)]
+    assert [c["text"] for c in body["choices"]] == singles and singles[0] != singles[1]
+    assert body["usage"]["prompt_tokens"] == len(model.tokenize(sampled["prompt"]))   # the prompt counted once
+    assert body["usage"]["completion_tokens"] == 8
+    # streamed: each chunk names its choice; greedy choices are all the greedy text
+    chunks, _ = stream_completion(client, prompt=PROMPT, max_tokens=8, n=2, stream_options={"include_usage": True},
+                                  **GREEDY)
+    for i in range(2):
+        mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == i]
+        assert "".join(c["text"] for c in mine) == greedy_reference and mine[-1]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 16
+    reply = oai.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], n=2,
+                                        max_tokens=3, temperature=0)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.choices[0].message.content == reply.choices[1].message.content
+
+
+def metric(client, name: str) -> float:
+    """A sample's value from GET /metrics (`name` with its labels, as the exposition writes it)."""
+    text = client.get("/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_health_and_metrics(client):
+    before = metric(client, "mdst_generated_tokens_total")
+    requests = metric(client, 'mdst_requests_total{endpoint="completions"}')
+    complete(client, prompt=PROMPT, max_tokens=4, **GREEDY)
+    assert metric(client, "mdst_generated_tokens_total") == before + 4
+    assert metric(client, 'mdst_requests_total{endpoint="completions"}') == requests + 1
+    r = client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = r.text.splitlines()
+    for name in ("mdst_queue_depth", "mdst_batch_size", "mdst_kv_cache_tokens", "mdst_decode_tokens_per_second"):
+        assert f"# TYPE {name} gauge" in lines
+    assert metric(client, "mdst_max_batch") == 1 and metric(client, "mdst_batch_size") == 0
+    assert metric(client, "mdst_kv_cache_tokens") > 0 and metric(client, "mdst_decode_tokens_per_second") > 0
+    assert all(line.startswith("#") or len(line.split()) == 2 for line in lines)   # name{labels} value
+    assert client.get("/health").json() == {"status": "ok", "model": "smollm2", "max_batch": 1, "batch_size": 0,
+                                            "queue_depth": 0}
 
 
 def test_chat_with_the_openai_client(oai, model):
@@ -318,8 +364,12 @@ def test_client_disconnect_stops_the_generation(client, url, model, greedy_refer
     with httpx.Client(base_url=url, timeout=1.5) as c, pytest.raises(httpx.ReadTimeout):
         c.post("/v1/completions", json=long_request)
     wait_for_cancelled_generation(model)
-    # the model is ready for the next request
+    # the model is ready for the next request, at once
+    t0 = time.monotonic()
     assert complete(client, prompt=PROMPT, max_tokens=8, **GREEDY)["choices"][0]["text"] == greedy_reference
+    assert time.monotonic() - t0 < 20
+    assert metric(client, 'mdst_generations_total{finish_reason="cancelled"}') >= 2
+    assert metric(client, "mdst_batch_size") == 0 and metric(client, "mdst_queue_depth") == 0
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
@@ -330,7 +380,8 @@ BAD_REQUESTS = [
     ("/v1/completions", {"max_tokens": 2}, "prompt"),
     ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
     ("/v1/completions", {"prompt": [1, 2, 3]}, "prompt"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 17}, "n"),
     ("/v1/completions", {"prompt": "x", "echo": True}, "echo"),
     ("/v1/completions", {"prompt": "x", "logprobs": 21}, "logprobs"),
     ("/v1/completions", {"prompt": "x", "logprobs": True}, "logprobs"),
@@ -379,9 +430,8 @@ def test_unknown_routes_and_methods(client, oai):
     r = client.post("/v1/images/generations", json={"prompt": "x"})
     assert r.status_code == 404 and "/v1/images/generations" in r.json()["error"]["message"]
     assert client.get("/v1/completions").status_code == 405
-    with pytest.raises(openai.BadRequestError, match="n=2"):
-        oai.completions.create(model="smollm2", prompt="x", n=2)
-    assert client.get("/health").json() == {"status": "ok"}
+    with pytest.raises(openai.BadRequestError, match="n must be"):
+        oai.completions.create(model="smollm2", prompt="x", n=99)
 
 
 def test_generation_failures_are_500s_and_the_server_lives_on(smollm2_path, monkeypatch):
@@ -436,7 +486,7 @@ def test_main_serves_until_interrupted(smollm2_path, gpu):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, mdst.serve.server; sys.exit(mdst.serve.server.main(sys.argv[1:]))",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, mdst.serve.command; sys.exit(mdst.serve.command.main(sys.argv[1:]))",
                              smollm2_path, "--port", str(port), "--device", "gpu", "--context", "128",
                              "--name", "tiny"], stderr=subprocess.PIPE, text=True)
     try:
@@ -461,3 +511,7 @@ def test_main_serves_until_interrupted(smollm2_path, gpu):
 def test_main_reports_a_missing_model(tmp_path, capsys):
     assert main([str(tmp_path / "missing.gguf")]) == 2
     assert "mdst serve: error:" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.gguf"), "--max-batch", "0"]) == 2
+    assert "--max-batch must be at least 1" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.gguf"), "--replicas", "2"]) == 2
+    assert "--replicas needs --ray" in capsys.readouterr().err

@@ -1,1 +1,2 @@
-"""Serving and measuring: the OpenAI-compatible server, speed benchmarks, GPU profiles."""
+"""Serving and measuring: the OpenAI-compatible server (its scheduler, metrics, command line and Ray Serve
+deployment), speed benchmarks, GPU profiles."""

@@ -3,32 +3,28 @@
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
 server-sent-event streaming, logprobs and structured output (response_format; llama.cpp's grammar and
 json_schema); chat with tools, tool_calls and reasoning_content as
-mdst.text.reply splits the reply), POST /v1/embeddings, GET /health. Errors are OpenAI's error JSON.
+mdst.text.reply splits the reply; `n` choices), POST /v1/embeddings, GET /health, GET /metrics (Prometheus
+text). Errors are OpenAI's error JSON.
 
-Model calls block, so they never run on the event loop. Each request reserves its turn in one FIFO worker
-thread when it arrives; its prompt is checked and tokenized in a helper thread meanwhile (so bad input is a 400
-before any streaming starts), and the worker then runs the generations one at a time in arrival order. A stream
-whose client goes away is cancelled: the worker stops after the current token and closes the generator, which
-leaves the model ready for the next request.
+Model calls block, so they never run on the event loop: mdst.serve.scheduler runs them on its worker thread.
+Each request (each of its `n` choices) reserves its turn there when it arrives; its prompt is checked and
+tokenized in a helper thread meanwhile (so bad input is a 400 before any streaming starts). A request whose
+client goes away is cancelled: the scheduler drops it at the next step and closes its generator, which leaves
+the model ready for the next request.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
-import os
-import sys
-import threading
 import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,8 +32,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from .args import MODEL_HELP, activations_option, hub_options, kv_type_arg, kv_type_options
-from ..errors import MdstError
+from .metrics import Metrics, model_gauges
+from .scheduler import Job, Scheduler
 from ..text.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from ..text.reply import ChatDelta, ChatReply
 
@@ -83,126 +79,27 @@ def _internal(e: BaseException) -> ApiError:
     return ApiError(500, f"the server failed: {type(e).__name__}: {e}")
 
 
-# ---- the generation queue ------------------------------------------------------------------------------------
+# ---- waiting for replies --------------------------------------------------------------------------------------
 
-class Job:
-    """One request's generation: its turn is reserved on arrival, its pieces arrive on the event loop."""
+async def results_unless_disconnected(jobs: list[Job], request: Request) -> list[tuple[list, dict]]:
+    """Each job's result(), unless the client goes away first: then the generations are cancelled (499)."""
 
-    def __init__(self, model: Any, loop: asyncio.AbstractEventLoop):
-        self._model = model
-        self._loop = loop
-        self._pieces: concurrent.futures.Future = concurrent.futures.Future()  # the text iterator, or None
-        self._events: asyncio.Queue = asyncio.Queue()
-        self._cancelled = threading.Event()
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
-    # -- request side (event loop)
-    def start(self, pieces: Iterator[str]) -> None:
-        """Hand over the generator to run when this job's turn comes."""
-        self._pieces.set_result(pieces)
-
-    def cancel(self) -> None:
-        """Stop after the current token (or never start); idempotent."""
-        self._cancelled.set()
-        if not self._pieces.done():
-            self._pieces.set_result(None)
-
-    async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        """("piece", text)... then ("done", stats) or ("error", exception). Leaving early cancels the job."""
-        try:
-            while True:
-                kind, value = await self._events.get()
-                yield kind, value
-                if kind != "piece":
-                    return
-        finally:
-            self.cancel()
-
-    async def result(self) -> tuple[list, dict]:
-        """The generated pieces and the generation's statistics."""
-        text, stats = [], {}
-        async for kind, value in self.events():
-            if kind == "error":
-                raise value
-            if kind == "done":
-                stats = value
-            else:
-                text.append(value)
-        return text, stats
-
-    async def result_unless_disconnected(self, request: Request) -> tuple[list, dict]:
-        """result(), unless the client goes away first: then the generation is cancelled (499)."""
-
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        result = asyncio.ensure_future(self.result())
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await asyncio.wait((result, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if result.done():
-                return result.result()
-            raise ApiError(499, "the client closed the connection before the reply was ready")
-        finally:
-            result.cancel()  # a cancelled result() cancels the job
-            watcher.cancel()
-
-    # -- worker side (the queue's thread)
-    def _emit(self, kind: str, value: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop is gone (server shut down): nobody is listening
-            self._cancelled.set()
-
-    def run(self) -> None:
-        """Run the generation to its end, or until cancelled."""
-        pieces = self._pieces.result()
-        if pieces is None:
-            return
-        try:
-            if self._cancelled.is_set():
-                return
-            for piece in pieces:
-                self._emit("piece", piece)
-                if self._cancelled.is_set():
-                    return
-            self._emit("done", dict(self._model.last_stats))
-        except Exception as e:  # noqa: BLE001 - reported to the client (and logged there); the worker lives on
-            self._emit("error", e)
-        finally:
-            pieces.close()  # a generator stopped early records its statistics and frees the model
-
-
-class GenerationQueue:
-    """Runs generations on one worker thread, one at a time, in the order their turns were reserved."""
-
-    def __init__(self, model: Any):
-        self.model = model
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdst-generate")
-
-    async def submit(self, prepare: Callable[[], Iterator[str]], fields: tuple[str, ...]) -> Job:
-        """Reserve a turn now, build the generator with `prepare` in a helper thread, and queue it.
-
-        Bad arguments (ValueError/TypeError from mdst) become a 400 ApiError before anything runs."""
-        job = Job(self.model, asyncio.get_running_loop())
-        self._worker.submit(job.run)
-        try:
-            pieces = await anyio.to_thread.run_sync(prepare)
-        except BaseException as e:
+    results = asyncio.ensure_future(asyncio.gather(*(job.result() for job in jobs)))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait((results, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if results.done():
+            return results.result()
+        raise ApiError(499, "the client closed the connection before the reply was ready")
+    finally:
+        results.cancel()  # a cancelled result() cancels its job
+        watcher.cancel()
+        for job in jobs:
             job.cancel()
-            if isinstance(e, (ValueError, TypeError)):
-                raise _bad_argument(e, fields) from None
-            raise
-        job.start(pieces)
-        return job
-
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """fn() on the worker, in turn after the generations queued before it; its result."""
-        return await asyncio.wrap_future(self._worker.submit(fn))
-
-    def close(self) -> None:
-        """Wait for the running generation and drop the queued ones."""
-        self._worker.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- request parsing ------------------------------------------------------------------------------------------
@@ -246,11 +143,26 @@ def _include_usage(body: dict) -> bool:
     return _flag(options, "include_usage")
 
 
-def _common_options(body: dict) -> None:
-    """Reject what this server can't honour rather than silently ignore it."""
+MAX_CHOICES = 16   # most choices (`n`) one request may ask for
+
+
+def _common_options(body: dict) -> int:
+    """Reject what this server can't honour rather than silently ignore it; the number of choices (`n`)."""
     if body.get("model") is not None and not isinstance(body["model"], str):
         raise ApiError(400, "model must be a string", param="model")
-    _only(body, "n", (1,), "this server returns one choice per request")
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise ApiError(400, f"n must be an integer from 1 to {MAX_CHOICES}, got {json.dumps(n)}", param="n")
+    return n
+
+
+def _choice_options(options: dict, index: int) -> dict:
+    """Choice `index`'s sampler options: with a seed, choice i samples with seed + i (choice 0 is the n=1 reply)."""
+    if index and options.get("seed") is not None:
+        return dict(options, seed=options["seed"] + index)
+    return options
 
 
 def _constraint(body: dict) -> dict:
@@ -379,10 +291,11 @@ def _max_tokens(body: dict, *names: str, default: int) -> int:
 
 # ---- responses ------------------------------------------------------------------------------------------------
 
-def _usage(stats: dict) -> dict:
-    return {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["generated_tokens"],
-            "total_tokens": stats["prompt_tokens"] + stats["generated_tokens"],
-            "prompt_tokens_details": {"cached_tokens": stats["cached_tokens"]}}
+def _usage(choices: list[dict]) -> dict:
+    """OpenAI's usage of a request from its choices' statistics: the prompt counted once, the completions summed."""
+    prompt, completion = choices[0]["prompt_tokens"], sum(s["generated_tokens"] for s in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": choices[0]["cached_tokens"]}}
 
 
 def _token_json(lp: TokenLogprob | tuple[int, float], token_bytes: Callable[[int], bytes]) -> dict:
@@ -420,19 +333,20 @@ def _sse(data: Any) -> str:
 
 
 class EventStream(StreamingResponse):
-    """A server-sent-event response that cancels its job however the response ends (finished or disconnected)."""
+    """A server-sent-event response that cancels its jobs however the response ends (finished or disconnected)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, job: Job, chunks: AsyncIterator[str]):
+    def __init__(self, jobs: list[Job], chunks: AsyncIterator[str]):
         super().__init__(chunks, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.job = job
+        self.jobs = jobs
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.job.cancel()
+            for job in self.jobs:
+                job.cancel()
 
 
 class Reply:
@@ -445,16 +359,16 @@ class Reply:
         self.model_name = model_name
         self.token_bytes = token_bytes
         self.logprobs = logprobs
-        self.offset = 0   # characters streamed so far (completion logprobs' text_offset)
+        self.offsets: dict[int, int] = {}   # choice -> characters streamed so far (completion logprobs' text_offset)
 
-    def _logprobs(self, logprobs: list[TokenLogprob]) -> dict | None:
-        """The choice's `logprobs` (null unless the request asked for them)."""
+    def _logprobs(self, logprobs: list[TokenLogprob], index: int) -> dict | None:
+        """Choice `index`'s `logprobs` (null unless the request asked for them)."""
         if not self.logprobs:
             return None
         if self.chat:
             return _chat_logprobs(logprobs, self.token_bytes)
-        got = _completion_logprobs(logprobs, self.token_bytes, self.offset)
-        self.offset += sum(len(lp.text) for lp in logprobs)
+        got = _completion_logprobs(logprobs, self.token_bytes, self.offsets.get(index, 0))
+        self.offsets[index] = self.offsets.get(index, 0) + sum(len(lp.text) for lp in logprobs)
         return got
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
@@ -465,26 +379,30 @@ class Reply:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name,
                 "system_fingerprint": f"mdst-{__version__}", "choices": choices}
 
-    def whole(self, pieces: list, stats: dict) -> dict:
-        """The non-streaming response."""
-        scored = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
-        choice: dict[str, Any] = {"index": 0, "finish_reason": stats["finish_reason"], "logprobs": self._logprobs(scored)}
-        if self.chat:
-            message = ChatReply.merge(pieces).message
-            choice["message"] = message
-            choice["finish_reason"] = _finish_reason(stats, bool(message.get("tool_calls")))
-        else:
-            choice["text"] = "".join(pieces)
-        body = self._envelope([choice], chunk=False)
-        body["usage"] = _usage(stats)
+    def whole(self, results: list[tuple[list, dict]]) -> dict:
+        """The non-streaming response: a choice per (pieces, stats) result."""
+        choices = []
+        for index, (pieces, stats) in enumerate(results):
+            scored = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
+            choice: dict[str, Any] = {"index": index, "finish_reason": stats["finish_reason"],
+                                      "logprobs": self._logprobs(scored, index)}
+            if self.chat:
+                message = ChatReply.merge(pieces).message
+                choice["message"] = message
+                choice["finish_reason"] = _finish_reason(stats, bool(message.get("tool_calls")))
+            else:
+                choice["text"] = "".join(pieces)
+            choices.append(choice)
+        body = self._envelope(choices, chunk=False)
+        body["usage"] = _usage([stats for _, stats in results])
         return body
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
-        """One streamed chunk: a text piece (a ChatDelta's fields for chat; with its tokens' logprobs), the
-        opening role (chat), or the closing finish_reason."""
+    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False, index: int = 0) -> dict:
+        """One streamed chunk of choice `index`: a text piece (a ChatDelta's fields for chat; with its tokens'
+        logprobs), the opening role (chat), or the closing finish_reason."""
         scored = getattr(text, "logprobs", ())
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason,
-                                  "logprobs": self._logprobs(list(scored)) if scored else None}
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason,
+                                  "logprobs": self._logprobs(list(scored), index) if scored else None}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
             if isinstance(text, ChatDelta):
@@ -496,24 +414,29 @@ class Reply:
             choice["text"] = text or ""
         return self._envelope([choice], chunk=True)
 
-    async def stream(self, job: Job, include_usage: bool) -> AsyncIterator[str]:
-        """The SSE body: (role,) pieces, the finish_reason, (usage,) [DONE]; an error event if generation fails."""
-        if self.chat:
-            yield _sse(self.chunk("", role=True))
-        called = False
-        async for kind, value in job.events():
-            if kind == "piece":
-                called = called or bool(getattr(value, "tool_calls", None))
-                yield _sse(self.chunk(value))
-            elif kind == "done":
-                yield _sse(self.chunk(None, _finish_reason(value, called)))
-                if include_usage:
-                    final = self._envelope([], chunk=True)
-                    final["usage"] = _usage(value)
-                    yield _sse(final)
-                yield _sse("[DONE]")
-            else:
-                yield _sse(_internal(value).body())
+    async def stream(self, jobs: list[Job], include_usage: bool) -> AsyncIterator[str]:
+        """The SSE body: per choice (role,) pieces and its finish_reason; then (usage,) [DONE]. An error event
+        ends it if a generation fails. Choices are sent one after the other, in index order."""
+        finished = []
+        for index, job in enumerate(jobs):
+            if self.chat:
+                yield _sse(self.chunk("", role=True, index=index))
+            called = False
+            async for kind, value in job.events():
+                if kind == "piece":
+                    called = called or bool(getattr(value, "tool_calls", None))
+                    yield _sse(self.chunk(value, index=index))
+                elif kind == "done":
+                    yield _sse(self.chunk(None, _finish_reason(value, called), index=index))
+                    finished.append(value)
+                else:
+                    yield _sse(_internal(value).body())
+                    return
+        if include_usage:
+            final = self._envelope([], chunk=True)
+            final["usage"] = _usage(finished)
+            yield _sse(final)
+        yield _sse("[DONE]")
 
 
 # ---- the application ------------------------------------------------------------------------------------------
@@ -532,30 +455,42 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
     return endpoint
 
 
-def create_app(model: Any, *, model_name: str, chat_template: str | None = None) -> Starlette:
+def create_app(model: Any, *, model_name: str, chat_template: str | None = None, max_batch: int = 1) -> Starlette:
     """The OpenAI-compatible ASGI app serving `model` (which the caller keeps and closes).
 
-    chat_template: Jinja template text for /v1/chat/completions (default: the GGUF's own template)."""
+    chat_template: Jinja template text for /v1/chat/completions (default: the GGUF's own template).
+    max_batch: most requests generating together (see mdst.serve.scheduler: today's engine runs one at a time)."""
     from ..text.chat import template_from_gguf
 
     template = chat_template if chat_template is not None else template_from_gguf(model.gguf)
-    queue = GenerationQueue(model)
+    metrics = Metrics()
+    scheduler = Scheduler(model, max_batch, metrics)
     created = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "mdst"}
 
-    async def respond(request: Request, body: dict, reply: Reply, prepare: Callable[[], Iterator[str]],
+    async def respond(request: Request, body: dict, reply: Reply, prepare: Callable[[int], Iterator[str]], n: int,
                       fields: tuple[str, ...]) -> Response:
+        """Queue `n` generations (prepare(i) builds choice i's) and answer with their choices."""
         stream = _flag(body, "stream")
         include_usage = _include_usage(body) if stream else False
-        job = await queue.submit(prepare, fields)
+        jobs: list[Job] = []
+        try:
+            for index in range(n):
+                jobs.append(await scheduler.submit(functools.partial(prepare, index)))
+        except BaseException as e:
+            for job in jobs:
+                job.cancel()
+            if isinstance(e, (ValueError, TypeError)):
+                raise _bad_argument(e, fields) from None
+            raise
         if stream:
-            return EventStream(job, reply.stream(job, include_usage))
-        pieces, stats = await job.result_unless_disconnected(request)
-        return JSONResponse(reply.whole(pieces, stats))
+            return EventStream(jobs, reply.stream(jobs, include_usage))
+        return JSONResponse(reply.whole(await results_unless_disconnected(jobs, request)))
 
     async def completions(request: Request) -> Response:
+        metrics.received("completions")
         body = await _json_body(request)
-        _common_options(body)
+        n = _common_options(body)
         _only(body, "echo", (False,), "the prompt is never repeated in the output")
         _only(body, "best_of", (1,), "this server returns one choice per request")
         _only(body, "suffix", ("",), "insertion (fill in the middle) is not implemented")
@@ -564,15 +499,16 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         options = dict(_sampling(body), stop=body.get("stop"), **logprobs, **_constraint(body),
                        max_tokens=_max_tokens(body, "max_tokens", default=DEFAULT_COMPLETION_MAX_TOKENS))
 
-        def prepare() -> Iterator[str]:
-            return model.generate(prompt, stream=True, **options)
+        def prepare(index: int) -> Iterator[str]:
+            return model.generate(prompt, stream=True, **_choice_options(options, index))
 
         reply = Reply(False, model_name, model.tokenizer.token_bytes, bool(logprobs))
-        return await respond(request, body, reply, prepare, ("prompt", *options))
+        return await respond(request, body, reply, prepare, n, ("prompt", *options))
 
     async def chat_completions(request: Request) -> Response:
+        metrics.received("chat_completions")
         body = await _json_body(request)
-        _common_options(body)
+        n = _common_options(body)
         logprobs = _chat_logprobs_options(body)
         if template is None:
             raise ApiError(400, f"model {model_name!r} has no chat template, so chat messages can't be turned "
@@ -584,13 +520,14 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
                        max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens",
                                               default=model.context_length))
 
-        def prepare() -> Iterator[str]:
-            return model.chat(messages, template=template, stream=True, **tools, **options)
+        def prepare(index: int) -> Iterator[str]:
+            return model.chat(messages, template=template, stream=True, **tools, **_choice_options(options, index))
 
         reply = Reply(True, model_name, model.tokenizer.token_bytes, bool(logprobs))
-        return await respond(request, body, reply, prepare, ("messages", *tools, *options))
+        return await respond(request, body, reply, prepare, n, ("messages", *tools, *options))
 
     async def embeddings(request: Request) -> Response:
+        metrics.received("embeddings")
         body = await _json_body(request)
         texts = _embedding_input(body)
         encoding = body.get("encoding_format") or "float"
@@ -604,7 +541,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
             return model.embed(texts), sum(len(model.tokenize(t)) for t in texts)
 
         try:
-            vectors, tokens = await queue.call(embed)
+            vectors, tokens = await scheduler.call(embed)
         except (ValueError, TypeError) as e:
             raise _bad_argument(e, ("input",)) from None
         if "dimensions" in body and body["dimensions"] not in (None, vectors.shape[1]):
@@ -627,7 +564,13 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         return JSONResponse(model_card)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "model": model_name, "max_batch": scheduler.max_batch,
+                             "batch_size": scheduler.batch_size, "queue_depth": scheduler.queue_depth})
+
+    async def metrics_text(request: Request) -> Response:
+        gauges = model_gauges(model, lambda: scheduler.queue_depth, lambda: scheduler.batch_size,
+                              scheduler.max_batch)
+        return Response(metrics.exposition(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = (f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404
@@ -637,7 +580,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        queue.close()
+        scheduler.close()
 
     routes = [
         Route("/v1/models", _guarded(list_models), methods=["GET"]),
@@ -646,51 +589,6 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None)
         Route("/v1/chat/completions", _guarded(chat_completions), methods=["POST"]),
         Route("/v1/embeddings", _guarded(embeddings), methods=["POST"]),
         Route("/health", _guarded(health), methods=["GET"]),
+        Route("/metrics", _guarded(metrics_text), methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
-
-
-# ---- command line ---------------------------------------------------------------------------------------------
-
-def parser() -> argparse.ArgumentParser:
-    """Arguments of `mdst serve`."""
-    p = argparse.ArgumentParser(prog="mdst serve", description="Serve a model over an OpenAI-compatible HTTP API.")
-    p.add_argument("model", help=MODEL_HELP)
-    hub_options(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
-    p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
-    kv_type_options(p)
-    activations_option(p)
-    p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
-    p.add_argument("--chat-template", metavar="FILE", default=None,
-                   help="Jinja chat template for models whose GGUF has none (or to replace it)")
-    p.add_argument("--name", default=None, help="model id reported by the API (default: the file's name)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mdst serve`: load the model and serve it until interrupted."""
-    import uvicorn
-
-    import mdst
-
-    args = parser().parse_args(argv)
-    try:
-        template = None
-        if args.chat_template is not None:
-            with open(args.chat_template, encoding="utf-8") as f:
-                template = f.read()
-        model = mdst.load(args.model, quant=args.quant, revision=args.revision, device=args.device,
-                          kv_type=kv_type_arg(args, "mdst serve"), activations=args.activations,
-                          context_length=args.context)
-    except (MdstError, ValueError, TypeError, OSError) as e:
-        print(f"mdst serve: error: {e}", file=sys.stderr)
-        return 2
-    name = args.name or os.path.basename(args.model).removesuffix(".gguf")
-    with model:
-        app = create_app(model, model_name=name, chat_template=template)
-        print(f"mdst serve: {name} on {model.backend}, OpenAI API at http://{args.host}:{args.port}/v1",
-              file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
