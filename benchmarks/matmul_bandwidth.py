@@ -5,8 +5,9 @@ plus bytes written: a buffer copy, and a compute shader streaming an elementwise
 can read); and, per matrix, the same bytes read by a plain grid-stride loop of vec4<u32> loads timed
 the same way (back-to-back dispatches with a barrier between, as a decode step runs them), whose
 dispatch floor a matrix of a few tens of MB cannot hide. The kernel is the one mdst's plans pick for
-the adapter, or each --lanes/--chunks/--rows variant.
-Usage: python benchmarks/matmul_bandwidth.py [--k 4096] [--n 14336] [--types Q4_K,Q8_0,...] [--reps 50]
+the adapter, or each --lanes/--chunks/--rows variant; with --q8, each also with 8-bit activations (Q8: the
+workgroup quantizes x and the types with an integer step use dot4I8Packed), marked "q8": true in its result.
+Usage: python benchmarks/matmul_bandwidth.py [--k 4096] [--n 14336] [--types Q4_K,Q8_0,...] [--reps 50] [--q8]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--lanes", default=None, help="matmul_row lanes per row to try, e.g. 16,32 (default: preset)")
     ap.add_argument("--chunks", default=None, help="matmul_row groups a lane takes to try, e.g. 1,8 (default: preset)")
     ap.add_argument("--rows", default=None, help="matmul_row rows a group of lanes to try, e.g. 1,4 (default: preset)")
+    ap.add_argument("--q8", action="store_true", help="time every variant with 8-bit activations too")
+    ap.add_argument("--q8-only", action="store_true", help="time only the 8-bit-activation variants")
     args = ap.parse_args()
 
     import wgpu
@@ -93,9 +96,14 @@ def main() -> None:
         # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
         nread = raw.nbytes // 16 * 16
         read_s = read_time(bufs[0], nread, bufs[2], args.reps)
+        if t.block > 1 and (args.q8 or args.q8_only):   # 8-bit activations apply to block-quantized weights
+            q8 = [(dataclasses.replace(spec, constants=tuple(sorted(spec.constants + (("Q8", True),)))), pa, gr)
+                  for spec, pa, gr in variants]
+            variants = q8 if args.q8_only else variants + q8
         for spec, params, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
-            results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "weight_bytes": raw.nbytes,
+            results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "q8": ("Q8", True) in spec.constants,
+                            "weight_bytes": raw.nbytes,
                             "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
                             "fraction_of_stream": round(raw.nbytes / s / (stream_gbs * 1e9), 3),
                             "read_ceiling_gb_per_s": round(nread / read_s / 1e9, 1),

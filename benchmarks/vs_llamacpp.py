@@ -3,6 +3,7 @@
 Tests, named as llama-bench names them: "pp512" (prompt tokens/s), "tg128" (128 tokens decoded from an empty
 context), "tg128@d8192" (128 tokens decoded after an 8,192-token prompt), "pp4096". Each line:
 {"engine", "model", "test", "tokens_per_s"}. Run through benchmarks/vs_llamacpp.sh, which builds llama.cpp.
+--models takes synth preset names (mixtures of experts too: qwen3-30b-a3b, lfm2-8b-a1b).
 Usage: python benchmarks/vs_llamacpp.py --out FILE.jsonl [--models ...] [--tests ...]
                                         [--llama cuda=PATH --llama vulkan=PATH]
 """

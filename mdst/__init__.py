@@ -27,7 +27,8 @@ __all__ = ["load", "Model", "Session", "Tokenizer", "MdstError", "GGUFError", "U
 def load(path: str | os.PathLike | None = None, *, quant: str | None = None, revision: str | None = None,
          device: str = "auto", precision: str | None = None, context_length: int | None = None,
          max_binding_size: int | None = None, kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
-         weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None) -> "Model":
+         weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None,
+         activations: str = "f32") -> "Model":
     """Load a GGUF model: a path, a packaged model's short name (None: the default small model), or a Hugging Face
     Hub model, "hf://ORG/REPO/FILE.gguf" or "ORG/REPO" with `quant` (downloaded into the Hub's cache; a path that
     exists wins over a Hub name).
@@ -41,7 +42,10 @@ def load(path: str | os.PathLike | None = None, *, quant: str | None = None, rev
     context_length: KV cache size in tokens (default: min(model maximum, 4096)).
     max_binding_size: cap on bytes per GPU binding, below the adapter's limit (tests the split path).
     kv_type: KV cache storage, "f32", "f16" or "q8_0" (default: f16 where the adapter has shader-f16, else f32):
-        the one precision setting; arithmetic is f32.
+        the storage setting (arithmetic: activations).
+    activations: what matmuls on quantized weights multiply, the precision setting of arithmetic: "f32" (x as it
+        is) or "q8" (x rounded to 8 bits per block of 32, llama.cpp's q8_1, so GPU kernels use packed 8-bit
+        integer dot products; the numpy path computes the same).
     gpu_memory_limit: refuse to load (OutOfMemoryError, with the breakdown) if the predicted GPU bytes exceed it.
     weight_paging: under gpu_memory_limit, keep what fits resident and page the other weights in per step.
     progress: bars (tqdm, on stderr) for downloads and weight uploads: None draws them when stderr is a terminal,
@@ -58,7 +62,7 @@ def load(path: str | os.PathLike | None = None, *, quant: str | None = None, rev
         kv_type = kv_type_for_precision(precision, kv_type)
     return Model(resolve_model_path(path, quant, revision, progress), device=device, context_length=context_length,
                  max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit,
-                 weight_paging=weight_paging, progress=progress)
+                 weight_paging=weight_paging, progress=progress, activations=activations)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import MdstError
-from .serve.args import MODEL_HELP, hub_options, kv_type_arg, kv_type_options
+from .serve.args import MODEL_HELP, activations_option, hub_options, kv_type_arg, kv_type_options
 
 DEBUG_ENV = "MDST_DEBUG"  # set to 1 for tracebacks, as --debug does
 
@@ -44,8 +44,10 @@ def _load(args: argparse.Namespace, path: str | None = None) -> Any:
 
     kv_type = kv_type_arg(args)
     if path is not None:   # already resolved
-        return mdst.load(path, device=args.device, kv_type=kv_type, context_length=args.context)
+        return mdst.load(path, device=args.device, kv_type=kv_type, context_length=args.context,
+                         activations=args.activations)
     return mdst.load(args.model, quant=args.quant, revision=args.revision, device=args.device, kv_type=kv_type,
+                     activations=args.activations,
                      context_length=args.context)
 
 
@@ -66,6 +68,7 @@ def _model_options(p: argparse.ArgumentParser, positional: bool = False) -> None
     hub_options(p)
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
     kv_type_options(p)
+    activations_option(p)
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
 
 
@@ -202,7 +205,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         import mdst
 
         with mdst.load(args.file, quant=args.quant, revision=args.revision, device=args.device,
-                       context_length=args.context, kv_type=kv_type_arg(args)) as model:
+                       context_length=args.context, kv_type=kv_type_arg(args), activations=args.activations) as model:
             if model.engine.kind == "gpu":
                 model.engine.compile_all()  # report every plan the model can use
             print(format_memory(model.memory_report()))
@@ -487,6 +490,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
             sp.add_argument("--context", type=int, default=None)
             kv_type_options(sp)
+            activations_option(sp)
         elif name == "pull":
             sp.add_argument("model", help="ORG/REPO (with --quant where it holds several models) or "
                                            "hf://ORG/REPO/FILE.gguf")

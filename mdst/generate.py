@@ -68,7 +68,7 @@ def check_max_tokens(max_tokens: Any) -> int:
     return max_tokens
 
 
-def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature: float = 0.0, top_k: int = 40,
+def generate(model: "Model", prompt: str | Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0, top_k: int = 40,
              top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
              presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
              stop: str | Sequence[str] | None = None, stream: bool = False, add_bos: bool | None = None,
@@ -85,13 +85,25 @@ def generate(model: "Model", prompt: str, *, max_tokens: int = 128, temperature:
     OpenAI's) or `grammar` (GBNF or Lark text) constrain the output; it ends when the grammar is complete.
     A prompt longer than the context is an error unless truncate=True (keeps its end).
     Afterwards `model.last_stats` holds token counts, speeds and the finish reason.
+
+    A list of prompts decodes them together (`Model.batch`) and returns a list of texts, each the text
+    that prompt gets alone with the same settings and seed; with stream=True, an iterator of
+    (prompt index, text piece) as tokens come. Logprobs and constrained output are single-prompt only.
     """
+    params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                            presence_penalty, frequency_penalty, seed, logit_bias)
+    if isinstance(prompt, (list, tuple)):
+        if logprobs or response_format is not None or grammar is not None:
+            raise ValueError("logprobs, response_format and grammar take one prompt; generate each prompt alone")
+        if not prompt or not all(isinstance(p, str) for p in prompt):
+            raise TypeError("prompt must be a str or a non-empty list of str")
+        ids = [model.tokenize(p, add_bos=add_bos) for p in prompt]
+        return run_batch(model, ids, params=params, max_tokens=max_tokens, stop=stop, stream=stream,
+                         truncate=truncate)
     if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        raise TypeError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
     ids = model.tokenize(prompt, add_bos=add_bos)
-    return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate,
-               params=SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                                     presence_penalty, frequency_penalty, seed, logit_bias),
+    return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate, params=params,
                logprobs=logprobs, top_logprobs=top_logprobs, response_format=response_format, grammar=grammar)
 
 
@@ -174,9 +186,26 @@ def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: i
     constraint = Constraint(rules, model.tokenizer) if rules is not None else None
     stops = check_stop(stop)
     top = check_top_logprobs(logprobs, top_logprobs)
+    check_bias(model, params)
+    ids = fitted(model, ids, truncate)
+    pieces = _pieces(model, list(ids), params, max_tokens, stops, top, constraint)
+    if stream:
+        return pieces
+    if top is None:
+        return "".join(pieces)
+    got = list(pieces)
+    return Piece("".join(got), tuple(lp for p in got for lp in p.logprobs))
+
+
+def check_bias(model: "Model", params: SamplingParams) -> None:
+    """ValueError if the logit bias names a token outside the vocabulary."""
     bad = [t for t, _ in params.logit_bias if t >= model.n_vocab]
     if bad:
         raise ValueError(f"logit_bias names token id {bad[0]}, outside the vocabulary [0, {model.n_vocab})")
+
+
+def fitted(model: "Model", ids: list[int], truncate: bool) -> list[int]:
+    """The prompt ids, cut to their end with truncate=True when the context cannot hold them and one more."""
     if not isinstance(truncate, bool):
         raise TypeError("truncate must be a bool")
     if not ids:
@@ -187,33 +216,98 @@ def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: i
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {ctx} (and one more is needed "
                              f"to generate); shorten it, load with a larger context_length, or pass truncate=True")
         ids = ids[len(ids) - (ctx - 1):]
-    pieces = _pieces(model, list(ids), params, max_tokens, stops, top, constraint)
+    return ids
+
+
+def run_batch(model: "Model", prompts: list[list[int]], *, params: SamplingParams, max_tokens: int,
+              stop: Any = None, stream: bool = False, truncate: bool = False) -> list[str] | Iterator[tuple[int, str]]:
+    """Generate from several prompts' token ids together: their texts, or (index, piece) as they come."""
+    max_tokens = check_max_tokens(max_tokens)
+    stops = check_stop(stop)
+    check_bias(model, params)
+    prompts = [fitted(model, list(ids), truncate) for ids in prompts]
+    pieces = _batch_pieces(model, prompts, params, max_tokens, stops)
     if stream:
         return pieces
-    if top is None:
-        return "".join(pieces)
-    got = list(pieces)
-    return Piece("".join(got), tuple(lp for p in got for lp in p.logprobs))
+    texts = [""] * len(prompts)
+    for i, piece in pieces:
+        texts[i] += piece
+    return texts
 
 
-def _host_picked(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int | None,
-                 token_bytes: Any, into: list[TokenLogprob], constraint: Constraint | None) -> Iterator[int]:
-    """Tokens picked on the host from read-back logits, masked by `constraint` if any; with `k` set, each
-    one's log-probabilities (of the unmasked logits: the model's distribution) are appended to `into`.
+def _batch_pieces(model: "Model", prompts: list[list[int]], params: SamplingParams, max_tokens: int,
+                  stops: list[str]) -> Iterator[tuple[int, str]]:
+    """(prompt index, text piece) as tokens come; each prompt ends as it would alone (end of generation,
+    stop string, max_tokens, context)."""
+    tok_bytes, eog, ctx = model.tokenizer.token_bytes, model.tokenizer.eog_ids, model.context_length
+    batch = model.batch()
+    n = len(prompts)
+    stats: dict[str, Any] = {"prompt_tokens": [len(p) for p in prompts], "generated_tokens": [0] * n,
+                             "finish_reason": [None] * n}
+    try:
+        t0 = time.perf_counter()
+        index, texts, picked = {}, {}, {}
+        for i, ids in enumerate(prompts):
+            sid, picked[sid] = batch.add(ids, params)
+            index[sid], texts[sid] = i, TextStream(stops)
+        t1 = time.perf_counter()
+        stats["prefill_s"] = t1 - t0
+        while picked:
+            for sid, tok in picked.items():
+                i, text = index[sid], texts[sid]
+                reason = None
+                if tok in eog:
+                    reason = "stop"
+                else:
+                    stats["generated_tokens"][i] += 1
+                    piece = text.push(tok_bytes(tok))
+                    if piece:
+                        yield i, piece
+                    if text.stopped:
+                        reason = "stop"
+                    elif stats["generated_tokens"][i] >= max_tokens or batch.room(sid) <= 1 or \
+                            len(prompts[i]) + stats["generated_tokens"][i] >= ctx:
+                        reason = "length"
+                if reason is not None:
+                    rest = text.flush() if not text.stopped else ""
+                    if rest:
+                        yield i, rest
+                    stats["finish_reason"][i] = reason
+                    batch.remove(sid)
+            picked = batch.step()
+    finally:
+        batch.close()
+        t2 = time.perf_counter()
+        stats["decode_s"] = t2 - t1 if "prefill_s" in stats else 0.0
+        total = sum(stats["generated_tokens"])
+        stats["decode_tokens_per_s"] = (total - n) / stats["decode_s"] if stats["decode_s"] > 0 and total > n else 0.0
+        stats["finish_reason"] = [r or "cancelled" for r in stats["finish_reason"]]
+        model.last_stats = stats
 
-    The same chain as the GPU's (Sampler.pick) on the same uniform numbers, so without a constraint the
-    text is the one generation on the GPU gives; each step feeds the token before when asked for the next.
+
+def _stepwise(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int | None,
+              token_bytes: Any, into: list[TokenLogprob], constraint: Constraint | None) -> Iterator[int]:
+    """Tokens picked a step at a time, each step's draw carrying `constraint`'s mask of allowed tokens if any.
+
+    Without `k` the GPU picks (the mask uploaded with the draw, only the token read back); with `k` set the
+    logits are read back, the host picks with the same chain (Sampler.pick) and appends the token's
+    log-probabilities (of the unmasked logits: the model's distribution) to `into`. Both draw the uniform
+    numbers a free generation draws, so without a constraint the text is the one generation on the GPU gives.
+    The next step waits for this one's token: its mask depends on it.
     """
-    logits = session.prefill(new)
+    ids = new
     while True:
-        allowed = logits if constraint is None else constraint.mask(logits)
-        tok = Sampler.pick(allowed, sampler.next_draw(history))
-        if k is not None:
+        draw = sampler.next_draw(history, None if constraint is None else constraint.bitmask())
+        if k is None:
+            tok = int(session.prefill(ids, draw=draw))
+        else:
+            logits = session.prefill(ids)
+            tok = Sampler.pick(logits, draw)
             into.append(score(logits, tok, k, token_bytes))
         if constraint is not None:
             constraint.advance(tok)
         yield tok
-        logits = session.prefill([tok])
+        ids = [tok]
 
 
 def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: int,
@@ -242,7 +336,7 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
             steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
                                    ahead=not params.penalized)
         else:
-            steps = _host_picked(session, new, sampler, history, top, tok_bytes, scored, constraint)
+            steps = _stepwise(session, new, sampler, history, top, tok_bytes, scored, constraint)
             tok = next(steps)
         t1 = time.perf_counter()
         stats["prefill_s"] = t1 - t0

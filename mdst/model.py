@@ -15,9 +15,11 @@ import numpy as np
 
 from .gpu import device as device_mod
 from .gpu.allocator import CountingAllocator, GpuAllocator
+from .runtime.batch import Batch
 from .runtime.engine import CpuEngine, GpuEngine, build_graphs
 from .errors import MdstError
 from .format.gguf import GGUFFile
+from .ir.graph import check_activations
 from .memory import fit, host
 from .models import family
 from .progress import check as progress_check, loading
@@ -45,11 +47,13 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
                  context_length: int | None = None, max_binding_size: int | None = None,
                  kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
-                 weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None):
+                 weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None,
+                 activations: str = "f32"):
         if precision is not None:   # deprecated: it only ever chose the KV cache type
             warnings.warn(PRECISION_DEPRECATED, DeprecationWarning, stacklevel=2)
             kv_type = device_mod.kv_type_for_precision(precision, kv_type)
         self.path = os.fspath(path)
+        self.activations = check_activations(activations)
         progress_check(progress)   # here, not only where a bar would be drawn
         self._lock = threading.RLock()       # one GPU step at a time
         self._gen_lock = threading.Lock()     # one generation at a time on the default session
@@ -66,7 +70,7 @@ class Model:
             limit = fit.parse_bytes(gpu_memory_limit)
             gpu = device_mod.resolve(device, max_binding_size)
             self._kv_type = device_mod.resolve_kv_type(kv_type, gpu)
-            graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf)
+            graphs = build_graphs(lambda b: self.family.forward(b, self.config), self.gguf, activations)
             self.predicted: fit.Prediction | None = None
             self.device_profile = None
             if gpu is None:
@@ -98,7 +102,7 @@ class Model:
 
     @property
     def kv_type(self) -> str:
-        """The KV cache's type ("f32", "f16" or "q8_0"): the one precision setting (arithmetic is f32)."""
+        """The KV cache's type ("f32", "f16" or "q8_0"); `activations` is the arithmetic's setting."""
         return self._kv_type
 
     @property
@@ -110,7 +114,7 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"<mdst.Model {os.path.basename(self.path)} {self.architecture} on {self.backend}, "
-                f"{self.kv_type} KV cache>")
+                f"{self.kv_type} KV cache, {self.activations} activations>")
 
     def memory_report(self) -> dict[str, Any]:
         """Where the memory goes: weights, KV cache, activations, pool statistics and the compiled plans."""
@@ -188,8 +192,14 @@ class Model:
         """A new session with its own KV cache (weights are shared)."""
         return Session(self)
 
-    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, **kwargs: Any) -> Any:
-        """Continue `prompt`; greedy when temperature is 0. See mdst.generate.generate for every option."""
+    def batch(self) -> Batch:
+        """An empty batch of sequences that decode together (continuous batching; see mdst.runtime.batch)."""
+        return Batch(self._engine(), lambda: self._lock)
+
+    def generate(self, prompt: str | Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
+                 **kwargs: Any) -> Any:
+        """Continue `prompt` (or each of a list of prompts, decoded together: a list of texts); greedy when
+        temperature is 0. See mdst.generate.generate for every option."""
         from .generate import generate
         return generate(self, prompt, max_tokens=max_tokens, temperature=temperature, **kwargs)
 

@@ -34,6 +34,18 @@ def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (x @ w.T).astype(np.float32)
 
 
+Q8_BLOCK = 32   # values of an activation row that share one 8-bit scale
+
+
+def q8_round_trip(x: np.ndarray) -> np.ndarray:
+    """x through 8-bit activations (llama.cpp's q8_1 blocks): per 32 values of a row, d = amax / 127 and
+    q = round(x / d) (ties to even, as WGSL's round), back as q * d. Rows are a multiple of 32 long."""
+    b = x.reshape(*x.shape[:-1], -1, Q8_BLOCK).astype(np.float32)
+    d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    return (np.round(b * inv) * d).reshape(x.shape).astype(np.float32)
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
@@ -148,6 +160,46 @@ def shortconv(bcx: np.ndarray, w: np.ndarray, state: np.ndarray, pos0: int, spec
     return (c * conv).astype(np.float32), seq[-(k - 1):].astype(np.float32)
 
 
+ROUTE_SUM_MIN = 6.103515625e-5   # llama.cpp clamps the chosen experts' probability sum to this (f16's smallest normal)
+
+
+def route(logits: np.ndarray, k: int, gating: str, norm: bool, bias: np.ndarray | None = None) -> np.ndarray:
+    """A mixture-of-experts router over logits [rows, n_expert]: probabilities (softmax or sigmoid), the k
+    experts of highest probability plus `bias` (the bias only selects; first index on ties), their
+    probabilities divided by their sum when `norm`. Returns [rows, 2k]: the k weights, then the k ids."""
+    z = logits.astype(np.float32)
+    if gating == "softmax":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    else:
+        probs = 1.0 / (1.0 + np.exp(-z))
+    score = probs + bias.reshape(1, -1) if bias is not None else probs
+    ids = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    w = np.take_along_axis(probs, ids, axis=1)
+    if norm:
+        w = w / np.maximum(w.sum(axis=1, keepdims=True), ROUTE_SUM_MIN)
+    return np.concatenate([w, ids.astype(np.float32)], axis=1).astype(np.float32)
+
+
+def expert_matmul(x: np.ndarray, routes: np.ndarray, w: np.ndarray, n_out: int, combine: bool) -> np.ndarray:
+    """Row r's k chosen experts (routes [rows, 2k], from `route`) applied to x: w holds the experts' [n_out, K]
+    matrices one after another. Slot j reads x[r] (x of K columns) or its j-th K columns (x of k * K);
+    output [rows, k * n_out], or with `combine` the slots' sum weighted by the router, [rows, n_out]."""
+    k = routes.shape[1] // 2
+    kk = w.shape[1]
+    rows = x.shape[0]
+    ids = routes[:, k:].astype(np.int64)
+    xs = x.reshape(rows, k if x.shape[1] != kk else 1, kk)
+    out = np.empty((rows, k, n_out), np.float32)
+    for r in range(rows):
+        for j in range(k):
+            e = ids[r, j]
+            out[r, j] = w[e * n_out:(e + 1) * n_out] @ xs[r, j if xs.shape[1] > 1 else 0]
+    if combine:
+        return (out * routes[:, :k, None]).sum(axis=1, dtype=np.float32)
+    return out.reshape(rows, k * n_out)
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Index of the largest logit per row (first on ties)."""
     return np.argmax(logits, axis=-1).astype(np.int64)
@@ -179,13 +231,29 @@ class ReferenceWeights:
 @dataclass
 class Step:
     """What the ops' references read besides their inputs: the step's tokens and positions, the
-    weights (float32 [rows, row_elems] by name, with `rope_table(spec)`) and the sequence's cache."""
+    weights (float32 [rows, row_elems] by name, with `rope_table(spec)`) and the sequence's cache.
+
+    A batched step holds several sequences' rows (`parts`: consecutive row ranges, each a one-sequence
+    Step with its own cache and positions); ops that read a cache evaluate each part on its own rows."""
 
     ids: np.ndarray
     positions: np.ndarray
     pos0: int
     weights: ReferenceWeights
     cache: Any
+    parts: tuple[tuple[slice, "Step"], ...] = ()
+
+    def split(self) -> tuple[tuple[slice, "Step"], ...]:
+        """(rows, one-sequence step) for each sequence of the step."""
+        return self.parts or ((slice(None), self),)
+
+
+def per_sequence(step: Step, fn: Callable[..., np.ndarray], *x: np.ndarray) -> np.ndarray:
+    """fn(one-sequence step, its rows of each x) for every sequence of `step`, rows joined back in order."""
+    parts = step.split()
+    if len(parts) == 1:   # its rows are all of them
+        return fn(parts[0][1], *x)
+    return np.concatenate([fn(sub, *(a[rows] for a in x)) for rows, sub in parts])
 
 
 def run(graph: Graph, weights: ReferenceWeights, cache: Any, ids: np.ndarray, pos0: int,
@@ -196,7 +264,25 @@ def run(graph: Graph, weights: ReferenceWeights, cache: Any, ids: np.ndarray, po
     oracle's per-layer activations); it must not modify the value.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    step = Step(ids, pos0 + np.arange(len(ids)), pos0, weights, cache)
+    return execute(graph, Step(ids, pos0 + np.arange(len(ids)), pos0, weights, cache), on_node)
+
+
+def run_batch(graph: Graph, weights: ReferenceWeights, caches: list[Any], ids: list[np.ndarray],
+              pos0s: list[int]) -> np.ndarray:
+    """Execute `graph` once over several sequences: ids[i] at positions pos0s[i].. appended to caches[i];
+    the output's rows follow the sequences' rows in order (an all-rows graph: every row's output)."""
+    parts, r = [], 0
+    for cache, tok, p0 in zip(caches, ids, pos0s):
+        tok = np.asarray(tok, dtype=np.int64)
+        parts.append((slice(r, r + len(tok)), Step(tok, p0 + np.arange(len(tok)), p0, weights, cache)))
+        r += len(tok)
+    all_ids = np.concatenate([s.ids for _, s in parts])
+    positions = np.concatenate([s.positions for _, s in parts])
+    return execute(graph, Step(all_ids, positions, pos0s[0], weights, None, tuple(parts)))
+
+
+def execute(graph: Graph, step: Step, on_node: Callable[[int, Node, np.ndarray], None] | None = None) -> np.ndarray:
+    """Evaluate `graph`'s nodes in order for `step`; the graph's output."""
     env: dict[int, np.ndarray] = {}
     last = graph.last_uses()
     for i, node in enumerate(graph.nodes):

@@ -101,6 +101,14 @@ def smollm2_cpu(smollm2_path):
 
 
 @pytest.fixture(scope="session")
+def smollm2_gpu(smollm2_path, gpu):
+    """SmolLM2 on the GPU (lavapipe in CI), shared by the structured-output tests."""
+    import mdst
+    with mdst.load(smollm2_path, device="gpu", context_length=128) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
 def smollm2_openai(smollm2_cpu):
     """An `openai` client of mdst's server on smollm2_cpu, on 127.0.0.1."""
     import openai

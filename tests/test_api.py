@@ -42,6 +42,7 @@ def test_not_a_gguf_file(tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     ({"device": "tpu"}, "device must be"),
     ({"kv_type": "f8"}, "kv_type must be"),
+    ({"activations": "int8"}, "activations must be one of .f32., .q8."),
     ({"context_length": 0}, "context_length"),
     ({"context_length": "4k"}, "context_length"),
     ({"max_binding_size": 100}, "max_binding_size"),

@@ -141,6 +141,11 @@ def test_kv_type_flag_and_deprecated_precision_alias(load_kwargs, capsys):
     assert "--kv-type" in out and "--precision" not in out   # the alias is hidden
 
 
+def test_activations_flag_reaches_load(load_kwargs):
+    assert cli.main(["generate", "hi"]) == 1 and load_kwargs[-1]["activations"] == "f32"
+    assert cli.main(["bench", "smollm2-135m", "--activations", "q8"]) == 1 and load_kwargs[-1]["activations"] == "q8"
+
+
 def test_version():
     assert importlib.metadata.version("mdst") == mdst.__version__
     for module in ("mdst.cli", "mdst"):

@@ -170,7 +170,9 @@ def test_bad_arguments_name_themselves(smol, kw, exc, match):
 
 def test_prompt_must_be_text(smol):
     with pytest.raises(TypeError, match="prompt"):
-        smol.generate(["Hello"])
+        smol.generate(42)
+    with pytest.raises(TypeError, match="prompt"):
+        smol.generate([1, 2])
 
 
 def test_sampler_settings_are_llama_cpp_order():

@@ -14,7 +14,7 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, gemm_groups, gemv_groups, step_words
+from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, step_words
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -75,9 +75,10 @@ def fusion_id(fusion: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in fusion.items()) or "plain"
 
 
-def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
-    """Inputs and reference of a matmul with its fusions; the weights sit weight_lead bytes into their buffer."""
-    k, n = awkward_k(wtype), 77
+def fused_matmul_case(rng, wtype: str, m: int, fusion: dict, n: int = 77, k: int | None = None):
+    """Inputs and reference of a matmul with its fusions (and Q8: x through its 8-bit round trip); the weights
+    sit weight_lead bytes into their buffer."""
+    k = k or awkward_k(wtype)
     glu = fusion.get("GLU", 0)
     raw, w, row_bytes = weight(wtype, 2 * n if glu else n, k, rng)   # gate rows, then up rows
     lead = weight_lead(wtype)
@@ -85,6 +86,7 @@ def fused_matmul_case(rng, wtype: str, m: int, fusion: dict):
     x = rng.standard_normal((m, k)).astype(np.float32)
     g = rng.standard_normal(k).astype(np.float32)
     xn = reference.rms_norm(x, g, 1e-5) if fusion.get("NORM") else x
+    xn = reference.q8_round_trip(xn) if fusion.get("Q8") else xn
     want = reference.matmul(xn, w[:n])
     if glu:
         want = reference.glu(want, reference.matmul(xn, w[n:]), {1: "silu", 2: "gelu_tanh"}[glu])
@@ -114,6 +116,36 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
     assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
+# Q8 (8-bit activations): the types whose steps have an integer path with every fusion, and one generic-step type
+# and IQ4_XS (which read the 8-bit copy through xg) fully fused; x quantized 256 values at a time (XQ), so rows of
+# 3 * awkward_k weights take several chunks, the last one short for 32-weight blocks.
+Q8_INT_TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+Q8_CASES = [pytest.param(w, f, *shape, id=f"{w}-{fusion_id(f)}-{'-'.join(map(str, shape))}")
+            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS")
+            for f in (FUSIONS if w in Q8_INT_TYPES else FUSIONS[3:4])
+            for shape in (GEMV_SHAPES[:3] if w in Q8_INT_TYPES and not f else GEMV_SHAPES[:1])]
+
+
+@pytest.mark.parametrize("wtype,fusion,lanes,chunk,rows,upi", Q8_CASES)
+def test_matmul_row_q8(run, rng, wtype, fusion, lanes, chunk, rows, upi):
+    seed = int(rng.integers(1 << 31))
+    fusion = {**fusion, "Q8": True}
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(np.random.default_rng(seed), wtype, 1, fusion,
+                                                               k=3 * awkward_k(wtype))
+    f32_want = fused_matmul_case(np.random.default_rng(seed), wtype, 1, {**fusion, "Q8": False}, k=k)[3]
+    o0 = 5
+    res = rng.standard_normal(o0 + n + 3).astype(np.float32)
+    constants = {"TPR": lanes, "GPT": chunk, "ROWS": rows, "UPI": upi, "WG": GEMV_WG, "XQ": 256, **fusion}
+    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
+    y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
+                gemv_groups(n, lanes, rows))[0])
+    assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
+    r = res[o0:o0 + n] if fusion.get("RES") else 0
+    assert rel_l2(y[o0:o0 + n], want[0] + r) < 1e-5
+    assert rel_l2(y[o0:o0 + n], f32_want[0] + r) > 1e-4   # x did go through 8 bits
+
+
 def test_gemv_step_units_come_from_the_wgsl():
     # the plan sizes lanes by the units of a type's own step, which each step declares (UNIT)
     from mdst.kernels import TYPE_STEPS, wgsl_const
@@ -125,7 +157,11 @@ def test_gemv_step_units_come_from_the_wgsl():
     assert GEMV_MAX_ROWS == wgsl_const("matmul_row.wgsl", "MAX_ROWS") == 8
 
 
-@pytest.mark.parametrize("wtype,fusion", TYPE_FUSIONS, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
+# Q8 on CPU adapters: the same f32 code for every type; the plain and the fully fused case of a few types
+BY_OUTPUT_CASES = TYPE_FUSIONS + [(w, {**f, "Q8": True}) for w in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K") for f in FUSIONS]
+
+
+@pytest.mark.parametrize("wtype,fusion", BY_OUTPUT_CASES, ids=lambda v: v if isinstance(v, str) else fusion_id(v))
 @pytest.mark.parametrize("R,m", [(1, 1), (8, 45)])
 def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, fusion)
@@ -139,17 +175,32 @@ def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
-@pytest.mark.parametrize("res_", [False, True])
-@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
-def test_matmul_rows(run, rng, wtype, res_):
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, 75, {})
-    o0, stride, m = 3, 87, 75
+# (rows, outputs) a thread: the 64 x 64 tile for every type, plain and with the residual, and the
+# block-quantized ones with 8-bit activations (Q8, which the host builds at 4 x 4 in f32); the larger tiles for
+# a float, a small-block and a K-quant type, over more rows and outputs than one tile of theirs holds; the f16
+# variant (f16 products and step sums) within 1e-2 of the reference
+GEMM_CASES = [(w, res_, 4, 4, 75, 77, False, q8) for w in WEIGHT_TYPES
+              for res_, q8 in ((False, False), (True, False), (True, True)) if not q8 or GGML_TYPE_BY_NAME[w].block > 1] + \
+    [(w, True, tr, tc, 150, 141, False, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
+    [(w, True, tr, tc, 150, 141, True, False) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))]
+
+
+@pytest.mark.parametrize("wtype,res_,tr,tc,m,n,f16,q8", GEMM_CASES)
+def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, n)
+    o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    y = f32(run(KernelSpec("matmul_rows", wtype, constants=(("RES", res_),)), [buf, x, Out(m * stride * 4), res],
+    consts = (("Q8", True),) * q8 + (("RES", res_), ("TC", tc), ("TR", tr))
+    spec = KernelSpec("matmul_rows", wtype, f16, constants=consts)
+    y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
-                gemm_groups(n, m))[0]).reshape(m, stride)
+                gemm_groups(n, m, tr, tc))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
-    assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
+    err = rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0))
+    assert err < (1e-2 if f16 else 1e-5)
+    assert not f16 or err > 1e-6, "the f16 variant computed in f32"
 
 
 @pytest.mark.parametrize("add", [False, True])
@@ -245,6 +296,43 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
     assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+@pytest.mark.parametrize("window,softcap,temp,kv_type,hd,heads,kvh,pos0", [
+    (0, 0.0, 0.0, "f32", 96, 6, 2, 0), (11, 0.0, 0.0, "f32", 96, 6, 2, 30), (0, 30.0, 0.3, "f32", 96, 6, 2, 5),
+    (0, 0.0, 0.0, "f16", 64, 16, 2, 3), (11, 0.0, 0.0, "q8_0", 96, 6, 2, 20),
+    (0, 0.0, 0.0, "f32", 300, 6, 2, 1),   # three keys a tile, some dims' threads idle
+    (5, 0.0, 0.0, "f16", 256, 9, 3, 2),   # Gemma-like: window, eight query vectors a workgroup
+    (0, 0.0, 0.0, "f32", 36, 5, 5, 9)])   # no grouping, small heads
+def test_attention_rows(run, rng, gpu, window, softcap, temp, kv_type, hd, heads, kvh, pos0):
+    """Prefill's flash attention: blocks of rows over KV tiles, against the reference at rows that fill no block."""
+    rows, n_rows = 37, 35
+    gw, br, bc = flash_tiles(heads, kvh, hd)
+    spec_k = dataclasses.replace(kv_spec("attention_rows", kv_type, gpu),
+                                 constants=(("BC", bc), ("BR", br), ("GW", gw), ("WG", ATTN_WG)))
+    ring = window + rows - 1 if window else pos0 + rows + 3
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=4)
+    kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
+    vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
+    q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
+    out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
+                  {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 4},
+                  (heads // gw, -(-rows // br), 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
+                               pos0 + np.arange(n_rows), spec)
+    assert rel_l2(out[:n_rows], want) < 1e-5
+    assert np.isnan(out[n_rows:]).all(), "a padding row was written"
+
+
+def test_flash_tiles_fit_workgroup_memory():
+    """attention_rows' blocks: query vectors and keys a tile within its memory, heads dividing the group."""
+    assert flash_tiles(32, 8, 128) == (4, 4, 8)    # Qwen3 8B: 16 query vectors, 8 keys a tile
+    assert flash_tiles(4, 1, 256) == (4, 2, 4)       # Gemma 3 270M: 8 query vectors of 256
+    assert flash_tiles(9, 3, 64) == (3, 5, 8)        # SmolLM2 135M: 15 of 16 query vectors used
+    assert flash_tiles(6, 2, 300) == (3, 2, 3)
+    with pytest.raises(ValueError, match="head_dim 516"):
+        flash_tiles(4, 1, 516)
 
 
 def test_attention_group_fits_workgroup_memory():
@@ -383,11 +471,15 @@ def test_argmax_over_parts_and_slices(run, rng):
               (rows, 1, 1))[0].view(np.uint32)
     np.testing.assert_array_equal(ids, reference.argmax(full))
 
-def draw_of(rng, **settings) -> "Draw":
+def draw_of(rng, allowed: np.ndarray | None = None, **settings) -> "Draw":
+    """A draw with `settings`; constrained to the tokens `allowed` (a bool per token id) if given."""
     from mdst.text.sampling import Draw, SamplingParams
     tokens = settings.pop("tokens", ())
     params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
-    return Draw(params, float(np.float32(rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
+    mask = None if allowed is None else np.packbits(allowed, bitorder="little").tobytes()
+    if mask is not None:
+        mask += bytes(-len(mask) % 4)   # whole u32 words
+    return Draw(params, float(np.float32(rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)), mask)
 
 
 def test_penalize(run, rng):
@@ -403,11 +495,13 @@ def test_penalize(run, rng):
 
 
 def topk_reference(x: np.ndarray, col0: int, k: int, slice_: int = 2048) -> np.ndarray:
-    """Per slice: the k largest (value bits, id) pairs, descending, ties by id; missing places marked."""
+    """Per slice: the k largest (value bits, id) pairs, descending, ties by id; missing places (fewer than k
+    values, or -inf: a masked token) marked."""
     out = []
     for s in range(0, len(x), slice_):
         part = x[s:s + slice_]
         order = np.lexsort((np.arange(len(part)), -part))[:k]
+        order = order[part[order] > -np.inf]
         pairs = np.full((64, 2), 0xFFFFFFFF, np.uint32)
         pairs[:len(order), 0] = part[order].view(np.uint32)
         pairs[:len(order), 1] = col0 + s + order
@@ -444,3 +538,114 @@ def test_sample_matches_the_host_chain(run, rng, settings):
                   {"slices": len(cand)}, (1, 1, 1))[0].view(np.uint32)[0]
         hits += int(got) == Sampler.pick(x, draw)
     assert hits == 12
+
+
+def separated_logits(rng, rows: int, n: int) -> np.ndarray:
+    """Router logits whose ranking no rounding can change: a permutation of steps of 0.1, centred, per row."""
+    return np.stack([(rng.permutation(n) - n / 2) * 0.1 + rng.uniform(0, 0.01, n) for _ in range(rows)]
+                    ).astype(np.float32)
+
+
+@pytest.mark.parametrize("gating,bias,norm", [("softmax", False, True), ("sigmoid", True, True),
+                                              ("sigmoid", False, False)])
+def test_route(run, rng, gating, bias, norm):
+    rows, n, k = 13, 37, 5
+    logits = separated_logits(rng, rows, n)
+    b = (rng.permutation(n) % 3).astype(np.float32) if bias else None   # reorders groups, keeps the gaps
+    spec = KernelSpec("route", constants=tuple(sorted({"SIGMOID": gating == "sigmoid", "BIAS": bias}.items())))
+    y = f32(run(spec, [logits, b if bias else logits, Out(rows * 2 * k * 4)],
+                {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (1, 1, 1))[0]).reshape(rows, 2 * k)
+    want = reference.route(logits, k, gating, norm, b)
+    np.testing.assert_array_equal(y[:, k:], want[:, k:])
+    np.testing.assert_allclose(y[:, :k], want[:, :k], rtol=2e-6, atol=1e-7)
+
+
+EXPERT_TYPES = ["F32", "Q5_0", "Q4_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("combine", [False, True])
+@pytest.mark.parametrize("wtype", EXPERT_TYPES)
+def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, combine):
+    """A part holding experts [2, 6) of 6 at weight_lead bytes in: slots routed elsewhere stay unwritten (or,
+    combined, add nothing to the previous part's sum, which `acc` adds to)."""
+    experts, n_out, used, rows, e0 = 6, 37, 3, 5, 2
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
+    lead = weight_lead(wtype)
+    part = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw[e0 * n_out * row_bytes:]])
+    routes = reference.route(separated_logits(rng, rows, experts), used, "softmax", True)
+    x = rng.standard_normal((rows, used * k if combine else k)).astype(np.float32)
+    ids = routes[:, used:].astype(int)
+    held = ids >= e0
+    assert held.any() and not held.all()
+    out_cols = n_out if combine else used * n_out
+    prev = rng.standard_normal((rows, out_cols)).astype(np.float32)
+    spec = KernelSpec("matmul_experts", wtype, constants=(("COMBINE", combine),))
+    y = f32(run(spec, [part, x, routes, Out(rows * out_cols * 4, prev if combine else None)],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": e0, "e1": experts, "used": used,
+                 "x_slot": k if combine else 0, "x_stride": x.shape[1], "acc": 1},
+                (-(-n_out // 64), rows, 1 if combine else used))[0]).reshape(rows, -1)
+    masked = routes.copy()
+    masked[:, :used] *= held                     # the slots of other parts' experts count nothing here
+    want = reference.expert_matmul(x, masked, w, n_out, combine)
+    if combine:
+        assert rel_l2(y, want + prev) < 1e-5
+    else:
+        slots = y.reshape(rows, used, n_out)
+        assert np.isnan(slots[~held]).all(), "a slot of another part's expert was written"
+        assert rel_l2(slots[held], want.reshape(rows, used, n_out)[held]) < 1e-5
+
+
+def test_topk_skips_the_tokens_a_mask_forbids(run, rng):
+    cols, col0, k = 5003, 700, 40   # the part's ids start inside a mask word; its end is mid-word
+    vocab = col0 + cols + 45
+    allowed = rng.random(vocab) < 0.3
+    allowed[col0 + 2048:col0 + 4096] = False
+    allowed[col0 + 3000] = True   # the second slice: one allowed token, k - 1 places missing
+    x = rng.standard_normal(cols).astype(np.float32)
+    draw = draw_of(rng, allowed, top_k=k)
+    slices = -(-cols // 2048)
+    cand = run(KernelSpec("topk"), [np.frombuffer(draw.encode(), np.uint32), x, Out(slices * 64 * 8)],
+               {"cols": cols, "col0": col0, "slice0": 0}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
+    want = topk_reference(np.where(allowed[col0:col0 + cols], x, -np.inf).astype(np.float32), col0, k)
+    np.testing.assert_array_equal(cand[:, :k, 1], want[:, :k, 1])
+    real = want[:, :k, 1] != 0xFFFFFFFF
+    np.testing.assert_array_equal(cand[:, :k, 0][real], want[:, :k, 0][real])
+    assert real[1].sum() == 1 and real[0].sum() == k
+
+
+def gpu_pick(run, x: np.ndarray, draw) -> int:
+    """The sampling ending on one row of logits: penalize (in place), topk per slice, sample."""
+    cols, words = x.size, np.frombuffer(draw.encode(), np.uint32)
+    slices = -(-cols // 2048)
+    y = run(KernelSpec("penalize"), [words, Out(x.nbytes, init=x)], {"cols": cols, "col0": 0}, (1, 1, 1))[0]
+    cand = run(KernelSpec("topk"), [words, y.view(np.float32), Out(slices * 64 * 8)],
+               {"cols": cols, "col0": 0, "slice0": 0}, (slices, 1, 1))[0]
+    got = run(KernelSpec("sample"), [words, cand.view(np.uint32), Out(16)], {"slices": slices}, (1, 1, 1))[0]
+    return int(got.view(np.uint32)[0])
+
+
+@pytest.mark.parametrize("mask", ["random", "all but one", "below the top k"])
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, {}, {"top_k": 5, "top_p": 0.7}, {"min_p": 0.1},
+                                      {"temperature": 1.5, "top_k": 64}])
+def test_masked_sampling_matches_the_host_chain(run, rng, mask, settings):
+    """The chain on the GPU with a grammar's mask picks what Sampler.pick picks from the same logits, mask and
+    uniform number; a logit bias on a forbidden token does not bring it back."""
+    from mdst.text.sampling import Sampler
+    cols = 4133   # three top-k slices, not a multiple of 32 or of a workgroup
+    x = (rng.standard_normal(cols) * 2).astype(np.float32)
+    ranked = np.argsort(-x, kind="stable")
+    allowed = np.zeros(cols, bool)
+    if mask == "random":
+        allowed[rng.random(cols) < 0.2] = True
+    elif mask == "all but one":
+        allowed[rng.integers(cols)] = True
+    else:   # only tokens the unmasked top-k (64 at most) would never pick
+        allowed[ranked[64 + rng.permutation(200)[:30]]] = True
+    forbidden = int(ranked[0]) if not allowed[ranked[0]] else int(np.flatnonzero(~allowed)[0])
+    for _ in range(3):
+        draw = draw_of(rng, allowed, logit_bias={forbidden: 100}, **settings)
+        want = Sampler.pick(x, draw)
+        assert allowed[want]
+        assert gpu_pick(run, x, draw) == want
+

@@ -87,3 +87,21 @@ def test_a_row_over_the_binding_limit_is_refused():
     t = table()
     with pytest.raises(UnsupportedModelError, match="exceeds the binding limit"):
         plan_layout(graph(t), t, None, ROW - 4)
+
+
+def test_expert_tensors_split_on_expert_boundaries():
+    """A 3-D tensor of 5 experts of 3 rows: parts hold whole experts; one expert over the limit is refused."""
+    q8 = GGML_TYPE_BY_NAME["Q8_0"]
+    t = table()
+    t["blk.0.ffn_gate_exps.weight"] = TensorInfo("blk.0.ffn_gate_exps.weight", q8, (D, 3, 5), 0, 15 * ROW)
+    t["blk.0.ffn_gate_inp.weight"] = TensorInfo("blk.0.ffn_gate_inp.weight", q8, (D, 5), 0, 5 * ROW)
+
+    def forward(b):
+        x = b.embed("token_embd.weight")
+        routes = b.route(b.matmul(x, "blk.0.ffn_gate_inp.weight"), 2, "softmax", True)
+        b.logits(b.expert_matmul(x, routes, "blk.0.ffn_gate_exps.weight"))
+    g = build(forward, t, "last")
+    parts = [(p.row0, p.rows) for p in plan_layout(g, t, None, 7 * ROW).parts if p.name.endswith("exps.weight")]
+    assert parts == [(0, 6), (6, 6), (12, 3)]
+    with pytest.raises(UnsupportedModelError, match="one expert .3 rows. of .* exceeds the binding limit"):
+        plan_layout(g, t, None, 3 * ROW - 1)

@@ -17,7 +17,7 @@ from mdst.models import family
 from mdst.compile.plan import LOWERINGS
 from mdst.dev import synth
 
-PRESETS = ("llama-tiny", "qwen3-tiny", "ministral3-tiny", "lfm2-tiny", "gemma3-tiny")
+PRESETS = ("llama-tiny", "qwen3-tiny", "ministral3-tiny", "lfm2-tiny", "gemma3-tiny", "qwen3moe-tiny", "lfm2moe-tiny")
 
 
 def test_every_op_but_view_has_one_lowering():
@@ -26,15 +26,16 @@ def test_every_op_but_view_has_one_lowering():
     assert set(LOWERINGS) == classes - {ops.View}   # a view binds a range of its input; no kernel
 
 
+@pytest.mark.parametrize("activations", ["f32", "q8"])
 @pytest.mark.parametrize("rows", [1, 7])
 @pytest.mark.parametrize("preset", PRESETS)
-def test_fused_graph_computes_the_unfused_graph(tmp_path_factory, preset, rows):
+def test_fused_graph_computes_the_unfused_graph(tmp_path_factory, preset, rows, activations):
     path = tmp_path_factory.mktemp("ops") / f"{preset}.gguf"
     synth.write(path, preset, types="Q8_0", seed=3)
     gguf = GGUFFile(str(path))
     fam = family(gguf.architecture)
     config = fam.Config.from_gguf(gguf)
-    graph = build(lambda b: fam.forward(b, config), gguf.tensors, "last")
+    graph = build(lambda b: fam.forward(b, config), gguf.tensors, "last", activations)
     pairs = glu_pairs(graph, gguf.tensors)
     runs = {run_name(r): r for r in sibling_runs(graph, gguf.tensors, pairs)}
     fused = fuse(graph, row_fusions=True, paired={g for g, _ in pairs}, runs=runs if rows == 1 else None)
@@ -43,6 +44,8 @@ def test_fused_graph_computes_the_unfused_graph(tmp_path_factory, preset, rows):
     assert any(isinstance(n.op, ops.Matmul) and n.op.norm for n in fused.nodes)
     if rows == 1 and runs:
         assert ops.View in kinds
+    # q8: every matmul (all on Q8_0 weights) keeps its 8-bit round trip through the fusions
+    assert {n.op.q8 for g in (graph, fused) for n in g.nodes if isinstance(n.op, ops.Matmul)} == {activations == "q8"}
 
     weights = reference.ReferenceWeights(gguf)
     layout = CacheLayout.of(graph, 64, 16)

@@ -30,7 +30,8 @@ LFM2_TYPES = {"blk.0.ffn_gate.*": "MXFP4", "blk.0.ffn_up.*": "TQ1_0", "blk.0.ffn
 PRESETS = {"llama-tiny": EVERY_TYPE, "gemma3-tiny": "Q4_K_M", "lfm2-tiny": LFM2_TYPES,
            "ministral3-tiny": {"blk.0.attn_q.*": "IQ2_XXS", "blk.0.attn_k.*": "IQ2_XS", "blk.0.attn_v.*": "IQ3_XXS",
                                "blk.0.attn_output.*": "IQ3_S", "blk.0.ffn_gate.*": "IQ2_S", "blk.0.ffn_up.*": "IQ1_S",
-                               "blk.0.ffn_down.*": "IQ1_M", "*": "Q5_K"}}
+                               "blk.0.ffn_down.*": "IQ1_M", "*": "Q5_K"},
+           "lfm2moe-tiny": "Q4_K_M"}   # the router (sigmoid, biased) and the expert matmuls
 
 
 def write_oracles(root: Path) -> dict[str, Path]:

@@ -12,7 +12,6 @@ import pytest
 import mdst
 from mdst import cli
 from mdst.text.grammar import Constraint, grammar_for
-from mdst.text.sampling import Sampler, SamplingParams
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 12},
@@ -93,28 +92,55 @@ def test_bad_constraints_are_400s(smollm2_openai, extra, param):
     assert e.value.body["param"] == param and e.value.body["message"]
 
 
-def test_a_grammar_that_allows_everything_keeps_the_sampled_text(smollm2_cpu):
-    """Constrained steps draw the same uniform numbers as unconstrained ones: an all-allowing grammar changes nothing."""
+@pytest.mark.parametrize("model", ["smollm2_cpu", "smollm2_gpu"])
+def test_a_grammar_that_allows_everything_keeps_the_sampled_text(request, model):
+    """Constrained steps draw the same uniform numbers as unconstrained ones: an all-allowing grammar changes nothing
+    (on the GPU: the masked draw's kernels pick what the free draw's pick)."""
+    m = request.getfixturevalue(model)
     options = dict(max_tokens=12, temperature=0.9, seed=11)
-    free = smollm2_cpu.generate("Once upon a time", **options)
-    assert smollm2_cpu.generate("Once upon a time", grammar=r"start: /(.|\n)*/", **options) == free
+    free = m.generate("Once upon a time", **options)
+    assert m.generate("Once upon a time", grammar=r"start: /(.|\n)*/", **options) == free
 
 
-def test_constrained_greedy_is_the_argmax_of_the_allowed_tokens(smollm2_path, gpu):
+COLOURS = 'root ::= " " ("red" | "green" | "blue" | "yellow") "."'
+
+
+def test_constrained_greedy_is_the_argmax_of_the_allowed_tokens(smollm2_gpu):
     """On the GPU (lavapipe): the text is the chain of argmaxes over what the grammar allows at each step."""
-    prompt, grammar = "Name a colour:", 'root ::= " " ("red" | "green" | "blue" | "yellow") "."'
-    with mdst.load(smollm2_path, device="gpu", context_length=64) as m:
-        text = m.generate(prompt, max_tokens=10, grammar=grammar)
-        assert m.last_stats["finish_reason"] == "stop"
-        constraint = Constraint(grammar_for(grammar=grammar), m.tokenizer)
-        picked = []
-        with m.session() as s:
-            logits = s.prefill(m.tokenize(prompt))
-            while not constraint.done:
-                picked.append(Sampler.pick(constraint.mask(logits), Sampler(SamplingParams()).next_draw([])))
-                constraint.advance(picked[-1])
-                logits = s.prefill(picked[-1:])
-        assert text == m.detokenize(picked) and text in (" red.", " green.", " blue.", " yellow.")
+    m, prompt = smollm2_gpu, "Name a colour:"
+    text = m.generate(prompt, max_tokens=10, grammar=COLOURS)
+    assert m.last_stats["finish_reason"] == "stop"
+    constraint = Constraint(grammar_for(grammar=COLOURS), m.tokenizer)
+    picked = []
+    with m.session() as s:
+        logits = s.prefill(m.tokenize(prompt))
+        while not constraint.done:
+            picked.append(int(np.argmax(np.where(constraint.allowed(), logits, -np.inf))))
+            constraint.advance(picked[-1])
+            logits = s.prefill(picked[-1:])
+    assert text == m.detokenize(picked) and text in (" red.", " green.", " blue.", " yellow.")
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.9, "seed": 5},
+                                     {"temperature": 1.3, "top_k": 64, "top_p": 0.95, "repeat_penalty": 1.3, "seed": 2}])
+def test_the_gpu_mask_picks_what_the_host_picks(smollm2_gpu, monkeypatch, options):
+    """A constrained step on the GPU (the mask uploaded with the draw, only the token read back) picks what the
+    host picks from the read-back logits with the same mask and uniform number (logprobs=True takes that path);
+    a large bias on a token the grammar forbids outside strings (" Paris") does not bring it back there."""
+    from mdst.runtime.engine import GpuEngine
+    m = smollm2_gpu
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    kw = dict(max_tokens=24, response_format=fmt, logit_bias={m.tokenize(" Paris", add_bos=False)[0]: 100.0},
+              **options)
+    reads = []
+    read_logits = GpuEngine._read_logits
+    monkeypatch.setattr(GpuEngine, "_read_logits", lambda self, *a: reads.append(1) or read_logits(self, *a))
+    on_gpu = m.generate("Someone's name and age as JSON:", **kw)
+    assert not reads   # token ids only
+    on_host = m.generate("Someone's name and age as JSON:", logprobs=True, **kw)
+    assert reads   # the host path did read the logits
+    assert on_gpu == str(on_host)
+    jsonschema.validate(json.loads(on_gpu), PERSON)
 
 
 def test_mask_bits_follow_the_grammar(smollm2_cpu):

@@ -93,6 +93,8 @@ def test_smollm2_135m_matches_the_real_file(smollm2_path):
     ("qwen3-8b", 8.19e9, 6.95e9),       # Qwen3-8B model card: 8.2B, 6.95B non-embedding
     ("lfm2-1.2b", 1.17e9, None),        # LFM2-1.2B: 1.17B
     ("ministral3-3b", 3.4e9, None),     # Ministral 3 3B: 3.4B language model (tied embeddings)
+    ("qwen3-30b-a3b", 30.5e9, 29.9e9),  # Qwen3-30B-A3B model card: 30.5B, 29.9B non-embedding
+    ("lfm2-8b-a1b", 8.3e9, None),       # LFM2-8B-A1B model card: 8.3B
 ])
 def test_parameter_counts_match_the_published_models(preset, total, non_embedding):
     table = synth.plan(preset)
@@ -117,6 +119,17 @@ def test_q4_k_m_rule():
     assert sum(t.nbytes for t in table) / 2**30 == pytest.approx(4.91, abs=0.01)
     tied = {t.name: t.qtype for t in synth.plan("qwen3-0.6b", "Q4_K_M")}
     assert tied["token_embd.weight"] == T.Q6_K and "output.weight" not in tied
+
+
+def test_q4_k_m_rule_for_experts():
+    """Routers stay F32 (llama-quantize keeps them), experts follow the dense rule; biases are F32 vectors."""
+    table = {t.name: t for t in synth.plan("lfm2-8b-a1b", "Q4_K_M")}
+    assert table["blk.2.ffn_gate_inp.weight"].qtype == T.F32
+    assert table["blk.2.ffn_gate_exps.weight"].shape == (32, 1792, 2048)
+    assert table["blk.2.ffn_gate_exps.weight"].qtype == table["blk.2.ffn_up_exps.weight"].qtype == T.Q4_K
+    assert table["blk.2.ffn_down_exps.weight"].qtype == T.Q6_K
+    assert table["blk.2.exp_probs_b.bias"].qtype == T.F32
+    assert "blk.1.ffn_gate.weight" in table and "blk.1.ffn_gate_inp.weight" not in table   # 2 dense layers first
 
 
 def test_dict_mix_and_block_fallback():

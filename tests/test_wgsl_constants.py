@@ -32,6 +32,8 @@ def test_python_values_are_the_wgsl_consts():
     assert (plan.ATTN_MAX_GW, plan.ATTN_QS, plan.ATTN_SCORES) == tuple(
         wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
     assert plan.MERGE_MAX_SPLITS == wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
+    assert (plan.FLASH_QMAX, plan.FLASH_KVMAX, plan.FLASH_NV) == tuple(
+        wgsl_const("attention_rows.wgsl", n) for n in ("QMAX", "KVMAX", "NV"))
     presets = dataclasses.make_dataclass("Presets", [("attention_split", int), ("attention_splits", int)])
     assert plan.attention_splits(100_000, presets(32, 0))[1] <= plan.MERGE_MAX_SPLITS   # no cap: the merge's
     assert plan.attention_splits(1000, presets(32, 64)) == (32, 32)
@@ -65,7 +67,8 @@ def test_wgsl_const_is_strict(monkeypatch):
 def test_draw_layout_follows_common_wgsl():
     c = lambda name: wgsl_const("common.wgsl", name)  # noqa: E731
     kmax, hist, counts = c("KMAX"), c("DRAW_HIST"), c("DRAW_COUNTS")
-    head = ["TEMPERATURE", "TOP_P", "MIN_P", "U", "TOP_K", "N_HIST", "REPEAT", "PRESENCE", "FREQUENCY", "N_BIAS"]
+    head = ["TEMPERATURE", "TOP_P", "MIN_P", "U", "TOP_K", "N_HIST", "REPEAT", "PRESENCE", "FREQUENCY", "N_BIAS",
+            "MASKED"]
     offsets = [c(f"DRAW_{n}") for n in head]
     assert len(set(offsets)) == len(offsets) and max(offsets) < hist
     bias_ids, bias = c("DRAW_BIAS_IDS"), c("DRAW_BIAS")
@@ -84,6 +87,12 @@ def test_draw_layout_follows_common_wgsl():
     assert tuple(w[hist:hist + kmax]) == tokens and tuple(w[counts:counts + kmax]) == n
     assert w[c("DRAW_N_BIAS")] == kmax and tuple(w[bias_ids:bias_ids + kmax]) == tuple(biases)
     assert tuple(f[bias:bias + kmax]) == tuple(np.float32(v) for v in biases.values())
+    assert w[c("DRAW_MASKED")] == 0
+    mask = np.arange(5, dtype=np.uint32) * 0x01010101   # a constrained draw: its bitmask follows the fixed words
+    m = np.frombuffer(Draw(p, 0.25, tokens, n, mask.tobytes()).encode(), np.uint32)
+    head_words = w.copy()
+    head_words[c("DRAW_MASKED")] = 1
+    assert np.array_equal(m[:c("DRAW_WORDS")], head_words) and np.array_equal(m[c("DRAW_WORDS"):], mask)
 
 
 _CHANGED = """

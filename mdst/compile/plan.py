@@ -18,8 +18,8 @@ import numpy as np
 from ..gpu import native
 from ..ir.fusion import fuse
 from ..ir.graph import Graph, Node, Value
-from ..ir.ops import (Add, Attention, AttentionSpec, Embed, Glu, LastRow, Matmul, Mul, RmsNorm, Rope, RopeSpec, RopeStore,
-                  ShortConv, View)
+from ..ir.ops import (Add, Attention, AttentionSpec, Embed, ExpertMatmul, Glu, LastRow, Matmul, Mul, RmsNorm, Rope,
+                      RopeSpec, RopeStore, Route, ShortConv, View)
 from ..kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, weight_align, wgsl_const
 from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from ..memory.pool import Liveness
@@ -41,9 +41,15 @@ GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_S
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
 
 
-def gemm_groups(n: int, m: int) -> tuple[int, int, int]:
-    """matmul_rows' workgroup count: GEMM_TILE x GEMM_TILE tiles of [m, n]."""
-    return (ceil_div(n, GEMM_TILE), ceil_div(m, GEMM_TILE), 1)
+def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int]:
+    """matmul_rows' workgroup count over [m, n] with `tr` rows and `tc` outputs a thread (a tile of
+    GEMM_TILE * tr / 4 rows by GEMM_TILE * tc / 4 outputs)."""
+    return (ceil_div(n, GEMM_TILE * tc // 4), ceil_div(m, GEMM_TILE * tr // 4), 1)
+
+
+def gemm_block(rows: int, presets: Any) -> tuple[int, int]:
+    """matmul_rows' (rows, outputs) a thread: the presets', with 4 rows where a plan's rows fill no taller tile."""
+    return (presets.gemm_rows if rows > GEMM_TILE else 4), presets.gemm_cols
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
@@ -68,10 +74,12 @@ def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
 
 
 _plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
-USES_KV = {"kv_store", "attention", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
+USES_KV = {"kv_store", "attention", "attention_rows", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
 ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
 MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
+FLASH_QMAX, FLASH_KVMAX, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("QMAX", "KVMAX", "NV"))
+FLASH_MAX_KEYS = 8  # attention_rows: keys a tile at most (more would leave fewer lanes a score)
 
 
 def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int:
@@ -82,6 +90,18 @@ def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int
     group = heads // kv_heads
     fits = min(ATTN_MAX_GW, ATTN_QS // head_dim, ATTN_SCORES // (ATTN_WG // lanes))
     return max(g for g in range(1, group + 1) if group % g == 0 and g <= fits)
+
+
+def flash_tiles(heads: int, kv_heads: int, head_dim: int) -> tuple[int, int, int]:
+    """attention_rows' (query heads GW, rows BR, keys BC) a workgroup: the most query vectors its workgroup
+    memory holds, as many of one KV head's query heads as divide the group, and keys a tile so that every
+    (query vector, key) pair of a tile has a lane."""
+    attention_group(heads, kv_heads, head_dim, 1)   # the head_dim check
+    keys = min(FLASH_MAX_KEYS, FLASH_KVMAX // head_dim)
+    vectors = min(FLASH_QMAX // head_dim, ATTN_WG // keys, ATTN_WG * FLASH_NV * 4 // head_dim)
+    group = heads // kv_heads
+    gw = max(g for g in range(1, group + 1) if group % g == 0 and g <= vectors)
+    return gw, vectors // gw, keys
 
 
 def attention_splits(keys: int, presets: Any) -> tuple[int, int]:
@@ -401,9 +421,12 @@ class Compilation:
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
 
     def dispatch(self, name: str, resources: list[Any], groups: tuple[int, int, int], params: dict[str, Any],
-                 label: str, wtype: str | None = None, **constants: int) -> None:
-        """Append a dispatch of kernel `name` specialized by `constants` (and the cache format where it reads it)."""
-        kv, f16 = KV_TYPES[self.compiler.layout.kv_type] if name in USES_KV else (None, False)
+                 label: str, wtype: str | None = None, f16: bool = False, **constants: int) -> None:
+        """Append a dispatch of kernel `name` specialized by `constants` (and the cache format where it reads it);
+        `f16`: the f16 variant (for a KV kernel, the cache format decides)."""
+        kv = None
+        if name in USES_KV:
+            kv, f16 = KV_TYPES[self.compiler.layout.kv_type]
         spec = KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
         self.ds.append(Dispatch(spec, self.compiler.pipelines.get(spec), resources, groups, params, label,
                                 self.layer))
@@ -516,6 +539,10 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
         c.dispatch("attention_merge", [c.compiler.step, part, y, None], (s.heads, 1, 1),
                    {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
         c.live.free(-id(node))
+    elif r > 1 and c.presets.prefill_attention == "flash":
+        gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim)
+        c.dispatch("attention_rows", [c.compiler.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
+                   params, "attention", WG=ATTN_WG, GW=gw, BR=br, BC=bc)
     else:
         c.dispatch("attention", [c.compiler.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
                    **consts)
@@ -545,6 +572,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     norm = store.weights[op.norm].parts[0].buffer if op.norm is not None else None
     res = x[-1] if op.res else None
     fused = {"NORM": norm is not None, "RES": res is not None, "GLU": glu}
+    q8 = {"Q8": True} if op.q8 else {}   # x through its 8-bit round trip (set only when on: f32 keys unchanged)
     outputs = c.outputs
     for pi, p in enumerate(w.parts):
         if outputs is not None and len(outputs) > 1:
@@ -560,24 +588,52 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             rr = 1 if r == 1 else 8
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
-                       w.type.name, R=rr, **fused)
+                       w.type.name, R=rr, **fused, **q8)
         elif r == 1:
             lanes = gemv_lanes(k, w.type.name, c.presets)
             rows = gemv_rows(p.rows, lanes, c.presets)
             c.dispatch("matmul_row", args, gemv_groups(p.rows, lanes, rows), params, label_of(node), w.type.name,
-                       WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, **fused)
+                       WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, **fused, **q8)
         else:
             if norm is not None or glu:
                 raise RuntimeError("the many-row matmul fuses the residual add only")
             params.update(m=r, y_stride=stride)
             del params["eps"]
-            c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r), params,
-                       label_of(node), w.type.name, RES=res is not None)
+            # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
+            tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
+            f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16 and not op.q8
+            c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r, tr, tc), params,
+                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc, **q8)
+
+
+def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    op: Route = node.op
+    bias = c.compiler.weights.weights[op.bias].parts[0].buffer if op.bias else x[0]   # x: a spare binding
+    c.dispatch("route", [x[0], bias, y, None], grid1(ceil_div(r, 64)),
+               {"n_expert": node.inputs[0].cols, "k": op.k, "rows": r, "norm": int(op.norm)}, "route",
+               SIGMOID=op.gating == "sigmoid", BIAS=op.bias is not None)
+
+
+def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
+    """One dispatch per part of the expert tensor (layout.py splits it on expert boundaries)."""
+    op: ExpertMatmul = node.op
+    w = c.compiler.weights.matrix(op.weight)
+    k = w.shape[0]
+    cols = node.inputs[0].cols
+    for pi, p in enumerate(w.parts):
+        e0 = p.row0 // op.n_out
+        params = {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "w0": p.offset, "e0": e0,
+                  "e1": e0 + p.rows // op.n_out, "used": op.k, "x_slot": 0 if cols == k else k, "x_stride": cols,
+                  "acc": int(pi > 0)}
+        c.dispatch("matmul_experts", [c.weight(w.name, pi), x[0], x[1], y, None],
+                   (ceil_div(op.n_out, 64), r, 1 if op.combine else op.k), params, label_of(node), w.type.name,
+                   COMBINE=op.combine)
 
 
 LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {
     Embed: _embed, Matmul: _matmul, RmsNorm: _rms_norm, Add: _binary, Mul: _binary, Glu: _glu, Rope: _rope,
-    RopeStore: _rope_store, Attention: _attention, ShortConv: _shortconv, LastRow: _last_row,
+    RopeStore: _rope_store, Attention: _attention, ShortConv: _shortconv, LastRow: _last_row, Route: _route,
+    ExpertMatmul: _expert_matmul,
 }
 
 

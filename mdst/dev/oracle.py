@@ -190,7 +190,7 @@ class CaseBuilder:
         cut to at most max_cols columns on a block boundary; and where they came from."""
         from ..format.quants import dequantize
 
-        tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) == 2]
+        tensors = [t for t in self.gguf.tensors.values() if t.type.name == wtype and len(t.shape) in (2, 3)]
         if not tensors:
             raise ValueError(f"the model has no {wtype} matrix")
         t = max(tensors, key=lambda t: (min(t.row_elems, max_cols), t.n_rows))
@@ -266,7 +266,9 @@ class CaseBuilder:
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
         del params["eps"]
         params.update(m=m, y_stride=87)
-        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params, gemm_groups(params["n"], m),
+        c = spec.constants_dict()
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
+                     gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -387,7 +389,8 @@ class CaseBuilder:
         from ..ir.ops import AttentionSpec
         from ..kernels.runner import Out
         from ..format.quants import decode_rows, encode_rows
-        rows, n_rows = 5, 4
+        flash = spec.name == "attention_rows"   # blocks of BR rows a workgroup: more rows than one block
+        rows, n_rows = (19, 18) if flash else (5, 4)
         out = []
         for d, p in _distinct(uses, ignore="ring"):
             window = int(p["window"])
@@ -419,8 +422,11 @@ class CaseBuilder:
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
                             f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}", spec,
                             [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
-                            (groups, rows, 1), [Expect("f32", _within(1e-5), want)]))
+                            (groups, -(-rows // int(spec.constants_dict()["BR"])) if flash else rows, 1),
+                            [Expect("f32", _within(1e-5), want)]))
         return out
+
+    _attention_rows = _attention
 
     def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
@@ -464,11 +470,12 @@ class CaseBuilder:
                             (-(-cols // 4096), rows, 1), [Expect("u32", _exact(), want)]))
         return out
 
-    def _draw(self, **settings: Any) -> Any:
+    def _draw(self, mask: bytes | None = None, **settings: Any) -> Any:
         from ..text.sampling import Draw, SamplingParams
         tokens = settings.pop("tokens", ())
         params = SamplingParams(**{"temperature": 0.8, "top_k": 40, **settings})
-        return Draw(params, float(np.float32(self.rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)))
+        return Draw(params, float(np.float32(self.rng.random())), tuple(tokens), tuple(range(1, len(tokens) + 1)),
+                    mask)
 
     def _penalize(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
@@ -496,14 +503,25 @@ class CaseBuilder:
 
     def _topk(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
+        from ..text.sampling import mask_words
         cols, col0, k = 5000, 700, 64
         x = self.normal(cols)
         x[[3, 10, 2100]] = 9.0   # ties, within a slice and across slices
-        draw = self._draw(top_k=k)
-        want = self._topk_pairs(x, col0, k)
-        return [Case(f"top {k} of {cols} columns from {col0} in {len(want)} slices", spec,
-                     [np.frombuffer(draw.encode(), np.uint32), x, Out(want.nbytes)], {"cols": cols, "col0": col0,
-                      "slice0": 0}, (len(want), 1, 1), [Expect("u32", _exact(), want)])]
+        # a grammar's mask (every slice keeps more than k tokens): forbidden tokens are never candidates
+        ids = np.arange(mask_words(col0 + cols) * 32)
+        allowed = (self.rng.random(ids.size) < 0.25) | (ids % 7 == 0)
+        allowed[col0 + 3] = False   # one of the tied maxima
+        mask = np.packbits(allowed, bitorder="little").tobytes()
+        out = []
+        for draw, kept, what in [(self._draw(top_k=k), x, ""),
+                                 (self._draw(mask, top_k=k), np.where(allowed[col0:col0 + cols], x, -np.inf),
+                                  ", the tokens a constrained draw's mask allows")]:
+            want = self._topk_pairs(kept.astype(np.float32), col0, k)
+            out.append(Case(f"top {k} of {cols} columns from {col0} in {len(want)} slices{what}", spec,
+                            [np.frombuffer(draw.encode(), np.uint32), x, Out(want.nbytes)],
+                            {"cols": cols, "col0": col0, "slice0": 0}, (len(want), 1, 1),
+                            [Expect("u32", _exact(), want)]))
+        return out
 
     def _sample(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
@@ -554,6 +572,54 @@ class CaseBuilder:
                                  Out(want_y.nbytes)], {"channels": ch, "kernel": kernel}, (-(-ch // 64), 1, 1),
                                 [Expect("f32", _within(1e-6), new_state), Expect("f32", _within(1e-6), want_y)]))
         return out
+
+    def _separated_logits(self, rows: int, n: int) -> np.ndarray:
+        """Router logits whose ranking no rounding can change: permutations of steps of 0.1, centred."""
+        return np.stack([(self.rng.permutation(n) - n / 2) * 0.1 + self.rng.uniform(0, 0.01, n)
+                         for _ in range(rows)]).astype(np.float32)
+
+    def _route(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .. import reference
+        from ..kernels.runner import Out
+        c = spec.constants_dict()
+        d = uses[0].params
+        n, k, rows, norm = int(d["n_expert"]), int(d["k"]), 13, bool(d["norm"])
+        gating = "sigmoid" if c.get("SIGMOID") else "softmax"
+        logits = self._separated_logits(rows, n)
+        bias = (self.rng.permutation(n) % 3).astype(np.float32) if c.get("BIAS") else None
+        want = reference.route(logits, k, gating, norm, bias)
+        return [Case(f"{rows} rows of {n} experts, {k} picked by {gating}", spec,
+                     [logits, logits if bias is None else bias, Out(want.nbytes)],
+                     {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (1, 1, 1),
+                     [Expect("f32", _within(1e-6), want)])]
+
+    def _matmul_experts(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from .. import reference
+        from ..kernels.runner import Out
+        combine = bool(spec.constants_dict().get("COMBINE", False))
+        experts, n_out, used, rows, e0 = 6, 37, 3, 5, 2
+        raw, w, row_bytes, src = self.weight(spec.wtype, experts * n_out, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        routes = reference.route(self._separated_logits(rows, experts), used, "softmax", True)
+        x = self.normal(rows, used * k if combine else k)
+        held = routes[:, used:] >= e0
+        masked = routes.copy()
+        masked[:, :used] *= held   # slots of experts before e0 belong to another part
+        want = reference.expert_matmul(x, masked, w, n_out, combine)
+        prev = self.normal(*want.shape)
+        if combine:
+            want = want + prev
+        else:
+            want = want.reshape(rows, used, n_out)
+            want[~held] = np.nan
+            want = want.reshape(rows, -1)
+        lead = weight_lead(spec.wtype)
+        return [Case(f"experts {e0}.. of {experts} x {n_out} rows of {src} at byte {lead}, {used} a row", spec,
+                     [np.concatenate([np.zeros(lead, np.uint8), raw[e0 * n_out * row_bytes:]]), x, routes,
+                      Out(want.nbytes, init=prev if combine else None)],
+                     {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": e0, "e1": experts, "used": used,
+                      "x_slot": k if combine else 0, "x_stride": x.shape[1], "acc": 1},
+                     (-(-n_out // 64), rows, 1 if combine else used), [Expect("f32", _within(1e-5), want)])]
 
 
 def weight_lead(wtype: str) -> int:

@@ -10,7 +10,8 @@ Files are written tensor by tensor, in row chunks, so memory stays bounded for 8
 
 Weight type mixes: a type name applied to every matrix ("F32", "Q8_0", "Q4_K", ...),
 "Q4_K_M" (the rule below), or a dict {fnmatch pattern: type}, first match wins.
-Norm weights and LFM2's convolution kernels are always F32. A type whose block does not
+Norm weights, LFM2's convolution kernels and expert biases are always F32; expert routers follow the
+mix except in Q4_K_M (F32 there, as llama-quantize keeps them). A type whose block does not
 divide a row falls back as llama-quantize does (Q4_K -> Q5_0, Q6_K -> Q8_0, ...).
 """
 
@@ -37,7 +38,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType as V
 
 from .kquants import RANDOM_BLOCK_TYPES, random_blocks
 
-ARCHES = ("llama", "qwen3", "gemma3", "lfm2", "mistral3")
+ARCHES = ("llama", "qwen3", "gemma3", "lfm2", "mistral3", "qwen3moe", "lfm2moe")
+MOE_ARCHES = ("qwen3moe", "lfm2moe")
+LFM2_ARCHES = ("lfm2", "lfm2moe")
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 MIN_VOCAB = 256 + len(SPECIALS) + 1     # bytes, specials and at least one merge (llama.cpp needs merges)
 
@@ -68,6 +71,10 @@ class Preset:
     yarn_beta_slow: float = 1.0
     yarn_log_mul: float = 0.0
     attn_temperature_scale: float = 0.0  # mistral3: Llama-4 style query scaling by position
+    n_experts: int = 0           # qwen3moe, lfm2moe: experts a layer, of which n_experts_used run a token
+    n_experts_used: int = 0
+    d_ff_exp: int = 0            # an expert's hidden size (d_ff is the dense layers')
+    dense_lead: int = 0          # lfm2moe: leading layers with a dense MLP
     tokenizer_pre: str = "default"
     add_bos: bool = False
     # Negative control: q/k rows (and q/k norm weights) reordered between the interleaved and the
@@ -86,7 +93,13 @@ class Preset:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.n_vocab < MIN_VOCAB:
             raise ValueError(f"n_vocab must be at least {MIN_VOCAB}: 256 bytes, {len(SPECIALS)} specials, a merge")
-        if self.arch == "lfm2":
+        if (self.arch in MOE_ARCHES) != (self.n_experts > 0):
+            raise ValueError("n_experts > 0 exactly for the mixture-of-experts arches " + ", ".join(MOE_ARCHES))
+        if self.n_experts and not (0 < self.n_experts_used <= self.n_experts and self.d_ff_exp > 0):
+            raise ValueError("a mixture of experts needs 0 < n_experts_used <= n_experts and d_ff_exp > 0")
+        if self.dense_lead and self.arch != "lfm2moe":
+            raise ValueError("dense_lead is an lfm2moe setting")
+        if self.arch in LFM2_ARCHES:
             if self.n_heads * self.head_dim != self.d_model:
                 raise ValueError("lfm2 needs n_heads * head_dim == d_model (llama.cpp derives head_dim from them)")
             if self.conv_l_cache < 2:
@@ -113,6 +126,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            sliding_window=8, add_bos=True),
     Preset("lfm2-tiny", "lfm2", 6, 256, 4, 2, 64, 512, 512, 4096, tied=True, rope_base=1e6,
            attn_layers=(2, 5), conv_l_cache=3, tokenizer_pre="lfm2", add_bos=True),
+    # 8 experts, 2 (qwen3moe) or 3 (lfm2moe, after one dense layer) a token.
+    Preset("qwen3moe-tiny", "qwen3moe", 2, 256, 4, 2, 64, 512, 512, 4096, tied=False, rope_base=1e6, eps=1e-6,
+           tokenizer_pre="qwen2", n_experts=8, n_experts_used=2, d_ff_exp=256),
+    Preset("lfm2moe-tiny", "lfm2moe", 3, 256, 4, 2, 64, 512, 512, 4096, tied=True, rope_base=1e6,
+           attn_layers=(1,), conv_l_cache=3, tokenizer_pre="lfm2", add_bos=True, n_experts=8, n_experts_used=3,
+           d_ff_exp=256, dense_lead=1),
     Preset("ministral3-tiny", "mistral3", 4, 256, 4, 2, 64, 512, 512, 128, tied=True, rope_base=1e6,
            rope_scaling_factor=16.0, rope_original_context=8, yarn_log_mul=1.0, attn_temperature_scale=0.1,
            tokenizer_pre="tekken", add_bos=True),
@@ -130,6 +149,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("ministral3-3b", "mistral3", 26, 3072, 32, 8, 128, 9216, 131072, 262144, tied=True, rope_base=1e6,
            rope_scaling_factor=16.0, rope_original_context=16384, yarn_log_mul=1.0, attn_temperature_scale=0.1,
            tokenizer_pre="tekken", add_bos=True),
+    Preset("qwen3-30b-a3b", "qwen3moe", 48, 2048, 32, 4, 128, 6144, 151936, 40960, tied=False, rope_base=1e6,
+           eps=1e-6, tokenizer_pre="qwen2", n_experts=128, n_experts_used=8, d_ff_exp=768),
+    Preset("lfm2-8b-a1b", "lfm2moe", 24, 2048, 32, 8, 64, 7168, 65536, 128000, tied=True, rope_base=1e6,
+           attn_layers=(2, 6, 10, 14, 18, 21), conv_l_cache=3, tokenizer_pre="lfm2", add_bos=True,
+           n_experts=32, n_experts_used=4, d_ff_exp=1792, dense_lead=2),
 ]}
 
 
@@ -149,6 +173,7 @@ def resolve(preset: str | Preset, **overrides: Any) -> Preset:
 # ---------------------------------------------------------------- tensor table
 
 LOGIT_STD = 3.0     # std of the logits: LM head (and tied embedding) entries have std LOGIT_STD/sqrt(d_model)
+BIAS_STD = 0.1     # lfm2moe's expert selection biases: about a sigmoid probability's spread
 NORM_NOISE = 0.2    # norm weights are 1 + N(0, NORM_NOISE^2): non-trivial, so a skipped or misapplied norm shows
 
 # Types gguf-py quantizes from floats; the K-quants and IQ types come from kquants.random_blocks.
@@ -185,7 +210,8 @@ class TensorPlan:
     name: str
     shape: tuple[int, ...]
     qtype: T
-    init: str                    # "normal": N(0, std^2); "norm": 1 + N(0, std^2); "conv": N(0, std^2), kept F32
+    init: str                    # "normal" (and "router"): N(0, std^2); "norm": 1 + N(0, std^2); "conv", "bias":
+                                 # N(0, std^2), kept F32
     std: float
 
     @property
@@ -207,12 +233,12 @@ def _tensor_shapes(p: Preset) -> list[tuple[str, tuple[int, ...], str]]:
     out: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (p.n_vocab, d), "normal")]
     for i in range(p.n_layers):
         b = f"blk.{i}."
-        attention = p.arch != "lfm2" or i in p.attn_layers
+        attention = p.arch not in LFM2_ARCHES or i in p.attn_layers
         layer = [(b + "attn_norm.weight", (d,), "norm")]
         if attention:
             layer += [(b + "attn_q.weight", (q_dim, d), "normal"), (b + "attn_k.weight", (kv_dim, d), "normal"),
                       (b + "attn_v.weight", (kv_dim, d), "normal"), (b + "attn_output.weight", (d, q_dim), "normal")]
-            if p.arch in ("qwen3", "gemma3", "lfm2"):
+            if p.arch in ("qwen3", "gemma3", "lfm2", "qwen3moe", "lfm2moe"):
                 layer += [(b + "attn_q_norm.weight", (hd,), "norm"), (b + "attn_k_norm.weight", (hd,), "norm")]
         else:
             layer += [(b + "shortconv.conv.weight", (d, p.conv_l_cache), "conv"),
@@ -220,22 +246,33 @@ def _tensor_shapes(p: Preset) -> list[tuple[str, tuple[int, ...], str]]:
                       (b + "shortconv.out_proj.weight", (d, d), "normal")]
         if p.arch == "gemma3":
             layer.append((b + "post_attention_norm.weight", (d,), "norm"))
-        layer += [(b + "ffn_norm.weight", (d,), "norm"), (b + "ffn_gate.weight", (p.d_ff, d), "normal"),
-                  (b + "ffn_up.weight", (p.d_ff, d), "normal"), (b + "ffn_down.weight", (d, p.d_ff), "normal")]
+        layer.append((b + "ffn_norm.weight", (d,), "norm"))
+        if p.n_experts and i >= p.dense_lead:   # numpy shapes [experts, rows, row length]
+            e, f = p.n_experts, p.d_ff_exp
+            layer += [(b + "ffn_gate_inp.weight", (e, d), "router"), (b + "ffn_gate_exps.weight", (e, f, d), "normal"),
+                      (b + "ffn_up_exps.weight", (e, f, d), "normal"), (b + "ffn_down_exps.weight", (e, d, f), "normal")]
+            if p.arch == "lfm2moe":
+                layer.append((b + "exp_probs_b.bias", (e,), "bias"))
+        else:
+            layer += [(b + "ffn_gate.weight", (p.d_ff, d), "normal"), (b + "ffn_up.weight", (p.d_ff, d), "normal"),
+                      (b + "ffn_down.weight", (d, p.d_ff), "normal")]
         if p.arch == "gemma3":
             layer.append((b + "post_ffw_norm.weight", (d,), "norm"))
         out += layer
-    out.append(("token_embd_norm.weight" if p.arch == "lfm2" else "output_norm.weight", (d,), "norm"))
+    out.append(("token_embd_norm.weight" if p.arch in LFM2_ARCHES else "output_norm.weight", (d,), "norm"))
     if not p.tied:
         out.append(("output.weight", (p.n_vocab, d), "normal"))
     return out
 
 
 def _q4_k_m(name: str, tied: bool) -> T:
-    """The Q4_K_M-like rule: Q6_K for attn_v, ffn_down, the output and a tied embedding; Q4_K elsewhere."""
+    """The Q4_K_M-like rule: Q6_K for attn_v, ffn_down (the experts' too), the output and a tied embedding;
+    Q4_K elsewhere (routers stay F32, as llama-quantize leaves them)."""
+    if name.endswith(".ffn_gate_inp.weight"):
+        return T.F32
     if name == "token_embd.weight":
         return T.Q6_K if tied else T.Q4_K
-    if name == "output.weight" or name.endswith((".attn_v.weight", ".ffn_down.weight")):
+    if name == "output.weight" or name.endswith((".attn_v.weight", ".ffn_down.weight", ".ffn_down_exps.weight")):
         return T.Q6_K
     return T.Q4_K
 
@@ -282,12 +319,14 @@ def plan(preset: str | Preset, types: Types = "Q4_K_M", **overrides: Any) -> lis
     _check_types(types)
     table = []
     for name, shape, init in _tensor_shapes(p):
-        if init == "normal":
+        if init in ("normal", "router"):
             qtype = _fit(_matrix_type(types, name, p.tied), shape[-1])
-            on_logits = name in ("output.weight", "token_embd.weight")
+            # router logits spread like the LM head's, so the experts' ranking is rarely a near tie
+            on_logits = init == "router" or name in ("output.weight", "token_embd.weight")
             std = (LOGIT_STD if on_logits else 1.0) / np.sqrt(shape[-1])
         else:
-            qtype, std = T.F32, (NORM_NOISE if init == "norm" else 1.0 / np.sqrt(shape[-1]))
+            qtype = T.F32
+            std = {"norm": NORM_NOISE, "bias": BIAS_STD}.get(init, 1.0 / np.sqrt(shape[-1]))
         table.append(TensorPlan(name, shape, qtype, init, float(std)))
     return table
 
@@ -418,24 +457,31 @@ def metadata(preset: str | Preset, types: Types = "Q4_K_M", seed: int = 0) -> Me
         f"{a}.feed_forward_length": (p.d_ff, V.UINT32),
         f"{a}.attention.head_count": (p.n_heads, V.UINT32),
     }
-    if a == "lfm2":   # per-layer KV heads; 0 marks a convolution layer
+    if a in LFM2_ARCHES:   # per-layer KV heads; 0 marks a convolution layer
         m[f"{a}.attention.head_count_kv"] = (
             [p.n_kv_heads if i in p.attn_layers else 0 for i in range(p.n_layers)], V.INT32)
     else:
         m[f"{a}.attention.head_count_kv"] = (p.n_kv_heads, V.UINT32)
     m[f"{a}.rope.freq_base"] = (p.rope_base, V.FLOAT32)
     m[f"{a}.attention.layer_norm_rms_epsilon"] = (p.eps, V.FLOAT32)
-    if a in ("qwen3", "gemma3", "mistral3") or (a == "llama" and p.head_dim * p.n_heads != p.d_model):
+    if a in ("qwen3", "gemma3", "mistral3", "qwen3moe") or (a == "llama" and p.head_dim * p.n_heads != p.d_model):
         m[f"{a}.attention.key_length"] = (p.head_dim, V.UINT32)
         m[f"{a}.attention.value_length"] = (p.head_dim, V.UINT32)
-    if a in ("llama", "mistral3", "lfm2"):
+    if a in ("llama", "mistral3", "lfm2", "lfm2moe"):
         m[f"{a}.vocab_size"] = (p.n_vocab, V.UINT32)
     if a in ("llama", "mistral3"):
         m[f"{a}.rope.dimension_count"] = (p.head_dim, V.UINT32)
     if a == "gemma3" and p.sliding_window:
         m[f"{a}.attention.sliding_window"] = (p.sliding_window, V.UINT32)
-    if a == "lfm2":
+    if a in LFM2_ARCHES:
         m[f"{a}.shortconv.l_cache"] = (p.conv_l_cache, V.UINT32)
+    if p.n_experts:
+        m[f"{a}.expert_count"] = (p.n_experts, V.UINT32)
+        m[f"{a}.expert_used_count"] = (p.n_experts_used, V.UINT32)
+        m[f"{a}.expert_feed_forward_length"] = (p.d_ff_exp, V.UINT32)
+    if a == "lfm2moe":
+        m[f"{a}.leading_dense_block_count"] = (p.dense_lead, V.UINT32)
+        m[f"{a}.expert_gating_func"] = (2, V.UINT32)   # sigmoid, as in the published models
     if p.rope_scaling_factor:
         m[f"{a}.rope.scaling.type"] = ("yarn", V.STRING)
         m[f"{a}.rope.scaling.factor"] = (p.rope_scaling_factor, V.FLOAT32)
@@ -504,10 +550,11 @@ def _chunks(t: TensorPlan, seed: int) -> Iterator[np.ndarray]:
     """The tensor's data as row chunks (each a C-contiguous array of whole rows, in file order)."""
     # One generator per tensor, keyed by name: a tensor's values do not depend on the others.
     rng = np.random.default_rng([seed, zlib.crc32(t.name.encode())])
-    if t.init == "norm":
-        yield (1.0 + t.std * rng.standard_normal(t.shape[0], dtype=np.float32)).astype(np.float32)
+    if t.init in ("norm", "bias"):
+        yield (float(t.init == "norm") + t.std * rng.standard_normal(t.shape[0], dtype=np.float32)).astype(np.float32)
         return
-    rows, cols = t.shape
+    cols = t.shape[-1]
+    rows = t.n_params // cols   # an expert tensor's rows: its experts' one after another
     step = max(1, _CHUNK_ELEMENTS // cols)
     for r0 in range(0, rows, step):
         n = min(step, rows - r0)
@@ -608,6 +655,8 @@ def describe(p: Preset) -> str:
     """One line of a preset's dimensions."""
     extra = [f"attn at {list(p.attn_layers)}"] if p.attn_layers else []
     extra += [f"window {p.sliding_window}"] if p.sliding_window else []
+    extra += [f"experts {p.n_experts_used}/{p.n_experts}x{p.d_ff_exp}"] if p.n_experts else []
+    extra += [f"{p.dense_lead} dense first"] if p.dense_lead else []
     extra += [f"yarn x{p.rope_scaling_factor:g} from {p.rope_original_context}"] if p.rope_scaling_factor else []
     return (f"{p.name:16} {p.arch:9} L={p.n_layers} d={p.d_model} heads={p.n_heads}/{p.n_kv_heads}x{p.head_dim} "
             f"ffn={p.d_ff} vocab={p.n_vocab} {'tied' if p.tied else 'untied'}" + "".join(f", {e}" for e in extra))

@@ -32,6 +32,12 @@ class Presets:
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
+    gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
+    gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
+    gemm_f16: int = 0             # matmul_rows: 1 for the f16 variant (f16 products summed a step at a time
+                                  # into f32) where the adapter has shader-f16
+    prefill_attention: str = "flash"  # many-row attention: "flash" (blocks of rows share each KV tile through
+                                      # workgroup memory) or "rows" (a workgroup a row, as decode)
 
 
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
@@ -58,7 +64,8 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
-               "prefill_rows": (32, 64, 128, 256, 512, 1024)}
+               "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
+               "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_f16": (0, 1)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")
@@ -275,7 +282,7 @@ def kv_type_for_precision(precision: str, kv_type: str | None) -> str | None:
 
 def resolve_kv_type(kv_type: str | None, gpu: GPU | None) -> str:
     """The KV cache format: given, or by default f16 where the adapter has shader-f16 and f32 otherwise (numpy
-    included); f16 needs shader-f16 on a GPU. The one precision setting: arithmetic is f32."""
+    included); f16 needs shader-f16 on a GPU. (Arithmetic is the activations option's.)"""
     if kv_type is None:
         return "f16" if gpu is not None and gpu.profile.shader_f16 else "f32"
     if kv_type not in KV_TYPES:

@@ -83,7 +83,7 @@ def _fuse_siblings(nodes: list[Node], runs: dict[str, tuple[str, ...]], next_id:
             continue   # a later member: its view came with the first
         whole = Value(next_id, n.out.rows, sum(group[m].out.cols for m in runs[name]), name)
         next_id += 1
-        out.append(Node(Matmul(name, whole.cols, members=runs[name]), n.inputs, whole))
+        out.append(Node(Matmul(name, whole.cols, members=runs[name], q8=n.op.q8), n.inputs, whole))
         col0 = 0
         for m in runs[name]:
             out.append(Node(View(col0, group[m].out.cols), (whole,), group[m].out))
@@ -96,7 +96,7 @@ def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:
     for n in nodes:
         if isinstance(n.op, Glu):
             g, u = (prod[v.id] for v in n.inputs)
-            if isinstance(g.op, Matmul) and g.op.weight in paired and isinstance(u.op, Matmul):
+            if isinstance(g.op, Matmul) and g.op.weight in paired and isinstance(u.op, Matmul) and g.op.q8 == u.op.q8:
                 drop |= {id(g), id(u)}
                 out.append(Node(replace(g.op, up=u.op.weight, act=n.op.act), g.inputs, n.out))
                 continue

@@ -13,8 +13,8 @@ from typing import Callable
 
 from ..errors import UnsupportedModelError
 from ..format.gguf import TensorInfo
-from .ops import (Add, Attention, AttentionSpec, ConvSpec, Embed, Glu, LastRow, Matmul, Mul, Op, RmsNorm, Rope,
-                  RopeSpec, ShortConv)
+from .ops import (Add, Attention, AttentionSpec, ConvSpec, Embed, ExpertMatmul, Glu, LastRow, Matmul, Mul, Op, RmsNorm,
+                  Rope, RopeSpec, Route, ShortConv)
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,18 @@ class Graph:
         """Weights matmuls read in full, in first-use order."""
         return self._weights_of(lambda n: isinstance(n.op, Matmul))
 
+    def expert_weights(self) -> dict[str, int]:
+        """Expert tensors by name, with the experts a token reads of each."""
+        return {n.op.weight: n.op.k for n in self.nodes if isinstance(n.op, ExpertMatmul)}
+
     def matrix_names(self) -> list[str]:
-        """Weights read as matrices (embedding tables and matmul weights), in first-use order."""
-        return self._weights_of(lambda n: isinstance(n.op, (Embed, Matmul)))
+        """Weights read as matrices (embedding tables, matmul and expert weights), in first-use order."""
+        return self._weights_of(lambda n: isinstance(n.op, (Embed, Matmul, ExpertMatmul)))
 
     def vector_names(self) -> list[str]:
-        """Weights other ops read whole (norm scales, RoPE factors, convolution kernels), in first-use order."""
-        return self._weights_of(lambda n: not isinstance(n.op, (Embed, Matmul)))
+        """Weights other ops read whole (norm scales, RoPE factors, convolution kernels, router biases), in
+        first-use order."""
+        return self._weights_of(lambda n: not isinstance(n.op, (Embed, Matmul, ExpertMatmul)))
 
     def output_matrix(self) -> str | None:
         """The weight of the matmul that computes the output, if a matmul does."""
@@ -122,13 +127,27 @@ class Graph:
         return last
 
 
-class Builder:
-    """Records ops into a `Graph`. `output_rows` is "all" (logits for every row) or "last"."""
+# The load option `activations`: what matmuls on quantized weights multiply. "f32": x as it is; "q8": x through
+# its 8-bit round trip (Matmul.q8), which lets GPU kernels use packed 8-bit integer dot products.
+ACTIVATION_TYPES = ("f32", "q8")
 
-    def __init__(self, tensors: dict[str, TensorInfo], output_rows: str = "last"):
+
+def check_activations(activations: str) -> str:
+    """`activations` if it is one of ACTIVATION_TYPES, else a ValueError naming them."""
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {', '.join(map(repr, ACTIVATION_TYPES))}, got {activations!r}")
+    return activations
+
+
+class Builder:
+    """Records ops into a `Graph`. `output_rows` is "all" (logits for every row) or "last"; `activations` is
+    the load option of that name (ACTIVATION_TYPES)."""
+
+    def __init__(self, tensors: dict[str, TensorInfo], output_rows: str = "last", activations: str = "f32"):
         if output_rows not in ("all", "last"):
             raise ValueError(f"output_rows must be 'all' or 'last', got {output_rows!r}")
         self.tensors = tensors
+        self.activations = check_activations(activations)
         self.graph = Graph(output_rows)
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -164,7 +183,9 @@ class Builder:
         t = self._tensor(weight)
         if len(t.shape) != 2 or t.row_elems != x.cols:
             raise UnsupportedModelError(f"tensor {weight!r} has shape {list(t.shape)}, expected [{x.cols}, *]")
-        return self._add(Matmul(weight, t.n_rows), (x,), weight)
+        # the one place that decides which matmuls take 8-bit activations: those on block-quantized weights
+        q8 = self.activations == "q8" and t.type.block > 1
+        return self._add(Matmul(weight, t.n_rows, q8=q8), (x,), weight)
 
     def rms_norm(self, x: Value, weight: str, eps: float, dim: int | None = None) -> Value:
         """RMSNorm over groups of `dim` columns (default: the whole row), scaled by `weight`."""
@@ -228,6 +249,32 @@ class Builder:
             raise UnsupportedModelError(f"shortconv kernel size {spec.kernel} must be at least 2")
         return self._add(ShortConv(spec, weight), (bcx,), f"conv.{spec.layer}")
 
+    def route(self, logits: Value, k: int, gating: str, norm: bool, bias: str | None = None) -> Value:
+        """A mixture-of-experts router on logits [r, n_expert]: [r, 2k], the k chosen experts' weights, then their ids."""
+        if gating not in ("softmax", "sigmoid"):
+            raise UnsupportedModelError(f"expert gating {gating!r} is not supported (softmax, sigmoid are)")
+        if not 0 < k <= logits.cols:
+            raise UnsupportedModelError(f"{k} experts per token out of {logits.cols}: expected 1..{logits.cols}")
+        if bias is not None:
+            self._vector(bias, logits.cols)
+        return self._add(Route(k, gating, norm, bias), (logits,), "route")
+
+    def expert_matmul(self, x: Value, routes: Value, weight: str, combine: bool = False) -> Value:
+        """x [r, K or k * K] through each row's k chosen experts of `weight` [n_expert, n_out, K] (GGUF: K, n_out,
+        n_expert): [r, k * n_out], or with `combine` their sum weighted by the router, [r, n_out]."""
+        t = self._tensor(weight)
+        k = routes.cols // 2
+        if len(t.shape) != 3 or x.cols not in (t.row_elems, k * t.row_elems):
+            raise UnsupportedModelError(f"tensor {weight!r} has shape {list(t.shape)}, expected [{x.cols} or "
+                                        f"{x.cols // k}, *, n_expert] for {k} experts per token")
+        router = self.graph.producer(routes)
+        if not isinstance(router.op, Route) or router.inputs[0].cols != t.shape[2]:
+            raise UnsupportedModelError(f"tensor {weight!r} holds {t.shape[2]} experts; its route must come from a "
+                                        f"router over as many")
+        if t.shape[2] > 1 << 24:
+            raise UnsupportedModelError(f"tensor {weight!r} has {t.shape[2]} experts; ids are exact below 2^24")
+        return self._add(ExpertMatmul(weight, t.shape[1], k, combine), (x, routes), weight)
+
     def last_row(self, x: Value) -> Value:
         """The step's last row only when the graph outputs last-row logits; else x unchanged."""
         if self.graph.output_rows == "all":
@@ -239,9 +286,10 @@ class Builder:
         self.graph.output = x
 
 
-def build(forward: Callable[[Builder], None], tensors: dict[str, TensorInfo], output_rows: str) -> Graph:
+def build(forward: Callable[[Builder], None], tensors: dict[str, TensorInfo], output_rows: str,
+          activations: str = "f32") -> Graph:
     """Record `forward` into a graph."""
-    b = Builder(tensors, output_rows)
+    b = Builder(tensors, output_rows, activations)
     forward(b)
     if b.graph.output is None:
         raise RuntimeError("the forward pass set no output")

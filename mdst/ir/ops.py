@@ -141,7 +141,8 @@ class Embed(Op):
 class Matmul(Op):
     """x [r, k] @ weight[n_out, k]^T, with the fusions a matmul kernel can do: RMSNorm of x first
     (`norm`, `eps`), act(x W^T) * (x U^T) for `up` (`act`), and adding the last input (`res`).
-    `members`: the matrices a sibling run stores as `weight`, one after the other."""
+    `members`: the matrices a sibling run stores as `weight`, one after the other. `q8`: x (after the norm)
+    goes through its 8-bit round trip first (reference.q8_round_trip; the load option activations="q8")."""
 
     name: ClassVar[str] = "matmul"
     weight: str
@@ -152,6 +153,7 @@ class Matmul(Op):
     eps: float = 0.0
     res: bool = False
     members: tuple[str, ...] = ()
+    q8: bool = False
 
     @property
     def plain(self) -> bool:
@@ -168,6 +170,7 @@ class Matmul(Op):
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
         w = step.weights
         h = reference.rms_norm(x[0], w[self.norm].ravel(), self.eps) if self.norm else x[0]
+        h = reference.q8_round_trip(h) if self.q8 else h
         mat = np.concatenate([w[m] for m in self.members]) if self.members else w[self.weight]
         y = reference.matmul(h, mat)
         if self.up is not None:
@@ -245,14 +248,14 @@ def _rope(step: Step, spec: RopeSpec, head_dim: int, x: np.ndarray) -> np.ndarra
     return reference.rope(x, step.positions, freq, mscale, head_dim, spec.n_rot, spec.neox)
 
 
-def _store(step: Step, layer: int, k: np.ndarray, v: np.ndarray) -> int:
-    """Append the step's k and v rows to layer's ring cache, rounded as its type stores them; its index."""
-    cache = step.cache
-    li = cache.layout.kv_index(layer)
-    slots = step.positions % cache.k[li].shape[0]
-    cache.k[li][slots] = round_rows(k, cache.layout.kv_type)
-    cache.v[li][slots] = round_rows(v, cache.layout.kv_type)
-    return li
+def _store(step: Step, layer: int, k: np.ndarray, v: np.ndarray) -> None:
+    """Append each sequence's k and v rows to its layer's ring cache, rounded as its type stores them."""
+    for rows, one in step.split():
+        cache = one.cache
+        li = cache.layout.kv_index(layer)
+        slots = one.positions % cache.k[li].shape[0]
+        cache.k[li][slots] = round_rows(k[rows], cache.layout.kv_type)
+        cache.v[li][slots] = round_rows(v[rows], cache.layout.kv_type)
 
 
 @dataclass(frozen=True)
@@ -281,8 +284,13 @@ class Attention(Op):
     stored: bool = False
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        li = step.cache.layout.kv_index(self.spec.layer) if self.stored else _store(step, self.spec.layer, x[1], x[2])
-        return reference.attention(x[0], step.cache.k[li], step.cache.v[li], step.positions, self.spec)
+        if not self.stored:
+            _store(step, self.spec.layer, x[1], x[2])
+        return reference.per_sequence(step, self._one, x[0])
+
+    def _one(self, step: Step, q: np.ndarray) -> np.ndarray:
+        li = step.cache.layout.kv_index(self.spec.layer)
+        return reference.attention(q, step.cache.k[li], step.cache.v[li], step.positions, self.spec)
 
 
 @dataclass(frozen=True)
@@ -326,15 +334,66 @@ class ShortConv(Op):
         return inputs[0].rows, self.spec.channels
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return reference.per_sequence(step, self._one, x[0])
+
+    def _one(self, step: Step, bcx: np.ndarray) -> np.ndarray:
         cache = step.cache
         ci = cache.layout.conv_index(self.spec.layer)
-        y, cache.conv[ci] = reference.shortconv(x[0], step.weights[self.weight], cache.conv[ci], step.pos0, self.spec)
+        y, cache.conv[ci] = reference.shortconv(bcx, step.weights[self.weight], cache.conv[ci], step.pos0, self.spec)
         return y
 
 
 @dataclass(frozen=True)
+class Route(Op):
+    """A mixture-of-experts router on logits [r, n_expert]: `gating` ("softmax" or "sigmoid") probabilities,
+    the `k` best (by probability plus the `bias` vector, if named), their probabilities normalized to sum 1
+    when `norm`. Output [r, 2k]: the k weights, then the k expert ids as floats."""
+
+    name: ClassVar[str] = "route"
+    k: int
+    gating: str
+    norm: bool
+    bias: str | None = None
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.bias,) if self.bias else ()
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, 2 * self.k
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        bias = step.weights[self.bias].ravel() if self.bias else None
+        return reference.route(x[0], self.k, self.gating, self.norm, bias)
+
+
+@dataclass(frozen=True)
+class ExpertMatmul(Op):
+    """x [r, K or k * K] through the k experts the route (second input, `Route`'s output) picked for each
+    row: `weight` holds n_expert matrices [n_out, K] one after another and only the chosen ones are read.
+    Output [r, k * n_out] (slot j: expert j of the row, on x or x's j-th K columns), or with `combine`
+    the slots' sum weighted by the router's weights, [r, n_out]."""
+
+    name: ClassVar[str] = "expert_matmul"
+    weight: str
+    n_out: int
+    k: int
+    combine: bool = False
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.weight,)
+
+    def shape(self, inputs: Sequence[Value]) -> Shape:
+        return inputs[0].rows, self.n_out if self.combine else self.k * self.n_out
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        return reference.expert_matmul(x[0], x[1], step.weights[self.weight], self.n_out, self.combine)
+
+
+@dataclass(frozen=True)
 class LastRow(Op):
-    """The step's last row."""
+    """The step's last row (each sequence's, in a batched step)."""
 
     name: ClassVar[str] = "last_row"
 
@@ -342,5 +401,5 @@ class LastRow(Op):
         return 1, inputs[0].cols
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        return x[0][-1:]
+        return reference.per_sequence(step, lambda one, a: a[-1:], x[0])
 

@@ -58,7 +58,8 @@ const STEP_TOKENS: u32 = 4u;
 
 // The draw buffer (`draw`, array<u32>) of a sampled step, written by the host with the step
 // (mdst.text.sampling.Draw.encode): settings as f32/u32 words, then the distinct recent tokens and
-// their counts for the repetition penalties, then the logit-bias tokens and their biases.
+// their counts for the repetition penalties, then the logit-bias tokens and their biases; a
+// constrained draw (DRAW_MASKED = 1) then its grammar's bitmask of allowed tokens (draw_allows).
 const DRAW_TEMPERATURE: u32 = 0u;
 const DRAW_TOP_P: u32 = 1u;
 const DRAW_MIN_P: u32 = 2u;
@@ -69,12 +70,20 @@ const DRAW_REPEAT: u32 = 6u;
 const DRAW_PRESENCE: u32 = 7u;
 const DRAW_FREQUENCY: u32 = 8u;
 const DRAW_N_BIAS: u32 = 9u;
+const DRAW_MASKED: u32 = 10u;
 const DRAW_HIST: u32 = 16u;
 const DRAW_COUNTS: u32 = 80u;
 const DRAW_BIAS_IDS: u32 = 144u;
 const DRAW_BIAS: u32 = 208u;
 const KMAX: u32 = 64u;   // the most candidates GPU sampling keeps (top_k), tokens in its penalty window, biased tokens
-const DRAW_WORDS: u32 = 272u;   // the buffer's size in words: DRAW_BIAS + KMAX
+const DRAW_WORDS: u32 = 272u;   // the fixed words (DRAW_BIAS + KMAX); a constrained draw's bitmask follows
+
+// Whether a constrained draw allows token t, given the bitmask's word draw[DRAW_WORDS + t / 32]: its
+// bit t % 32 (llguidance's layout; ceil(n_vocab / 32) words). A picking kernel treats a token it forbids
+// as -inf, so it is never chosen.
+fn draw_allows(mask_word: u32, t: u32) -> bool {
+    return ((mask_word >> (t & 31u)) & 1u) != 0u;
+}
 
 // Byte decoders for the weight types (quant/*.wgsl). The four bytes of v as signed integers.
 fn i8x4(v: u32) -> vec4<f32> {

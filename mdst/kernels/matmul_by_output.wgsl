@@ -3,7 +3,9 @@
 // each activation read once per four outputs, with no workgroup memory or barriers. This suits
 // CPU adapters (lavapipe, SwiftShader), where memory operations dominate; R = 1 is decode.
 // The fusions of matmul_row are available: NORM (RMSNorm of each X row with weight g first),
-// GLU (rows j and n + j of the buffer: act(gate) * up), RES (Y += res).
+// GLU (rows j and n + j of the buffer: act(gate) * up), RES (Y += res), and Q8: each X row (normalized) through
+// its 8-bit round trip (reference.q8_round_trip), computed here in f32 with a block's scale taken at its first
+// group; k is then a multiple of 32 and the weight blocks of 32 or 256.
 // Dispatch: (ceil(n / (4 * WG)), ceil(m / R)).
 
 struct P {
@@ -28,6 +30,21 @@ override R: u32 = 1u;   // at most 8
 override NORM: bool = false;
 override RES: bool = false;
 override GLU: u32 = 0u;   // 0: none; else the activation (see activate)
+override Q8: bool = false;
+
+// Q8: (d, 1 / d or 0) of the block of 32 values of X row r from group G on, d = amax / 127 (times g with NORM).
+fn q8_block(r: u32, G: u32) -> vec2<f32> {
+    var m = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        var v = x[r * (p.k / 4u) + G + i];
+        if (NORM) {
+            v *= gw[G + i];
+        }
+        m = max(m, abs(v));
+    }
+    let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
+    return vec2<f32>(d, select(0.0, 1.0 / d, d > 0.0));
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -46,6 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc: array<vec4<f32>, 8>;
     var acc_up: array<vec4<f32>, 8>;
     var ss: array<f32, 8>;
+    var qd: array<vec2<f32>, 8>;   // Q8: each row's current block scale
     for (var o = 0u; o < (kg / gpb) * QB; o += QB) {
         let G0 = (o / QB) * gpb;
         // a constant trip count: the compiler unrolls it and loads each shared word of the block once
@@ -70,6 +88,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     if (NORM) {
                         ss[i] += dot(xv, xv);
                         xv *= gw[G0 + q];
+                    }
+                    if (Q8) {
+                        if (q % 8u == 0u) {
+                            qd[i] = q8_block(r0 + i, G0 + q);
+                        }
+                        xv = round(xv * qd[i].y) * qd[i].x;
                     }
                     acc[i] += vec4<f32>(dot(w0, xv), dot(w1, xv), dot(w2, xv), dot(w3, xv));
                     if (GLU != 0u) {

@@ -11,6 +11,11 @@
 // row cost more than the weights. Per-row work is written out, not looped (rows4, unit_acc): with
 // loops over rows, arrays of sums and one unit an iteration it ran 1.2-1.5x slower on an H200. A
 // tree in workgroup memory then sums each row's TPR partial sums.
+// Q8: x (times g with NORM) goes through its 8-bit round trip first (reference.q8_round_trip): the workgroup
+// quantizes it, XQ values at a time, into workgroup memory (blocks of 32 signed bytes, 4 a word, and a scale
+// each), no dispatch of its own, and the steps read that copy: through xg (as floats), or as packed bytes for
+// dot4I8Packed where a type's step has an integer path (q8_word, q8_scale). With NORM, x's sum of squares
+// comes from the quantizing threads and is summed over the whole workgroup.
 // Dispatch: ceil(n / (ROWS * WG / TPR)) workgroups, spilling into y past 65535.
 
 struct P {
@@ -38,6 +43,8 @@ override GPT: u32 = 8u;   // the generic step: groups of 4 weights a unit (1, 2,
 
 const MAX_ROWS: u32 = 8u;   // read by the host (plan.GEMV_MAX_ROWS)
 override UPI: u32 = 2u;   // units a thread takes per loop iteration (1, 2): more loads in flight
+override Q8: bool = false;   // x through its 8-bit round trip (see the top)
+override XQ: u32 = 4096u;    // Q8: values of x quantized at a time (a multiple of 256)
 
 // Partial sums, in slots of WG vec4s: rows 0..3 of a group (and 4..7 with ROWS > 4), then the up
 // rows' (GLU), then x's sum of squares (NORM) in x.
@@ -47,12 +54,81 @@ override RED_U: u32 = select(1u, 2u, ROWS > 4u);
 override RED_S: u32 = RED_U * select(1u, 2u, GLU != 0u);
 var<workgroup> red: array<vec4<f32>, WG * (RED_S + 1u)>;
 
-// For the steps: x's group G of 4 values, scaled by the norm weight with NORM; its sum of squares.
-fn xg(G: u32) -> vec4<f32> {
+// Q8: the chunk of x in workgroup memory (sized 1 without Q8): 4 signed bytes a word, a scale per 32
+// values; the chunk starts at x's group xq0.
+override XQ_WORDS: u32 = select(1u, XQ / 4u, Q8);
+override XQ_BLOCKS: u32 = select(1u, XQ / 32u, Q8);
+var<workgroup> xq: array<u32, XQ_WORDS>;
+var<workgroup> xd: array<f32, XQ_BLOCKS>;
+var<private> xq0: u32;
+
+// x's group G of 4 values, scaled by the norm weight with NORM.
+fn xn(G: u32) -> vec4<f32> {
     if (NORM) {
         return x[G] * g[G];
     }
     return x[G];
+}
+
+// For the steps: xn(G), or with Q8 its 8-bit round trip (sq(G) below: its sum of squares, unused with Q8).
+fn xg(G: u32) -> vec4<f32> {
+    if (Q8) {
+        return q8_scale(G) * i8x4(q8_word(G));
+    }
+    return xn(G);
+}
+
+// For the steps' integer paths (Q8): x's group G as 4 signed bytes, and the scale of its block of 32.
+fn q8_word(G: u32) -> u32 {
+    return xq[G - xq0];
+}
+
+fn q8_scale(G: u32) -> f32 {
+    return xd[(G - xq0) >> 3u];
+}
+
+// The sum of a word's 4 signed bytes.
+fn q8_sum(v: u32) -> i32 {
+    return dot4I8Packed(v, 0x01010101u);
+}
+
+// Q8: quantize x's groups xq0 .. xq0 + ng (ng a multiple of 8) into xq and xd, a block of 32 a thread;
+// returns this thread's share of their sum of squares (for NORM).
+fn quantize_chunk(lid: u32, ng: u32) -> f32 {
+    var ss = 0.0;
+    for (var b = lid; b < ng / 8u; b += WG) {
+        let G = xq0 + 8u * b;
+        let v0 = xn(G);
+        let v1 = xn(G + 1u);
+        let v2 = xn(G + 2u);
+        let v3 = xn(G + 3u);
+        let v4 = xn(G + 4u);
+        let v5 = xn(G + 5u);
+        let v6 = xn(G + 6u);
+        let v7 = xn(G + 7u);
+        if (NORM) {
+            ss += sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 4u) + sq(G + 5u) + sq(G + 6u) + sq(G + 7u);
+        }
+        let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
+        let d = max(max(m4.x, m4.y), max(m4.z, m4.w)) / 127.0;
+        let id = select(0.0, 1.0 / d, d > 0.0);
+        xd[b] = d;
+        xq[8u * b] = pack_i8(v0 * id);
+        xq[8u * b + 1u] = pack_i8(v1 * id);
+        xq[8u * b + 2u] = pack_i8(v2 * id);
+        xq[8u * b + 3u] = pack_i8(v3 * id);
+        xq[8u * b + 4u] = pack_i8(v4 * id);
+        xq[8u * b + 5u] = pack_i8(v5 * id);
+        xq[8u * b + 6u] = pack_i8(v6 * id);
+        xq[8u * b + 7u] = pack_i8(v7 * id);
+    }
+    return ss;
+}
+
+// 4 values in [-127, 127], rounded (ties to even), as signed bytes of a word.
+fn pack_i8(v: vec4<f32>) -> u32 {
+    let b = bitcast<vec4<u32>>(vec4<i32>(round(v))) & vec4<u32>(0xffu);
+    return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
 }
 
 fn sq(G: u32) -> f32 {
@@ -116,7 +192,7 @@ struct Acc {
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
     let xu = step_x(u);
     let up = p.n * p.row_bytes;   // from a gate row to its up row
-    if (NORM) {
+    if (NORM && !Q8) {
         (*a).ss += xu.ss;
     }
     (*a).d += rows4(j0, 0u, 0u, u, xu);
@@ -146,15 +222,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let j0 = (flat_wg(wid, nwg) * (WG / TPR) + lid / TPR) * ROWS;
     var a: Acc;
     let nu = (p.k + UNIT - 1u) / UNIT;   // the step's units in a row
-    var u = t;
-    if (UPI > 1u) {
-        for (; u + TPR < nu; u += 2u * TPR) {
-            unit_acc(&a, j0, u);
-            unit_acc(&a, j0, u + TPR);
+    let cu = select(nu, XQ / UNIT, Q8);  // units a chunk of x (Q8), else all
+    for (var u0 = 0u; u0 < nu; u0 += cu) {
+        let u1 = min(u0 + cu, nu);
+        if (Q8) {
+            workgroupBarrier();   // every thread is done with the previous chunk
+            xq0 = u0 * (UNIT / 4u);
+            a.ss += quantize_chunk(lid, (u1 - u0) * (UNIT / 4u));
+            workgroupBarrier();
         }
-    }
-    for (; u < nu; u += TPR) {
-        unit_acc(&a, j0, u);
+        var u = u0 + t;
+        if (UPI > 1u) {
+            for (; u + TPR < u1; u += 2u * TPR) {
+                unit_acc(&a, j0, u);
+                unit_acc(&a, j0, u + TPR);
+            }
+        }
+        for (; u < u1; u += TPR) {
+            unit_acc(&a, j0, u);
+        }
     }
     red[RED_D * WG + lid] = a.d;
     if (ROWS > 4u) {
@@ -170,6 +256,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         red[RED_S * WG + lid] = vec4<f32>(a.ss);
     }
     workgroupBarrier();
+    if (Q8 && NORM) {
+        // the quantizing threads' sums of squares: down to lanes 0 .. TPR - 1, which the tree below sums into lane 0
+        for (var s = WG / 2u; s >= TPR; s >>= 1u) {
+            if (lid < s) {
+                red_add(RED_S, lid, s);
+            }
+            workgroupBarrier();
+        }
+    }
     for (var s = TPR / 2u; s > 0u; s >>= 1u) {
         if (t < s) {
             red_add(RED_D, lid, s);
@@ -199,7 +294,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             w = red[(RED_U + t / 4u) * WG + l0][c];
         }
         if (NORM) {
-            let inv = inverseSqrt(red[RED_S * WG + l0].x / f32(p.k) + p.eps);
+            let inv = inverseSqrt(red[RED_S * WG + select(l0, 0u, Q8)].x / f32(p.k) + p.eps);
             v *= inv;
             w *= inv;
         }

@@ -1,8 +1,15 @@
 // Many-row matmul (prefill, GEMM) on GPUs: Y[r, o0 + j] = sum_k X[r, k] * W[j, k] (+ R[r, o0 + j]
-// with RES) for rows r < m and the part's rows j < n. Each workgroup of 256 threads computes a 64 x 64 tile of Y, stepping
-// through k 32 at a time with both operands staged in workgroup memory (each weight is dequantized
-// once per 64 activation rows); each thread owns a 4 x 4 block of the tile.
-// Dispatch: (ceil(n / 64), ceil(m / 64)).
+// with RES) for rows r < m and the part's rows j < n. Each workgroup of 256 threads computes a
+// (16 TR) x (16 TC) tile of Y, stepping through k TK at a time with both operands staged in workgroup
+// memory (each weight is dequantized once per 16 TR activation rows); each thread owns a TR x TC block
+// of the tile: rows 4 ty + 64 a and outputs 4 tx + 64 b (a < TR / 4, b < TC / 4), so neighbouring threads
+// read neighbouring vec4s of the staged tiles.
+// Staged values and the products of one step are `half`: in the f16 variant (where the adapter has
+// shader-f16) a step's TK products are summed in f16 (packed FMAs), and each step's sums are added to
+// f32 accumulators; the f32 variant computes the same in f32.
+// Q8: each row's 32 staged values of X (one block) go through their 8-bit round trip
+// (reference.q8_round_trip) in workgroup memory first; the host builds it with TK = 32, f32 (TR = TC = 4).
+// Dispatch: (ceil(n / (16 TC)), ceil(m / (16 TR))).
 
 struct P {
     k: u32,          // weights per row; a multiple of 4
@@ -20,69 +27,134 @@ struct P {
 @group(0) @binding(4) var<uniform> p: P;
 
 override RES: bool = false;
+override TR: u32 = 4u;   // rows a thread: 4 or 8
+override TC: u32 = 4u;   // outputs a thread: 4 or 8
+override ROWS_T: u32 = 16u * TR;   // rows a tile
+override COLS_T: u32 = 16u * TC;   // outputs a tile
+override TK: u32 = STAGE / max(ROWS_T, COLS_T);   // k a step: each operand's stage holds STAGE floats
+override Q8: bool = false;
 
-const TILE: u32 = 64u;   // rows and outputs per tile
-const TK: u32 = 32u;     // k per step
+const TILE: u32 = 64u;      // rows and outputs a tile at TR = TC = 4 (the host's gemm_groups scales it)
+const STAGE: u32 = 2048u;   // floats of each operand staged at a time: 16 KiB in all
 
-var<workgroup> xs: array<vec4<f32>, 512>;  // [k][row / 4]: 4 rows a vec4
-var<workgroup> ws: array<vec4<f32>, 512>;  // [k][output / 4]
+var<workgroup> xs: array<vec4<half>, STAGE / 4u>;  // [k][row / 4]: 4 rows a vec4
+var<workgroup> ws: array<vec4<half>, STAGE / 4u>;  // [k][output / 4]
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let j0 = wid.x * TILE;
-    let r0 = wid.y * TILE;
-    let tx = lid % 16u;   // owns outputs j0 + 4tx .. +3
-    let ty = lid / 16u;   // owns rows r0 + 4ty .. +3
+    let j0 = wid.x * COLS_T;
+    let r0 = wid.y * ROWS_T;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
     let kg = p.k / 4u;
     let gpb = QK / 4u;
-    // one accumulator per row, as separate variables: an array indexed in a loop can end up in
-    // slow per-thread memory when the loop is not unrolled
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let kq = TK / 4u;   // groups of 4 k a step
+    // accumulators as separate variables: an array indexed in a loop can end up in slow per-thread
+    // memory when the loop is not unrolled. acc<a><i>_<b>: row 4 ty + 64 a + i, outputs 4 tx + 64 b.
+    var acc00_0 = vec4<f32>(0.0); var acc01_0 = vec4<f32>(0.0); var acc02_0 = vec4<f32>(0.0); var acc03_0 = vec4<f32>(0.0);
+    var acc10_0 = vec4<f32>(0.0); var acc11_0 = vec4<f32>(0.0); var acc12_0 = vec4<f32>(0.0); var acc13_0 = vec4<f32>(0.0);
+    var acc00_1 = vec4<f32>(0.0); var acc01_1 = vec4<f32>(0.0); var acc02_1 = vec4<f32>(0.0); var acc03_1 = vec4<f32>(0.0);
+    var acc10_1 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0); var acc12_1 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        // stage: 64 rows x 8 groups of 4 k, for X and for W; two of each per thread
-        for (var e = lid; e < 512u; e += 256u) {
-            let row = e / 8u;
-            let q = e % 8u;
+        // stage: ROWS_T rows of X and COLS_T rows of W, kq groups of 4 k each
+        for (var e = lid; e < ROWS_T * kq; e += 256u) {
+            let row = e / kq;
+            let q = e % kq;
             let G = k0 / 4u + q;
             var xv = vec4<f32>(0.0);
             if (r0 + row < p.m && G < kg) {
                 xv = x[(r0 + row) * kg + G];
             }
+            for (var c = 0u; c < 4u; c++) {
+                xs[(4u * q + c) * (ROWS_T / 4u) + row / 4u][row % 4u] = half(xv[c]);
+            }
+        }
+        for (var e = lid; e < COLS_T * kq; e += 256u) {
+            let row = e / kq;
+            let q = e % kq;
+            let G = k0 / 4u + q;
             var wv = vec4<f32>(0.0);
             if (j0 + row < p.n && G < kg) {
                 wv = deq4(p.w0 + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
             }
             for (var c = 0u; c < 4u; c++) {
-                xs[(4u * q + c) * 16u + row / 4u][row % 4u] = xv[c];
-                ws[(4u * q + c) * 16u + row / 4u][row % 4u] = wv[c];
+                ws[(4u * q + c) * (COLS_T / 4u) + row / 4u][row % 4u] = half(wv[c]);
             }
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            let a = xs[kk * 16u + ty];
-            let b = ws[kk * 16u + tx];
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
+        if (Q8) {
+            if (lid < ROWS_T) {
+                var amax = 0.0;
+                for (var kk = 0u; kk < TK; kk++) {
+                    amax = max(amax, abs(xs[kk * (ROWS_T / 4u) + lid / 4u][lid % 4u]));
+                }
+                let d = amax / 127.0;
+                let id = select(0.0, 1.0 / d, d > 0.0);
+                for (var kk = 0u; kk < TK; kk++) {
+                    let at = kk * (ROWS_T / 4u) + lid / 4u;
+                    xs[at][lid % 4u] = round(xs[at][lid % 4u] * id) * d;
+                }
+            }
+            workgroupBarrier();
         }
+        // this step's sums, p<a><i>_<b> for acc<a><i>_<b>
+        var p00_0 = vec4<half>(0.0); var p01_0 = vec4<half>(0.0); var p02_0 = vec4<half>(0.0); var p03_0 = vec4<half>(0.0);
+        var p00_1 = vec4<half>(0.0); var p01_1 = vec4<half>(0.0); var p02_1 = vec4<half>(0.0); var p03_1 = vec4<half>(0.0);
+        var p10_0 = vec4<half>(0.0); var p11_0 = vec4<half>(0.0); var p12_0 = vec4<half>(0.0); var p13_0 = vec4<half>(0.0);
+        var p10_1 = vec4<half>(0.0); var p11_1 = vec4<half>(0.0); var p12_1 = vec4<half>(0.0); var p13_1 = vec4<half>(0.0);
+        for (var kk = 0u; kk < TK; kk++) {
+            let a0 = xs[kk * (ROWS_T / 4u) + ty];
+            let b0 = ws[kk * (COLS_T / 4u) + tx];
+            p00_0 += a0.x * b0;
+            p01_0 += a0.y * b0;
+            p02_0 += a0.z * b0;
+            p03_0 += a0.w * b0;
+            if (TC > 4u) {
+                let b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
+                p00_1 += a0.x * b1;
+                p01_1 += a0.y * b1;
+                p02_1 += a0.z * b1;
+                p03_1 += a0.w * b1;
+            }
+            if (TR > 4u) {
+                let a1 = xs[kk * (ROWS_T / 4u) + 16u + ty];
+                p10_0 += a1.x * b0;
+                p11_0 += a1.y * b0;
+                p12_0 += a1.z * b0;
+                p13_0 += a1.w * b0;
+                if (TC > 4u) {
+                    let b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
+                    p10_1 += a1.x * b1;
+                    p11_1 += a1.y * b1;
+                    p12_1 += a1.z * b1;
+                    p13_1 += a1.w * b1;
+                }
+            }
+        }
+        acc00_0 += vec4<f32>(p00_0); acc01_0 += vec4<f32>(p01_0); acc02_0 += vec4<f32>(p02_0); acc03_0 += vec4<f32>(p03_0);
+        acc00_1 += vec4<f32>(p00_1); acc01_1 += vec4<f32>(p01_1); acc02_1 += vec4<f32>(p02_1); acc03_1 += vec4<f32>(p03_1);
+        acc10_0 += vec4<f32>(p10_0); acc11_0 += vec4<f32>(p11_0); acc12_0 += vec4<f32>(p12_0); acc13_0 += vec4<f32>(p13_0);
+        acc10_1 += vec4<f32>(p10_1); acc11_1 += vec4<f32>(p11_1); acc12_1 += vec4<f32>(p12_1); acc13_1 += vec4<f32>(p13_1);
         workgroupBarrier();
     }
-    var acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i++) {
-        let r = r0 + 4u * ty + i;
-        for (var c = 0u; c < 4u; c++) {
-            let j = j0 + 4u * tx + c;
-            if (r < p.m && j < p.n) {
-                let at = r * p.y_stride + p.o0 + j;
-                var v = acc[i][c];
-                if (RES) {
-                    v += res[at];
+    var acc = array<vec4<f32>, 16>(acc00_0, acc01_0, acc02_0, acc03_0, acc10_0, acc11_0, acc12_0, acc13_0,
+                                   acc00_1, acc01_1, acc02_1, acc03_1, acc10_1, acc11_1, acc12_1, acc13_1);
+    for (var b = 0u; b < TC / 4u; b++) {
+        for (var a = 0u; a < TR / 4u; a++) {
+            for (var i = 0u; i < 4u; i++) {
+                let r = r0 + 4u * ty + 64u * a + i;
+                let v4 = acc[8u * b + 4u * a + i];
+                for (var c = 0u; c < 4u; c++) {
+                    let j = j0 + 4u * tx + 64u * b + c;
+                    if (r < p.m && j < p.n) {
+                        let at = r * p.y_stride + p.o0 + j;
+                        var v = v4[c];
+                        if (RES) {
+                            v += res[at];
+                        }
+                        y[at] = v;
+                    }
                 }
-                y[at] = v;
             }
         }
     }

@@ -1,7 +1,9 @@
 // Sampling, first stage: the k largest logits of one slice of SLICE columns of a logits part, as
 // (f32 bits, vocabulary id) pairs in descending order (ties: the lower id first), in the slice's
 // KMAX candidate places (unused places keep whatever they held; the second stage reads k of them).
-// The slice is staged in workgroup memory and its maximum extracted k times.
+// A token that a constrained draw forbids (draw_allows) is staged as no value, like the columns past the
+// part's end, so it is never a candidate. The slice is staged in workgroup memory and its maximum
+// extracted k times.
 // Dispatch: ceil(cols / SLICE) workgroups for the part.
 
 struct P {
@@ -27,9 +29,11 @@ var<workgroup> bi: array<u32, WG>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let start = wid.x * SLICE;
     let n = min(SLICE, p.cols - start);
+    let masked = draw[DRAW_MASKED] != 0u;
     for (var i = lid; i < SLICE; i += WG) {
         var v = NEG;
-        if (i < n) {
+        let t = p.col0 + start + i;
+        if (i < n && (!masked || draw_allows(draw[DRAW_WORDS + t / 32u], t))) {
             v = x[start + i];
         }
         vals[i] = v;

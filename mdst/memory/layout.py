@@ -8,7 +8,8 @@ gate, so one dispatch reads both; and so does each run of sibling matmuls (one i
 row length), which is then also readable as one matrix under `run_name(run)`. With a budget (bytes
 for resident parts plus the slots), matrices are split into parts small enough for the slots to
 take an eighth of it, the longest run of parts in first-use order that fits stays resident and the
-rest is paged.
+rest is paged. A 3-D tensor of experts is n_expert matrices one after another; its parts hold
+whole experts.
 """
 
 from __future__ import annotations
@@ -104,11 +105,18 @@ def padded(nbytes: int) -> int:
     return max(4, -(-nbytes // 4) * 4)
 
 
-def split_rows(n_rows: int, row_bytes: int, max_bytes: int) -> list[tuple[int, int]]:
-    """(row0, rows) parts of at most max_bytes each, on row boundaries."""
-    per = max_bytes // row_bytes
+def unit_rows(t: Any) -> int:
+    """Rows a part keeps together: an expert's matrix for a 3-D tensor of experts (so each part holds whole
+    experts, which the expert matmul picks by index), else one row."""
+    return t.shape[1] if len(t.shape) == 3 else 1
+
+
+def split_rows(n_rows: int, row_bytes: int, max_bytes: int, unit: int = 1) -> list[tuple[int, int]]:
+    """(row0, rows) parts of at most max_bytes each, on boundaries of `unit` rows."""
+    per = max_bytes // (row_bytes * unit) * unit
     if per < 1:
-        raise UnsupportedModelError(f"one row of {row_bytes} bytes exceeds the binding limit of {max_bytes} bytes")
+        what = f"one expert ({unit} rows)" if unit > 1 else "one row"
+        raise UnsupportedModelError(f"{what} of {row_bytes * unit} bytes exceeds the binding limit of {max_bytes} bytes")
     return [(r, min(per, n_rows - r)) for r in range(0, n_rows, per)]
 
 
@@ -151,10 +159,11 @@ def plan_layout(graph: Graph, tensors: dict[str, Any], budget: int | None, max_b
     elif names:
         # The slots are as large as the largest paged part: parts of at most a sixteenth of the
         # budget keep the slots to an eighth of it (a tied embedding can be most of the weights).
-        cap = min(cap, max(budget // (8 * PAGE_SLOTS), max(tensors[n].row_bytes for n in names)))
+        cap = min(cap, max(budget // (8 * PAGE_SLOTS), max(tensors[n].row_bytes * unit_rows(tensors[n]) for n in names)))
     for name in names:
         t = tensors[name]
-        layout.parts += [Part(name, row0, rows, rows * t.row_bytes) for row0, rows in split_rows(t.n_rows, t.row_bytes, cap)]
+        layout.parts += [Part(name, row0, rows, rows * t.row_bytes)
+                         for row0, rows in split_rows(t.n_rows, t.row_bytes, cap, unit_rows(t))]
     sizes = [p.nbytes for p in layout.parts]
 
     def need(resident: int) -> int:   # bytes of the first `resident` parts and of the slots for the rest

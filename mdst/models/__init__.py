@@ -8,7 +8,8 @@ from types import ModuleType
 from ..errors import UnsupportedModelError
 
 # architecture -> module name in this package
-FAMILIES = {"llama": "llama", "gemma3": "gemma3", "qwen3": "qwen3", "mistral3": "mistral3", "lfm2": "lfm2"}
+FAMILIES = {"llama": "llama", "gemma3": "gemma3", "qwen3": "qwen3", "mistral3": "mistral3", "lfm2": "lfm2",
+            "qwen3moe": "qwen3moe", "lfm2moe": "lfm2moe"}
 
 
 def family(arch: str) -> ModuleType:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-import math
-
 from ..errors import GGUFError, UnsupportedModelError
 from ..format.gguf import GGUFFile
+from ..ir.graph import Builder, Value
 from ..ir.ops import RopeSpec
 
 _REQUIRED = object()
@@ -90,3 +91,45 @@ def rope_from_gguf(m: Meta, head_dim: int, neox: bool) -> RopeSpec:
         beta_fast=m.float("rope.scaling.yarn_beta_fast", 32.0), beta_slow=m.float("rope.scaling.yarn_beta_slow", 1.0),
         n_ctx_orig=m.positive("rope.scaling.original_context_length", m.positive("context_length")),
         freq_factors="rope_freqs.weight" if "rope_freqs.weight" in f.tensors else None)
+
+
+GATING = {1: "softmax", 2: "sigmoid"}   # llama.cpp's expert_gating_func codes that mdst runs
+
+
+@dataclass(frozen=True)
+class Moe:
+    """A mixture-of-experts feed-forward's settings, as llama.cpp reads them from `<arch>.expert_*`."""
+
+    experts: int
+    used: int
+    gating: str              # "softmax" or "sigmoid"
+    dense_lead: int          # leading layers with a dense feed-forward instead
+
+    @classmethod
+    def from_gguf(cls, m: Meta, gating: int | None = None) -> "Moe":
+        """The settings; `gating`: the family's fixed gating function (else the file's expert_gating_func)."""
+        code = m.int("expert_gating_func") if gating is None else gating
+        if code not in GATING:
+            raise UnsupportedModelError(f"{m.arch}.expert_gating_func {code} is not supported "
+                                        f"(1 softmax and 2 sigmoid are)")
+        experts = m.positive("expert_count")
+        used = m.positive("expert_used_count")
+        if used > experts:
+            raise GGUFError(f"{m.gguf.path}: {m.arch}.expert_used_count {used} exceeds expert_count {experts}")
+        return cls(experts, used, GATING[code], m.int("leading_dense_block_count", 0))
+
+
+def dense_ffn(b: Builder, h: Value, p: str) -> Value:
+    """The SiLU-gated MLP of layer prefix `p`."""
+    g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
+    return b.matmul(g, p + "ffn_down.weight")
+
+
+def moe_ffn(b: Builder, h: Value, p: str, moe: Moe, bias: bool = False) -> Value:
+    """The experts' SiLU-gated feed-forward of layer prefix `p`: the router picks `moe.used` experts a token
+    (by probability plus `exp_probs_b` when `bias`; weights normalized to sum 1), whose outputs are summed."""
+    logits = b.matmul(h, p + "ffn_gate_inp.weight")                        # [n, experts]
+    routes = b.route(logits, moe.used, moe.gating, norm=True, bias=p + "exp_probs_b.bias" if bias else None)
+    gate = b.expert_matmul(h, routes, p + "ffn_gate_exps.weight")          # [n, used * d_ff_exp]
+    up = b.expert_matmul(h, routes, p + "ffn_up_exps.weight")
+    return b.expert_matmul(b.glu(gate, up, "silu"), routes, p + "ffn_down_exps.weight", combine=True)

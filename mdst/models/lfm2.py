@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from ..format.gguf import GGUFFile
-from ..ir.graph import Builder
+from ..ir.graph import Builder, Value
 from ..ir.ops import AttentionSpec, ConvSpec, RopeSpec
-from .base import Meta, output_weight, rope_from_gguf
+from .base import Meta, dense_ffn, output_weight, rope_from_gguf
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,9 @@ class Config:
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "Config":
-        m = Meta(f, "lfm2")
-        if m.int("expert_count", 0):
-            raise UnsupportedModelError("lfm2 mixture-of-experts files are not supported")
+        m = Meta(f, f.architecture)   # lfm2, or lfm2moe around its experts
+        if m.arch == "lfm2" and m.int("expert_count", 0):
+            raise UnsupportedModelError("an lfm2 file with experts: its architecture should be lfm2moe")
         n_layers = m.positive("block_count")
         d = m.positive("embedding_length")
         heads = m.positive("attention.head_count")
@@ -49,26 +49,27 @@ class Config:
                    context_length=m.positive("context_length"), output=output_weight(f.tensors))
 
 
+def mixer(b: Builder, c: Config, h: Value, i: int) -> Value:
+    """Layer i's short convolution or attention block on the normed h, through its output projection."""
+    hd, p = c.head_dim, f"blk.{i}."
+    if c.kv_heads[i] == 0:
+        bcx = b.matmul(h, p + "shortconv.in_proj.weight")              # [n, 3 * d_model]
+        y = b.shortconv(bcx, p + "shortconv.conv.weight", ConvSpec(i, c.d_model, c.conv_kernel))
+        return b.matmul(y, p + "shortconv.out_proj.weight")
+    q = b.rms_norm(b.matmul(h, p + "attn_q.weight"), p + "attn_q_norm.weight", c.eps, dim=hd)
+    k = b.rms_norm(b.matmul(h, p + "attn_k.weight"), p + "attn_k_norm.weight", c.eps, dim=hd)
+    v = b.matmul(h, p + "attn_v.weight")
+    spec = AttentionSpec(i, c.n_heads, c.kv_heads[i], hd, 1.0 / math.sqrt(hd), c.window)
+    a = b.attention(b.rope(q, c.rope, hd), b.rope(k, c.rope, hd), v, spec)
+    return b.matmul(a, p + "attn_output.weight")
+
+
 def forward(b: Builder, c: Config) -> None:
     """The forward pass, written against the op builder."""
-    hd = c.head_dim
     x = b.embed("token_embd.weight")                                   # [n, d_model]
     for i in range(c.n_layers):
         p = f"blk.{i}."
-        h = b.rms_norm(x, p + "attn_norm.weight", c.eps)
-        if c.kv_heads[i] == 0:
-            bcx = b.matmul(h, p + "shortconv.in_proj.weight")          # [n, 3 * d_model]
-            y = b.shortconv(bcx, p + "shortconv.conv.weight", ConvSpec(i, c.d_model, c.conv_kernel))
-            x = b.add(x, b.matmul(y, p + "shortconv.out_proj.weight"))
-        else:
-            q = b.rms_norm(b.matmul(h, p + "attn_q.weight"), p + "attn_q_norm.weight", c.eps, dim=hd)
-            k = b.rms_norm(b.matmul(h, p + "attn_k.weight"), p + "attn_k_norm.weight", c.eps, dim=hd)
-            v = b.matmul(h, p + "attn_v.weight")
-            spec = AttentionSpec(i, c.n_heads, c.kv_heads[i], hd, 1.0 / math.sqrt(hd), c.window)
-            a = b.attention(b.rope(q, c.rope, hd), b.rope(k, c.rope, hd), v, spec)
-            x = b.add(x, b.matmul(a, p + "attn_output.weight"))
-        h = b.rms_norm(x, p + "ffn_norm.weight", c.eps)
-        g = b.glu(b.matmul(h, p + "ffn_gate.weight"), b.matmul(h, p + "ffn_up.weight"), "silu")  # [n, d_ff]
-        x = b.add(x, b.matmul(g, p + "ffn_down.weight"))
+        x = b.add(x, mixer(b, c, b.rms_norm(x, p + "attn_norm.weight", c.eps), i))
+        x = b.add(x, dense_ffn(b, b.rms_norm(x, p + "ffn_norm.weight", c.eps), p))
     x = b.rms_norm(b.last_row(x), "token_embd_norm.weight", c.eps)
     b.logits(b.matmul(x, c.output))                                    # [rows, vocab]

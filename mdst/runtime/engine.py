@@ -1,10 +1,11 @@
 """Engines run one forward step over a KV cache: `GpuEngine` (WebGPU plans) and `CpuEngine` (numpy).
 
 Both take the same recorded graphs from the family module and expose the same interface:
-`new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `decode(...)` (one-token steps in a row)
-and `chunk` (rows per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every
-row's final hidden state, the LM head's input: embeddings). `pick` is "logits" (return the output),
-"argmax" (greedy token ids) or a sampling `Draw` (one sampled token id).
+`new_cache()`, `step(cache, ids, pos0, output_rows, pick)`, `step_batch(caches, ids, pos0s, picks)` (one
+step over several sequences, a token each), `decode(...)` (one-token steps in a row) and `chunk` (rows
+per step). `output_rows` is "last", "all" (logits of every row) or "hidden" (every row's final hidden
+state, the LM head's input: embeddings). `pick` is "logits" (return the output), "argmax" (greedy token
+ids) or a sampling `Draw` (one sampled token id).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
 from ..compile.plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
-from ..text.sampling import DRAW_WORDS, Draw, Sampler
+from ..text.sampling import DRAW_WORDS, Draw, Sampler, check_mask, mask_words
 
 Pick = Union[str, Draw]
 
@@ -39,9 +40,10 @@ STAGING_BYTES = 16 << 20      # readback buffer: logits of more rows than fit ar
 ALL_LOGITS_BYTES = 32 << 20   # logits of one all-rows step (logits(), Session.feed) at most
 
 
-def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile) -> dict[str, Graph]:
-    """The family's forward pass recorded for last-row and all-row logits, and all-row hidden states."""
-    graphs = {mode: build(forward, gguf.tensors, mode) for mode in ("last", "all")}
+def build_graphs(forward: Callable[[Builder], None], gguf: GGUFFile, activations: str = "f32") -> dict[str, Graph]:
+    """The family's forward pass recorded for last-row and all-row logits, and all-row hidden states;
+    `activations` is the load option (graph.ACTIVATION_TYPES)."""
+    graphs = {mode: build(forward, gguf.tensors, mode, activations) for mode in ("last", "all")}
     graphs["hidden"] = graphs["all"].hidden_states()
     return graphs
 
@@ -145,6 +147,16 @@ class Engine:
     def step(self, cache: Any, ids: np.ndarray, pos0: int, output_rows: str, pick: Pick = "logits") -> np.ndarray:
         raise NotImplementedError
 
+    def step_batch(self, caches: list[Any], ids: list[np.ndarray], pos0s: list[int], picks: list[Pick]) -> np.ndarray:
+        """One step over several sequences: ids[i] (at most `chunk` tokens) at positions pos0s[i].. of
+        caches[i], each ending in picks[i] ("argmax" or a `Draw`); the token id each picks, in order.
+
+        Each sequence's token equals what `step` gives it alone. This one runs a step per sequence; an
+        engine that batches the rows into one forward pass overrides it.
+        """
+        return np.array([int(self.step(c, np.asarray(i), p, "last", k)[0])
+                         for c, i, p, k in zip(caches, ids, pos0s, picks)], np.int64)
+
     def decode(self, cache: Any, first: int, pos0: int, count: int, pick: Callable[[], Pick],
                ahead: bool = False) -> Iterator[tuple[int, int]]:
         """Up to `count` one-token steps: feed `first` at pos0, then each token picked.
@@ -178,6 +190,14 @@ class CpuEngine(Engine):
         if isinstance(pick, Draw):
             return np.array([Sampler.pick(logits[-1], pick)])
         return reference.argmax(logits) if pick == "argmax" else logits
+
+    def step_batch(self, caches: list[CpuKVCache], ids: list[np.ndarray], pos0s: list[int],
+                   picks: list[Pick]) -> np.ndarray:
+        """One forward pass over every sequence's rows (each matmul reads its weight once for all of them)."""
+        self.check_open()
+        logits = reference.run_batch(self.graphs["last"], self.weights, caches, ids, pos0s)
+        return np.array([Sampler.pick(row, k) if isinstance(k, Draw) else int(np.argmax(row))
+                         for row, k in zip(logits, picks)], np.int64)
 
     def close(self) -> None:
         """Drop the dequantized weights; the engine cannot be used afterwards."""
@@ -250,6 +270,7 @@ class GpuEngine(Engine):
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.plans: dict[tuple[str, int, str], Plan] = {}
         self.staging = None
+        self._batch_buffer: Any = None   # step_batch's step words and draws, grown on demand
         last = graphs["last"]
         self.weights = WeightStore(self.allocator, gguf, plan_layout(last, gguf.tensors, weight_budget, cap),
                                    lambda n, label: self._create(n, label, kind="weights"), progress,
@@ -265,7 +286,8 @@ class GpuEngine(Engine):
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
         self.pipelines = PipelineCache(gpu.device)
         self.step_buffer = self._create(4 * (STEP_TOKENS + self.chunk), "step", kind="step")
-        self.draw_buffer = self._create(4 * DRAW_WORDS, "draw", kind="step")
+        # a constrained draw's bitmask of allowed tokens follows the draw's fixed words
+        self.draw_buffer = self._create(4 * (DRAW_WORDS + mask_words(self.vocab)), "draw", kind="step")
         self.staging = self._create(min(STAGING_BYTES, max(self.chunk_all, self.chunk) * self.vocab * 4),
                                     "staging", map_read=True, kind="staging")
         self.compiler = Compiler(gpu, self.pipelines, self.weights, self.pool, self.step_buffer, self.draw_buffer,
@@ -407,7 +429,7 @@ class GpuEngine(Engine):
             else:
                 dev.queue.write_buffer(self.step_buffer, 0, step_words(pos0 + i, 1, rows=0))   # the ids stay
             if isinstance(p, Draw):
-                dev.queue.write_buffer(self.draw_buffer, 0, p.encode())
+                dev.queue.write_buffer(self.draw_buffer, 0, self._draw_words(p))
             enc = dev.create_command_encoder()
             if i > 0:
                 enc.copy_buffer_to_buffer(token, 0, self.step_buffer, 4 * STEP_TOKENS, 4)
@@ -433,6 +455,44 @@ class GpuEngine(Engine):
                     raise
             yield tok, pos0 + min(i + 2, count)
 
+    def step_batch(self, caches: list[GpuKVCache], ids: list[np.ndarray], pos0s: list[int],
+                   picks: list[Pick]) -> np.ndarray:
+        """One-token steps of every sequence recorded in one command encoder, submitted once, their tokens read
+        back once: each sequence's step words and draw are copied into the step and draw buffers before its
+        dispatches. Paged plans, host-side draws and longer feeds take a step per sequence."""
+        self._check_usable()
+        modes = ["sample" if isinstance(k, Draw) else k for k in picks]
+        plans = [self.plan("last", 1, m) for m in modes]
+        if any(len(i) != 1 for i in ids) or any(p.segments for p in plans) or 4 * len(ids) > self.staging.size or \
+                any(isinstance(k, Draw) and not k.on_gpu for k in picks):
+            return super().step_batch(caches, ids, pos0s, picks)
+        n, step_bytes, draw_bytes = len(caches), 4 * (STEP_TOKENS + 1), 4 * DRAW_WORDS
+        steps = np.concatenate([step_words(p, 1, i) for p, i in zip(pos0s, ids)])
+        draws = b"".join(k.encode() if isinstance(k, Draw) else bytes(draw_bytes) for k in picks)
+        groups = [self.bind(p, c) for p, c in zip(plans, caches)]
+        dev = self.gpu.device
+        with self._device_errors():
+            inputs = self._batch_inputs(n * (step_bytes + draw_bytes))
+            dev.queue.write_buffer(inputs, 0, steps.tobytes() + draws)
+            enc = dev.create_command_encoder()
+            for i, (plan, g, k) in enumerate(zip(plans, groups, picks)):
+                enc.copy_buffer_to_buffer(inputs, i * step_bytes, self.step_buffer, 0, step_bytes)
+                if isinstance(k, Draw):
+                    enc.copy_buffer_to_buffer(inputs, n * step_bytes + i * draw_bytes, self.draw_buffer, 0, draw_bytes)
+                plan.encode(enc, g)
+                enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 4 * i, 4)
+            dev.queue.submit([enc.finish()])
+            return self._read(4 * n).view(np.uint32).astype(np.int64)
+
+    def _batch_inputs(self, nbytes: int) -> Any:
+        """The buffer batched steps copy their step words and draws from, grown to hold `nbytes`."""
+        have = self._batch_buffer
+        if have is None or have.size < nbytes:
+            if have is not None:
+                self._free(have)
+            self._batch_buffer = self._create(max(nbytes, 2 * (have.size if have else 0)), "batch.inputs", kind="step")
+        return self._batch_buffer
+
     def _run(self, plan: Plan, groups: list[Any], ids: np.ndarray, pos0: int, rows_out: int,
              draw: Draw | None) -> np.ndarray:
         """Write the step's inputs (and the draw a sampling plan reads), submit `plan` and read back its
@@ -440,7 +500,7 @@ class GpuEngine(Engine):
         device = self.gpu.device
         write_step(device.queue, self.step_buffer, ids, pos0, plan.rows)
         if draw is not None:
-            device.queue.write_buffer(self.draw_buffer, 0, draw.encode())
+            device.queue.write_buffer(self.draw_buffer, 0, self._draw_words(draw))
         enc = device.create_command_encoder()
         if plan.segments:
             enc = self._run_segments(plan, groups)
@@ -451,6 +511,12 @@ class GpuEngine(Engine):
             device.queue.submit([enc.finish()])
             return self._read(rows_out * 4).view(np.uint32).astype(np.int64)
         return self._read_logits(enc, plan, rows_out)
+
+    def _draw_words(self, draw: Draw) -> bytes:
+        """The draw buffer's contents for `draw`; ValueError if its mask is not over this model's vocabulary."""
+        if draw.mask is not None:
+            check_mask(draw.mask, self.vocab)
+        return draw.encode()
 
     def _run_segments(self, plan: Plan, groups: list[Any]) -> Any:
         """A paged plan: copy each segment's weight parts into their slots, then submit its dispatches.

@@ -21,9 +21,16 @@ def kv_type_arg(args: argparse.Namespace, prog: str = "mdst") -> str | None:
 def kv_type_options(p: argparse.ArgumentParser) -> None:
     """--kv-type, and --precision: its deprecated, hidden alias ("auto": the default)."""
     p.add_argument("--kv-type", default=None, choices=["f32", "f16", "q8_0"],
-                   help="KV cache type, the one precision setting; arithmetic is f32 "
+                   help="KV cache type (arithmetic: --activations) "
                         "(default: f16 where the adapter has shader-f16, else f32)")
     p.add_argument("--precision", default=None, choices=["auto", "f32", "f16"], help=argparse.SUPPRESS)
+
+
+def activations_option(p: argparse.ArgumentParser) -> None:
+    """--activations: what matmuls on quantized weights multiply (mdst.load's activations)."""
+    p.add_argument("--activations", default="f32", choices=["f32", "q8"],
+                   help="f32: activations as they are; q8: rounded to 8 bits per block of 32 (llama.cpp's q8_1), "
+                        "for packed 8-bit integer dot products on the GPU (default: f32)")
 
 
 MODEL_HELP = ("GGUF file, packaged model name (smollm2-135m, gemma3-270m) or Hugging Face model "

@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 
 
 def decode_weight_bytes(model: "Model") -> int:
-    """Weight bytes one decode step reads: every matrix a matmul reads in full, one row of each embedding."""
+    """Weight bytes one decode step reads: every matrix a matmul reads in full, one row of each embedding, the
+    chosen experts of each expert tensor."""
     g = model.engine.graphs["last"]
     t = model.gguf.tensors
-    return sum(t[n].row_bytes for n in g.embedding_names()) + sum(t[n].nbytes for n in g.matmul_names())
+    return (sum(t[n].row_bytes for n in g.embedding_names()) + sum(t[n].nbytes for n in g.matmul_names())
+            + sum(t[n].nbytes // t[n].shape[2] * k for n, k in g.expert_weights().items()))
 
 
 def check_bench_args(prompt_tokens: int, gen_tokens: int, repeat: int) -> None:
@@ -65,7 +67,7 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
     wbytes = decode_weight_bytes(model)
     out: dict[str, Any] = {
         "model": model.path, "architecture": model.architecture, "backend": model.backend,
-        "kv_type": model.kv_type, "context_length": model.context_length,
+        "kv_type": model.kv_type, "activations": model.activations, "context_length": model.context_length,
         "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
         "prefill_tokens_per_s": prompt_tokens / prefill_s,
         "decode_tokens_per_s": gen_tokens / decode_s,

@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from .args import MODEL_HELP, hub_options, kv_type_arg, kv_type_options
+from .args import MODEL_HELP, activations_option, hub_options, kv_type_arg, kv_type_options
 from ..errors import MdstError
 from ..text.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from ..text.reply import ChatDelta, ChatReply
@@ -661,6 +661,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
     kv_type_options(p)
+    activations_option(p)
     p.add_argument("--context", type=int, default=None, help="context length (default: min(model max, 4096))")
     p.add_argument("--chat-template", metavar="FILE", default=None,
                    help="Jinja chat template for models whose GGUF has none (or to replace it)")
@@ -681,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.chat_template, encoding="utf-8") as f:
                 template = f.read()
         model = mdst.load(args.model, quant=args.quant, revision=args.revision, device=args.device,
-                          kv_type=kv_type_arg(args, "mdst serve"),
+                          kv_type=kv_type_arg(args, "mdst serve"), activations=args.activations,
                           context_length=args.context)
     except (MdstError, ValueError, TypeError, OSError) as e:
         print(f"mdst serve: error: {e}", file=sys.stderr)

@@ -3,9 +3,10 @@
 The grammar engine is llguidance: it compiles the constraint against the model's vocabulary (token
 bytes from mdst's own tokenizer, control tokens marked as special) and, at each step, writes a
 bitmask of the tokens that may come next (ceil(n_vocab / 32) u32 words, bit i of word w: token
-32 w + i). The generation loop masks the logits with it before the pick and feeds the picked token
-back; the constraint is `done` when the grammar admits nothing more, which ends generation even
-without an end-of-generation token (those are allowed whenever the grammar is complete).
+32 w + i). The mask goes with the step's draw (mdst.text.sampling.Draw), so the pick (the GPU's
+kernels, or Sampler.pick on the host) sees a forbidden token as -inf; the generation loop feeds the
+picked token back. The constraint is `done` when the grammar admits nothing more, which ends generation
+even without an end-of-generation token (those are allowed whenever the grammar is complete).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import MdstError
+from .sampling import allowed_tokens, mask_words
 
 if TYPE_CHECKING:
     import llguidance
@@ -144,7 +146,7 @@ class Constraint:
         self._matcher = llg.LLMatcher(engine_tokenizer(tokenizer), grammar, log_level=0)
         if self._matcher.is_error():
             raise ValueError(f"the grammar or JSON schema cannot be used: {self._matcher.get_error()}")
-        self._words = np.zeros((self.n_vocab + 31) // 32, np.uint32)
+        self._words = np.zeros(mask_words(self.n_vocab), np.uint32)
 
     def bitmask(self) -> np.ndarray:
         """The allowed next tokens: u32 words, bit i of word w set when token 32 w + i may come next."""
@@ -154,12 +156,7 @@ class Constraint:
 
     def allowed(self) -> np.ndarray:
         """The allowed next tokens as a bool per token id."""
-        bits = np.unpackbits(self.bitmask().view(np.uint8), bitorder="little")
-        return bits[:self.n_vocab].astype(bool)
-
-    def mask(self, logits: np.ndarray) -> np.ndarray:
-        """`logits` with every token the grammar forbids next at -inf (a copy)."""
-        return np.where(self.allowed(), np.asarray(logits, np.float32), np.float32(-np.inf))
+        return allowed_tokens(self.bitmask(), self.n_vocab)
 
     def advance(self, token: int) -> None:
         """Feed the picked token (one the mask allowed)."""

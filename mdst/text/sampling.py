@@ -7,14 +7,15 @@ sample) when top_k is 1..64 (or the temperature 0), the penalty window and the b
 64 each, reading back only the token id; `Sampler.pick` is
 the same chain on the host (for the numpy engine, other settings, and as the GPU's reference).
 The draw itself is by inverse CDF with a uniform number from the seeded generator, so host and GPU
-pick the same token for the same number.
+pick the same token for the same number. A constrained draw also carries a grammar's bitmask of allowed
+tokens (mdst.text.grammar): both chains treat a token it forbids as -inf, so only allowed tokens are picked.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,12 +24,31 @@ from ..kernels import wgsl_const
 
 # The draw buffer's layout and the GPU's bounds are the kernels' (common.wgsl), read from there.
 GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")   # the most candidates the GPU sampling kernels keep
-DRAW_WORDS = wgsl_const("common.wgsl", "DRAW_WORDS")  # the draw buffer's size in 4-byte words
+DRAW_WORDS = wgsl_const("common.wgsl", "DRAW_WORDS")  # the draw buffer's fixed 4-byte words (a bitmask follows)
 # Word offsets of the draw buffer: f32 settings, u32 settings, then the penalty window's tokens and counts.
 _DRAW_F32 = ("TEMPERATURE", "TOP_P", "MIN_P", "U", "REPEAT", "PRESENCE", "FREQUENCY")
 _DRAW = {n: wgsl_const("common.wgsl", f"DRAW_{n}")
-         for n in _DRAW_F32 + ("TOP_K", "N_HIST", "HIST", "COUNTS", "N_BIAS", "BIAS_IDS", "BIAS")}
+         for n in _DRAW_F32 + ("TOP_K", "N_HIST", "HIST", "COUNTS", "N_BIAS", "BIAS_IDS", "BIAS", "MASKED")}
 MAX_LOGIT_BIAS = 100.0   # OpenAI's bound on a bias
+
+
+def mask_words(n_vocab: int) -> int:
+    """u32 words of a bitmask over n_vocab tokens (bit i of word w: token 32 w + i, llguidance's layout)."""
+    return -(-n_vocab // 32)
+
+
+def check_mask(mask: bytes, n_vocab: int) -> None:
+    """ValueError unless `mask` (u32 words as bytes) is a bitmask over n_vocab tokens."""
+    if len(mask) != 4 * mask_words(n_vocab):
+        raise ValueError(f"a token bitmask over {n_vocab} tokens has {mask_words(n_vocab)} u32 words, got "
+                         f"{len(mask) / 4:g}; build the grammar against this model's vocabulary")
+
+
+def allowed_tokens(mask: bytes | np.ndarray, n_vocab: int) -> np.ndarray:
+    """A bitmask's tokens (u32 words, or their bytes) as a bool per token id [n_vocab]."""
+    raw = np.frombuffer(mask, np.uint8) if isinstance(mask, bytes) else np.asarray(mask, np.uint32).view(np.uint8)
+    check_mask(raw.data, n_vocab)
+    return np.unpackbits(raw, bitorder="little")[:n_vocab].astype(bool)
 
 
 def check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
@@ -109,12 +129,14 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Draw:
-    """One sampled step's inputs: the settings, the uniform number, the recent tokens and their counts."""
+    """One sampled step's inputs: the settings, the uniform number, the recent tokens and their counts, and
+    for a constrained step the bitmask of allowed tokens."""
 
     params: SamplingParams
     u: float
     tokens: tuple[int, ...]   # distinct tokens in the penalty window
     counts: tuple[int, ...]
+    mask: bytes | None = field(default=None, repr=False)   # u32 words, little-endian (allowed_tokens)
 
     @property
     def on_gpu(self) -> bool:
@@ -128,7 +150,7 @@ class Draw:
         return 1 if self.params.temperature == 0 else self.params.top_k
 
     def encode(self) -> bytes:
-        """The draw buffer's contents (layout: DRAW_* in kernels/common.wgsl)."""
+        """The draw buffer's contents (layout: DRAW_* in kernels/common.wgsl): the fixed words, then the mask if any."""
         p = self.params
         f32 = dict(zip(_DRAW_F32, (p.temperature, p.top_p, p.min_p, self.u, p.repeat_penalty,
                                    p.presence_penalty, p.frequency_penalty)))
@@ -145,7 +167,8 @@ class Draw:
         if n:
             words[b:b + n] = [t for t, _ in p.logit_bias]
             words[v:v + n] = np.array([x for _, x in p.logit_bias], np.float32).view(np.uint32)
-        return words.tobytes()
+        words[_DRAW["MASKED"]] = self.mask is not None
+        return words.tobytes() + (self.mask or b"")
 
 
 class Sampler:
@@ -155,14 +178,16 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def next_draw(self, history: Sequence[int]) -> Draw:
-        """The next step's draw: a fresh uniform number (float32, as the GPU reads it) and the penalty window."""
+    def next_draw(self, history: Sequence[int], mask: np.ndarray | None = None) -> Draw:
+        """The next step's draw: a fresh uniform number (float32, as the GPU reads it), the penalty window, and
+        `mask` (a bitmask of the tokens allowed next, copied) for a constrained step."""
         p = self.params
         tokens, counts = (), ()
         if p.penalized and p.repeat_last_n and history:
             ids, n = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64), return_counts=True)
             tokens, counts = tuple(int(i) for i in ids), tuple(int(c) for c in n)
-        return Draw(p, float(np.float32(self.rng.random())), tokens, counts)
+        return Draw(p, float(np.float32(self.rng.random())), tokens, counts,
+                    None if mask is None else np.asarray(mask, np.uint32).tobytes())
 
     @staticmethod
     def penalize(logits: np.ndarray, draw: Draw) -> np.ndarray:
@@ -187,6 +212,8 @@ class Sampler:
         """One token id from a row of logits [n_vocab], as the GPU kernels choose it."""
         p = draw.params
         x = cls.penalize(np.asarray(logits, dtype=np.float32), draw)
+        if draw.mask is not None:
+            x = np.where(allowed_tokens(draw.mask, x.size), x, np.float32(-np.inf))
         if p.temperature == 0:
             return int(np.argmax(x))
         ids = np.arange(x.size)

@@ -4,7 +4,8 @@
 // once for all the group's rows; per row, a unit is two 16-byte loads (weights_vec4.wgsl): its data and
 // the block's header, which gives the two sub-blocks' scales and mins (decoded as one word of 4 bytes),
 // and the nibbles become floats through exponent bits (ub4 in matmul_row.wgsl) rather than
-// integer-to-float conversions.
+// integer-to-float conversions. With Q8 (matmul_row.wgsl) the nibbles stay bytes and meet x's 8-bit copy in
+// dot4I8Packed; the mins take the x blocks' sums.
 
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
@@ -15,6 +16,10 @@ struct XU {
     sl: f32,           // their sums (for the mins)
     sh: f32,
     ss: f32,
+    ql: vec4<u32>,     // Q8: x at the low nibbles as signed bytes, and at the high ones
+    qh: vec4<u32>,
+    dl: f32,           // Q8: their blocks' scales
+    dh: f32,
 }
 
 fn step_init(lid: u32) {}
@@ -22,6 +27,15 @@ fn step_init(lid: u32) {}
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;   // x's group at the first low nibble
+    if (Q8) {
+        xu.ql = vec4<u32>(q8_word(G), q8_word(G + 1u), q8_word(G + 2u), q8_word(G + 3u));
+        xu.qh = vec4<u32>(q8_word(G + 8u), q8_word(G + 9u), q8_word(G + 10u), q8_word(G + 11u));
+        xu.dl = q8_scale(G);
+        xu.dh = q8_scale(G + 8u);
+        xu.sl = xu.dl * f32(q8_sum(xu.ql.x) + q8_sum(xu.ql.y) + q8_sum(xu.ql.z) + q8_sum(xu.ql.w));
+        xu.sh = xu.dh * f32(q8_sum(xu.qh.x) + q8_sum(xu.qh.y) + q8_sum(xu.qh.z) + q8_sum(xu.qh.w));
+        return xu;
+    }
     xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
     xu.hi = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
     xu.sl = hsum(xu.lo[0] + xu.lo[1] + xu.lo[2] + xu.lo[3]);
@@ -39,7 +53,18 @@ fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let v = W[h + 1u + 2u * pr + (u & 1u)];
     let dm = unpack2x16float(hd.x);
     let sm = ub4(kq_scales(hd, pr));   // scale lo, scale hi, min lo, min hi
-    let dl = dot(nib_lo(v.x), xu.lo[0]) + dot(nib_lo(v.y), xu.lo[1]) + dot(nib_lo(v.z), xu.lo[2]) + dot(nib_lo(v.w), xu.lo[3]);
-    let dh = dot(nib_hi(v.x), xu.hi[0]) + dot(nib_hi(v.y), xu.hi[1]) + dot(nib_hi(v.z), xu.hi[2]) + dot(nib_hi(v.w), xu.hi[3]);
+    var dl: f32;
+    var dh: f32;
+    if (Q8) {
+        // the nibbles as bytes 0..15 against x's signed bytes, four products an instruction
+        let m = 0x0f0f0f0fu;
+        dl = xu.dl * f32(dot4I8Packed(v.x & m, xu.ql.x) + dot4I8Packed(v.y & m, xu.ql.y)
+                         + dot4I8Packed(v.z & m, xu.ql.z) + dot4I8Packed(v.w & m, xu.ql.w));
+        dh = xu.dh * f32(dot4I8Packed((v.x >> 4u) & m, xu.qh.x) + dot4I8Packed((v.y >> 4u) & m, xu.qh.y)
+                         + dot4I8Packed((v.z >> 4u) & m, xu.qh.z) + dot4I8Packed((v.w >> 4u) & m, xu.qh.w));
+    } else {
+        dl = dot(nib_lo(v.x), xu.lo[0]) + dot(nib_lo(v.y), xu.lo[1]) + dot(nib_lo(v.z), xu.lo[2]) + dot(nib_lo(v.w), xu.lo[3]);
+        dh = dot(nib_hi(v.x), xu.hi[0]) + dot(nib_hi(v.y), xu.hi[1]) + dot(nib_hi(v.z), xu.hi[2]) + dot(nib_hi(v.w), xu.hi[3]);
+    }
     return dm.x * (sm.x * dl + sm.y * dh) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);
 }

@@ -1,7 +1,8 @@
 // matmul_row's step for Q5_K: Q4_K's (same units, header and scales) with each nibble's fifth bit
 // from qh: bit s of qh byte l belongs to weight l of sub-block s, so a unit's 16 positions read the 4
 // qh words of its half, bits 2 pr (low nibbles) and 2 pr + 1 (high nibbles). Header, nibbles and qh
-// are one 16-byte load each (weights_vec4.wgsl).
+// are one 16-byte load each (weights_vec4.wgsl). With Q8 (matmul_row.wgsl), as Q4_K's: the 5-bit values stay
+// bytes and meet x's 8-bit copy in dot4I8Packed.
 
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
@@ -12,6 +13,10 @@ struct XU {
     sl: f32,
     sh: f32,
     ss: f32,
+    ql: vec4<u32>,   // Q8: as Q4_K's
+    qh: vec4<u32>,
+    dl: f32,
+    dh: f32,
 }
 
 fn step_init(lid: u32) {}
@@ -19,6 +24,15 @@ fn step_init(lid: u32) {}
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;
+    if (Q8) {
+        xu.ql = vec4<u32>(q8_word(G), q8_word(G + 1u), q8_word(G + 2u), q8_word(G + 3u));
+        xu.qh = vec4<u32>(q8_word(G + 8u), q8_word(G + 9u), q8_word(G + 10u), q8_word(G + 11u));
+        xu.dl = q8_scale(G);
+        xu.dh = q8_scale(G + 8u);
+        xu.sl = xu.dl * f32(q8_sum(xu.ql.x) + q8_sum(xu.ql.y) + q8_sum(xu.ql.z) + q8_sum(xu.ql.w));
+        xu.sh = xu.dh * f32(q8_sum(xu.qh.x) + q8_sum(xu.qh.y) + q8_sum(xu.qh.z) + q8_sum(xu.qh.w));
+        return xu;
+    }
     xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
     xu.hi = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
     xu.sl = hsum(xu.lo[0] + xu.lo[1] + xu.lo[2] + xu.lo[3]);
@@ -29,12 +43,23 @@ fn step_x(u: u32) -> XU {
     return xu;
 }
 
-// One data word's 8 weights (5 bits each) against x: its low nibbles with qh bit s0, high with s0 + 1.
-fn q5k_word(v: u32, qh: u32, s0: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
+// One data word's 8 weights (5 bits each, 0..31) as two words of bytes: its low nibbles with qh bit s0, its
+// high ones with s0 + 1.
+fn q5k_bytes(v: u32, qh: u32, s0: u32) -> vec2<u32> {
     let m = 0x0f0f0f0fu;
     let one = 0x01010101u;
-    return vec2<f32>(dot(ub4((v & m) | (((qh >> s0) & one) << 4u)), xl),
-                     dot(ub4(((v >> 4u) & m) | (((qh >> (s0 + 1u)) & one) << 4u)), xh));
+    return vec2<u32>((v & m) | (((qh >> s0) & one) << 4u), ((v >> 4u) & m) | (((qh >> (s0 + 1u)) & one) << 4u));
+}
+
+// Those against x: as floats, or (Q8) against x's signed bytes.
+fn q5k_word(v: u32, qh: u32, s0: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
+    let q = q5k_bytes(v, qh, s0);
+    return vec2<f32>(dot(ub4(q.x), xl), dot(ub4(q.y), xh));
+}
+
+fn q5k_iword(v: u32, qh: u32, s0: u32, xl: u32, xh: u32) -> vec2<i32> {
+    let q = q5k_bytes(v, qh, s0);
+    return vec2<i32>(dot4I8Packed(q.x, xl), dot4I8Packed(q.y, xh));
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
@@ -47,7 +72,14 @@ fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let s0 = 2u * pr;
     let dm = unpack2x16float(hd.x);
     let sm = ub4(kq_scales(hd, pr));
-    let d = q5k_word(q.x, e.x, s0, xu.lo[0], xu.hi[0]) + q5k_word(q.y, e.y, s0, xu.lo[1], xu.hi[1])
+    var d: vec2<f32>;
+    if (Q8) {
+        let i = q5k_iword(q.x, e.x, s0, xu.ql.x, xu.qh.x) + q5k_iword(q.y, e.y, s0, xu.ql.y, xu.qh.y)
+              + q5k_iword(q.z, e.z, s0, xu.ql.z, xu.qh.z) + q5k_iword(q.w, e.w, s0, xu.ql.w, xu.qh.w);
+        d = vec2<f32>(xu.dl, xu.dh) * vec2<f32>(i);
+    } else {
+        d = q5k_word(q.x, e.x, s0, xu.lo[0], xu.hi[0]) + q5k_word(q.y, e.y, s0, xu.lo[1], xu.hi[1])
           + q5k_word(q.z, e.z, s0, xu.lo[2], xu.hi[2]) + q5k_word(q.w, e.w, s0, xu.lo[3], xu.hi[3]);
+    }
     return dm.x * (sm.x * d.x + sm.y * d.y) - dm.y * (sm.z * xu.sl + sm.w * xu.sh);
 }

@@ -3,7 +3,8 @@
 // 4-5, 6-7 of qh[l]). That is two words of ql, two more 32 bytes on, and two of qh, read with three
 // loads each (blocks of 210 bytes start on even bytes), and two words for the 4 scales. Units run 8 to
 // a block (2 halves x 4 runs of 8). The 6-bit values are assembled 4 at a time in a word and become
-// floats through exponent bits (ub4), as do the 4 signed scales.
+// floats through exponent bits (ub4), as do the 4 signed scales. With Q8 (matmul_row.wgsl) the 6-bit values
+// stay bytes and meet x's 8-bit copy in dot4I8Packed, each quarter being one block of x's.
 
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
@@ -13,6 +14,10 @@ struct XU {
     b: mat4x4<f32>,    // column r: x at its second 4
     sx: vec4<f32>,     // each quarter's sum of x (for the offset of 32)
     ss: f32,
+    qa: vec4<u32>,     // Q8: a and b as signed bytes, a word a quarter
+    qb: vec4<u32>,
+    isx: vec4<i32>,    // Q8: each quarter's sum of those bytes
+    dx: vec4<f32>,     // Q8: each quarter's block scale
 }
 
 fn step_init(lid: u32) {}
@@ -20,6 +25,14 @@ fn step_init(lid: u32) {}
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = (u >> 3u) * 64u + ((u >> 2u) & 1u) * 32u + 2u * (u & 3u);   // x's group at quarter 0's first position
+    if (Q8) {
+        xu.qa = vec4<u32>(q8_word(G), q8_word(G + 8u), q8_word(G + 16u), q8_word(G + 24u));
+        xu.qb = vec4<u32>(q8_word(G + 1u), q8_word(G + 9u), q8_word(G + 17u), q8_word(G + 25u));
+        xu.isx = vec4<i32>(q8_sum(xu.qa.x) + q8_sum(xu.qb.x), q8_sum(xu.qa.y) + q8_sum(xu.qb.y),
+                           q8_sum(xu.qa.z) + q8_sum(xu.qb.z), q8_sum(xu.qa.w) + q8_sum(xu.qb.w));
+        xu.dx = vec4<f32>(q8_scale(G), q8_scale(G + 8u), q8_scale(G + 16u), q8_scale(G + 24u));
+        return xu;
+    }
     xu.a = mat4x4<f32>(xg(G), xg(G + 8u), xg(G + 16u), xg(G + 24u));
     xu.b = mat4x4<f32>(xg(G + 1u), xg(G + 9u), xg(G + 17u), xg(G + 25u));
     xu.sx = vec4<f32>(hsum(xu.a[0] + xu.b[0]), hsum(xu.a[1] + xu.b[1]), hsum(xu.a[2] + xu.b[2]), hsum(xu.a[3] + xu.b[3]));
@@ -34,15 +47,23 @@ fn q6k_f16(o: u32) -> f32 {
     return unpack2x16float(W[o >> 2u] >> ((o & 2u) * 8u)).x;
 }
 
-// The four quarters' sums q * x over one word each of ql (lo: byte l, hi: byte l + 32) and qh; q
-// unsigned (0..63), assembled 4 bytes at a time.
-fn q6k_word(lo: u32, hi: u32, qh: u32, xs: mat4x4<f32>) -> vec4<f32> {
+// The four quarters' q (unsigned, 0..63) over one word each of ql (lo: byte l, hi: byte l + 32) and qh,
+// assembled 4 bytes a word.
+fn q6k_bytes(lo: u32, hi: u32, qh: u32) -> vec4<u32> {
     let m = 0x0f0f0f0fu;
     let t = 0x30303030u;
-    return vec4<f32>(dot(ub4((lo & m) | ((qh << 4u) & t)), xs[0]),
-                     dot(ub4((hi & m) | ((qh << 2u) & t)), xs[1]),
-                     dot(ub4(((lo >> 4u) & m) | (qh & t)), xs[2]),
-                     dot(ub4(((hi >> 4u) & m) | ((qh >> 2u) & t)), xs[3]));
+    return vec4<u32>((lo & m) | ((qh << 4u) & t), (hi & m) | ((qh << 2u) & t),
+                     ((lo >> 4u) & m) | (qh & t), ((hi >> 4u) & m) | ((qh >> 2u) & t));
+}
+
+// The four quarters' sums q * x over those words.
+fn q6k_word(q: vec4<u32>, xs: mat4x4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(ub4(q.x), xs[0]), dot(ub4(q.y), xs[1]), dot(ub4(q.z), xs[2]), dot(ub4(q.w), xs[3]));
+}
+
+// The same against x's signed bytes (Q8), four products an instruction.
+fn q6k_iword(q: vec4<u32>, xs: vec4<u32>) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(q.x, xs.x), dot4I8Packed(q.y, xs.y), dot4I8Packed(q.z, xs.z), dot4I8Packed(q.w, xs.w));
 }
 
 fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
@@ -57,6 +78,12 @@ fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
     let i = 8u * (l0 >> 4u);
     let sb = ((sw.x >> i) & 0x00ff00ffu) | (((sw.y >> i) & 0x00ff00ffu) << 8u);   // quarters 0, 2, 1, 3
     let sc = (ub4(sb ^ 0x80808080u) - 128.0).xzyw;
-    let d = q6k_word(lo.x, hi.x, qh.x, xu.a) + q6k_word(lo.y, hi.y, qh.y, xu.b);
+    let qa = q6k_bytes(lo.x, hi.x, qh.x);
+    let qb = q6k_bytes(lo.y, hi.y, qh.y);
+    if (Q8) {
+        let iq = q6k_iword(qa, xu.qa) + q6k_iword(qb, xu.qb) - 32 * xu.isx;
+        return q6k_f16(b + 208u) * dot(sc, xu.dx * vec4<f32>(iq));
+    }
+    let d = q6k_word(qa, xu.a) + q6k_word(qb, xu.b);
     return q6k_f16(b + 208u) * dot(sc, d - 32.0 * xu.sx);
 }

@@ -1,7 +1,8 @@
 // matmul_row's step for Q8_0. A unit is half a block: 16 signed bytes (four words, read with five
 // loads: blocks of 34 bytes start on even bytes) and the block's f16 scale (one load: an even
 // offset never splits it). Two units a block, so neighbouring threads read neighbouring 16 bytes.
-// The bytes become floats through f16 exponent bits (sb4) rather than integer-to-float conversions.
+// The bytes become floats through f16 exponent bits (sb4) rather than integer-to-float conversions; with Q8
+// (matmul_row.wgsl) they meet x's 8-bit copy in dot4I8Packed as they are.
 
 const UNIT: u32 = 16u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
@@ -9,6 +10,8 @@ const STEP_SYNC: bool = false;
 struct XU {
     v: mat4x4<f32>,
     ss: f32,
+    q: vec4<u32>,   // Q8: x as signed bytes
+    d: f32,         // Q8: their block's scale
 }
 
 fn step_init(lid: u32) {}
@@ -16,6 +19,11 @@ fn step_init(lid: u32) {}
 fn step_x(u: u32) -> XU {
     var xu: XU;
     let G = 4u * u;
+    if (Q8) {
+        xu.q = vec4<u32>(q8_word(G), q8_word(G + 1u), q8_word(G + 2u), q8_word(G + 3u));
+        xu.d = q8_scale(G);
+        return xu;
+    }
     xu.v = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
     if (NORM) {
         xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u);
@@ -44,5 +52,9 @@ fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
     let q = vec4<u32>((c0 >> s) | ((c1 << 1u) << r), (c1 >> s) | ((c2 << 1u) << r),
                       (c2 >> s) | ((c3 << 1u) << r), (c3 >> s) | ((c4 << 1u) << r));
     let d = unpack2x16float(W[b >> 2u] >> ((b & 2u) * 8u)).x;
+    if (Q8) {
+        return d * xu.d * f32(dot4I8Packed(q.x, xu.q.x) + dot4I8Packed(q.y, xu.q.y) + dot4I8Packed(q.z, xu.q.z)
+                              + dot4I8Packed(q.w, xu.q.w));
+    }
     return d * (dot(sb4(q.x), xu.v[0]) + dot(sb4(q.y), xu.v[1]) + dot(sb4(q.z), xu.v[2]) + dot(sb4(q.w), xu.v[3]));
 }

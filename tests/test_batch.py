@@ -1,0 +1,148 @@
+"""Batched decode (mdst.runtime.batch): every sequence of a batch gets the tokens it gets alone.
+
+Sequences join and leave mid-way (continuous batching) at different positions, with their own
+settings and seeds, on both engines; a sliding-window family (Gemma 3, past its window) and LFM2
+(a convolution state per sequence) from synth, and SmolLM2 through `Model.generate(list)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mdst
+from mdst import reference
+from mdst.memory.kv_cache import CpuKVCache
+from mdst.text.sampling import Sampler, SamplingParams
+from metrics import rel_l2
+from test_families import synthetic_gguf
+
+PRESETS = ("gemma3-tiny", "lfm2-tiny")
+CONTEXT = 64
+PARAMS = (SamplingParams(), SamplingParams(temperature=0.9, seed=1), SamplingParams(temperature=0.7, top_k=5, seed=2))
+
+
+def prompts(n_vocab: int) -> list[list[int]]:
+    """Three prompts of awkward lengths (the longest past Gemma 3 tiny's window of 8)."""
+    rng = np.random.default_rng(11)
+    return [[int(t) for t in rng.integers(0, n_vocab, n)] for n in (3, 11, 20)]
+
+
+def alone(model: mdst.Model, ids: list[int], params: SamplingParams, count: int) -> list[int]:
+    """`count` tokens from a session of its own, as generate() picks them."""
+    sampler, history = Sampler(params), list(ids)
+
+    def pick():
+        return "argmax" if params.greedy else sampler.next_draw(history)
+
+    with model.session() as s:
+        tok = int(s.prefill(ids, greedy=params.greedy, draw=None if params.greedy else pick()))
+        out = [tok]
+        history.append(tok)
+        for tok in s.decode(tok, count - 1, pick):
+            out.append(int(tok))
+            history.append(int(tok))
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_models(cache_dir, request):
+    """(preset, device) -> a Q8_0 synth model, loaded once per module."""
+    models: dict[tuple[str, str], mdst.Model] = {}
+
+    def get(preset: str, device: str) -> mdst.Model:
+        if (preset, device) not in models:
+            if device == "gpu":
+                request.getfixturevalue("gpu")
+            models[preset, device] = mdst.load(synthetic_gguf(cache_dir, preset, "Q8_0"), device=device,
+                                               kv_type="f32", context_length=CONTEXT)
+        return models[preset, device]
+
+    yield get
+    for m in models.values():
+        m.close()
+
+
+@pytest.mark.parametrize("device", ("cpu", "gpu"))
+@pytest.mark.parametrize("preset", PRESETS)
+def test_continuous_batch_equals_alone(synth_models, preset, device):
+    m = synth_models(preset, device)
+    ps = prompts(m.n_vocab)
+    want = [alone(m, ids, p, 24) for ids, p in zip(ps, PARAMS)]
+    got: dict[int, list[int]] = {}
+    batch = m.batch()
+    a, tok = batch.add(ps[0], PARAMS[0])
+    got[a] = [tok]
+    for _ in range(3):   # the first sequence runs alone, then the others join at other positions
+        got[a].append(batch.step()[a])
+    for ids, p in zip(ps[1:], PARAMS[1:]):
+        sid, tok = batch.add(ids, p)
+        got[sid] = [tok]
+    order = batch.ids
+    for i in range(20):
+        if i == 10:
+            batch.remove(order[1])   # leaves mid-way; the others go on
+        for sid, tok in batch.step().items():
+            got[sid].append(tok)
+    batch.close()
+    assert len(batch) == 0
+    for sid, w in zip(order, want):
+        assert got[sid] == w[:len(got[sid])], f"sequence {sid} differs from its alone-run"
+    assert [len(got[s]) for s in order] == [24, 11, 21]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_reference_batched_step_logits(synth_models, preset):
+    """One numpy forward over several sequences' rows (prefill chunks and single tokens) == each alone."""
+    m = synth_models(preset, "cpu")
+    eng, ps = m.engine, prompts(m.n_vocab)
+    graph = eng.graphs["all"]
+    alone_caches = [CpuKVCache.allocate(eng.layout) for _ in ps]
+    want = [reference.run(graph, eng.weights, c, np.array(ids), 0) for c, ids in zip(alone_caches, ps)]
+    caches = [CpuKVCache.allocate(eng.layout) for _ in ps]
+    got = reference.run_batch(graph, eng.weights, caches, [np.array(ids) for ids in ps], [0, 0, 0])
+    assert rel_l2(got, np.concatenate(want)) < 1e-4
+    # then one token each, at three different positions
+    more = [np.array([5]), np.array([7]), np.array([9])]
+    want = [reference.run(graph, eng.weights, c, t, len(ids)) for c, t, ids in zip(alone_caches, more, ps)]
+    got = reference.run_batch(graph, eng.weights, caches, more, [len(ids) for ids in ps])
+    for g, w in zip(got, want):
+        assert rel_l2(g, w[0]) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def smollm2_gpu(smollm2_path, gpu):
+    with mdst.load(smollm2_path, device="gpu", context_length=128) as m:
+        yield m
+
+
+SMOL_PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time, in a land far"]
+
+
+@pytest.mark.parametrize("device", ("cpu", "gpu"))
+def test_generate_list_equals_each_alone(request, device):
+    m = request.getfixturevalue("smollm2_cpu" if device == "cpu" else "smollm2_gpu")
+    kw = {"max_tokens": 6, "temperature": 0.8, "seed": 3, "repeat_penalty": 1.3, "stop": ["\n\n"]}
+    want = [m.generate(p, **kw) for p in SMOL_PROMPTS]
+    assert m.generate(SMOL_PROMPTS, **kw) == want
+    assert len(m.last_stats["finish_reason"]) == len(SMOL_PROMPTS)
+
+
+def test_generate_list_streams(smollm2_cpu):
+    """Streamed (prompt index, piece) pairs join into the texts generate(list) returns."""
+    kw = {"max_tokens": 6, "temperature": 0.8, "seed": 4}
+    texts = [""] * len(SMOL_PROMPTS)
+    for i, piece in smollm2_cpu.generate(SMOL_PROMPTS, stream=True, **kw):
+        texts[i] += piece
+    assert texts == smollm2_cpu.generate(SMOL_PROMPTS, **kw)
+
+
+def test_generate_list_bad_input(smollm2_cpu):
+    with pytest.raises(TypeError, match="list of str"):
+        smollm2_cpu.generate([])
+    with pytest.raises(ValueError, match="one prompt"):
+        smollm2_cpu.generate(["a", "b"], logprobs=True)
+    batch = smollm2_cpu.batch()
+    with pytest.raises(ValueError, match="empty"):
+        batch.add([], SamplingParams())
+    batch.close()
