@@ -71,7 +71,10 @@ def test_stopping_a_decode_early_leaves_the_cache_consistent(smol):
         got = s.prefill([seen[-1], 42])
     with smol.session() as f:
         want = f.prefill(ids + [first] + seen + [42])
-    assert np.abs(got - want).max() < 1e-4
+    # f16 KV cache: rows cached by decode's kernels here and by prefill's there differ in f32 summation order
+    # before their f16 rounding (6.8e-4 on logits of ~15 with flash-attention prefill); a stale or skipped
+    # position would be off by far more
+    assert np.abs(got - want).max() < 1e-3
 
 
 def test_seed_reproduces_and_differs(smol):
@@ -226,13 +229,16 @@ def test_logprobs_are_log_softmax_of_the_logits(smol, smol_cpu, device, kw):
     toks = [lp.token for lp in text.logprobs]
     assert m.detokenize(toks) == text
     ref = log_softmax(m.logits(ids + toks)[len(ids) - 1:-1])
+    # on the GPU, logits() is prefill's flash attention and a logprob comes from decode's split attention:
+    # the same f32 arithmetic summed in other orders
+    tol = 2e-4 if device == "gpu" else 1e-4
     for lp, row in zip(text.logprobs, ref):
-        assert abs(lp.logprob - row[lp.token]) < 1e-4
+        assert abs(lp.logprob - row[lp.token]) < tol
         top_ids = [t for t, _ in lp.top]
         assert len(top_ids) == 5 and set(top_ids) == set(np.argsort(-row)[:5].tolist())
         values = [v for _, v in lp.top]
         assert values == sorted(values, reverse=True)
-        np.testing.assert_allclose(values, row[top_ids], atol=1e-4)
+        np.testing.assert_allclose(values, row[top_ids], atol=tol)
         assert lp.logprob <= values[0] + 1e-9 and lp.text == m.detokenize([lp.token])
         if not kw:   # greedy: the chosen token is the most likely one
             assert lp.token == top_ids[0]
