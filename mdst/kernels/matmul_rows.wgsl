@@ -86,13 +86,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (lid < ROWS_T) {
                 var amax = 0.0;
                 for (var kk = 0u; kk < TK; kk++) {
-                    amax = max(amax, abs(xs[kk * (ROWS_T / 4u) + lid / 4u][lid % 4u]));
+                    amax = max(amax, abs(f32(xs[kk * (ROWS_T / 4u) + lid / 4u][lid % 4u])));
                 }
                 let d = amax / 127.0;
                 let id = select(0.0, 1.0 / d, d > 0.0);
                 for (var kk = 0u; kk < TK; kk++) {
                     let at = kk * (ROWS_T / 4u) + lid / 4u;
-                    xs[at][lid % 4u] = round(xs[at][lid % 4u] * id) * d;
+                    xs[at][lid % 4u] = half(round(f32(xs[at][lid % 4u]) * id) * d);   // half is f32 here (the host builds Q8 in f32)
                 }
             }
             workgroupBarrier();
