@@ -231,11 +231,15 @@ def test_chat_with_the_openai_client(oai, model):
 
 def test_logprobs_in_openai_shapes(oai, client, model):
     """Completions' legacy logprobs and chat's per-token objects, whole and streamed, are the library's."""
+    # the server's request and the library's call can reach a position through other kernels (a reused cached
+    # prefix, other prefill chunks): flash-attention blocks and decode's splits sum in other orders before the
+    # f16 cache rounds (tokens the same; log-probabilities within a few 1e-4)
+    tol = 5e-4
     want = model.generate(PROMPT, max_tokens=4, logprobs=True, top_logprobs=2)
     reply = oai.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
     lp = reply.choices[0].logprobs
     assert reply.choices[0].text == want and lp.tokens == [t.text for t in want.logprobs]
-    np.testing.assert_allclose(lp.token_logprobs, [t.logprob for t in want.logprobs], atol=1e-4)
+    np.testing.assert_allclose(lp.token_logprobs, [t.logprob for t in want.logprobs], atol=tol)
     assert [list(d) for d in lp.top_logprobs] == [[model.detokenize([i]) for i, _ in t.top] for t in want.logprobs]
     assert lp.text_offset == [sum(len(t.text) for t in want.logprobs[:i]) for i in range(4)]
     chunks, _ = stream_completion(client, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1)
@@ -251,7 +255,7 @@ def test_logprobs_in_openai_shapes(oai, client, model):
     content = reply.choices[0].logprobs.content
     assert [c.token for c in content] == [t.text for t in chat.logprobs]
     assert [bytes(c.bytes) for c in content] == [t.bytes for t in chat.logprobs]
-    np.testing.assert_allclose([c.logprob for c in content], [t.logprob for t in chat.logprobs], atol=1e-4)
+    np.testing.assert_allclose([c.logprob for c in content], [t.logprob for t in chat.logprobs], atol=tol)
     assert all([x.logprob for x in c.top_logprobs] == sorted((x.logprob for x in c.top_logprobs), reverse=True)
                and len(c.top_logprobs) == 3 and c.top_logprobs[0].logprob >= c.logprob for c in content)
     chunks = list(oai.chat.completions.create(model="smollm2", messages=messages, max_tokens=4, temperature=0,
