@@ -105,12 +105,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var kk = 0u; kk < TK; kk++) {
             let a0 = xs[kk * (ROWS_T / 4u) + ty];
             let b0 = ws[kk * (COLS_T / 4u) + tx];
+            var b1 = b0;   // the second column block's operand, read once for both row blocks
             p00_0 += a0.x * b0;
             p01_0 += a0.y * b0;
             p02_0 += a0.z * b0;
             p03_0 += a0.w * b0;
             if (TC > 4u) {
-                let b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
+                b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
                 p00_1 += a0.x * b1;
                 p01_1 += a0.y * b1;
                 p02_1 += a0.z * b1;
@@ -123,7 +124,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 p12_0 += a1.z * b0;
                 p13_0 += a1.w * b0;
                 if (TC > 4u) {
-                    let b1 = ws[kk * (COLS_T / 4u) + 16u + tx];
                     p10_1 += a1.x * b1;
                     p11_1 += a1.y * b1;
                     p12_1 += a1.z * b1;
