@@ -192,7 +192,7 @@ def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, n)
     o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    consts = (("Q8", True),) * q8 + (("RES", res_), ("TC", tc), ("TR", tr))
+    consts = (("Q8", True),) * q8 + (("RES", res_), ("STEP_SUMS", f16), ("TC", tc), ("TR", tr))
     spec = KernelSpec("matmul_rows", wtype, f16, constants=consts)
     y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},

@@ -603,7 +603,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
             f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16 and not op.q8
             c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r, tr, tc), params,
-                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc, **q8)
+                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc, STEP_SUMS=f16, **q8)
 
 
 def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:

@@ -33,6 +33,7 @@ override ROWS_T: u32 = 16u * TR;   // rows a tile
 override COLS_T: u32 = 16u * TC;   // outputs a tile
 override TK: u32 = STAGE / max(ROWS_T, COLS_T);   // k a step: each operand's stage holds STAGE floats
 override Q8: bool = false;
+override STEP_SUMS: bool = false;   // the f16 variant: sum a step in half, then add it in f32
 
 const TILE: u32 = 64u;      // rows and outputs a tile at TR = TC = 4 (the host's gemm_groups scales it)
 const STAGE: u32 = 2048u;   // floats of each operand staged at a time: 16 KiB in all
@@ -55,30 +56,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc10_0 = vec4<f32>(0.0); var acc11_0 = vec4<f32>(0.0); var acc12_0 = vec4<f32>(0.0); var acc13_0 = vec4<f32>(0.0);
     var acc00_1 = vec4<f32>(0.0); var acc01_1 = vec4<f32>(0.0); var acc02_1 = vec4<f32>(0.0); var acc03_1 = vec4<f32>(0.0);
     var acc10_1 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0); var acc12_1 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0);
+    // sums of products, p<a><i>_<b> for acc<a><i>_<b>: with STEP_SUMS (the f16 variant) a step's, added to
+    // the f32 accumulators after each step; else the whole sum (f32), the accumulators' only term
+    var p00_0 = vec4<half>(0.0); var p01_0 = vec4<half>(0.0); var p02_0 = vec4<half>(0.0); var p03_0 = vec4<half>(0.0);
+    var p00_1 = vec4<half>(0.0); var p01_1 = vec4<half>(0.0); var p02_1 = vec4<half>(0.0); var p03_1 = vec4<half>(0.0);
+    var p10_0 = vec4<half>(0.0); var p11_0 = vec4<half>(0.0); var p12_0 = vec4<half>(0.0); var p13_0 = vec4<half>(0.0);
+    var p10_1 = vec4<half>(0.0); var p11_1 = vec4<half>(0.0); var p12_1 = vec4<half>(0.0); var p13_1 = vec4<half>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        // stage: ROWS_T rows of X and COLS_T rows of W, kq groups of 4 k each
-        for (var e = lid; e < ROWS_T * kq; e += 256u) {
+        // stage: ROWS_T rows of X and COLS_T rows of W, kq groups of 4 k each, in one loop so a thread's
+        // loads of both are in flight together
+        for (var e = lid; e < max(ROWS_T, COLS_T) * kq; e += 256u) {
             let row = e / kq;
             let q = e % kq;
             let G = k0 / 4u + q;
-            var xv = vec4<f32>(0.0);
-            if (r0 + row < p.m && G < kg) {
-                xv = x[(r0 + row) * kg + G];
+            if (row < ROWS_T) {
+                var xv = vec4<f32>(0.0);
+                if (r0 + row < p.m && G < kg) {
+                    xv = x[(r0 + row) * kg + G];
+                }
+                for (var c = 0u; c < 4u; c++) {
+                    xs[(4u * q + c) * (ROWS_T / 4u) + row / 4u][row % 4u] = half(xv[c]);
+                }
             }
-            for (var c = 0u; c < 4u; c++) {
-                xs[(4u * q + c) * (ROWS_T / 4u) + row / 4u][row % 4u] = half(xv[c]);
-            }
-        }
-        for (var e = lid; e < COLS_T * kq; e += 256u) {
-            let row = e / kq;
-            let q = e % kq;
-            let G = k0 / 4u + q;
-            var wv = vec4<f32>(0.0);
-            if (j0 + row < p.n && G < kg) {
-                wv = deq4(p.w0 + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
-            }
-            for (var c = 0u; c < 4u; c++) {
-                ws[(4u * q + c) * (COLS_T / 4u) + row / 4u][row % 4u] = half(wv[c]);
+            if (row < COLS_T) {
+                var wv = vec4<f32>(0.0);
+                if (j0 + row < p.n && G < kg) {
+                    wv = deq4(p.w0 + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
+                }
+                for (var c = 0u; c < 4u; c++) {
+                    ws[(4u * q + c) * (COLS_T / 4u) + row / 4u][row % 4u] = half(wv[c]);
+                }
             }
         }
         workgroupBarrier();
@@ -97,11 +104,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             workgroupBarrier();
         }
-        // this step's sums, p<a><i>_<b> for acc<a><i>_<b>
-        var p00_0 = vec4<half>(0.0); var p01_0 = vec4<half>(0.0); var p02_0 = vec4<half>(0.0); var p03_0 = vec4<half>(0.0);
-        var p00_1 = vec4<half>(0.0); var p01_1 = vec4<half>(0.0); var p02_1 = vec4<half>(0.0); var p03_1 = vec4<half>(0.0);
-        var p10_0 = vec4<half>(0.0); var p11_0 = vec4<half>(0.0); var p12_0 = vec4<half>(0.0); var p13_0 = vec4<half>(0.0);
-        var p10_1 = vec4<half>(0.0); var p11_1 = vec4<half>(0.0); var p12_1 = vec4<half>(0.0); var p13_1 = vec4<half>(0.0);
         for (var kk = 0u; kk < TK; kk++) {
             let a0 = xs[kk * (ROWS_T / 4u) + ty];
             let b0 = ws[kk * (COLS_T / 4u) + tx];
@@ -131,12 +133,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             }
         }
-        acc00_0 += vec4<f32>(p00_0); acc01_0 += vec4<f32>(p01_0); acc02_0 += vec4<f32>(p02_0); acc03_0 += vec4<f32>(p03_0);
-        acc00_1 += vec4<f32>(p00_1); acc01_1 += vec4<f32>(p01_1); acc02_1 += vec4<f32>(p02_1); acc03_1 += vec4<f32>(p03_1);
-        acc10_0 += vec4<f32>(p10_0); acc11_0 += vec4<f32>(p11_0); acc12_0 += vec4<f32>(p12_0); acc13_0 += vec4<f32>(p13_0);
-        acc10_1 += vec4<f32>(p10_1); acc11_1 += vec4<f32>(p11_1); acc12_1 += vec4<f32>(p12_1); acc13_1 += vec4<f32>(p13_1);
+        if (STEP_SUMS) {
+            acc00_0 += vec4<f32>(p00_0); acc01_0 += vec4<f32>(p01_0); acc02_0 += vec4<f32>(p02_0); acc03_0 += vec4<f32>(p03_0);
+            acc00_1 += vec4<f32>(p00_1); acc01_1 += vec4<f32>(p01_1); acc02_1 += vec4<f32>(p02_1); acc03_1 += vec4<f32>(p03_1);
+            acc10_0 += vec4<f32>(p10_0); acc11_0 += vec4<f32>(p11_0); acc12_0 += vec4<f32>(p12_0); acc13_0 += vec4<f32>(p13_0);
+            acc10_1 += vec4<f32>(p10_1); acc11_1 += vec4<f32>(p11_1); acc12_1 += vec4<f32>(p12_1); acc13_1 += vec4<f32>(p13_1);
+            p00_0 = vec4<half>(0.0); p01_0 = vec4<half>(0.0); p02_0 = vec4<half>(0.0); p03_0 = vec4<half>(0.0);
+            p00_1 = vec4<half>(0.0); p01_1 = vec4<half>(0.0); p02_1 = vec4<half>(0.0); p03_1 = vec4<half>(0.0);
+            p10_0 = vec4<half>(0.0); p11_0 = vec4<half>(0.0); p12_0 = vec4<half>(0.0); p13_0 = vec4<half>(0.0);
+            p10_1 = vec4<half>(0.0); p11_1 = vec4<half>(0.0); p12_1 = vec4<half>(0.0); p13_1 = vec4<half>(0.0);
+        }
         workgroupBarrier();
     }
+    acc00_0 += vec4<f32>(p00_0); acc01_0 += vec4<f32>(p01_0); acc02_0 += vec4<f32>(p02_0); acc03_0 += vec4<f32>(p03_0);
+    acc00_1 += vec4<f32>(p00_1); acc01_1 += vec4<f32>(p01_1); acc02_1 += vec4<f32>(p02_1); acc03_1 += vec4<f32>(p03_1);
+    acc10_0 += vec4<f32>(p10_0); acc11_0 += vec4<f32>(p11_0); acc12_0 += vec4<f32>(p12_0); acc13_0 += vec4<f32>(p13_0);
+    acc10_1 += vec4<f32>(p10_1); acc11_1 += vec4<f32>(p11_1); acc12_1 += vec4<f32>(p12_1); acc13_1 += vec4<f32>(p13_1);
     var acc = array<vec4<f32>, 16>(acc00_0, acc01_0, acc02_0, acc03_0, acc10_0, acc11_0, acc12_0, acc13_0,
                                    acc00_1, acc01_1, acc02_1, acc03_1, acc10_1, acc11_1, acc12_1, acc13_1);
     for (var b = 0u; b < TC / 4u; b++) {
