@@ -32,9 +32,9 @@ def gpu_presets(monkeypatch, gpu, request):
     monkeypatch.setattr(device, "open_gpu", opened)
 
 
-# the presets proper (flash prefill attention, 64 x 64 GEMM tiles), and the other choices: 128 x 128 tiles of
-# the f16 GEMM variant (where the adapter has shader-f16) with prefill attention a row a workgroup
-OTHER_CHOICES = {"gemm_rows": 8, "gemm_cols": 8, "gemm_f16": 1, "prefill_attention": "rows"}
+# the presets proper (flash prefill attention, 64 x 64 tiles of the f16 GEMM variant where the adapter has
+# shader-f16), and the other choices: 128 x 128 tiles in f32 with prefill attention a row a workgroup
+OTHER_CHOICES = {"gemm_rows": 8, "gemm_cols": 8, "gemm_f16": 0, "prefill_attention": "rows"}
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "q8_0"])
@@ -42,6 +42,7 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     ids = list(range(300, 380))  # more than one split of 64 keys at decode
     with mdst.load(smollm2_path, device="gpu", kv_type=kv_type, context_length=256) as g:
         assert g.device_profile.presets.matmul == "tiled"
+        f16 = g.device_profile.presets.gemm_f16 and g.device_profile.shader_f16
         # one pass over ids (lavapipe's time goes by rows): a 70-row prefill (tiled matmuls), then one-row steps
         with g.session() as s:
             prefill = s.feed(ids[:70])
@@ -54,15 +55,17 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
     with mdst.load(smollm2_path, device="cpu", kv_type=kv_type, context_length=256) as c:
         ref = c.logits(ids)
         want = c.generate("The capital of France is", max_tokens=8)
-    assert rel_l2(prefill, ref[:70]) < (1e-3 if kv_type == "f32" else 2e-2)
-    assert rel_l2(steps, ref[70:]) < (1e-3 if kv_type == "f32" else 2e-2)
+    # the f16 GEMM (lavapipe has shader-f16) is held to issue 17's 1e-2, as is the q8_0 cache
+    tol = 1e-3 if kv_type == "f32" and not f16 else 2e-2 if kv_type == "q8_0" else 1e-2
+    assert rel_l2(prefill, ref[:70]) < tol
+    assert rel_l2(steps, ref[70:]) < tol
     assert text == want
 
 
 # gemv_threads=0: every GEMV of this small model computes gemv_rows rows a group of lanes (the presets
 # proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys
-# (the presets proper: two of 32); OTHER_CHOICES: 128 x 128 tiles of the f16 GEMM variant (where the adapter
-# has shader-f16) and prefill attention a row a workgroup
+# (the presets proper: two of 32); OTHER_CHOICES: 128 x 128 tiles of the f32 GEMM and prefill attention a row a
+# workgroup
 @pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}, {"attention_splits": 1}, OTHER_CHOICES],
                          indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):

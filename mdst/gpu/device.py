@@ -35,7 +35,7 @@ class Presets:
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
     gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
     gemm_f16: int = 0             # matmul_rows: 1 for the f16 variant (f16 products summed a step at a time
-                                  # into f32) where the adapter has shader-f16
+                                  # into f32) where the adapter has shader-f16; GPUs' default
     prefill_attention: str = "flash"  # many-row attention: "flash" (blocks of rows share each KV tile through
                                       # workgroup memory) or "rows" (a workgroup a row, as decode)
 
@@ -51,7 +51,7 @@ def presets_for(software: bool) -> Presets:
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
-                                                                 prefill_rows=512)
+                                                                 prefill_rows=512, gemm_f16=1)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
