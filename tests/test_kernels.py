@@ -327,10 +327,10 @@ def test_attention_rows(run, rng, gpu, window, softcap, temp, kv_type, hd, heads
 
 def test_flash_tiles_fit_workgroup_memory():
     """attention_rows' blocks: query vectors and keys a tile within its memory, heads dividing the group."""
-    assert flash_tiles(32, 8, 128) == (4, 4, 8)    # Qwen3 8B: 16 query vectors, 8 keys a tile
-    assert flash_tiles(4, 1, 256) == (4, 2, 4)       # Gemma 3 270M: 8 query vectors of 256
-    assert flash_tiles(9, 3, 64) == (3, 5, 8)        # SmolLM2 135M: 15 of 16 query vectors used
-    assert flash_tiles(6, 2, 300) == (3, 2, 3)
+    assert flash_tiles(32, 8, 128) == (4, 8, 16)   # Qwen3 8B: 32 query vectors of 4 threads, 16 keys a tile
+    assert flash_tiles(4, 1, 256) == (4, 4, 8)     # Gemma 3 270M: 16 query vectors of 256, 8 threads each
+    assert flash_tiles(9, 3, 64) == (3, 21, 16)    # SmolLM2 135M: 63 of 64 query vectors used
+    assert flash_tiles(6, 2, 300) == (3, 4, 6)     # 10 threads a vector, the last with 3 of its 8 fours
     with pytest.raises(ValueError, match="head_dim 516"):
         flash_tiles(4, 1, 516)
 

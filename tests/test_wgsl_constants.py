@@ -32,8 +32,8 @@ def test_python_values_are_the_wgsl_consts():
     assert (plan.ATTN_MAX_GW, plan.ATTN_QS, plan.ATTN_SCORES) == tuple(
         wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
     assert plan.MERGE_MAX_SPLITS == wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
-    assert (plan.FLASH_QMAX, plan.FLASH_KVMAX, plan.FLASH_NV) == tuple(
-        wgsl_const("attention_rows.wgsl", n) for n in ("QMAX", "KVMAX", "NV"))
+    assert (plan.FLASH_KVMAX, plan.FLASH_RED, plan.FLASH_NV) == tuple(
+        wgsl_const("attention_rows.wgsl", n) for n in ("KVMAX", "RED", "NV"))
     presets = dataclasses.make_dataclass("Presets", [("attention_split", int), ("attention_splits", int)])
     assert plan.attention_splits(100_000, presets(32, 0))[1] <= plan.MERGE_MAX_SPLITS   # no cap: the merge's
     assert plan.attention_splits(1000, presets(32, 64)) == (32, 32)

@@ -78,8 +78,8 @@ USES_KV = {"kv_store", "attention", "attention_rows", "rope_store"}  # kernels c
 ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
 ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
 MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
-FLASH_QMAX, FLASH_KVMAX, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("QMAX", "KVMAX", "NV"))
-FLASH_MAX_KEYS = 8  # attention_rows: keys a tile at most (more would leave fewer lanes a score)
+FLASH_KVMAX, FLASH_RED, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("KVMAX", "RED", "NV"))
+FLASH_MAX_KEYS = 16  # attention_rows: keys a tile at most
 
 
 def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int:
@@ -93,14 +93,15 @@ def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int
 
 
 def flash_tiles(heads: int, kv_heads: int, head_dim: int) -> tuple[int, int, int]:
-    """attention_rows' (query heads GW, rows BR, keys BC) a workgroup: the most query vectors its workgroup
-    memory holds, as many of one KV head's query heads as divide the group, and keys a tile so that every
-    (query vector, key) pair of a tile has a lane."""
+    """attention_rows' (query heads GW, rows BR, keys BC) a workgroup: a query vector takes the threads that hold
+    its dims (FLASH_NV fours each), the workgroup as many vectors as that leaves, of as many of one KV head's
+    query heads as divide the group, and a tile as many keys as its memory holds."""
     attention_group(heads, kv_heads, head_dim, 1)   # the head_dim check
-    keys = min(FLASH_MAX_KEYS, FLASH_KVMAX // head_dim)
-    vectors = min(FLASH_QMAX // head_dim, ATTN_WG // keys, ATTN_WG * FLASH_NV * 4 // head_dim)
+    threads = -(-head_dim // (4 * FLASH_NV))
+    vectors = ATTN_WG // threads
     group = heads // kv_heads
     gw = max(g for g in range(1, group + 1) if group % g == 0 and g <= vectors)
+    keys = min(FLASH_MAX_KEYS, FLASH_KVMAX // head_dim, FLASH_RED // ATTN_WG)
     return gw, vectors // gw, keys
 
 

@@ -1,21 +1,21 @@
 // Many-row attention (prefill) on GPUs as one flash-attention pass: causal GQA over a layer's KV cache
 // (read through kv/<format>.wgsl), optional window, softcap and temperature, as attention.wgsl computes
 // it, with no scores kept beyond one tile. A workgroup takes a block of QB = BR * GW query vectors: BR
-// rows of GW query heads that share one KV head. Keys go BC at a time through workgroup memory, so a
-// cached row is read once for all QB query vectors (attention.wgsl reads it once for each row):
+// rows of GW query heads that share one KV head. A query vector has TPQ = ceil(head_dim / (4 NV)) threads,
+// each holding NV fours of its dims (fours c = tq + TPQ j) in registers: the scaled query and the running
+// output. Keys go BC at a time through workgroup memory, so a cached row is read once for all QB vectors:
 //   1. the tile's K rows into workgroup memory;
-//   2. scores: LPS lanes a (query vector, key) pair, partial dots summed through workgroup memory;
-//      masked (past the row's position, before its window) to -inf;
-//   3. the tile's V rows into the same memory;
-//   4. values: thread (query vector, fours of dims) keeps the running max and sum of its query vector
-//      (each of its threads the same, computed from the tile's scores) and its dims' running output.
+//   2. each thread's partial dot (its dims) with every key of the tile into `red`;
+//   3. the tile's V rows into the same memory, while each thread sums its vector's TPQ partials per key
+//      (all of them get the same scores), masks them and moves its running max, rescaling its output;
+//   4. each thread adds the tile's weighted V dims it owns, and its vector's running sum.
 // Row r sits at position pos0 + r and attends to [pos - window + 1, pos] (window 0: [0, pos]), slot
 // position % ring. Dispatch: (heads / GW, ceil(rows / BR), 1).
 
 struct P {
     heads: u32,
     kv_heads: u32,
-    head_dim: u32,   // a multiple of 4; QB * head_dim <= QMAX, BC * head_dim <= KVMAX, head_dim / 4 <= 4 * (WG / QB)
+    head_dim: u32,   // a multiple of 4, at most 4 * NV * WG; BC * head_dim <= KVMAX; QB * TPQ <= WG
     ring: u32,
     window: u32,
     scale: f32,
@@ -31,21 +31,17 @@ struct P {
 
 override WG: u32 = 128u;
 override GW: u32 = 1u;    // query heads of one KV head a workgroup: divides heads / kv_heads
-override BR: u32 = 16u;   // rows a workgroup
-override BC: u32 = 8u;    // keys a tile
-override QB: u32 = BR * GW;        // query vectors a workgroup, at most WG
-override LPS: u32 = WG / (QB * BC); // lanes a score (at least 1)
-override TPQ: u32 = WG / QB;        // threads a query vector in step 4
+override BR: u32 = 8u;    // rows a workgroup
+override BC: u32 = 16u;   // keys a tile: BC * head_dim <= KVMAX, BC * WG <= RED
+override QB: u32 = BR * GW;   // query vectors a workgroup
 
-// Limits of workgroup memory, read by the host (plan.flash_tiles): 13 KiB in all at WG = 128.
-const QMAX: u32 = 2048u;    // query values a workgroup holds: QB * head_dim
-const KVMAX: u32 = 1024u;   // cached values a tile holds: BC * head_dim
-const NV: u32 = 4u;         // fours of dims a thread adds in step 4, at most
+// Limits of workgroup memory, read by the host (plan.flash_tiles): 16 KiB in all at WG = 128.
+const KVMAX: u32 = 2048u;   // cached values a tile holds: BC * head_dim
+const RED: u32 = 2048u;     // partial dots a tile holds: BC * WG
+const NV: u32 = 8u;         // fours of dims a thread holds
 
-var<workgroup> qs: array<vec4<f32>, QMAX / 4u>;   // [QB, head_dim / 4], scaled
 var<workgroup> kv: array<vec4<f32>, KVMAX / 4u>;  // [BC, head_dim / 4]: the tile's K, then its V
-var<workgroup> red: array<f32, WG>;               // lanes' partial scores
-var<workgroup> sc: array<f32, WG>;                // [QB, BC] the tile's scores (-inf where masked)
+var<workgroup> red: array<f32, RED>;              // [BC, WG]: thread i's partial dot with key t at t WG + i
 
 fn softcapped(s: f32) -> f32 {
     if (p.softcap > 0.0) {
@@ -69,48 +65,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (r0 >= n_rows) {
         return;
     }
-    let pos0 = step[STEP_POS0] + r0;
     let r_end = min(r0 + BR, n_rows);   // rows [r0, r_end) are real
-    let first = first_key(pos0);
+    let first = first_key(step[STEP_POS0] + r0);
     let last = step[STEP_POS0] + r_end - 1u;   // keys [first, last] cover every row of the block
     let h0 = wid.x * GW;
     let kb = (h0 / (p.heads / p.kv_heads)) * p.head_dim;   // the KV head's first value in a cached row
     let kv_dim = p.kv_heads * p.head_dim;
     let dv = p.head_dim / 4u;
-    // query vector i of the block: row r0 + i / GW, head h0 + i % GW
-    for (var e = lid; e < QB * dv; e += WG) {
-        let i = e / dv;
-        let r = r0 + i / GW;
-        var v = vec4<f32>(0.0);
-        if (r < r_end) {
-            let pos = step[STEP_POS0] + r;
-            let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
-            let qb = (r * p.heads + h0 + i % GW) * p.head_dim + 4u * (e % dv);
-            v = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
-        }
-        qs[e] = v;
-    }
-
-    // step 2: pair (query vector si, key sk), lane sl of LPS
-    let pair = lid / LPS;
-    let sl = lid % LPS;
-    let si = pair / BC;
-    let sk = pair % BC;
-    let s_pos = step[STEP_POS0] + r0 + si / GW;
-    let s_first = first_key(s_pos);
-    // step 4: query vector vi, dims 4 * (vc + TPQ * j) for j < NV
-    let vi = lid / TPQ;
-    let vc = lid % TPQ;
+    let tpq = (dv + NV - 1u) / NV;
+    // this thread: query vector qi (row r0 + qi / GW, head h0 + qi % GW), fours c<j> = tq + tpq j; fours past
+    // the head's are clamped to its last and their query values are zero, so they add nothing
+    let qi = lid / tpq;
+    let tq = lid % tpq;
+    let r = min(r0 + qi / GW, r_end - 1u);
+    let live = qi < QB && r0 + qi / GW < r_end;
+    let pos = step[STEP_POS0] + r;
+    let lo = first_key(pos);
+    let c0 = min(tq, dv - 1u);
+    let c1 = min(tq + tpq, dv - 1u);
+    let c2 = min(tq + 2u * tpq, dv - 1u);
+    let c3 = min(tq + 3u * tpq, dv - 1u);
+    let c4 = min(tq + 4u * tpq, dv - 1u);
+    let c5 = min(tq + 5u * tpq, dv - 1u);
+    let c6 = min(tq + 6u * tpq, dv - 1u);
+    let c7 = min(tq + 7u * tpq, dv - 1u);
+    let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
+    let qb = (r * p.heads + h0 + min(qi, QB - 1u) % GW) * p.head_dim;
+    // separate variables, not arrays: a loop-indexed array may live in slow memory
+    let q0 = query4(qb, tq, dv, live, qscale);
+    let q1 = query4(qb, tq + tpq, dv, live, qscale);
+    let q2 = query4(qb, tq + 2u * tpq, dv, live, qscale);
+    let q3 = query4(qb, tq + 3u * tpq, dv, live, qscale);
+    let q4 = query4(qb, tq + 4u * tpq, dv, live, qscale);
+    let q5 = query4(qb, tq + 5u * tpq, dv, live, qscale);
+    let q6 = query4(qb, tq + 6u * tpq, dv, live, qscale);
+    let q7 = query4(qb, tq + 7u * tpq, dv, live, qscale);
+    var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0); var acc6 = vec4<f32>(0.0); var acc7 = vec4<f32>(0.0);
     var m = -3.0e38;   // the query vector's running max and sum (the same in each of its threads)
     var l = 0.0;
-    var acc0 = vec4<f32>(0.0);   // separate variables: a loop-indexed array may live in slow memory
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let pv = qi * tpq;   // the vector's first thread: its partials are red[t WG + pv + u], u < tpq
     for (var t0 = first; t0 <= last; t0 += BC) {
         let n = min(BC, last + 1u - t0);   // keys in this tile
         // 1. K rows
-        workgroupBarrier();   // the previous tile's step 4 is done with kv and sc
+        workgroupBarrier();   // the previous tile's step 4 is done with kv and red
         for (var e = lid; e < BC * dv; e += WG) {
             let t = e / dv;
             var v = vec4<f32>(0.0);
@@ -120,31 +118,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             kv[e] = v;
         }
         workgroupBarrier();
-        // 2. scores
-        var s = 0.0;
-        if (pair < QB * BC) {
-            for (var c = sl; c < dv; c += LPS) {
-                s += dot(qs[si * dv + c], kv[sk * dv + c]);
-            }
-        }
-        if (LPS > 1u) {
-            red[lid] = s;
-            workgroupBarrier();
-            s = 0.0;
-            for (var j = 0u; j < LPS; j++) {
-                s += red[pair * LPS + j];
-            }
-        }
-        let key = t0 + sk;
-        if (pair < QB * BC && sl == 0u) {
-            var v = -3.0e38;
-            if (sk < n && key >= s_first && key <= s_pos) {
-                v = softcapped(s);
-            }
-            sc[pair] = v;
+        // 2. partial dots
+        for (var t = 0u; t < BC; t++) {
+            let b = t * dv;
+            red[t * WG + lid] = dot(q0, kv[b + c0]) + dot(q1, kv[b + c1]) + dot(q2, kv[b + c2]) + dot(q3, kv[b + c3])
+                              + dot(q4, kv[b + c4]) + dot(q5, kv[b + c5]) + dot(q6, kv[b + c6]) + dot(q7, kv[b + c7]);
         }
         workgroupBarrier();
-        // 3. V rows
+        // 3. V rows; the tile's max
         for (var e = lid; e < BC * dv; e += WG) {
             let t = e / dv;
             var v = vec4<f32>(0.0);
@@ -153,41 +134,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             kv[e] = v;
         }
+        var mt = m;
+        for (var t = 0u; t < n; t++) {
+            mt = max(mt, score(t, t0 + t, pv, tpq, lo, pos));
+        }
+        let alpha = exp(m - mt);
+        m = mt;
+        l *= alpha;
+        acc0 *= alpha; acc1 *= alpha; acc2 *= alpha; acc3 *= alpha;
+        acc4 *= alpha; acc5 *= alpha; acc6 *= alpha; acc7 *= alpha;
         workgroupBarrier();
         // 4. values
-        if (vi < QB) {
-            var mt = m;
-            for (var t = 0u; t < n; t++) {
-                mt = max(mt, sc[vi * BC + t]);
+        for (var t = 0u; t < n; t++) {
+            let st = score(t, t0 + t, pv, tpq, lo, pos);
+            var w = 0.0;
+            if (st > -1.0e38) {
+                w = exp(st - m);
             }
-            let alpha = exp(m - mt);
-            m = mt;
-            l *= alpha;
-            acc0 *= alpha;
-            acc1 *= alpha;
-            acc2 *= alpha;
-            acc3 *= alpha;
-            for (var t = 0u; t < n; t++) {
-                let st = sc[vi * BC + t];
-                var w = 0.0;
-                if (st > -1.0e38) {
-                    w = exp(st - mt);
-                }
-                l += w;
-                let b = t * dv + vc;
-                if (vc < dv) { acc0 += w * kv[b]; }
-                if (vc + TPQ < dv) { acc1 += w * kv[b + TPQ]; }
-                if (vc + 2u * TPQ < dv) { acc2 += w * kv[b + 2u * TPQ]; }
-                if (vc + 3u * TPQ < dv) { acc3 += w * kv[b + 3u * TPQ]; }
-            }
+            l += w;
+            let b = t * dv;
+            acc0 += w * kv[b + c0]; acc1 += w * kv[b + c1]; acc2 += w * kv[b + c2]; acc3 += w * kv[b + c3];
+            acc4 += w * kv[b + c4]; acc5 += w * kv[b + c5]; acc6 += w * kv[b + c6]; acc7 += w * kv[b + c7];
         }
     }
-    let r = r0 + vi / GW;
-    if (vi < QB && r < r_end) {
-        let ob = (r * p.heads + h0 + vi % GW) * p.head_dim;
-        let acc = array<vec4<f32>, NV>(acc0, acc1, acc2, acc3);
+    if (live) {
+        let ob = qb;
+        let acc = array<vec4<f32>, NV>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
         for (var j = 0u; j < NV; j++) {
-            let c = vc + j * TPQ;
+            let c = tq + j * tpq;
             if (c < dv) {
                 let o = acc[j] / l;
                 out[ob + 4u * c] = o.x;
@@ -197,4 +171,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
+}
+
+// Four of the query's values from four `c` of its head (zero past the head, or for a thread with no vector).
+fn query4(qb: u32, c: u32, dv: u32, live: bool, qscale: f32) -> vec4<f32> {
+    if (!live || c >= dv) {
+        return vec4<f32>(0.0);
+    }
+    let i = qb + 4u * c;
+    return vec4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]) * qscale;
+}
+
+// The score of tile key t (cache position `key`) for the vector whose partials start at red[pv]: -3e38 where
+// the row at `pos` does not attend to it.
+fn score(t: u32, key: u32, pv: u32, tpq: u32, lo: u32, pos: u32) -> f32 {
+    if (key < lo || key > pos) {
+        return -3.0e38;
+    }
+    var s = 0.0;
+    for (var u = 0u; u < tpq; u++) {
+        s += red[t * WG + pv + u];
+    }
+    return softcapped(s);
 }
