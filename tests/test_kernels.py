@@ -596,6 +596,95 @@ def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, co
         assert rel_l2(slots[held], want.reshape(rows, used, n_out)[held]) < 1e-5
 
 
+def lopsided_routes(rng, rows: int, experts: int, used: int) -> np.ndarray:
+    """Routes [rows, 2 used] on which expert 1 is every row's (in varying slots), the last expert no row's,
+    the rest random; weights positive, summing to 1."""
+    ids = np.stack([np.concatenate([[1], rng.permutation([e for e in range(experts - 1) if e != 1])[:used - 1]])
+                    for _ in range(rows)])
+    ids = np.take_along_axis(ids, rng.permuted(np.tile(np.arange(used), (rows, 1)), axis=1), axis=1)
+    w = rng.uniform(0.1, 1, (rows, used))
+    return np.concatenate([w / w.sum(axis=1, keepdims=True), ids], axis=1).astype(np.float32)
+
+
+# The expert matmul in the GPU kernels' EXPERTS modes: the generic step (F32, Q5_0) and types with steps of their own
+EXPERT_MODE_TYPES = ["F32", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("combine", [False, True])
+@pytest.mark.parametrize("wtype", EXPERT_MODE_TYPES)
+def test_matmul_row_experts(run, rng, wtype, combine):
+    """Decode: the GEMV on each slot's expert (the route in the residual's binding), slots in z or, combined,
+    summed in the kernel weighted by the router."""
+    experts, n_out, used, lanes, rows = 6, 37, 3, 16, 3
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
+    lead = weight_lead(wtype)
+    buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
+    routes = lopsided_routes(rng, 1, experts, used)
+    x = rng.standard_normal((1, used * k if combine else k)).astype(np.float32)
+    consts = {"TPR": lanes, "GPT": 4, "ROWS": rows, "WG": GEMV_WG, "EXPERTS": used, "X_SLOT": combine,
+              "COMBINE": combine}
+    out = n_out if combine else used * n_out
+    gx, gy, _ = gemv_groups(n_out, lanes, rows)
+    y = f32(run(KernelSpec("matmul_row", wtype, constants=tuple(sorted(consts.items()))),
+                [buf, x[0], Out((out + 3) * 4), routes[0], x[0]],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead, "eps": 0.0},
+                (gx, gy, 1 if combine else used))[0])
+    assert np.isnan(y[out:]).all()
+    assert rel_l2(y[:out], reference.expert_matmul(x, routes, w, n_out, combine)[0]) < 1e-5
+
+
+def test_expert_groups(run, rng):
+    """The (row, slot) entries grouped by expert: starts by count, each expert's entries those routed to it
+    (an expert with none, one with every row)."""
+    rows, experts, used = 75, 9, 4
+    routes = lopsided_routes(rng, rows, experts, used)
+    y = f32(run(KernelSpec("expert_groups"), [routes, Out((experts + 1 + rows * used + 2) * 4)],
+                {"n_expert": experts, "used": used, "rows": rows}, (1, 1, 1))[0])
+    ids = routes[:, used:].astype(int).ravel()
+    starts = y[:experts + 1].astype(int)
+    np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=experts))]))
+    assert starts[2] - starts[1] == rows and starts[-1] == starts[-2]
+    entries = y[experts + 1:experts + 1 + rows * used].astype(int)
+    for e in range(experts):
+        np.testing.assert_array_equal(np.sort(entries[starts[e]:starts[e + 1]]), np.flatnonzero(ids == e))
+    assert np.isnan(y[experts + 1 + rows * used:]).all()
+
+
+@pytest.mark.parametrize("x_slot", [False, True])
+@pytest.mark.parametrize("wtype,tc", [(w, 4) for w in EXPERT_MODE_TYPES] + [("Q4_K", 8)])
+def test_matmul_rows_experts(run, rng, wtype, tc, x_slot):
+    """Prefill: the tiled matmul over each expert's entries (shuffled within the expert: any order gives the same
+    numbers), a tile of an expert's weights read once for its rows; every row on one expert, one on none."""
+    rows, experts, n_out, used = 75, 6, 37, 3
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
+    lead = weight_lead(wtype)
+    buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
+    routes = lopsided_routes(rng, rows, experts, used)
+    ids = routes[:, used:].astype(int).ravel()
+    entries = [rng.permutation(np.flatnonzero(ids == e)) for e in range(experts)]
+    starts = np.concatenate([[0], np.cumsum([len(e) for e in entries])])
+    lists = np.concatenate([starts, *entries]).astype(np.float32)
+    x = rng.standard_normal((rows, used * k if x_slot else k)).astype(np.float32)
+    consts = (("EXPERTS", used), ("TC", tc), ("TR", 4), ("X_SLOT", x_slot))
+    y = f32(run(KernelSpec("matmul_rows", wtype, constants=consts), [buf, x, Out(rows * used * n_out * 4), lists],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "m": rows, "y_stride": n_out, "w0": lead},
+                (-(-n_out // (16 * tc)), -(-rows // 64), experts))[0]).reshape(rows, used * n_out)
+    assert rel_l2(y, reference.expert_matmul(x, routes, w, n_out, False)) < 1e-5
+
+
+def test_expert_combine(run, rng):
+    rows, n, used = 13, 37, 3
+    routes = lopsided_routes(rng, rows, 5, used)
+    t = rng.standard_normal((rows, used, n)).astype(np.float32)
+    y = f32(run(KernelSpec("expert_combine"), [t, routes, Out((rows * n + 3) * 4)], {"n": n, "used": used, "rows": rows},
+                (-(-rows * n // 64), 1, 1))[0])
+    assert np.isnan(y[rows * n:]).all()
+    want = (t * routes[:, :used, None]).sum(axis=1)
+    assert rel_l2(y[:rows * n].reshape(rows, n), want) < 1e-6
+
+
 def test_topk_skips_the_tokens_a_mask_forbids(run, rng):
     cols, col0, k = 5003, 700, 40   # the part's ids start inside a mask word; its end is mid-word
     vocab = col0 + cols + 45
