@@ -65,16 +65,21 @@ def test_quantized_gpu_fed_in_parts_matches_cpu_reference(tiny, load, cache_dir,
     assert rel < 1e-3
 
 
-def test_gpu_presets_match_the_reference(tiny, load, gpu_presets):
-    """The hardware adapters' kernels around the experts (tiled GEMM, cooperative GEMV) forced onto lavapipe."""
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gpu_presets_match_the_reference(tiny, load, gpu_presets, preset):
+    """The hardware adapters' kernels forced onto lavapipe: the experts through the GEMV (decode) and the tiled
+    GEMM over rows grouped by expert (prefill), in their EXPERTS modes."""
     import mdst
 
-    path, ids = tiny("lfm2moe-tiny", "Q4_K_M"), token_ids("lfm2moe-tiny")
+    path, ids = tiny(preset, "Q4_K_M"), token_ids(preset)
     with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
         assert g.device_profile.presets.matmul == "tiled"
         got = feed_in_parts(g, ids, list(CHUNKS))
+        experts = {(rows, d.spec.name) for (_, rows, _), plan in g.engine.plans.items() for d in plan.dispatches
+                   if "EXPERTS" in dict(d.spec.constants) or d.spec.name in ("expert_groups", "expert_combine")}
+    assert {(1, "matmul_row"), (8, "expert_groups"), (8, "matmul_rows"), (8, "expert_combine")} <= experts
     rel = rel_l2(got, load(path, "cpu").logits(ids))
-    report("lfm2moe-tiny Q4_K_M GPU presets on lavapipe, fed in parts, vs CPU reference", rel_l2=rel)
+    report(f"{preset} Q4_K_M GPU presets on lavapipe, fed in parts, vs CPU reference", rel_l2=rel)
     assert rel < 1e-3
 
 
