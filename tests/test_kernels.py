@@ -11,7 +11,7 @@ from mdst import reference
 from mdst.ir.ops import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import TYPE_STEPS, WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
-from mdst.dev.oracle import weight_lead
+from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
 from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, step_words
@@ -594,16 +594,6 @@ def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, co
         slots = y.reshape(rows, used, n_out)
         assert np.isnan(slots[~held]).all(), "a slot of another part's expert was written"
         assert rel_l2(slots[held], want.reshape(rows, used, n_out)[held]) < 1e-5
-
-
-def lopsided_routes(rng, rows: int, experts: int, used: int) -> np.ndarray:
-    """Routes [rows, 2 used] on which expert 1 is every row's (in varying slots), the last expert no row's,
-    the rest random; weights positive, summing to 1."""
-    ids = np.stack([np.concatenate([[1], rng.permutation([e for e in range(experts - 1) if e != 1])[:used - 1]])
-                    for _ in range(rows)])
-    ids = np.take_along_axis(ids, rng.permuted(np.tile(np.arange(used), (rows, 1)), axis=1), axis=1)
-    w = rng.uniform(0.1, 1, (rows, used))
-    return np.concatenate([w / w.sum(axis=1, keepdims=True), ids], axis=1).astype(np.float32)
 
 
 # The expert matmul in the GPU kernels' EXPERTS modes: the generic step (F32, Q5_0) and types with steps of their own

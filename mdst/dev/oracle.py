@@ -248,9 +248,34 @@ class CaseBuilder:
         params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5}
         return [buf, x, r, g], want, params, about
 
+    def _experts(self, spec: Any, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any], str]:
+        """An EXPERTS case of matmul_row or matmul_rows: the weight buffer (6 experts of 37 rows), x, the routes
+        (expert 1 on every row, expert 5 on none), the expected [rows, 3 slots x 37] or, with COMBINE, the slots'
+        weighted sum; the parameters and a description."""
+        from .. import reference
+        c = spec.constants_dict()
+        experts, n_out, used = 6, 37, int(c["EXPERTS"])
+        raw, w, row_bytes, src = self.weight(spec.wtype, experts * n_out, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        routes = lopsided_routes(self.rng, rows, experts, used)
+        x = self.normal(rows, used * k if c.get("X_SLOT") else k)
+        want = reference.expert_matmul(x, routes, w, n_out, bool(c.get("COMBINE", False)))
+        lead = weight_lead(spec.wtype)
+        return (np.concatenate([np.zeros(lead, np.uint8), raw]), x, routes, want,
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead},
+                f"{rows} rows through {used} of {experts} experts x {n_out} rows of {src} at byte {lead}")
+
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
         from ..compile.plan import gemv_groups
+        c = spec.constants_dict()
+        if c.get("EXPERTS"):
+            buf, x, routes, want, params, about = self._experts(spec, 1)
+            gx, gy, _ = gemv_groups(params["n"], int(c.get("TPR", 32)), int(c.get("ROWS", 1)))
+            want = np.concatenate([want[0], _poisoned((3,))])
+            return [Case(about + (", combined" if c.get("COMBINE") else ""), spec,
+                         [buf, x[0], Out(want.nbytes), routes[0], x[0]], {**params, "eps": 0.0},
+                         (gx, gy, 1 if c.get("COMBINE") else int(c["EXPERTS"])), [Expect("f32", _within(1e-5), want)])]
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, 1)
         params["o0"] = 0
         want = np.concatenate([want[0, 3:80], _poisoned((3,))])   # one row: y[0:77]
@@ -263,10 +288,20 @@ class CaseBuilder:
         from ..kernels.runner import Out
         from ..compile.plan import gemm_groups
         m = 45
+        c = spec.constants_dict()
+        if c.get("EXPERTS"):
+            buf, x, routes, want, params, about = self._experts(spec, m)
+            used, n = int(c["EXPERTS"]), params["n"]
+            ids = routes[:, used:].astype(int).ravel()
+            entries = [self.rng.permutation(np.flatnonzero(ids == e)) for e in range(6)]   # any order within an expert
+            lists = np.concatenate([np.cumsum([0] + [len(e) for e in entries]), *entries]).astype(np.float32)
+            tc = int(c.get("TC", 4))
+            return [Case(about + ", grouped by expert", spec, [buf, x, Out(want.nbytes), lists],
+                         {**params, "m": m, "y_stride": n}, (-(-n // (16 * tc)), -(-m // 64), 6),
+                         [Expect("f32", _within(1e-5), want)])]
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
         del params["eps"]
         params.update(m=m, y_stride=87)
-        c = spec.constants_dict()
         return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
                      gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
                      [Expect("f32", _within(1e-5), want)])]
@@ -620,6 +655,39 @@ class CaseBuilder:
                      {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": e0, "e1": experts, "used": used,
                       "x_slot": k if combine else 0, "x_stride": x.shape[1], "acc": 1},
                      (-(-n_out // 64), rows, 1 if combine else used), [Expect("f32", _within(1e-5), want)])]
+
+
+    def _expert_groups(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        # each expert on one entry at most: the order within an expert (atomics) cannot vary, so the lists are exact
+        experts, used = 11, 3
+        rows = experts // used
+        ids = self.rng.permutation(experts)[:rows * used].reshape(rows, used)
+        routes = np.concatenate([np.full((rows, used), 1 / used), ids], axis=1).astype(np.float32)
+        starts = np.cumsum([0] + [int((ids == e).sum()) for e in range(experts)])
+        want = np.concatenate([starts, np.argsort(ids.ravel(), kind="stable"), _poisoned((2,))]).astype(np.float32)
+        return [Case(f"{rows} rows of {used} distinct experts of {experts}", spec, [routes, Out(want.nbytes)],
+                     {"n_expert": experts, "used": used, "rows": rows}, (1, 1, 1), [Expect("f32", _exact(), want)])]
+
+    def _expert_combine(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        rows, n, used = 13, 37, 3
+        routes = lopsided_routes(self.rng, rows, 5, used)
+        t = self.normal(rows, used, n)
+        want = np.concatenate([(t * routes[:, :used, None]).sum(axis=1).ravel(), _poisoned((3,))])
+        return [Case(f"{rows} rows of {used} slots of {n}", spec, [t, routes, Out(want.nbytes)],
+                     {"n": n, "used": used, "rows": rows}, (-(-rows * n // 64), 1, 1),
+                     [Expect("f32", _within(1e-6), want)])]
+
+
+def lopsided_routes(rng: np.random.Generator, rows: int, experts: int, used: int) -> np.ndarray:
+    """Routes [rows, 2 used] (route.wgsl's layout) on which expert 1 is every row's, in varying slots, the last
+    expert no row's, the rest random; weights positive, summing to 1."""
+    ids = np.stack([np.concatenate([[1], rng.permutation([e for e in range(experts - 1) if e != 1])[:used - 1]])
+                    for _ in range(rows)])
+    ids = np.take_along_axis(ids, rng.permuted(np.tile(np.arange(used), (rows, 1)), axis=1), axis=1)
+    w = rng.uniform(0.1, 1, (rows, used))
+    return np.concatenate([w / w.sum(axis=1, keepdims=True), ids], axis=1).astype(np.float32)
 
 
 def weight_lead(wtype: str) -> int:
