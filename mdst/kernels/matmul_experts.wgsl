@@ -5,7 +5,8 @@
 // (other parts' dispatches write the rest). With COMBINE: Y[r, o] = sum over those slots of
 // w_rj (X_j[r] . W[e_rj, o]), added to Y with `acc` (parts after the first).
 // X_j[r] is X's row r (x_slot 0) or its columns [j k, (j + 1) k) (x_slot k). An invocation per output,
-// generic over the weight type (deq4).
+// generic over the weight type (deq4): CPU adapters' kernel, and GPUs' where an expert tensor is split across
+// bindings (GPUs otherwise take matmul_row's and matmul_rows' EXPERTS modes).
 // Dispatch: (ceil(n / WG), rows, COMBINE ? 1 : used).
 
 struct P {
