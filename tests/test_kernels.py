@@ -600,20 +600,27 @@ def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, co
 EXPERT_MODE_TYPES = ["F32", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
 
 
-@pytest.mark.parametrize("combine", [False, True])
+def gated_experts(x, routes, w, experts: int, n_out: int) -> np.ndarray:
+    """act(x through the gate experts) * (x through the up experts), w holding the gates then the ups."""
+    gate, up = (reference.expert_matmul(x, routes, m, n_out, False) for m in np.split(w, 2))
+    return reference.glu(gate, up, "silu")
+
+
+@pytest.mark.parametrize("mode", ["slots", "glu", "combine"])
 @pytest.mark.parametrize("wtype", EXPERT_MODE_TYPES)
-def test_matmul_row_experts(run, rng, wtype, combine):
-    """Decode: the GEMV on each slot's expert (the route in the residual's binding), slots in z or, combined,
-    summed in the kernel weighted by the router."""
+def test_matmul_row_experts(run, rng, wtype, mode):
+    """Decode: the GEMV on each slot's expert (the route in the residual's binding), slots in z (gated by the up
+    experts stored after all the gates, with GLU) or, combined, summed in the kernel weighted by the router."""
     experts, n_out, used, lanes, rows = 6, 37, 3, 16, 3
+    combine, glu = mode == "combine", mode == "glu"
     k = awkward_k(wtype)
-    raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
+    raw, w, row_bytes = weight(wtype, (1 + glu) * experts * n_out, k, rng)
     lead = weight_lead(wtype)
     buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
     routes = lopsided_routes(rng, 1, experts, used)
     x = rng.standard_normal((1, used * k if combine else k)).astype(np.float32)
     consts = {"TPR": lanes, "GPT": 4, "ROWS": rows, "WG": GEMV_WG, "EXPERTS": used, "X_SLOT": combine,
-              "COMBINE": combine}
+              "COMBINE": combine, **({"GLU": 1, "N_EXPERT": experts} if glu else {})}
     out = n_out if combine else used * n_out
     gx, gy, _ = gemv_groups(n_out, lanes, rows)
     y = f32(run(KernelSpec("matmul_row", wtype, constants=tuple(sorted(consts.items()))),
@@ -621,7 +628,24 @@ def test_matmul_row_experts(run, rng, wtype, combine):
                 {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead, "eps": 0.0},
                 (gx, gy, 1 if combine else used))[0])
     assert np.isnan(y[out:]).all()
-    assert rel_l2(y[:out], reference.expert_matmul(x, routes, w, n_out, combine)[0]) < 1e-5
+    want = gated_experts(x, routes, w, experts, n_out) if glu else reference.expert_matmul(x, routes, w, n_out, combine)
+    assert rel_l2(y[:out], want[0]) < 1e-5
+
+
+@pytest.mark.parametrize("wtype", ["Q5_0", "Q4_K"])
+def test_matmul_experts_gated(run, rng, wtype):
+    """CPU adapters' decode: an invocation per output computes the gate and the up experts' dots (ups after
+    all the gates)."""
+    experts, n_out, used, rows = 6, 37, 3, 2
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, 2 * experts * n_out, k, rng)
+    routes = lopsided_routes(rng, rows, experts, used)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    spec = KernelSpec("matmul_experts", wtype, constants=(("GLU", 1), ("N_EXPERT", experts)))
+    y = f32(run(spec, [raw, x, routes, Out(rows * used * n_out * 4)],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": 0, "e0": 0, "e1": experts, "used": used,
+                 "x_slot": 0, "x_stride": k, "acc": 0}, (-(-n_out // 64), rows, used))[0]).reshape(rows, -1)
+    assert rel_l2(y, gated_experts(x, routes, w, experts, n_out)) < 1e-5
 
 
 def test_expert_groups(run, rng):
@@ -642,10 +666,13 @@ def test_expert_groups(run, rng):
 
 
 @pytest.mark.parametrize("x_slot", [False, True])
-@pytest.mark.parametrize("wtype,tc", [(w, 4) for w in EXPERT_MODE_TYPES] + [("Q4_K", 8)])
-def test_matmul_rows_experts(run, rng, wtype, tc, x_slot):
+@pytest.mark.parametrize("wtype,tc,f16", [(w, 4, False) for w in EXPERT_MODE_TYPES] + [("Q4_K", 8, False), ("Q4_K", 4, True)])
+def test_matmul_rows_experts(run, rng, gpu, wtype, tc, f16, x_slot):
     """Prefill: the tiled matmul over each expert's entries (shuffled within the expert: any order gives the same
-    numbers), a tile of an expert's weights read once for its rows; every row on one expert, one on none."""
+    numbers), a tile of an expert's weights read once for its rows; every row on one expert, one on none; the f16
+    variant within 1e-2."""
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
     rows, experts, n_out, used = 75, 6, 37, 3
     k = awkward_k(wtype)
     raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
@@ -658,10 +685,10 @@ def test_matmul_rows_experts(run, rng, wtype, tc, x_slot):
     lists = np.concatenate([starts, *entries]).astype(np.float32)
     x = rng.standard_normal((rows, used * k if x_slot else k)).astype(np.float32)
     consts = (("EXPERTS", used), ("TC", tc), ("TR", 4), ("X_SLOT", x_slot))
-    y = f32(run(KernelSpec("matmul_rows", wtype, constants=consts), [buf, x, Out(rows * used * n_out * 4), lists],
+    y = f32(run(KernelSpec("matmul_rows", wtype, f16, constants=consts), [buf, x, Out(rows * used * n_out * 4), lists],
                 {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "m": rows, "y_stride": n_out, "w0": lead},
                 (-(-n_out // (16 * tc)), -(-rows // 64), experts))[0]).reshape(rows, used * n_out)
-    assert rel_l2(y, reference.expert_matmul(x, routes, w, n_out, False)) < 1e-5
+    assert rel_l2(y, reference.expert_matmul(x, routes, w, n_out, False)) < (1e-2 if f16 else 1e-5)
 
 
 def test_expert_combine(run, rng):

@@ -75,9 +75,13 @@ def test_gpu_presets_match_the_reference(tiny, load, gpu_presets, preset):
     with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
         assert g.device_profile.presets.matmul == "tiled"
         got = feed_in_parts(g, ids, list(CHUNKS))
-        experts = {(rows, d.spec.name) for (_, rows, _), plan in g.engine.plans.items() for d in plan.dispatches
+        experts = {(rows, d.spec.name, "GLU" in dict(d.spec.constants)) for (_, rows, _), plan in g.engine.plans.items()
+                   for d in plan.dispatches
                    if "EXPERTS" in dict(d.spec.constants) or d.spec.name in ("expert_groups", "expert_combine")}
-    assert {(1, "matmul_row"), (8, "expert_groups"), (8, "matmul_rows"), (8, "expert_combine")} <= experts
+    # decode: gate and up (stored as a pair) in one gated GEMV, then down; prefill: grouped, then combined
+    assert {(name, glu) for rows, name, glu in experts if rows == 1} == {("matmul_row", True), ("matmul_row", False)}
+    assert {(name, glu) for rows, name, glu in experts if rows > 1} == {
+        ("expert_groups", False), ("matmul_rows", False), ("expert_combine", False)}
     rel = rel_l2(got, load(path, "cpu").logits(ids))
     report(f"{preset} Q4_K_M GPU presets on lavapipe, fed in parts, vs CPU reference", rel_l2=rel)
     assert rel < 1e-3

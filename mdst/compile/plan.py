@@ -618,12 +618,13 @@ def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
 def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     """GPUs: the one-row matmul (decode) or the tiled one over the rows grouped by expert (prefill), each in its
     EXPERTS mode; CPU adapters and expert tensors split across bindings: an invocation per output, a dispatch per
-    part (layout.py splits on expert boundaries)."""
+    part (layout.py splits on expert boundaries). A fused `up` (one-row plans) is stored after the gates."""
     op: ExpertMatmul = node.op
     w = c.compiler.weights.matrix(op.weight)
     k = w.shape[0]
     cols = node.inputs[0].cols
     n_expert = sum(p.rows for p in w.parts) // op.n_out
+    glu = {"GLU": ACTIVATIONS[op.act], "N_EXPERT": n_expert} if op.up is not None else {}
     if c.presets.matmul == "by_output" or len(w.parts) > 1 or n_expert > GROUP_MAX_EXPERTS:
         for pi, p in enumerate(w.parts):
             e0 = p.row0 // op.n_out
@@ -632,7 +633,7 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
                       "x_stride": cols, "acc": int(pi > 0)}
             c.dispatch("matmul_experts", [c.weight(w.name, pi), x[0], x[1], y, None],
                        (ceil_div(op.n_out, 64), r, 1 if op.combine else op.k), params, label_of(node), w.type.name,
-                       COMBINE=op.combine)
+                       COMBINE=op.combine, **glu)
         return
     wbuf, w0 = c.weight(w.name, 0), w.parts[0].offset
     experts = {"EXPERTS": op.k, "X_SLOT": cols != k}
@@ -644,8 +645,10 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
         c.dispatch("matmul_row", [wbuf, x[0], y, x[1], x[0], None], (gx, gy, 1 if op.combine else op.k),
                    {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0}, label_of(node),
                    w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, COMBINE=op.combine,
-                   **experts)
+                   **experts, **glu)
         return
+    if glu:
+        raise RuntimeError("the many-row expert matmul does not gate")   # fusion.py fuses GLU in one-row plans only
     lists = c.live.take(-id(node), (n_expert + 1 + r * op.k) * 4)
     c.dispatch("expert_groups", [x[1], lists, None], (1, 1, 1), {"n_expert": n_expert, "used": op.k, "rows": r},
                label_of(node))

@@ -251,19 +251,33 @@ class CaseBuilder:
     def _experts(self, spec: Any, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any], str]:
         """An EXPERTS case of matmul_row or matmul_rows: the weight buffer (6 experts of 37 rows), x, the routes
         (expert 1 on every row, expert 5 on none), the expected [rows, 3 slots x 37] or, with COMBINE, the slots'
-        weighted sum; the parameters and a description."""
-        from .. import reference
+        weighted sum, or with GLU the gated slots; the parameters and a description."""
         c = spec.constants_dict()
         experts, n_out, used = 6, 37, int(c["EXPERTS"])
-        raw, w, row_bytes, src = self.weight(spec.wtype, experts * n_out, _awkward_k(spec.wtype))
-        k = w.shape[1]
-        routes = lopsided_routes(self.rng, rows, experts, used)
-        x = self.normal(rows, used * k if c.get("X_SLOT") else k)
-        want = reference.expert_matmul(x, routes, w, n_out, bool(c.get("COMBINE", False)))
+        x_slot = bool(c.get("X_SLOT"))
+        raw, w, row_bytes, src, x, routes, want = self._expert_data(spec, rows, experts, n_out, used, x_slot)
         lead = weight_lead(spec.wtype)
         return (np.concatenate([np.zeros(lead, np.uint8), raw]), x, routes, want,
-                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead},
+                {"k": w.shape[1], "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead},
                 f"{rows} rows through {used} of {experts} experts x {n_out} rows of {src} at byte {lead}")
+
+    def _expert_data(self, spec: Any, rows: int, experts: int, n_out: int, used: int, x_slot: bool
+                     ) -> tuple[np.ndarray, np.ndarray, int, str, np.ndarray, np.ndarray, np.ndarray]:
+        """Weights of `experts` matrices of n_out rows (and as many up matrices after them with GLU), x, routes
+        (expert 1 on every row, the last on none) and the expected output of spec's COMBINE or GLU."""
+        from .. import reference
+        c = spec.constants_dict()
+        glu = int(c.get("GLU", 0))
+        raw, w, row_bytes, src = self.weight(spec.wtype, (2 if glu else 1) * experts * n_out, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        routes = lopsided_routes(self.rng, rows, experts, used)
+        x = self.normal(rows, used * k if x_slot else k)
+        if glu:
+            gate, up = (reference.expert_matmul(x, routes, m, n_out, False) for m in np.split(w, 2))
+            want = reference.glu(gate, up, {1: "silu", 2: "gelu_tanh"}[glu])
+        else:
+            want = reference.expert_matmul(x, routes, w, n_out, bool(c.get("COMBINE", False)))
+        return raw, w, row_bytes, src, x, routes, want
 
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
@@ -631,8 +645,18 @@ class CaseBuilder:
     def _matmul_experts(self, spec: Any, uses: list[Any]) -> list[Case]:
         from .. import reference
         from ..kernels.runner import Out
-        combine = bool(spec.constants_dict().get("COMBINE", False))
-        experts, n_out, used, rows, e0 = 6, 37, 3, 5, 2
+        c = spec.constants_dict()
+        combine = bool(c.get("COMBINE", False))
+        experts, n_out, used, rows = 6, 37, 3, 5
+        if c.get("GLU"):   # a gated pair is stored whole: one part, from expert 0
+            raw, w, row_bytes, src, x, routes, want = self._expert_data(spec, rows, experts, n_out, used, False)
+            lead = weight_lead(spec.wtype)
+            return [Case(f"{experts} gate and up experts x {n_out} rows of {src} at byte {lead}, {used} a row", spec,
+                         [np.concatenate([np.zeros(lead, np.uint8), raw]), x, routes, Out(want.nbytes)],
+                         {"k": w.shape[1], "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": 0, "e1": experts,
+                          "used": used, "x_slot": 0, "x_stride": x.shape[1], "acc": 0},
+                         (-(-n_out // 64), rows, used), [Expect("f32", _within(1e-5), want)])]
+        e0 = 2
         raw, w, row_bytes, src = self.weight(spec.wtype, experts * n_out, _awkward_k(spec.wtype))
         k = w.shape[1]
         routes = reference.route(self._separated_logits(rows, experts), used, "softmax", True)

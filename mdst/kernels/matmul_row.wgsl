@@ -8,6 +8,7 @@
 // slot j multiplies x (or with X_SLOT x's j-th k values) by expert id_j's matrix. Without COMBINE the
 // slots are the dispatch's z and slot j writes y[o0 + j n ...]; with COMBINE each group loops over the
 // slots and writes their sum weighted by the route (no dispatch and no buffer for the slots' outputs).
+// With GLU the up matrices follow all N_EXPERT gate matrices: expert e's up matrix is matrix N_EXPERT + e.
 // A group of TPR threads (a power of two) computes ROWS neighbouring rows; a workgroup holds WG / TPR
 // groups. A row is cut into units (the weight type's step says how many weights a unit holds:
 // quant/<TYPE>.matmul_row.wgsl, or the generic quant/matmul_row.wgsl); thread t of a group takes
@@ -54,6 +55,7 @@ override XQ: u32 = 4096u;    // Q8: values of x quantized at a time (a multiple 
 override EXPERTS: u32 = 0u;  // slots a row (see the top); 0: one matrix
 override X_SLOT: bool = false;
 override COMBINE: bool = false;
+override N_EXPERT: u32 = 1u;   // GLU with EXPERTS: gate matrices before the first up matrix
 
 var<private> wb: u32;   // the byte where the matrix (the slot's expert's) starts
 var<private> xo: u32;   // x's first group (the slot's, with X_SLOT)
@@ -203,7 +205,7 @@ struct Acc {
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
     let xu = step_x(u);
-    let up = p.n * p.row_bytes;   // from a gate row to its up row
+    let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
     if (NORM && !Q8) {
         (*a).ss += xu.ss;
     }

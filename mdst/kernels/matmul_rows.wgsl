@@ -47,8 +47,6 @@ const STAGE: u32 = 2048u;   // floats of each operand staged at a time: 16 KiB i
 
 var<workgroup> xs: array<vec4<half>, STAGE / 4u>;  // [k][row / 4]: 4 rows a vec4
 var<workgroup> ws: array<vec4<half>, STAGE / 4u>;  // [k][output / 4]
-var<workgroup> span: vec2<u32>;   // EXPERTS: where the expert's entries start and end in the lists
-
 var<private> e0: u32;   // EXPERTS: where the expert's entries start in `res`
 
 // Tile row r's entry: r, or with EXPERTS the expert's r-th (row, slot).
@@ -67,16 +65,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var m = p.m;
     var wb = p.w0;
     if (EXPERTS > 0u) {
+        let start = u32(res[wid.z]);
+        m = u32(res[wid.z + 1u]) - start;
+        e0 = nwg.z + 1u + start;
+        wb += wid.z * p.n * p.row_bytes;
+        // a tile past the expert's entries returns, as one: whether it does goes through workgroup memory (the
+        // first staged vec4, before any staging: WebGPU's 16 KiB hold no other variable) to be uniform
         if (lid == 0u) {
-            span = vec2<u32>(u32(res[wid.z]), u32(res[wid.z + 1u]));
+            xs[0].x = select(half(0.0), half(1.0), r0 < m);
         }
-        let sp = workgroupUniformLoad(&span);
-        m = sp.y - sp.x;
-        if (r0 >= m) {
+        if (workgroupUniformLoad(&xs[0]).x == half(0.0)) {
             return;
         }
-        e0 = nwg.z + 1u + sp.x;
-        wb += wid.z * p.n * p.row_bytes;
+        workgroupBarrier();   // every thread has read it before the staging overwrites it
     }
     let tx = lid % 16u;
     let ty = lid / 16u;
