@@ -249,11 +249,11 @@ class CaseBuilder:
         return [buf, x, r, g], want, params, about
 
     def _experts(self, spec: Any, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any], str]:
-        """An EXPERTS case of matmul_row or matmul_rows: the weight buffer (6 experts of 37 rows), x, the routes
-        (expert 1 on every row, expert 5 on none), the expected [rows, 3 slots x 37] or, with COMBINE, the slots'
+        """An EXPERTS case of matmul_row or matmul_rows: the weight buffer (6 experts of 37 rows, or N_EXPERT), x,
+        the routes (expert 1 on every row, the last on none), the expected [rows, 3 slots x 37] or, with COMBINE, the slots'
         weighted sum, or with GLU the gated slots; the parameters and a description."""
         c = spec.constants_dict()
-        experts, n_out, used = 6, 37, int(c["EXPERTS"])
+        experts, n_out, used = int(c.get("N_EXPERT", 6)), 37, int(c["EXPERTS"])   # a gated spec fixes the experts
         x_slot = bool(c.get("X_SLOT"))
         raw, w, row_bytes, src, x, routes, want = self._expert_data(spec, rows, experts, n_out, used, x_slot)
         lead = weight_lead(spec.wtype)
@@ -647,7 +647,7 @@ class CaseBuilder:
         from ..kernels.runner import Out
         c = spec.constants_dict()
         combine = bool(c.get("COMBINE", False))
-        experts, n_out, used, rows = 6, 37, 3, 5
+        experts, n_out, used, rows = int(c.get("N_EXPERT", 6)), 37, 3, 5   # a gated spec fixes the experts
         if c.get("GLU"):   # a gated pair is stored whole: one part, from expert 0
             raw, w, row_bytes, src, x, routes, want = self._expert_data(spec, rows, experts, n_out, used, False)
             lead = weight_lead(spec.wtype)
