@@ -119,7 +119,7 @@ def main() -> None:
             blocks = ([tuple(map(int, b.split("x"))) for b in args.blocks.split(",")] if args.blocks
                       else [gemm_block(m, gpu.profile.presets)])
             f16s = [False, True] if args.f16 and gpu.profile.shader_f16 else [bool(gpu.profile.presets.gemm_f16 and gpu.profile.shader_f16)]
-            variants = [(KernelSpec("matmul_rows", wtype, f16, constants=(("TC", tc), ("TR", tr))),
+            variants = [(KernelSpec("matmul_rows", wtype, f16, constants=(("STEP_SUMS", f16), ("TC", tc), ("TR", tr))),
                          gemm_groups(n, m, tr, tc)) for tr, tc in blocks for f16 in f16s]
         for spec, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)

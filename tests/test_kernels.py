@@ -11,7 +11,7 @@ from mdst import reference
 from mdst.ir.ops import AttentionSpec, ConvSpec, RopeSpec
 from mdst.kernels import TYPE_STEPS, WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
-from mdst.dev.oracle import weight_lead
+from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
 from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, step_words
@@ -594,6 +594,112 @@ def test_matmul_experts_reads_the_chosen_experts_of_its_part(run, rng, wtype, co
         slots = y.reshape(rows, used, n_out)
         assert np.isnan(slots[~held]).all(), "a slot of another part's expert was written"
         assert rel_l2(slots[held], want.reshape(rows, used, n_out)[held]) < 1e-5
+
+
+# The expert matmul in the GPU kernels' EXPERTS modes: the generic step (F32, Q5_0) and types with steps of their own
+EXPERT_MODE_TYPES = ["F32", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+
+
+def gated_experts(x, routes, w, experts: int, n_out: int) -> np.ndarray:
+    """act(x through the gate experts) * (x through the up experts), w holding the gates then the ups."""
+    gate, up = (reference.expert_matmul(x, routes, m, n_out, False) for m in np.split(w, 2))
+    return reference.glu(gate, up, "silu")
+
+
+@pytest.mark.parametrize("mode", ["slots", "glu", "combine"])
+@pytest.mark.parametrize("wtype", EXPERT_MODE_TYPES)
+def test_matmul_row_experts(run, rng, wtype, mode):
+    """Decode: the GEMV on each slot's expert (the route in the residual's binding), slots in z (gated by the up
+    experts stored after all the gates, with GLU) or, combined, summed in the kernel weighted by the router."""
+    experts, n_out, used, lanes, rows = 6, 37, 3, 16, 3
+    combine, glu = mode == "combine", mode == "glu"
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, (1 + glu) * experts * n_out, k, rng)
+    lead = weight_lead(wtype)
+    buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
+    routes = lopsided_routes(rng, 1, experts, used)
+    x = rng.standard_normal((1, used * k if combine else k)).astype(np.float32)
+    consts = {"TPR": lanes, "GPT": 4, "ROWS": rows, "WG": GEMV_WG, "EXPERTS": used, "X_SLOT": combine,
+              "COMBINE": combine, **({"GLU": 1, "N_EXPERT": experts} if glu else {})}
+    out = n_out if combine else used * n_out
+    gx, gy, _ = gemv_groups(n_out, lanes, rows)
+    y = f32(run(KernelSpec("matmul_row", wtype, constants=tuple(sorted(consts.items()))),
+                [buf, x[0], Out((out + 3) * 4), routes[0], x[0]],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead, "eps": 0.0},
+                (gx, gy, 1 if combine else used))[0])
+    assert np.isnan(y[out:]).all()
+    want = gated_experts(x, routes, w, experts, n_out) if glu else reference.expert_matmul(x, routes, w, n_out, combine)
+    assert rel_l2(y[:out], want[0]) < 1e-5
+
+
+@pytest.mark.parametrize("wtype", ["Q5_0", "Q4_K"])
+def test_matmul_experts_gated(run, rng, wtype):
+    """CPU adapters' decode: an invocation per output computes the gate and the up experts' dots (ups after
+    all the gates)."""
+    experts, n_out, used, rows = 6, 37, 3, 2
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, 2 * experts * n_out, k, rng)
+    routes = lopsided_routes(rng, rows, experts, used)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    spec = KernelSpec("matmul_experts", wtype, constants=(("GLU", 1), ("N_EXPERT", experts)))
+    y = f32(run(spec, [raw, x, routes, Out(rows * used * n_out * 4)],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": 0, "e0": 0, "e1": experts, "used": used,
+                 "x_slot": 0, "x_stride": k, "acc": 0}, (-(-n_out // 64), rows, used))[0]).reshape(rows, -1)
+    assert rel_l2(y, gated_experts(x, routes, w, experts, n_out)) < 1e-5
+
+
+def test_expert_groups(run, rng):
+    """The (row, slot) entries grouped by expert: starts by count, each expert's entries those routed to it
+    (an expert with none, one with every row)."""
+    rows, experts, used = 75, 9, 4
+    routes = lopsided_routes(rng, rows, experts, used)
+    y = f32(run(KernelSpec("expert_groups"), [routes, Out((experts + 1 + rows * used + 2) * 4)],
+                {"n_expert": experts, "used": used, "rows": rows}, (1, 1, 1))[0])
+    ids = routes[:, used:].astype(int).ravel()
+    starts = y[:experts + 1].astype(int)
+    np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=experts))]))
+    assert starts[2] - starts[1] == rows and starts[-1] == starts[-2]
+    entries = y[experts + 1:experts + 1 + rows * used].astype(int)
+    for e in range(experts):
+        np.testing.assert_array_equal(np.sort(entries[starts[e]:starts[e + 1]]), np.flatnonzero(ids == e))
+    assert np.isnan(y[experts + 1 + rows * used:]).all()
+
+
+@pytest.mark.parametrize("x_slot", [False, True])
+@pytest.mark.parametrize("wtype,tc,f16", [(w, 4, False) for w in EXPERT_MODE_TYPES] + [("Q4_K", 8, False), ("Q4_K", 4, True)])
+def test_matmul_rows_experts(run, rng, gpu, wtype, tc, f16, x_slot):
+    """Prefill: the tiled matmul over each expert's entries (shuffled within the expert: any order gives the same
+    numbers), a tile of an expert's weights read once for its rows; every row on one expert, one on none; the f16
+    variant within 1e-2."""
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
+    rows, experts, n_out, used = 75, 6, 37, 3
+    k = awkward_k(wtype)
+    raw, w, row_bytes = weight(wtype, experts * n_out, k, rng)
+    lead = weight_lead(wtype)
+    buf = np.concatenate([rng.integers(0, 256, lead, dtype=np.uint8), raw])
+    routes = lopsided_routes(rng, rows, experts, used)
+    ids = routes[:, used:].astype(int).ravel()
+    entries = [rng.permutation(np.flatnonzero(ids == e)) for e in range(experts)]
+    starts = np.concatenate([[0], np.cumsum([len(e) for e in entries])])
+    lists = np.concatenate([starts, *entries]).astype(np.float32)
+    x = rng.standard_normal((rows, used * k if x_slot else k)).astype(np.float32)
+    consts = (("EXPERTS", used), ("STEP_SUMS", f16), ("TC", tc), ("TR", 4), ("X_SLOT", x_slot))
+    y = f32(run(KernelSpec("matmul_rows", wtype, f16, constants=consts), [buf, x, Out(rows * used * n_out * 4), lists],
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "m": rows, "y_stride": n_out, "w0": lead},
+                (-(-n_out // (16 * tc)), -(-rows // 64), experts))[0]).reshape(rows, used * n_out)
+    assert rel_l2(y, reference.expert_matmul(x, routes, w, n_out, False)) < (1e-2 if f16 else 1e-5)
+
+
+def test_expert_combine(run, rng):
+    rows, n, used = 13, 37, 3
+    routes = lopsided_routes(rng, rows, 5, used)
+    t = rng.standard_normal((rows, used, n)).astype(np.float32)
+    y = f32(run(KernelSpec("expert_combine"), [t, routes, Out((rows * n + 3) * 4)], {"n": n, "used": used, "rows": rows},
+                (-(-rows * n // 64), 1, 1))[0])
+    assert np.isnan(y[rows * n:]).all()
+    want = (t * routes[:, :used, None]).sum(axis=1)
+    assert rel_l2(y[:rows * n].reshape(rows, n), want) < 1e-6
 
 
 def test_topk_skips_the_tokens_a_mask_forbids(run, rng):

@@ -65,17 +65,27 @@ def test_quantized_gpu_fed_in_parts_matches_cpu_reference(tiny, load, cache_dir,
     assert rel < 1e-3
 
 
-def test_gpu_presets_match_the_reference(tiny, load, gpu_presets):
-    """The hardware adapters' kernels around the experts (tiled GEMM, cooperative GEMV) forced onto lavapipe."""
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gpu_presets_match_the_reference(tiny, load, gpu_presets, preset):
+    """The hardware adapters' kernels forced onto lavapipe: the experts through the GEMV (decode) and the tiled
+    GEMM over rows grouped by expert (prefill), in their EXPERTS modes."""
     import mdst
 
-    path, ids = tiny("lfm2moe-tiny", "Q4_K_M"), token_ids("lfm2moe-tiny")
+    path, ids = tiny(preset, "Q4_K_M"), token_ids(preset)
     with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
         assert g.device_profile.presets.matmul == "tiled"
+        f16 = g.device_profile.presets.gemm_f16 and g.device_profile.shader_f16   # lavapipe has shader-f16
         got = feed_in_parts(g, ids, list(CHUNKS))
+        experts = {(rows, d.spec.name, "GLU" in dict(d.spec.constants)) for (_, rows, _), plan in g.engine.plans.items()
+                   for d in plan.dispatches
+                   if "EXPERTS" in dict(d.spec.constants) or d.spec.name in ("expert_groups", "expert_combine")}
+    # decode: gate and up (stored as a pair) in one gated GEMV, then down; prefill: grouped, then combined
+    assert {(name, glu) for rows, name, glu in experts if rows == 1} == {("matmul_row", True), ("matmul_row", False)}
+    assert {(name, glu) for rows, name, glu in experts if rows > 1} == {
+        ("expert_groups", False), ("matmul_rows", False), ("expert_combine", False)}
     rel = rel_l2(got, load(path, "cpu").logits(ids))
-    report("lfm2moe-tiny Q4_K_M GPU presets on lavapipe, fed in parts, vs CPU reference", rel_l2=rel)
-    assert rel < 1e-3
+    report(f"{preset} Q4_K_M GPU presets on lavapipe, fed in parts, vs CPU reference", rel_l2=rel)
+    assert rel < (1e-2 if f16 else 1e-3)   # the f16 GEMM's bound (issue 17)
 
 
 def test_expert_tensors_split_on_expert_boundaries(tiny, load, gpu):

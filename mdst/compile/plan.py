@@ -39,12 +39,19 @@ GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per grou
 # unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
 GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
+GROUP_MAX_EXPERTS = wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")  # experts the grouping of rows takes
 
 
 def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int]:
     """matmul_rows' workgroup count over [m, n] with `tr` rows and `tc` outputs a thread (a tile of
     GEMM_TILE * tr / 4 rows by GEMM_TILE * tc / 4 outputs)."""
     return (ceil_div(n, GEMM_TILE * tc // 4), ceil_div(m, GEMM_TILE * tr // 4), 1)
+
+
+def gemm_f16(c: "Compilation") -> bool:
+    """Whether matmul_rows runs its f16 variant (step sums in f16, added into f32): the presets', where the adapter
+    has shader-f16."""
+    return bool(c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16)
 
 
 def gemm_block(rows: int, presets: Any) -> tuple[int, int]:
@@ -602,7 +609,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             del params["eps"]
             # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
             tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
-            f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16 and not op.q8
+            f16 = gemm_f16(c) and not op.q8
             c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r, tr, tc), params,
                        label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc, STEP_SUMS=f16, **q8)
 
@@ -616,19 +623,53 @@ def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
 
 
 def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
-    """One dispatch per part of the expert tensor (layout.py splits it on expert boundaries)."""
+    """GPUs: the one-row matmul (decode) or the tiled one over the rows grouped by expert (prefill), each in its
+    EXPERTS mode; CPU adapters and expert tensors split across bindings: an invocation per output, a dispatch per
+    part (layout.py splits on expert boundaries). A fused `up` (one-row plans) is stored after the gates."""
     op: ExpertMatmul = node.op
     w = c.compiler.weights.matrix(op.weight)
     k = w.shape[0]
     cols = node.inputs[0].cols
-    for pi, p in enumerate(w.parts):
-        e0 = p.row0 // op.n_out
-        params = {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "w0": p.offset, "e0": e0,
-                  "e1": e0 + p.rows // op.n_out, "used": op.k, "x_slot": 0 if cols == k else k, "x_stride": cols,
-                  "acc": int(pi > 0)}
-        c.dispatch("matmul_experts", [c.weight(w.name, pi), x[0], x[1], y, None],
-                   (ceil_div(op.n_out, 64), r, 1 if op.combine else op.k), params, label_of(node), w.type.name,
-                   COMBINE=op.combine)
+    n_expert = sum(p.rows for p in w.parts) // op.n_out
+    glu = {"GLU": ACTIVATIONS[op.act], "N_EXPERT": n_expert} if op.up is not None else {}
+    if c.presets.matmul == "by_output" or len(w.parts) > 1 or n_expert > GROUP_MAX_EXPERTS:
+        for pi, p in enumerate(w.parts):
+            e0 = p.row0 // op.n_out
+            params = {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "w0": p.offset, "e0": e0,
+                      "e1": e0 + p.rows // op.n_out, "used": op.k, "x_slot": 0 if cols == k else k,
+                      "x_stride": cols, "acc": int(pi > 0)}
+            c.dispatch("matmul_experts", [c.weight(w.name, pi), x[0], x[1], y, None],
+                       (ceil_div(op.n_out, 64), r, 1 if op.combine else op.k), params, label_of(node), w.type.name,
+                       COMBINE=op.combine, **glu)
+        return
+    wbuf, w0 = c.weight(w.name, 0), w.parts[0].offset
+    experts = {"EXPERTS": op.k, "X_SLOT": cols != k}
+    if r == 1:
+        lanes = gemv_lanes(k, w.type.name, c.presets)
+        rows = gemv_rows(op.n_out * (1 if op.combine else op.k), lanes, c.presets)
+        gx, gy, _ = gemv_groups(op.n_out, lanes, rows)
+        # the route in the residual's binding; x in the unread norm weight's
+        c.dispatch("matmul_row", [wbuf, x[0], y, x[1], x[0], None], (gx, gy, 1 if op.combine else op.k),
+                   {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0}, label_of(node),
+                   w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, COMBINE=op.combine,
+                   **experts, **glu)
+        return
+    if glu:
+        raise RuntimeError("the many-row expert matmul does not gate")   # fusion.py fuses GLU in one-row plans only
+    lists = c.live.take(-id(node), (n_expert + 1 + r * op.k) * 4)
+    c.dispatch("expert_groups", [x[1], lists, None], (1, 1, 1), {"n_expert": n_expert, "used": op.k, "rows": r},
+               label_of(node))
+    slots = c.live.take(-id(node) - 1, r * op.k * op.n_out * 4) if op.combine else y
+    tc = c.presets.gemm_cols   # 64-row tiles: an expert gets a fraction of the rows
+    c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None],
+               (ceil_div(op.n_out, GEMM_TILE * tc // 4), ceil_div(r, GEMM_TILE), n_expert),
+               {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "m": r, "y_stride": op.n_out, "w0": w0},
+               label_of(node), w.type.name, gemm_f16(c), TR=4, TC=tc, STEP_SUMS=gemm_f16(c), **experts)
+    c.live.free(-id(node))
+    if op.combine:
+        c.dispatch("expert_combine", [slots, x[1], y, None], grid1(ceil_div(r * op.n_out, 64)),
+                   {"n": op.n_out, "used": op.k, "rows": r}, label_of(node))
+        c.live.free(-id(node) - 1)
 
 
 LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {

@@ -248,9 +248,48 @@ class CaseBuilder:
         params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5}
         return [buf, x, r, g], want, params, about
 
+    def _experts(self, spec: Any, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any], str]:
+        """An EXPERTS case of matmul_row or matmul_rows: the weight buffer (6 experts of 37 rows, or N_EXPERT), x,
+        the routes (expert 1 on every row, the last on none), the expected [rows, 3 slots x 37] or, with COMBINE, the slots'
+        weighted sum, or with GLU the gated slots; the parameters and a description."""
+        c = spec.constants_dict()
+        experts, n_out, used = int(c.get("N_EXPERT", 6)), 37, int(c["EXPERTS"])   # a gated spec fixes the experts
+        x_slot = bool(c.get("X_SLOT"))
+        raw, w, row_bytes, src, x, routes, want = self._expert_data(spec, rows, experts, n_out, used, x_slot)
+        lead = weight_lead(spec.wtype)
+        return (np.concatenate([np.zeros(lead, np.uint8), raw]), x, routes, want,
+                {"k": w.shape[1], "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead},
+                f"{rows} rows through {used} of {experts} experts x {n_out} rows of {src} at byte {lead}")
+
+    def _expert_data(self, spec: Any, rows: int, experts: int, n_out: int, used: int, x_slot: bool
+                     ) -> tuple[np.ndarray, np.ndarray, int, str, np.ndarray, np.ndarray, np.ndarray]:
+        """Weights of `experts` matrices of n_out rows (and as many up matrices after them with GLU), x, routes
+        (expert 1 on every row, the last on none) and the expected output of spec's COMBINE or GLU."""
+        from .. import reference
+        c = spec.constants_dict()
+        glu = int(c.get("GLU", 0))
+        raw, w, row_bytes, src = self.weight(spec.wtype, (2 if glu else 1) * experts * n_out, _awkward_k(spec.wtype))
+        k = w.shape[1]
+        routes = lopsided_routes(self.rng, rows, experts, used)
+        x = self.normal(rows, used * k if x_slot else k)
+        if glu:
+            gate, up = (reference.expert_matmul(x, routes, m, n_out, False) for m in np.split(w, 2))
+            want = reference.glu(gate, up, {1: "silu", 2: "gelu_tanh"}[glu])
+        else:
+            want = reference.expert_matmul(x, routes, w, n_out, bool(c.get("COMBINE", False)))
+        return raw, w, row_bytes, src, x, routes, want
+
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
         from ..compile.plan import gemv_groups
+        c = spec.constants_dict()
+        if c.get("EXPERTS"):
+            buf, x, routes, want, params, about = self._experts(spec, 1)
+            gx, gy, _ = gemv_groups(params["n"], int(c.get("TPR", 32)), int(c.get("ROWS", 1)))
+            want = np.concatenate([want[0], _poisoned((3,))])
+            return [Case(about + (", combined" if c.get("COMBINE") else ""), spec,
+                         [buf, x[0], Out(want.nbytes), routes[0], x[0]], {**params, "eps": 0.0},
+                         (gx, gy, 1 if c.get("COMBINE") else int(c["EXPERTS"])), [Expect("f32", _within(1e-5), want)])]
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, 1)
         params["o0"] = 0
         want = np.concatenate([want[0, 3:80], _poisoned((3,))])   # one row: y[0:77]
@@ -263,10 +302,20 @@ class CaseBuilder:
         from ..kernels.runner import Out
         from ..compile.plan import gemm_groups
         m = 45
+        c = spec.constants_dict()
+        if c.get("EXPERTS"):
+            buf, x, routes, want, params, about = self._experts(spec, m)
+            used, n = int(c["EXPERTS"]), params["n"]
+            ids = routes[:, used:].astype(int).ravel()
+            entries = [self.rng.permutation(np.flatnonzero(ids == e)) for e in range(6)]   # any order within an expert
+            lists = np.concatenate([np.cumsum([0] + [len(e) for e in entries]), *entries]).astype(np.float32)
+            tc = int(c.get("TC", 4))
+            return [Case(about + ", grouped by expert", spec, [buf, x, Out(want.nbytes), lists],
+                         {**params, "m": m, "y_stride": n}, (-(-n // (16 * tc)), -(-m // 64), 6),
+                         [Expect("f32", _within(1e-5), want)])]
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
         del params["eps"]
         params.update(m=m, y_stride=87)
-        c = spec.constants_dict()
         return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
                      gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
                      [Expect("f32", _within(1e-5), want)])]
@@ -596,8 +645,18 @@ class CaseBuilder:
     def _matmul_experts(self, spec: Any, uses: list[Any]) -> list[Case]:
         from .. import reference
         from ..kernels.runner import Out
-        combine = bool(spec.constants_dict().get("COMBINE", False))
-        experts, n_out, used, rows, e0 = 6, 37, 3, 5, 2
+        c = spec.constants_dict()
+        combine = bool(c.get("COMBINE", False))
+        experts, n_out, used, rows = int(c.get("N_EXPERT", 6)), 37, 3, 5   # a gated spec fixes the experts
+        if c.get("GLU"):   # a gated pair is stored whole: one part, from expert 0
+            raw, w, row_bytes, src, x, routes, want = self._expert_data(spec, rows, experts, n_out, used, False)
+            lead = weight_lead(spec.wtype)
+            return [Case(f"{experts} gate and up experts x {n_out} rows of {src} at byte {lead}, {used} a row", spec,
+                         [np.concatenate([np.zeros(lead, np.uint8), raw]), x, routes, Out(want.nbytes)],
+                         {"k": w.shape[1], "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": 0, "e1": experts,
+                          "used": used, "x_slot": 0, "x_stride": x.shape[1], "acc": 0},
+                         (-(-n_out // 64), rows, used), [Expect("f32", _within(1e-5), want)])]
+        e0 = 2
         raw, w, row_bytes, src = self.weight(spec.wtype, experts * n_out, _awkward_k(spec.wtype))
         k = w.shape[1]
         routes = reference.route(self._separated_logits(rows, experts), used, "softmax", True)
@@ -620,6 +679,39 @@ class CaseBuilder:
                      {"k": k, "n": n_out, "row_bytes": row_bytes, "w0": lead, "e0": e0, "e1": experts, "used": used,
                       "x_slot": k if combine else 0, "x_stride": x.shape[1], "acc": 1},
                      (-(-n_out // 64), rows, 1 if combine else used), [Expect("f32", _within(1e-5), want)])]
+
+
+    def _expert_groups(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        # each expert on one entry at most: the order within an expert (atomics) cannot vary, so the lists are exact
+        experts, used = 11, 3
+        rows = experts // used
+        ids = self.rng.permutation(experts)[:rows * used].reshape(rows, used)
+        routes = np.concatenate([np.full((rows, used), 1 / used), ids], axis=1).astype(np.float32)
+        starts = np.cumsum([0] + [int((ids == e).sum()) for e in range(experts)])
+        want = np.concatenate([starts, np.argsort(ids.ravel(), kind="stable"), _poisoned((2,))]).astype(np.float32)
+        return [Case(f"{rows} rows of {used} distinct experts of {experts}", spec, [routes, Out(want.nbytes)],
+                     {"n_expert": experts, "used": used, "rows": rows}, (1, 1, 1), [Expect("f32", _exact(), want)])]
+
+    def _expert_combine(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        rows, n, used = 13, 37, 3
+        routes = lopsided_routes(self.rng, rows, 5, used)
+        t = self.normal(rows, used, n)
+        want = np.concatenate([(t * routes[:, :used, None]).sum(axis=1).ravel(), _poisoned((3,))])
+        return [Case(f"{rows} rows of {used} slots of {n}", spec, [t, routes, Out(want.nbytes)],
+                     {"n": n, "used": used, "rows": rows}, (-(-rows * n // 64), 1, 1),
+                     [Expect("f32", _within(1e-6), want)])]
+
+
+def lopsided_routes(rng: np.random.Generator, rows: int, experts: int, used: int) -> np.ndarray:
+    """Routes [rows, 2 used] (route.wgsl's layout) on which expert 1 is every row's, in varying slots, the last
+    expert no row's, the rest random; weights positive, summing to 1."""
+    ids = np.stack([np.concatenate([[1], rng.permutation([e for e in range(experts - 1) if e != 1])[:used - 1]])
+                    for _ in range(rows)])
+    ids = np.take_along_axis(ids, rng.permuted(np.tile(np.arange(used), (rows, 1)), axis=1), axis=1)
+    w = rng.uniform(0.1, 1, (rows, used))
+    return np.concatenate([w / w.sum(axis=1, keepdims=True), ids], axis=1).astype(np.float32)
 
 
 def weight_lead(wtype: str) -> int:
@@ -787,8 +879,11 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     (the other kernel presets) would run, so the browser checks every kernel a model can use."""
     from ..gpu.device import presets_for
 
+    import dataclasses
+
     c = engine.compiler
-    other = presets_for(software=not c.gpu.profile.software)
+    # f32 specializations only (the browser may lack shader-f16; the f16 GEMM has kernel tests of its own)
+    other = dataclasses.replace(presets_for(software=not c.gpu.profile.software), gemm_f16=0)
     specs: dict[Any, list[Any]] = {}
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
                                     ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits")]:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .graph import Graph, Node, Value
-from .ops import Add, Attention, Glu, Matmul, RmsNorm, Rope, RopeStore, View
+from .ops import Add, Attention, ExpertMatmul, Glu, Matmul, RmsNorm, Rope, RopeStore, View
 
 
 def uses(graph: Graph) -> Counter:
@@ -96,7 +96,9 @@ def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:
     for n in nodes:
         if isinstance(n.op, Glu):
             g, u = (prod[v.id] for v in n.inputs)
-            if isinstance(g.op, Matmul) and g.op.weight in paired and isinstance(u.op, Matmul) and g.op.q8 == u.op.q8:
+            both = ((isinstance(g.op, Matmul) and isinstance(u.op, Matmul) and g.op.q8 == u.op.q8)
+                    or (isinstance(g.op, ExpertMatmul) and isinstance(u.op, ExpertMatmul)))
+            if both and g.op.weight in paired:
                 drop |= {id(g), id(u)}
                 out.append(Node(replace(g.op, up=u.op.weight, act=n.op.act), g.inputs, n.out))
                 continue

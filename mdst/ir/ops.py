@@ -372,23 +372,29 @@ class ExpertMatmul(Op):
     """x [r, K or k * K] through the k experts the route (second input, `Route`'s output) picked for each
     row: `weight` holds n_expert matrices [n_out, K] one after another and only the chosen ones are read.
     Output [r, k * n_out] (slot j: expert j of the row, on x or x's j-th K columns), or with `combine`
-    the slots' sum weighted by the router's weights, [r, n_out]."""
+    the slots' sum weighted by the router's weights, [r, n_out]. With `up` (fusion.py; layout.py stores it
+    right after `weight`): act(x through weight) * (x through up), slot by slot."""
 
     name: ClassVar[str] = "expert_matmul"
     weight: str
     n_out: int
     k: int
     combine: bool = False
+    up: str | None = None
+    act: str | None = None
 
     @property
     def weights(self) -> tuple[str, ...]:
-        return (self.weight,)
+        return (self.weight,) if self.up is None else (self.weight, self.up)
 
     def shape(self, inputs: Sequence[Value]) -> Shape:
         return inputs[0].rows, self.n_out if self.combine else self.k * self.n_out
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        return reference.expert_matmul(x[0], x[1], step.weights[self.weight], self.n_out, self.combine)
+        y = reference.expert_matmul(x[0], x[1], step.weights[self.weight], self.n_out, self.combine)
+        if self.up is not None:
+            y = reference.glu(y, reference.expert_matmul(x[0], x[1], step.weights[self.up], self.n_out, False), self.act)
+        return y
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,11 @@
 // Without COMBINE: Y[r, j n + o] = X_j[r] . W[e_rj, o] for the slots j whose expert this part holds
 // (other parts' dispatches write the rest). With COMBINE: Y[r, o] = sum over those slots of
 // w_rj (X_j[r] . W[e_rj, o]), added to Y with `acc` (parts after the first).
+// With GLU (not with COMBINE): act(X_j[r] . W[e_rj, o]) * (X_j[r] . W[N_EXPERT + e_rj, o]), the up matrices
+// following all N_EXPERT gate matrices (layout.py stores them so; such a pair is never split into parts).
 // X_j[r] is X's row r (x_slot 0) or its columns [j k, (j + 1) k) (x_slot k). An invocation per output,
-// generic over the weight type (deq4).
+// generic over the weight type (deq4): CPU adapters' kernel, and GPUs' where an expert tensor is split across
+// bindings (GPUs otherwise take matmul_row's and matmul_rows' EXPERTS modes).
 // Dispatch: (ceil(n / WG), rows, COMBINE ? 1 : used).
 
 struct P {
@@ -28,6 +31,8 @@ struct P {
 
 override WG: u32 = 64u;
 override COMBINE: bool = false;
+override GLU: u32 = 0u;        // 0: none; else the activation (common.wgsl's activate)
+override N_EXPERT: u32 = 0u;
 
 // Row o of expert e (which this part holds) dotted with the k floats of X from float x0.
 fn expert_dot(e: u32, o: u32, x0: u32) -> f32 {
@@ -56,7 +61,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let j = wid.z;
         let e = u32(route[r0 + p.used + j]);
         if (e >= p.e0 && e < p.e1) {
-            y[(r * p.used + j) * p.n + o] = expert_dot(e, o, r * p.x_stride + j * p.x_slot);
+            let x0 = r * p.x_stride + j * p.x_slot;
+            var v = expert_dot(e, o, x0);
+            if (GLU != 0u) {
+                v = activate(GLU, v) * expert_dot(N_EXPERT + e, o, x0);
+            }
+            y[(r * p.used + j) * p.n + o] = v;
         }
         return;
     }

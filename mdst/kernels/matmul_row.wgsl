@@ -3,6 +3,12 @@
 //   NORM: x is first RMS-normalized and scaled by g (the RMSNorm before the matmul);
 //   GLU:  rows j (gate) and n + j (up) of the buffer give y = act(gate . x) * (up . x);
 //   RES:  y += res (the residual add after the matmul).
+// EXPERTS (mixture of experts, the decode step of ExpertMatmul): the buffer holds matrices of n rows one
+// after another, and `res` (binding 3) holds the route instead ([EXPERTS weights | EXPERTS ids], route.wgsl);
+// slot j multiplies x (or with X_SLOT x's j-th k values) by expert id_j's matrix. Without COMBINE the
+// slots are the dispatch's z and slot j writes y[o0 + j n ...]; with COMBINE each group loops over the
+// slots and writes their sum weighted by the route (no dispatch and no buffer for the slots' outputs).
+// With GLU the up matrices follow all N_EXPERT gate matrices: expert e's up matrix is matrix N_EXPERT + e.
 // A group of TPR threads (a power of two) computes ROWS neighbouring rows; a workgroup holds WG / TPR
 // groups. A row is cut into units (the weight type's step says how many weights a unit holds:
 // quant/<TYPE>.matmul_row.wgsl, or the generic quant/matmul_row.wgsl); thread t of a group takes
@@ -16,7 +22,8 @@
 // each), no dispatch of its own, and the steps read that copy: through xg (as floats), or as packed bytes for
 // dot4I8Packed where a type's step has an integer path (q8_word, q8_scale). With NORM, x's sum of squares
 // comes from the quantizing threads and is summed over the whole workgroup.
-// Dispatch: ceil(n / (ROWS * WG / TPR)) workgroups, spilling into y past 65535.
+// Dispatch: ceil(n / (ROWS * WG / TPR)) workgroups, spilling into y past 65535 (z: EXPERTS slots
+// without COMBINE).
 
 struct P {
     k: u32,          // weights per row; a multiple of 4
@@ -29,7 +36,7 @@ struct P {
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [o0 + n ...]
-@group(0) @binding(3) var<storage, read> res: array<f32>;       // like y: added with RES
+@group(0) @binding(3) var<storage, read> res: array<f32>;       // like y: added with RES; the route with EXPERTS
 @group(0) @binding(4) var<storage, read> g: array<vec4<f32>>;   // [k]: the norm's weight with NORM
 @group(0) @binding(5) var<uniform> p: P;
 
@@ -45,6 +52,13 @@ const MAX_ROWS: u32 = 8u;   // read by the host (plan.GEMV_MAX_ROWS)
 override UPI: u32 = 2u;   // units a thread takes per loop iteration (1, 2): more loads in flight
 override Q8: bool = false;   // x through its 8-bit round trip (see the top)
 override XQ: u32 = 4096u;    // Q8: values of x quantized at a time (a multiple of 256)
+override EXPERTS: u32 = 0u;  // slots a row (see the top); 0: one matrix
+override X_SLOT: bool = false;
+override COMBINE: bool = false;
+override N_EXPERT: u32 = 1u;   // GLU with EXPERTS: gate matrices before the first up matrix
+
+var<private> wb: u32;   // the byte where the matrix (the slot's expert's) starts
+var<private> xo: u32;   // x's first group (the slot's, with X_SLOT)
 
 // Partial sums, in slots of WG vec4s: rows 0..3 of a group (and 4..7 with ROWS > 4), then the up
 // rows' (GLU), then x's sum of squares (NORM) in x.
@@ -65,9 +79,9 @@ var<private> xq0: u32;
 // x's group G of 4 values, scaled by the norm weight with NORM.
 fn xn(G: u32) -> vec4<f32> {
     if (NORM) {
-        return x[G] * g[G];
+        return x[xo + G] * g[G];
     }
-    return x[G];
+    return x[xo + G];
 }
 
 // For the steps: xn(G), or with Q8 its 8-bit round trip (sq(G) below: its sum of squares, unused with Q8).
@@ -132,7 +146,7 @@ fn pack_i8(v: vec4<f32>) -> u32 {
 }
 
 fn sq(G: u32) -> f32 {
-    return dot(x[G], x[G]);
+    return dot(x[xo + G], x[xo + G]);
 }
 
 // For the steps: the 4 bytes of v (each below 256) as floats, byte i in component i. Built from
@@ -161,7 +175,7 @@ fn hsum(v: vec4<f32>) -> f32 {
 // The byte where row r of the group starting at row j0 starts: rows past the part's end repeat its last
 // row (read, never stored), so a group has no branch per row.
 fn row_at(j0: u32, r: u32) -> u32 {
-    return p.w0 + min(j0 + r, p.n - 1u) * p.row_bytes;
+    return wb + min(j0 + r, p.n - 1u) * p.row_bytes;
 }
 
 // Unit u of rows r0 .. r0 + 3 of the group (those below ROWS), `off` bytes on (the up rows' offset).
@@ -191,7 +205,7 @@ struct Acc {
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
     let xu = step_x(u);
-    let up = p.n * p.row_bytes;   // from a gate row to its up row
+    let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
     if (NORM && !Q8) {
         (*a).ss += xu.ss;
     }
@@ -223,24 +237,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var a: Acc;
     let nu = (p.k + UNIT - 1u) / UNIT;   // the step's units in a row
     let cu = select(nu, XQ / UNIT, Q8);  // units a chunk of x (Q8), else all
-    for (var u0 = 0u; u0 < nu; u0 += cu) {
-        let u1 = min(u0 + cu, nu);
-        if (Q8) {
-            workgroupBarrier();   // every thread is done with the previous chunk
-            xq0 = u0 * (UNIT / 4u);
-            a.ss += quantize_chunk(lid, (u1 - u0) * (UNIT / 4u));
-            workgroupBarrier();
+    var o0 = p.o0;
+    var wd = vec4<f32>(0.0);   // COMBINE: the slots' weighted sums of rows 0..3 (and 4..7)
+    var wd2 = vec4<f32>(0.0);
+    for (var s = 0u; s < select(1u, EXPERTS, COMBINE); s++) {
+        wb = p.w0;
+        xo = 0u;
+        if (EXPERTS > 0u) {
+            let j = select(wid.z, s, COMBINE);
+            wb += u32(res[EXPERTS + j]) * p.n * p.row_bytes;
+            xo = select(0u, j * (p.k / 4u), X_SLOT);
+            o0 += select(j * p.n, 0u, COMBINE);
         }
-        var u = u0 + t;
-        if (UPI > 1u) {
-            for (; u + TPR < u1; u += 2u * TPR) {
+        for (var u0 = 0u; u0 < nu; u0 += cu) {
+            let u1 = min(u0 + cu, nu);
+            if (Q8) {
+                workgroupBarrier();   // every thread is done with the previous chunk
+                xq0 = u0 * (UNIT / 4u);
+                a.ss += quantize_chunk(lid, (u1 - u0) * (UNIT / 4u));
+                workgroupBarrier();
+            }
+            var u = u0 + t;
+            if (UPI > 1u) {
+                for (; u + TPR < u1; u += 2u * TPR) {
+                    unit_acc(&a, j0, u);
+                    unit_acc(&a, j0, u + TPR);
+                }
+            }
+            for (; u < u1; u += TPR) {
                 unit_acc(&a, j0, u);
-                unit_acc(&a, j0, u + TPR);
             }
         }
-        for (; u < u1; u += TPR) {
-            unit_acc(&a, j0, u);
+        if (COMBINE) {
+            wd += res[s] * a.d;
+            wd2 += res[s] * a.d2;
+            a.d = vec4<f32>(0.0);
+            a.d2 = vec4<f32>(0.0);
         }
+    }
+    if (COMBINE) {
+        a.d = wd;
+        a.d2 = wd2;
     }
     red[RED_D * WG + lid] = a.d;
     if (ROWS > 4u) {
@@ -302,8 +339,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             v = activate(GLU, v) * w;
         }
         if (RES) {
-            v += res[p.o0 + j];
+            v += res[o0 + j];
         }
-        y[p.o0 + j] = v;
+        y[o0 + j] = v;
     }
 }

@@ -9,7 +9,13 @@
 // f32 accumulators; the f32 variant computes the same in f32.
 // Q8: each row's 32 staged values of X (one block) go through their 8-bit round trip
 // (reference.q8_round_trip) in workgroup memory first; the host builds it with TK = 32, f32 (TR = TC = 4).
-// Dispatch: (ceil(n / (16 TC)), ceil(m / (16 TR))).
+// EXPERTS (mixture of experts, the many-row ExpertMatmul, grouped): the buffer holds n_expert matrices of n
+// rows one after another, the dispatch's z is the expert, and `res` (binding 3) holds expert_groups.wgsl's
+// lists instead: [n_expert + 1 starts | the (row, slot) entries r EXPERTS + j, grouped by expert], as
+// floats. Workgroup (x, y, e) computes tile y of expert e's entries, reading its weights once for them:
+// X's row r (or with X_SLOT row r EXPERTS + j of X as [m EXPERTS, k]) in, Y's row r EXPERTS + j out.
+// Tiles past an expert's entries return at once (the host cannot size the dispatch per expert).
+// Dispatch: (ceil(n / (16 TC)), ceil(m / (16 TR)), EXPERTS ? n_expert : 1).
 
 struct P {
     k: u32,          // weights per row; a multiple of 4
@@ -23,7 +29,7 @@ struct P {
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [m, k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [m, y_stride]
-@group(0) @binding(3) var<storage, read> res: array<f32>;       // [m, y_stride]: added with RES
+@group(0) @binding(3) var<storage, read> res: array<f32>;       // [m, y_stride]: added with RES; EXPERTS: the lists
 @group(0) @binding(4) var<uniform> p: P;
 
 override RES: bool = false;
@@ -34,17 +40,46 @@ override COLS_T: u32 = 16u * TC;   // outputs a tile
 override TK: u32 = STAGE / max(ROWS_T, COLS_T);   // k a step: each operand's stage holds STAGE floats
 override Q8: bool = false;
 override STEP_SUMS: bool = false;   // the f16 variant: sum a step in half, then add it in f32
+override EXPERTS: u32 = 0u;     // slots a row (see the top); 0: one matrix
+override X_SLOT: bool = false;
 
 const TILE: u32 = 64u;      // rows and outputs a tile at TR = TC = 4 (the host's gemm_groups scales it)
 const STAGE: u32 = 2048u;   // floats of each operand staged at a time: 16 KiB in all
 
 var<workgroup> xs: array<vec4<half>, STAGE / 4u>;  // [k][row / 4]: 4 rows a vec4
 var<workgroup> ws: array<vec4<half>, STAGE / 4u>;  // [k][output / 4]
+var<private> e0: u32;   // EXPERTS: where the expert's entries start in `res`
+
+// Tile row r's entry: r, or with EXPERTS the expert's r-th (row, slot).
+fn entry(r: u32) -> u32 {
+    if (EXPERTS > 0u) {
+        return u32(res[e0 + r]);
+    }
+    return r;
+}
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
     let j0 = wid.x * COLS_T;
     let r0 = wid.y * ROWS_T;
+    var m = p.m;
+    var wb = p.w0;
+    if (EXPERTS > 0u) {
+        let start = u32(res[wid.z]);
+        m = u32(res[wid.z + 1u]) - start;
+        e0 = nwg.z + 1u + start;
+        wb += wid.z * p.n * p.row_bytes;
+        // a tile past the expert's entries returns, as one: whether it does goes through workgroup memory (the
+        // first staged vec4, before any staging: WebGPU's 16 KiB hold no other variable) to be uniform
+        if (lid == 0u) {
+            xs[0].x = select(half(0.0), half(1.0), r0 < m);
+        }
+        if (workgroupUniformLoad(&xs[0]).x == half(0.0)) {
+            return;
+        }
+        workgroupBarrier();   // every thread has read it before the staging overwrites it
+    }
     let tx = lid % 16u;
     let ty = lid / 16u;
     let kg = p.k / 4u;
@@ -71,8 +106,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let G = k0 / 4u + q;
             if (row < ROWS_T) {
                 var xv = vec4<f32>(0.0);
-                if (r0 + row < p.m && G < kg) {
-                    xv = x[(r0 + row) * kg + G];
+                if (r0 + row < m && G < kg) {
+                    let xr = entry(r0 + row);
+                    xv = x[select(xr, xr / max(EXPERTS, 1u), EXPERTS > 0u && !X_SLOT) * kg + G];
                 }
                 for (var c = 0u; c < 4u; c++) {
                     xs[(4u * q + c) * (ROWS_T / 4u) + row / 4u][row % 4u] = half(xv[c]);
@@ -81,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (row < COLS_T) {
                 var wv = vec4<f32>(0.0);
                 if (j0 + row < p.n && G < kg) {
-                    wv = deq4(p.w0 + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
+                    wv = deq4(wb + (j0 + row) * p.row_bytes + (G / gpb) * QB, G % gpb);
                 }
                 for (var c = 0u; c < 4u; c++) {
                     ws[(4u * q + c) * (COLS_T / 4u) + row / 4u][row % 4u] = half(wv[c]);
@@ -158,8 +194,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let v4 = acc[8u * b + 4u * a + i];
                 for (var c = 0u; c < 4u; c++) {
                     let j = j0 + 4u * tx + 64u * b + c;
-                    if (r < p.m && j < p.n) {
-                        let at = r * p.y_stride + p.o0 + j;
+                    if (r < m && j < p.n) {
+                        let at = entry(r) * p.y_stride + p.o0 + j;
                         var v = v4[c];
                         if (RES) {
                             v += res[at];

@@ -19,14 +19,21 @@ from typing import Any
 
 from ..errors import UnsupportedModelError
 from ..ir.fusion import plain_matmul, uses
-from ..ir.graph import Graph
-from ..ir.ops import Glu
+from ..ir.graph import Graph, Node
+from ..ir.ops import ExpertMatmul, Glu
 
 PAGE_SLOTS = 2   # slot buffers paged parts take turns in
 
 
+def glu_operand(n: Node) -> bool:
+    """Whether n can be the gate or the up matmul of a stored pair: a plain matmul, or an expert matmul whose
+    slots stay apart."""
+    return plain_matmul(n) or (isinstance(n.op, ExpertMatmul) and not n.op.combine and n.op.up is None)
+
+
 def glu_pairs(graph: Graph, tensors: dict[str, Any]) -> list[tuple[str, str]]:
-    """(gate, up) weight names whose matmuls feed only a GLU, from the same input, of the same type and shape."""
+    """(gate, up) weight names whose matmuls (both plain, or both through experts) feed only a GLU, from the
+    same inputs, of the same type and shape."""
     producer = {n.out.id: n for n in graph.nodes}
     count = uses(graph)
     pairs = []
@@ -34,9 +41,9 @@ def glu_pairs(graph: Graph, tensors: dict[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(n.op, Glu):
             continue
         g, u = (producer.get(v.id) for v in n.inputs)
-        if not (g and u and plain_matmul(g) and plain_matmul(u)):
+        if not (g and u and glu_operand(g) and glu_operand(u) and type(g.op) is type(u.op)):
             continue
-        if g.inputs[0].id != u.inputs[0].id or count[g.out.id] != 1 or count[u.out.id] != 1:
+        if [v.id for v in g.inputs] != [v.id for v in u.inputs] or count[g.out.id] != 1 or count[u.out.id] != 1:
             continue
         tg, tu = tensors[g.weights[0]], tensors[u.weights[0]]
         if tg.type == tu.type and tg.shape == tu.shape:
