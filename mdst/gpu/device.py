@@ -27,6 +27,7 @@ class Presets:
     attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
     attention_splits: int = 0     # at most this many splits (longer ones where the cache is longer; 0: no cap)
+    attention_threads: int = 128  # one-row attention on GPUs (attention_decode): threads a workgroup
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
@@ -49,7 +50,7 @@ def presets_for(software: bool) -> Presets:
     splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
-    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 8, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
                                                                  prefill_rows=512)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
@@ -59,8 +60,9 @@ def with_overrides(base: Presets, text: str) -> Presets:
     """`base` with the `name=value,...` overrides of `text` (the MDST_PRESETS format)."""
     import dataclasses
 
-    allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
+    allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256, 512, 1024),
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "attention_splits": (0, 16, 32, 64, 128, 256),
+               "attention_threads": (64, 128, 256),
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),

@@ -47,13 +47,6 @@ var<workgroup> kv: array<vec4<f32>, KVMAX / 4u>;  // [BC, head_dim / 4]: the til
 var<workgroup> red: array<f32, WG>;               // lanes' partial scores
 var<workgroup> sc: array<f32, WG>;                // [QB, BC] the tile's scores (-inf where masked)
 
-fn softcapped(s: f32) -> f32 {
-    if (p.softcap > 0.0) {
-        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-    }
-    return s;
-}
-
 // The first key row `pos` attends to.
 fn first_key(pos: u32) -> u32 {
     if (p.window > 0u && pos + 1u > p.window) {
@@ -139,7 +132,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (pair < QB * BC && sl == 0u) {
             var v = -3.0e38;
             if (sk < n && key >= s_first && key <= s_pos) {
-                v = softcapped(s);
+                v = softcapped(s, p.softcap);
             }
             sc[pair] = v;
         }
