@@ -60,9 +60,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
 
 
 # gemv_threads=0: every GEMV of this small model computes gemv_rows rows a group of lanes (the presets
-# proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys
-# (the presets proper: two of 32); OTHER_CHOICES: 128 x 128 tiles of the f16 GEMM variant (where the adapter
-# has shader-f16) and prefill attention a row a workgroup
+# proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys, which
+# writes the output itself (the presets proper: two of 32 and the merge); OTHER_CHOICES: 128 x 128 tiles of the
+# f16 GEMM variant (where the adapter has shader-f16) and prefill attention a row a workgroup
 @pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}, {"attention_splits": 1}, OTHER_CHOICES],
                          indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):

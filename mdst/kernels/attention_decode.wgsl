@@ -99,6 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 
     var s: array<f32, MAX_GW>;
+    var vr: array<vec4<f32>, HELD>;   // the key's V fours j (zero past the head: adds nothing)
     var w: array<f32, MAX_GW>;
     var a: array<f32, MAX_GW>;
     let iters = (n + KG - 1u) / KG;   // the same for every lane: the loop holds a barrier
@@ -113,6 +114,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let i = lane + LPK * j;
                 if (i < dv) {
                     let k = k_get4(row, kb + 4u * i, kv_dim);
+                    vr[j] = v_get4(row, kb + 4u * i, kv_dim);   // loaded with K: one wait on memory a key
                     for (var g = 0u; g < GW; g++) {
                         s[g] += dot(qr[g * F + j], k);
                     }
@@ -138,12 +140,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 m[g] = mn;
             }
             for (var j = 0u; j < F; j++) {
-                let i = lane + LPK * j;
-                if (i < dv) {
-                    let v = v_get4(row, kb + 4u * i, kv_dim);
-                    for (var g = 0u; g < GW; g++) {
-                        acc[g * F + j] = acc[g * F + j] * a[g] + w[g] * v;
-                    }
+                for (var g = 0u; g < GW; g++) {
+                    acc[g * F + j] = acc[g * F + j] * a[g] + w[g] * vr[j];
                 }
             }
         }
