@@ -133,3 +133,20 @@ def test_gpu_presets_with_q8_activations_match_the_reference(gpu_presets, tmp_pa
         ref = c.logits(ids)
     got = np.concatenate([prefill, steps])
     assert rel_l2(got, ref) < 5e-2 and agreement(got, ref) >= 0.9
+
+
+@pytest.mark.parametrize("preset", ["gemma3-tiny", "ministral3-tiny"])
+def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_path, preset):
+    # attention_decode inside models: Gemma 3's sliding-window layers (a ring of 8, decoded well past it, next
+    # to global layers) and Mistral 3's attention temperature (steps every 8 positions), against the numpy path
+    from mdst.dev import synth
+
+    path = str(synth.write(tmp_path / "m.gguf", preset, types="F32"))
+    ids = list(range(20, 44))
+    with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g, g.session() as s:
+        s.feed(ids[:4])
+        steps = np.concatenate([s.feed([t]) for t in ids[4:]])
+        assert "attention_decode" in {d.spec.name for d in g.engine.plan("all", 1, "logits").dispatches}
+    with mdst.load(path, device="cpu", context_length=64) as c:
+        ref = c.logits(ids)
+    assert rel_l2(steps, ref[4:]) < 1e-4

@@ -24,8 +24,9 @@ class Presets:
     """Kernel choices that depend on the kind of adapter."""
 
     matmul: str = "tiled"         # "tiled": workgroup-memory tiles and cooperative GEMV; "by_output": lanes take outputs
-    attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
-    attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
+    attention_split: int = 0      # one-row attention: least keys a workgroup (attention_decode), merged after
+                                  # (0: attention.wgsl, a workgroup a row and head group)
+    attention_lanes: int = 1      # lanes taking each key together (1, 2, 4, ... 64), in either kernel
     attention_splits: int = 0     # at most this many splits (longer ones where the cache is longer; 0: no cap)
     attention_threads: int = 128  # one-row attention on GPUs (attention_decode): threads a workgroup
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
@@ -47,7 +48,8 @@ PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": ov
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
-    splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
+    splits, which beat 64 and 256 at 8k and 32k positions with the kernel before attention_decode; RESULTS;
+    8 lanes a key: a 128-dim head is four fours a lane, which leaves registers for four query heads), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 8, attention_splits=128, gemv_lanes=64,
