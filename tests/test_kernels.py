@@ -398,15 +398,17 @@ def test_shortconv(run, rng, pos0):
     np.testing.assert_allclose(f32(new_state).reshape(kernel - 1, ch), want_state, rtol=1e-6)
 
 
-@pytest.mark.parametrize("window,softcap,temp,kv_type,lanes,threads,hd,heads,kvh,split,one", [
-    (0, 0.0, 0.0, "f32", 8, 128, 96, 6, 2, 16, False),    # three fours a lane, some splits empty
-    (9, 0.0, 0.0, "f32", 1, 128, 96, 6, 2, 16, False),    # window wrapping the ring; one lane raised to two
-    (0, 30.0, 0.3, "f16", 4, 64, 64, 16, 2, 64, False),   # four heads a workgroup, several keys a key group
-    (9, 0.0, 0.0, "q8_0", 16, 256, 96, 6, 2, 16, True),   # one split: the output itself, no merge
-    (0, 0.0, 0.0, "q8_0", 32, 128, 288, 6, 2, 32, False),
-    (0, 0.0, 0.3, "f32", 64, 128, 36, 5, 5, 16, True),    # more lanes than a head's fours, no grouping
-    (5, 30.0, 0.0, "f16", 8, 128, 256, 4, 1, 16, False)])  # Gemma-like: two heads a workgroup of four
-def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, threads, hd, heads, kvh, split, one):
+@pytest.mark.parametrize("window,softcap,temp,kv_type,lanes,threads,per,hd,heads,kvh,split,one", [
+    (0, 0.0, 0.0, "f32", 8, 128, 1, 96, 6, 2, 16, False),    # three fours a lane, some splits empty
+    (9, 0.0, 0.0, "f32", 1, 128, 2, 96, 6, 2, 16, False),    # window wrapping the ring; one lane raised to two
+    (0, 30.0, 0.3, "f16", 4, 64, 1, 64, 16, 2, 64, False),   # four heads a workgroup, several keys a key group
+    (9, 0.0, 0.0, "q8_0", 16, 256, 1, 96, 6, 2, 16, True),   # one split: the output itself, no merge
+    (0, 0.0, 0.0, "q8_0", 32, 128, 4, 288, 6, 2, 32, False),
+    (0, 0.0, 0.3, "f32", 64, 128, 2, 36, 5, 5, 16, True),    # more lanes than a head's fours, no grouping
+    (5, 30.0, 0.0, "f16", 8, 128, 1, 256, 4, 1, 16, False),  # Gemma-like: two heads a workgroup of four
+    (0, 0.0, 0.0, "f32", 4, 64, 4, 128, 8, 2, 16, True)])    # four keys a lane group an iteration, some past n
+def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, threads, per, hd, heads, kvh, split,
+                          one):
     """Decode attention as GPUs run it (the plan's constants for these presets), in splits merged after or in one."""
     from mdst.compile.plan import decode_attention
     from mdst.gpu.device import presets_for
@@ -414,7 +416,7 @@ def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, 
     rows, n_rows, pos0 = 2, 1, 100
     ring = 137 if not window else window + rows - 1
     pre = dataclasses.replace(presets_for(software=False), attention_lanes=lanes, attention_threads=threads,
-                              attention_split=split)
+                              attention_keys=per, attention_split=split)
     consts, _ = decode_attention(heads, kvh, hd, ring, pre)
     splits = 1 if one else -(-ring // split) + 2  # more than needed: the extra ones are empty
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
@@ -452,11 +454,14 @@ def test_decode_attention_fits_registers_and_workgroup_memory():
 
     pre = dataclasses.replace(presets_for(software=False), attention_lanes=8, attention_threads=128,
                               attention_split=32, attention_splits=128)
-    assert decode_attention(32, 8, 128, 8192, pre) == ({"WG": 128, "LPK": 8, "F": 4, "GW": 4, "SPLIT": 32}, 128)
-    assert decode_attention(4, 1, 256, 1024, pre) == ({"WG": 128, "LPK": 8, "F": 8, "GW": 2, "SPLIT": 32}, 32)
+    assert decode_attention(32, 8, 128, 8192, pre) == ({"WG": 128, "LPK": 8, "F": 4, "GW": 4, "U": 1, "SPLIT": 32},
+                                                       128)
+    assert decode_attention(4, 1, 256, 1024, pre) == ({"WG": 128, "LPK": 8, "F": 8, "GW": 2, "U": 1, "SPLIT": 32}, 32)
+    assert decode_attention(32, 8, 128, 8192, dataclasses.replace(pre, attention_keys=4))[0]["GW"] == 2   # memory
     assert decode_attention(9, 3, 64, 100, pre)[0]["GW"] == 3
     one = dataclasses.replace(pre, attention_lanes=1, attention_threads=256)
-    assert decode_attention(64, 4, 128, 64, one) == ({"WG": 256, "LPK": 2, "F": 16, "GW": 1, "SPLIT": 32}, 2)
+    assert decode_attention(64, 4, 128, 64, one) == ({"WG": 256, "LPK": 2, "F": 16, "GW": 1, "U": 1, "SPLIT": 32},
+                                                     2)
     assert decode_attention(64, 4, 64, 64, dataclasses.replace(one, attention_lanes=16))[0]["GW"] == 4  # memory
     with pytest.raises(ValueError, match="head_dim 130"):
         decode_attention(4, 1, 130, 64, pre)

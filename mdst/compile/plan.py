@@ -78,7 +78,8 @@ USES_KV = {"kv_store", "attention", "attention_decode", "attention_rows", "rope_
 ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
 ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
 MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
-DECODE_HELD, DECODE_MAX_GW, DECODE_MERGE = (wgsl_const("attention_decode.wgsl", n) for n in ("HELD", "MAX_GW", "MERGE"))
+DECODE_HELD, DECODE_MAX_GW, DECODE_MAX_U, DECODE_MERGE = (wgsl_const("attention_decode.wgsl", n)
+                                                          for n in ("HELD", "MAX_GW", "MAX_U", "MERGE"))
 WORKGROUP_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize, which every adapter offers
 FLASH_QMAX, FLASH_KVMAX, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("QMAX", "KVMAX", "NV"))
 FLASH_MAX_KEYS = 8  # attention_rows: keys a tile at most (more would leave fewer lanes a score)
@@ -116,11 +117,14 @@ def attention_splits(keys: int, presets: Any) -> tuple[int, int]:
 
 def decode_attention(heads: int, kv_heads: int, head_dim: int, keys: int, presets: Any) -> tuple[dict[str, int], int]:
     """attention_decode's override constants and splits over a cache of `keys` positions: `attention_lanes`
-    lanes a key (more where a lane would hold more of a head than its registers take), as many of a KV head's
-    query heads a workgroup as its registers and workgroup memory hold, `attention_threads` threads."""
+    lanes a key (more where a lane would hold more of a head than its registers take), `attention_keys` keys a
+    lane group an iteration, as many of a KV head's query heads a workgroup as its registers and workgroup
+    memory hold, `attention_threads` threads."""
     if head_dim % 4:
         raise ValueError(f"attention head_dim {head_dim} is not supported: it must be a multiple of 4")
-    threads, fours = presets.attention_threads, head_dim // 4
+    threads, per, fours = presets.attention_threads, presets.attention_keys, head_dim // 4
+    if per > DECODE_MAX_U:
+        raise ValueError(f"attention_keys {per} is more than attention_decode's most, {DECODE_MAX_U}")
     lanes = presets.attention_lanes
     while ceil_div(fours, lanes) > DECODE_HELD:
         lanes *= 2
@@ -129,10 +133,13 @@ def decode_attention(heads: int, kv_heads: int, head_dim: int, keys: int, preset
                          f"{4 * DECODE_HELD * threads}")
     held = ceil_div(fours, lanes)
     group = heads // kv_heads
-    fits = min(DECODE_MAX_GW, DECODE_HELD // held, (WORKGROUP_BYTES - 16 * DECODE_MERGE) // (8 * threads))
+    fits = min(DECODE_MAX_GW, DECODE_HELD // held, (WORKGROUP_BYTES - 16 * DECODE_MERGE) // (8 * per * threads))
+    if fits < 1:
+        raise ValueError(f"attention_keys={per} with attention_threads={threads} needs more workgroup memory "
+                         f"than {WORKGROUP_BYTES} bytes: take fewer of either")
     gw = max(g for g in range(1, group + 1) if group % g == 0 and g <= fits)
     split, splits = attention_splits(keys, presets)
-    return {"WG": threads, "LPK": lanes, "F": held, "GW": gw, "SPLIT": split}, splits
+    return {"WG": threads, "LPK": lanes, "F": held, "GW": gw, "U": per, "SPLIT": split}, splits
 
 
 ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}

@@ -29,6 +29,7 @@ class Presets:
     attention_lanes: int = 1      # lanes taking each key together (1, 2, 4, ... 64), in either kernel
     attention_splits: int = 0     # at most this many splits (longer ones where the cache is longer; 0: no cap)
     attention_threads: int = 128  # one-row attention on GPUs (attention_decode): threads a workgroup
+    attention_keys: int = 1       # attention_decode: keys a lane group takes between two barriers
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
@@ -64,7 +65,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
 
     allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256, 512, 1024),
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "attention_splits": (0, 16, 32, 64, 128, 256),
-               "attention_threads": (64, 128, 256),
+               "attention_threads": (64, 128, 256), "attention_keys": (1, 2, 4),
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),

@@ -3,10 +3,10 @@
 // position % ring through kv/<format>.wgsl. Workgroup (head group, row, z) computes GW query heads of one KV
 // head (each cached row read once for them) over the z-th range of those keys: the nwg.z ranges share the
 // keys, at least SPLIT each (reference.split_keys).
-// The workgroup is WG / LPK key groups of LPK lanes. A key group takes whole keys, one an iteration, and keeps
+// The workgroup is WG / LPK key groups of LPK lanes. A key group takes whole keys, U an iteration, and keeps
 // its own online softmax: lane `lane` holds the query's and the output's fours lane, lane + LPK, ... (F of
-// them, in registers), so a key's K and V rows are read by the group's lanes side by side. The one exchange
-// in the loop is the key's score: each lane's part of the dot product goes through workgroup memory (two
+// them, in registers), so a key's K and V rows are read by the group's lanes side by side, K and V loaded
+// together (one wait on memory an iteration). The one exchange in the loop is the keys' scores: each lane's part of the dot product goes through workgroup memory (two
 // buffers taken in turn, so one barrier an iteration) and every lane of the group sums the LPK parts. After
 // the loop the key groups' (max, sum, output) are merged once.
 // One range (nwg.z = 1) writes the normalized output; several write each head's partial (max, sum,
@@ -35,14 +35,17 @@ override SPLIT: u32 = 32u;  // least keys a range
 override LPK: u32 = 8u;     // lanes a key: a power of two dividing WG
 override F: u32 = 4u;       // fours of a head a lane holds: ceil(head_dim / 4 / LPK)
 override GW: u32 = 1u;      // query heads a workgroup: divides heads / kv_heads; GW * F <= HELD
+override U: u32 = 1u;       // keys a key group takes an iteration, at most MAX_U: more in flight a barrier
 override KG: u32 = WG / LPK;
 
 // Limits read by the host (plan.decode_attention): registers a lane holds, workgroup memory.
 const HELD: u32 = 16u;      // fours of queries (and as many of outputs) a lane holds: GW * F
 const MAX_GW: u32 = 8u;
+const MAX_U: u32 = 4u;
 const MERGE: u32 = 256u;    // fours of the key groups' outputs merged at a time
 
-var<workgroup> red: array<f32, 2u * GW * WG>;   // lanes' partial scores [buffer, head, lane]; then (max, sum)
+var<workgroup> red: array<f32, 2u * U * GW * WG>;   // lanes' partial scores [buffer, key, head, lane]; then
+                                                    // the groups' (max, sum)
 var<workgroup> mb: array<vec4<f32>, MERGE>;     // [key group, four] a chunk of the key groups' outputs
 
 fn put4(i: u32, v: vec4<f32>) {
@@ -98,50 +101,54 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 
-    var s: array<f32, MAX_GW>;
-    var vr: array<vec4<f32>, HELD>;   // the key's V fours j (zero past the head: adds nothing)
-    var w: array<f32, MAX_GW>;
-    var a: array<f32, MAX_GW>;
-    let iters = (n + KG - 1u) / KG;   // the same for every lane: the loop holds a barrier
+    var s: array<f32, MAX_U * MAX_GW>;       // [key, head]
+    var vr: array<vec4<f32>, MAX_U * HELD>;  // [key, j]: the keys' V fours (zero past the head: adds nothing)
+    let iters = (n + U * KG - 1u) / (U * KG);   // the same for every lane: the loop holds a barrier
     for (var it = 0u; it < iters; it++) {
-        let t = it * KG + kg;
-        let row = (first + t) % p.ring;
-        for (var g = 0u; g < GW; g++) {
-            s[g] = 0.0;   // assigned, not declared here: a declaration in a loop may be zeroed once only
-        }
-        if (t < n) {
-            for (var j = 0u; j < F; j++) {
-                let i = lane + LPK * j;
-                if (i < dv) {
-                    let k = k_get4(row, kb + 4u * i, kv_dim);
-                    vr[j] = v_get4(row, kb + 4u * i, kv_dim);   // loaded with K: one wait on memory a key
-                    for (var g = 0u; g < GW; g++) {
-                        s[g] += dot(qr[g * F + j], k);
+        let buf = (it % 2u) * U * GW * WG;
+        for (var e = 0u; e < U; e++) {
+            let t = (it * U + e) * KG + kg;
+            let row = (first + t) % p.ring;
+            for (var g = 0u; g < GW; g++) {
+                s[e * GW + g] = 0.0;   // assigned, not declared here: a declaration in a loop may be zeroed once only
+            }
+            if (t < n) {
+                for (var j = 0u; j < F; j++) {
+                    let i = lane + LPK * j;
+                    if (i < dv) {
+                        let k = k_get4(row, kb + 4u * i, kv_dim);
+                        vr[e * F + j] = v_get4(row, kb + 4u * i, kv_dim);
+                        for (var g = 0u; g < GW; g++) {
+                            s[e * GW + g] += dot(qr[g * F + j], k);
+                        }
                     }
                 }
             }
-        }
-        let buf = (it % 2u) * GW * WG;
-        for (var g = 0u; g < GW; g++) {
-            red[buf + g * WG + lid] = s[g];
+            for (var g = 0u; g < GW; g++) {
+                red[buf + (e * GW + g) * WG + lid] = s[e * GW + g];
+            }
         }
         workgroupBarrier();   // the other buffer's readers are past it: they wrote this iteration first
-        if (t < n) {
-            for (var g = 0u; g < GW; g++) {
-                var sc = 0.0;
-                for (var u = 0u; u < LPK; u++) {
-                    sc += red[buf + g * WG + kg * LPK + u];
-                }
-                sc = softcapped(sc, p.softcap);
-                let mn = max(m[g], sc);
-                a[g] = exp(m[g] - mn);
-                w[g] = exp(sc - mn);
-                l[g] = l[g] * a[g] + w[g];
-                m[g] = mn;
-            }
-            for (var j = 0u; j < F; j++) {
+        for (var e = 0u; e < U; e++) {
+            if ((it * U + e) * KG + kg < n) {
+                var a: array<f32, MAX_GW>;   // the factor the group's old sums take
+                var w: array<f32, MAX_GW>;   // the key's weight
                 for (var g = 0u; g < GW; g++) {
-                    acc[g * F + j] = acc[g * F + j] * a[g] + w[g] * vr[j];
+                    var sc = 0.0;
+                    for (var u = 0u; u < LPK; u++) {
+                        sc += red[buf + (e * GW + g) * WG + kg * LPK + u];
+                    }
+                    sc = softcapped(sc, p.softcap);
+                    let mn = max(m[g], sc);
+                    a[g] = exp(m[g] - mn);
+                    w[g] = exp(sc - mn);
+                    l[g] = l[g] * a[g] + w[g];
+                    m[g] = mn;
+                }
+                for (var j = 0u; j < F; j++) {
+                    for (var g = 0u; g < GW; g++) {
+                        acc[g * F + j] = acc[g * F + j] * a[g] + w[g] * vr[e * F + j];
+                    }
                 }
             }
         }
