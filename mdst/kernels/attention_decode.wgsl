@@ -3,12 +3,13 @@
 // position % ring through kv/<format>.wgsl. Workgroup (head group, row, z) computes GW query heads of one KV
 // head (each cached row read once for them) over the z-th range of those keys: the nwg.z ranges share the
 // keys, at least SPLIT each (reference.split_keys).
-// The workgroup is WG / LPK key groups of LPK lanes. A key group takes whole keys, U an iteration, and keeps
-// its own online softmax: lane `lane` holds the query's and the output's fours lane, lane + LPK, ... (F of
-// them, in registers), so a key's K and V rows are read by the group's lanes side by side, K and V loaded
-// together (one wait on memory an iteration). The one exchange in the loop is the keys' scores: each lane's part of the dot product goes through workgroup memory (two
-// buffers taken in turn, so one barrier an iteration) and every lane of the group sums the LPK parts. After
-// the loop the key groups' (max, sum, output) are merged once.
+// The workgroup is KG = WG / LPK key groups of LPK lanes. A key group takes whole keys, U an iteration, and
+// keeps its own online softmax: lane `lane` holds the query's and the output's fours lane, lane + LPK, ...
+// (F of them, in registers), so the group's lanes read a key's K and V rows side by side, K and V loaded
+// together (one wait on memory an iteration). The one exchange in the loop is the keys' scores: each lane's
+// part of a dot product goes through workgroup memory (two buffers taken in turn, so one barrier an
+// iteration) and every lane of the group sums the LPK parts. After the loop the key groups' (max, sum,
+// output) are merged once.
 // One range (nwg.z = 1) writes the normalized output; several write each head's partial (max, sum,
 // unnormalized output; head_dim + 2 floats) for attention_merge.
 // Dispatch: (heads / GW, rows, splits).
