@@ -1,6 +1,6 @@
 """One-row (decode) attention time over a filled KV cache, per model shape, cache length, split size, lanes per
-key, keys a lane group takes an iteration and threads a workgroup, with the KV bytes read per second against the read ceiling (vec4 loads of a 1 GiB
-buffer). JSON.
+key, keys a lane group takes an iteration and threads a workgroup, with the KV bytes read per second against
+the read ceiling (vec4 loads of a 1 GiB buffer). JSON.
 
 Times attention_decode plus its merge as the plan specializes them (a decode step runs that pair per layer; one
 split runs no merge), to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode
