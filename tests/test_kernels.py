@@ -14,7 +14,8 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, step_words
+from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, few_groups, flash_tiles, gemm_groups, gemv_groups,
+                               step_words)
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -201,6 +202,26 @@ def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
     err = rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0))
     assert err < (1e-2 if f16 else 1e-5)
     assert not f16 or err > 1e-6, "the f16 variant computed in f32"
+
+
+# Rows of x (awkward: 3, 5, 13 and the largest, 16), each weight type with the residual at 5 rows, the
+# block-quantized ones with 8-bit activations, and threads an output from one to a warp's worth
+FEW_CASES = [(w, 5, True, False, 4) for w in WEIGHT_TYPES] + \
+    [(w, 3, True, True, 4) for w in WEIGHT_TYPES if GGML_TYPE_BY_NAME[w].block > 1] + \
+    [(w, m, False, False, tpr) for w in ("F32", "Q5_0", "Q4_K") for m, tpr in ((3, 1), (13, 8), (16, 32))]
+
+
+@pytest.mark.parametrize("wtype,m,res_,q8,tpr", FEW_CASES)
+def test_matmul_few(run, rng, wtype, m, res_, q8, tpr):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 77)
+    o0, stride = 3, n + 10
+    res = rng.standard_normal((m, stride)).astype(np.float32)
+    spec = KernelSpec("matmul_few", wtype, constants=(("Q8", True),) * q8 + (("RES", res_), ("TPR", tpr), ("XR", m)))
+    y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "y_stride": stride, "w0": lead},
+                few_groups(n, tpr))[0]).reshape(m, stride)
+    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
+    assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
 
 
 @pytest.mark.parametrize("add", [False, True])

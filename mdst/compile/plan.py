@@ -39,6 +39,8 @@ GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per grou
 # unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
 GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
+FEW_ROWS = wgsl_const("matmul_few.wgsl", "MAX_XR")  # matmul_few: the most rows of x (batched decode)
+FEW_WG = 256  # matmul_few's workgroup (its WG)
 
 
 def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int]:
@@ -50,6 +52,11 @@ def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int
 def gemm_block(rows: int, presets: Any) -> tuple[int, int]:
     """matmul_rows' (rows, outputs) a thread: the presets', with 4 rows where a plan's rows fill no taller tile."""
     return (presets.gemm_rows if rows > GEMM_TILE else 4), presets.gemm_cols
+
+
+def few_groups(n: int, lanes: int) -> tuple[int, int, int]:
+    """matmul_few's workgroup count for n outputs, `lanes` threads each."""
+    return grid1(ceil_div(n, FEW_WG // lanes))
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
@@ -599,6 +606,13 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                 raise RuntimeError("the many-row matmul fuses the residual add only")
             params.update(m=r, y_stride=stride)
             del params["eps"]
+            if r <= FEW_ROWS:
+                # a few rows (batched decode): each weight read once for all of them
+                del params["m"]
+                lanes = c.presets.few_lanes
+                c.dispatch("matmul_few", [wbuf, x[0], target, res or spare, None], few_groups(p.rows, lanes), params,
+                           label_of(node), w.type.name, XR=r, TPR=lanes, RES=res is not None, **q8)
+                continue
             # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
             tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
             f16 = c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16 and not op.q8

@@ -271,6 +271,17 @@ class CaseBuilder:
                      gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
                      [Expect("f32", _within(1e-5), want)])]
 
+    def _matmul_few(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        from ..compile.plan import few_groups
+        c = spec.constants_dict()
+        m = int(c.get("XR", 4))
+        (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
+        del params["eps"]
+        params["y_stride"] = 87
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params, few_groups(params["n"], int(c.get("TPR", 4))),
+                     [Expect("f32", _within(1e-5), want)])]
+
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
         c = spec.constants_dict()
