@@ -9,7 +9,8 @@
 // SPLIT = 0: workgroup (head group, row) writes the output. SPLIT > 0 (decode on a GPU, where a few heads
 // would leave it idle): the keys up to the row's position are cut into ranges of at least SPLIT, one a
 // workgroup z, which writes each head's partial (running max, sum, unnormalized output; head_dim + 2
-// floats) for attention_merge.
+// floats) for attention_merge. Row r reads and writes activation row row0 + r (STEP_ROW0); its partials
+// are indexed by r.
 // Dispatch: (heads / GW, rows, 1), or (heads / GW, rows, splits) with SPLIT.
 
 struct P {
@@ -87,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let dv = p.head_dim / 4u;   // fours in a head
     let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
     for (var i = lid; i < GW * dv; i += WG) {
-        let qb = (r * p.heads + h0) * p.head_dim + 4u * i;
+        let qb = ((step[STEP_ROW0] + r) * p.heads + h0) * p.head_dim + 4u * i;
         qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
     }
     if (lid < 2u * MAX_GW) {
@@ -201,7 +202,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 }
                 put4(pb + 2u + 4u * lid, o);
             } else {
-                put4((r * p.heads + h) * p.head_dim + 4u * lid, o / s);
+                put4(((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + 4u * lid, o / s);
             }
         }
         workgroupBarrier();
