@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..compile.plan import step_words
+from ..compile.plan import FEW_ROWS, step_words
 
 FORMAT = "mdst-oracle"
 VERSION = 1
@@ -793,20 +793,27 @@ def _reference_step(engine: Any, ref_weights: Any, ref_cache: Any, ids: np.ndarr
 
 
 def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
-    """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
-    dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
+    """Every kernel specialization of the decode plans (batched decode's too) and the prompt's prefill plans,
+    with the dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
     (the other kernel presets) would run, so the browser checks every kernel a model can use."""
     from ..gpu.device import presets_for
 
     c = engine.compiler
     other = presets_for(software=not c.gpu.profile.software)
     specs: dict[Any, list[Any]] = {}
+    # and a plan past matmul_few's rows (the many-row matmul), whatever the prompt's length
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
-                                    ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits")]:
+                                    ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits"),
+                                    ("all", min(engine.max_rows("all"), 2 * FEW_ROWS), "logits")]:
         for plan in (engine.plan(output_rows, rows, pick),
                      c.compile(engine.graphs[output_rows], rows, pick, engine.max_rows(output_rows), presets=other)):
             for d in plan.dispatches:
                 specs.setdefault(d.spec, []).append(d)
+    # batched decode (two sequences): matmul_few on GPUs
+    for plan in (engine.batch_plan(2), c.compile(engine.graphs["all"], 2, "argmax", engine.max_rows("all"),
+                                                 presets=other, batch=True)):
+        for d in plan.dispatches:
+            specs.setdefault(d.spec, []).append(d)
     return specs
 
 
