@@ -443,6 +443,41 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     assert np.isnan(out[n_rows:]).all()
 
 
+def test_attention_of_a_batched_row(run, rng, gpu):
+    """A batched step's per-sequence dispatch (step words [pos, 1, row0]): attention reads activation row row0's
+    query, keeps its split partials at row 0 and the merge writes row row0; other rows stay unwritten."""
+    heads, kvh, hd, rows, row0, pos0, split, ring = 6, 2, 96, 3, 2, 57, 16, 77
+    splits = -(-ring // split)
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), 0, 0.0)
+    kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
+    q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+    step = step_words(pos0, 1, rows=0, row0=row0)
+    spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
+    part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4)], params,
+               (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
+    out = f32(run(KernelSpec("attention_merge"), [step, part, Out(q.nbytes)],
+                  {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[row0:row0 + 1], decode_rows(kc, kvh * hd, "f32"), decode_rows(vc, kvh * hd, "f32"),
+                               np.array([pos0]), spec)
+    assert rel_l2(out[row0:row0 + 1], want) < 1e-5
+    assert np.isnan(out[:row0]).all()
+
+
+def test_rope_of_batched_rows(run, rng):
+    """Step words with row0: rows row0.. of x rotate at positions pos0..; the rows before stay as they were."""
+    heads, hd, n_rot, rows, row0, n, pos0 = 3, 40, 32, 5, 3, 2, 77
+    freq, mscale = RopeSpec(n_rot, 10000.0, False).table()
+    x = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    out = f32(run(KernelSpec("rope"), [step_words(pos0, n, rows=0, row0=row0), freq, Out(x.nbytes, init=x)],
+                  {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": 0, "mscale": mscale},
+                  (-(-heads * n_rot // 2 // 64), n, 1))[0]).reshape(rows, -1)
+    want = reference.rope(x[row0:], pos0 + np.arange(n), freq, mscale, hd, n_rot, False)
+    assert rel_l2(out[row0:], want) < 1e-5
+    np.testing.assert_array_equal(out[:row0], x[:row0])
+
+
 @pytest.mark.parametrize("op", ["add", "mul"])
 def test_binary(run, rng, op):
     n = 1013
