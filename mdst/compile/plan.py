@@ -675,8 +675,9 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         spare = x[0]  # bound where a fusion is off: every declared binding needs a buffer
         args = [wbuf, x[0], target, res or spare, norm or spare, None]
         if c.presets.matmul == "by_output":
-            # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
-            rr = 1 if r == 1 else 8
+            # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl); no more rows a lane
+            # than the plan has (a batched step's 4 rows at R = 8 took longer than 4 one-row steps on lavapipe)
+            rr = min(r, 8)
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
                        w.type.name, R=rr, **fused, **q8)
