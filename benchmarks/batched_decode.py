@@ -1,7 +1,8 @@
 """Aggregate decode speed of N sequences stepping together (`Model.batch`) against one alone. JSON lines.
 
 For each N: N sequences of random prompt ids are added (prefilled; not timed), then `--gen` batched
-steps are timed; aggregate tok/s = N * gen / seconds (median of --repeat). "alone" is one sequence's
+steps are timed; aggregate tok/s = N * gen / seconds (median of --repeat, after an untimed run that
+compiles the plan for N). "alone" is one sequence's
 greedy decode through `Session.decode` (the step-ahead path generate() uses), measured in the same run.
 On a GPU, two or more sequences take the batched plan (each weight read once for up to 16 of them; 64 are
 four submits of 16); `batched_plan_rows` lists the row buckets that were compiled.
@@ -77,12 +78,11 @@ def run(path: Path, args: argparse.Namespace) -> None:
                 batch.close()
 
         alone()   # compiles the plans
-        batched(min(sizes))
         base = statistics.median(alone() for _ in range(args.repeat))
         out = {"model": path.name, "device": model.backend, "prompt": args.prompt, "gen": args.gen,
                "alone_tok_s": round(base, 2), "batched": {}}
         for n in sizes:
-            agg = statistics.median(batched(n) for _ in range(args.repeat))
+            agg = statistics.median([batched(n) for _ in range(args.repeat + 1)][1:])   # the first compiles n's plan
             out["batched"][n] = {"aggregate_tok_s": round(agg, 2), "per_sequence_tok_s": round(agg / n, 2),
                                  "vs_alone": round(agg / base, 2)}
         out["batched_plan_rows"] = sorted(k[1] for k in getattr(model.engine, "plans", {}) if k[0] == "batch")
