@@ -65,8 +65,12 @@ def synth_models(cache_dir, request):
 
 @pytest.mark.parametrize("device", ("cpu", "gpu"))
 @pytest.mark.parametrize("preset", PRESETS)
-def test_continuous_batch_equals_alone(synth_models, preset, device):
+def test_continuous_batch_equals_alone(synth_models, preset, device, monkeypatch):
     m = synth_models(preset, device)
+    if device == "gpu":   # several sequences' one-token steps all take the batched plan
+        each = m.engine._step_each
+        monkeypatch.setattr(m.engine, "_step_each", lambda caches, *a: each(caches, *a) if len(caches) == 1
+                            else pytest.fail("a step of several sequences took the one-row plans"))
     ps = prompts(m.n_vocab)
     want = [alone(m, ids, p, 24) for ids, p in zip(ps, PARAMS)]
     got: dict[int, list[int]] = {}
@@ -89,6 +93,37 @@ def test_continuous_batch_equals_alone(synth_models, preset, device):
     for sid, w in zip(order, want):
         assert got[sid] == w[:len(got[sid])], f"sequence {sid} differs from its alone-run"
     assert [len(got[s]) for s in order] == [24, 11, 21]
+    if device == "gpu":
+        assert {k[1] for k in m.engine.plans if k[0] == "batch"} == {2, 4}   # three sequences, then two
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("cap", (16, 2))
+def test_batched_plan_logits(synth_models, preset, cap, monkeypatch):
+    """The batched plan's logits rows equal the numpy reference's for each sequence (within the GPU's 1e-3), at
+    three positions, sampled and greedy rows in one step; with cap 2, three sequences take two submits."""
+    m, ref = synth_models(preset, "gpu"), synth_models(preset, "cpu")
+    eng = m.engine
+    monkeypatch.setattr(eng, "batch_rows", lambda: cap)
+    ps, more = prompts(m.n_vocab), [5, 7, 9]
+    caches = [eng.new_cache() for _ in ps]
+    for c, ids in zip(caches, ps):
+        eng.step(c, np.array(ids), 0, "last", "argmax")
+    draw = Sampler(PARAMS[1]).next_draw([])
+    picks = ["argmax", draw, "argmax"]
+    got = eng.step_batch(caches, [np.array([t]) for t in more], [len(ids) for ids in ps], picks)
+    plan = eng.batch_plan(3 if cap > 2 else 1)   # the last submit's plan holds the last sequences' logits
+    logits = np.concatenate([np.frombuffer(eng.gpu.queue.read_buffer(o.buffer), np.float32)
+                             .reshape(-1, o.cols)[:plan.rows] for o in plan.outputs], axis=1)
+    want = [reference.run(ref.engine.graphs["all"], ref.engine.weights, CpuKVCache.allocate(ref.engine.layout),
+                          np.array(ids + [t]), 0)[-1] for ids, t in zip(ps, more)]
+    firsts = range(3) if cap > 2 else [2]   # rows of the last submit: row i % cap is sequence i
+    for i in firsts:
+        assert rel_l2(logits[i % cap], want[i]) < 1e-3, f"sequence {i}"
+    assert got[0] == np.argmax(want[0]) and got[2] == np.argmax(want[2])
+    assert got[1] == Sampler.pick(want[1], draw)
+    for c in caches:
+        c.release()
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -14,7 +14,8 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, step_words
+from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, decode_attention, few_groups, flash_tiles,
+                               gemm_groups, gemv_groups, step_words)
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -201,6 +202,26 @@ def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
     err = rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0))
     assert err < (1e-2 if f16 else 1e-5)
     assert not f16 or err > 1e-6, "the f16 variant computed in f32"
+
+
+# Rows of x (awkward: 3, 5, 13 and the largest, 16), each weight type with the residual at 5 rows, the
+# block-quantized ones with 8-bit activations, and threads an output from one to a warp's worth
+FEW_CASES = [(w, 5, True, False, 4) for w in WEIGHT_TYPES] + \
+    [(w, 3, True, True, 4) for w in WEIGHT_TYPES if GGML_TYPE_BY_NAME[w].block > 1] + \
+    [(w, m, False, False, tpr) for w in ("F32", "Q5_0", "Q4_K") for m, tpr in ((3, 1), (13, 8), (16, 32))]
+
+
+@pytest.mark.parametrize("wtype,m,res_,q8,tpr", FEW_CASES)
+def test_matmul_few(run, rng, wtype, m, res_, q8, tpr):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 77)
+    o0, stride = 3, n + 10
+    res = rng.standard_normal((m, stride)).astype(np.float32)
+    spec = KernelSpec("matmul_few", wtype, constants=(("Q8", True),) * q8 + (("RES", res_), ("TPR", tpr), ("XR", m)))
+    y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "y_stride": stride, "w0": lead},
+                few_groups(n, tpr))[0]).reshape(m, stride)
+    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
+    assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
 
 
 @pytest.mark.parametrize("add", [False, True])
@@ -410,7 +431,6 @@ def test_shortconv(run, rng, pos0):
 def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, threads, per, hd, heads, kvh, split,
                           one):
     """Decode attention as GPUs run it (the plan's constants for these presets), in splits merged after or in one."""
-    from mdst.compile.plan import decode_attention
     from mdst.gpu.device import presets_for
 
     rows, n_rows, pos0 = 2, 1, 100
@@ -449,7 +469,6 @@ def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, 
 def test_decode_attention_fits_registers_and_workgroup_memory():
     """The plan's decode attention shape: lanes raised until a lane holds at most HELD fours, heads dividing the
     group within the registers and workgroup memory."""
-    from mdst.compile.plan import decode_attention
     from mdst.gpu.device import presets_for
 
     pre = dataclasses.replace(presets_for(software=False), attention_lanes=8, attention_threads=128,
@@ -465,6 +484,45 @@ def test_decode_attention_fits_registers_and_workgroup_memory():
     assert decode_attention(64, 4, 64, 64, dataclasses.replace(one, attention_lanes=16))[0]["GW"] == 4  # memory
     with pytest.raises(ValueError, match="head_dim 130"):
         decode_attention(4, 1, 130, 64, pre)
+
+
+def test_attention_of_a_batched_row(run, rng, gpu):
+    """A batched step's per-sequence dispatch (step words [pos, 1, row0]): decode attention reads activation row row0's
+    query, keeps its split partials at row 0 and the merge writes row row0; other rows stay unwritten."""
+    from mdst.gpu.device import presets_for
+
+    heads, kvh, hd, rows, row0, pos0, split, ring = 6, 2, 96, 3, 2, 57, 16, 77
+    consts, splits = decode_attention(heads, kvh, hd, ring,
+                                      dataclasses.replace(presets_for(software=False), attention_split=split))
+    assert splits > 1
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), 0, 0.0)
+    kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
+    q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+    step = step_words(pos0, 1, rows=0, row0=row0)
+    spec_k = dataclasses.replace(kv_spec("attention_decode", "f32", gpu), constants=tuple(sorted(consts.items())))
+    part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4)], params,
+               (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
+    out = f32(run(KernelSpec("attention_merge"), [step, part, Out(q.nbytes)],
+                  {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[row0:row0 + 1], decode_rows(kc, kvh * hd, "f32"), decode_rows(vc, kvh * hd, "f32"),
+                               np.array([pos0]), spec)
+    assert rel_l2(out[row0:row0 + 1], want) < 1e-5
+    assert np.isnan(out[:row0]).all()
+
+
+def test_rope_of_batched_rows(run, rng):
+    """Step words with row0: rows row0.. of x rotate at positions pos0..; the rows before stay as they were."""
+    heads, hd, n_rot, rows, row0, n, pos0 = 3, 40, 32, 5, 3, 2, 77
+    freq, mscale = RopeSpec(n_rot, 10000.0, False).table()
+    x = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    out = f32(run(KernelSpec("rope"), [step_words(pos0, n, rows=0, row0=row0), freq, Out(x.nbytes, init=x)],
+                  {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": 0, "mscale": mscale},
+                  (-(-heads * n_rot // 2 // 64), n, 1))[0]).reshape(rows, -1)
+    want = reference.rope(x[row0:], pos0 + np.arange(n), freq, mscale, hd, n_rot, False)
+    assert rel_l2(out[row0:], want) < 1e-5
+    np.testing.assert_array_equal(out[:row0], x[:row0])
 
 
 @pytest.mark.parametrize("op", ["add", "mul"])

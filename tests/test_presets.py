@@ -155,3 +155,29 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
     with mdst.load(path, device="cpu", context_length=64) as c:
         ref = c.logits(ids)
     assert rel_l2(steps, ref[4:]) < 1e-4
+
+
+def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
+    # the batched decode plan with the GPU kernels: matmul_few (each weight read once for the rows) and split
+    # attention per sequence; three sequences at three positions, each row's logits against the numpy path
+    from mdst import reference
+    from mdst.dev import synth
+    from mdst.memory.kv_cache import CpuKVCache
+
+    path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
+    prompts, more = [list(range(20, 20 + n)) for n in (3, 9, 14)], [5, 7, 9]
+    with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
+        eng = g.engine
+        caches = [eng.new_cache() for _ in prompts]
+        for c, ids in zip(caches, prompts):
+            eng.step(c, np.array(ids), 0, "last", "argmax")
+        got = eng.step_batch(caches, [np.array([t]) for t in more], [len(ids) for ids in prompts], ["argmax"] * 3)
+        plan = eng.batch_plan(3)
+        assert {"matmul_few", "attention_merge"} <= {d.spec.name for d in plan.dispatches}
+        logits = np.concatenate([np.frombuffer(eng.gpu.queue.read_buffer(o.buffer), np.float32).reshape(-1, o.cols)[:3]
+                                 for o in plan.outputs], axis=1)
+    with mdst.load(path, device="cpu", context_length=64) as c:
+        want = np.stack([reference.run(c.engine.graphs["all"], c.engine.weights, CpuKVCache.allocate(c.engine.layout),
+                                       np.array(ids + [t]), 0)[-1] for ids, t in zip(prompts, more)])
+    assert rel_l2(logits, want) < 1e-4
+    assert list(got) == list(np.argmax(want, axis=1))

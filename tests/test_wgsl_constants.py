@@ -43,8 +43,10 @@ def test_python_values_are_the_wgsl_consts():
     assert plan.attention_splits(8192, presets(32, 64)) == (32, 64)   # the kernel lengthens them as keys fill
     assert plan.ACTIVATIONS == {"silu": wgsl_const("common.wgsl", "ACT_SILU"),
                                 "gelu_tanh": wgsl_const("common.wgsl", "ACT_GELU_TANH")}
-    words = plan.step_words(7, 2, [11, 12], rows=4)
+    words = plan.step_words(7, 2, [11, 12], rows=4, row0=3)
     assert words[wgsl_const("common.wgsl", "STEP_POS0")] == 7 and words[wgsl_const("common.wgsl", "STEP_ROWS")] == 2
+    assert words[wgsl_const("common.wgsl", "STEP_ROW0")] == 3
+    assert plan.FEW_ROWS == wgsl_const("matmul_few.wgsl", "MAX_XR")
     t = wgsl_const("common.wgsl", "STEP_TOKENS")
     assert list(words[t:]) == [11, 12, 0, 0] and len(words) == t + 4
 

@@ -40,6 +40,8 @@ GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per grou
 GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
 GROUP_MAX_EXPERTS = wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")  # experts the grouping of rows takes
+FEW_ROWS = wgsl_const("matmul_few.wgsl", "MAX_XR")  # matmul_few: the most rows of x (batched decode)
+FEW_WG = wgsl_const("matmul_few.wgsl", "WG")
 
 
 def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int]:
@@ -57,6 +59,11 @@ def gemm_f16(c: "Compilation") -> bool:
 def gemm_block(rows: int, presets: Any) -> tuple[int, int]:
     """matmul_rows' (rows, outputs) a thread: the presets', with 4 rows where a plan's rows fill no taller tile."""
     return (presets.gemm_rows if rows > GEMM_TILE else 4), presets.gemm_cols
+
+
+def few_groups(n: int, lanes: int) -> tuple[int, int, int]:
+    """matmul_few's workgroup count for n outputs, `lanes` threads each."""
+    return grid1(ceil_div(n, FEW_WG // lanes))
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
@@ -174,6 +181,19 @@ class CacheSlot:
         return getattr(cache, self.which)[self.index]
 
 
+# Ops that read a sequence's cache or position: a batched plan runs them once per sequence, on its row, with its
+# own step words and cache; every other op runs once over all the rows.
+PER_SEQUENCE = (RopeStore, Attention, ShortConv, Rope)
+
+
+@dataclass
+class SequenceSlot:
+    """A binding of a batched plan's per-sequence dispatch, resolved when the plan is bound to a sequence: its
+    own buffer `which` ("step": its step words, "draw": its draw, "ids": its sampled token)."""
+
+    which: str
+
+
 @dataclass
 class Dispatch:
     """One compute dispatch."""
@@ -186,6 +206,7 @@ class Dispatch:
     label: str                    # what it computes, for profiles ("matmul.attn_q", "attention", "add")
     layer: int | None = None      # the block it belongs to (None: before the first or after the last)
     param_offset: int = 0
+    block: int | None = None      # batched plans: the per-sequence run it belongs to (None: shared by all rows)
 
 
 @dataclass
@@ -224,25 +245,57 @@ class Plan:
     naive_activation_bytes: int   # what one buffer per value would take
     key: int = field(default=0)
     segments: list[Segment] = field(default_factory=list)  # set when the plan reads paged weights
+    batched: bool = False         # one row per sequence, cache-touching ops per sequence (Compiler.compile's batch)
+    draw_block: int | None = None  # batched plans: the per-sequence sampling run (only sequences that draw run it)
 
-    def bind(self, device: Any, cache: GpuKVCache, store: dict[int, list[Any]]) -> list[Any]:
-        """Bind groups for `cache`, built on first use and kept in `store` (the caller's, one per cache)."""
+    def bind(self, device: Any, cache: GpuKVCache | None, store: dict[int, list[Any]],
+             own: dict[str, Any] | None = None) -> list[Any]:
+        """Bind groups for `cache`, built on first use and kept in `store` (the caller's, one per cache).
+
+        A batched plan is bound twice over: its shared dispatches once with cache None, its per-sequence ones
+        for each sequence with its cache and `own` buffers (SequenceSlot); the other kind's entries are None.
+        """
         groups = store.get(self.key)
         if groups is None:
-            groups = []
-            for d in self.dispatches:
-                entries = []
-                for i, r in enumerate(d.resources):
-                    if isinstance(r, CacheSlot):
-                        r = r.resolve(cache)
-                    if isinstance(r, tuple):
-                        buf, off, size = r
-                        entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
-                    else:
-                        entries.append({"binding": i, "resource": {"buffer": r, "offset": 0, "size": r.size}})
-                groups.append(device.create_bind_group(layout=d.pipeline.get_bind_group_layout(0), entries=entries))
+            groups = [self._group(device, d, cache, own) if not self.batched or (d.block is None) == (cache is None)
+                      else None for d in self.dispatches]
             store[self.key] = groups
         return groups
+
+    @staticmethod
+    def _group(device: Any, d: Dispatch, cache: GpuKVCache | None, own: dict[str, Any] | None) -> Any:
+        entries = []
+        for i, r in enumerate(d.resources):
+            if isinstance(r, CacheSlot):
+                r = r.resolve(cache)
+            elif isinstance(r, SequenceSlot):
+                r = own[r.which]
+            if isinstance(r, tuple):
+                buf, off, size = r
+                entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
+            else:
+                entries.append({"binding": i, "resource": {"buffer": r, "offset": 0, "size": r.size}})
+        return device.create_bind_group(layout=d.pipeline.get_bind_group_layout(0), entries=entries)
+
+    def encode_batch(self, encoder: Any, shared: list[Any], sequences: list[list[Any]], draws: list[bool]) -> None:
+        """Record a batched plan in one compute pass: each shared dispatch once (`shared`: its bind groups), each
+        per-sequence run once per sequence, one sequence after the other (`sequences`: each one's bind groups;
+        their scratch buffers are reused in turn), the sampling run only for the sequences whose `draws` is set."""
+        items, i, n = [], 0, len(self.dispatches)
+        while i < n:
+            block = self.dispatches[i].block
+            if block is None:
+                items.append((self.dispatches[i], shared[i]))
+                i += 1
+                continue
+            j = i
+            while j < n and self.dispatches[j].block == block:
+                j += 1
+            for groups, draw in zip(sequences, draws):
+                if draw or block != self.draw_block:
+                    items.extend((self.dispatches[m], groups[m]) for m in range(i, j))
+            i = j
+        self._record(encoder, items)
 
     def encode(self, encoder: Any, groups: list[Any], start: int = 0, end: int | None = None,
                timestamps: Any = None) -> None:
@@ -252,8 +305,12 @@ class Plan:
         wgpu-native's C entry points are reachable (wgpu is pinned) they are called directly,
         skipping repeated pipelines. The pass itself comes from the public API either way.
         """
+        self._record(encoder, zip(self.dispatches[start:end], groups[start:end]), timestamps)
+
+    @staticmethod
+    def _record(encoder: Any, items: Any, timestamps: Any = None) -> None:
+        """Record (dispatch, bind group) pairs in one compute pass."""
         cp = encoder.begin_compute_pass(timestamp_writes=timestamps) if timestamps else encoder.begin_compute_pass()
-        items = zip(self.dispatches[start:end], groups[start:end])
         if _native is None:
             for d, g in items:
                 cp.set_pipeline(d.pipeline)
@@ -316,9 +373,13 @@ class Compiler:
         return got
 
     def compile(self, graph: Graph, rows: int, pick: str, alloc_rows: int | None = None, presets: Any = None,
-                on_node: Callable[[Node, int, Any, int], None] | None = None) -> Plan:
+                on_node: Callable[[Node, int, Any, int], None] | None = None, batch: bool = False) -> Plan:
         """A plan for `rows` rows (the step may use fewer: the rest is padding), ending as `pick` says:
         "logits", "argmax" (greedy token ids) or "sample" (the sampling chain; last-row graphs only).
+
+        `batch`: a batched decode plan of an all-rows graph, row i one token of sequence i: the PER_SEQUENCE ops
+        lower as one-row dispatches bound per sequence (its step words, cache and row), the rest once over all
+        rows; it ends in the argmax of every row and, per sequence that draws, the sampling chain over its row.
 
         Activation buffers are sized for `alloc_rows` (default: rows): plans compiled for every row
         count up to it then ask the pool for the same slots and share them. `presets`: kernel presets
@@ -372,7 +433,10 @@ class Compiler:
             lowering = LOWERINGS.get(type(node.op))
             if lowering is None:
                 raise NotImplementedError(f"no GPU kernel for op {node.op.name!r}")
-            lowering(c, node, x, bufs[out.id], nrows(out))
+            per_sequence = batch and isinstance(node.op, PER_SEQUENCE)
+            c.block = i if per_sequence else None
+            lowering(c, node, x, bufs[out.id], 1 if per_sequence else nrows(out))
+            c.block = None
             if on_node is not None:
                 on_node(node, len(c.ds), bufs[out.id], nrows(out) * out.cols * 4)
             freed = set()
@@ -390,10 +454,17 @@ class Compiler:
             if rows_out != 1:
                 raise ValueError("sampling plans produce one row")
             ids_buffer, scratch = self._sample(c, outputs)
+        draw_block = None
+        if batch:
+            if pick != "argmax" or graph.output_rows != "all":
+                raise ValueError("batched plans run an all-rows graph ending in argmax (and each draw's chain)")
+            draw_block = c.block = len(graph.nodes)
+            scratch += self._sample_rows(c, outputs)
+            c.block = None
         param_buffer = self._pack(c.ds)
         return Plan(rows, graph.output_rows, pick, c.ds, outputs, rows_out, graph.output.cols, ids_buffer,
                     scratch, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys),
-                    segments=c.segments())
+                    segments=c.segments(), batched=batch, draw_block=draw_block)
 
     def _output_parts(self, node: Node, buf: Any, rows_out: int, cols: int, live: Liveness) -> list[OutputPart]:
         if buf is not None:
@@ -414,18 +485,32 @@ class Compiler:
         c.dispatch("argmax_merge", [best, ids, None], (rows_out, 1, 1), {"slices": sum(slices)}, "argmax")
         return ids, [best]
 
-    def _sample(self, c: Compilation, outputs: list[OutputPart]) -> tuple[Any, list[Any]]:
-        """Penalties on each logits part, top-k per 2048-column slice, then the chain and the draw."""
+    def _sample(self, c: Compilation, outputs: list[OutputPart], draw: Any = None, ids: Any = None
+                ) -> tuple[Any, list[Any]]:
+        """Penalties on each logits part, top-k per 2048-column slice, then the chain and the draw (reading
+        `draw`, the token into `ids`: by default the step's draw buffer and a buffer of the plan's own)."""
+        draw = draw or self.draw
         slices = [ceil_div(o.cols, TOPK_SLICE) for o in outputs]
         cand = self.create(sum(slices) * GPU_TOP_K * 8, "sample.cand")
-        ids = self.create(16, "sample.ids")
+        ids = ids or self.create(16, "sample.ids")
         for o in outputs:
-            c.dispatch("penalize", [self.draw, o.buffer, None], (1, 1, 1), {"cols": o.cols, "col0": o.col0}, "sample")
+            c.dispatch("penalize", [draw, o.buffer, None], (1, 1, 1), {"cols": o.cols, "col0": o.col0}, "sample")
         for o, first in zip(outputs, itertools.accumulate([0] + slices[:-1])):
-            c.dispatch("topk", [self.draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), 1, 1),
+            c.dispatch("topk", [draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), 1, 1),
                        {"cols": o.cols, "col0": o.col0, "slice0": first}, "sample")
-        c.dispatch("sample", [self.draw, cand, ids, None], (1, 1, 1), {"slices": sum(slices)}, "sample")
+        c.dispatch("sample", [draw, cand, ids, None], (1, 1, 1), {"slices": sum(slices)}, "sample")
         return ids, [cand]
+
+    def _sample_rows(self, c: Compilation, outputs: list[OutputPart]) -> list[Any]:
+        """A batched plan's sampling, run per sequence that draws: its row of each logits part copied out (the
+        penalties write in place), then the chain over it with its own draw, its token into its own ids buffer.
+        Returns the scratch buffers."""
+        rows = [OutputPart(self.create(4 * o.cols, "sample.row"), o.col0, o.cols) for o in outputs]
+        for o, r in zip(outputs, rows):
+            c.dispatch("take_row", [c.step, o.buffer, r.buffer, None], (ceil_div(o.cols, 64), 1, 1),
+                       {"cols": o.cols}, "sample")
+        _, cand = self._sample(c, rows, SequenceSlot("draw"), SequenceSlot("ids"))
+        return [r.buffer for r in rows] + cand
 
     def _pack(self, ds: list[Dispatch]) -> Any:
         """Write every dispatch's parameters into one uniform buffer; fill in the last binding."""
@@ -454,6 +539,7 @@ class Compilation:
         self.ds: list[Dispatch] = []
         self.live = Liveness(compiler.pool)
         self.layer: int | None = None
+        self.block: int | None = None   # batched plans: the per-sequence run being lowered (None: shared)
         self.outputs: list[OutputPart] | None = None   # the output's parts while lowering the output's node
         self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(compiler.weights.slots))}
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
@@ -467,7 +553,12 @@ class Compilation:
             kv, f16 = KV_TYPES[self.compiler.layout.kv_type]
         spec = KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
         self.ds.append(Dispatch(spec, self.compiler.pipelines.get(spec), resources, groups, params, label,
-                                self.layer))
+                                self.layer, block=self.block))
+
+    @property
+    def step(self) -> Any:
+        """The step words a dispatch binds: the step buffer, or in a per-sequence run the sequence's own."""
+        return self.compiler.step if self.block is None else SequenceSlot("step")
 
     def weight(self, name: str, part: int) -> Any:
         """The buffer the next dispatch binds for a weight part: its own, or the least recently used slot."""
@@ -534,7 +625,7 @@ def _rope(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     heads = node.out.cols // op.head_dim
     if y is not x[0]:
         raise RuntimeError("rope runs in place: its input must not be read afterwards")
-    c.dispatch("rope", [c.compiler.step, table.parts[0].buffer, y, None], (ceil_div(heads * op.spec.n_rot // 2, 64), r, 1),
+    c.dispatch("rope", [c.step, table.parts[0].buffer, y, None], (ceil_div(heads * op.spec.n_rot // 2, 64), r, 1),
                {"heads": heads, "head_dim": op.head_dim, "n_rot": op.spec.n_rot, "neox": int(op.spec.neox),
                 "mscale": mscale}, "rope")
 
@@ -545,7 +636,7 @@ def _rope_store(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> Non
     s, spec = op.attention, op.rope
     li = c.compiler.layout.kv_index(s.layer)
     mscale = c.compiler.rope_freqs(spec)[1]
-    c.dispatch("rope_store", [c.compiler.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
+    c.dispatch("rope_store", [c.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
                               c.compiler.store_table(op).parts[0].buffer, None], (s.heads + s.kv_heads, r, 1),
                {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": op.head_dim, "n_rot": spec.n_rot,
                 "neox": int(spec.neox), "mscale": mscale, "ring": c.compiler.layout.kv[li].ring, "eps": op.eps,
@@ -560,7 +651,7 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
     if not node.op.stored:  # else rope_store has appended k and v already
         kvb = wgsl_const(f"kv/{KV_TYPES[layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
-        c.dispatch("kv_store", [c.compiler.step, k, v, x[1], x[2], None], (ceil_div(lk.kv_dim // kvb, 64), r, 1),
+        c.dispatch("kv_store", [c.step, k, v, x[1], x[2], None], (ceil_div(lk.kv_dim // kvb, 64), r, 1),
                    {"kv_dim": lk.kv_dim, "ring": lk.ring}, "kv_store")
     params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
               "window": s.window, "scale": s.scale, "softcap": s.softcap,
@@ -570,10 +661,10 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
         consts, splits = decode_attention(s.heads, s.kv_heads, s.head_dim, min(lk.ring, s.window or lk.ring),
                                           c.presets)
         part = y if splits == 1 else c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
-        c.dispatch("attention_decode", [c.compiler.step, k, v, x[0], part, None], (s.heads // consts["GW"], 1, splits),
+        c.dispatch("attention_decode", [c.step, k, v, x[0], part, None], (s.heads // consts["GW"], 1, splits),
                    params, "attention", **consts)
         if splits > 1:
-            c.dispatch("attention_merge", [c.compiler.step, part, y, None], (s.heads, 1, 1),
+            c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
                        {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
             c.live.free(-id(node))
         return
@@ -581,24 +672,24 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
     if r > 1 and c.presets.prefill_attention == "flash":
         gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim)
-        c.dispatch("attention_rows", [c.compiler.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
+        c.dispatch("attention_rows", [c.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
                    params, "attention", WG=ATTN_WG, GW=gw, BR=br, BC=bc)
     else:
-        c.dispatch("attention", [c.compiler.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
+        c.dispatch("attention", [c.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
                    LPK=lanes, GW=gw, WG=ATTN_WG)
 
 
 def _shortconv(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     op: ShortConv = node.op
     w = c.compiler.weights.weights[op.weight]
-    c.dispatch("shortconv", [c.compiler.step, x[0], w.parts[0].buffer,
+    c.dispatch("shortconv", [c.step, x[0], w.parts[0].buffer,
                              CacheSlot(c.compiler.layout.conv_index(op.spec.layer), "conv"), y, None],
                (ceil_div(op.spec.channels, 64), 1, 1), {"channels": op.spec.channels, "kernel": op.spec.kernel},
                "shortconv")
 
 
 def _last_row(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
-    c.dispatch("take_row", [c.compiler.step, x[0], y, None], (ceil_div(node.out.cols, 64), 1, 1),
+    c.dispatch("take_row", [c.step, x[0], y, None], (ceil_div(node.out.cols, 64), 1, 1),
                {"cols": node.out.cols}, "last_row")
 
 
@@ -624,8 +715,9 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         spare = x[0]  # bound where a fusion is off: every declared binding needs a buffer
         args = [wbuf, x[0], target, res or spare, norm or spare, None]
         if c.presets.matmul == "by_output":
-            # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl)
-            rr = 1 if r == 1 else 8
+            # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl); no more rows a lane
+            # than the plan has (a batched step's 4 rows at R = 8 took longer than 4 one-row steps on lavapipe)
+            rr = min(r, 8)
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
                        w.type.name, R=rr, **fused, **q8)
@@ -639,6 +731,13 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                 raise RuntimeError("the many-row matmul fuses the residual add only")
             params.update(m=r, y_stride=stride)
             del params["eps"]
+            if r <= FEW_ROWS:
+                # a few rows (batched decode): each weight read once for all of them
+                del params["m"]
+                lanes = c.presets.few_lanes
+                c.dispatch("matmul_few", [wbuf, x[0], target, res or spare, None], few_groups(p.rows, lanes), params,
+                           label_of(node), w.type.name, XR=r, TPR=lanes, RES=res is not None, **q8)
+                continue
             # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
             tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
             f16 = gemm_f16(c) and not op.q8
@@ -729,14 +828,15 @@ def layer_of(node: Node, current: int | None) -> int | None:
     return getattr(spec, "layer", current) if spec is not None else current
 
 
-STEP_POS0, STEP_ROWS, STEP_TOKENS = (wgsl_const("common.wgsl", f"STEP_{n}") for n in ("POS0", "ROWS", "TOKENS"))
+STEP_POS0, STEP_ROWS, STEP_ROW0, STEP_TOKENS = (wgsl_const("common.wgsl", f"STEP_{n}")
+                                                for n in ("POS0", "ROWS", "ROW0", "TOKENS"))
 
 
-def step_words(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None) -> np.ndarray:
-    """The step buffer's words for n_rows rows from pos0: the token ids padded with zeros to `rows` (the plan's
-    rows; default n_rows)."""
+def step_words(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None, row0: int = 0) -> np.ndarray:
+    """The step buffer's words for n_rows rows from pos0, sitting at activation row `row0`: the token ids padded
+    with zeros to `rows` (the plan's rows; default n_rows)."""
     data = np.zeros(STEP_TOKENS + (n_rows if rows is None else rows), dtype=np.uint32)
-    data[STEP_POS0], data[STEP_ROWS] = pos0, n_rows
+    data[STEP_POS0], data[STEP_ROWS], data[STEP_ROW0] = pos0, n_rows, row0
     data[STEP_TOKENS:STEP_TOKENS + len(ids)] = ids
     return data
 

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..compile.plan import step_words
+from ..compile.plan import FEW_ROWS, step_words
 
 FORMAT = "mdst-oracle"
 VERSION = 1
@@ -318,6 +318,17 @@ class CaseBuilder:
         params.update(m=m, y_stride=87)
         return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
                      gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
+                     [Expect("f32", _within(1e-5), want)])]
+
+    def _matmul_few(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        from ..compile.plan import few_groups
+        c = spec.constants_dict()
+        m = int(c.get("XR", 4))
+        (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
+        del params["eps"]
+        params["y_stride"] = 87
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params, few_groups(params["n"], int(c.get("TPR", 4))),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -879,8 +890,8 @@ def _reference_step(engine: Any, ref_weights: Any, ref_cache: Any, ids: np.ndarr
 
 
 def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
-    """Every kernel specialization of the decode plans and the prompt's prefill plans, with the
-    dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
+    """Every kernel specialization of the decode plans (batched decode's too) and the prompt's prefill plans,
+    with the dispatches that use it: the plans this adapter runs, and the plans a GPU or a CPU adapter
     (the other kernel presets) would run, so the browser checks every kernel a model can use."""
     from ..gpu.device import presets_for
 
@@ -890,12 +901,19 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     # f32 specializations only (the browser may lack shader-f16; the f16 GEMM has kernel tests of its own)
     other = dataclasses.replace(presets_for(software=not c.gpu.profile.software), gemm_f16=0)
     specs: dict[Any, list[Any]] = {}
+    # and a plan past matmul_few's rows (the many-row matmul), whatever the prompt's length
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
-                                    ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits")]:
+                                    ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits"),
+                                    ("all", min(engine.max_rows("all"), 2 * FEW_ROWS), "logits")]:
         for plan in (engine.plan(output_rows, rows, pick),
                      c.compile(engine.graphs[output_rows], rows, pick, engine.max_rows(output_rows), presets=other)):
             for d in plan.dispatches:
                 specs.setdefault(d.spec, []).append(d)
+    # batched decode (two sequences): matmul_few on GPUs
+    for plan in (engine.batch_plan(2), c.compile(engine.graphs["all"], 2, "argmax", engine.max_rows("all"),
+                                                 presets=other, batch=True)):
+        for d in plan.dispatches:
+            specs.setdefault(d.spec, []).append(d)
     return specs
 
 

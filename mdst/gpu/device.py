@@ -34,6 +34,7 @@ class Presets:
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
+    few_lanes: int = 4            # matmul_few: threads an output (TPR); fewer put more outputs on each staged x
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
     gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
@@ -68,7 +69,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "attention_threads": (64, 128, 256), "attention_keys": (1, 2, 4),
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
-               "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
+               "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "few_lanes": (1, 2, 4, 8, 16, 32),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_f16": (0, 1)}
     changes: dict[str, Any] = {}

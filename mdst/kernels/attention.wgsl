@@ -7,6 +7,7 @@
 //   1. scores: LPK lanes score each key of the tile for the GW heads (summed through workgroup memory);
 //   2. weights: a thread per (head, key) finds the head's running max and the key's weight;
 //   3. values: thread (key group, four dims) adds the weighted V rows of every KG-th key, for the GW heads.
+// Row r reads and writes activation row row0 + r (STEP_ROW0).
 // Dispatch: (heads / GW, rows, 1).
 
 struct P {
@@ -68,7 +69,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let dv = p.head_dim / 4u;   // fours in a head
     let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
     for (var i = lid; i < GW * dv; i += WG) {
-        let qb = (r * p.heads + h0) * p.head_dim + 4u * i;
+        let qb = ((step[STEP_ROW0] + r) * p.heads + h0) * p.head_dim + 4u * i;
         qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
     }
     if (lid < 2u * MAX_GW) {
@@ -172,7 +173,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 o += red[j * dv + lid];
                 s += red[WG + j * dv + lid].x;
             }
-            put4((r * p.heads + h0 + g) * p.head_dim + 4u * lid, o / s);
+            put4(((step[STEP_ROW0] + r) * p.heads + h0 + g) * p.head_dim + 4u * lid, o / s);
         }
         workgroupBarrier();
     }

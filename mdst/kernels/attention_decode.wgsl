@@ -11,7 +11,8 @@
 // iteration) and every lane of the group sums the LPK parts. After the loop the key groups' (max, sum,
 // output) are merged once.
 // One range (nwg.z = 1) writes the normalized output; several write each head's partial (max, sum,
-// unnormalized output; head_dim + 2 floats) for attention_merge.
+// unnormalized output; head_dim + 2 floats) for attention_merge. Row r reads and writes activation row
+// row0 + r (STEP_ROW0); its partials are indexed by r.
 // Dispatch: (heads / GW, rows, splits).
 
 struct P {
@@ -96,7 +97,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             acc[g * F + j] = vec4<f32>(0.0);
             qr[g * F + j] = vec4<f32>(0.0);
             if (i < dv) {
-                let qb = (r * p.heads + h0 + g) * p.head_dim + 4u * i;
+                let qb = ((step[STEP_ROW0] + r) * p.heads + h0 + g) * p.head_dim + 4u * i;
                 qr[g * F + j] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
             }
         }
@@ -197,7 +198,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (nwg.z > 1u) {
                     put4(pb + 2u + 4u * (c0 + c), o);
                 } else {
-                    put4((r * p.heads + h) * p.head_dim + 4u * (c0 + c), o / sum);
+                    put4(((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + 4u * (c0 + c), o / sum);
                 }
             }
             workgroupBarrier();

@@ -2,6 +2,7 @@
 // out = sum_z acc_z * exp(m_z - M) / sum_z l_z * exp(m_z - M), M the largest m_z of non-empty splits.
 // Each split's weight is found once, in workgroup memory; the dims then read the splits' partial outputs
 // up to the last non-empty split (splits past the query's position are empty), four splits at a time.
+// Row r (its partials) is written to activation row row0 + r (STEP_ROW0).
 // Dispatch: (heads, rows).
 
 struct P {
@@ -65,6 +66,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (; z < nz; z++) {
             acc.x += part[o + z * stride] * ws[z];
         }
-        out[(r * p.heads + h) * p.head_dim + d] = (acc.x + acc.y + acc.z + acc.w) / total;
+        out[((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + d] = (acc.x + acc.y + acc.z + acc.w) / total;
     }
 }

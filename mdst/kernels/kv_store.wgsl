@@ -1,6 +1,6 @@
 // Append the step's K and V rows ([rows, kv_dim], after RoPE) to a layer's cache at slot
 // pos % ring, KVB values per invocation in the cache's storage format (kv/<type>.wgsl); padding
-// rows are skipped so they never overwrite cached positions.
+// rows are skipped so they never overwrite cached positions. Row r is activation row row0 + r (STEP_ROW0).
 // Dispatch: (ceil(kv_dim / KVB / WG), rows).
 
 struct P {
@@ -26,8 +26,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var kx: array<f32, KVB>;
     var vx: array<f32, KVB>;
     for (var j = 0u; j < KVB; j++) {
-        kx[j] = k[r * p.kv_dim + blk * KVB + j];
-        vx[j] = v[r * p.kv_dim + blk * KVB + j];
+        kx[j] = k[(step[STEP_ROW0] + r) * p.kv_dim + blk * KVB + j];
+        vx[j] = v[(step[STEP_ROW0] + r) * p.kv_dim + blk * KVB + j];
     }
     k_put(slot, blk, p.kv_dim, kx);
     v_put(slot, blk, p.kv_dim, vx);

@@ -2,6 +2,7 @@
 // dimensions of each head. Pair i rotates by theta = pos * freq[i]; `freq` already folds in
 // the base, frequency scaling, YaRN's ramp and per-pair frequency factors (computed once on
 // the CPU in float64). Normal ordering pairs (2i, 2i+1); NeoX ordering pairs (i, i + n_rot/2).
+// Row r is activation row row0 + r (STEP_ROW0).
 // Dispatch: (ceil(heads * n_rot / 2 / WG), rows).
 
 struct P {
@@ -32,7 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let sc = sin_cos(reduce_angle(f32(step[STEP_POS0] + r) * freq[i])) * p.mscale;
     let s = sc.x;
     let c = sc.y;
-    let base = (r * p.heads + h) * p.head_dim;
+    let base = ((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim;
     var a = base + 2u * i;
     var b = a + 1u;
     if (p.neox != 0u) {

@@ -2,7 +2,7 @@
 // model has q/k norms), RoPE on both, and keys and values appended to the layer's cache (in its
 // format, kv/<type>.wgsl) at slot pos % ring. Replaces q_norm, k_norm, two ropes and kv_store.
 // Workgroup h < heads takes query head h (writing the rotated query to `out`); the others take
-// key/value head h - heads. Padding rows are never stored.
+// key/value head h - heads. Padding rows are never stored. Row r is activation row row0 + r (STEP_ROW0).
 // Dispatch: (heads + kv_heads, rows).
 
 struct P {
@@ -41,11 +41,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let is_q = h < p.heads;
     let kvh = h - p.heads;
     // 1. the head, normalized where the model says
+    let row = step[STEP_ROW0] + r;   // where the row sits in the activations
     var src = 0u;
     if (is_q) {
-        src = (r * p.heads + h) * hd;
+        src = (row * p.heads + h) * hd;
     } else {
-        src = (r * p.kv_heads + kvh) * hd;
+        src = (row * p.kv_heads + kvh) * hd;
     }
     var ss = 0.0;
     for (var d = lid; d < hd; d += WG) {

@@ -3,6 +3,7 @@
 // bcx = [b | c | x] and t is the row's position. Inputs before the step come from the
 // layer's rolling state (kernel - 1 rows; none before position 0), which is then advanced.
 // Each invocation owns its channel of the state, so reading and writing it cannot race.
+// Row r is activation row row0 + r (STEP_ROW0).
 // Dispatch: ceil(channels / WG).
 
 struct P {
@@ -34,13 +35,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     for (var r = 0u; r < step[STEP_ROWS]; r++) {
-        let row = r * 3u * C;
+        let at = step[STEP_ROW0] + r;   // where the row sits in the activations
+        let row = at * 3u * C;
         let u = bcx[row + ch] * bcx[row + 2u * C + ch];
         var acc = w[ch * p.kernel + hist_len] * u;
         for (var j = 0u; j < hist_len; j++) {
             acc += w[ch * p.kernel + j] * hist[j];
         }
-        y[r * C + ch] = bcx[row + C + ch] * acc;
+        y[at * C + ch] = bcx[row + C + ch] * acc;
         for (var j = 0u; j + 1u < hist_len; j++) {
             hist[j] = hist[j + 1u];
         }

@@ -1,4 +1,4 @@
-// Copy the step's last real row (n_rows - 1) of x [rows, cols] to out [cols]: prefill needs
+// Copy the step's last real row (row0 + n_rows - 1, STEP_ROW0) of x [rows, cols] to out [cols]: prefill needs
 // logits for that row only. Dispatch: ceil(cols / WG).
 
 struct P {
@@ -16,6 +16,6 @@ override WG: u32 = 64u;
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c < p.cols) {
-        out[c] = x[(step[STEP_ROWS] - 1u) * p.cols + c];
+        out[c] = x[(step[STEP_ROW0] + step[STEP_ROWS] - 1u) * p.cols + c];
     }
 }

@@ -29,7 +29,7 @@ from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
-from ..compile.plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
+from ..compile.plan import FEW_ROWS, STEP_TOKENS, Compiler, Plan, step_words, write_step
 from ..text.sampling import DRAW_WORDS, Draw, Sampler, check_mask, mask_words
 
 Pick = Union[str, Draw]
@@ -105,6 +105,7 @@ class CacheBindings:
     def __init__(self) -> None:
         self.groups: dict[int, list[Any]] = {}   # plan key -> bind groups (Plan.bind)
         self.chain: list[Any] = []   # decode's next-token buffer and its two readback buffers
+        self.own: dict[str, Any] = {}   # batched steps: its step words, draw and sampled token (SequenceSlot)
 
 
 class Engine:
@@ -271,6 +272,7 @@ class GpuEngine(Engine):
         self.plans: dict[tuple[str, int, str], Plan] = {}
         self.staging = None
         self._batch_buffer: Any = None   # step_batch's step words and draws, grown on demand
+        self._shared_groups: dict[int, list[Any]] = {}   # batched plans' bind groups of their shared dispatches
         last = graphs["last"]
         self.weights = WeightStore(self.allocator, gguf, plan_layout(last, gguf.tensors, weight_budget, cap),
                                    lambda n, label: self._create(n, label, kind="weights"), progress,
@@ -325,7 +327,7 @@ class GpuEngine(Engine):
     def _give_back(self, cache: GpuKVCache) -> None:
         """Free a released cache's buffers and forget what the engine kept for it."""
         state = self._cache_state.pop(cache, None)
-        for b in cache.buffers() + (state.chain if state else []):
+        for b in cache.buffers() + (state.chain + list(state.own.values()) if state else []):
             self._free(b)
 
     def bind(self, plan: Plan, cache: GpuKVCache) -> list[Any]:
@@ -340,6 +342,20 @@ class GpuEngine(Engine):
         p = self.plans.get(key)
         if p is None:
             p = self.compiler.compile(self.graphs[output_rows], rows, pick, self.max_rows(output_rows))
+            self.plans[key] = p
+        return p
+
+    def batch_rows(self) -> int:
+        """Most sequences one batched plan takes (more run in several): matmul_few's rows, within a step's rows."""
+        return min(FEW_ROWS, self.max_rows("all"))
+
+    def batch_plan(self, n: int) -> Plan:
+        """The batched decode plan for n sequences (2 .. batch_rows()), one per bucket of rows, compiled on first use."""
+        rows = next(b for b in buckets(self.batch_rows()) if b >= max(n, 2))   # one sequence alone: padded
+        key = ("batch", rows, "argmax")
+        p = self.plans.get(key)
+        if p is None:
+            p = self.compiler.compile(self.graphs["all"], rows, "argmax", self.max_rows("all"), batch=True)
             self.plans[key] = p
         return p
 
@@ -457,10 +473,57 @@ class GpuEngine(Engine):
 
     def step_batch(self, caches: list[GpuKVCache], ids: list[np.ndarray], pos0s: list[int],
                    picks: list[Pick]) -> np.ndarray:
-        """One-token steps of every sequence recorded in one command encoder, submitted once, their tokens read
+        """One-token steps of several sequences through the batched plan (each weight read once for all of
+        them: batch_rows() sequences a submit), their tokens read back once. Paged weights, host-side or
+        constrained draws, a lone sequence and longer feeds take the one-row plans (_step_each)."""
+        self._check_usable()
+        if len(caches) < 2 or self.batch_rows() < 2 or self.weights.paged_bytes or any(len(i) != 1 for i in ids) or \
+                4 * len(ids) > self.staging.size or \
+                any(isinstance(k, Draw) and (not k.on_gpu or k.mask is not None) for k in picks):
+            return self._step_each(caches, ids, pos0s, picks)
+        n, cap, draw_bytes = len(caches), self.batch_rows(), 4 * DRAW_WORDS
+        # each sequence's own step words (its position, one row, its row of the batch) and draw, written once
+        steps = np.concatenate([step_words(p, 1, rows=0, row0=i % cap) for i, p in enumerate(pos0s)])
+        step_bytes = steps.nbytes // n
+        draws = b"".join(k.encode() if isinstance(k, Draw) else bytes(draw_bytes) for k in picks)
+        dev = self.gpu.device
+        with self._device_errors():
+            inputs = self._batch_inputs(n * (step_bytes + draw_bytes))
+            dev.queue.write_buffer(inputs, 0, steps.tobytes() + draws)
+            for c0 in range(0, n, cap):
+                seqs = range(c0, min(n, c0 + cap))
+                plan = self.batch_plan(len(seqs))
+                shared = plan.bind(dev, None, self._shared_groups)
+                own = [self._own(caches[i]) for i in seqs]
+                groups = [plan.bind(dev, caches[i], self._bindings(caches[i]).groups, o) for i, o in zip(seqs, own)]
+                write_step(dev.queue, self.step_buffer, np.array([int(ids[i][0]) for i in seqs]), pos0s[c0], plan.rows)
+                enc = dev.create_command_encoder()
+                for i, o in zip(seqs, own):
+                    enc.copy_buffer_to_buffer(inputs, i * step_bytes, o["step"], 0, step_bytes)
+                    if isinstance(picks[i], Draw):
+                        enc.copy_buffer_to_buffer(inputs, n * step_bytes + i * draw_bytes, o["draw"], 0, draw_bytes)
+                plan.encode_batch(enc, shared, groups, [isinstance(picks[i], Draw) for i in seqs])
+                enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 4 * c0, 4 * len(seqs))
+                for i, o in zip(seqs, own):
+                    if isinstance(picks[i], Draw):
+                        enc.copy_buffer_to_buffer(o["ids"], 0, self.staging, 4 * i, 4)
+                dev.queue.submit([enc.finish()])
+            return self._read(4 * n).view(np.uint32).astype(np.int64)
+
+    def _own(self, cache: GpuKVCache) -> dict[str, Any]:
+        """A sequence's own buffers for batched steps (SequenceSlot): step words, draw, sampled token."""
+        state = self._bindings(cache)
+        if not state.own:
+            state.own = {"step": self._create(4 * STEP_TOKENS, "batch.step", kind="step"),
+                         "draw": self._create(4 * DRAW_WORDS, "batch.draw", kind="step"),
+                         "ids": self._create(16, "batch.ids", kind="step")}
+        return state.own
+
+    def _step_each(self, caches: list[GpuKVCache], ids: list[np.ndarray], pos0s: list[int],
+                   picks: list[Pick]) -> np.ndarray:
+        """Every sequence's one-row plan recorded in one command encoder, submitted once, their tokens read
         back once: each sequence's step words and draw are copied into the step and draw buffers before its
         dispatches. Paged plans, host-side draws and longer feeds take a step per sequence."""
-        self._check_usable()
         modes = ["sample" if isinstance(k, Draw) else k for k in picks]
         plans = [self.plan("last", 1, m) for m in modes]
         if any(len(i) != 1 for i in ids) or any(p.segments for p in plans) or 4 * len(ids) > self.staging.size or \
