@@ -1,12 +1,10 @@
-"""One-row (decode) attention time over a filled KV cache, per model shape, cache length, split size, lanes per
-key, keys a lane group takes an iteration and threads a workgroup, with the KV bytes read per second against
-the read ceiling (vec4 loads of a 1 GiB buffer). JSON.
+"""One-row (decode) attention time over a filled KV cache, per model shape, cache length, split size and lanes
+per key, with the KV bytes read per second against the read ceiling (vec4 loads of a 1 GiB buffer). JSON.
 
-Times attention_decode plus its merge as the plan specializes them (a decode step runs that pair per layer; one
-split runs no merge), to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode
-attention against the bandwidth it could have.
+Times the attention dispatch plus its merge as the plan specializes them (a decode step runs that pair per
+layer), to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode attention
+against the bandwidth it could have.
 Usage: python benchmarks/attention_decode.py [--cases 640@1024,8192@8192] [--splits 32,64] [--lanes 2,4,8]
-       [--threads 64,128,256] [--keys 1,2,4]
   a case is KEYS@RING: the query attends KEYS positions of a cache allocated for RING (the context length).
 """
 
@@ -28,19 +26,17 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--splits", default=None, help="keys a split to try (default: the preset)")
     ap.add_argument("--lanes", default=None, help="lanes per key to try (default: the preset)")
-    ap.add_argument("--threads", default=None, help="threads a workgroup to try (default: the preset)")
-    ap.add_argument("--keys", default=None, help="keys a lane group takes an iteration to try (default: the preset)")
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--read-mib", type=int, default=1024, help="buffer size for the read ceiling")
     args = ap.parse_args()
 
-    from mdst.compile.plan import decode_attention
+    from mdst.compile.plan import ATTN_WG, attention_group, attention_splits
     from mdst.reference import split_keys
-    from mdst.gpu.device import open_gpu, presets_for
+    from mdst.gpu.device import open_gpu
     from mdst.kernels import KernelSpec, PipelineCache
 
     gpu = open_gpu("gpu")
-    pre = presets_for(software=False)   # the GPU presets (with MDST_PRESETS), also on a CPU adapter
+    pre = gpu.profile.presets
     f16 = gpu.profile.shader_f16
     dev = gpu.device
     pipelines = PipelineCache(dev)
@@ -64,32 +60,24 @@ def main() -> None:
             y = storage(gpu, 4 * heads * hd)
             params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
                       "scale": float(hd ** -0.5), "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
-            sweep = [(split_pre, lanes, threads, per)
-                     for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split])
-                     for lanes in (map(int, args.lanes.split(",")) if args.lanes else [pre.attention_lanes])
-                     for threads in (map(int, args.threads.split(",")) if args.threads else [pre.attention_threads])
-                     for per in (map(int, args.keys.split(",")) if args.keys else [pre.attention_keys])]
-            for split_pre, lanes, threads, per in sweep:
-                tried = dataclasses.replace(pre, attention_split=split_pre, attention_lanes=lanes,
-                                            attention_threads=threads, attention_keys=per)
-                consts, splits = decode_attention(heads, kvh, hd, ring, tried)
-                part = y if splits == 1 else storage(gpu, heads * splits * (hd + 2) * 4)
-                spec = KernelSpec("attention_decode", f16=f16, kv="F", constants=tuple(sorted(consts.items())))
-                run = [dispatcher(gpu, pipelines, spec, [step, k, v, q, part], params,
-                                  (heads // consts["GW"], 1, splits))]
-                if splits > 1:
-                    run.append(dispatcher(gpu, pipelines, KernelSpec("attention_merge"), [step, part, y],
-                                          {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1)))
-                s = timed(gpu, passes(*run), args.reps)
-                gbs = kv_bytes / s / 1e9
-                results.append({"shape": name, "keys": keys, "ring": ring, "split": split_pre, "splits": splits,
-                                "keys_per_split": split_keys(keys, consts["SPLIT"], splits),
-                                "lanes_per_key": consts["LPK"], "threads": threads, "keys_per_iteration": per,
-                                "heads_per_workgroup": consts["GW"], "us": round(s * 1e6, 2),
-                                "kv_gb_per_s": round(gbs, 1), "fraction_of_read_ceiling": round(gbs / read_gbs, 3)})
-                print(json.dumps(results[-1]), flush=True)
-                if splits > 1:
-                    part.destroy()
+            for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
+                split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
+                part = storage(gpu, heads * splits * (hd + 2) * 4)
+                for lanes in (map(int, args.lanes.split(",")) if args.lanes else [pre.attention_lanes]):
+                    gw = attention_group(heads, kvh, hd, lanes)
+                    consts = (("GW", gw), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
+                    att = dispatcher(gpu, pipelines, KernelSpec("attention", f16=f16, kv="F", constants=consts),
+                                     [step, k, v, q, part], params, (heads // gw, 1, splits))
+                    merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge"), [step, part, y],
+                                       {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))
+                    s = timed(gpu, passes(att, merge), args.reps)
+                    gbs = kv_bytes / s / 1e9
+                    results.append({"shape": name, "keys": keys, "ring": ring, "splits": splits,
+                                    "keys_per_split": split_keys(keys, split, splits),
+                                    "lanes_per_key": lanes, "heads_per_workgroup": gw, "us": round(s * 1e6, 2),
+                                    "kv_gb_per_s": round(gbs, 1), "fraction_of_read_ceiling": round(gbs / read_gbs, 3)})
+                    print(json.dumps(results[-1]), flush=True)
+                part.destroy()
             for b in (k, v, q, y):
                 b.destroy()
     best = {f"{n}@{c}": min((r for r in results if r["shape"] == n and f"{r['keys']}@{r['ring']}" == c),

@@ -29,10 +29,8 @@ def main() -> None:
         except (OSError, ValueError):
             continue
         if data["benchmark"] == "attention_decode":
-            split, lanes, threads, per = least_worst(data["results"], "shape", lambda r: (
-                r["split"], r["lanes_per_key"], r["threads"], r["keys_per_iteration"]))
-            picks += [f"attention_split={split}", f"attention_lanes={lanes}", f"attention_threads={threads}",
-                      f"attention_keys={per}"]
+            split, lanes = least_worst(data["results"], "shape", lambda r: (r["split"], r["lanes_per_key"]))
+            picks += [f"attention_split={split}", f"attention_lanes={lanes}"]
         elif data["benchmark"] == "matmul_bandwidth":
             rows = [{**r, "us": r["us_per_dispatch"], "variant": dict(c.split("=") for c in r["kernel"].split(":")[2:])}
                     for r in data["results"] if r["kernel"].startswith("matmul_row")]

@@ -14,8 +14,8 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, decode_attention, few_groups, flash_tiles,
-                               gemm_groups, gemv_groups, step_words)
+from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, few_groups, flash_tiles, gemm_groups, gemv_groups,
+                               step_words)
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -287,10 +287,10 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
                 assert (got[slot] == 0xFF).all(), "an unwritten slot changed"
 
 
-def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int) -> KernelSpec:
+def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int, split: int = 0) -> KernelSpec:
     """The attention kernel as the plan specializes it: `lpk` lanes a key, the query heads a workgroup takes."""
     gw = attention_group(heads, kvh, hd, lpk)
-    consts = (("GW", gw), ("LPK", lpk), ("WG", ATTN_WG))
+    consts = (("GW", gw), ("LPK", lpk), ("SPLIT", split), ("WG", ATTN_WG))
     return dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=consts)
 
 
@@ -419,89 +419,42 @@ def test_shortconv(run, rng, pos0):
     np.testing.assert_allclose(f32(new_state).reshape(kernel - 1, ch), want_state, rtol=1e-6)
 
 
-@pytest.mark.parametrize("window,softcap,temp,kv_type,lanes,threads,per,hd,heads,kvh,split,one", [
-    (0, 0.0, 0.0, "f32", 8, 128, 1, 96, 6, 2, 16, False),    # three fours a lane, some splits empty
-    (9, 0.0, 0.0, "f32", 1, 128, 2, 96, 6, 2, 16, False),    # window wrapping the ring; one lane raised to two
-    (0, 30.0, 0.3, "f16", 4, 64, 1, 64, 16, 2, 64, False),   # four heads a workgroup, several keys a key group
-    (9, 0.0, 0.0, "q8_0", 16, 256, 1, 96, 6, 2, 16, True),   # one split: the output itself, no merge
-    (0, 0.0, 0.0, "q8_0", 32, 128, 4, 288, 6, 2, 32, False),
-    (0, 0.0, 0.3, "f32", 64, 128, 2, 36, 5, 5, 16, True),    # more lanes than a head's fours, no grouping
-    (5, 30.0, 0.0, "f16", 8, 128, 1, 256, 4, 1, 16, False),  # Gemma-like: two heads a workgroup of four
-    (0, 0.0, 0.0, "f32", 4, 64, 4, 128, 8, 2, 16, True)])    # four keys a lane group an iteration, some past n
-def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, threads, per, hd, heads, kvh, split,
-                          one):
-    """Decode attention as GPUs run it (the plan's constants for these presets), in splits merged after or in one."""
-    from mdst.gpu.device import presets_for
-
-    rows, n_rows, pos0 = 2, 1, 100
+@pytest.mark.parametrize("window,kv_type,lpk,hd", [(0, "f32", 1, 96), (9, "f32", 1, 96), (0, "q8_0", 1, 96),
+                                                   (0, "f32", 4, 96), (9, "q8_0", 16, 96), (0, "f32", 4, 288)])
+def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
+    """One-row attention in splits of 16 keys (some empty) merged, as decode runs on GPUs; `lpk` lanes a key."""
+    heads, kvh, rows, n_rows, pos0, split = 6, 2, 2, 1, 100, 16
     ring = 137 if not window else window + rows - 1
-    pre = dataclasses.replace(presets_for(software=False), attention_lanes=lanes, attention_threads=threads,
-                              attention_keys=per, attention_split=split)
-    consts, _ = decode_attention(heads, kvh, hd, ring, pre)
-    splits = 1 if one else -(-ring // split) + 2  # more than needed: the extra ones are empty
-    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=32)
+    splits = -(-ring // split) + 2  # more than needed: the extra ones are empty
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, 0.0)
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
-              "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32}
-    spec_k = dataclasses.replace(kv_spec("attention_decode", kv_type, gpu), constants=tuple(sorted(consts.items())))
-    groups = (heads // consts["GW"], rows, splits)
-    steps = step_words(pos0, n_rows, rows=rows)
-    kd, vd = decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type)
-    if one:
-        out = f32(run(spec_k, [steps, kc, vc, q, Out(q.nbytes)], params, groups)[0]).reshape(rows, -1)
-    else:
-        part = run(spec_k, [steps, kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)], params, groups)[0]
-        got = f32(part).reshape(rows, heads, splits, hd + 2)
-        want = reference.attention_partials(q[0], kd, vd, pos0, spec, split, splits)
-        live = want[:, :, 1] > 0
-        assert (got[0, :, :, 1][~live] == 0).all() and (got[0, :, :, 0][~live] == np.float32(-3.0e38)).all()
-        assert rel_l2(got[0][live], want[live]) < 1e-5
-        assert np.isnan(got[n_rows:]).all(), "a padding row was written"
-        out = f32(run(KernelSpec("attention_merge"), [steps, part, Out(q.nbytes)],
-                      {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
-    want = reference.attention(q[:n_rows], kd, vd, pos0 + np.arange(n_rows), spec)
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+    spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
+    part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
+               params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
+    out = f32(run(KernelSpec("attention_merge"), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
+                  {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
+    want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
+                               pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
-    assert np.isnan(out[n_rows:]).all(), "a padding row was written"
-
-
-def test_decode_attention_fits_registers_and_workgroup_memory():
-    """The plan's decode attention shape: lanes raised until a lane holds at most HELD fours, heads dividing the
-    group within the registers and workgroup memory."""
-    from mdst.gpu.device import presets_for
-
-    pre = dataclasses.replace(presets_for(software=False), attention_lanes=8, attention_threads=128,
-                              attention_split=32, attention_splits=128)
-    assert decode_attention(32, 8, 128, 8192, pre) == ({"WG": 128, "LPK": 8, "F": 4, "GW": 4, "U": 1, "SPLIT": 32},
-                                                       128)
-    assert decode_attention(4, 1, 256, 1024, pre) == ({"WG": 128, "LPK": 8, "F": 8, "GW": 2, "U": 1, "SPLIT": 32}, 32)
-    assert decode_attention(32, 8, 128, 8192, dataclasses.replace(pre, attention_keys=4))[0]["GW"] == 2   # memory
-    assert decode_attention(9, 3, 64, 100, pre)[0]["GW"] == 3
-    one = dataclasses.replace(pre, attention_lanes=1, attention_threads=256)
-    assert decode_attention(64, 4, 128, 64, one) == ({"WG": 256, "LPK": 2, "F": 16, "GW": 1, "U": 1, "SPLIT": 32},
-                                                     2)
-    assert decode_attention(64, 4, 64, 64, dataclasses.replace(one, attention_lanes=16))[0]["GW"] == 4  # memory
-    with pytest.raises(ValueError, match="head_dim 130"):
-        decode_attention(4, 1, 130, 64, pre)
+    assert np.isnan(out[n_rows:]).all()
 
 
 def test_attention_of_a_batched_row(run, rng, gpu):
-    """A batched step's per-sequence dispatch (step words [pos, 1, row0]): decode attention reads activation row row0's
+    """A batched step's per-sequence dispatch (step words [pos, 1, row0]): attention reads activation row row0's
     query, keeps its split partials at row 0 and the merge writes row row0; other rows stay unwritten."""
-    from mdst.gpu.device import presets_for
-
     heads, kvh, hd, rows, row0, pos0, split, ring = 6, 2, 96, 3, 2, 57, 16, 77
-    consts, splits = decode_attention(heads, kvh, hd, ring,
-                                      dataclasses.replace(presets_for(software=False), attention_split=split))
-    assert splits > 1
+    splits = -(-ring // split)
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), 0, 0.0)
     kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
     q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
               "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
     step = step_words(pos0, 1, rows=0, row0=row0)
-    spec_k = dataclasses.replace(kv_spec("attention_decode", "f32", gpu), constants=tuple(sorted(consts.items())))
+    spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
     part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4)], params,
                (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
     out = f32(run(KernelSpec("attention_merge"), [step, part, Out(q.nbytes)],

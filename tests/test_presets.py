@@ -63,9 +63,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
 
 
 # gemv_threads=0: every GEMV of this small model computes gemv_rows rows a group of lanes (the presets
-# proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys, which
-# writes the output itself (the presets proper: two of 32 and the merge); OTHER_CHOICES: 128 x 128 tiles of the
-# f32 GEMM and prefill attention a row a workgroup
+# proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys
+# (the presets proper: two of 32); OTHER_CHOICES: 128 x 128 tiles of the f32 GEMM and prefill attention a row a
+# workgroup
 @pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}, {"attention_splits": 1}, OTHER_CHOICES],
                          indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
@@ -141,7 +141,7 @@ def test_gpu_presets_with_q8_activations_match_the_reference(gpu_presets, tmp_pa
 @pytest.mark.parametrize("gpu_presets", [{"gemm_f16": 0}], indirect=True)
 @pytest.mark.parametrize("preset", ["gemma3-tiny", "ministral3-tiny"])
 def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_path, preset):
-    # attention_decode inside models: Gemma 3's sliding-window layers (a ring of 8, decoded well past it, next
+    # decode attention inside models: Gemma 3's sliding-window layers (a ring of 8, decoded well past it, next
     # to global layers) and Mistral 3's attention temperature (steps every 8 positions), against the numpy path
     # (the prompt's GEMM in f32, so the f32 bound holds)
     from mdst.dev import synth
@@ -151,7 +151,7 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
     with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g, g.session() as s:
         s.feed(ids[:4])
         steps = np.concatenate([s.feed([t]) for t in ids[4:]])
-        assert "attention_decode" in {d.spec.name for d in g.engine.plan("all", 1, "logits").dispatches}
+        assert "attention_merge" in {d.spec.name for d in g.engine.plan("all", 1, "logits").dispatches}
     with mdst.load(path, device="cpu", context_length=64) as c:
         ref = c.logits(ids)
     assert rel_l2(steps, ref[4:]) < 1e-4

@@ -33,8 +33,6 @@ def test_python_values_are_the_wgsl_consts():
         wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
     assert plan.MERGE_MAX_SPLITS == wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
     assert plan.GROUP_MAX_EXPERTS == wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")
-    assert (plan.DECODE_HELD, plan.DECODE_MAX_GW, plan.DECODE_MAX_U, plan.DECODE_MERGE) == tuple(
-        wgsl_const("attention_decode.wgsl", n) for n in ("HELD", "MAX_GW", "MAX_U", "MERGE"))
     assert (plan.FLASH_KVMAX, plan.FLASH_RED, plan.FLASH_NV) == tuple(
         wgsl_const("attention_rows.wgsl", n) for n in ("KVMAX", "RED", "NV"))
     presets = dataclasses.make_dataclass("Presets", [("attention_split", int), ("attention_splits", int)])

@@ -88,13 +88,10 @@ def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
 
 
 _plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
-USES_KV = {"kv_store", "attention", "attention_decode", "attention_rows", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
+USES_KV = {"kv_store", "attention", "attention_rows", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
 ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
 MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
-DECODE_HELD, DECODE_MAX_GW, DECODE_MAX_U, DECODE_MERGE = (wgsl_const("attention_decode.wgsl", n)
-                                                          for n in ("HELD", "MAX_GW", "MAX_U", "MERGE"))
-WORKGROUP_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize, which every adapter offers
 FLASH_KVMAX, FLASH_RED, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("KVMAX", "RED", "NV"))
 FLASH_MAX_KEYS = 16  # attention_rows: keys a tile at most
 
@@ -128,33 +125,6 @@ def attention_splits(keys: int, presets: Any) -> tuple[int, int]:
     splits to cover the positions filled so far (reference.split_keys)."""
     cap = min(presets.attention_splits or MERGE_MAX_SPLITS, MERGE_MAX_SPLITS)
     return presets.attention_split, min(cap, ceil_div(keys, presets.attention_split))
-
-
-def decode_attention(heads: int, kv_heads: int, head_dim: int, keys: int, presets: Any) -> tuple[dict[str, int], int]:
-    """attention_decode's override constants and splits over a cache of `keys` positions: `attention_lanes`
-    lanes a key (more where a lane would hold more of a head than its registers take), `attention_keys` keys a
-    lane group an iteration, as many of a KV head's query heads a workgroup as its registers and workgroup
-    memory hold, `attention_threads` threads."""
-    if head_dim % 4:
-        raise ValueError(f"attention head_dim {head_dim} is not supported: it must be a multiple of 4")
-    threads, per, fours = presets.attention_threads, presets.attention_keys, head_dim // 4
-    if per > DECODE_MAX_U:
-        raise ValueError(f"attention_keys {per} is more than attention_decode's most, {DECODE_MAX_U}")
-    lanes = presets.attention_lanes
-    while ceil_div(fours, lanes) > DECODE_HELD:
-        lanes *= 2
-    if lanes > threads:
-        raise ValueError(f"attention head_dim {head_dim} is not supported: it must be at most "
-                         f"{4 * DECODE_HELD * threads}")
-    held = ceil_div(fours, lanes)
-    group = heads // kv_heads
-    fits = min(DECODE_MAX_GW, DECODE_HELD // held, (WORKGROUP_BYTES - 16 * DECODE_MERGE) // (8 * per * threads))
-    if fits < 1:
-        raise ValueError(f"attention_keys={per} with attention_threads={threads} needs more workgroup memory "
-                         f"than {WORKGROUP_BYTES} bytes: take fewer of either")
-    gw = max(g for g in range(1, group + 1) if group % g == 0 and g <= fits)
-    split, splits = attention_splits(keys, presets)
-    return {"WG": threads, "LPK": lanes, "F": held, "GW": gw, "U": per, "SPLIT": split}, splits
 
 
 ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}
@@ -656,27 +626,25 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
               "window": s.window, "scale": s.scale, "softcap": s.softcap,
               "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
-    if r == 1 and c.presets.attention_split:
-        # decode: splits of keys in parallel, then a merge (flash-decoding); one split writes the output itself
-        consts, splits = decode_attention(s.heads, s.kv_heads, s.head_dim, min(lk.ring, s.window or lk.ring),
-                                          c.presets)
-        part = y if splits == 1 else c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
-        c.dispatch("attention_decode", [c.step, k, v, x[0], part, None], (s.heads // consts["GW"], 1, splits),
-                   params, "attention", **consts)
-        if splits > 1:
-            c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
-                       {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
-            c.live.free(-id(node))
-        return
     lanes = c.presets.attention_lanes
     gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
-    if r > 1 and c.presets.prefill_attention == "flash":
+    consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG}
+    if r == 1 and c.presets.attention_split:
+        # decode: splits of keys in parallel, then a merge (flash-decoding)
+        split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
+        part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
+        c.dispatch("attention", [c.step, k, v, x[0], part, None], (s.heads // gw, 1, splits), params,
+                   "attention", SPLIT=split, **consts)
+        c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
+                   {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
+        c.live.free(-id(node))
+    elif r > 1 and c.presets.prefill_attention == "flash":
         gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim)
         c.dispatch("attention_rows", [c.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
                    params, "attention", WG=ATTN_WG, GW=gw, BR=br, BC=bc)
     else:
         c.dispatch("attention", [c.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
-                   LPK=lanes, GW=gw, WG=ATTN_WG)
+                   **consts)
 
 
 def _shortconv(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:

@@ -463,18 +463,13 @@ class CaseBuilder:
             vc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim), kv_type)
             q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
             kv_dim = a.kv_heads * a.head_dim
+            split = int(spec.constants_dict().get("SPLIT", 0))
             groups = a.heads // int(spec.constants_dict().get("GW", 1))   # workgroups along x: one a head group
-            if spec.name == "attention_decode":
-                # one row's partials in ranges of SPLIT keys and in fewer, longer ones; in one range, the output
-                split = int(spec.constants_dict()["SPLIT"])
+            if split:   # decode's split form: one row's partials, in ranges of `split` keys and in fewer, longer ones
                 keys = min(pos0 + 1, window or pos0 + 1)
-                for splits in sorted({-(-keys // split), -(-keys // split // 3) or 1, 1}, reverse=True):
-                    if splits == 1:
-                        want = reference.attention(q[:1], decode_rows(kc, kv_dim, kv_type),
-                                                   decode_rows(vc, kv_dim, kv_type), np.array([pos0]), a)
-                    else:
-                        want = reference.attention_partials(q[0], decode_rows(kc, kv_dim, kv_type),
-                                                            decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
+                for splits in sorted({-(-keys // split), -(-keys // split // 3) or 1}, reverse=True):
+                    want = reference.attention_partials(q[0], decode_rows(kc, kv_dim, kv_type),
+                                                        decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
                     n = reference.split_keys(keys, split, splits)
                     out.append(Case(f"one row at {pos0} in {splits} ranges of {n} keys (heads {a.heads}/"
                                     f"{a.kv_heads}x{a.head_dim}, window {window})", spec,
@@ -491,7 +486,7 @@ class CaseBuilder:
                             [Expect("f32", _within(1e-5), want)]))
         return out
 
-    _attention_rows = _attention_decode = _attention
+    _attention_rows = _attention
 
     def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out

@@ -24,12 +24,9 @@ class Presets:
     """Kernel choices that depend on the kind of adapter."""
 
     matmul: str = "tiled"         # "tiled": workgroup-memory tiles and cooperative GEMV; "by_output": lanes take outputs
-    attention_split: int = 0      # one-row attention: least keys a workgroup (attention_decode), merged after
-                                  # (0: attention.wgsl, a workgroup a row and head group)
-    attention_lanes: int = 1      # lanes taking each key together (1, 2, 4, ... 64), in either kernel
+    attention_split: int = 0      # one-row attention: keys per workgroup, merged after (0: one workgroup per head)
+    attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
     attention_splits: int = 0     # at most this many splits (longer ones where the cache is longer; 0: no cap)
-    attention_threads: int = 128  # one-row attention on GPUs (attention_decode): threads a workgroup
-    attention_keys: int = 1       # attention_decode: keys a lane group takes between two barriers
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
@@ -50,11 +47,10 @@ PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": ov
 def presets_for(software: bool) -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
-    splits, which beat 64 and 256 at 8k and 32k positions with the kernel before attention_decode; RESULTS;
-    8 lanes a key: a 128-dim head is four fours a lane, which leaves registers for four query heads), and a GEMV
+    splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
-    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 8, attention_splits=128, gemv_lanes=64,
+    base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
                                                                  prefill_rows=512, gemm_f16=1)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
@@ -64,9 +60,8 @@ def with_overrides(base: Presets, text: str) -> Presets:
     """`base` with the `name=value,...` overrides of `text` (the MDST_PRESETS format)."""
     import dataclasses
 
-    allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256, 512, 1024),
+    allowed = {"matmul": ("tiled", "by_output"), "attention_split": (0, 16, 32, 64, 128, 256),
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "attention_splits": (0, 16, 32, 64, 128, 256),
-               "attention_threads": (64, 128, 256), "attention_keys": (1, 2, 4),
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "few_lanes": (1, 2, 4, 8, 16, 32),

@@ -1,14 +1,17 @@
-// Causal attention with grouped-query heads over a layer's KV cache (read through kv/<format>.wgsl), a
-// workgroup a row: on CPU adapters, and prefill where the plan does not take attention_rows (decode on GPUs
-// is attention_decode.wgsl). Row r sits at position pos = pos0 + r and attends to positions
-// [pos - window + 1, pos] (window 0: [0, pos]), read from slot position % ring. A workgroup computes GW query
-// heads of one KV head, so a cached row is read once for all of them. Keys go a tile of T = WG / LPK at a
-// time with an online softmax, so any context length runs in fixed memory:
+// Causal attention with grouped-query heads over a layer's KV cache (read through kv/<format>.wgsl).
+// Row r sits at position pos = pos0 + r and attends to positions [pos - window + 1, pos] (window 0:
+// [0, pos]), read from slot position % ring. A workgroup computes GW query heads of one KV head, so a
+// cached row is read once for all of them. Keys go a tile of T = WG / LPK at a time with an online
+// softmax, so any context length runs in fixed memory:
 //   1. scores: LPK lanes score each key of the tile for the GW heads (summed through workgroup memory);
 //   2. weights: a thread per (head, key) finds the head's running max and the key's weight;
 //   3. values: thread (key group, four dims) adds the weighted V rows of every KG-th key, for the GW heads.
-// Row r reads and writes activation row row0 + r (STEP_ROW0).
-// Dispatch: (heads / GW, rows, 1).
+// SPLIT = 0: workgroup (head group, row) writes the output. SPLIT > 0 (decode on a GPU, where a few heads
+// would leave it idle): the keys up to the row's position are cut into ranges of at least SPLIT, one a
+// workgroup z, which writes each head's partial (running max, sum, unnormalized output; head_dim + 2
+// floats) for attention_merge. Row r reads and writes activation row row0 + r (STEP_ROW0); its partials
+// are indexed by r.
+// Dispatch: (heads / GW, rows, 1), or (heads / GW, rows, splits) with SPLIT.
 
 struct P {
     heads: u32,
@@ -24,10 +27,11 @@ struct P {
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;       // [rows, heads * head_dim]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim] (or partials)
 @group(0) @binding(5) var<uniform> p: P;
 
 override WG: u32 = 128u;
+override SPLIT: u32 = 0u;
 override LPK: u32 = 4u;   // lanes per key: a power of two dividing WG
 override GW: u32 = 1u;    // query heads a workgroup: divides heads / kv_heads, at most MAX_GW
 override T: u32 = WG / LPK;
@@ -44,6 +48,13 @@ var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(sco
 var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
 var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
 
+fn softcapped(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+    }
+    return s;
+}
+
 fn put4(i: u32, v: vec4<f32>) {
     out[i] = v.x;
     out[i + 1u] = v.y;
@@ -52,7 +63,8 @@ fn put4(i: u32, v: vec4<f32>) {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
     let r = wid.y;
     if (r >= step[STEP_ROWS]) {
         return;
@@ -62,7 +74,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (p.window > 0u && pos + 1u > p.window) {
         first = pos + 1u - p.window;
     }
-    let last = pos;   // keys [first, last]
+    var last = pos;   // keys [first, last]
+    if (SPLIT > 0u) {
+        // the nwg.z splits share the filled keys, at least SPLIT each (reference.split_keys): a cache
+        // allocated long but filled short still spreads its keys over many workgroups
+        let len = max(SPLIT, (last + 1u - first + nwg.z - 1u) / nwg.z);
+        first += wid.z * len;
+        last = min(pos, first + len - 1u);
+    }
     let h0 = wid.x * GW;
     let kb = (h0 / (p.heads / p.kv_heads)) * p.head_dim;   // the KV head's first value in a cached row
     let kv_dim = p.kv_heads * p.head_dim;
@@ -114,11 +133,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 for (var j = 0u; j < LPK; j++) {
                     s += red[(g / 4u) * WG + t * LPK + j][g % 4u];
                 }
-                sc[e] = softcapped(s, p.softcap);
+                sc[e] = softcapped(s);
             }
         } else {
             for (var g = 0u; g < GW; g++) {
-                sc[g * T + kk] = softcapped(part[g], p.softcap);
+                sc[g * T + kk] = softcapped(part[g]);
             }
         }
         workgroupBarrier();
@@ -173,7 +192,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 o += red[j * dv + lid];
                 s += red[WG + j * dv + lid].x;
             }
-            put4(((step[STEP_ROW0] + r) * p.heads + h0 + g) * p.head_dim + 4u * lid, o / s);
+            let h = h0 + g;
+            if (SPLIT > 0u) {
+                // an empty split (past pos) has sum 0
+                let pb = ((r * p.heads + h) * nwg.z + wid.z) * (p.head_dim + 2u);
+                if (lid == 0u) {
+                    out[pb] = mh[slot * MAX_GW + g];
+                    out[pb + 1u] = s;
+                }
+                put4(pb + 2u + 4u * lid, o);
+            } else {
+                put4(((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + 4u * lid, o / s);
+            }
         }
         workgroupBarrier();
     }
