@@ -324,13 +324,15 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
     (0, 0.0, 0.0, "f16", 64, 16, 2, 3), (11, 0.0, 0.0, "q8_0", 96, 6, 2, 20),
     (0, 0.0, 0.0, "f32", 300, 6, 2, 1),   # three keys a tile, some dims' threads idle
     (5, 0.0, 0.0, "f16", 256, 9, 3, 2),   # Gemma-like: window, eight query vectors a workgroup
-    (0, 0.0, 0.0, "f32", 36, 5, 5, 9)])   # no grouping, small heads
+    (0, 0.0, 0.0, "f32", 36, 5, 5, 9),    # no grouping, small heads
+    (7, 0.0, 0.2, "f16", 128, 8, 2, 4)])  # on a workgroup of 64 threads below
 def test_attention_rows(run, rng, gpu, window, softcap, temp, kv_type, hd, heads, kvh, pos0):
     """Prefill's flash attention: blocks of rows over KV tiles, against the reference at rows that fill no block."""
     rows, n_rows = 37, 35
-    gw, br, bc = flash_tiles(heads, kvh, hd)
+    wg = 64 if hd == 128 else ATTN_WG
+    gw, br, bc = flash_tiles(heads, kvh, hd, wg)
     spec_k = dataclasses.replace(kv_spec("attention_rows", kv_type, gpu),
-                                 constants=(("BC", bc), ("BR", br), ("GW", gw), ("WG", ATTN_WG)))
+                                 constants=(("BC", bc), ("BR", br), ("GW", gw), ("WG", wg)))
     ring = window + rows - 1 if window else pos0 + rows + 3
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=4)
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
@@ -352,6 +354,7 @@ def test_flash_tiles_fit_workgroup_memory():
     assert flash_tiles(4, 1, 256) == (4, 4, 8)     # Gemma 3 270M: 16 query vectors of 256, 8 threads each
     assert flash_tiles(9, 3, 64) == (3, 21, 16)    # SmolLM2 135M: 63 of 64 query vectors used
     assert flash_tiles(6, 2, 300) == (3, 4, 6)     # 10 threads a vector, the last with 3 of its 8 fours
+    assert flash_tiles(16, 8, 128, 64) == (2, 8, 16)  # Qwen3 0.6B on 64 threads: 16 query vectors
     with pytest.raises(ValueError, match="head_dim 516"):
         flash_tiles(4, 1, 516)
 

@@ -106,16 +106,18 @@ def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int
     return max(g for g in range(1, group + 1) if group % g == 0 and g <= fits)
 
 
-def flash_tiles(heads: int, kv_heads: int, head_dim: int) -> tuple[int, int, int]:
-    """attention_rows' (query heads GW, rows BR, keys BC) a workgroup: a query vector takes the threads that hold
-    its dims (FLASH_NV fours each), the workgroup as many vectors as that leaves, of as many of one KV head's
-    query heads as divide the group, and a tile as many keys as its memory holds."""
+def flash_tiles(heads: int, kv_heads: int, head_dim: int, wg: int = ATTN_WG) -> tuple[int, int, int]:
+    """attention_rows' (query heads GW, rows BR, keys BC) for a workgroup of `wg` threads: a query vector takes the
+    threads that hold its dims (FLASH_NV fours each), the workgroup as many vectors as that leaves, of as many of
+    one KV head's query heads as divide the group, and a tile as many keys as its memory holds."""
     attention_group(heads, kv_heads, head_dim, 1)   # the head_dim check
     threads = -(-head_dim // (4 * FLASH_NV))
-    vectors = ATTN_WG // threads
+    if threads > wg:
+        raise ValueError(f"attention head_dim {head_dim} needs more than {wg} threads a query vector")
+    vectors = wg // threads
     group = heads // kv_heads
     gw = max(g for g in range(1, group + 1) if group % g == 0 and g <= vectors)
-    keys = min(FLASH_MAX_KEYS, FLASH_KVMAX // head_dim, FLASH_RED // ATTN_WG)
+    keys = min(FLASH_MAX_KEYS, FLASH_KVMAX // head_dim, FLASH_RED // wg)
     return gw, vectors // gw, keys
 
 
@@ -639,9 +641,10 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
                    {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
         c.live.free(-id(node))
     elif r > 1 and c.presets.prefill_attention == "flash":
-        gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim)
+        wg = c.presets.flash_threads
+        gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim, wg)
         c.dispatch("attention_rows", [c.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
-                   params, "attention", WG=ATTN_WG, GW=gw, BR=br, BC=bc)
+                   params, "attention", WG=wg, GW=gw, BR=br, BC=bc)
     else:
         c.dispatch("attention", [c.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
                    **consts)

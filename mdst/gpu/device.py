@@ -39,6 +39,8 @@ class Presets:
                                   # into f32) where the adapter has shader-f16; GPUs' default
     prefill_attention: str = "flash"  # many-row attention: "flash" (blocks of rows share each KV tile through
                                       # workgroup memory) or "rows" (a workgroup a row, as decode)
+    flash_threads: int = 128      # attention_rows: threads a workgroup (64: half the query vectors a block, so
+                                  # twice the blocks for a short prompt)
 
 
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
@@ -66,6 +68,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "few_lanes": (1, 2, 4, 8, 16, 32),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
+               "flash_threads": (64, 128),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_f16": (0, 1)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
