@@ -32,6 +32,8 @@ class Presets:
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
     few_lanes: int = 4            # matmul_few: threads an output (TPR); fewer put more outputs on each staged x
+    batch_rows: int = 16          # sequences one batched decode plan takes (at most matmul_few's rows); 0: each
+                                  # sequence's one-row plan, all in one encoder
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
     gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
@@ -51,10 +53,12 @@ def presets_for(software: bool) -> Presets:
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
     splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
-    (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md)."""
+    (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). GPUs run batched decode as each
+    sequence's one-row plan in one encoder until matmul_few reads weights at the GEMV's rate (H100: the batched
+    plan gave 0.47x and 0.63x the lone rate at 4 and 16 sequences)."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
-                                                                 prefill_rows=512, gemm_f16=1)
+                                                                 prefill_rows=512, gemm_f16=1, batch_rows=0)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
@@ -67,6 +71,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "few_lanes": (1, 2, 4, 8, 16, 32),
+               "batch_rows": (0, 2, 4, 8, 16),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "flash_threads": (64, 128),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_f16": (0, 1)}

@@ -346,8 +346,9 @@ class GpuEngine(Engine):
         return p
 
     def batch_rows(self) -> int:
-        """Most sequences one batched plan takes (more run in several): matmul_few's rows, within a step's rows."""
-        return min(FEW_ROWS, self.max_rows("all"))
+        """Most sequences one batched plan takes (more run in several): the presets' (0: no batched plan),
+        within matmul_few's rows and a step's rows."""
+        return min(self.gpu.profile.presets.batch_rows, FEW_ROWS, self.max_rows("all"))
 
     def batch_plan(self, n: int) -> Plan:
         """The batched decode plan for n sequences (2 .. batch_rows()), one per bucket of rows, compiled on first use."""
