@@ -153,6 +153,25 @@ fn nib_hi(v: u32) -> vec4<f32> {
     return ub4((v >> 4u) & 0x0f0f0f0fu);
 }
 
+// For steps whose unit is 32 neighbouring weights (`alias XU = X32;`): x's groups 8u .. 8u + 3 (lo) and
+// 8u + 4 .. 8u + 7 (hi), and their sum of squares with NORM.
+struct X32 {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+    ss: f32,
+}
+
+fn x32(u: u32) -> X32 {
+    var xu: X32;
+    let G = 8u * u;
+    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
+    xu.hi = mat4x4<f32>(xg(G + 4u), xg(G + 5u), xg(G + 6u), xg(G + 7u));
+    if (NORM) {
+        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 4u) + sq(G + 5u) + sq(G + 6u) + sq(G + 7u);
+    }
+    return xu;
+}
+
 // The sum of a vector's components.
 fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);

@@ -59,3 +59,9 @@ fn iq2_levels(e: u32, h: u32) -> vec4<f32> {
     let v = (vec4<u32>(e >> (8u * h)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u);
     return vec4<f32>(8u + 17u * v + (v >> vec4<u32>(1u)));
 }
+
+// The 8 weights of grid entry e with signs s (bit j set: weight j negative) against x's groups xa, xb
+// (the IQ2 types' GEMV steps).
+fn iq2_dot8(e: u32, s: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    return dot(iq2_levels(e, 0u) * sign4(s, 0u), xa) + dot(iq2_levels(e, 1u) * sign4(s, 1u), xb);
+}

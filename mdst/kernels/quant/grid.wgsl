@@ -13,3 +13,8 @@ fn iq1_levels(idx: u32, h: u32, delta: f32) -> vec4<f32> {
     let e = grid_entry(idx) >> (8u * h);
     return vec4<f32>((vec4<u32>(e) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u)) - 1.0 + delta;
 }
+
+// The 8 weights of grid entry idx plus delta against x's groups xa, xb (the IQ1 types' GEMV steps).
+fn iq1_dot8(idx: u32, delta: f32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    return dot(iq1_levels(idx, 0u, delta), xa) + dot(iq1_levels(idx, 1u, delta), xb);
+}
