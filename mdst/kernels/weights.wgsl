@@ -26,6 +26,15 @@ fn w_u32x2(o: u32) -> vec2<u32> {
     return vec2<u32>((a >> s) | ((b << 1u) << (31u - s)), (b >> s) | ((c << 1u) << (31u - s)));
 }
 
+// Four words from byte o, anywhere: five loads where four w_u32 take eight.
+fn w_u32x4(o: u32) -> vec4<u32> {
+    let s = (o & 3u) * 8u;
+    let i = o >> 2u;
+    let a = vec4<u32>(W[i], W[i + 1u], W[i + 2u], W[i + 3u]);
+    let b = vec4<u32>(W[i + 1u], W[i + 2u], W[i + 3u], W[i + 4u]);
+    return (a >> vec4<u32>(s)) | ((b << vec4<u32>(1u)) << vec4<u32>(31u - s));
+}
+
 fn w_u16(o: u32) -> u32 {
     return w_u32(o) & 0xffffu;
 }
