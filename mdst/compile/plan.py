@@ -20,7 +20,8 @@ from ..ir.fusion import fuse
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import (Add, Attention, AttentionSpec, Embed, ExpertMatmul, Glu, LastRow, Matmul, Mul, RmsNorm, Rope,
                       RopeSpec, RopeStore, Route, ShortConv, View)
-from ..kernels import GRID_TYPES, TYPE_STEPS, KernelSpec, PipelineCache, grid_words, pack_params, weight_align, wgsl_const
+from ..kernels import (GRID_TYPES, TYPE_STEPS, KernelSpec, PipelineCache, grid_words, pack_params, weight_align,
+                       wgsl_const)
 from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from ..memory.pool import Liveness
 from ..memory.weights import GpuWeight, WeightStore

@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
