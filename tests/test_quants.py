@@ -49,8 +49,7 @@ def test_dequantize_inverts_gguf_py_quantizer(wtype):
 
 @pytest.mark.parametrize("wtype", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"])
 def test_grid_words_are_llama_cpp_grid(wtype):
-    # every entry, where the kernel tests' random blocks reach only some: entry i is 16 bits of word i >> 1,
-    # weight j an index into gguf-py's levels (2 bits for 3 levels, 3 bits for 8)
+    # every entry, where the kernel tests' random blocks reach only some: a byte a weight, IQ1's -1, 0, 1 as 0, 1, 2
     from gguf import quants
 
     from mdst.kernels import GRID_TYPES, grid_words
@@ -60,11 +59,10 @@ def test_grid_words_are_llama_cpp_grid(wtype):
     ref = getattr(quants, wtype)
     ref.init_grid()
     grid = ref.grid.reshape(ref.grid_shape)
-    bits = 2 if len(ref.grid_map) <= 4 else 3
-    entries = np.stack([words & 0xFFFF, words >> 16], axis=1).ravel()
-    assert words.dtype == np.uint32 and len(entries) == len(grid)
-    idx = (entries[:, None] >> (bits * np.arange(grid.shape[1], dtype=np.uint32))) & ((1 << bits) - 1)
-    np.testing.assert_array_equal(np.array(ref.grid_map, np.float32)[idx], grid)
+    assert words.dtype == np.uint32 and words.size * 4 == grid.size
+    levels = (words[:, None] >> np.arange(0, 32, 8, dtype=np.uint32)) & 0xFF
+    np.testing.assert_array_equal(levels.reshape(grid.shape).astype(np.float32) - (1 if wtype.startswith("IQ1") else 0),
+                                  grid)
 
 
 def test_grid_words_refuses_a_type_without_grid():

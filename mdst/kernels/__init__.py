@@ -47,19 +47,16 @@ GRID_TYPES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"
 @lru_cache(maxsize=None)
 def grid_words(wtype: str) -> np.ndarray:
     """The grid a GRID_TYPES type binds as group 1 (quant/grid.wgsl), as uint32 words: llama.cpp's grid
-    (gguf-py's copy), entry i in bits 16 * (i & 1) of word i >> 1, weight j as its level's index in
-    bits bj .. bj + b - 1 (b = 2 for grids of 8 weights and 3 levels, 3 for grids of 4 weights and 8 levels)."""
+    (gguf-py's copy), a byte a weight (an entry of 8 weights is two words, one of 4 a word), IQ1's levels
+    -1, 0, 1 as 0, 1, 2."""
     if wtype not in GRID_TYPES:
         raise KeyError(f"weight type {wtype} has no grid (GRID_TYPES: {', '.join(GRID_TYPES)})")
     from gguf import quants
 
     ref = getattr(quants, wtype)
     ref.init_grid()
-    grid = ref.grid.reshape(ref.grid_shape)
-    codes = np.searchsorted(np.array(ref.grid_map, np.float32), grid).astype(np.uint32)
-    bits = 2 if grid.shape[1] == 8 else 3
-    entries = (codes << (bits * np.arange(grid.shape[1], dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
-    words = entries[0::2] | (entries[1::2] << np.uint32(16))
+    levels = ref.grid.reshape(ref.grid_shape) - min(0, min(ref.grid_map))
+    words = np.ascontiguousarray(levels.astype(np.uint8)).view("<u4").astype(np.uint32).ravel()
     words.setflags(write=False)
     return words
 

@@ -135,15 +135,6 @@ fn sq(G: u32) -> f32 {
     return dot(x[G], x[G]);
 }
 
-// For the steps: the 4 bytes of v (each below 256) as floats, byte i in component i. Built from
-// exponent bits rather than converted: each byte pair goes into the mantissas of two f16 values
-// 1024 + b (exact: f16 counts in ones from 1024 to 2048), which unpack2x16float widens.
-fn ub4(v: u32) -> vec4<f32> {
-    let a = unpack2x16float((v & 0x00ff00ffu) | 0x64006400u) - 1024.0;           // bytes 0, 2
-    let b = unpack2x16float(((v >> 8u) & 0x00ff00ffu) | 0x64006400u) - 1024.0;   // bytes 1, 3
-    return vec4<f32>(a.x, b.x, a.y, b.y);
-}
-
 // The low and the high nibbles of v's 4 bytes, as floats.
 fn nib_lo(v: u32) -> vec4<f32> {
     return ub4(v & 0x0f0f0f0fu);

@@ -14,7 +14,7 @@ fn step_x(u: u32) -> XU {
 
 fn iq2s_dot8(qs: u32, qh: u32, sg: u32, j: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     let idx = ((qs >> (8u * j)) & 0xffu) | (((qh >> (2u * j)) & 3u) << 8u);
-    return iq2_dot8(grid_entry(idx), (sg >> (8u * j)) & 0xffu, xa, xb);
+    return grid_dot8(idx, (sg >> (8u * j)) & 0xffu, xa, xb);
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {

@@ -9,7 +9,6 @@ const QB: u32 = 82u;
 fn deq4(b: u32, g: u32) -> vec4<f32> {
     let l = g >> 1u;                                 // the group of 8 weights
     let idx = w_u8(b + 2u + l) | (((w_u8(b + 66u + (l >> 2u)) >> (2u * (l & 3u))) & 3u) << 8u);
-    let e = grid_entry(idx);
     let sc = (w_u8(b + 74u + (l >> 2u)) >> (4u * ((l >> 1u) & 1u))) & 0xfu;
-    return w_f16(b) * (0.5 + f32(sc)) * 0.25 * iq2_levels(e, g & 1u) * sign4(w_u8(b + 34u + l), g & 1u);
+    return w_f16(b) * (0.5 + f32(sc)) * 0.25 * signed4(grid4(2u * idx + (g & 1u)), w_u8(b + 34u + l), g & 1u);
 }

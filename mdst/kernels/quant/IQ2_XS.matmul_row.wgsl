@@ -16,9 +16,9 @@ fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let s = u & 7u;
     let q = w_u32x2(o + 2u + 8u * s);
     let sc = w_u8(o + 66u + s);
-    let a = iq2_dot8(grid_entry(q.x & 511u), ksigns((q.x >> 9u) & 0x7fu), xu.lo[0], xu.lo[1])
-          + iq2_dot8(grid_entry((q.x >> 16u) & 511u), ksigns(q.x >> 25u), xu.lo[2], xu.lo[3]);
-    let c = iq2_dot8(grid_entry(q.y & 511u), ksigns((q.y >> 9u) & 0x7fu), xu.hi[0], xu.hi[1])
-          + iq2_dot8(grid_entry((q.y >> 16u) & 511u), ksigns(q.y >> 25u), xu.hi[2], xu.hi[3]);
+    let a = grid_dot8(q.x & 511u, ksigns((q.x >> 9u) & 0x7fu), xu.lo[0], xu.lo[1])
+          + grid_dot8((q.x >> 16u) & 511u, ksigns(q.x >> 25u), xu.lo[2], xu.lo[3]);
+    let c = grid_dot8(q.y & 511u, ksigns((q.y >> 9u) & 0x7fu), xu.hi[0], xu.hi[1])
+          + grid_dot8((q.y >> 16u) & 511u, ksigns(q.y >> 25u), xu.hi[2], xu.hi[3]);
     return w_f16(o) * 0.25 * ((0.5 + f32(sc & 0xfu)) * a + (0.5 + f32(sc >> 4u)) * c);
 }

@@ -10,7 +10,6 @@ fn deq4(b: u32, g: u32) -> vec4<f32> {
     let l = g >> 1u;                                 // the u16 of the group: 8 weights
     let q = w_u16(b + 2u + 2u * l);
     let idx = q & 511u;
-    let e = grid_entry(idx);
     let sc = (w_u8(b + 66u + (l >> 2u)) >> (4u * ((l >> 1u) & 1u))) & 0xfu;
-    return w_f16(b) * (0.5 + f32(sc)) * 0.25 * iq2_levels(e, g & 1u) * sign4(ksigns(q >> 9u), g & 1u);
+    return w_f16(b) * (0.5 + f32(sc)) * 0.25 * signed4(grid4(2u * idx + (g & 1u)), ksigns(q >> 9u), g & 1u);
 }

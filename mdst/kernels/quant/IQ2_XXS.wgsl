@@ -11,7 +11,6 @@ fn deq4(b: u32, g: u32) -> vec4<f32> {
     let l = (g >> 1u) & 3u;
     let aux = w_u32x2(o);
     let idx = (aux.x >> (8u * l)) & 0xffu;
-    let e = grid_entry(idx);
     let db = w_f16(b) * (0.5 + f32(aux.y >> 28u)) * 0.25;
-    return db * iq2_levels(e, g & 1u) * sign4(ksigns((aux.y >> (7u * l)) & 0x7fu), g & 1u);
+    return db * signed4(grid4(2u * idx + (g & 1u)), ksigns((aux.y >> (7u * l)) & 0x7fu), g & 1u);
 }

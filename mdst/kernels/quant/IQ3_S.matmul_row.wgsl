@@ -19,7 +19,7 @@ fn iq3s_dot8(q: u32, qh: u32, sg: u32, j: u32, xa: vec4<f32>, xb: vec4<f32>) -> 
     let i0 = ((q >> h) & 0xffu) | (((qh >> (2u * j)) & 1u) << 8u);
     let i1 = ((q >> (h + 8u)) & 0xffu) | (((qh >> (2u * j + 1u)) & 1u) << 8u);
     let s = (sg >> (8u * j)) & 0xffu;
-    return dot(iq3s_levels(i0) * sign4(s, 0u), xa) + dot(iq3s_levels(i1) * sign4(s, 1u), xb);
+    return dot(signed4(grid4(i0), s, 0u), xa) + dot(signed4(grid4(i1), s, 1u), xb);
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {

@@ -6,13 +6,8 @@
 const QK: u32 = 256u;
 const QB: u32 = 110u;
 
-// The 4 levels of grid entry idx.
-fn iq3s_levels(idx: u32) -> vec4<f32> {
-    return vec4<f32>(1u + 2u * ((vec4<u32>(grid_entry(idx)) >> vec4<u32>(0u, 3u, 6u, 9u)) & vec4<u32>(7u)));
-}
-
 fn deq4(b: u32, g: u32) -> vec4<f32> {
-    let level = iq3s_levels(w_u8(b + 2u + g) | (((w_u8(b + 66u + (g >> 3u)) >> (g & 7u)) & 1u) << 8u));
+    let level = grid4(w_u8(b + 2u + g) | (((w_u8(b + 66u + (g >> 3u)) >> (g & 7u)) & 1u) << 8u));
     let sc = (w_u8(b + 106u + (g >> 4u)) >> (4u * ((g >> 3u) & 1u))) & 0xfu;
-    return w_f16(b) * f32(1u + 2u * sc) * level * sign4(w_u8(b + 74u + (g >> 1u)), g & 1u);
+    return w_f16(b) * f32(1u + 2u * sc) * signed4(level, w_u8(b + 74u + (g >> 1u)), g & 1u);
 }

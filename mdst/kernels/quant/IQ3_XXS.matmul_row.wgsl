@@ -13,7 +13,7 @@ fn step_x(u: u32) -> XU {
 
 // Groups i0, i1 (grid indices) sharing the 8 signs s, against x's groups xa, xb.
 fn iq3xxs_dot8(i0: u32, i1: u32, s: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-    return dot(iq3xxs_levels(i0) * sign4(s, 0u), xa) + dot(iq3xxs_levels(i1) * sign4(s, 1u), xb);
+    return dot(signed4(grid4(i0), s, 0u), xa) + dot(signed4(grid4(i1), s, 1u), xb);
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {

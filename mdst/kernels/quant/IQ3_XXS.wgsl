@@ -6,15 +6,9 @@
 const QK: u32 = 256u;
 const QB: u32 = 98u;
 
-// The 4 levels of grid entry idx.
-fn iq3xxs_levels(idx: u32) -> vec4<f32> {
-    let v = (vec4<u32>(grid_entry(idx)) >> vec4<u32>(0u, 3u, 6u, 9u)) & vec4<u32>(7u);
-    return vec4<f32>(4u + 8u * v + 2u * (v >> vec4<u32>(2u)) * ((v >> vec4<u32>(1u)) & v & vec4<u32>(1u)));
-}
-
 fn deq4(b: u32, g: u32) -> vec4<f32> {
-    let level = iq3xxs_levels(w_u8(b + 2u + g));
+    let level = grid4(w_u8(b + 2u + g));
     let aux = w_u32(b + 66u + 4u * (g >> 3u));
     let l = (g >> 1u) & 3u;
-    return w_f16(b) * (0.5 + f32(aux >> 28u)) * 0.5 * level * sign4(ksigns((aux >> (7u * l)) & 0x7fu), g & 1u);
+    return w_f16(b) * (0.5 + f32(aux >> 28u)) * 0.5 * signed4(level, ksigns((aux >> (7u * l)) & 0x7fu), g & 1u);
 }
