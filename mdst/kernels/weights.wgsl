@@ -46,7 +46,7 @@ fn w_f16(o: u32) -> f32 {
 // The IQ types' sign patterns: v, weights 4h..4h+3 of 8, takes signs from bits 4h..4h+3 of s (set: negative),
 // flipped in the sign bits rather than multiplied.
 fn signed4(v: vec4<f32>, s: u32, h: u32) -> vec4<f32> {
-    let m = ((vec4<u32>(s >> (4u * h)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(31u);
+    let m = (vec4<u32>(s) << (vec4<u32>(31u, 30u, 29u, 28u) - 4u * h)) & vec4<u32>(0x80000000u);
     return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) ^ m);
 }
 
