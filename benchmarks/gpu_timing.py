@@ -43,20 +43,24 @@ def storage(gpu: Any, data: np.ndarray | int) -> Any:
 
 def dispatcher(gpu: Any, pipelines: Any, spec: Any, buffers: list[Any], params: dict[str, Any],
                groups: tuple[int, int, int]) -> Callable[[Any], None]:
-    """A function recording one dispatch of `spec` over `buffers` (the uniform params are bound last)."""
+    """A function recording one dispatch of `spec` over `buffers` (the uniform params are bound last; a grid
+    type's grid as group 1)."""
     import wgpu
 
-    from mdst.kernels import pack_params
+    from mdst.kernels import GRID_TYPES, grid_words, pack_params
 
     dev = gpu.device
     p = dev.create_buffer_with_data(data=pack_params(spec.name, params), usage=wgpu.BufferUsage.UNIFORM)
     pipe = pipelines.get(spec)
-    bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
-        {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers + [p])])
+    sets = [buffers + [p]] + ([[storage(gpu, grid_words(spec.wtype))]] if spec.wtype in GRID_TYPES else [])
+    bgs = [dev.create_bind_group(layout=pipe.get_bind_group_layout(g), entries=[
+        {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(bs)])
+        for g, bs in enumerate(sets)]
 
     def record(cp: Any) -> None:
         cp.set_pipeline(pipe)
-        cp.set_bind_group(0, bg)
+        for g, bg in enumerate(bgs):
+            cp.set_bind_group(g, bg)
         cp.dispatch_workgroups(*groups)
     return record
 

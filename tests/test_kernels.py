@@ -9,7 +9,7 @@ import pytest
 
 from mdst import reference
 from mdst.ir.ops import AttentionSpec, ConvSpec, RopeSpec
-from mdst.kernels import TYPE_STEPS, WEIGHT_TYPES, KernelSpec
+from mdst.kernels import WEIGHT_TYPES, KernelSpec
 from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
@@ -68,7 +68,8 @@ FUSIONS = [{}, {"NORM": True}, {"RES": True}, {"GLU": 1, "NORM": True, "RES": Tr
 # deq4: all of them run with F32, Q5_0 (blocks off word boundaries) and the types with steps of their own; the
 # other types run the plain case (every lane shape of the GEMV) and the fully fused one (one shape), which read their
 # deq4 the same ways.
-ALL_FUSION_TYPES = {"F32", "Q5_0", *TYPE_STEPS["matmul_row"]}
+# every fusion for these; the other types (the grid types' steps included) plain at every GEMV shape and one fusion
+ALL_FUSION_TYPES = {"F32", "Q5_0", "Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
 TYPE_FUSIONS = [(w, f) for w in WEIGHT_TYPES for f in (FUSIONS if w in ALL_FUSION_TYPES else FUSIONS[:1] + FUSIONS[3:4])]
 
 
@@ -122,7 +123,7 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
 # 3 * awkward_k weights take several chunks, the last one short for 32-weight blocks.
 Q8_INT_TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 Q8_CASES = [pytest.param(w, f, *shape, id=f"{w}-{fusion_id(f)}-{'-'.join(map(str, shape))}")
-            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS")
+            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS", "IQ2_XXS")
             for f in (FUSIONS if w in Q8_INT_TYPES else FUSIONS[3:4])
             for shape in (GEMV_SHAPES[:3] if w in Q8_INT_TYPES and not f else GEMV_SHAPES[:1])]
 

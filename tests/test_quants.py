@@ -4,7 +4,6 @@ copies of llama.cpp's grids."""
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
@@ -48,31 +47,26 @@ def test_dequantize_inverts_gguf_py_quantizer(wtype):
     np.testing.assert_array_equal(ours, gguf_dequantize(raw, GGMLQuantizationType[wtype]))
 
 
-# (kernel file, table name, gguf-py class): the grid types' tables; IQ1_M shares IQ1_S's.
-GRID_TABLES = [("IQ2_XXS", "IQ2_XXS_GRID", "IQ2_XXS"), ("IQ2_XS", "IQ2_XS_GRID", "IQ2_XS"),
-               ("IQ2_S", "IQ2_S_GRID", "IQ2_S"), ("IQ3_XXS", "IQ3_XXS_GRID", "IQ3_XXS"),
-               ("IQ3_S", "IQ3_S_GRID", "IQ3_S"), ("iq1_grid", "IQ1_GRID_\\d+", "IQ1_S")]
-
-
-@pytest.mark.parametrize("file,table,wtype", GRID_TABLES)
-def test_wgsl_grid_is_llama_cpp_grid(file, table, wtype):
-    # every entry, where the kernel tests' random blocks reach only some: entry i is 16 bits of word i >> 1
-    # (a table split into arrays is their concatenation), weight j an index into gguf-py's levels (2 bits for
-    # 3 levels, 3 bits for 8)
+@pytest.mark.parametrize("wtype", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"])
+def test_grid_words_are_llama_cpp_grid(wtype):
+    # every entry, where the kernel tests' random blocks reach only some: a byte a weight, IQ1's -1, 0, 1 as 0, 1, 2
     from gguf import quants
 
-    from mdst.kernels import read
+    from mdst.kernels import GRID_TYPES, grid_words
 
-    words = []
-    for n, body in re.findall(rf"{table}: array<u32, (\d+)> = array<u32, \d+>\(([^)]*)\)", read(f"quant/{file}.wgsl")):
-        words += [int(w.strip().rstrip("u"), 16) for w in body.split(",") if w.strip()]
-        assert len(words) % int(n) == 0
-    words = np.array(words, np.uint32)
+    assert wtype in GRID_TYPES
+    words = grid_words(wtype)
     ref = getattr(quants, wtype)
     ref.init_grid()
     grid = ref.grid.reshape(ref.grid_shape)
-    bits = 2 if len(ref.grid_map) <= 4 else 3
-    entries = np.stack([words & 0xFFFF, words >> 16], axis=1).ravel()
-    assert len(entries) == len(grid)
-    idx = (entries[:, None] >> (bits * np.arange(grid.shape[1], dtype=np.uint32))) & ((1 << bits) - 1)
-    np.testing.assert_array_equal(np.array(ref.grid_map, np.float32)[idx], grid)
+    assert words.dtype == np.uint32 and words.size * 4 == grid.size
+    levels = (words[:, None] >> np.arange(0, 32, 8, dtype=np.uint32)) & 0xFF
+    np.testing.assert_array_equal(levels.reshape(grid.shape).astype(np.float32) - (1 if wtype.startswith("IQ1") else 0),
+                                  grid)
+
+
+def test_grid_words_refuses_a_type_without_grid():
+    from mdst.kernels import grid_words
+
+    with pytest.raises(KeyError, match="Q4_K has no grid"):
+        grid_words("Q4_K")

@@ -188,6 +188,13 @@ async function runCase(o, c) {
       const pass = enc.beginComputePass();
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, group);
+      if (c.grid) {
+        // a grid type's grid: group 1 (mdst/kernels/quant/grid.wgsl)
+        const grid = o.storage(c.grid.bytes, await o.blob(c.grid), "grid");
+        buffers.push(grid);
+        pass.setBindGroup(1, device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(1), entries: [{ binding: 0, resource: { buffer: grid } }] }));
+      }
       pass.dispatchWorkgroups(...c.workgroups);
       pass.end();
       const rb = new Readback(device);
@@ -233,11 +240,10 @@ async function replay(o, plan) {
         packing.checked++;
         if (mine.length !== theirs.length || mine.some((v, k) => v !== theirs[k])) packing.mismatches.push(i);
         const pipeline = await o.pipeline(d);
-        const group = device.createBindGroup({
-          layout: pipeline.getBindGroupLayout(0),
-          entries: d.bindings.map((e, binding) => ({ binding, resource: { buffer: buffers[e.buffer], offset: e.offset, size: e.size } })),
-        });
-        dispatches.push({ pipeline, group, workgroups: d.workgroups });
+        const entry = (e, binding) => ({ binding, resource: { buffer: buffers[e.buffer], offset: e.offset, size: e.size } });
+        const groups = [device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: d.bindings.map(entry) })];
+        if (d.grid) groups.push(device.createBindGroup({ layout: pipeline.getBindGroupLayout(1), entries: [entry(d.grid, 0)] }));
+        dispatches.push({ pipeline, groups, workgroups: d.workgroups });
       }
       // One encoder: compute passes split where a tapped activation is copied out.
       const enc = device.createCommandEncoder();
@@ -247,7 +253,7 @@ async function replay(o, plan) {
         const pass = enc.beginComputePass();
         for (const d of dispatches.slice(start, end)) {
           pass.setPipeline(d.pipeline);
-          pass.setBindGroup(0, d.group);
+          d.groups.forEach((g, i) => pass.setBindGroup(i, g));
           pass.dispatchWorkgroups(...d.workgroups);
         }
         pass.end();

@@ -9,16 +9,20 @@ export const PRECISION_LINE = "alias half = f32;";
 const ENABLE = /(?<=^|\n)\s*enable\s+([a-z0-9_, ]+);\s*(?=\n|$)/g;
 
 // Kernels whose inner step a weight type may replace, and the types that do.
-export const TYPE_STEPS = { matmul_row: ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"] };
+export const TYPE_STEPS = {
+  matmul_row: ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+               "IQ1_S", "IQ1_M", "MXFP4", "TQ2_0"],
+};
 
 // Weight types whose blocks are whole 16-byte words, read through weights_vec4.wgsl.
 export const WIDE_TYPES = ["Q4_K", "Q5_K"];
 
-// Tables several weight types share (quant/<file>.wgsl), composed just before the type's own quant file.
-export const TYPE_TABLES = { IQ1_S: "iq1_grid", IQ1_M: "iq1_grid" };
+// Weight types that look weights up in a grid: quant/grid.wgsl comes before the type's quant file, and
+// their kernels bind the grid (an input of the oracle's cases and plan) as group 1.
+export const GRID_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"];
 
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
-// weight tensor) weights.wgsl (weights_vec4.wgsl for WIDE_TYPES), the type's TYPE_TABLES file, quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step
+// weight tensor) weights.wgsl (weights_vec4.wgsl for WIDE_TYPES), quant/grid.wgsl for GRID_TYPES, quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step
 // quant/<wtype>.<name>.wgsl or the generic quant/<name>.wgsl, then (for kernels that use a KV
 // cache) kv/<kv>.wgsl, then <name>.wgsl, joined with "\n".
 // readText(relativePath) returns a file of the kernels folder as text.
@@ -26,7 +30,7 @@ export async function compose(readText, name, wtype = null, kv = null) {
   const parts = [await readText("common.wgsl")];
   if (wtype !== null && wtype !== undefined) {
     parts.push(await readText(WIDE_TYPES.includes(wtype) ? "weights_vec4.wgsl" : "weights.wgsl"));
-    if (Object.hasOwn(TYPE_TABLES, wtype)) parts.push(await readText(`quant/${TYPE_TABLES[wtype]}.wgsl`));
+    if (GRID_TYPES.includes(wtype)) parts.push(await readText("quant/grid.wgsl"));
     parts.push(await readText(`quant/${wtype}.wgsl`));
     const steps = Object.hasOwn(TYPE_STEPS, name) ? TYPE_STEPS[name] : null;
     if (steps) parts.push(await readText(steps.includes(wtype) ? `quant/${wtype}.${name}.wgsl` : `quant/${name}.wgsl`));

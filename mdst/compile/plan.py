@@ -20,7 +20,8 @@ from ..ir.fusion import fuse
 from ..ir.graph import Graph, Node, Value
 from ..ir.ops import (Add, Attention, AttentionSpec, Embed, ExpertMatmul, Glu, LastRow, Matmul, Mul, RmsNorm, Rope,
                       RopeSpec, RopeStore, Route, ShortConv, View)
-from ..kernels import TYPE_STEPS, KernelSpec, PipelineCache, pack_params, weight_align, wgsl_const
+from ..kernels import (GRID_TYPES, TYPE_STEPS, KernelSpec, PipelineCache, grid_words, pack_params, weight_align,
+                       wgsl_const)
 from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
 from ..memory.pool import Liveness
 from ..memory.weights import GpuWeight, WeightStore
@@ -179,6 +180,7 @@ class Dispatch:
     layer: int | None = None      # the block it belongs to (None: before the first or after the last)
     param_offset: int = 0
     block: int | None = None      # batched plans: the per-sequence run it belongs to (None: shared by all rows)
+    grid: Any = None              # a GRID_TYPES weight's grid, bound as group 1 (kernels/quant/grid.wgsl)
 
 
 @dataclass
@@ -222,7 +224,8 @@ class Plan:
 
     def bind(self, device: Any, cache: GpuKVCache | None, store: dict[int, list[Any]],
              own: dict[str, Any] | None = None) -> list[Any]:
-        """Bind groups for `cache`, built on first use and kept in `store` (the caller's, one per cache).
+        """Each dispatch's bind groups (0, and 1 for a grid) for `cache`, built on first use and kept in `store`
+        (the caller's, one per cache).
 
         A batched plan is bound twice over: its shared dispatches once with cache None, its per-sequence ones
         for each sequence with its cache and `own` buffers (SequenceSlot); the other kind's entries are None.
@@ -235,7 +238,7 @@ class Plan:
         return groups
 
     @staticmethod
-    def _group(device: Any, d: Dispatch, cache: GpuKVCache | None, own: dict[str, Any] | None) -> Any:
+    def _group(device: Any, d: Dispatch, cache: GpuKVCache | None, own: dict[str, Any] | None) -> list[Any]:
         entries = []
         for i, r in enumerate(d.resources):
             if isinstance(r, CacheSlot):
@@ -247,7 +250,11 @@ class Plan:
                 entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
             else:
                 entries.append({"binding": i, "resource": {"buffer": r, "offset": 0, "size": r.size}})
-        return device.create_bind_group(layout=d.pipeline.get_bind_group_layout(0), entries=entries)
+        groups = [device.create_bind_group(layout=d.pipeline.get_bind_group_layout(0), entries=entries)]
+        if d.grid is not None:
+            groups.append(device.create_bind_group(layout=d.pipeline.get_bind_group_layout(1), entries=[
+                {"binding": 0, "resource": {"buffer": d.grid, "offset": 0, "size": d.grid.size}}]))
+        return groups
 
     def encode_batch(self, encoder: Any, shared: list[Any], sequences: list[list[Any]], draws: list[bool]) -> None:
         """Record a batched plan in one compute pass: each shared dispatch once (`shared`: its bind groups), each
@@ -269,7 +276,7 @@ class Plan:
             i = j
         self._record(encoder, items)
 
-    def encode(self, encoder: Any, groups: list[Any], start: int = 0, end: int | None = None,
+    def encode(self, encoder: Any, groups: list[list[Any]], start: int = 0, end: int | None = None,
                timestamps: Any = None) -> None:
         """Record dispatches [start, end) (default: all) into one compute pass.
 
@@ -286,7 +293,7 @@ class Plan:
         if _native is None:
             for d, g in items:
                 cp.set_pipeline(d.pipeline)
-                cp.set_bind_group(0, g)
+                set_groups(cp, g)
                 cp.dispatch_workgroups(*d.workgroups)
         else:
             lib, null = _native
@@ -297,9 +304,16 @@ class Plan:
                 if d.pipeline is not last:
                     set_pipeline(h, d.pipeline._internal)
                     last = d.pipeline
-                set_group(h, 0, g._internal, 0, null)
+                for i, gi in enumerate(g):
+                    set_group(h, i, gi._internal, 0, null)
                 dispatch(h, *d.workgroups)
         cp.end()
+
+
+def set_groups(cp: Any, groups: list[Any]) -> None:
+    """Set a dispatch's bind groups (Plan.bind's list for it) on a compute pass."""
+    for i, g in enumerate(groups):
+        cp.set_bind_group(i, g)
 
 
 class Compiler:
@@ -314,6 +328,7 @@ class Compiler:
         self.create = create_buffer
         self._rope_tables: dict[RopeSpec, tuple[GpuWeight, float]] = {}   # one GPU table per distinct spec
         self._store_tables: dict[int, GpuWeight] = {}   # rope_store's frequencies and norms, by layer
+        self._grids: dict[str, Any] = {}   # GRID_TYPES' grids, by weight type
 
     def vector(self, name: str) -> np.ndarray:
         """A small tensor's values on the host (norm weights, RoPE frequency factors)."""
@@ -342,6 +357,13 @@ class Compiler:
             got = self.weights.put_vector(f"rope_store.{op.attention.layer}",
                                           np.concatenate([self.rope_freqs(op.rope)[0]] + norms))
             self._store_tables[op.attention.layer] = got
+        return got
+
+    def grid(self, wtype: str) -> Any:
+        """The GPU buffer of a GRID_TYPES type's grid (one per type)."""
+        got = self._grids.get(wtype)
+        if got is None:
+            got = self._grids[wtype] = self.weights.put_vector(f"grid.{wtype}", grid_words(wtype)).parts[0].buffer
         return got
 
     def compile(self, graph: Graph, rows: int, pick: str, alloc_rows: int | None = None, presets: Any = None,
@@ -525,7 +547,8 @@ class Compilation:
             kv, f16 = KV_TYPES[self.compiler.layout.kv_type]
         spec = KernelSpec(name, wtype, f16, tuple(sorted(constants.items())), kv)
         self.ds.append(Dispatch(spec, self.compiler.pipelines.get(spec), resources, groups, params, label,
-                                self.layer, block=self.block))
+                                self.layer, block=self.block,
+                                grid=self.compiler.grid(wtype) if wtype in GRID_TYPES else None))
 
     @property
     def step(self) -> Any:

@@ -757,6 +757,7 @@ def _spec_from(entry: dict[str, Any]) -> Any:
 
 def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any, blobs: Blobs) -> list[dict]:
     """Build, run (wgpu-native) and reference-check every case of `specs`; their manifest entries."""
+    from ..kernels import GRID_TYPES, grid_words
     from ..kernels.runner import Out
 
     entries = []
@@ -782,8 +783,10 @@ def export_cases(specs: dict[Any, list[Any]], builder: CaseBuilder, runner: Any,
                                  "expect": {**blobs.put(actual, ex.dtype, ex.reference.shape), "compare": ex.rule},
                                  "reference_check": check})
                 k += 1
+            grid = blobs.put(grid_words(spec.wtype).tobytes(), "u32") if spec.wtype in GRID_TYPES else None
             entries.append({"id": f"{spec.key()}#{i}", **_spec_json(spec), "about": case.about,
-                            "workgroups": list(case.workgroups), "params": case.params, "bindings": bindings})
+                            "workgroups": list(case.workgroups), "params": case.params, "bindings": bindings,
+                            "grid": grid})
     return entries
 
 
@@ -857,8 +860,9 @@ class PlanExport:
                 buf, off, size = r if isinstance(r, tuple) else (r, 0, r.size)
                 binds.append({"buffer": self.buffer(buf), "offset": off, "size": size})
             binds.append({"buffer": uniform, "offset": i * UNIFORM_ALIGNMENT, "size": len(blocks[i])})
+            grid = None if d.grid is None else {"buffer": self.buffer(d.grid), "offset": 0, "size": d.grid.size}
             dispatches.append({**_spec_json(d.spec), "label": d.label, "workgroups": list(d.workgroups),
-                               "params": d.params, "bindings": binds})
+                               "params": d.params, "bindings": binds, "grid": grid})
         tap_list = []
         for name, node in taps.items():
             end, buf, nbytes = node_ends[node]
@@ -1085,17 +1089,22 @@ def replay(outdir: str | os.PathLike, gpu: Any) -> dict[str, Any]:
     passes = []
     for d in plan["dispatches"]:
         p = pipelines.get(_spec_from(d))
-        group = dev.create_bind_group(layout=p.get_bind_group_layout(0), entries=[
-            {"binding": i, "resource": {"buffer": bufs[e["buffer"]], "offset": e["offset"], "size": e["size"]}}
-            for i, e in enumerate(d["bindings"])])
-        passes.append((p, group, d["workgroups"]))
+        groups = [[{"binding": i, "resource": {"buffer": bufs[e["buffer"]], "offset": e["offset"], "size": e["size"]}}
+                   for i, e in enumerate(d["bindings"])]]
+        if d.get("grid") is not None:
+            e = d["grid"]
+            groups.append([{"binding": 0, "resource": {"buffer": bufs[e["buffer"]], "offset": e["offset"],
+                                                       "size": e["size"]}}])
+        passes.append((p, [dev.create_bind_group(layout=p.get_bind_group_layout(g), entries=entries)
+                           for g, entries in enumerate(groups)], d["workgroups"]))
 
     def run_to(start: int, end: int) -> None:
         enc = dev.create_command_encoder()
         cp = enc.begin_compute_pass()
-        for p, g, wg in passes[start:end]:
+        for p, groups, wg in passes[start:end]:
             cp.set_pipeline(p)
-            cp.set_bind_group(0, g)
+            for i, g in enumerate(groups):
+                cp.set_bind_group(i, g)
             cp.dispatch_workgroups(*wg)
         cp.end()
         q.submit([enc.finish()])

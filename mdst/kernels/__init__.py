@@ -4,10 +4,12 @@ A kernel is named by a `KernelSpec`: the kernel file, the weight type it reads (
 cache format it reads or writes (if any), the precision variant and its override constants. Its
 WGSL source is, in this order,
 
-    common.wgsl + [weights(_vec4).wgsl + quant/<WTYPE>.wgsl [+ step]] + [kv/<KV>.wgsl] + <kernel>.wgsl
+    common.wgsl + [weights(_vec4).wgsl + [quant/grid.wgsl] + quant/<WTYPE>.wgsl [+ step]] + [kv/<KV>.wgsl]
+                + <kernel>.wgsl
 
 where `step`, for kernels listed in TYPE_STEPS, is the weight type's own inner step
-(quant/<WTYPE>.<kernel>.wgsl) or the generic one (quant/<kernel>.wgsl).
+(quant/<WTYPE>.<kernel>.wgsl) or the generic one (quant/<kernel>.wgsl), and quant/grid.wgsl comes only
+for GRID_TYPES.
 
 passed through `variant()`. README.md in this folder documents the rule so the browser build
 composes byte-identical sources.
@@ -22,20 +24,41 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
                 "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_S", "IQ1_M")
 
 # Kernels whose inner step a weight type may replace, and the types that do (see compose).
-TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")}
+TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+                            "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4", "TQ2_0")}
 
 # Weight types whose blocks are whole 16-byte words: kernels read them through weights_vec4.wgsl (one load a
 # header or 16 bytes of data) instead of weights.wgsl's 4-byte words.
 WIDE_TYPES = ("Q4_K", "Q5_K")
 
-# Tables several weight types share (quant/<file>.wgsl), composed just before the type's own quant file.
-TYPE_TABLES = {"IQ1_S": "iq1_grid", "IQ1_M": "iq1_grid"}
+# Weight types that look weights up in a grid: quant/grid.wgsl is composed before the type's quant file, and
+# their kernels bind the grid (grid_words) as group 1.
+GRID_TYPES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
+
+
+@lru_cache(maxsize=None)
+def grid_words(wtype: str) -> np.ndarray:
+    """The grid a GRID_TYPES type binds as group 1 (quant/grid.wgsl), as uint32 words: llama.cpp's grid
+    (gguf-py's copy), a byte a weight (an entry of 8 weights is two words, one of 4 a word), IQ1's levels
+    -1, 0, 1 as 0, 1, 2."""
+    if wtype not in GRID_TYPES:
+        raise KeyError(f"weight type {wtype} has no grid (GRID_TYPES: {', '.join(GRID_TYPES)})")
+    from gguf import quants
+
+    ref = getattr(quants, wtype)
+    ref.init_grid()
+    levels = ref.grid.reshape(ref.grid_shape) - min(0, min(ref.grid_map))
+    words = np.ascontiguousarray(levels.astype(np.uint8)).view("<u4").astype(np.uint32).ravel()
+    words.setflags(write=False)
+    return words
 
 
 def weight_align(wtype: str) -> int:
@@ -87,8 +110,8 @@ def compose(name: str, wtype: str | None = None, kv: str | None = None) -> str:
         if wtype not in WEIGHT_TYPES:
             raise KeyError(f"no kernel reads weight type {wtype}")
         parts.append(read("weights_vec4.wgsl" if wtype in WIDE_TYPES else "weights.wgsl"))
-        if wtype in TYPE_TABLES:
-            parts.append(read(f"quant/{TYPE_TABLES[wtype]}.wgsl"))
+        if wtype in GRID_TYPES:
+            parts.append(read("quant/grid.wgsl"))
         parts.append(read(f"quant/{wtype}.wgsl"))
         if name in TYPE_STEPS:
             parts.append(read(f"quant/{wtype}.{name}.wgsl" if wtype in TYPE_STEPS[name] else f"quant/{name}.wgsl"))

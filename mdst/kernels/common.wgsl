@@ -97,3 +97,12 @@ fn i8x4(v: u32) -> vec4<f32> {
 fn u8x4(v: u32) -> vec4<u32> {
     return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
 }
+
+// The 4 bytes of v (each below 256) as floats, byte i in component i. Built from
+// exponent bits rather than converted: each byte pair goes into the mantissas of two f16 values
+// 1024 + b (exact: f16 counts in ones from 1024 to 2048), which unpack2x16float widens.
+fn ub4(v: u32) -> vec4<f32> {
+    let a = unpack2x16float((v & 0x00ff00ffu) | 0x64006400u) - 1024.0;           // bytes 0, 2
+    let b = unpack2x16float(((v >> 8u) & 0x00ff00ffu) | 0x64006400u) - 1024.0;   // bytes 1, 3
+    return vec4<f32>(a.x, b.x, a.y, b.y);
+}

@@ -149,15 +149,6 @@ fn sq(G: u32) -> f32 {
     return dot(x[xo + G], x[xo + G]);
 }
 
-// For the steps: the 4 bytes of v (each below 256) as floats, byte i in component i. Built from
-// exponent bits rather than converted: each byte pair goes into the mantissas of two f16 values
-// 1024 + b (exact: f16 counts in ones from 1024 to 2048), which unpack2x16float widens.
-fn ub4(v: u32) -> vec4<f32> {
-    let a = unpack2x16float((v & 0x00ff00ffu) | 0x64006400u) - 1024.0;           // bytes 0, 2
-    let b = unpack2x16float(((v >> 8u) & 0x00ff00ffu) | 0x64006400u) - 1024.0;   // bytes 1, 3
-    return vec4<f32>(a.x, b.x, a.y, b.y);
-}
-
 // The low and the high nibbles of v's 4 bytes, as floats.
 fn nib_lo(v: u32) -> vec4<f32> {
     return ub4(v & 0x0f0f0f0fu);
@@ -165,6 +156,25 @@ fn nib_lo(v: u32) -> vec4<f32> {
 
 fn nib_hi(v: u32) -> vec4<f32> {
     return ub4((v >> 4u) & 0x0f0f0f0fu);
+}
+
+// For steps whose unit is 32 neighbouring weights (`alias XU = X32;`): x's groups 8u .. 8u + 3 (lo) and
+// 8u + 4 .. 8u + 7 (hi), and their sum of squares with NORM.
+struct X32 {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+    ss: f32,
+}
+
+fn x32(u: u32) -> X32 {
+    var xu: X32;
+    let G = 8u * u;
+    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
+    xu.hi = mat4x4<f32>(xg(G + 4u), xg(G + 5u), xg(G + 6u), xg(G + 7u));
+    if (NORM) {
+        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 4u) + sq(G + 5u) + sq(G + 6u) + sq(G + 7u);
+    }
+    return xu;
 }
 
 // The sum of a vector's components.

@@ -1,6 +1,7 @@
 """Run one kernel specialization on host arrays: the harness of the kernel tests and of `mdst oracle`.
 
-Bindings are given in binding order, the uniform parameter block last (filled from `params`).
+Bindings are given in binding order, the uniform parameter block last (filled from `params`); a
+GRID_TYPES weight's grid is bound as group 1.
 An input is a numpy array (uploaded as its raw bytes); an output is an `Out` (a buffer of that
 many bytes, pre-filled with a poison pattern so unwritten elements are caught).
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import KernelSpec, PipelineCache, pack_params
+from . import GRID_TYPES, KernelSpec, PipelineCache, grid_words, pack_params
 
 POISON = 0xFFFFFFFF  # NaN as f32 and as both f16 halves, and no valid index: unwritten elements show
 
@@ -69,6 +70,11 @@ class KernelRunner:
         cp = enc.begin_compute_pass()
         cp.set_pipeline(pipeline)
         cp.set_bind_group(0, group)
+        if spec.wtype in GRID_TYPES:
+            grid = dev.create_buffer_with_data(data=grid_words(spec.wtype), usage=u.STORAGE)
+            bufs.append(grid)
+            cp.set_bind_group(1, dev.create_bind_group(layout=pipeline.get_bind_group_layout(1), entries=[
+                {"binding": 0, "resource": {"buffer": grid, "offset": 0, "size": grid.size}}]))
         cp.dispatch_workgroups(*workgroups)
         cp.end()
         q.submit([enc.finish()])

@@ -26,6 +26,15 @@ fn w_u32x2(o: u32) -> vec2<u32> {
     return vec2<u32>((a >> s) | ((b << 1u) << (31u - s)), (b >> s) | ((c << 1u) << (31u - s)));
 }
 
+// Four words from byte o, anywhere: five loads where four w_u32 take eight.
+fn w_u32x4(o: u32) -> vec4<u32> {
+    let s = (o & 3u) * 8u;
+    let i = o >> 2u;
+    let a = vec4<u32>(W[i], W[i + 1u], W[i + 2u], W[i + 3u]);
+    let b = vec4<u32>(W[i + 1u], W[i + 2u], W[i + 3u], W[i + 4u]);
+    return (a >> vec4<u32>(s)) | ((b << vec4<u32>(1u)) << vec4<u32>(31u - s));
+}
+
 fn w_u16(o: u32) -> u32 {
     return w_u32(o) & 0xffffu;
 }
@@ -34,9 +43,11 @@ fn w_f16(o: u32) -> f32 {
     return unpack2x16float(w_u16(o)).x;
 }
 
-// The IQ types' sign patterns: weights 4h..4h+3 of 8 take signs from bits 4h..4h+3 of s (set: negative).
-fn sign4(s: u32, h: u32) -> vec4<f32> {
-    return 1.0 - 2.0 * vec4<f32>((vec4<u32>(s >> (4u * h)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u));
+// The IQ types' sign patterns: v, weights 4h..4h+3 of 8, takes signs from bits 4h..4h+3 of s (set: negative),
+// flipped in the sign bits rather than multiplied.
+fn signed4(v: vec4<f32>, s: u32, h: u32) -> vec4<f32> {
+    let m = (vec4<u32>(s) << (vec4<u32>(31u, 30u, 29u, 28u) - 4u * h)) & vec4<u32>(0x80000000u);
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) ^ m);
 }
 
 // 8 signs from 7 stored bits: the eighth makes the count of negatives even (llama.cpp's ksigns table).
@@ -54,8 +65,3 @@ fn levels16(table: vec4<u32>, q: vec4<u32>) -> vec4<f32> {
 // IQ4_NL's 16 levels (IQ4_XS uses them too).
 const IQ4_LEVELS = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
 
-// IQ2_XXS and IQ2_XS: weights 4h..4h+3 of the 16-bit grid entry e as levels 8, 25, 43.
-fn iq2_levels(e: u32, h: u32) -> vec4<f32> {
-    let v = (vec4<u32>(e >> (8u * h)) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u);
-    return vec4<f32>(8u + 17u * v + (v >> vec4<u32>(1u)));
-}

@@ -152,8 +152,9 @@ class WeightStore:
         return self.put_vector(name, values)
 
     def put_vector(self, name: str, values: np.ndarray) -> GpuWeight:
-        """Store float32 values computed on the host (e.g. a RoPE frequency table) under `name`."""
-        values = np.ascontiguousarray(values, dtype=np.float32)
+        """Store float32 values computed on the host (e.g. a RoPE frequency table), or uint32 words as they are
+        (a weight type's grid), under `name`."""
+        values = np.ascontiguousarray(values, dtype=np.uint32 if values.dtype == np.uint32 else np.float32)
         buf = self._create(padded(values.nbytes), f"v.{name}")
         self._write(buf, memoryview(values).cast("B"))
         w = GpuWeight(name, GGML_TYPE_BY_NAME["F32"], (values.size,), values.nbytes,

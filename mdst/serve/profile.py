@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DeviceError
 from ..gpu.native import timestamp_period
-from ..compile.plan import write_step
+from ..compile.plan import set_groups, write_step
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -41,7 +41,7 @@ def profile_step(model: "Model", rows: int = 1, output_rows: str = "last", pick:
             cp = enc.begin_compute_pass(timestamp_writes={"query_set": queries, "beginning_of_pass_write_index": 2 * i,
                                                           "end_of_pass_write_index": 2 * i + 1})
             cp.set_pipeline(d.pipeline)
-            cp.set_bind_group(0, g)
+            set_groups(cp, g)
             cp.dispatch_workgroups(*d.workgroups)
             cp.end()
         enc.resolve_query_set(queries, 0, 2 * n, resolved, 0)

@@ -1,7 +1,7 @@
 // IQ1_M: 256 weights in 56 bytes: 32 bytes of grid index low bits (byte i: weights 8i..8i+7), 16 bytes
 // with a nibble for each 8 weights (the index's high 3 bits, then the sign of delta), then 4 u16 of 3-bit
 // scales (bits 3j..3j+2 of u16 i for weights 64i+16j..) whose top nibbles together are the block's f16 d.
-// Grid entries (iq1_grid.wgsl) are 8 levels of -1, 0, 1. w = d * (1 + 2 * scale) * (level + delta),
+// Grid entries (grid.wgsl) are 8 levels of -1, 0, 1. w = d * (1 + 2 * scale) * (level + delta),
 // delta = +-1/8.
 // 56-byte blocks start on even bytes: read through weights.wgsl's byte readers.
 const QK: u32 = 256u;

@@ -1,6 +1,6 @@
 // IQ1_S: 256 weights in 50 bytes: f16 d, 32 bytes of grid index low bits (byte i: weights 8i..8i+7), then
 // a u16 for each 32 weights: the indices' high 3 bits (bits 3j..3j+2 for weights 8j..8j+7), a 3-bit scale
-// (bits 12..14) and the sign of delta (bit 15). Grid entries (iq1_grid.wgsl) are 8 levels of -1, 0, 1.
+// (bits 12..14) and the sign of delta (bit 15). Grid entries (grid.wgsl) are 8 levels of -1, 0, 1.
 // w = d * (1 + 2 * scale) * (level + delta), delta = +-1/8.
 // 50-byte blocks start on even bytes: read through weights.wgsl's byte readers.
 const QK: u32 = 256u;

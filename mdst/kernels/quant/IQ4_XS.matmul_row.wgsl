@@ -9,11 +9,7 @@ const STEP_SYNC: bool = true;
 
 var<workgroup> iq4_lut: array<f32, 16>;
 
-struct XU {
-    lo: mat4x4<f32>,
-    hi: mat4x4<f32>,
-    ss: f32,
-}
+alias XU = X32;
 
 fn step_init(lid: u32) {
     if (lid < 16u) {
@@ -22,14 +18,7 @@ fn step_init(lid: u32) {
 }
 
 fn step_x(u: u32) -> XU {
-    var xu: XU;
-    let G = 8u * u;
-    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
-    xu.hi = mat4x4<f32>(xg(G + 4u), xg(G + 5u), xg(G + 6u), xg(G + 7u));
-    if (NORM) {
-        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 4u) + sq(G + 5u) + sq(G + 6u) + sq(G + 7u);
-    }
-    return xu;
+    return x32(u);
 }
 
 fn iq4_word(v: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 {
