@@ -329,6 +329,11 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
             return "argmax" if params.greedy else sampler.next_draw(history)
 
         new = ids[session.n_past:]
+        if len(new) > 1:
+            # the prompt's last token goes through a one-row step of its own, as it does when a later request
+            # reuses this prompt's cached prefix: the same request twice then picks from the same logits
+            session.prefill(new[:-1], greedy=True)
+            new = new[-1:]
         scored: list[TokenLogprob] = []   # the log-probabilities of tokens whose text is not out yet
         if top is None and constraint is None:
             tok = int(session.prefill(new, greedy=True) if params.greedy else session.prefill(new, draw=pick()))

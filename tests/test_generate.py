@@ -72,9 +72,9 @@ def test_stopping_a_decode_early_leaves_the_cache_consistent(smol):
     with smol.session() as f:
         want = f.prefill(ids + [first] + seen + [42])
     # f16 KV cache: rows cached by decode's kernels here and by prefill's there differ in f32 summation order
-    # before their f16 rounding (6.8e-4 on logits of ~15 with flash-attention prefill); a stale or skipped
-    # position would be off by far more
-    assert np.abs(got - want).max() < 1e-3
+    # before their f16 rounding, which flips some roundings (1.5e-3 on logits of ~15; with an f32 cache the two
+    # paths agree to 4e-5); a stale or skipped position would be off by far more
+    assert np.abs(got - want).max() < 5e-3
 
 
 def test_seed_reproduces_and_differs(smol):
@@ -230,8 +230,8 @@ def test_logprobs_are_log_softmax_of_the_logits(smol, smol_cpu, device, kw):
     assert m.detokenize(toks) == text
     ref = log_softmax(m.logits(ids + toks)[len(ids) - 1:-1])
     # on the GPU, logits() is prefill's flash attention and a logprob comes from decode's split attention:
-    # the same f32 arithmetic summed in other orders
-    tol = 2e-4 if device == "gpu" else 1e-4
+    # the same f32 arithmetic summed in other orders, then rounded into the f16 cache (4e-4 here)
+    tol = 1e-3 if device == "gpu" else 1e-4
     for lp, row in zip(text.logprobs, ref):
         assert abs(lp.logprob - row[lp.token]) < tol
         top_ids = [t for t, _ in lp.top]

@@ -233,8 +233,8 @@ def test_logprobs_in_openai_shapes(oai, client, model):
     """Completions' legacy logprobs and chat's per-token objects, whole and streamed, are the library's."""
     # the server's request and the library's call can reach a position through other kernels (a reused cached
     # prefix, other prefill chunks): flash-attention blocks and decode's splits sum in other orders before the
-    # f16 cache rounds (tokens the same; log-probabilities within a few 1e-4)
-    tol = 5e-4
+    # f16 cache rounds (tokens the same; log-probabilities within 1e-3)
+    tol = 1e-3
     want = model.generate(PROMPT, max_tokens=4, logprobs=True, top_logprobs=2)
     reply = oai.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
     lp = reply.choices[0].logprobs
