@@ -48,13 +48,6 @@ var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(sco
 var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
 var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
 
-fn softcapped(s: f32) -> f32 {
-    if (p.softcap > 0.0) {
-        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-    }
-    return s;
-}
-
 fn put4(i: u32, v: vec4<f32>) {
     out[i] = v.x;
     out[i + 1u] = v.y;
@@ -133,11 +126,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 for (var j = 0u; j < LPK; j++) {
                     s += red[(g / 4u) * WG + t * LPK + j][g % 4u];
                 }
-                sc[e] = softcapped(s);
+                sc[e] = softcapped(s, p.softcap);
             }
         } else {
             for (var g = 0u; g < GW; g++) {
-                sc[g * T + kk] = softcapped(part[g]);
+                sc[g * T + kk] = softcapped(part[g], p.softcap);
             }
         }
         workgroupBarrier();

@@ -43,13 +43,6 @@ const NV: u32 = 8u;         // fours of dims a thread holds
 var<workgroup> kv: array<vec4<f32>, KVMAX / 4u>;  // [BC, head_dim / 4]: the tile's K, then its V
 var<workgroup> red: array<f32, RED>;              // [BC, WG]: thread i's partial dot with key t at t WG + i
 
-fn softcapped(s: f32) -> f32 {
-    if (p.softcap > 0.0) {
-        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-    }
-    return s;
-}
-
 // The first key row `pos` attends to.
 fn first_key(pos: u32) -> u32 {
     if (p.window > 0u && pos + 1u > p.window) {
@@ -158,16 +151,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     if (live) {
-        let ob = qb;
         let acc = array<vec4<f32>, NV>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
         for (var j = 0u; j < NV; j++) {
             let c = tq + j * tpq;
             if (c < dv) {
                 let o = acc[j] / l;
-                out[ob + 4u * c] = o.x;
-                out[ob + 4u * c + 1u] = o.y;
-                out[ob + 4u * c + 2u] = o.z;
-                out[ob + 4u * c + 3u] = o.w;
+                out[qb + 4u * c] = o.x;
+                out[qb + 4u * c + 1u] = o.y;
+                out[qb + 4u * c + 2u] = o.z;
+                out[qb + 4u * c + 3u] = o.w;
             }
         }
     }
@@ -192,5 +184,5 @@ fn score(t: u32, key: u32, pv: u32, tpq: u32, lo: u32, pos: u32) -> f32 {
     for (var u = 0u; u < tpq; u++) {
         s += red[t * WG + pv + u];
     }
-    return softcapped(s);
+    return softcapped(s, p.softcap);
 }

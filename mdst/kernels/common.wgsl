@@ -16,6 +16,15 @@ fn activate(kind: u32, g: f32) -> f32 {
     return 0.5 * g * (1.0 + tanh(t));
 }
 
+// An attention score softly capped at +-cap (Gemma 2's logit softcapping; cap 0: none); tanh's argument is
+// clamped as in activate().
+fn softcapped(s: f32, cap: f32) -> f32 {
+    if (cap > 0.0) {
+        return cap * tanh(clamp(s / cap, -15.0, 15.0));
+    }
+    return s;
+}
+
 // sin and cos are only accurate near zero on some GPUs: reduce the angle first
 // (2*pi split in two parts so that k * 6.28125 is exact).
 fn reduce_angle(t: f32) -> f32 {
