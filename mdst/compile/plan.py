@@ -786,10 +786,11 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
                label_of(node))
     slots = c.live.take(-id(node) - 1, r * op.k * op.n_out * 4) if op.combine else y
     tc = c.presets.gemm_cols   # 64-row tiles: an expert gets a fraction of the rows
+    f16 = gemm_f16(c)
     c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None],
                (ceil_div(op.n_out, GEMM_TILE * tc // 4), ceil_div(r, GEMM_TILE), n_expert),
                {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "m": r, "y_stride": op.n_out, "w0": w0},
-               label_of(node), w.type.name, gemm_f16(c), TR=4, TC=tc, STEP_SUMS=gemm_f16(c), **experts)
+               label_of(node), w.type.name, f16, TR=4, TC=tc, STEP_SUMS=f16, **experts)
     c.live.free(-id(node))
     if op.combine:
         c.dispatch("expert_combine", [slots, x[1], y, None], grid1(ceil_div(r * op.n_out, 64)),

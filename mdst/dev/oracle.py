@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -894,11 +894,9 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     (the other kernel presets) would run, so the browser checks every kernel a model can use."""
     from ..gpu.device import presets_for
 
-    import dataclasses
-
     c = engine.compiler
     # f32 specializations only (the browser may lack shader-f16; the f16 GEMM has kernel tests of its own)
-    other = dataclasses.replace(presets_for(software=not c.gpu.profile.software), gemm_f16=0)
+    other = replace(presets_for(software=not c.gpu.profile.software), gemm_f16=0)
     specs: dict[Any, list[Any]] = {}
     # and a plan past matmul_few's rows (the many-row matmul), whatever the prompt's length
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
