@@ -29,7 +29,7 @@ from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
-from ..compile.plan import FEW_ROWS, STEP_TOKENS, Compiler, Plan, step_words, write_step
+from ..compile.plan import GEMV_MAX_XR, STEP_TOKENS, Compiler, Plan, step_words, write_step
 from ..text.sampling import DRAW_WORDS, Draw, Sampler, check_mask, mask_words
 
 Pick = Union[str, Draw]
@@ -347,8 +347,8 @@ class GpuEngine(Engine):
 
     def batch_rows(self) -> int:
         """Most sequences one batched plan takes (more run in several): the presets' (0: no batched plan),
-        within matmul_few's rows and a step's rows."""
-        return min(self.gpu.profile.presets.batch_rows, FEW_ROWS, self.max_rows("all"))
+        within matmul_row's rows of x and a step's rows."""
+        return min(self.gpu.profile.presets.batch_rows, GEMV_MAX_XR, self.max_rows("all"))
 
     def batch_plan(self, n: int) -> Plan:
         """The batched decode plan for n sequences (2 .. batch_rows()), one per bucket of rows, compiled on first use."""
