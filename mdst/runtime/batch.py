@@ -64,7 +64,7 @@ class Batch:
                              "more is needed to generate); shorten it or load with a larger context_length")
         eng = self.engine
         with self._lock():
-            cache = eng.new_cache()
+            cache = eng.batch_cache()
         seq = BatchedSequence(cache, Sampler(params), list(ids))
         try:
             chunk = eng.max_rows("last")
@@ -77,7 +77,8 @@ class Batch:
                     out = eng.step(cache, part, s, "last", pick)
             seq.n_past, seq.next_token = len(ids), int(out[0])
         except BaseException:
-            cache.release()
+            with self._lock():
+                eng.recycle(cache)
             raise
         sid, self._next_id = self._next_id, self._next_id + 1
         self._seqs[sid] = seq
@@ -106,10 +107,10 @@ class Batch:
         return dict(zip(chosen, (int(t) for t in got)))
 
     def remove(self, seq: int) -> None:
-        """End a sequence: its cache goes back to the engine."""
+        """End a sequence: its cache goes back to the engine (kept there for the next one under max_batch)."""
         q = self._seqs.pop(seq)
         with self._lock():
-            q.cache.release()
+            self.engine.recycle(q.cache)
 
     def close(self) -> None:
         """Remove every sequence."""
