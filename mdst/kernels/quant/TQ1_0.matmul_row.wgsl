@@ -1,12 +1,13 @@
-// matmul_row's step for TQ1_0. A unit is 32 weights, an eighth of each of the block's three parts (quant/TQ1_0.wgsl):
-// word i of the 32 five-digit bytes (20 weights: 32 n + 4 i + j), bytes 2 i, 2 i + 1 of the 16 five-digit bytes
-// (10 weights: 160 + 16 n + 2 i + j) and digits 2 (i & 1), 2 (i & 1) + 1 of the four-digit byte i / 2 (2 weights:
-// 240 + 4 n + i / 2): one word, a half word and a byte from the block's first word on, however the block sits (54-byte blocks start
-// on even bytes). A byte's digits come from a table in workgroup memory, filled by the workgroup first: per byte
-// value its weights w = digit - 1 as f16 pairs (digits 0-1, 2-3, 4), one load for five weights where the
-// base-3 extraction costs about five instructions a weight. x is read once a unit into registers laid out by
-// byte (column j: x at the byte's digits 0..3, then digit 4 apart). With Q8 it reads the 8-bit copy through xg:
-// a byte's digits fall in five different blocks of x's.
+// matmul_row's step for TQ1_0. A unit is 32 weights, an eighth of each of the block's three parts (quant/TQ1_0.wgsl),
+// for unit i of a block: word i of the 32 five-digit bytes (20 weights, 32 n + 4 i + j), bytes 2 i and 2 i + 1 of
+// the 16 five-digit bytes (10 weights, 160 + 16 n + 2 i + j) and digits 2 (i & 1), 2 (i & 1) + 1 of four-digit byte
+// i / 2 (2 weights, 240 + 4 n + i / 2). So every unit reads the same: a word (w_u32), a half word, a byte and d, five
+// loads (54-byte blocks start on even bytes: the half word and d each lie in one word).
+// A byte's digits come from a table in workgroup memory (4 KiB, filled by the workgroup first): per byte value its
+// weights w = digit - 1 as f16 pairs (digits 0-1, 2-3, 4), one load for five weights where the base-3 extraction
+// costs about five instructions a weight. x is read once a unit into registers laid out by byte (column j: x at
+// byte j's digits 0..3, digit 4 apart). With Q8 it reads the 8-bit copy through xg, as the grid types do: a byte's
+// five weights lie in five blocks of x's, so dot4I8Packed would first need the digits regrouped by block.
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = true;
 
@@ -86,15 +87,13 @@ fn tq1_dot5(e: u32, xa: vec4<f32>, x4: f32) -> f32 {
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let i = u & 7u;
-    let s = (o & 2u) * 8u;              // o is even: each 16 bits of the block lie in one word
-    let q = w_u32(o + 4u * i);          // first part: bytes 4 i .. 4 i + 3
-    let r = W[(o + 32u + 2u * i) >> 2u] >> (((o + 2u * i) & 2u) * 8u);   // second part: bytes 2 i, 2 i + 1, low 16 bits
-    let t0 = W[(o + 48u) >> 2u];        // the third part's 4 bytes and d, in two words
-    let t1 = W[(o + 52u) >> 2u];
-    let h = ((t0 >> s) | ((t1 << 1u) << (31u - s))) >> (8u * (i >> 1u));   // byte i / 2 in the low 8 bits
+    let q = w_u32(o + 4u * i);   // first part: bytes 4 i .. 4 i + 3
+    // second part: bytes 2 i, 2 i + 1 in the low 16 bits (o is even: 16 bits at an even byte lie in one word)
+    let r = W[(o + 32u + 2u * i) >> 2u] >> (((o + 2u * i) & 2u) * 8u);
+    let h = w_u8(o + 48u + (i >> 1u));   // third part: byte i / 2
     let d = tq1_dot5(q & 0xffu, xu.a[0], xu.a4.x) + tq1_dot5((q >> 8u) & 0xffu, xu.a[1], xu.a4.y)
           + tq1_dot5((q >> 16u) & 0xffu, xu.a[2], xu.a4.z) + tq1_dot5(q >> 24u, xu.a[3], xu.a4.w)
           + tq1_dot5(r & 0xffu, xu.b[0], xu.b4.x) + tq1_dot5((r >> 8u) & 0xffu, xu.b[1], xu.b4.y)
-          + dot(unpack2x16float(tq1_lut[h & 0xffu][i & 1u]), xu.h);
-    return unpack2x16float(t1 >> s).x * d;
+          + dot(unpack2x16float(tq1_lut[h][i & 1u]), xu.h);
+    return unpack2x16float(W[(o + 52u) >> 2u] >> ((o & 2u) * 8u)).x * d;
 }
