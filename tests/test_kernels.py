@@ -68,8 +68,9 @@ FUSIONS = [{}, {"NORM": True}, {"RES": True}, {"GLU": 1, "NORM": True, "RES": Tr
 # deq4: all of them run with F32, Q5_0 (blocks off word boundaries) and the types with steps of their own; the
 # other types run the plain case (every lane shape of the GEMV) and the fully fused one (one shape), which read their
 # deq4 the same ways.
-# every fusion for these; the other types (the grid types' steps included) plain at every GEMV shape and one fusion
-ALL_FUSION_TYPES = {"F32", "Q5_0", "Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
+# every fusion for these (TQ1_0's step sums NORM's squares over parts of x's groups); the other types (the grid types'
+# steps included) plain at every GEMV shape and one fusion
+ALL_FUSION_TYPES = {"F32", "Q5_0", "Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0"}
 TYPE_FUSIONS = [(w, f) for w in WEIGHT_TYPES for f in (FUSIONS if w in ALL_FUSION_TYPES else FUSIONS[:1] + FUSIONS[3:4])]
 
 
@@ -139,11 +140,11 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
 
 
 # Q8 (8-bit activations): the types whose steps have an integer path with every fusion, and one generic-step type
-# and IQ4_XS (which read the 8-bit copy through xg) fully fused; x quantized 256 values at a time (XQ), so rows of
+# and IQ4_XS, IQ2_XXS and TQ1_0 (whose steps read the 8-bit copy through xg) fully fused; x quantized 256 values at a time (XQ), so rows of
 # 3 * awkward_k weights take several chunks, the last one short for 32-weight blocks.
 Q8_INT_TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 Q8_CASES = [pytest.param(w, f, *shape, id=f"{w}-{fusion_id(f)}-{'-'.join(map(str, shape))}")
-            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS", "IQ2_XXS")
+            for w in Q8_INT_TYPES + ("Q5_0", "IQ4_XS", "IQ2_XXS", "TQ1_0")
             for f in (FUSIONS if w in Q8_INT_TYPES else FUSIONS[3:4])
             for shape in (GEMV_SHAPES[:3] if w in Q8_INT_TYPES and not f else GEMV_SHAPES[:1])]
 

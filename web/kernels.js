@@ -11,7 +11,7 @@ const ENABLE = /(?<=^|\n)\s*enable\s+([a-z0-9_, ]+);\s*(?=\n|$)/g;
 // Kernels whose inner step a weight type may replace, and the types that do.
 export const TYPE_STEPS = {
   matmul_row: ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
-               "IQ1_S", "IQ1_M", "MXFP4", "TQ2_0"],
+               "IQ1_S", "IQ1_M", "MXFP4", "TQ1_0", "TQ2_0"],
 };
 
 // Weight types whose blocks are whole 16-byte words, read through weights_vec4.wgsl.

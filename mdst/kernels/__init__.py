@@ -33,7 +33,7 @@ WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q
 
 # Kernels whose inner step a weight type may replace, and the types that do (see compose).
 TYPE_STEPS = {"matmul_row": ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
-                            "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4", "TQ2_0")}
+                            "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4", "TQ1_0", "TQ2_0")}
 
 # Weight types whose blocks are whole 16-byte words: kernels read them through weights_vec4.wgsl (one load a
 # header or 16 bytes of data) instead of weights.wgsl's 4-byte words.
