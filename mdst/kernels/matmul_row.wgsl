@@ -194,6 +194,43 @@ fn x32(u: u32) -> X32 {
     return xu;
 }
 
+// For the K-quant steps whose unit is a sub-block pair's 16 positions (`alias XU = XK;`, Q4_K's layout): x at
+// the low nibbles (groups G .. G + 3) and at the high ones (G + 8 .. G + 11), their sums for the mins, and with Q8
+// the same as signed bytes and their blocks' scales.
+struct XK {
+    lo: mat4x4<f32>,   // x at the low nibbles (4 columns of 4)
+    hi: mat4x4<f32>,   // x at the high nibbles
+    sl: f32,           // their sums (for the mins)
+    sh: f32,
+    ss: f32,
+    ql: vec4<u32>,     // Q8: x at the low nibbles as signed bytes, and at the high ones
+    qh: vec4<u32>,
+    dl: f32,           // Q8: their blocks' scales
+    dh: f32,
+}
+
+fn xk(u: u32) -> XK {
+    var xu: XK;
+    let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;   // x's group at the first low nibble
+    if (Q8) {
+        xu.ql = vec4<u32>(q8_word(G), q8_word(G + 1u), q8_word(G + 2u), q8_word(G + 3u));
+        xu.qh = vec4<u32>(q8_word(G + 8u), q8_word(G + 9u), q8_word(G + 10u), q8_word(G + 11u));
+        xu.dl = q8_scale(G);
+        xu.dh = q8_scale(G + 8u);
+        xu.sl = xu.dl * f32(q8_sum(xu.ql.x) + q8_sum(xu.ql.y) + q8_sum(xu.ql.z) + q8_sum(xu.ql.w));
+        xu.sh = xu.dh * f32(q8_sum(xu.qh.x) + q8_sum(xu.qh.y) + q8_sum(xu.qh.z) + q8_sum(xu.qh.w));
+        return xu;
+    }
+    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
+    xu.hi = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
+    xu.sl = hsum(xu.lo[0] + xu.lo[1] + xu.lo[2] + xu.lo[3]);
+    xu.sh = hsum(xu.hi[0] + xu.hi[1] + xu.hi[2] + xu.hi[3]);
+    if (NORM) {
+        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 8u) + sq(G + 9u) + sq(G + 10u) + sq(G + 11u);
+    }
+    return xu;
+}
+
 // The sum of a vector's components.
 fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);

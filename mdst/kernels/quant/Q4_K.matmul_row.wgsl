@@ -10,40 +10,12 @@
 const UNIT: u32 = 32u;   // weights a unit (read by the host: plan.GEMV_UNIT)
 const STEP_SYNC: bool = false;
 
-struct XU {
-    lo: mat4x4<f32>,   // x at the low nibbles (4 columns of 4)
-    hi: mat4x4<f32>,   // x at the high nibbles
-    sl: f32,           // their sums (for the mins)
-    sh: f32,
-    ss: f32,
-    ql: vec4<u32>,     // Q8: x at the low nibbles as signed bytes, and at the high ones
-    qh: vec4<u32>,
-    dl: f32,           // Q8: their blocks' scales
-    dh: f32,
-}
+alias XU = XK;
 
 fn step_init(lid: u32) {}
 
 fn step_x(u: u32) -> XU {
-    var xu: XU;
-    let G = (u >> 3u) * 64u + ((u >> 1u) & 3u) * 16u + (u & 1u) * 4u;   // x's group at the first low nibble
-    if (Q8) {
-        xu.ql = vec4<u32>(q8_word(G), q8_word(G + 1u), q8_word(G + 2u), q8_word(G + 3u));
-        xu.qh = vec4<u32>(q8_word(G + 8u), q8_word(G + 9u), q8_word(G + 10u), q8_word(G + 11u));
-        xu.dl = q8_scale(G);
-        xu.dh = q8_scale(G + 8u);
-        xu.sl = xu.dl * f32(q8_sum(xu.ql.x) + q8_sum(xu.ql.y) + q8_sum(xu.ql.z) + q8_sum(xu.ql.w));
-        xu.sh = xu.dh * f32(q8_sum(xu.qh.x) + q8_sum(xu.qh.y) + q8_sum(xu.qh.z) + q8_sum(xu.qh.w));
-        return xu;
-    }
-    xu.lo = mat4x4<f32>(xg(G), xg(G + 1u), xg(G + 2u), xg(G + 3u));
-    xu.hi = mat4x4<f32>(xg(G + 8u), xg(G + 9u), xg(G + 10u), xg(G + 11u));
-    xu.sl = hsum(xu.lo[0] + xu.lo[1] + xu.lo[2] + xu.lo[3]);
-    xu.sh = hsum(xu.hi[0] + xu.hi[1] + xu.hi[2] + xu.hi[3]);
-    if (NORM) {
-        xu.ss = sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 8u) + sq(G + 9u) + sq(G + 10u) + sq(G + 11u);
-    }
-    return xu;
+    return xk(u);
 }
 
 fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
