@@ -26,8 +26,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Jinja chat template for models whose GGUF has none (or to replace it)")
     p.add_argument("--name", default=None, help="model id reported by the API (default: the file's name)")
     p.add_argument("--max-batch", type=int, default=1, metavar="N",
-                   help="most requests generating together (default: 1); today's engine steps one sequence at a "
-                        "time, so more takes effect with batched decoding")
+                   help="most generations decoding together, each engine step advancing all of them (continuous "
+                        "batching; requests with logprobs or a grammar run alone). 1 runs requests one at a time, "
+                        "reusing a cached prompt prefix (default: 1)")
     p.add_argument("--ray", action="store_true",
                    help="serve through Ray Serve, one model replica per process (per GPU with --device gpu); "
                         "needs the ray extra: pip install 'mdst[ray]'")
