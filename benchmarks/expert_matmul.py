@@ -73,7 +73,7 @@ def main() -> None:
                               ("WG", GEMV_WG))
                     variants["matmul_row"] = [dispatcher(
                         gpu, pipelines, KernelSpec("matmul_row", wtype, constants=consts), [w, x, y, rt, x],
-                        {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "eps": 0.0},
+                        {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "eps": 0.0, "y_stride": 0},
                         (gx, gy, 1 if combine else used))]
                 else:
                     lists = storage(gpu, 4 * (e + 1 + rows * used))

@@ -6,8 +6,11 @@ can read); and, per matrix, the same bytes read by a plain grid-stride loop of v
 the same way (back-to-back dispatches with a barrier between, as a decode step runs them), whose
 dispatch floor a matrix of a few tens of MB cannot hide. The kernel is the one mdst's plans pick for
 the adapter, or each --lanes/--chunks/--rows variant; with --q8, each also with 8-bit activations (Q8: the
-workgroup quantizes x and the types with an integer step use dot4I8Packed), marked "q8": true in its result.
+workgroup quantizes x and the types with an integer step use dot4I8Packed), marked "q8": true in its result;
+with --xr, each also over that many rows of x (batched decode: each weight read once for all of them; "xr" in
+its result, and "row_gb_per_s", the weight bytes a lone row would have read in the same time).
 Usage: python benchmarks/matmul_bandwidth.py [--k 4096] [--n 14336] [--types Q4_K,Q8_0,...] [--reps 50] [--q8]
+       [--xr 4,16]
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ from typing import Any
 
 import numpy as np
 from gpu_timing import dispatcher, passes, read_ceiling, storage, timed
+
+
+def with_q8(spec: Any) -> Any:
+    """matmul_row's spec with 8-bit activations (over rows of x, with the XQ the plan gives them)."""
+    from mdst.compile.plan import gemv_launch
+
+    c = {**spec.constants_dict(), "Q8": True}
+    if "XR" in c:
+        c["XQ"] = gemv_launch(c["XR"], c["TPR"], True)["XQ"]
+    return dataclasses.replace(spec, constants=tuple(sorted(c.items())))
 
 
 def main() -> None:
@@ -33,6 +46,7 @@ def main() -> None:
     ap.add_argument("--rows", default=None, help="matmul_row rows a group of lanes to try, e.g. 1,4 (default: preset)")
     ap.add_argument("--q8", action="store_true", help="time every variant with 8-bit activations too")
     ap.add_argument("--q8-only", action="store_true", help="time only the 8-bit-activation variants")
+    ap.add_argument("--xr", default=None, help="rows of x to try besides one, e.g. 4,16 (matmul_row's XR)")
     args = ap.parse_args()
 
     import wgpu
@@ -40,7 +54,7 @@ def main() -> None:
     from mdst.gpu.device import open_gpu
     from mdst.format.gguf import GGML_TYPE_BY_NAME
     from mdst.kernels import WEIGHT_TYPES, KernelSpec, PipelineCache
-    from mdst.compile.plan import GEMV_WG, gemv_groups, gemv_lanes, gemv_rows, grid1
+    from mdst.compile.plan import GEMV_WG, gemv_groups, gemv_lanes, gemv_launch, gemv_rows, grid1
     from mdst.dev.random_weights import random_weights
 
     gpu = open_gpu("gpu")
@@ -74,10 +88,11 @@ def main() -> None:
         row_bytes = k // t.block * t.block_bytes
         n = min(args.n, gpu.profile.max_binding_size // row_bytes)  # one binding holds the matrix
         raw = random_weights(wtype, n, k, rng)
-        x = rng.standard_normal(k).astype(np.float32)
-        bufs = [storage(gpu, raw), storage(gpu, x), storage(gpu, 4 * n),
-                storage(gpu, 4 * n), storage(gpu, 4 * k)]   # res and g: bound, unread without RES / NORM
-        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "eps": 0.0}
+        xrs = [1] + (list(map(int, args.xr.split(","))) if args.xr else [])
+        x = rng.standard_normal(max(xrs) * k).astype(np.float32)
+        bufs = [storage(gpu, raw), storage(gpu, x), storage(gpu, 4 * max(xrs) * n),
+                storage(gpu, 4 * max(xrs) * n), storage(gpu, 4 * k)]   # res and g: bound, unread without RES / NORM
+        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "eps": 0.0, "y_stride": n}
         if gpu.profile.software:
             spec, params = KernelSpec("matmul_by_output", wtype, constants=(("R", 1),)), {**params, "m": 1,
                                                                                           "y_stride": n}
@@ -93,18 +108,24 @@ def main() -> None:
                         consts = (("GPT", c), ("ROWS", r), ("TPR", lanes), ("WG", GEMV_WG))
                         variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
                                          gemv_groups(n, lanes, r)))
+            for xr in xrs[1:]:
+                launch = gemv_launch(xr, gemv_lanes(k, wtype, pre), False)
+                consts = tuple(sorted({**launch, "GPT": pre.gemv_chunk, "ROWS": 1}.items()))
+                variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
+                                 gemv_groups(n, launch["TPR"], 1, launch["WG"])))
         # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
         nread = raw.nbytes // 16 * 16
         read_s = read_time(bufs[0], nread, bufs[2], args.reps)
         if t.block > 1 and (args.q8 or args.q8_only):   # 8-bit activations apply to block-quantized weights
-            q8 = [(dataclasses.replace(spec, constants=tuple(sorted(spec.constants + (("Q8", True),)))), pa, gr)
-                  for spec, pa, gr in variants]
+            q8 = [(with_q8(spec), pa, gr) for spec, pa, gr in variants]
             variants = q8 if args.q8_only else variants + q8
         for spec, params, groups in variants:
             s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
+            xr = spec.constants_dict().get("XR", 1)
             results.append({"type": wtype, "k": k, "n": n, "kernel": spec.key(), "q8": ("Q8", True) in spec.constants,
-                            "weight_bytes": raw.nbytes,
+                            "xr": xr, "weight_bytes": raw.nbytes,
                             "us_per_dispatch": round(s * 1e6, 2), "gb_per_s": round(raw.nbytes / s / 1e9, 1),
+                            "row_gb_per_s": round(xr * raw.nbytes / s / 1e9, 1),
                             "fraction_of_stream": round(raw.nbytes / s / (stream_gbs * 1e9), 3),
                             "read_ceiling_gb_per_s": round(nread / read_s / 1e9, 1),
                             "fraction_of_read_ceiling": round(read_s / s * raw.nbytes / nread, 3)})

@@ -28,7 +28,7 @@ def load(path: str | os.PathLike | None = None, *, quant: str | None = None, rev
          device: str = "auto", precision: str | None = None, context_length: int | None = None,
          max_binding_size: int | None = None, kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
          weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None,
-         activations: str = "f32") -> "Model":
+         activations: str = "f32", max_batch: int | None = None) -> "Model":
     """Load a GGUF model: a path, a packaged model's short name (None: the default small model), or a Hugging Face
     Hub model, "hf://ORG/REPO/FILE.gguf" or "ORG/REPO" with `quant` (downloaded into the Hub's cache; a path that
     exists wins over a Hub name).
@@ -50,6 +50,9 @@ def load(path: str | os.PathLike | None = None, *, quant: str | None = None, rev
     weight_paging: under gpu_memory_limit, keep what fits resident and page the other weights in per step.
     progress: bars (tqdm, on stderr) for downloads and weight uploads: None draws them when stderr is a terminal,
         True always, False never; a callable is called with (bytes uploaded, bytes to upload) instead.
+    max_batch: the most sequences that decode together (generate() with a list of prompts, Model.batch, `mdst
+        serve --max-batch`): their KV caches count in the memory check, a finished sequence's cache is kept for the
+        next, and one more sequence is refused (ValueError); None (default): no cap, caches made as needed.
     precision: deprecated (it only set the KV cache type; DeprecationWarning): "f16" and "f32" mean that kv_type,
         "auto" the default; an error if kv_type disagrees.
     """
@@ -62,7 +65,7 @@ def load(path: str | os.PathLike | None = None, *, quant: str | None = None, rev
         kv_type = kv_type_for_precision(precision, kv_type)
     return Model(resolve_model_path(path, quant, revision, progress), device=device, context_length=context_length,
                  max_binding_size=max_binding_size, kv_type=kv_type, gpu_memory_limit=gpu_memory_limit,
-                 weight_paging=weight_paging, progress=progress, activations=activations)
+                 weight_paging=weight_paging, progress=progress, activations=activations, max_batch=max_batch)
 
 
 def __getattr__(name: str) -> Any:

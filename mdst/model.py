@@ -48,7 +48,7 @@ class Model:
                  context_length: int | None = None, max_binding_size: int | None = None,
                  kv_type: str | None = None, gpu_memory_limit: int | str | None = None,
                  weight_paging: bool = False, progress: bool | None | Callable[[int, int], None] = None,
-                 activations: str = "f32"):
+                 activations: str = "f32", max_batch: int | None = None):
         if precision is not None:   # deprecated: it only ever chose the KV cache type
             warnings.warn(PRECISION_DEPRECATED, DeprecationWarning, stacklevel=2)
             kv_type = device_mod.kv_type_for_precision(precision, kv_type)
@@ -67,6 +67,8 @@ class Model:
             self._tokenizer = Tokenizer.from_gguf(self.gguf)
             host.trim()   # building a large vocabulary frees tens of MB in the C heap that glibc would keep
             self.context_length = context_length = checked_context(context_length, self.config.context_length)
+            if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+                raise ValueError(f"max_batch must be a positive int or None, got {max_batch!r}")
             limit = fit.parse_bytes(gpu_memory_limit)
             gpu = device_mod.resolve(device, max_binding_size)
             self._kv_type = device_mod.resolve_kv_type(kv_type, gpu)
@@ -74,16 +76,16 @@ class Model:
             self.predicted: fit.Prediction | None = None
             self.device_profile = None
             if gpu is None:
-                self.engine: Any = CpuEngine(self.gguf, graphs, context_length, self.kv_type)
+                self.engine: Any = CpuEngine(self.gguf, graphs, context_length, self.kv_type, max_batch=max_batch)
             else:
                 if not isinstance(weight_paging, bool):
                     raise TypeError("weight_paging must be a bool")
                 engine = functools.partial(GpuEngine, gguf=self.gguf, graphs=graphs, context=context_length,
-                                           kv_type=self.kv_type)
+                                           kv_type=self.kv_type, max_batch=max_batch)
                 # every byte predicted by the engine's own setup on a counting allocator, before allocating any
                 self.predicted, budget = fit.fit(lambda b: engine(CountingAllocator(gpu.profile), weight_budget=b),
                                                  limit, paging=weight_paging, context_length=context_length,
-                                                 kv_type=self.kv_type)
+                                                 kv_type=self.kv_type, max_batch=max_batch)
                 with loading(progress, f"loading {os.path.basename(self.path)}") as bar:
                     self.engine = engine(GpuAllocator(gpu), weight_budget=budget, progress=bar)
                 self.device_profile = gpu.profile

@@ -182,3 +182,39 @@ def test_generate_list_bad_input(smollm2_cpu):
     with pytest.raises(ValueError, match="empty"):
         batch.add([], SamplingParams())
     batch.close()
+
+
+def test_max_batch_caps_the_batch_and_reuses_caches(smollm2_path, monkeypatch):
+    """max_batch sequences at once: one more is refused before anything is allocated, and a finished sequence's
+    cache serves the next one, which still gets its tokens alone."""
+    with mdst.load(smollm2_path, device="cpu", max_batch=2) as m:
+        made = []
+        new_cache = m.engine.new_cache
+        monkeypatch.setattr(m.engine, "new_cache", lambda: made.append(new_cache()) or made[-1])
+        ids = prompts(m.n_vocab)
+        batch = m.batch()
+        a, _ = batch.add(ids[0], SamplingParams())
+        batch.add(ids[1], SamplingParams())
+        with pytest.raises(ValueError, match="max_batch"):
+            batch.add(ids[2], SamplingParams())
+        assert len(batch) == 2 and len(made) == 2
+        batch.step()
+        batch.remove(a)
+        c, first = batch.add(ids[2], SamplingParams())
+        assert len(made) == 2   # the finished sequence's cache
+        got = [first] + [batch.step()[c] for _ in range(3)]
+        batch.close()
+        assert got == alone(m, ids[2], SamplingParams(), 4)
+    for bad in (0, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="max_batch"):
+            mdst.load(smollm2_path, device="cpu", max_batch=bad)
+
+
+def test_max_batch_caches_count_in_the_memory_check(smollm2_path, gpu):
+    with mdst.load(smollm2_path, device="gpu", context_length=256) as one, \
+            mdst.load(smollm2_path, device="gpu", context_length=256, max_batch=3) as four:
+        assert four.predicted.bytes_by_kind["kv"] == 4 * one.predicted.bytes_by_kind["kv"]
+        limit = (one.predicted.total + four.predicted.total) // 2
+    with pytest.raises(mdst.OutOfMemoryError, match="a smaller max_batch") as e:
+        mdst.load(smollm2_path, device="gpu", context_length=256, max_batch=3, gpu_memory_limit=limit)
+    assert "now 3" in str(e.value)

@@ -14,7 +14,7 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, few_groups, flash_tiles, gemm_groups, gemv_groups,
+from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, gemv_launch,
                                step_words)
 from mdst.format.quants import dequantize
 from metrics import rel_l2
@@ -132,7 +132,7 @@ def test_matmul_row(run, rng, wtype, fusion, lanes, chunk, rows, upi):
     constants = {"TPR": lanes, "GPT": chunk, "ROWS": rows, "UPI": upi, "WG": GEMV_WG, **fusion}
     spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
     y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5, "y_stride": 0},
                 gemv_groups(n, lanes, rows))[0])
     assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
     assert rel_l2(y[o0:o0 + n], want[0] + (res[o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
@@ -161,7 +161,7 @@ def test_matmul_row_q8(run, rng, wtype, fusion, lanes, chunk, rows, upi):
     constants = {"TPR": lanes, "GPT": chunk, "ROWS": rows, "UPI": upi, "WG": GEMV_WG, "XQ": 256, **fusion}
     spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
     y = f32(run(spec, [buf, x[0], Out((o0 + n + 3) * 4), res, g],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5},
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 1e-5, "y_stride": 0},
                 gemv_groups(n, lanes, rows))[0])
     assert np.isnan(y[:o0]).all() and np.isnan(y[o0 + n:]).all()
     r = res[o0:o0 + n] if fusion.get("RES") else 0
@@ -226,22 +226,27 @@ def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
     assert not f16 or err > 1e-6, "the f16 variant computed in f32"
 
 
-# Rows of x (awkward: 3, 5, 13 and the largest, 16), each weight type with the residual at 5 rows, the
-# block-quantized ones with 8-bit activations, and threads an output from one to a warp's worth
-FEW_CASES = [(w, 5, True, False, 4) for w in WEIGHT_TYPES] + \
-    [(w, 3, True, True, 4) for w in WEIGHT_TYPES if GGML_TYPE_BY_NAME[w].block > 1] + \
-    [(w, m, False, False, tpr) for w in ("F32", "Q5_0", "Q4_K") for m, tpr in ((3, 1), (13, 8), (16, 32))]
+# Rows of x (batched decode; awkward: 3, 5, 13 and the largest, 16, at 128 threads a workgroup), each weight
+# type with the residual at 5 rows, the block-quantized ones with 8-bit activations at 3, and lanes a row from
+# fewer than the rows (the plan widens them to a thread per row's store) to 64
+ROWS_OF_X_CASES = [(w, 5, True, False, 32) for w in WEIGHT_TYPES] + \
+    [(w, 3, True, True, 32) for w in WEIGHT_TYPES if GGML_TYPE_BY_NAME[w].block > 1] + \
+    [(w, m, False, q8, lanes) for w in ("F32", "Q5_0", "Q4_K") for m, lanes in ((2, 64), (13, 4), (16, 32))
+     for q8 in (False, True) if not q8 or w != "F32"]
 
 
-@pytest.mark.parametrize("wtype,m,res_,q8,tpr", FEW_CASES)
-def test_matmul_few(run, rng, wtype, m, res_, q8, tpr):
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 77)
+@pytest.mark.parametrize("wtype,m,res_,q8,lanes", ROWS_OF_X_CASES)
+def test_matmul_row_rows_of_x(run, rng, wtype, m, res_, q8, lanes):
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 77,
+                                                               k=3 * awkward_k(wtype) if q8 else None)
     o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    spec = KernelSpec("matmul_few", wtype, constants=(("Q8", True),) * q8 + (("RES", res_), ("TPR", tpr), ("XR", m)))
-    y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
-                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "y_stride": stride, "w0": lead},
-                few_groups(n, tpr))[0]).reshape(m, stride)
+    launch = gemv_launch(m, lanes, q8)
+    constants = {**launch, "RES": res_, "GPT": 4, **({"Q8": True} if q8 else {})}
+    spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
+    y = f32(run(spec, [buf, x, Out(m * stride * 4), res, g],
+                {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 0.0, "y_stride": stride},
+                gemv_groups(n, launch["TPR"], 1, launch["WG"]))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
 
@@ -706,7 +711,7 @@ def test_matmul_row_experts(run, rng, wtype, mode):
     gx, gy, _ = gemv_groups(n_out, lanes, rows)
     y = f32(run(KernelSpec("matmul_row", wtype, constants=tuple(sorted(consts.items()))),
                 [buf, x[0], Out((out + 3) * 4), routes[0], x[0]],
-                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead, "eps": 0.0},
+                {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "w0": lead, "eps": 0.0, "y_stride": 0},
                 (gx, gy, 1 if combine else used))[0])
     assert np.isnan(y[out:]).all()
     want = gated_experts(x, routes, w, experts, n_out) if glu else reference.expert_matmul(x, routes, w, n_out, combine)

@@ -44,7 +44,7 @@ def test_python_values_are_the_wgsl_consts():
     words = plan.step_words(7, 2, [11, 12], rows=4, row0=3)
     assert words[wgsl_const("common.wgsl", "STEP_POS0")] == 7 and words[wgsl_const("common.wgsl", "STEP_ROWS")] == 2
     assert words[wgsl_const("common.wgsl", "STEP_ROW0")] == 3
-    assert plan.FEW_ROWS == wgsl_const("matmul_few.wgsl", "MAX_XR")
+    assert plan.GEMV_MAX_XR == wgsl_const("matmul_row.wgsl", "MAX_XR")
     t = wgsl_const("common.wgsl", "STEP_TOKENS")
     assert list(words[t:]) == [11, 12, 0, 0] and len(words) == t + 4
 

@@ -40,9 +40,8 @@ GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per grou
 # unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
 GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
+GEMV_MAX_XR = wgsl_const("matmul_row.wgsl", "MAX_XR")  # matmul_row: the most rows of x (batched decode)
 GROUP_MAX_EXPERTS = wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")  # experts the grouping of rows takes
-FEW_ROWS = wgsl_const("matmul_few.wgsl", "MAX_XR")  # matmul_few: the most rows of x (batched decode)
-FEW_WG = wgsl_const("matmul_few.wgsl", "WG")
 
 
 def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int]:
@@ -62,11 +61,6 @@ def gemm_block(rows: int, presets: Any) -> tuple[int, int]:
     return (presets.gemm_rows if rows > GEMM_TILE else 4), presets.gemm_cols
 
 
-def few_groups(n: int, lanes: int) -> tuple[int, int, int]:
-    """matmul_few's workgroup count for n outputs, `lanes` threads each."""
-    return grid1(ceil_div(n, FEW_WG // lanes))
-
-
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
     """matmul_row's threads per row: the preset, fewer where a row has fewer units to share out."""
     units = k // GEMV_UNIT[wtype] if wtype in GEMV_UNIT else ceil_div(k, 4 * presets.gemv_chunk)
@@ -82,10 +76,21 @@ def gemv_rows(n: int, lanes: int, presets: Any) -> int:
     return rows
 
 
-def gemv_groups(n: int, lanes: int, rows: int = 1) -> tuple[int, int, int]:
+def gemv_groups(n: int, lanes: int, rows: int = 1, wg: int = GEMV_WG) -> tuple[int, int, int]:
     """matmul_row's workgroup count for n output rows, `lanes` a row and `rows` a group of lanes
-    (rows * GEMV_WG / lanes rows a workgroup)."""
-    return grid1(ceil_div(n, rows * (GEMV_WG // lanes)))
+    (rows * wg / lanes rows a workgroup)."""
+    return grid1(ceil_div(n, rows * (wg // lanes)))
+
+
+def gemv_launch(xr: int, lanes: int, q8: bool) -> dict[str, int]:
+    """matmul_row's constants for xr > 1 rows of x (batched decode): lanes enough for a thread per row's store;
+    the sums of 9 .. 16 rows (4 slots of vec4s) fill 16 KiB of workgroup memory at 256 threads, so 128; with Q8,
+    XQ values a row of x quantized at a time, 4 KiB of bytes for all the rows as one row's 4,096."""
+    if xr == 1:
+        return {"WG": GEMV_WG, "TPR": lanes}
+    wg = GEMV_WG if xr <= 8 else GEMV_WG // 2
+    out = {"WG": wg, "TPR": min(wg, max(lanes, 1 << (xr - 1).bit_length())), "XR": xr}
+    return {**out, "XQ": max(256, 4096 // xr // 256 * 256)} if q8 else out
 
 
 _plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
@@ -715,23 +720,20 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
                        w.type.name, R=rr, **fused, **q8)
-        elif r == 1:
-            lanes = gemv_lanes(k, w.type.name, c.presets)
-            rows = gemv_rows(p.rows, lanes, c.presets)
-            c.dispatch("matmul_row", args, gemv_groups(p.rows, lanes, rows), params, label_of(node), w.type.name,
-                       WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, **fused, **q8)
+        elif r <= GEMV_MAX_XR:
+            # one row (decode), or a few (batched decode: each weight read once for all of them)
+            if r > 1 and (norm is not None or glu):
+                raise RuntimeError("the many-row matmul fuses the residual add only")
+            launch = gemv_launch(r, gemv_lanes(k, w.type.name, c.presets), op.q8)
+            rows = gemv_rows(p.rows, launch["TPR"], c.presets) if r == 1 else 1
+            params["y_stride"] = stride
+            c.dispatch("matmul_row", args, gemv_groups(p.rows, launch["TPR"], rows, launch["WG"]), params,
+                       label_of(node), w.type.name, ROWS=rows, GPT=c.presets.gemv_chunk, **launch, **fused, **q8)
         else:
             if norm is not None or glu:
                 raise RuntimeError("the many-row matmul fuses the residual add only")
             params.update(m=r, y_stride=stride)
             del params["eps"]
-            if r <= FEW_ROWS:
-                # a few rows (batched decode): each weight read once for all of them
-                del params["m"]
-                lanes = c.presets.few_lanes
-                c.dispatch("matmul_few", [wbuf, x[0], target, res or spare, None], few_groups(p.rows, lanes), params,
-                           label_of(node), w.type.name, XR=r, TPR=lanes, RES=res is not None, **q8)
-                continue
             # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
             tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
             f16 = gemm_f16(c) and not op.q8
@@ -775,9 +777,9 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
         gx, gy, _ = gemv_groups(op.n_out, lanes, rows)
         # the route in the residual's binding; x in the unread norm weight's
         c.dispatch("matmul_row", [wbuf, x[0], y, x[1], x[0], None], (gx, gy, 1 if op.combine else op.k),
-                   {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0}, label_of(node),
-                   w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk, COMBINE=op.combine,
-                   **experts, **glu)
+                   {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0, "y_stride": 0},
+                   label_of(node), w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk,
+                   COMBINE=op.combine, **experts, **glu)
         return
     if glu:
         raise RuntimeError("the many-row expert matmul does not gate")   # fusion.py fuses GLU in one-row plans only

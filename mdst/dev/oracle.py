@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..compile.plan import FEW_ROWS, step_words
+from ..compile.plan import GEMV_MAX_XR, step_words
 
 FORMAT = "mdst-oracle"
 VERSION = 1
@@ -281,21 +281,19 @@ class CaseBuilder:
 
     def _matmul_row(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out
-        from ..compile.plan import gemv_groups
+        from ..compile.plan import GEMV_WG, gemv_groups
         c = spec.constants_dict()
         if c.get("EXPERTS"):
             buf, x, routes, want, params, about = self._experts(spec, 1)
             gx, gy, _ = gemv_groups(params["n"], int(c.get("TPR", 32)), int(c.get("ROWS", 1)))
             want = np.concatenate([want[0], _poisoned((3,))])
             return [Case(about + (", combined" if c.get("COMBINE") else ""), spec,
-                         [buf, x[0], Out(want.nbytes), routes[0], x[0]], {**params, "eps": 0.0},
+                         [buf, x[0], Out(want.nbytes), routes[0], x[0]], {**params, "eps": 0.0, "y_stride": 0},
                          (gx, gy, 1 if c.get("COMBINE") else int(c["EXPERTS"])), [Expect("f32", _within(1e-5), want)])]
-        (buf, x, r, g), want, params, about = self._fused_matmul(spec, 1)
-        params["o0"] = 0
-        want = np.concatenate([want[0, 3:80], _poisoned((3,))])   # one row: y[0:77]
-        r = r[0, 3:83]
-        lanes = dict(spec.constants).get("TPR", 32)
-        return [Case(about, spec, [buf, x[0], Out(want.nbytes), r, g], params, gemv_groups(params["n"], lanes),
+        (buf, x, r, g), want, params, about = self._fused_matmul(spec, int(c.get("XR", 1)))   # rows of x: XR
+        params["y_stride"] = want.shape[1]
+        groups = gemv_groups(params["n"], int(c.get("TPR", 32)), int(c.get("ROWS", 1)), int(c.get("WG", GEMV_WG)))
+        return [Case(about, spec, [buf, x, Out(want.nbytes), r, g], params, groups,
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_rows(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -318,17 +316,6 @@ class CaseBuilder:
         params.update(m=m, y_stride=87)
         return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
                      gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
-                     [Expect("f32", _within(1e-5), want)])]
-
-    def _matmul_few(self, spec: Any, uses: list[Any]) -> list[Case]:
-        from ..kernels.runner import Out
-        from ..compile.plan import few_groups
-        c = spec.constants_dict()
-        m = int(c.get("XR", 4))
-        (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
-        del params["eps"]
-        params["y_stride"] = 87
-        return [Case(about, spec, [buf, x, Out(want.nbytes), r], params, few_groups(params["n"], int(c.get("TPR", 4))),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -898,15 +885,15 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     # f32 specializations only (the browser may lack shader-f16; the f16 GEMM has kernel tests of its own)
     other = replace(presets_for(software=not c.gpu.profile.software), gemm_f16=0)
     specs: dict[Any, list[Any]] = {}
-    # and a plan past matmul_few's rows (the many-row matmul), whatever the prompt's length
+    # and a plan past matmul_row's rows of x (the many-row matmul), whatever the prompt's length
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
                                     ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits"),
-                                    ("all", min(engine.max_rows("all"), 2 * FEW_ROWS), "logits")]:
+                                    ("all", min(engine.max_rows("all"), 2 * GEMV_MAX_XR), "logits")]:
         for plan in (engine.plan(output_rows, rows, pick),
                      c.compile(engine.graphs[output_rows], rows, pick, engine.max_rows(output_rows), presets=other)):
             for d in plan.dispatches:
                 specs.setdefault(d.spec, []).append(d)
-    # batched decode (two sequences): matmul_few on GPUs
+    # batched decode (two sequences): matmul_row over 2 rows of x on GPUs
     for plan in (engine.batch_plan(2), c.compile(engine.graphs["all"], 2, "argmax", engine.max_rows("all"),
                                                  presets=other, batch=True)):
         for d in plan.dispatches:

@@ -31,8 +31,7 @@ class Presets:
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
-    few_lanes: int = 4            # matmul_few: threads an output (TPR); fewer put more outputs on each staged x
-    batch_rows: int = 16          # sequences one batched decode plan takes (at most matmul_few's rows); 0: each
+    batch_rows: int = 16          # sequences one batched decode plan takes (at most matmul_row's rows of x); 0: each
                                   # sequence's one-row plan, all in one encoder
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
@@ -54,8 +53,7 @@ def presets_for(software: bool) -> Presets:
     splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). GPUs run batched decode as each
-    sequence's one-row plan in one encoder until matmul_few reads weights at the GEMV's rate (H100: the batched
-    plan gave 0.47x and 0.63x the lone rate at 4 and 16 sequences)."""
+    sequence's one-row plan in one encoder (batch_rows=0) until the batched plan measures faster (RESULTS.md)."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
                                                                  prefill_rows=512, gemm_f16=1, batch_rows=0)
@@ -70,7 +68,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "attention_lanes": (1, 2, 4, 8, 16, 32, 64), "attention_splits": (0, 16, 32, 64, 128, 256),
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
-               "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144), "few_lanes": (1, 2, 4, 8, 16, 32),
+               "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
                "batch_rows": (0, 2, 4, 8, 16),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "flash_threads": (64, 128),

@@ -9,6 +9,10 @@
 // slots are the dispatch's z and slot j writes y[o0 + j n ...]; with COMBINE each group loops over the
 // slots and writes their sum weighted by the route (no dispatch and no buffer for the slots' outputs).
 // With GLU the up matrices follow all N_EXPERT gate matrices: expert e's up matrix is matrix N_EXPERT + e.
+// XR > 1 (batched decode: one row of x a sequence): x holds XR rows of k, y and res XR rows of y_stride, and a
+// group computes one weight row against every row of x, so each weight is read once for all XR sequences (the
+// step decodes it again per row of x, from registers and cache); the group's XR sums take the slots of rows
+// and up rows (d, d2, u, u2). With RES and Q8 only (the plan keeps NORM and GLU out of many-row matmuls).
 // A group of TPR threads (a power of two) computes ROWS neighbouring rows; a workgroup holds WG / TPR
 // groups. A row is cut into units (the weight type's step says how many weights a unit holds:
 // quant/<TYPE>.matmul_row.wgsl, or the generic quant/matmul_row.wgsl); thread t of a group takes
@@ -32,10 +36,11 @@ struct P {
     o0: u32,         // first output column of this part
     w0: u32,         // byte offset of the part's first row in the weight buffer
     eps: f32,        // NORM's epsilon
+    y_stride: u32,   // XR > 1: floats a row of y and res
 }
 
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [k]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [o0 + n ...]
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // [XR, k]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [XR, y_stride]: o0 + n ... a row
 @group(0) @binding(3) var<storage, read> res: array<f32>;       // like y: added with RES; the route with EXPERTS
 @group(0) @binding(4) var<storage, read> g: array<vec4<f32>>;   // [k]: the norm's weight with NORM
 @group(0) @binding(5) var<uniform> p: P;
@@ -49,6 +54,8 @@ override GLU: u32 = 0u;   // 0: none; else the activation (see activate)
 override GPT: u32 = 8u;   // the generic step: groups of 4 weights a unit (1, 2, 4, 8)
 
 const MAX_ROWS: u32 = 8u;   // read by the host (plan.GEMV_MAX_ROWS)
+const MAX_XR: u32 = 16u;    // read by the host (plan.GEMV_MAX_XR)
+override XR: u32 = 1u;      // rows of x (see the top): 1 .. MAX_XR; with XR > 1, ROWS is 1
 override UPI: u32 = 2u;   // units a thread takes per loop iteration (1, 2): more loads in flight
 override Q8: bool = false;   // x through its 8-bit round trip (see the top)
 override XQ: u32 = 4096u;    // Q8: values of x quantized at a time (a multiple of 256)
@@ -58,20 +65,24 @@ override COMBINE: bool = false;
 override N_EXPERT: u32 = 1u;   // GLU with EXPERTS: gate matrices before the first up matrix
 
 var<private> wb: u32;   // the byte where the matrix (the slot's expert's) starts
-var<private> xo: u32;   // x's first group (the slot's, with X_SLOT)
+var<private> xo: u32;   // x's first group (the slot's, with X_SLOT; the row's, with XR > 1)
+var<private> xqw: u32;  // Q8: the row's first word in xq (XR > 1)
 
 // Partial sums, in slots of WG vec4s: rows 0..3 of a group (and 4..7 with ROWS > 4), then the up
-// rows' (GLU), then x's sum of squares (NORM) in x.
+// rows' (GLU), then x's sum of squares (NORM) in x; with XR > 1 the rows of x, 4 a slot.
 const RED_D: u32 = 0u;
 const RED_D2: u32 = 1u;
-override RED_U: u32 = select(1u, 2u, ROWS > 4u);
-override RED_S: u32 = RED_U * select(1u, 2u, GLU != 0u);
-var<workgroup> red: array<vec4<f32>, WG * (RED_S + 1u)>;
+override HAS_D2: bool = ROWS > 4u || XR > 4u;
+override HAS_U: bool = GLU != 0u || XR > 8u;
+override HAS_U2: bool = (GLU != 0u && ROWS > 4u) || XR > 12u;
+override RED_U: u32 = select(1u, 2u, HAS_D2);
+override RED_S: u32 = RED_U * select(1u, 2u, HAS_U);
+var<workgroup> red: array<vec4<f32>, WG * (RED_S + select(0u, 1u, NORM))>;
 
 // Q8: the chunk of x in workgroup memory (sized 1 without Q8): 4 signed bytes a word, a scale per 32
-// values; the chunk starts at x's group xq0.
-override XQ_WORDS: u32 = select(1u, XQ / 4u, Q8);
-override XQ_BLOCKS: u32 = select(1u, XQ / 32u, Q8);
+// values, XQ values a row of x; the chunk starts at x's group xq0.
+override XQ_WORDS: u32 = select(1u, XR * XQ / 4u, Q8);
+override XQ_BLOCKS: u32 = select(1u, XR * XQ / 32u, Q8);
 var<workgroup> xq: array<u32, XQ_WORDS>;
 var<workgroup> xd: array<f32, XQ_BLOCKS>;
 var<private> xq0: u32;
@@ -94,11 +105,11 @@ fn xg(G: u32) -> vec4<f32> {
 
 // For the steps' integer paths (Q8): x's group G as 4 signed bytes, and the scale of its block of 32.
 fn q8_word(G: u32) -> u32 {
-    return xq[G - xq0];
+    return xq[xqw + G - xq0];
 }
 
 fn q8_scale(G: u32) -> f32 {
-    return xd[(G - xq0) >> 3u];
+    return xd[(xqw + G - xq0) >> 3u];
 }
 
 // The sum of a word's 4 signed bytes.
@@ -106,12 +117,18 @@ fn q8_sum(v: u32) -> i32 {
     return dot4I8Packed(v, 0x01010101u);
 }
 
-// Q8: quantize x's groups xq0 .. xq0 + ng (ng a multiple of 8) into xq and xd, a block of 32 a thread;
-// returns this thread's share of their sum of squares (for NORM).
+// Q8: quantize x's groups xq0 .. xq0 + ng (ng a multiple of 8; of each row of x) into xq and xd, a block
+// of 32 a thread; returns this thread's share of their sum of squares (for NORM).
 fn quantize_chunk(lid: u32, ng: u32) -> f32 {
     var ss = 0.0;
-    for (var b = lid; b < ng / 8u; b += WG) {
-        let G = xq0 + 8u * b;
+    let nb = ng / 8u;   // blocks a row
+    for (var e = lid; e < XR * nb; e += WG) {
+        let r = e / nb;
+        if (XR > 1u) {
+            xo = r * (p.k / 4u);
+        }
+        let b = r * (XQ / 32u) + e % nb;   // the block's place in xd (and its 8 words' in xq)
+        let G = xq0 + 8u * (e % nb);
         let v0 = xn(G);
         let v1 = xn(G + 1u);
         let v2 = xn(G + 2u);
@@ -204,16 +221,53 @@ fn rows4(j0: u32, r0: u32, off: u32, u: u32, xu: XU) -> vec4<f32> {
     return d;
 }
 
+// XR > 1: unit u of the group's row against row r of x.
+fn xrow_dot(b: u32, r: u32, u: u32) -> f32 {
+    xo = r * (p.k / 4u);
+    xqw = r * (XQ / 4u);
+    return step_dot(b, u, step_x(u));
+}
+
+// XR > 1: unit u of the group's row against rows r0 .. r0 + 3 of x (those below XR).
+fn xrows4(j0: u32, r0: u32, u: u32) -> vec4<f32> {
+    let b = row_at(j0, 0u);
+    var d = vec4<f32>(0.0);
+    d.x = xrow_dot(b, r0, u);
+    if (r0 + 1u < XR) {
+        d.y = xrow_dot(b, r0 + 1u, u);
+    }
+    if (r0 + 2u < XR) {
+        d.z = xrow_dot(b, r0 + 2u, u);
+    }
+    if (r0 + 3u < XR) {
+        d.w = xrow_dot(b, r0 + 3u, u);
+    }
+    return d;
+}
+
 struct Acc {
-    d: vec4<f32>,    // rows 0..3
-    d2: vec4<f32>,   // rows 4..7
-    u: vec4<f32>,    // their up rows
-    u2: vec4<f32>,
+    d: vec4<f32>,    // rows 0..3 (XR > 1: rows of x 0..3)
+    d2: vec4<f32>,   // rows 4..7 (4..7)
+    u: vec4<f32>,    // their up rows (8..11)
+    u2: vec4<f32>,   // (12..15)
     ss: f32,
 }
 
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
+    if (XR > 1u) {
+        (*a).d += xrows4(j0, 0u, u);
+        if (XR > 4u) {
+            (*a).d2 += xrows4(j0, 4u, u);
+        }
+        if (XR > 8u) {
+            (*a).u += xrows4(j0, 8u, u);
+        }
+        if (XR > 12u) {
+            (*a).u2 += xrows4(j0, 12u, u);
+        }
+        return;
+    }
     let xu = step_x(u);
     let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
     if (NORM && !Q8) {
@@ -290,14 +344,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         a.d2 = wd2;
     }
     red[RED_D * WG + lid] = a.d;
-    if (ROWS > 4u) {
+    if (HAS_D2) {
         red[RED_D2 * WG + lid] = a.d2;
     }
-    if (GLU != 0u) {
+    if (HAS_U) {
         red[RED_U * WG + lid] = a.u;
-        if (ROWS > 4u) {
-            red[(RED_U + 1u) * WG + lid] = a.u2;
-        }
+    }
+    if (HAS_U2) {
+        red[(RED_U + 1u) * WG + lid] = a.u2;
     }
     if (NORM) {
         red[RED_S * WG + lid] = vec4<f32>(a.ss);
@@ -315,14 +369,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var s = TPR / 2u; s > 0u; s >>= 1u) {
         if (t < s) {
             red_add(RED_D, lid, s);
-            if (ROWS > 4u) {
+            if (HAS_D2) {
                 red_add(RED_D2, lid, s);
             }
-            if (GLU != 0u) {
+            if (HAS_U) {
                 red_add(RED_U, lid, s);
-                if (ROWS > 4u) {
-                    red_add(RED_U + 1u, lid, s);
-                }
+            }
+            if (HAS_U2) {
+                red_add(RED_U + 1u, lid, s);
             }
             if (NORM) {
                 red_add(RED_S, lid, s);
@@ -330,9 +384,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
     }
-    // thread r of the group stores row j0 + r from the sums in its lane 0
-    let j = j0 + t;
-    if (t < ROWS && j < p.n) {
+    // thread t of the group stores row j0 + t (XR > 1: row t of y at j0) from the sums in its lane 0
+    let xr = select(0u, t, XR > 1u);
+    let j = j0 + t - xr;
+    if (t < max(ROWS, XR) && j < p.n) {
         let l0 = lid - t;
         let c = t & 3u;
         var v = red[(RED_D + t / 4u) * WG + l0][c];
@@ -348,9 +403,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (GLU != 0u) {
             v = activate(GLU, v) * w;
         }
+        let at = xr * p.y_stride + o0 + j;
         if (RES) {
-            v += res[o0 + j];
+            v += res[at];
         }
-        y[o0 + j] = v;
+        y[at] = v;
     }
 }

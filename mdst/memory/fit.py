@@ -54,12 +54,15 @@ class Prediction:
 
 
 def check(prediction: Prediction, limit: int | None, *, context_length: int, kv_type: str,
-          paging: bool) -> None:
+          paging: bool, max_batch: int | None = None) -> None:
     """Raise OutOfMemoryError, with the breakdown and the ways out, when the prediction exceeds the limit."""
     if limit is None or prediction.total <= limit:
         return
-    options = [f"a shorter context_length (now {context_length}; the KV cache is "
-               f"{mib(prediction.bytes_by_kind.get('kv', 0))})"]
+    kv = prediction.bytes_by_kind.get('kv', 0)
+    options = [f"a shorter context_length (now {context_length}; the KV cache is {mib(kv)})"]
+    if max_batch:
+        options.append(f"a smaller max_batch (now {max_batch}; each sequence has a KV cache of "
+                       f"{mib(kv // (1 + max_batch))})")
     if kv_type != "q8_0":
         options.append('a smaller KV type (kv_type="q8_0" stores it in 8 bits)')
     if not paging:
@@ -71,15 +74,17 @@ def check(prediction: Prediction, limit: int | None, *, context_length: int, kv_
 
 
 def predict(ghost: Any) -> tuple[Prediction, int]:
-    """Bytes of an engine set up on a counting allocator once it has compiled every plan and made one
-    sequence's cache, and the bytes its weights' layout took out of the weight budget."""
+    """Bytes of an engine set up on a counting allocator once it has compiled every plan and made the caches
+    of one sequence (the default session's) and of max_batch batched ones, and the bytes its weights' layout
+    took out of the weight budget."""
     ghost.compile_all()
-    ghost.new_cache()
+    for _ in range(1 + (ghost.max_batch or 0)):
+        ghost.new_cache()
     return Prediction(dict(ghost.bytes_by_kind)), ghost.weights.layout.budget_used
 
 
 def fit(ghost: Callable[[int | None], Any], limit: int | None, *, paging: bool, context_length: int,
-        kv_type: str) -> tuple[Prediction, int | None]:
+        kv_type: str, max_batch: int | None = None) -> tuple[Prediction, int | None]:
     """The prediction, and the weight budget (None: every weight resident) that meets `limit`.
 
     `ghost(budget)` sets the engine up on a counting allocator with that weight budget. Without a
@@ -97,5 +102,5 @@ def fit(ghost: Callable[[int | None], Any], limit: int | None, *, paging: bool, 
             if prediction.total <= limit:
                 break
             budget = max(used - (prediction.total - limit), 0)
-    check(prediction, limit, context_length=context_length, kv_type=kv_type, paging=paging)
+    check(prediction, limit, context_length=context_length, kv_type=kv_type, paging=paging, max_batch=max_batch)
     return prediction, budget

@@ -69,7 +69,7 @@ class Batch:
                              "more is needed to generate); shorten it or load with a larger context_length")
         eng = self.engine
         with self._lock():
-            cache = eng.new_cache()
+            cache = eng.batch_cache()
         seq = BatchedSequence(cache, Sampler(params), list(ids))
         try:
             # steps before the last only fill the cache: their cheapest ending is a token id, discarded
@@ -83,7 +83,8 @@ class Batch:
                 out = eng.step(cache, np.array(ids[-1:]), len(head), "last", seq.pick())
             seq.n_past, seq.next_token = len(ids), int(out[0])
         except BaseException:
-            cache.release()
+            with self._lock():
+                eng.recycle(cache)
             raise
         sid, self._next_id = self._next_id, self._next_id + 1
         self._seqs[sid] = seq
@@ -112,10 +113,10 @@ class Batch:
         return dict(zip(chosen, (int(t) for t in got)))
 
     def remove(self, seq: int) -> None:
-        """End a sequence: its cache goes back to the engine."""
+        """End a sequence: its cache goes back to the engine (kept there for the next one under max_batch)."""
         q = self._seqs.pop(seq)
         with self._lock():
-            q.cache.release()
+            self.engine.recycle(q.cache)
 
     def close(self) -> None:
         """Remove every sequence."""

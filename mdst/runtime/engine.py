@@ -29,7 +29,7 @@ from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
-from ..compile.plan import FEW_ROWS, STEP_TOKENS, Compiler, Plan, step_words, write_step
+from ..compile.plan import GEMV_MAX_XR, STEP_TOKENS, Compiler, Plan, step_words, write_step
 from ..text.sampling import DRAW_WORDS, Draw, Sampler, check_mask, mask_words
 
 Pick = Union[str, Draw]
@@ -114,12 +114,16 @@ class Engine:
     kind = ""
     closed = False   # set by close(): later steps raise MdstError
 
-    def __init__(self, graphs: dict[str, Graph], context: int, chunk: int, kv_type: str):
+    def __init__(self, graphs: dict[str, Graph], context: int, chunk: int, kv_type: str, max_batch: int | None = None):
         self.graphs, self.context, self.chunk = graphs, context, chunk
         self.chunk_all = chunk
         self.layout = CacheLayout.of(graphs["last"], context, chunk, kv_type)
         self.vocab = graphs["last"].output.cols
         self._caches: weakref.WeakSet = weakref.WeakSet()   # released by close(), whoever still holds them
+        # sequences batches may hold at once (load's max_batch; None: no cap), their caches kept for reuse
+        self.max_batch = max_batch
+        self._batched = 0
+        self._spare: list[Any] = []
 
     def _track(self, cache: Any) -> Any:
         """`cache`, remembered so that close() releases it."""
@@ -130,6 +134,26 @@ class Engine:
         """Mark the engine closed and release every cache it made (none if it failed before making any)."""
         self.closed = True
         for cache in list(getattr(self, "_caches", ())):
+            cache.release()
+
+    def batch_cache(self) -> Any:
+        """A cache for a new batched sequence: one a finished sequence gave back where there is one.
+
+        ValueError, before allocating, when max_batch sequences already hold one."""
+        if self.max_batch is not None and self._batched >= self.max_batch:
+            raise ValueError(f"{self._batched} sequences are decoding together, the model's max_batch; end one "
+                             f"first, or load the model with a larger max_batch")
+        cache = self._spare.pop() if self._spare else self.new_cache()
+        self._batched += 1
+        return cache
+
+    def recycle(self, cache: Any) -> None:
+        """A batched sequence's cache back: kept for the next sequence under max_batch (buffers, bind groups and
+        all), else released."""
+        self._batched -= 1
+        if self.max_batch is not None and not self.closed and len(self._spare) < self.max_batch:
+            self._spare.append(cache)
+        else:
             cache.release()
 
     def max_rows(self, output_rows: str) -> int:
@@ -177,8 +201,8 @@ class CpuEngine(Engine):
     kind = "cpu"
 
     def __init__(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str = "f32",
-                 chunk: int = DEFAULT_CHUNK):
-        super().__init__(graphs, context, chunk, kv_type)
+                 chunk: int = DEFAULT_CHUNK, max_batch: int | None = None):
+        super().__init__(graphs, context, chunk, kv_type, max_batch)
         self.weights = reference.ReferenceWeights(gguf)
 
     def new_cache(self) -> CpuKVCache:
@@ -217,7 +241,8 @@ class GpuEngine(Engine):
 
     def __init__(self, allocator: Allocator, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str,
                  chunk: int | None = None, weight_budget: int | None = None,
-                 progress: Callable[[int, int], None] | None = None, step_timeout: float = STEP_TIMEOUT):
+                 progress: Callable[[int, int], None] | None = None, step_timeout: float = STEP_TIMEOUT,
+                 max_batch: int | None = None):
         import wgpu
 
         self.allocator = allocator
@@ -229,7 +254,7 @@ class GpuEngine(Engine):
         self._waiter = Waiter()
         try:
             self._setup(gguf, graphs, context, kv_type, chunk or self.gpu.profile.presets.prefill_rows,
-                        weight_budget, progress)
+                        weight_budget, progress, max_batch)
         except BaseException:
             self.close()  # a failed load leaves nothing allocated
             raise
@@ -249,7 +274,7 @@ class GpuEngine(Engine):
         return self.allocator.live
 
     def _setup(self, gguf: GGUFFile, graphs: dict[str, Graph], context: int, kv_type: str, chunk: int,
-               weight_budget: int | None, progress: Callable[[int, int], None] | None) -> None:
+               weight_budget: int | None, progress: Callable[[int, int], None] | None, max_batch: int | None) -> None:
         gpu = self.gpu
         cap = gpu.profile.max_binding_size
         for g in graphs.values():
@@ -260,7 +285,7 @@ class GpuEngine(Engine):
                         f"tensor {name} has type {t.type.name}; mdst's kernels read {', '.join(WEIGHT_TYPES)}")
         # Rows per step: every activation of a step must fit one binding.
         widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out.rows == "n" and n.out is not g.output)
-        super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))), kv_type)
+        super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))), kv_type, max_batch)
         for lk in self.layout.kv:
             if self.layout.layer_bytes(lk) > cap:
                 raise OutOfMemoryError(
@@ -347,8 +372,8 @@ class GpuEngine(Engine):
 
     def batch_rows(self) -> int:
         """Most sequences one batched plan takes (more run in several): the presets' (0: no batched plan),
-        within matmul_few's rows and a step's rows."""
-        return min(self.gpu.profile.presets.batch_rows, FEW_ROWS, self.max_rows("all"))
+        within matmul_row's rows of x and a step's rows."""
+        return min(self.gpu.profile.presets.batch_rows, GEMV_MAX_XR, self.max_rows("all"))
 
     def batch_plan(self, n: int) -> Plan:
         """The batched decode plan for n sequences (2 .. batch_rows()), one per bucket of rows, compiled on first use."""
@@ -368,6 +393,10 @@ class GpuEngine(Engine):
         for output_rows, pick in (("last", "argmax"), ("last", "logits"), ("last", "sample"), ("all", "logits")):
             for rows in buckets(self.max_rows(output_rows)):
                 self.plan(output_rows, rows, pick)
+        # the batched plans that max_batch sequences take
+        most = min(self.max_batch or 0, self.batch_rows())
+        for rows in buckets(most) if most >= 2 else []:
+            self.batch_plan(rows)
 
     # ---- steps --------------------------------------------------------------------------------
     def step(self, cache: GpuKVCache, ids: np.ndarray, pos0: int, output_rows: str,
