@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+import mdst
 from mdst.serve.server import create_app
 from test_server import RunningServer, complete, metric, stream_completion
 
@@ -191,3 +192,9 @@ def test_batched_replies_on_the_gpu(smollm2_gpu):
         assert watch.most >= 2
     finally:
         server.stop()
+
+
+def test_max_batch_beyond_what_the_model_was_loaded_for(smollm2_path):
+    with mdst.load(smollm2_path, device="cpu", context_length=64, max_batch=2) as m:
+        with pytest.raises(ValueError, match=r"max_batch=4\)"):
+            create_app(m, model_name="smollm2", max_batch=MAX_BATCH)

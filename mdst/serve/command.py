@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.chat_template is not None:
             with open(args.chat_template, encoding="utf-8") as f:
                 template = f.read()
+        # the batch's caches count in the load's memory check (one cache a sequence, each a whole context)
         load_options = dict(quant=args.quant, revision=args.revision, device=args.device,
                             kv_type=kv_type_arg(args, "mdst serve"), activations=args.activations,
-                            context_length=args.context)
+                            context_length=args.context, max_batch=args.max_batch if args.max_batch > 1 else None)
         if args.ray:
             return _serve_on_ray(args, load_options, name, template)
         model = mdst.load(args.model, **load_options)

@@ -159,6 +159,10 @@ class Scheduler:
     def __init__(self, model: Any, max_batch: int = 1, metrics: Metrics | None = None):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+        cap = model.engine.max_batch
+        if max_batch > 1 and cap is not None and cap < max_batch:
+            raise ValueError(f"max_batch {max_batch} exceeds the {cap} sequences the model was loaded for; load it "
+                             f"with mdst.load(..., max_batch={max_batch}) or serve with max_batch {cap}")
         self.model = model
         self.max_batch = max_batch
         self.metrics = metrics or Metrics()
