@@ -114,7 +114,9 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600, help="seconds the clients may take in all")
     args = p.parse_args()
 
-    with mdst.load(args.model, device=args.device, context_length=args.context) as model:
+    # as `mdst serve --max-batch N` loads it: the batch's caches counted, and kept for the next request
+    with mdst.load(args.model, device=args.device, context_length=args.context,
+                   max_batch=args.max_batch if args.max_batch > 1 else None) as model:
         expected = {prompt: model.generate(prompt, max_tokens=args.max_tokens) for prompt in PROMPTS}
         server, url = serve(model, args.max_batch)
         try:

@@ -1,9 +1,16 @@
-"""Text generation: prompt in, text out (whole or streamed), with stop strings and statistics."""
+"""Text generation: prompt in, text out (whole or streamed), with stop strings and statistics.
+
+A request is checked and tokenized into a `Generation` first (`prepare`, `prepare_chat`); it then runs alone on
+the model's session (`alone`: generate(), chat(), and what reads logits on the host each step), or as one
+sequence of a `Batch` (`BatchedGeneration`: generate(list) and the server's batched requests). Both turn
+tokens into text through one `TokenText`, so they end where each other would.
+"""
 
 from __future__ import annotations
 
 import codecs
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .text.grammar import Constraint, grammar_for
@@ -13,6 +20,7 @@ from .text.sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
     from .model import Model
+    from .runtime.batch import Batch
 
 
 class TextStream:
@@ -45,6 +53,40 @@ class TextStream:
         out = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
         return out
+
+
+class TokenText:
+    """One generation's tokens as text, and where it ends: an end-of-generation token, a stop string, a finished
+    grammar, max_tokens, or the context's end (the per-token layer of every path: alone, batched, served)."""
+
+    def __init__(self, model: "Model", prompt_tokens: int, max_tokens: int, stops: Sequence[str],
+                 constraint: Constraint | None = None):
+        self._token_bytes = model.tokenizer.token_bytes
+        self._eog = model.tokenizer.eog_ids
+        # the last token that fits: one generated where the cache holds the prompt and every token before it
+        self._limit = min(max_tokens, model.context_length - prompt_tokens)
+        self._constraint = constraint
+        self._text = TextStream(stops)
+        self.generated = 0
+        self.finish_reason: str | None = None   # "stop" or "length" once over
+
+    def take(self, token: int) -> tuple[str | None, str | None]:
+        """(the text `token` lets out, or None for an end-of-generation token, which is no part of the text;
+        the finish reason if it ends the generation, else None)."""
+        if token in self._eog:
+            self.finish_reason = "stop"
+            return None, self.finish_reason
+        self.generated += 1
+        piece = self._text.push(self._token_bytes(token))
+        if self._text.stopped or (self._constraint is not None and self._constraint.done):
+            self.finish_reason = "stop"
+        elif self.generated >= self._limit:
+            self.finish_reason = "length"
+        return piece, self.finish_reason
+
+    def flush(self) -> str:
+        """The text still held back, once the generation is over (none after a stop string)."""
+        return "" if self._text.stopped else self._text.flush()
 
 
 def check_stop(stop: Any) -> list[str]:
@@ -103,23 +145,32 @@ def generate(model: "Model", prompt: str | Sequence[str], *, max_tokens: int = 1
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
     ids = model.tokenize(prompt, add_bos=add_bos)
-    return run(model, ids, max_tokens=max_tokens, stop=stop, stream=stream, truncate=truncate, params=params,
+    return run(model, ids, stream=stream, params=params, max_tokens=max_tokens, stop=stop, truncate=truncate,
                logprobs=logprobs, top_logprobs=top_logprobs, response_format=response_format, grammar=grammar)
 
 
-def chat(model: "Model", messages: Sequence[dict], *, template: str | None = None, tools: list | None = None,
-         tool_choice: Any = "auto", parallel_tool_calls: bool = True, max_tokens: int = 512, stream: bool = False,
-         truncate: bool = False, stop: Any = None, logprobs: bool = False, top_logprobs: int = 0,
-         response_format: dict | None = None, grammar: str | None = None, **sampling: Any) -> Any:
+def chat(model: "Model", messages: Sequence[dict], *, stream: bool = False, **options: Any) -> Any:
     """Answer a conversation: render the chat template (the GGUF's, or `template`), generate the reply.
 
     Returns a `ChatReply` (a str of the content, with `.reasoning_content`, `.tool_calls` and `.message`), or
     with stream=True an iterator of `ChatDelta` pieces (str of content, with the same fields as OpenAI deltas).
+    `options` are `prepare_chat`'s (template, tools, tool_choice, max_tokens, stop, logprobs, response_format,
+    grammar and generate()'s sampling settings). Generation ends at the model's end-of-turn tokens.
+    """
+    deltas = alone(model, prepare_chat(model, messages, **options))
+    return deltas if stream else ChatReply.merge(deltas)
+
+
+def prepare_chat(model: "Model", messages: Sequence[dict], *, template: str | None = None, tools: list | None = None,
+                 tool_choice: Any = "auto", parallel_tool_calls: bool = True, max_tokens: int = 512,
+                 truncate: bool = False, stop: Any = None, logprobs: bool = False, top_logprobs: int = 0,
+                 response_format: dict | None = None, grammar: str | None = None, **sampling: Any) -> "Generation":
+    """A conversation's reply as a checked `Generation` (its prompt rendered and tokenized, its parser set).
+
     `tools`/`tool_choice` are OpenAI's (see mdst.text.tool_prompt for how "required" and a named function are
-    forced: by a grammar for the common formats, which excludes response_format and grammar). Generation ends
-    at the model's end-of-turn tokens. `sampling` takes generate()'s sampling options (logit_bias included);
-    with logprobs=True the reply and each piece carry `.logprobs` as in generate(); `response_format` and
-    `grammar` constrain the reply's text as in generate().
+    forced: by a grammar for the common formats, which excludes response_format and grammar). `sampling` takes
+    generate()'s sampling options (logit_bias included); with logprobs=True the reply and each piece carry
+    `.logprobs` as in generate(); `response_format` and `grammar` constrain the reply's text as in generate().
     """
     from .text.chat import require_template, special_tokens
     from .text.tool_prompt import render_prompt, tool_prompt
@@ -143,11 +194,61 @@ def chat(model: "Model", messages: Sequence[dict], *, template: str | None = Non
     bos = specials.get("bos_token")
     add_bos = model.tokenizer.add_bos and not (bos and text.startswith(bos))
     ids = model.tokenize(text, add_bos=add_bos, special=True)
-    pieces = run(model, ids, max_tokens=max_tokens, stop=stop, stream=True, truncate=truncate,
-                 params=SamplingParams(**sampling), logprobs=logprobs, top_logprobs=top_logprobs,
-                 response_format=response_format, grammar=grammar, rules=plan.grammar)
-    deltas = _reply_pieces(pieces, parser)
-    return deltas if stream else ChatReply.merge(deltas)
+    return prepare(model, ids, params=SamplingParams(**sampling), max_tokens=max_tokens, stop=stop,
+                   truncate=truncate, logprobs=logprobs, top_logprobs=top_logprobs, response_format=response_format,
+                   grammar=grammar, rules=plan.grammar, parser=parser)
+
+
+@dataclass(eq=False)
+class Generation:
+    """A checked request for one prompt, not run yet: generate() and chat() run it alone, the server alone or
+    in a batch."""
+
+    ids: list[int]                          # the prompt's token ids (fitted to the context)
+    params: SamplingParams
+    max_tokens: int
+    stops: list[str]
+    top: int | None = None                  # log-probabilities: the alternatives shown per token (None: none)
+    constraint: Constraint | None = None    # the grammar the output keeps to
+    parser: ReplyParser | None = None       # a chat reply's: its text into reasoning, content and tool calls
+
+    @property
+    def batchable(self) -> bool:
+        """Whether a `Batch` can run it: a batch picks each token on the device and never reads logits back."""
+        return self.top is None and self.constraint is None
+
+
+def prepare(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
+            truncate: bool = False, logprobs: bool = False, top_logprobs: int = 0, response_format: dict | None = None,
+            grammar: str | None = None, rules: str | None = None, parser: ReplyParser | None = None) -> Generation:
+    """Check a request on prompt token ids (the shared core of generate() and chat()); `rules`, an llguidance
+    grammar mdst built (a forced tool call), stands in for response_format and grammar."""
+    max_tokens = check_max_tokens(max_tokens)
+    if rules is None:
+        rules = grammar_for(response_format, grammar)
+    constraint = Constraint(rules, model.tokenizer) if rules is not None else None
+    stops = check_stop(stop)
+    top = check_top_logprobs(logprobs, top_logprobs)
+    check_bias(model, params)
+    return Generation(fitted(model, list(ids), truncate), params, max_tokens, stops, top, constraint, parser)
+
+
+def run(model: "Model", ids: list[int], *, stream: bool = False, **options: Any) -> str | Iterator[str]:
+    """Generate from prompt token ids alone (`prepare`'s options): the text, or with stream=True its pieces."""
+    gen = prepare(model, ids, **options)
+    pieces = alone(model, gen)
+    if stream:
+        return pieces
+    if gen.top is None:
+        return "".join(pieces)
+    got = list(pieces)
+    return Piece("".join(got), tuple(lp for p in got for lp in p.logprobs))
+
+
+def alone(model: "Model", gen: Generation) -> Iterator[str]:
+    """`gen` run by itself on the model's session: its text pieces (ChatDelta pieces for a chat reply)."""
+    pieces = _pieces(model, gen)
+    return pieces if gen.parser is None else _reply_pieces(pieces, gen.parser)
 
 
 def _reply_pieces(pieces: Iterator[str], parser: Any) -> Iterator[Any]:
@@ -174,29 +275,6 @@ def _reply_pieces(pieces: Iterator[str], parser: Any) -> Iterator[Any]:
         pieces.close()   # a reply left early still records its statistics and frees the model
 
 
-def run(model: "Model", ids: list[int], *, params: SamplingParams, max_tokens: int, stop: Any = None,
-        stream: bool = False, truncate: bool = False, logprobs: bool = False, top_logprobs: int = 0,
-        response_format: dict | None = None, grammar: str | None = None,
-        rules: str | None = None) -> str | Iterator[str]:
-    """Generate from prompt token ids (the shared core of generate() and chat()); `rules`, an llguidance grammar
-    mdst built (a forced tool call), stands in for response_format and grammar."""
-    max_tokens = check_max_tokens(max_tokens)
-    if rules is None:
-        rules = grammar_for(response_format, grammar)
-    constraint = Constraint(rules, model.tokenizer) if rules is not None else None
-    stops = check_stop(stop)
-    top = check_top_logprobs(logprobs, top_logprobs)
-    check_bias(model, params)
-    ids = fitted(model, ids, truncate)
-    pieces = _pieces(model, list(ids), params, max_tokens, stops, top, constraint)
-    if stream:
-        return pieces
-    if top is None:
-        return "".join(pieces)
-    got = list(pieces)
-    return Piece("".join(got), tuple(lp for p in got for lp in p.logprobs))
-
-
 def check_bias(model: "Model", params: SamplingParams) -> None:
     """ValueError if the logit bias names a token outside the vocabulary."""
     bad = [t for t, _ in params.logit_bias if t >= model.n_vocab]
@@ -219,14 +297,62 @@ def fitted(model: "Model", ids: list[int], truncate: bool) -> list[int]:
     return ids
 
 
+class BatchedGeneration:
+    """A `Generation` as one sequence of a `Batch`: it joins (its prompt prefilled into a cache of its own), turns
+    each token the batch picks for it into text pieces (ChatDelta pieces through a chat reply's parser), and
+    leaves when over or cancelled (its cache goes back)."""
+
+    def __init__(self, model: "Model", gen: Generation):
+        if not gen.batchable:
+            raise ValueError("logprobs and grammars read the logits on the host each step; run this generation alone")
+        self.gen = gen
+        self.text = TokenText(model, len(gen.ids), gen.max_tokens, gen.stops)
+        self.seq: int | None = None   # its id in the batch, while it is in one
+        self.stats: dict[str, Any] = {"prompt_tokens": len(gen.ids), "generated_tokens": 0, "cached_tokens": 0,
+                                      "finish_reason": None}
+        self._joined = 0.0
+
+    @property
+    def over(self) -> bool:
+        """Whether its last token has come (it leaves the batch next)."""
+        return self.text.finish_reason is not None
+
+    def join(self, batch: "Batch") -> list[str]:
+        """Prefill the prompt as a new sequence of `batch`; the pieces of its first token."""
+        t0 = time.perf_counter()
+        self.seq, token = batch.add(self.gen.ids, self.gen.params)
+        self._joined = time.perf_counter()
+        prefill = self._joined - t0
+        self.stats.update(prefill_s=prefill, prefill_tokens_per_s=len(self.gen.ids) / prefill if prefill > 0 else 0.0)
+        return self.take(token)
+
+    def take(self, token: int) -> list[str]:
+        """The pieces `token` lets out (with the rest of the text when it ends the generation)."""
+        piece, reason = self.text.take(token)
+        texts = [t for t in (piece, self.text.flush() if reason else "") if t]
+        parser = self.gen.parser
+        if parser is None:
+            return texts
+        deltas = [d for t in texts for d in parser.push(t)] + (parser.finish() if reason else [])
+        return [ChatDelta.of(d) for d in deltas]
+
+    def leave(self, batch: "Batch") -> dict[str, Any]:
+        """Leave `batch` (over, or cancelled before): the sequence's cache goes back; the generation's statistics."""
+        if self.seq is not None:
+            batch.remove(self.seq)
+            self.seq = None
+            decode, n = time.perf_counter() - self._joined, self.text.generated
+            self.stats.update(generated_tokens=n, decode_s=decode,
+                              decode_tokens_per_s=(n - 1) / decode if n > 1 and decode > 0 else 0.0)
+        self.stats["finish_reason"] = self.text.finish_reason or "cancelled"
+        return self.stats
+
+
 def run_batch(model: "Model", prompts: list[list[int]], *, params: SamplingParams, max_tokens: int,
               stop: Any = None, stream: bool = False, truncate: bool = False) -> list[str] | Iterator[tuple[int, str]]:
     """Generate from several prompts' token ids together: their texts, or (index, piece) as they come."""
-    max_tokens = check_max_tokens(max_tokens)
-    stops = check_stop(stop)
-    check_bias(model, params)
-    prompts = [fitted(model, list(ids), truncate) for ids in prompts]
-    pieces = _batch_pieces(model, prompts, params, max_tokens, stops)
+    gens = [prepare(model, ids, params=params, max_tokens=max_tokens, stop=stop, truncate=truncate) for ids in prompts]
+    pieces = _batch_pieces(model, gens)
     if stream:
         return pieces
     texts = [""] * len(prompts)
@@ -235,54 +361,33 @@ def run_batch(model: "Model", prompts: list[list[int]], *, params: SamplingParam
     return texts
 
 
-def _batch_pieces(model: "Model", prompts: list[list[int]], params: SamplingParams, max_tokens: int,
-                  stops: list[str]) -> Iterator[tuple[int, str]]:
-    """(prompt index, text piece) as tokens come; each prompt ends as it would alone (end of generation,
-    stop string, max_tokens, context)."""
-    tok_bytes, eog, ctx = model.tokenizer.token_bytes, model.tokenizer.eog_ids, model.context_length
+def _batch_pieces(model: "Model", gens: list[Generation]) -> Iterator[tuple[int, str]]:
+    """(prompt index, text piece) as tokens come; each prompt ends as it would alone."""
     batch = model.batch()
-    n = len(prompts)
-    stats: dict[str, Any] = {"prompt_tokens": [len(p) for p in prompts], "generated_tokens": [0] * n,
-                             "finish_reason": [None] * n}
+    members = [BatchedGeneration(model, g) for g in gens]
+    t0 = time.perf_counter()
+    t1 = None
     try:
-        t0 = time.perf_counter()
-        index, texts, picked = {}, {}, {}
-        for i, ids in enumerate(prompts):
-            sid, picked[sid] = batch.add(ids, params)
-            index[sid], texts[sid] = i, TextStream(stops)
+        ready = dict(enumerate(m.join(batch) for m in members))   # index -> the pieces of its latest token
         t1 = time.perf_counter()
-        stats["prefill_s"] = t1 - t0
-        while picked:
-            for sid, tok in picked.items():
-                i, text = index[sid], texts[sid]
-                reason = None
-                if tok in eog:
-                    reason = "stop"
-                else:
-                    stats["generated_tokens"][i] += 1
-                    piece = text.push(tok_bytes(tok))
-                    if piece:
-                        yield i, piece
-                    if text.stopped:
-                        reason = "stop"
-                    elif stats["generated_tokens"][i] >= max_tokens or batch.room(sid) <= 1 or \
-                            len(prompts[i]) + stats["generated_tokens"][i] >= ctx:
-                        reason = "length"
-                if reason is not None:
-                    rest = text.flush() if not text.stopped else ""
-                    if rest:
-                        yield i, rest
-                    stats["finish_reason"][i] = reason
-                    batch.remove(sid)
-            picked = batch.step()
+        while ready:
+            for i, pieces in ready.items():
+                for piece in pieces:
+                    yield i, piece
+                if members[i].over:
+                    members[i].leave(batch)
+            index = {m.seq: i for i, m in enumerate(members) if m.seq is not None}
+            ready = {index[s]: members[index[s]].take(tok) for s, tok in batch.step().items()}
     finally:
-        batch.close()
+        stats = [m.leave(batch) for m in members]
         t2 = time.perf_counter()
-        stats["decode_s"] = t2 - t1 if "prefill_s" in stats else 0.0
-        total = sum(stats["generated_tokens"])
-        stats["decode_tokens_per_s"] = (total - n) / stats["decode_s"] if stats["decode_s"] > 0 and total > n else 0.0
-        stats["finish_reason"] = [r or "cancelled" for r in stats["finish_reason"]]
-        model.last_stats = stats
+        decode_s = t2 - t1 if t1 is not None else 0.0
+        generated = [s["generated_tokens"] for s in stats]
+        extra = sum(generated) - len(gens)   # tokens past each prompt's first (which prefill picks)
+        model.last_stats = {"prompt_tokens": [len(g.ids) for g in gens], "generated_tokens": generated,
+                            "finish_reason": [s["finish_reason"] for s in stats],
+                            "prefill_s": (t1 if t1 is not None else t2) - t0, "decode_s": decode_s,
+                            "decode_tokens_per_s": extra / decode_s if decode_s > 0 and extra > 0 else 0.0}
 
 
 def _stepwise(session: Any, new: list[int], sampler: Sampler, history: list[int], k: int | None,
@@ -310,14 +415,13 @@ def _stepwise(session: Any, new: list[int], sampler: Sampler, history: list[int]
         ids = [tok]
 
 
-def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: int,
-            stops: list[str], top: int | None = None, constraint: Constraint | None = None) -> Iterator[str]:
-    """Text pieces as tokens come (`Piece`s with their tokens' log-probabilities when `top` is set), the
-    output kept to `constraint`'s grammar if any."""
+def _pieces(model: "Model", gen: Generation) -> Iterator[str]:
+    """Text pieces as tokens come (`Piece`s with their tokens' log-probabilities when `gen.top` is set), the
+    output kept to `gen.constraint`'s grammar if any."""
+    ids, params, top, constraint = gen.ids, gen.params, gen.top, gen.constraint
     tok_bytes = model.tokenizer.token_bytes
-    eog = model.tokenizer.eog_ids
     sampler = Sampler(params)
-    text = TextStream(stops)
+    text = TokenText(model, len(ids), gen.max_tokens, gen.stops, constraint)
     stats: dict[str, Any] = {"prompt_tokens": len(ids), "generated_tokens": 0, "cached_tokens": 0,
                              "finish_reason": None}
     with model.exclusive() as session:
@@ -338,14 +442,13 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
         if top is None and constraint is None:
             tok = int(session.prefill(new, greedy=True) if params.greedy else session.prefill(new, draw=pick()))
             # penalties read the tokens so far, so only penalty-free picks let the GPU run a step ahead
-            steps = session.decode(tok, min(max_tokens - 1, model.context_length - session.n_past - 1), pick,
+            steps = session.decode(tok, min(gen.max_tokens - 1, model.context_length - session.n_past - 1), pick,
                                    ahead=not params.penalized)
         else:
             steps = _stepwise(session, new, sampler, history, top, tok_bytes, scored, constraint)
             tok = next(steps)
         t1 = time.perf_counter()
         stats["prefill_s"] = t1 - t0
-        generated = 0
 
         def out(piece: str) -> str:
             if top is None:
@@ -356,32 +459,25 @@ def _pieces(model: "Model", ids: list[int], params: SamplingParams, max_tokens: 
 
         try:
             while True:
-                if tok in eog:
-                    stats["finish_reason"] = "stop"
+                piece, reason = text.take(tok)
+                if piece is None:
                     del scored[-1:]   # the end-of-generation token is not part of the text
-                    break
-                generated += 1
-                history.append(tok)
-                piece = text.push(tok_bytes(tok))
-                if piece:
-                    yield out(piece)
-                if text.stopped or (constraint is not None and constraint.done):
-                    stats["finish_reason"] = "stop"
-                    break
-                if generated >= max_tokens or session.n_past + 1 >= model.context_length:
-                    stats["finish_reason"] = "length"
+                else:
+                    history.append(tok)
+                    if piece:
+                        yield out(piece)
+                if reason is not None:
                     break
                 tok = next(steps)
-            rest = text.flush() if not text.stopped else ""
+            rest = text.flush()
             if rest:
                 yield out(rest)
         finally:
             steps.close()
             t2 = time.perf_counter()
             new_prompt = len(ids) - stats["cached_tokens"]
-            stats.update(generated_tokens=generated, decode_s=t2 - t1,
+            generated = text.generated
+            stats.update(generated_tokens=generated, decode_s=t2 - t1, finish_reason=text.finish_reason or "cancelled",
                          prefill_tokens_per_s=new_prompt / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
                          decode_tokens_per_s=(generated - 1) / (t2 - t1) if generated > 1 and t2 > t1 else 0.0)
-            if stats["finish_reason"] is None:
-                stats["finish_reason"] = "cancelled"
             model.last_stats = stats

@@ -36,7 +36,8 @@ def alone(model: mdst.Model, ids: list[int], params: SamplingParams, count: int)
         return "argmax" if params.greedy else sampler.next_draw(history)
 
     with model.session() as s:
-        tok = int(s.prefill(ids, greedy=params.greedy, draw=None if params.greedy else pick()))
+        s.prefill(ids[:-1], greedy=True)   # the last token alone, as generate() (and Batch.add) feed it
+        tok = int(s.prefill(ids[-1:], greedy=params.greedy, draw=None if params.greedy else pick()))
         out = [tok]
         history.append(tok)
         for tok in s.decode(tok, count - 1, pick):

@@ -50,6 +50,11 @@ class Batch:
         """The active sequences, in the order `step` returns them."""
         return list(self._seqs)
 
+    @property
+    def positions(self) -> int:
+        """Positions the active sequences hold in their caches."""
+        return sum(q.n_past for q in self._seqs.values())
+
     def room(self, seq: int) -> int:
         """Positions left in the sequence's cache (a step needs one)."""
         return self.engine.context - self._seqs[seq].n_past
@@ -67,14 +72,15 @@ class Batch:
             cache = eng.batch_cache()
         seq = BatchedSequence(cache, Sampler(params), list(ids))
         try:
-            chunk = eng.max_rows("last")
-            out = None
-            for s in range(0, len(ids), chunk):
-                part = np.array(ids[s:s + chunk])
-                # steps before the last only fill the cache: their cheapest ending is a token id, discarded
-                pick = seq.pick() if s + chunk >= len(ids) else "argmax"
+            # steps before the last only fill the cache: their cheapest ending is a token id, discarded
+            head, chunk = ids[:-1], eng.max_rows("last")
+            for s in range(0, len(head), chunk):
                 with self._lock():
-                    out = eng.step(cache, part, s, "last", pick)
+                    eng.step(cache, np.array(head[s:s + chunk]), s, "last", "argmax")
+            # the last token takes a one-row step of its own, as generate() feeds it: the same logits, so the
+            # same first pick as the prompt gets alone
+            with self._lock():
+                out = eng.step(cache, np.array(ids[-1:]), len(head), "last", seq.pick())
             seq.n_past, seq.next_token = len(ids), int(out[0])
         except BaseException:
             with self._lock():

@@ -26,8 +26,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Jinja chat template for models whose GGUF has none (or to replace it)")
     p.add_argument("--name", default=None, help="model id reported by the API (default: the file's name)")
     p.add_argument("--max-batch", type=int, default=1, metavar="N",
-                   help="most requests generating together (default: 1); today's engine steps one sequence at a "
-                        "time, so more takes effect with batched decoding")
+                   help="most generations decoding together, each engine step advancing all of them (continuous "
+                        "batching; requests with logprobs or a grammar run alone). 1 runs requests one at a time, "
+                        "reusing a cached prompt prefix (default: 1)")
     p.add_argument("--ray", action="store_true",
                    help="serve through Ray Serve, one model replica per process (per GPU with --device gpu); "
                         "needs the ray extra: pip install 'mdst[ray]'")
@@ -54,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.chat_template is not None:
             with open(args.chat_template, encoding="utf-8") as f:
                 template = f.read()
+        # the batch's caches count in the load's memory check (one cache a sequence, each a whole context)
         load_options = dict(quant=args.quant, revision=args.revision, device=args.device,
                             kv_type=kv_type_arg(args, "mdst serve"), activations=args.activations,
-                            context_length=args.context)
+                            context_length=args.context, max_batch=args.max_batch if args.max_batch > 1 else None)
         if args.ray:
             return _serve_on_ray(args, load_options, name, template)
         model = mdst.load(args.model, **load_options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
@@ -72,17 +72,14 @@ def _number(value: float) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def model_gauges(model: Any, queue_depth: Callable[[], int], batch_size: Callable[[], int],
-                 max_batch: int) -> dict[str, tuple[str, float]]:
-    """The gauges read at scrape time: scheduler state and the KV cache's fill."""
-    session = getattr(model, "_default", None)
-    cached = session.n_past if session is not None and session.cache is not None else 0
+def model_gauges(model: Any, scheduler: Any) -> dict[str, tuple[str, float]]:
+    """The gauges read at scrape time: the scheduler's state and the KV caches' fill."""
     return {
-        "mdst_queue_depth": ("Requests waiting for a place in the batch.", queue_depth()),
-        "mdst_batch_size": ("Requests in the running batch.", batch_size()),
-        "mdst_max_batch": ("Most requests a batch may hold (--max-batch).", max_batch),
-        "mdst_kv_cache_tokens": ("Positions held in the KV cache (the model's session; no paged blocks yet).",
-                                 cached),
-        "mdst_kv_cache_capacity_tokens": ("Positions the KV cache can hold (the context length).",
+        "mdst_queue_depth": ("Requests waiting for their turn.", scheduler.queue_depth),
+        "mdst_batch_size": ("Generations running now (decoding together, or one alone).", scheduler.batch_size),
+        "mdst_max_batch": ("Most generations decoding together (--max-batch).", scheduler.max_batch),
+        "mdst_kv_cache_tokens": ("Positions held in KV caches (the running sequences' and the model's session; "
+                                 "no paged blocks yet).", scheduler.cached_positions),
+        "mdst_kv_cache_capacity_tokens": ("Positions one sequence's KV cache can hold (the context length).",
                                           model.context_length),
     }

@@ -6,11 +6,11 @@ json_schema); chat with tools, tool_calls and reasoning_content as
 mdst.text.reply splits the reply; `n` choices), POST /v1/embeddings, GET /health, GET /metrics (Prometheus
 text). Errors are OpenAI's error JSON.
 
-Model calls block, so they never run on the event loop: mdst.serve.scheduler runs them on its worker thread.
-Each request (each of its `n` choices) reserves its turn there when it arrives; its prompt is checked and
-tokenized in a helper thread meanwhile (so bad input is a 400 before any streaming starts). A request whose
-client goes away is cancelled: the scheduler drops it at the next step and closes its generator, which leaves
-the model ready for the next request.
+Model calls block, so they never run on the event loop: mdst.serve.scheduler runs them on its worker thread,
+where up to `max_batch` generations decode together (continuous batching). Each request (each of its `n`
+choices) reserves its turn there when it arrives; its prompt is checked and tokenized into a `Generation` in a
+helper thread meanwhile (so bad input is a 400 before any streaming starts). A request whose client goes away is
+cancelled: the scheduler drops it at the next step, which frees its place for the next request.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,6 +32,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..generate import Generation, prepare, prepare_chat
+from ..text.sampling import SamplingParams
 from .metrics import Metrics, model_gauges
 from .scheduler import Job, Scheduler
 from ..text.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
@@ -459,7 +461,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None,
     """The OpenAI-compatible ASGI app serving `model` (which the caller keeps and closes).
 
     chat_template: Jinja template text for /v1/chat/completions (default: the GGUF's own template).
-    max_batch: most requests generating together (see mdst.serve.scheduler: today's engine runs one at a time)."""
+    max_batch: most generations decoding together (mdst.serve.scheduler; 1 runs each alone, in arrival order)."""
     from ..text.chat import template_from_gguf
 
     template = chat_template if chat_template is not None else template_from_gguf(model.gguf)
@@ -468,15 +470,15 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None,
     created = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "mdst"}
 
-    async def respond(request: Request, body: dict, reply: Reply, prepare: Callable[[int], Iterator[str]], n: int,
+    async def respond(request: Request, body: dict, reply: Reply, choice: Callable[[int], Generation], n: int,
                       fields: tuple[str, ...]) -> Response:
-        """Queue `n` generations (prepare(i) builds choice i's) and answer with their choices."""
+        """Queue `n` generations (choice(i) checks choice i's request) and answer with their choices."""
         stream = _flag(body, "stream")
         include_usage = _include_usage(body) if stream else False
         jobs: list[Job] = []
         try:
             for index in range(n):
-                jobs.append(await scheduler.submit(functools.partial(prepare, index)))
+                jobs.append(await scheduler.submit(functools.partial(choice, index)))
         except BaseException as e:
             for job in jobs:
                 job.cancel()
@@ -496,14 +498,16 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None,
         _only(body, "suffix", ("",), "insertion (fill in the middle) is not implemented")
         prompt = _prompt(body)
         logprobs = _completion_logprobs_options(body)
-        options = dict(_sampling(body), stop=body.get("stop"), **logprobs, **_constraint(body),
+        sampling = _sampling(body)
+        options = dict(stop=body.get("stop"), **logprobs, **_constraint(body),
                        max_tokens=_max_tokens(body, "max_tokens", default=DEFAULT_COMPLETION_MAX_TOKENS))
 
-        def prepare(index: int) -> Iterator[str]:
-            return model.generate(prompt, stream=True, **_choice_options(options, index))
+        def choice(index: int) -> Generation:
+            return prepare(model, model.tokenize(prompt), params=SamplingParams(**_choice_options(sampling, index)),
+                           **options)
 
         reply = Reply(False, model_name, model.tokenizer.token_bytes, bool(logprobs))
-        return await respond(request, body, reply, prepare, n, ("prompt", *options))
+        return await respond(request, body, reply, choice, n, ("prompt", *sampling, *options))
 
     async def chat_completions(request: Request) -> Response:
         metrics.received("chat_completions")
@@ -520,11 +524,11 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None,
                        max_tokens=_max_tokens(body, "max_completion_tokens", "max_tokens",
                                               default=model.context_length))
 
-        def prepare(index: int) -> Iterator[str]:
-            return model.chat(messages, template=template, stream=True, **tools, **_choice_options(options, index))
+        def choice(index: int) -> Generation:
+            return prepare_chat(model, messages, template=template, **tools, **_choice_options(options, index))
 
         reply = Reply(True, model_name, model.tokenizer.token_bytes, bool(logprobs))
-        return await respond(request, body, reply, prepare, n, ("messages", *tools, *options))
+        return await respond(request, body, reply, choice, n, ("messages", *tools, *options))
 
     async def embeddings(request: Request) -> Response:
         metrics.received("embeddings")
@@ -568,8 +572,7 @@ def create_app(model: Any, *, model_name: str, chat_template: str | None = None,
                              "batch_size": scheduler.batch_size, "queue_depth": scheduler.queue_depth})
 
     async def metrics_text(request: Request) -> Response:
-        gauges = model_gauges(model, lambda: scheduler.queue_depth, lambda: scheduler.batch_size,
-                              scheduler.max_batch)
+        gauges = model_gauges(model, scheduler)
         return Response(metrics.exposition(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
