@@ -362,15 +362,23 @@ def run_batch(model: "Model", prompts: list[list[int]], *, params: SamplingParam
 
 
 def _batch_pieces(model: "Model", gens: list[Generation]) -> Iterator[tuple[int, str]]:
-    """(prompt index, text piece) as tokens come; each prompt ends as it would alone."""
+    """(prompt index, text piece) as tokens come; each prompt ends as it would alone. Prompts past the model's
+    max_batch wait, in order, for a finished one's place."""
     batch = model.batch()
     members = [BatchedGeneration(model, g) for g in gens]
+    room = batch.engine.max_batch or len(members)
+    waiting = list(range(len(members)))
+    ready: dict[int, list[str]] = {}   # index -> the pieces of its latest token
     t0 = time.perf_counter()
     t1 = None
     try:
-        ready = dict(enumerate(m.join(batch) for m in members))   # index -> the pieces of its latest token
-        t1 = time.perf_counter()
-        while ready:
+        while True:
+            while waiting and len(batch) < room:
+                i = waiting.pop(0)
+                ready[i] = members[i].join(batch)
+            t1 = t1 or time.perf_counter()
+            if not ready:
+                break
             for i, pieces in ready.items():
                 for piece in pieces:
                     yield i, piece

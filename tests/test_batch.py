@@ -218,3 +218,11 @@ def test_max_batch_caches_count_in_the_memory_check(smollm2_path, gpu):
     with pytest.raises(mdst.OutOfMemoryError, match="a smaller max_batch") as e:
         mdst.load(smollm2_path, device="gpu", context_length=256, max_batch=3, gpu_memory_limit=limit)
     assert "now 3" in str(e.value)
+
+
+def test_generate_list_past_max_batch_waits_its_turn(smollm2_path):
+    """More prompts than max_batch: the rest join as earlier ones finish, each still its alone text."""
+    kw = {"max_tokens": 5, "temperature": 0.8, "seed": 5}
+    with mdst.load(smollm2_path, device="cpu", max_batch=2) as m:
+        want = [m.generate(p, **kw) for p in SMOL_PROMPTS]
+        assert m.generate(SMOL_PROMPTS, **kw) == want
