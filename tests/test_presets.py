@@ -157,7 +157,7 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
     assert rel_l2(steps, ref[4:]) < 1e-4
 
 
-@pytest.mark.parametrize("gpu_presets", [{"batch_rows": 16}], indirect=True)
+@pytest.mark.parametrize("gpu_presets", [{"batch_rows": 16, "gemm_f16": 0}], indirect=True)   # f32 prefill GEMM
 def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
     # the batched decode plan with the GPU kernels: matmul_row over the rows of x (each weight read once for
     # them) and split attention per sequence; three sequences at three positions, each row's logits against the

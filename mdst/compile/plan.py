@@ -387,6 +387,7 @@ class Compiler:
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
         c = Compilation(self, presets or self.gpu.profile.presets)
+        c.batched = batch
         graph = fuse(graph, row_fusions=rows == 1 or c.presets.matmul == "by_output",
                      paired=self.weights.layout.paired, runs=self.weights.layout.runs if rows == 1 else None)
         live = c.live
@@ -539,6 +540,7 @@ class Compilation:
         self.live = Liveness(compiler.pool)
         self.layer: int | None = None
         self.block: int | None = None   # batched plans: the per-sequence run being lowered (None: shared)
+        self.batched = False   # a batched decode plan (Compiler.compile's batch)
         self.outputs: list[OutputPart] | None = None   # the output's parts while lowering the output's node
         self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(compiler.weights.slots))}
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
@@ -720,8 +722,9 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
                        w.type.name, R=rr, **fused, **q8)
-        elif r <= GEMV_MAX_XR:
-            # one row (decode), or a few (batched decode: each weight read once for all of them)
+        elif r == 1 or (c.batched and r <= GEMV_MAX_XR):
+            # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
+            # short chunk keeps the GEMM tile, one specialization for every row count
             if r > 1 and (norm is not None or glu):
                 raise RuntimeError("the many-row matmul fuses the residual add only")
             launch = gemv_launch(r, gemv_lanes(k, w.type.name, c.presets), op.q8)

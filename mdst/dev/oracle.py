@@ -885,7 +885,7 @@ def plan_specs(engine: Any, prompt_rows: int) -> dict[Any, list[Any]]:
     # f32 specializations only (the browser may lack shader-f16; the f16 GEMM has kernel tests of its own)
     other = replace(presets_for(software=not c.gpu.profile.software), gemm_f16=0)
     specs: dict[Any, list[Any]] = {}
-    # and a plan past matmul_row's rows of x (the many-row matmul), whatever the prompt's length
+    # and a plan of more rows than a short prompt's, whatever the prompt's length
     for output_rows, rows, pick in [("last", 1, "argmax"), ("last", 1, "logits"), ("last", 1, "sample"),
                                     ("last", prompt_rows, "argmax"), ("all", prompt_rows, "logits"),
                                     ("all", min(engine.max_rows("all"), 2 * GEMV_MAX_XR), "logits")]:

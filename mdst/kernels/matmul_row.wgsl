@@ -258,30 +258,6 @@ fn rows4(j0: u32, r0: u32, off: u32, u: u32, xu: XU) -> vec4<f32> {
     return d;
 }
 
-// XR > 1: unit u of the group's row against row r of x.
-fn xrow_dot(b: u32, r: u32, u: u32) -> f32 {
-    xo = r * (p.k / 4u);
-    xqw = r * (XQ / 4u);
-    return step_dot(b, u, step_x(u));
-}
-
-// XR > 1: unit u of the group's row against rows r0 .. r0 + 3 of x (those below XR).
-fn xrows4(j0: u32, r0: u32, u: u32) -> vec4<f32> {
-    let b = row_at(j0, 0u);
-    var d = vec4<f32>(0.0);
-    d.x = xrow_dot(b, r0, u);
-    if (r0 + 1u < XR) {
-        d.y = xrow_dot(b, r0 + 1u, u);
-    }
-    if (r0 + 2u < XR) {
-        d.z = xrow_dot(b, r0 + 2u, u);
-    }
-    if (r0 + 3u < XR) {
-        d.w = xrow_dot(b, r0 + 3u, u);
-    }
-    return d;
-}
-
 struct Acc {
     d: vec4<f32>,    // rows 0..3 (XR > 1: rows of x 0..3)
     d2: vec4<f32>,   // rows 4..7 (4..7)
@@ -292,32 +268,42 @@ struct Acc {
 
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
-    if (XR > 1u) {
-        (*a).d += xrows4(j0, 0u, u);
-        if (XR > 4u) {
-            (*a).d2 += xrows4(j0, 4u, u);
-        }
-        if (XR > 8u) {
-            (*a).u += xrows4(j0, 8u, u);
-        }
-        if (XR > 12u) {
-            (*a).u2 += xrows4(j0, 12u, u);
-        }
-        return;
-    }
-    let xu = step_x(u);
     let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
-    if (NORM && !Q8) {
-        (*a).ss += xu.ss;
-    }
-    (*a).d += rows4(j0, 0u, 0u, u, xu);
-    if (ROWS > 4u) {
-        (*a).d2 += rows4(j0, 4u, 0u, u, xu);
-    }
-    if (GLU != 0u) {
-        (*a).u += rows4(j0, 0u, up, u, xu);
+    // each row of x in turn (XR > 1) through the same code as the one row: the type's step appears as often
+    // in every specialization (written out per row of x, its copies made all of them compile ~3x slower)
+    for (var r = 0u; r < XR; r++) {
+        if (XR > 1u) {
+            xo = r * (p.k / 4u);
+            xqw = r * (XQ / 4u);
+        }
+        let xu = step_x(u);
+        if (NORM && !Q8) {
+            (*a).ss += xu.ss;
+        }
+        let d = rows4(j0, 0u, 0u, u, xu);
+        if (XR > 1u) {
+            // the group's one row against row r of x: into slot r / 4, component r % 4
+            let c = r & 3u;
+            if (r < 4u) {
+                (*a).d[c] += d.x;
+            } else if (r < 8u) {
+                (*a).d2[c] += d.x;
+            } else if (r < 12u) {
+                (*a).u[c] += d.x;
+            } else {
+                (*a).u2[c] += d.x;
+            }
+            continue;
+        }
+        (*a).d += d;
         if (ROWS > 4u) {
-            (*a).u2 += rows4(j0, 4u, up, u, xu);
+            (*a).d2 += rows4(j0, 4u, 0u, u, xu);
+        }
+        if (GLU != 0u) {
+            (*a).u += rows4(j0, 0u, up, u, xu);
+            if (ROWS > 4u) {
+                (*a).u2 += rows4(j0, 4u, up, u, xu);
+            }
         }
     }
 }
