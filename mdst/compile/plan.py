@@ -722,19 +722,18 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             params.update(m=r, y_stride=stride)
             c.dispatch("matmul_by_output", args, (ceil_div(p.rows, 256), ceil_div(r, rr), 1), params, label_of(node),
                        w.type.name, R=rr, **fused, **q8)
-        elif r == 1 or (c.batched and r <= GEMV_MAX_XR):
+            continue
+        if r > 1 and (norm is not None or glu):
+            raise RuntimeError("the many-row matmul fuses the residual add only")
+        if r == 1 or (c.batched and r <= GEMV_MAX_XR):
             # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
             # short chunk keeps the GEMM tile, one specialization for every row count
-            if r > 1 and (norm is not None or glu):
-                raise RuntimeError("the many-row matmul fuses the residual add only")
             launch = gemv_launch(r, gemv_lanes(k, w.type.name, c.presets), op.q8)
             rows = gemv_rows(p.rows, launch["TPR"], c.presets) if r == 1 else 1
             params["y_stride"] = stride
             c.dispatch("matmul_row", args, gemv_groups(p.rows, launch["TPR"], rows, launch["WG"]), params,
                        label_of(node), w.type.name, ROWS=rows, GPT=c.presets.gemv_chunk, **launch, **fused, **q8)
         else:
-            if norm is not None or glu:
-                raise RuntimeError("the many-row matmul fuses the residual add only")
             params.update(m=r, y_stride=stride)
             del params["eps"]
             # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
