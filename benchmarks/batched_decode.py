@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -79,12 +80,14 @@ def run(path: Path, args: argparse.Namespace) -> None:
 
         alone()   # compiles the plans
         base = statistics.median(alone() for _ in range(args.repeat))
+        print(f"# {path.name}: alone {base:.1f} tok/s", file=sys.stderr, flush=True)
         out = {"model": path.name, "device": model.backend, "prompt": args.prompt, "gen": args.gen,
                "alone_tok_s": round(base, 2), "batched": {}}
         for n in sizes:
             agg = statistics.median([batched(n) for _ in range(args.repeat + 1)][1:])   # the first compiles n's plan
             out["batched"][n] = {"aggregate_tok_s": round(agg, 2), "per_sequence_tok_s": round(agg / n, 2),
                                  "vs_alone": round(agg / base, 2)}
+            print(f"# {path.name}: {n} sequences {agg:.1f} tok/s ({agg / base:.2f}x alone)", file=sys.stderr, flush=True)
         out["batched_plan_rows"] = sorted(k[1] for k in getattr(model.engine, "plans", {}) if k[0] == "batch")
         print(json.dumps(out), flush=True)
 

@@ -10,8 +10,8 @@
 // slots and writes their sum weighted by the route (no dispatch and no buffer for the slots' outputs).
 // With GLU the up matrices follow all N_EXPERT gate matrices: expert e's up matrix is matrix N_EXPERT + e.
 // XR > 1 (batched decode: one row of x a sequence): x holds XR rows of k, y and res XR rows of y_stride, and a
-// group computes one weight row against every row of x, so each weight is read once for all XR sequences (the
-// step decodes it again per row of x, from registers and cache); the group's XR sums take the slots of rows
+// group computes one weight row against every row of x: the step reads and decodes each unit of weights once
+// (step_w) and meets each row of x with it from registers (step_wx); the group's XR sums take the slots of rows
 // and up rows (d, d2, u, u2). With RES and Q8 only (the plan keeps NORM and GLU out of many-row matmuls).
 // A group of TPR threads (a power of two) computes ROWS neighbouring rows; a workgroup holds WG / TPR
 // groups. A row is cut into units (the weight type's step says how many weights a unit holds:
@@ -236,6 +236,18 @@ fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
 }
 
+// Where a unit is (row byte b, unit u): the weights of a step that has nothing to decode once for every row of
+// x (`alias WU = WAT;`), which reads them in step_wx.
+struct WAT {
+    b: u32,
+    u: u32,
+}
+
+// Unit u of the row at byte b against xu.
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
+    return step_wx(step_w(b, u), xu);
+}
+
 // The byte where row r of the group starting at row j0 starts: rows past the part's end repeat its last
 // row (read, never stored), so a group has no branch per row.
 fn row_at(j0: u32, r: u32) -> u32 {
@@ -269,41 +281,38 @@ struct Acc {
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
     let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
-    // each row of x in turn (XR > 1) through the same code as the one row: the type's step appears as often
-    // in every specialization (written out per row of x, its copies made all of them compile ~3x slower)
-    for (var r = 0u; r < XR; r++) {
-        if (XR > 1u) {
+    if (XR > 1u) {
+        // the group's one row, decoded once, against each row of x: into slot r / 4, component r % 4
+        let w = step_w(row_at(j0, 0u), u);
+        for (var r = 0u; r < XR; r++) {
             xo = r * (p.k / 4u);
             xqw = r * (XQ / 4u);
-        }
-        let xu = step_x(u);
-        if (NORM && !Q8) {
-            (*a).ss += xu.ss;
-        }
-        let d = rows4(j0, 0u, 0u, u, xu);
-        if (XR > 1u) {
-            // the group's one row against row r of x: into slot r / 4, component r % 4
+            let d = step_wx(w, step_x(u));
             let c = r & 3u;
             if (r < 4u) {
-                (*a).d[c] += d.x;
+                (*a).d[c] += d;
             } else if (r < 8u) {
-                (*a).d2[c] += d.x;
+                (*a).d2[c] += d;
             } else if (r < 12u) {
-                (*a).u[c] += d.x;
+                (*a).u[c] += d;
             } else {
-                (*a).u2[c] += d.x;
+                (*a).u2[c] += d;
             }
-            continue;
         }
-        (*a).d += d;
+        return;
+    }
+    let xu = step_x(u);
+    if (NORM && !Q8) {
+        (*a).ss += xu.ss;
+    }
+    (*a).d += rows4(j0, 0u, 0u, u, xu);
+    if (ROWS > 4u) {
+        (*a).d2 += rows4(j0, 4u, 0u, u, xu);
+    }
+    if (GLU != 0u) {
+        (*a).u += rows4(j0, 0u, up, u, xu);
         if (ROWS > 4u) {
-            (*a).d2 += rows4(j0, 4u, 0u, u, xu);
-        }
-        if (GLU != 0u) {
-            (*a).u += rows4(j0, 0u, up, u, xu);
-            if (ROWS > 4u) {
-                (*a).u2 += rows4(j0, 4u, up, u, xu);
-            }
+            (*a).u2 += rows4(j0, 4u, up, u, xu);
         }
     }
 }

@@ -11,7 +11,15 @@ fn step_x(u: u32) -> XU {
     return x32(u);
 }
 
-fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
+alias WU = WAT;
+
+fn step_w(b: u32, u: u32) -> WU {
+    return WAT(b, u);
+}
+
+fn step_wx(at: WU, xu: XU) -> f32 {
+    let b = at.b;
+    let u = at.u;
     let o = b + (u >> 3u) * QB;
     let s = u & 7u;
     let qs = w_u32(o + 2u + 4u * s);

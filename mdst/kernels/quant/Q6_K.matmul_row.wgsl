@@ -56,17 +56,24 @@ fn q6k_bytes(lo: u32, hi: u32, qh: u32) -> vec4<u32> {
                      ((lo >> 4u) & m) | (qh & t), ((hi >> 4u) & m) | ((qh >> 2u) & t));
 }
 
-// The four quarters' sums q * x over those words.
-fn q6k_word(q: vec4<u32>, xs: mat4x4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(ub4(q.x), xs[0]), dot(ub4(q.y), xs[1]), dot(ub4(q.z), xs[2]), dot(ub4(q.w), xs[3]));
-}
-
 // The same against x's signed bytes (Q8), four products an instruction.
 fn q6k_iword(q: vec4<u32>, xs: vec4<u32>) -> vec4<i32> {
     return vec4<i32>(dot4I8Packed(q.x, xs.x), dot4I8Packed(q.y, xs.y), dot4I8Packed(q.z, xs.z), dot4I8Packed(q.w, xs.w));
 }
 
-fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
+// The unit's weights once for every row of x: the quarters' 6-bit values as bytes with Q8, else as floats
+// (column r: quarter r's first 4, then its second 4), the quarters' scales and the block's.
+struct WU {
+    qa: vec4<u32>,
+    qb: vec4<u32>,
+    a: mat4x4<f32>,
+    b: mat4x4<f32>,
+    sc: vec4<f32>,
+    d: f32,
+}
+
+fn step_w(rb: u32, u: u32) -> WU {
+    var w: WU;
     let b = rb + (u >> 3u) * QB;
     let n = (u >> 2u) & 1u;
     let l0 = 8u * (u & 3u);
@@ -77,13 +84,24 @@ fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
     let sw = w_u32x2(b + 192u + 8u * n);
     let i = 8u * (l0 >> 4u);
     let sb = ((sw.x >> i) & 0x00ff00ffu) | (((sw.y >> i) & 0x00ff00ffu) << 8u);   // quarters 0, 2, 1, 3
-    let sc = (ub4(sb ^ 0x80808080u) - 128.0).xzyw;
-    let qa = q6k_bytes(lo.x, hi.x, qh.x);
-    let qb = q6k_bytes(lo.y, hi.y, qh.y);
-    if (Q8) {
-        let iq = q6k_iword(qa, xu.qa) + q6k_iword(qb, xu.qb) - 32 * xu.isx;
-        return q6k_f16(b + 208u) * dot(sc, xu.dx * vec4<f32>(iq));
+    w.sc = (ub4(sb ^ 0x80808080u) - 128.0).xzyw;
+    w.qa = q6k_bytes(lo.x, hi.x, qh.x);
+    w.qb = q6k_bytes(lo.y, hi.y, qh.y);
+    w.d = q6k_f16(b + 208u);
+    if (!Q8) {
+        w.a = mat4x4<f32>(ub4(w.qa.x), ub4(w.qa.y), ub4(w.qa.z), ub4(w.qa.w));
+        w.b = mat4x4<f32>(ub4(w.qb.x), ub4(w.qb.y), ub4(w.qb.z), ub4(w.qb.w));
     }
-    let d = q6k_word(qa, xu.a) + q6k_word(qb, xu.b);
-    return q6k_f16(b + 208u) * dot(sc, d - 32.0 * xu.sx);
+    return w;
+}
+
+fn step_wx(w: WU, xu: XU) -> f32 {
+    if (Q8) {
+        let iq = q6k_iword(w.qa, xu.qa) + q6k_iword(w.qb, xu.qb) - 32 * xu.isx;
+        return w.d * dot(w.sc, xu.dx * vec4<f32>(iq));
+    }
+    // quarter r: its 8 values (columns r of a and b) against x's
+    let d = vec4<f32>(dot(w.a[0], xu.a[0]) + dot(w.b[0], xu.b[0]), dot(w.a[1], xu.a[1]) + dot(w.b[1], xu.b[1]),
+                      dot(w.a[2], xu.a[2]) + dot(w.b[2], xu.b[2]), dot(w.a[3], xu.a[3]) + dot(w.b[3], xu.b[3]));
+    return w.d * dot(w.sc, d - 32.0 * xu.sx);
 }

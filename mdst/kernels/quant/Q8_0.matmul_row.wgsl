@@ -38,7 +38,15 @@ fn sb4(v: u32) -> vec4<f32> {
     return vec4<f32>(a.x, b.x, a.y, b.y);
 }
 
-fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
+// The unit's weights once for every row of x: with Q8 its 16 signed bytes, else as floats; and the scale.
+struct WU {
+    q: vec4<u32>,
+    v: mat4x4<f32>,
+    d: f32,
+}
+
+fn step_w(rb: u32, u: u32) -> WU {
+    var w: WU;
     let b = rb + (u >> 1u) * QB;
     let o = b + 2u + 16u * (u & 1u);   // even
     let s = (o & 3u) * 8u;
@@ -49,12 +57,19 @@ fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
     let c3 = W[i + 3u];
     let c4 = W[i + 4u];
     let r = 31u - s;   // (c << 1) << r: c's bits moved up to follow a word shifted right by s; 0 when s = 0
-    let q = vec4<u32>((c0 >> s) | ((c1 << 1u) << r), (c1 >> s) | ((c2 << 1u) << r),
-                      (c2 >> s) | ((c3 << 1u) << r), (c3 >> s) | ((c4 << 1u) << r));
-    let d = unpack2x16float(W[b >> 2u] >> ((b & 2u) * 8u)).x;
-    if (Q8) {
-        return d * xu.d * f32(dot4I8Packed(q.x, xu.q.x) + dot4I8Packed(q.y, xu.q.y) + dot4I8Packed(q.z, xu.q.z)
-                              + dot4I8Packed(q.w, xu.q.w));
+    w.q = vec4<u32>((c0 >> s) | ((c1 << 1u) << r), (c1 >> s) | ((c2 << 1u) << r),
+                    (c2 >> s) | ((c3 << 1u) << r), (c3 >> s) | ((c4 << 1u) << r));
+    w.d = unpack2x16float(W[b >> 2u] >> ((b & 2u) * 8u)).x;
+    if (!Q8) {
+        w.v = mat4x4<f32>(sb4(w.q.x), sb4(w.q.y), sb4(w.q.z), sb4(w.q.w));
     }
-    return d * (dot(sb4(q.x), xu.v[0]) + dot(sb4(q.y), xu.v[1]) + dot(sb4(q.z), xu.v[2]) + dot(sb4(q.w), xu.v[3]));
+    return w;
+}
+
+fn step_wx(w: WU, xu: XU) -> f32 {
+    if (Q8) {
+        return w.d * xu.d * f32(dot4I8Packed(w.q.x, xu.q.x) + dot4I8Packed(w.q.y, xu.q.y)
+                                + dot4I8Packed(w.q.z, xu.q.z) + dot4I8Packed(w.q.w, xu.q.w));
+    }
+    return w.d * (dot(w.v[0], xu.v[0]) + dot(w.v[1], xu.v[1]) + dot(w.v[2], xu.v[2]) + dot(w.v[3], xu.v[3]));
 }
