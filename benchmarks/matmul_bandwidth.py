@@ -8,7 +8,8 @@ dispatch floor a matrix of a few tens of MB cannot hide. The kernel is the one m
 the adapter, or each --lanes/--chunks/--rows variant; with --q8, each also with 8-bit activations (Q8: the
 workgroup quantizes x and the types with an integer step use dot4I8Packed), marked "q8": true in its result;
 with --xr, each also over that many rows of x (batched decode: each weight read once for all of them; "xr" in
-its result, and "row_gb_per_s", the weight bytes a lone row would have read in the same time).
+its result, and "row_gb_per_s", the weight bytes a lone row would have read in the same time; --rows sets the
+weight rows a group takes there too).
 Usage: python benchmarks/matmul_bandwidth.py [--k 4096] [--n 14336] [--types Q4_K,Q8_0,...] [--reps 50] [--q8]
        [--xr 4,16]
 """
@@ -109,10 +110,12 @@ def main() -> None:
                         variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
                                          gemv_groups(n, lanes, r)))
             for xr in xrs[1:]:
-                launch = gemv_launch(xr, gemv_lanes(k, wtype, pre), False)
-                consts = tuple(sorted({**launch, "GPT": pre.gemv_chunk, "ROWS": 1}.items()))
-                variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
-                                 gemv_groups(n, launch["TPR"], 1, launch["WG"])))
+                for r in sorted({gemv_launch(xr, 1, False, r)["ROWS"] for r in
+                                 (list(map(int, args.rows.split(","))) if args.rows else [pre.batch_gemv_rows])}):
+                    launch = gemv_launch(xr, gemv_lanes(k, wtype, pre), False, r)
+                    consts = tuple(sorted({**launch, "GPT": pre.gemv_chunk}.items()))
+                    variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
+                                     gemv_groups(n, launch["TPR"], r, launch["WG"])))
         # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
         nread = raw.nbytes // 16 * 16
         read_s = read_time(bufs[0], nread, bufs[2], args.reps)

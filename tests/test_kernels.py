@@ -229,25 +229,28 @@ def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
 
 # Rows of x (batched decode; awkward: 3, 5, 13 and the largest, 16, at 128 threads a workgroup), each weight
 # type with the residual at 5 rows, the block-quantized ones with 8-bit activations at 3, and lanes a row from
-# fewer than the rows (the plan widens them to a thread per row's store) to 64
-ROWS_OF_X_CASES = [(w, 5, True, False, 32) for w in WEIGHT_TYPES] + \
-    [(w, 3, True, True, 32) for w in WEIGHT_TYPES if GGML_TYPE_BY_NAME[w].block > 1] + \
-    [(w, m, False, q8, lanes) for w in ("F32", "Q5_0", "Q4_K") for m, lanes in ((2, 64), (13, 4), (16, 32))
-     for q8 in (False, True) if not q8 or w != "F32"]
+# fewer than the rows (the plan widens them to a thread per row's store) to 64; and groups of 2 or 4 weight
+# rows (tiles of 6 .. 16 sums; the plan halves 4 rows to 2 at 5 rows of x)
+ROWS_OF_X_CASES = [(w, 5, True, False, 32, 1) for w in WEIGHT_TYPES] + \
+    [(w, 3, True, True, 32, 1) for w in WEIGHT_TYPES if GGML_TYPE_BY_NAME[w].block > 1] + \
+    [(w, m, False, q8, lanes, 1) for w in ("F32", "Q5_0", "Q4_K") for m, lanes in ((2, 64), (13, 4), (16, 32))
+     for q8 in (False, True) if not q8 or w != "F32"] + \
+    [(w, m, res_, q8, 4, rows) for w in ("F32", "Q4_K", "Q6_K", "Q8_0", "IQ2_S") for m, rows, res_, q8 in
+     ((3, 4, True, False), (5, 4, False, False), (4, 4, False, w != "F32"), (7, 2, True, False))]
 
 
-@pytest.mark.parametrize("wtype,m,res_,q8,lanes", ROWS_OF_X_CASES)
-def test_matmul_row_rows_of_x(run, rng, wtype, m, res_, q8, lanes):
+@pytest.mark.parametrize("wtype,m,res_,q8,lanes,rows", ROWS_OF_X_CASES)
+def test_matmul_row_rows_of_x(run, rng, wtype, m, res_, q8, lanes, rows):
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 77,
                                                                k=3 * awkward_k(wtype) if q8 else None)
     o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    launch = gemv_launch(m, lanes, q8)
+    launch = gemv_launch(m, lanes, q8, rows)
     constants = {**launch, "RES": res_, "GPT": 4, **({"Q8": True} if q8 else {})}
     spec = KernelSpec("matmul_row", wtype, constants=tuple(sorted(constants.items())))
     y = f32(run(spec, [buf, x, Out(m * stride * 4), res, g],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "w0": lead, "eps": 0.0, "y_stride": stride},
-                gemv_groups(n, launch["TPR"], 1, launch["WG"]))[0]).reshape(m, stride)
+                gemv_groups(n, launch["TPR"], launch["ROWS"], launch["WG"]))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
 

@@ -157,11 +157,13 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
     assert rel_l2(steps, ref[4:]) < 1e-4
 
 
-@pytest.mark.parametrize("gpu_presets", [{"batch_rows": 16, "gemm_f16": 0}], indirect=True)   # f32 prefill GEMM
+@pytest.mark.parametrize("gpu_presets", [{"batch_rows": 16, "gemm_f16": 0},   # f32 prefill GEMM
+                                         {"batch_rows": 16, "gemm_f16": 0, "batch_gemv_rows": 4}], indirect=True)
 def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
     # the batched decode plan with the GPU kernels: matmul_row over the rows of x (each weight read once for
-    # them) and split attention per sequence; three sequences at three positions, each row's logits against the
-    # numpy path (batch_rows=16 asks for the plan where the presets leave it off)
+    # them; one or four weight rows a group) and split attention per sequence; three sequences at three
+    # positions, each row's logits against the numpy path (batch_rows=16 asks for the plan where the presets
+    # leave it off)
     from mdst import reference
     from mdst.dev import synth
     from mdst.memory.kv_cache import CpuKVCache
@@ -176,7 +178,8 @@ def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
         got = eng.step_batch(caches, [np.array([t]) for t in more], [len(ids) for ids in prompts], ["argmax"] * 3)
         plan = eng.batch_plan(3)
         assert {"attention_merge"} <= {d.spec.name for d in plan.dispatches}
-        assert {d.spec.constants_dict().get("XR") for d in plan.dispatches if d.spec.name == "matmul_row"} == {4}
+        gemvs = [d.spec.constants_dict() for d in plan.dispatches if d.spec.name == "matmul_row"]
+        assert {(c.get("XR"), c["ROWS"]) for c in gemvs} == {(4, eng.gpu.profile.presets.batch_gemv_rows)}
         logits = np.concatenate([np.frombuffer(eng.gpu.queue.read_buffer(o.buffer), np.float32).reshape(-1, o.cols)[:3]
                                  for o in plan.outputs], axis=1)
     with mdst.load(path, device="cpu", context_length=64) as c:

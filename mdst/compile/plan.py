@@ -82,14 +82,18 @@ def gemv_groups(n: int, lanes: int, rows: int = 1, wg: int = GEMV_WG) -> tuple[i
     return grid1(ceil_div(n, rows * (wg // lanes)))
 
 
-def gemv_launch(xr: int, lanes: int, q8: bool) -> dict[str, int]:
-    """matmul_row's constants for xr > 1 rows of x (batched decode): lanes enough for a thread per row's store;
-    the sums of 9 .. 16 rows (4 slots of vec4s) fill 16 KiB of workgroup memory at 256 threads, so 128; with Q8,
-    XQ values a row of x quantized at a time, 4 KiB of bytes for all the rows as one row's 4,096."""
+def gemv_launch(xr: int, lanes: int, q8: bool, rows: int = 1) -> dict[str, int]:
+    """matmul_row's constants for xr > 1 rows of x (batched decode) against `rows` weight rows a group (at most
+    16 sums a group: fewer rows where xr is larger): lanes enough for a thread per sum's store; the sums of 9 ..
+    16 (4 slots of vec4s) fill 16 KiB of workgroup memory at 256 threads, so 128; with Q8, XQ values a row of x
+    quantized at a time, 4 KiB of bytes for all the rows as one row's 4,096."""
     if xr == 1:
-        return {"WG": GEMV_WG, "TPR": lanes}
-    wg = GEMV_WG if xr <= 8 else GEMV_WG // 2
-    out = {"WG": wg, "TPR": min(wg, max(lanes, 1 << (xr - 1).bit_length())), "XR": xr}
+        return {"WG": GEMV_WG, "TPR": lanes, "ROWS": rows}
+    rows = max(1, min(rows, GEMV_MAX_XR // xr))
+    rows = 1 << (rows.bit_length() - 1)   # 1, 2 or 4
+    tile = rows * xr
+    wg = GEMV_WG if tile <= 8 else GEMV_WG // 2
+    out = {"WG": wg, "TPR": min(wg, max(lanes, 1 << (tile - 1).bit_length())), "XR": xr, "ROWS": rows}
     return {**out, "XQ": max(256, 4096 // xr // 256 * 256)} if q8 else out
 
 
@@ -728,11 +732,12 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         if r == 1 or (c.batched and r <= GEMV_MAX_XR):
             # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
             # short chunk keeps the GEMM tile, one specialization for every row count
-            launch = gemv_launch(r, gemv_lanes(k, w.type.name, c.presets), op.q8)
-            rows = gemv_rows(p.rows, launch["TPR"], c.presets) if r == 1 else 1
+            lanes = gemv_lanes(k, w.type.name, c.presets)
+            launch = gemv_launch(r, lanes, op.q8, gemv_rows(p.rows, lanes, c.presets) if r == 1 else
+                                 c.presets.batch_gemv_rows)
             params["y_stride"] = stride
-            c.dispatch("matmul_row", args, gemv_groups(p.rows, launch["TPR"], rows, launch["WG"]), params,
-                       label_of(node), w.type.name, ROWS=rows, GPT=c.presets.gemv_chunk, **launch, **fused, **q8)
+            c.dispatch("matmul_row", args, gemv_groups(p.rows, launch["TPR"], launch["ROWS"], launch["WG"]), params,
+                       label_of(node), w.type.name, GPT=c.presets.gemv_chunk, **launch, **fused, **q8)
         else:
             params.update(m=r, y_stride=stride)
             del params["eps"]
@@ -775,13 +780,13 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
     experts = {"EXPERTS": op.k, "X_SLOT": cols != k}
     if r == 1:
         lanes = gemv_lanes(k, w.type.name, c.presets)
-        rows = gemv_rows(op.n_out * (1 if op.combine else op.k), lanes, c.presets)
-        gx, gy, _ = gemv_groups(op.n_out, lanes, rows)
+        launch = gemv_launch(1, lanes, False, gemv_rows(op.n_out * (1 if op.combine else op.k), lanes, c.presets))
+        gx, gy, _ = gemv_groups(op.n_out, lanes, launch["ROWS"])
         # the route in the residual's binding; x in the unread norm weight's
         c.dispatch("matmul_row", [wbuf, x[0], y, x[1], x[0], None], (gx, gy, 1 if op.combine else op.k),
                    {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0, "y_stride": 0},
-                   label_of(node), w.type.name, WG=GEMV_WG, TPR=lanes, ROWS=rows, GPT=c.presets.gemv_chunk,
-                   COMBINE=op.combine, **experts, **glu)
+                   label_of(node), w.type.name, GPT=c.presets.gemv_chunk, COMBINE=op.combine, **launch, **experts,
+                   **glu)
         return
     if glu:
         raise RuntimeError("the many-row expert matmul does not gate")   # fusion.py fuses GLU in one-row plans only

@@ -33,6 +33,8 @@ class Presets:
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
     batch_rows: int = 16          # sequences one batched decode plan takes (at most matmul_row's rows of x); 0: each
                                   # sequence's one-row plan, all in one encoder
+    batch_gemv_rows: int = 1      # matmul_row over rows of x: weight rows a group (1, 2, 4; fewer where 16 sums
+                                  # would not hold them all)
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
     gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
@@ -69,7 +71,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
-               "batch_rows": (0, 2, 4, 8, 16),
+               "batch_rows": (0, 2, 4, 8, 16), "batch_gemv_rows": (1, 2, 4),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "flash_threads": (64, 128),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_f16": (0, 1)}

@@ -10,9 +10,10 @@
 // slots and writes their sum weighted by the route (no dispatch and no buffer for the slots' outputs).
 // With GLU the up matrices follow all N_EXPERT gate matrices: expert e's up matrix is matrix N_EXPERT + e.
 // XR > 1 (batched decode: one row of x a sequence): x holds XR rows of k, y and res XR rows of y_stride, and a
-// group computes one weight row against every row of x: the step reads and decodes each unit of weights once
-// (step_w) and meets each row of x with it from registers (step_wx); the group's XR sums take the slots of rows
-// and up rows (d, d2, u, u2). With RES and Q8 only (the plan keeps NORM and GLU out of many-row matmuls).
+// group computes ROWS (1, 2 or 4) weight rows against every row of x: the step reads and decodes each unit of
+// weights once (step_w), and each row of x, read once for the ROWS rows, meets them from registers (step_wx);
+// the group's ROWS x XR sums (at most 16) take the slots of rows and up rows (d, d2, u, u2). With RES and Q8
+// only (the plan keeps NORM and GLU out of many-row matmuls).
 // A group of TPR threads (a power of two) computes ROWS neighbouring rows; a workgroup holds WG / TPR
 // groups. A row is cut into units (the weight type's step says how many weights a unit holds:
 // quant/<TYPE>.matmul_row.wgsl, or the generic quant/matmul_row.wgsl); thread t of a group takes
@@ -55,7 +56,8 @@ override GPT: u32 = 8u;   // the generic step: groups of 4 weights a unit (1, 2,
 
 const MAX_ROWS: u32 = 8u;   // read by the host (plan.GEMV_MAX_ROWS)
 const MAX_XR: u32 = 16u;    // read by the host (plan.GEMV_MAX_XR)
-override XR: u32 = 1u;      // rows of x (see the top): 1 .. MAX_XR; with XR > 1, ROWS is 1
+override XR: u32 = 1u;      // rows of x (see the top): 1 .. MAX_XR; with XR > 1, ROWS is 1, 2 or 4
+override TILE: u32 = ROWS * XR;   // sums a group stores
 override UPI: u32 = 2u;   // units a thread takes per loop iteration (1, 2): more loads in flight
 override Q8: bool = false;   // x through its 8-bit round trip (see the top)
 override XQ: u32 = 4096u;    // Q8: values of x quantized at a time (a multiple of 256)
@@ -69,12 +71,12 @@ var<private> xo: u32;   // x's first group (the slot's, with X_SLOT; the row's, 
 var<private> xqw: u32;  // Q8: the row's first word in xq (XR > 1)
 
 // Partial sums, in slots of WG vec4s: rows 0..3 of a group (and 4..7 with ROWS > 4), then the up
-// rows' (GLU), then x's sum of squares (NORM) in x; with XR > 1 the rows of x, 4 a slot.
+// rows' (GLU), then x's sum of squares (NORM) in x; with XR > 1 the tile's sums, 4 a slot.
 const RED_D: u32 = 0u;
 const RED_D2: u32 = 1u;
-override HAS_D2: bool = ROWS > 4u || XR > 4u;
-override HAS_U: bool = GLU != 0u || XR > 8u;
-override HAS_U2: bool = (GLU != 0u && ROWS > 4u) || XR > 12u;
+override HAS_D2: bool = TILE > 4u;
+override HAS_U: bool = GLU != 0u || TILE > 8u;
+override HAS_U2: bool = (GLU != 0u && ROWS > 4u) || TILE > 12u;
 override RED_U: u32 = select(1u, 2u, HAS_D2);
 override RED_S: u32 = RED_U * select(1u, 2u, HAS_U);
 var<workgroup> red: array<vec4<f32>, WG * (RED_S + select(0u, 1u, NORM))>;
@@ -271,32 +273,55 @@ fn rows4(j0: u32, r0: u32, off: u32, u: u32, xu: XU) -> vec4<f32> {
 }
 
 struct Acc {
-    d: vec4<f32>,    // rows 0..3 (XR > 1: rows of x 0..3)
+    d: vec4<f32>,    // rows 0..3 (XR > 1: the tile's sums 0..3)
     d2: vec4<f32>,   // rows 4..7 (4..7)
     u: vec4<f32>,    // their up rows (8..11)
     u2: vec4<f32>,   // (12..15)
     ss: f32,
 }
 
+// XR > 1: v into the tile's sum s, through a one-hot vector rather than an index (which compilers may send
+// through memory).
+fn tile_add(a: ptr<function, Acc>, s: u32, v: f32) {
+    let d = v * vec4<f32>(vec4<u32>(s & 3u) == vec4<u32>(0u, 1u, 2u, 3u));
+    if (s < 4u) {
+        (*a).d += d;
+    } else if (s < 8u) {
+        (*a).d2 += d;
+    } else if (s < 12u) {
+        (*a).u += d;
+    } else {
+        (*a).u2 += d;
+    }
+}
+
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
     let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
     if (XR > 1u) {
-        // the group's one row, decoded once, against each row of x: into slot r / 4, component r % 4
-        let w = step_w(row_at(j0, 0u), u);
+        // weight row i against row r of x into the tile's sum i XR + r
+        let w0 = step_w(row_at(j0, 0u), u);
+        var w1 = w0;
+        var w2 = w0;
+        var w3 = w0;
+        if (ROWS > 1u) {
+            w1 = step_w(row_at(j0, 1u), u);
+        }
+        if (ROWS > 2u) {
+            w2 = step_w(row_at(j0, 2u), u);
+            w3 = step_w(row_at(j0, 3u), u);
+        }
         for (var r = 0u; r < XR; r++) {
             xo = r * (p.k / 4u);
             xqw = r * (XQ / 4u);
-            let d = step_wx(w, step_x(u));
-            let c = r & 3u;
-            if (r < 4u) {
-                (*a).d[c] += d;
-            } else if (r < 8u) {
-                (*a).d2[c] += d;
-            } else if (r < 12u) {
-                (*a).u[c] += d;
-            } else {
-                (*a).u2[c] += d;
+            let xu = step_x(u);
+            tile_add(a, r, step_wx(w0, xu));
+            if (ROWS > 1u) {
+                tile_add(a, XR + r, step_wx(w1, xu));
+            }
+            if (ROWS > 2u) {
+                tile_add(a, 2u * XR + r, step_wx(w2, xu));
+                tile_add(a, 3u * XR + r, step_wx(w3, xu));
             }
         }
         return;
@@ -416,10 +441,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
     }
-    // thread t of the group stores row j0 + t (XR > 1: row t of y at j0) from the sums in its lane 0
-    let xr = select(0u, t, XR > 1u);
-    let j = j0 + t - xr;
-    if (t < max(ROWS, XR) && j < p.n) {
+    // thread t of the group stores sum t from its lane 0: row j0 + t (XR > 1: weight row j0 + t / XR against
+    // row t % XR of x)
+    let xr = select(0u, t % XR, XR > 1u);
+    let j = j0 + select(t, t / XR, XR > 1u);
+    if (t < TILE && j < p.n) {
         let l0 = lid - t;
         let c = t & 3u;
         var v = red[(RED_D + t / 4u) * WG + l0][c];
