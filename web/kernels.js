@@ -23,7 +23,8 @@ export const GRID_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ
 
 // The kernel's source before the variant transform: common.wgsl, then (for kernels that read a
 // weight tensor) weights.wgsl (weights_vec4.wgsl for WIDE_TYPES), quant/grid.wgsl for GRID_TYPES, quant/<wtype>.wgsl and, for kernels in TYPE_STEPS, the type's step
-// quant/<wtype>.<name>.wgsl or the generic quant/<name>.wgsl, then (for kernels that use a KV
+// quant/<wtype>.<name>.wgsl or the generic quant/<name>.wgsl (and quant/<name>.whole.wgsl after a step that
+// defines no `fn step_w(`), then (for kernels that use a KV
 // cache) kv/<kv>.wgsl, then <name>.wgsl, joined with "\n".
 // readText(relativePath) returns a file of the kernels folder as text.
 export async function compose(readText, name, wtype = null, kv = null) {
@@ -33,7 +34,11 @@ export async function compose(readText, name, wtype = null, kv = null) {
     if (GRID_TYPES.includes(wtype)) parts.push(await readText("quant/grid.wgsl"));
     parts.push(await readText(`quant/${wtype}.wgsl`));
     const steps = Object.hasOwn(TYPE_STEPS, name) ? TYPE_STEPS[name] : null;
-    if (steps) parts.push(await readText(steps.includes(wtype) ? `quant/${wtype}.${name}.wgsl` : `quant/${name}.wgsl`));
+    if (steps) {
+      const step = await readText(steps.includes(wtype) ? `quant/${wtype}.${name}.wgsl` : `quant/${name}.wgsl`);
+      parts.push(step);
+      if (!step.includes("fn step_w(")) parts.push(await readText(`quant/${name}.whole.wgsl`));
+    }
   }
   if (kv !== null && kv !== undefined) parts.push(await readText(`kv/${kv}.wgsl`));
   parts.push(await readText(`${name}.wgsl`));

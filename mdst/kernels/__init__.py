@@ -8,8 +8,8 @@ WGSL source is, in this order,
                 + <kernel>.wgsl
 
 where `step`, for kernels listed in TYPE_STEPS, is the weight type's own inner step
-(quant/<WTYPE>.<kernel>.wgsl) or the generic one (quant/<kernel>.wgsl), and quant/grid.wgsl comes only
-for GRID_TYPES.
+(quant/<WTYPE>.<kernel>.wgsl) or the generic one (quant/<kernel>.wgsl), followed by quant/<kernel>.whole.wgsl
+where it defines no `fn step_w(`, and quant/grid.wgsl comes only for GRID_TYPES.
 
 passed through `variant()`. README.md in this folder documents the rule so the browser build
 composes byte-identical sources.
@@ -114,7 +114,8 @@ def compose(name: str, wtype: str | None = None, kv: str | None = None) -> str:
             parts.append(read("quant/grid.wgsl"))
         parts.append(read(f"quant/{wtype}.wgsl"))
         if name in TYPE_STEPS:
-            parts.append(read(f"quant/{wtype}.{name}.wgsl" if wtype in TYPE_STEPS[name] else f"quant/{name}.wgsl"))
+            step = read(f"quant/{wtype}.{name}.wgsl" if wtype in TYPE_STEPS[name] else f"quant/{name}.wgsl")
+            parts += [step] if "fn step_w(" in step else [step, read(f"quant/{name}.whole.wgsl")]
     if kv is not None:
         if kv not in KV_FORMATS:
             raise KeyError(f"no KV cache format {kv}")

@@ -238,18 +238,6 @@ fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
 }
 
-// Where a unit is (row byte b, unit u): the weights of a step that has nothing to decode once for every row of
-// x (`alias WU = WAT;`), which reads them in step_wx.
-struct WAT {
-    b: u32,
-    u: u32,
-}
-
-// Unit u of the row at byte b against xu.
-fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
-    return step_wx(step_w(b, u), xu);
-}
-
 // The byte where row r of the group starting at row j0 starts: rows past the part's end repeat its last
 // row (read, never stored), so a group has no branch per row.
 fn row_at(j0: u32, r: u32) -> u32 {
@@ -259,15 +247,15 @@ fn row_at(j0: u32, r: u32) -> u32 {
 // Unit u of rows r0 .. r0 + 3 of the group (those below ROWS), `off` bytes on (the up rows' offset).
 fn rows4(j0: u32, r0: u32, off: u32, u: u32, xu: XU) -> vec4<f32> {
     var d = vec4<f32>(0.0);
-    d.x = step_dot(row_at(j0, r0) + off, u, xu);
+    d.x = step_wx(step_w(row_at(j0, r0) + off, u), xu);
     if (r0 + 1u < ROWS) {
-        d.y = step_dot(row_at(j0, r0 + 1u) + off, u, xu);
+        d.y = step_wx(step_w(row_at(j0, r0 + 1u) + off, u), xu);
     }
     if (r0 + 2u < ROWS) {
-        d.z = step_dot(row_at(j0, r0 + 2u) + off, u, xu);
+        d.z = step_wx(step_w(row_at(j0, r0 + 2u) + off, u), xu);
     }
     if (r0 + 3u < ROWS) {
-        d.w = step_dot(row_at(j0, r0 + 3u) + off, u, xu);
+        d.w = step_wx(step_w(row_at(j0, r0 + 3u) + off, u), xu);
     }
     return d;
 }

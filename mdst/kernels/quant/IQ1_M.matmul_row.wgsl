@@ -18,15 +18,7 @@ fn iq1m_dot8(qs: u32, qh: u32, j: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     return iq1_dot8(((qs >> (8u * j)) & 0xffu) | ((nib & 7u) << 8u), select(0.125, -0.125, (nib & 8u) != 0u), xa, xb);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let s = u & 7u;
     let qs = w_u32(o + 4u * s);

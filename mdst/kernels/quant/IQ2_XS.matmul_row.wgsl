@@ -11,15 +11,7 @@ fn step_x(u: u32) -> XU {
     return x32(u);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let s = u & 7u;
     let q = w_u32x2(o + 2u + 8u * s);

@@ -12,15 +12,7 @@ fn step_x(u: u32) -> XU {
     return x32(u);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let q = w_u32x2(o + 2u + 8u * (u & 7u));
     let s = grid_dot8(q.x & 0xffu, ksigns(q.y & 0x7fu), xu.lo[0], xu.lo[1])

@@ -22,15 +22,7 @@ fn iq3s_dot8(q: u32, qh: u32, sg: u32, j: u32, xa: vec4<f32>, xb: vec4<f32>) -> 
     return dot(signed4(grid4(i0), s, 0u), xa) + dot(signed4(grid4(i1), s, 1u), xb);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let s = u & 7u;
     let q = w_u32x2(o + 2u + 8u * s);

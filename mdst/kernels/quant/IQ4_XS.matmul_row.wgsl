@@ -27,15 +27,7 @@ fn iq4_word(v: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 {
     return dot(lo, xl) + dot(hi, xh);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let w = (b >> 2u) + (u >> 3u) * (QB / 4u);
     let s = u & 7u;
     let w0 = W[w];

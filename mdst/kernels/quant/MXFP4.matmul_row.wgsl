@@ -17,15 +17,7 @@ fn mxfp4_dot8(v: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 {
     return dot(levels16(MXFP4_LEVELS, q & vec4<u32>(0xfu)), xl) + dot(levels16(MXFP4_LEVELS, q >> vec4<u32>(4u)), xh);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + u * QB;
     let v = w_u32x4(o + 1u);
     let d = mxfp4_dot8(v.x, xu.lo[0], xu.hi[0]) + mxfp4_dot8(v.y, xu.lo[1], xu.hi[1])

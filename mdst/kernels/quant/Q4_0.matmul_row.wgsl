@@ -40,15 +40,7 @@ fn step_x(u: u32) -> XU {
     return xu;
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let rb = at.b;
-    let u = at.u;
+fn step_dot(rb: u32, u: u32, xu: XU) -> f32 {
     let b = rb + (u >> 1u) * QB;
     let q = w_u32x2(b + 2u + 8u * (u & 1u));
     let d = unpack2x16float(W[b >> 2u] >> ((b & 2u) * 8u)).x;

@@ -34,15 +34,7 @@ fn q5k_iword(v: u32, qh: u32, s0: u32, xl: u32, xh: u32) -> vec2<i32> {
     return vec2<i32>(dot4I8Packed(q.x, xl), dot4I8Packed(q.y, xh));
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let v = (b >> 4u) + (u >> 3u) * (QB / 16u);   // the block's header word
     let pr = (u >> 1u) & 3u;
     let h = u & 1u;

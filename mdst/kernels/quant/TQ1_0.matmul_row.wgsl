@@ -84,15 +84,7 @@ fn tq1_dot5(e: u32, xa: vec4<f32>, x4: f32) -> f32 {
     return dot(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), xa) + unpack2x16float(w.z).x * x4;
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let i = u & 7u;
     let q = w_u32(o + 4u * i);   // first part: bytes 4 i .. 4 i + 3

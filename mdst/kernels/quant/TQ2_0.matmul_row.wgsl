@@ -15,15 +15,7 @@ fn tq2_dot4(v: u32, sh: u32, x: vec4<f32>) -> f32 {
     return dot(vec4<f32>((u8x4(v) >> vec4<u32>(sh)) & vec4<u32>(3u)) - 1.0, x);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     let o = b + (u >> 3u) * QB;
     let j = u & 7u;
     let p = o + 32u * (j >> 2u);

@@ -3,10 +3,11 @@
 // end (k not a multiple of 4 * GPT) read the row's last group against zeros: no branch per group.
 //
 // Every step defines: UNIT (weights a unit; a row holds ceil(k / UNIT) units), step_x(u) (the x a
-// unit reads, and their sum of squares with NORM, in a struct XU), step_w(b, u) (unit u of the row at
-// byte b, read and decoded as far as it can be once for every row of x, in a struct WU: WAT where nothing
-// is), step_wx(w, xu) (those weights against xu), and step_init(lid) (run before anything else; STEP_SYNC
-// says a barrier must follow it).
+// unit reads, and their sum of squares with NORM, in a struct XU), either step_dot(b, u, xu) (unit u of
+// the row at byte b against xu; matmul_row.whole.wgsl follows such a step) or its split, step_w(b, u)
+// (unit u read and decoded as far as it can be once for every row of x, in a struct WU) and step_wx(w,
+// xu) (those weights against xu), and step_init(lid) (run before anything else; STEP_SYNC says a barrier
+// must follow it).
 
 override UNIT: u32 = 4u * GPT;
 const STEP_SYNC: bool = false;
@@ -51,15 +52,7 @@ fn gdot(b: u32, u: u32, i: u32, xv: vec4<f32>) -> f32 {
     return dot(deq4(b + (G / gpb) * QB, G % gpb), xv);
 }
 
-alias WU = WAT;
-
-fn step_w(b: u32, u: u32) -> WU {
-    return WAT(b, u);
-}
-
-fn step_wx(at: WU, xu: XU) -> f32 {
-    let b = at.b;
-    let u = at.u;
+fn step_dot(b: u32, u: u32, xu: XU) -> f32 {
     var s = gdot(b, u, 0u, xu.a[0]);
     if (GPT > 1u) {
         s += gdot(b, u, 1u, xu.a[1]);
