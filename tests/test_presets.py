@@ -157,13 +157,12 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
     assert rel_l2(steps, ref[4:]) < 1e-4
 
 
-@pytest.mark.parametrize("gpu_presets", [{"batch_rows": 16, "gemm_f16": 0},   # f32 prefill GEMM
-                                         {"batch_rows": 16, "gemm_f16": 0, "batch_gemv_rows": 4}], indirect=True)
+@pytest.mark.parametrize("gpu_presets", [{"gemm_f16": 0},   # f32 prefill GEMM
+                                         {"gemm_f16": 0, "batch_gemv_rows": 4}], indirect=True)
 def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
     # the batched decode plan with the GPU kernels: matmul_row over the rows of x (each weight read once for
     # them; one or four weight rows a group) and split attention per sequence; three sequences at three
-    # positions, each row's logits against the numpy path (batch_rows=16 asks for the plan where the presets
-    # leave it off)
+    # positions, each row's logits against the numpy path
     from mdst import reference
     from mdst.dev import synth
     from mdst.memory.kv_cache import CpuKVCache

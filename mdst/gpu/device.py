@@ -54,11 +54,12 @@ def presets_for(software: bool) -> Presets:
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
     splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
-    (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). GPUs run batched decode as each
-    sequence's one-row plan in one encoder (batch_rows=0) until the batched plan measures faster (RESULTS.md)."""
+    (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). Batched decode takes the batched plan
+    on both: on the H100 it beat each sequence's one-row plan in one encoder (batch_rows=0) at 4, 16 and 64
+    sequences (RESULTS.md, 2026-12-06)."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
-                                                                 prefill_rows=512, gemm_f16=1, batch_rows=0)
+                                                                 prefill_rows=512, gemm_f16=1)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
