@@ -163,15 +163,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Prefill and decode speed, as JSON or one line (and the GPU time per op and layer with --profile)."""
-    from .serve.bench import bench, check_bench_args
+    from .serve.bench import bench, bench_batch, check_bench_args
 
     check_bench_args(args.prompt_tokens, args.gen_tokens, args.repeat)
+    sizes = _batch_sizes(args.batch) if args.batch else []
     model = _load(args)
     status = StatusLine()
     with model:
         try:
-            r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat, profile=args.profile,
-                      progress=lambda phase: status(f"bench: {phase}"))
+            def say(phase: str) -> None:
+                status(f"bench: {phase}")
+
+            r = bench(model, args.prompt_tokens, args.gen_tokens, args.repeat, profile=args.profile, progress=say)
+            if sizes:
+                r["batched"] = bench_batch(model, sizes, args.prompt_tokens, args.gen_tokens, args.repeat,
+                                           progress=say)
         finally:
             status.done()
     if args.json:
@@ -180,9 +186,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{r['model']} on {r['backend']} ({r['kv_type']} KV cache): prefill {r['prefill_tokens_per_s']:.1f} tok/s "
           f"(pp{r['prompt_tokens']}), decode {r['decode_tokens_per_s']:.1f} tok/s (tg{r['gen_tokens']}), "
           f"{r['decode_ms_per_token']:.2f} ms/token, {r['effective_gb_per_s']:.1f} GB/s")
+    for n, b in r.get("batched", {}).items():
+        print(f"  {n} sequences together: {b['aggregate_tokens_per_s']:.1f} tok/s in all, "
+              f"{b['per_sequence_tokens_per_s']:.1f} each, {b['aggregate_tokens_per_s'] / r['decode_tokens_per_s']:.2f}x "
+              f"one alone")
     for step in r.get("profile", {}).values():
         print(format_profile(step))
     return 0
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """--batch's comma-separated sizes, checked."""
+    from .serve.bench import check_batch_sizes
+
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--batch takes comma-separated sequence counts, e.g. 1,4,16; got {text!r}") from None
+    check_batch_sizes(sizes)
+    return sizes
 
 
 def format_profile(p: dict[str, Any]) -> str:
@@ -459,6 +481,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true")
             sp.add_argument("--profile", action="store_true",
                             help="add GPU time per op and per layer (timestamp queries)")
+            sp.add_argument("--batch", default=None, metavar="N,N,...",
+                            help="also decode N sequences together for each N (aggregate tok/s, as "
+                                 "llama-batched-bench -npl); each holds a cache of --context positions")
         elif name == "perplexity":
             _model_options(sp, positional=True)
             sp.add_argument("text", help="a UTF-8 text file (at least 2 x ctx tokens)")

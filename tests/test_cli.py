@@ -98,6 +98,23 @@ def test_bench_profile_prints_the_table(gpu):
     assert "by layer (us): 0: " in r.stdout and "; outside layers: " in r.stdout
 
 
+def test_bench_batch_decodes_the_sequences_together(smollm2_path, monkeypatch, capsys):
+    # `mdst bench --batch`: each size's aggregate, the sequences stepping through one batched plan a step (3
+    # sequences: the plan of 4 rows; lavapipe takes it)
+    from mdst.runtime.engine import GpuEngine
+
+    rows = []
+    monkeypatch.setattr(GpuEngine, "batch_plan", lambda self, n, _real=GpuEngine.batch_plan: rows.append(n) or
+                        _real(self, n))
+    assert cli.main(["bench", smollm2_path, "--device", "gpu", "--context", "64", "--prompt-tokens", "8",
+                     "--gen-tokens", "3", "--repeat", "1", "--batch", "1,3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["batched"]) == {"1", "3"}
+    three = out["batched"]["3"]
+    assert three["aggregate_tokens_per_s"] == pytest.approx(3 * three["per_sequence_tokens_per_s"])
+    assert rows and set(rows) == {3}   # a lone sequence keeps the one-row plan; 3 take the batched one each step
+
+
 def test_bench_shows_its_phases_on_a_terminal(smollm2_path, monkeypatch, capsys):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -170,6 +187,8 @@ def test_errors_exit_2_with_a_message(args, message):
     (["generate", "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
     (["chat", "-t", "-1"], "temperature must be >= 0"),
     (["bench", "smollm2-135m", "--repeat", "0"], "repeat must be >= 1"),
+    (["bench", "smollm2-135m", "--batch", "4,0"], "batch sizes must be >= 1, got [4, 0]"),
+    (["bench", "smollm2-135m", "--batch", "4;16"], "--batch takes comma-separated sequence counts"),
 ])
 def test_arguments_are_checked_before_loading(no_load, capsys, args, message):
     assert cli.main(args) == 2

@@ -1,4 +1,5 @@
-"""Prefill and decode speed of a loaded model (the engine of `mdst bench` and benchmarks/)."""
+"""Prefill and decode speed of a loaded model, alone and over sequences decoding together (the engine of `mdst
+bench` and benchmarks/)."""
 
 from __future__ import annotations
 
@@ -86,4 +87,48 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
             say("profile: GPU time per dispatch")
             out["profile"] = {"decode": profile_step(model, 1),
                               "prefill": profile_step(model, min(prompt_tokens, eng.chunk))}
+    return out
+
+
+def check_batch_sizes(sizes: list[int]) -> None:
+    """ValueError unless every batch size is positive (checked before a model is loaded, too)."""
+    if not sizes or any(n < 1 for n in sizes):
+        raise ValueError(f"batch sizes must be >= 1, got {sizes}")
+
+
+def bench_batch(model: "Model", sizes: list[int], prompt_tokens: int = 128, gen_tokens: int = 128, repeat: int = 3,
+                seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[int, dict[str, float]]:
+    """Aggregate decode speed of n sequences stepping together (`Model.batch`), for each n in sizes, as
+    llama-batched-bench measures it: n random prompts of prompt_tokens prefilled (not timed), then gen_tokens
+    greedy steps of all n timed; the median of `repeat` runs after one of two steps that compiles n's plan."""
+    from ..text.sampling import SamplingParams
+
+    check_bench_args(prompt_tokens, gen_tokens, repeat)
+    check_batch_sizes(sizes)
+    if prompt_tokens + gen_tokens > model.context_length:
+        raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens + gen_tokens} exceeds the context length "
+                         f"{model.context_length}; load with a larger context_length")
+    say = progress or (lambda phase: None)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, model.n_vocab, prompt_tokens).tolist() for _ in range(max(sizes))]
+
+    def once(n: int, steps: int, run: str) -> float:
+        batch = model.batch()
+        try:
+            say(f"{n} sequences, {run}: prefill {n} x {prompt_tokens} tokens")
+            for ids in prompts[:n]:
+                batch.add(ids, SamplingParams())
+            say(f"{n} sequences, {run}: decode {steps} steps")
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                batch.step()
+            return time.perf_counter() - t0
+        finally:
+            batch.close()
+
+    out = {}
+    for n in sizes:
+        once(n, 2, "warm-up")
+        s = statistics.median(once(n, gen_tokens, f"run {i + 1}/{repeat}") for i in range(repeat))
+        out[n] = {"aggregate_tokens_per_s": n * gen_tokens / s, "per_sequence_tokens_per_s": gen_tokens / s}
     return out
