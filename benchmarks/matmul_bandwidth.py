@@ -115,7 +115,7 @@ def main() -> None:
                     launch = gemv_launch(xr, gemv_lanes(k, wtype, pre), False, r)
                     consts = tuple(sorted({**launch, "GPT": pre.gemv_chunk}.items()))
                     variants.append((KernelSpec("matmul_row", wtype, constants=consts), params,
-                                     gemv_groups(n, launch["TPR"], r, launch["WG"])))
+                                     gemv_groups(n, launch["TPR"], launch["ROWS"], launch["WG"])))
         # the read ceiling for these bytes: one pass of vec4<u32> loads over the matrix, dispatched like the GEMV
         nread = raw.nbytes // 16 * 16
         read_s = read_time(bufs[0], nread, bufs[2], args.reps)

@@ -285,7 +285,6 @@ fn tile_add(a: ptr<function, Acc>, s: u32, v: f32) {
 
 // Unit u of all the group's rows: x read once.
 fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
-    let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
     if (XR > 1u) {
         // weight row i against row r of x into the tile's sum i XR + r
         let w0 = step_w(row_at(j0, 0u), u);
@@ -318,6 +317,7 @@ fn unit_acc(a: ptr<function, Acc>, j0: u32, u: u32) {
     if (NORM && !Q8) {
         (*a).ss += xu.ss;
     }
+    let up = N_EXPERT * p.n * p.row_bytes;   // from a gate row to its up row
     (*a).d += rows4(j0, 0u, 0u, u, xu);
     if (ROWS > 4u) {
         (*a).d2 += rows4(j0, 4u, 0u, u, xu);

@@ -30,16 +30,21 @@ def check_bench_args(prompt_tokens: int, gen_tokens: int, repeat: int) -> None:
         raise ValueError("prompt_tokens, gen_tokens and repeat must be >= 1")
 
 
+def check_fits(model: "Model", prompt_tokens: int, gen_tokens: int, repeat: int) -> None:
+    """check_bench_args, and ValueError unless a run's prompt and tokens fit the model's context."""
+    check_bench_args(prompt_tokens, gen_tokens, repeat)
+    if prompt_tokens + gen_tokens > model.context_length:
+        raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens + gen_tokens} exceeds the context length "
+                         f"{model.context_length}; load with a larger context_length")
+
+
 def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
           seed: int = 0, profile: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Median prefill and decode speed over `repeat` runs on random token ids (greedy decode).
 
     progress, if given, is called with each phase about to run ("run 2/3: decode 128 tokens"), outside the timing.
     """
-    check_bench_args(prompt_tokens, gen_tokens, repeat)
-    if prompt_tokens + gen_tokens > model.context_length:
-        raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens + gen_tokens} exceeds the context length "
-                         f"{model.context_length}; load with a larger context_length")
+    check_fits(model, prompt_tokens, gen_tokens, repeat)
     eng = model.engine
     if profile and (eng.kind != "gpu" or not eng.gpu.profile.timestamps):
         raise DeviceError("profiling needs a WebGPU adapter with the timestamp-query feature; this model runs on "
@@ -103,11 +108,8 @@ def bench_batch(model: "Model", sizes: list[int], prompt_tokens: int = 128, gen_
     greedy steps of all n timed; the median of `repeat` runs after one of two steps that compiles n's plan."""
     from ..text.sampling import SamplingParams
 
-    check_bench_args(prompt_tokens, gen_tokens, repeat)
+    check_fits(model, prompt_tokens, gen_tokens, repeat)
     check_batch_sizes(sizes)
-    if prompt_tokens + gen_tokens > model.context_length:
-        raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens + gen_tokens} exceeds the context length "
-                         f"{model.context_length}; load with a larger context_length")
     say = progress or (lambda phase: None)
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, model.n_vocab, prompt_tokens).tolist() for _ in range(max(sizes))]
