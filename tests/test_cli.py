@@ -208,3 +208,11 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(RuntimeError, match="something broke"):
         cli.main(["doctor"])
+
+
+def test_bench_runs_refuse_what_the_context_cannot_hold(smollm2_cpu):
+    from mdst.serve.bench import bench, bench_batch
+
+    for run in (lambda: bench(smollm2_cpu, 300, 21, 1), lambda: bench_batch(smollm2_cpu, [2], 300, 21, 1)):
+        with pytest.raises(ValueError, match="prompt_tokens \\+ gen_tokens = 321 exceeds the context length 320"):
+            run()
