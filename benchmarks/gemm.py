@@ -4,9 +4,12 @@ TFLOP/s of the many-row matmul the plans pick for the adapter (matmul_rows on GP
 adapters) on an [m, k] x [n, k] product, counted as 2 m n k over the dispatch's time, against the peak of a
 shader doing nothing but independent vec4 FMAs (f32, and f16 where the adapter has shader-f16) on the same
 adapter, timed the same way.
-Usage: python benchmarks/gemm.py [--m 512] [--k 4096] [--n 14336] [--types Q4_K,Q8_0,F16] [--reps 20]
-                                 [--blocks 4x4,8x8]   (matmul_rows' rows x outputs a thread; default: the presets')
+Usage: python benchmarks/gemm.py [--m 512,16] [--k 4096] [--n 14336] [--types Q4_K,Q8_0,F16] [--reps 20]
+                                 [--blocks 4x4,8x8,4x4x4]   (matmul_rows' rows x outputs a thread [x thread rows
+                                                             TY]; default: the presets')
                                  [--f16]              (also matmul_rows' f16 variant, where the adapter has shader-f16)
+                                 [--slices 1,4,16]    (slices of k, summed by sum_splits: both timed; default: the
+                                                       presets')
 """
 
 from __future__ import annotations
@@ -79,58 +82,84 @@ def fma_peak(gpu: Any, f16: bool, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--m", type=int, default=512)
+    ap.add_argument("--m", default="512", help="activation rows, e.g. 512,16")
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--n", type=int, default=14336)
     ap.add_argument("--types", default="Q4_K,Q6_K,Q8_0,F16,F32")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--blocks", default=None, help="matmul_rows rows x outputs a thread to try, e.g. 4x4,8x8")
+    ap.add_argument("--blocks", default=None, help="matmul_rows rows x outputs a thread [x thread rows] to try, "
+                                                   "e.g. 4x4,8x8,4x4x4")
+    ap.add_argument("--slices", default=None, help="slices of k to try, e.g. 1,4,16 (default: the presets')")
     ap.add_argument("--f16", action="store_true", help="also time matmul_rows' f16 variant (needs shader-f16)")
     args = ap.parse_args()
 
     from mdst.gpu.device import open_gpu
-    from mdst.format.gguf import GGML_TYPE_BY_NAME
-    from mdst.kernels import KernelSpec, PipelineCache
-    from mdst.compile.plan import gemm_block, gemm_groups
-    from mdst.dev.random_weights import random_weights
+    from mdst.kernels import PipelineCache
 
     gpu = open_gpu("gpu")
-    rng = np.random.default_rng(0)
     pipelines = PipelineCache(gpu.device)
     peaks = {"f32": fma_peak(gpu, False, args.reps)}
     if gpu.profile.shader_f16:
         peaks["f16"] = fma_peak(gpu, True, args.reps)
     results = []
     for wtype in args.types.split(","):
-        t = GGML_TYPE_BY_NAME[wtype]
-        k = args.k // t.block * t.block
-        row_bytes = k // t.block * t.block_bytes
-        n = min(args.n, gpu.profile.max_binding_size // row_bytes)
-        m = args.m
-        raw = random_weights(wtype, n, k, rng)
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        bufs = [storage(gpu, raw), storage(gpu, x), storage(gpu, 4 * m * n), storage(gpu, 4 * m * n)]
-        params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "m": m, "y_stride": n}
-        if gpu.profile.presets.matmul == "by_output":
-            variants = [(KernelSpec("matmul_by_output", wtype, constants=(("R", 8),)), (-(-n // 256), -(-m // 8), 1))]
-            bufs.append(storage(gpu, 4 * k))
-            params["eps"] = 0.0
-        else:
-            blocks = ([tuple(map(int, b.split("x"))) for b in args.blocks.split(",")] if args.blocks
-                      else [gemm_block(m, gpu.profile.presets)])
-            f16s = [False, True] if args.f16 and gpu.profile.shader_f16 else [bool(gpu.profile.presets.gemm_f16 and gpu.profile.shader_f16)]
-            variants = [(KernelSpec("matmul_rows", wtype, f16, constants=(("STEP_SUMS", f16), ("TC", tc), ("TR", tr))),
-                         gemm_groups(n, m, tr, tc)) for tr, tc in blocks for f16 in f16s]
-        for spec, groups in variants:
-            s = timed(gpu, passes(dispatcher(gpu, pipelines, spec, bufs, params, groups)), args.reps)
-            tflops = 2 * m * n * k / s / 1e12
-            results.append({"type": wtype, "m": m, "k": k, "n": n, "kernel": spec.key(), "ms": round(s * 1e3, 3),
-                            "tflop_per_s": round(tflops, 4), "fraction_of_f32_peak": round(tflops / peaks["f32"], 3),
-                            **({"fraction_of_f16_peak": round(tflops / peaks["f16"], 3)} if spec.f16 else {})})
-        for b in bufs:
-            b.destroy()
+        for m in map(int, args.m.split(",")):
+            results += _time_type(gpu, pipelines, peaks, wtype, m, args)
     print(json.dumps({"benchmark": "gemm", "adapter": gpu.profile.as_dict(), "fma_peak_tflop_per_s": {t: round(v, 4) for t, v in peaks.items()},
                       "results": results}, indent=2))
+
+
+def _time_type(gpu: Any, pipelines: Any, peaks: dict[str, float], wtype: str, m: int, args: Any) -> list[dict[str, Any]]:
+    """The many-row matmul's rate on an [m, k] x [n, k] product of `wtype`, per variant."""
+    from mdst.format.gguf import GGML_TYPE_BY_NAME
+    from mdst.kernels import KernelSpec
+    from mdst.compile.plan import gemm_block, gemm_groups, gemm_slices
+    from mdst.dev.random_weights import random_weights
+
+    rng = np.random.default_rng(0)
+    results = []
+    t = GGML_TYPE_BY_NAME[wtype]
+    k = args.k // t.block * t.block
+    row_bytes = k // t.block * t.block_bytes
+    n = min(args.n, gpu.profile.max_binding_size // row_bytes)
+    raw = random_weights(wtype, n, k, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bufs = [storage(gpu, raw), storage(gpu, x), storage(gpu, 4 * m * n), storage(gpu, 4 * m * n)]
+    params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "m": m, "y_stride": n}
+    variants = []   # (spec, slices of k, the records of one matmul)
+    if gpu.profile.presets.matmul == "by_output":
+        spec = KernelSpec("matmul_by_output", wtype, constants=(("R", 8),))
+        bufs.append(storage(gpu, 4 * k))
+        variants.append((spec, 1, [dispatcher(gpu, pipelines, spec, bufs, {**params, "eps": 0.0},
+                                              (-(-n // 256), -(-m // 8), 1))]))
+    else:
+        blocks = ([(*map(int, b.split("x")), 16)[:3] for b in args.blocks.split(",")] if args.blocks
+                  else [gemm_block(m, gpu.profile.presets)])
+        f16s = [False, True] if args.f16 and gpu.profile.shader_f16 else [bool(gpu.profile.presets.gemm_f16 and gpu.profile.shader_f16)]
+        for (tr, tc, ty), f16 in ((b, f) for b in blocks for f in f16s):
+            spec = KernelSpec("matmul_rows", wtype, f16, constants=(("STEP_SUMS", f16), ("TC", tc), ("TR", tr),
+                                                                     ("TY", ty)))
+            gx, gy, _ = gemm_groups(n, m, tr, tc, ty)
+            for sl in (map(int, args.slices.split(",")) if args.slices else [gemm_slices(gx * gy, k, gpu.profile.presets)]):
+                if sl == 1:
+                    variants.append((spec, 1, [dispatcher(gpu, pipelines, spec, bufs, params, (gx, gy, 1))]))
+                    continue
+                parts = storage(gpu, 4 * sl * m * n)
+                bufs.append(parts)
+                variants.append((spec, sl, [
+                    dispatcher(gpu, pipelines, spec, [bufs[0], bufs[1], parts, bufs[3]], params, (gx, gy, sl)),
+                    dispatcher(gpu, pipelines, KernelSpec("sum_splits"), [parts, bufs[3], bufs[2]],
+                               {"n": n, "m": m, "splits": sl, "o0": 0, "y_stride": n}, (-(-m * n // 64), 1, 1))]))
+    for spec, sl, records in variants:
+        s = timed(gpu, passes(*records), args.reps)
+        tflops = 2 * m * n * k / s / 1e12
+        results.append({"type": wtype, "m": m, "k": k, "n": n, "kernel": spec.key(), "slices": sl,
+                        "ms": round(s * 1e3, 3),
+                        "tflop_per_s": round(tflops, 4), "fraction_of_f32_peak": round(tflops / peaks["f32"], 3),
+                        **({"fraction_of_f16_peak": round(tflops / peaks["f16"], 3)} if spec.f16 else {})})
+    for b in bufs:
+        b.destroy()
+    return results
 
 
 if __name__ == "__main__":

@@ -201,30 +201,62 @@ def test_matmul_by_output(run, rng, wtype, R, m, fusion):
 
 # (rows, outputs) a thread: the 64 x 64 tile for every type, plain and with the residual, and the
 # block-quantized ones with 8-bit activations (Q8, which the host builds at 4 x 4 in f32); the larger tiles for
-# a float, a small-block and a K-quant type, over more rows and outputs than one tile of theirs holds; the f16
-# variant (f16 products and step sums) within 1e-2 of the reference
-GEMM_CASES = [(w, res_, 4, 4, 75, 77, False, q8) for w in WEIGHT_TYPES
+# a float, a small-block and a K-quant type, over more rows and outputs than one tile of theirs holds; the short
+# grids (4 x 64 and 8 x 32 threads: 16 x 256 and 32 x 128 tiles) over more than one tile's rows and outputs; the
+# f16 variant (f16 products and step sums) within 1e-2 of the reference
+GEMM_CASES = [(w, res_, 4, 4, 16, 75, 77, False, q8) for w in WEIGHT_TYPES
               for res_, q8 in ((False, False), (True, False), (True, True)) if not q8 or GGML_TYPE_BY_NAME[w].block > 1] + \
-    [(w, True, tr, tc, 150, 141, False, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
-    [(w, True, tr, tc, 150, 141, True, False) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))]
+    [(w, True, tr, tc, 16, 150, 141, False, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
+    [(w, True, 4, 4, ty, m, 301, False, False) for w in ("F32", "Q6_K", "Q4_K") for ty, m in ((4, 19), (8, 37))] + \
+    [(w, True, tr, tc, 16, 150, 141, True, False) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))] + \
+    [("Q4_K", True, 4, 4, 4, 19, 301, True, False)]
 
 
-@pytest.mark.parametrize("wtype,res_,tr,tc,m,n,f16,q8", GEMM_CASES)
-def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, m, n, f16, q8):
+@pytest.mark.parametrize("wtype,res_,tr,tc,ty,m,n,f16,q8", GEMM_CASES)
+def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, ty, m, n, f16, q8):
     if f16 and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
     buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, n)
     o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    consts = (("Q8", True),) * q8 + (("RES", res_), ("STEP_SUMS", f16), ("TC", tc), ("TR", tr))
+    consts = (("Q8", True),) * q8 + (("RES", res_), ("STEP_SUMS", f16), ("TC", tc), ("TR", tr), ("TY", ty))
     spec = KernelSpec("matmul_rows", wtype, f16, constants=consts)
     y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
-                gemm_groups(n, m, tr, tc))[0]).reshape(m, stride)
+                gemm_groups(n, m, tr, tc, ty))[0]).reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
     err = rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0))
     assert err < (1e-2 if f16 else 1e-5)
     assert not f16 or err > 1e-6, "the f16 variant computed in f32"
+
+
+# Slices of k (the grid's z): each slice's partial sums into its own [m, n] of the scratch, which sum_splits adds
+# with the residual; more slices than k has whole steps for leave the last ones empty (zeros); the f16 variant,
+# a short tile and 8-bit activations (TK 32: slices keep its blocks whole)
+@pytest.mark.parametrize("wtype,slices,ty,f16,q8", [("Q4_K", 3, 16, False, False), ("F32", 5, 4, False, False),
+                                                    ("Q6_K", 2, 8, True, False), ("Q8_0", 4, 16, False, True),
+                                                    ("Q4_0", 40, 4, False, False)])
+def test_matmul_rows_slices_of_k_summed(run, rng, gpu, wtype, slices, ty, f16, q8):
+    if f16 and not gpu.profile.shader_f16:
+        pytest.skip("adapter has no shader-f16")
+    m = 13
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 259)
+    consts = (("Q8", True),) * q8 + (("STEP_SUMS", f16), ("TY", ty))
+    gx, gy, _ = gemm_groups(n, m, 4, 4, ty)
+    parts = f32(run(KernelSpec("matmul_rows", wtype, f16, constants=consts), [buf, x, Out(slices * m * n * 4), x],
+                    {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "m": m, "y_stride": n, "w0": lead},
+                    (gx, gy, slices))[0]).reshape(slices, m, n)
+    step = 2048 // max(4 * ty, 4 * 256 // ty)   # the tile's TK; a slice takes whole steps
+    per_slice = -(-k // (slices * step)) * step
+    assert [bool(np.any(s != 0)) for s in parts] == [z * per_slice < k for z in range(slices)]
+    assert rel_l2(parts.sum(axis=0), want) < (1e-2 if f16 else 1e-5)
+    o0, stride = 3, n + 10
+    res = rng.standard_normal((m, stride)).astype(np.float32)
+    y = f32(run(KernelSpec("sum_splits", constants=(("RES", True),)), [parts, res, Out(m * stride * 4)],
+                {"n": n, "m": m, "splits": slices, "o0": o0, "y_stride": stride}, (-(-m * n // 64), 1, 1))[0])
+    y = y.reshape(m, stride)
+    assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
+    np.testing.assert_allclose(y[:, o0:o0 + n], parts.sum(axis=0) + res[:, o0:o0 + n], rtol=1e-6, atol=1e-6)
 
 
 # Rows of x (batched decode; awkward: 3, 5, 13 and the largest, 16, at 128 threads a workgroup), each weight
@@ -756,8 +788,9 @@ def test_expert_groups(run, rng):
 
 
 @pytest.mark.parametrize("x_slot", [False, True])
-@pytest.mark.parametrize("wtype,tc,f16", [(w, 4, False) for w in EXPERT_MODE_TYPES] + [("Q4_K", 8, False), ("Q4_K", 4, True)])
-def test_matmul_rows_experts(run, rng, gpu, wtype, tc, f16, x_slot):
+@pytest.mark.parametrize("wtype,tc,ty,f16", [(w, 4, 16, False) for w in EXPERT_MODE_TYPES] +
+                         [("Q4_K", 8, 16, False), ("Q4_K", 4, 16, True), ("Q4_K", 4, 4, False)])
+def test_matmul_rows_experts(run, rng, gpu, wtype, tc, ty, f16, x_slot):
     """Prefill: the tiled matmul over each expert's entries (shuffled within the expert: any order gives the same
     numbers), a tile of an expert's weights read once for its rows; every row on one expert, one on none; the f16
     variant within 1e-2."""
@@ -774,10 +807,10 @@ def test_matmul_rows_experts(run, rng, gpu, wtype, tc, f16, x_slot):
     starts = np.concatenate([[0], np.cumsum([len(e) for e in entries])])
     lists = np.concatenate([starts, *entries]).astype(np.float32)
     x = rng.standard_normal((rows, used * k if x_slot else k)).astype(np.float32)
-    consts = (("EXPERTS", used), ("STEP_SUMS", f16), ("TC", tc), ("TR", 4), ("X_SLOT", x_slot))
+    consts = (("EXPERTS", used), ("STEP_SUMS", f16), ("TC", tc), ("TR", 4), ("TY", ty), ("X_SLOT", x_slot))
     y = f32(run(KernelSpec("matmul_rows", wtype, f16, constants=consts), [buf, x, Out(rows * used * n_out * 4), lists],
                 {"k": k, "n": n_out, "row_bytes": row_bytes, "o0": 0, "m": rows, "y_stride": n_out, "w0": lead},
-                (-(-n_out // (16 * tc)), -(-rows // 64), experts))[0]).reshape(rows, used * n_out)
+                (*gemm_groups(n_out, rows, 4, tc, ty)[:2], experts))[0]).reshape(rows, used * n_out)
     assert rel_l2(y, reference.expert_matmul(x, routes, w, n_out, False)) < (1e-2 if f16 else 1e-5)
 
 

@@ -158,15 +158,19 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
 
 
 @pytest.mark.parametrize("gpu_presets", [{"gemm_f16": 0},   # f32 prefill GEMM
-                                         {"gemm_f16": 0, "batch_gemv_rows": 4}], indirect=True)
-def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
+                                         {"gemm_f16": 0, "batch_gemv_rows": 4},
+                                         {"gemm_f16": 0, "batch_gemv": 2, "gemm_short": 1, "gemm_split_groups": 4096}], indirect=True)
+def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path, monkeypatch):
     # the batched decode plan with the GPU kernels: matmul_row over the rows of x (each weight read once for
-    # them; one or four weight rows a group) and split attention per sequence; three sequences at three
+    # them; one or four weight rows a group), or past batch_gemv rows matmul_rows' short tiles with slices of k
+    # (the tiny model's k takes slices of 32), and split attention per sequence; three sequences at three
     # positions, each row's logits against the numpy path
     from mdst import reference
+    from mdst.compile import plan as plans
     from mdst.dev import synth
     from mdst.memory.kv_cache import CpuKVCache
 
+    monkeypatch.setattr(plans, "GEMM_MIN_SLICE", 32)
     path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
     prompts, more = [list(range(20, 20 + n)) for n in (3, 9, 14)], [5, 7, 9]
     with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
@@ -177,8 +181,14 @@ def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path):
         got = eng.step_batch(caches, [np.array([t]) for t in more], [len(ids) for ids in prompts], ["argmax"] * 3)
         plan = eng.batch_plan(3)
         assert {"attention_merge"} <= {d.spec.name for d in plan.dispatches}
+        presets = eng.gpu.profile.presets
         gemvs = [d.spec.constants_dict() for d in plan.dispatches if d.spec.name == "matmul_row"]
-        assert {(c.get("XR"), c["ROWS"]) for c in gemvs} == {(4, eng.gpu.profile.presets.batch_gemv_rows)}
+        tiles = [(d.spec.constants_dict()["TY"], d.workgroups[2]) for d in plan.dispatches if d.spec.name == "matmul_rows"]
+        if presets.batch_gemv >= 4:
+            assert {(c.get("XR"), c["ROWS"]) for c in gemvs} == {(4, presets.batch_gemv_rows)} and not tiles
+        else:
+            assert not gemvs and {ty for ty, _ in tiles} == {4} and min(z for _, z in tiles) > 1
+            assert "sum_splits" in {d.spec.name for d in plan.dispatches}
         logits = np.concatenate([np.frombuffer(eng.gpu.queue.read_buffer(o.buffer), np.float32).reshape(-1, o.cols)[:3]
                                  for o in plan.outputs], axis=1)
     with mdst.load(path, device="cpu", context_length=64) as c:

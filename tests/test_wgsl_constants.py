@@ -23,8 +23,8 @@ def test_python_values_are_the_wgsl_consts():
     assert plan.MAX_GROUPS == wgsl_const("common.wgsl", "MAX_GROUPS") == 65535  # WebGPU's default limit
     assert plan.TOPK_SLICE == wgsl_const("topk.wgsl", "SLICE")
     assert plan.ARGMAX_SLICE == wgsl_const("argmax.wgsl", "SLICE")
-    assert plan.GEMM_TILE == wgsl_const("matmul_rows.wgsl", "TILE")
-    assert plan.gemm_groups(plan.GEMM_TILE + 1, 1) == (2, 1, 1)
+    assert plan.GEMM_WG == wgsl_const("matmul_rows.wgsl", "WG")
+    assert plan.gemm_groups(65, 1) == (2, 1, 1) and plan.gemm_groups(257, 17, ty=4) == (2, 2, 1)
     assert plan.GPU_TOP_K == sampling.GPU_TOP_K == wgsl_const("common.wgsl", "KMAX")
     assert sampling.DRAW_WORDS == wgsl_const("common.wgsl", "DRAW_WORDS")
     for fmt, _ in KV_TYPES.values():
@@ -104,7 +104,7 @@ read = K.read
 edits = {"common.wgsl": [("MAX_GROUPS: u32 = 65535u", "MAX_GROUPS: u32 = 1000u"), ("KMAX: u32 = 64u", "KMAX: u32 = 32u"),
                          ("DRAW_HIST: u32 = 16u", "DRAW_HIST: u32 = 20u"), ("DRAW_WORDS: u32 = 272u", "DRAW_WORDS: u32 = 280u")],
          "topk.wgsl": [("SLICE: u32 = 2048u", "SLICE: u32 = 1024u")], "argmax.wgsl": [("SLICE: u32 = 4096u", "SLICE: u32 = 512u")],
-         "matmul_rows.wgsl": [("TILE: u32 = 64u", "TILE: u32 = 32u")]}
+         "matmul_rows.wgsl": [("WG: u32 = 256u", "WG: u32 = 32u")]}
 def patched(path):
     text = read(path)
     for a, b in edits.get(path, []):
@@ -115,7 +115,7 @@ K.read = patched
 from mdst.compile import plan
 from mdst.text import sampling
 w = sampling.Draw(sampling.SamplingParams(repeat_penalty=2.0), 0.5, (7,), (3,)).encode()
-print(json.dumps([plan.MAX_GROUPS, plan.TOPK_SLICE, plan.ARGMAX_SLICE, plan.GEMM_TILE, plan.GPU_TOP_K,
+print(json.dumps([plan.MAX_GROUPS, plan.TOPK_SLICE, plan.ARGMAX_SLICE, plan.GEMM_WG, plan.GPU_TOP_K,
                   sampling.GPU_TOP_K, sampling.DRAW_WORDS, len(w) // 4, int.from_bytes(w[80:84], "little")]))
 """
 

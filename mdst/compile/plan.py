@@ -33,7 +33,7 @@ _native = native.dispatch_calls()
 MAX_GROUPS = wgsl_const("common.wgsl", "MAX_GROUPS")  # workgroups in x before a dispatch spills into y
 TOPK_SLICE = wgsl_const("topk.wgsl", "SLICE")  # columns per top-k workgroup
 ARGMAX_SLICE = wgsl_const("argmax.wgsl", "SLICE")  # columns per argmax workgroup
-GEMM_TILE = wgsl_const("matmul_rows.wgsl", "TILE")  # matmul_rows: rows and outputs per workgroup
+GEMM_WG = wgsl_const("matmul_rows.wgsl", "WG")  # matmul_rows: threads a workgroup (a TY x TX grid)
 GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")  # candidates a top-k slice keeps
 GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per group and groups per unit are presets)
 # Weights in a unit of matmul_row's step, for the types with a step of their own (the generic step's
@@ -44,10 +44,26 @@ GEMV_MAX_XR = wgsl_const("matmul_row.wgsl", "MAX_XR")  # matmul_row: the most ro
 GROUP_MAX_EXPERTS = wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")  # experts the grouping of rows takes
 
 
-def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4) -> tuple[int, int, int]:
-    """matmul_rows' workgroup count over [m, n] with `tr` rows and `tc` outputs a thread (a tile of
-    GEMM_TILE * tr / 4 rows by GEMM_TILE * tc / 4 outputs)."""
-    return (ceil_div(n, GEMM_TILE * tc // 4), ceil_div(m, GEMM_TILE * tr // 4), 1)
+def gemm_tile(tr: int = 4, tc: int = 4, ty: int = 16) -> tuple[int, int]:
+    """matmul_rows' (rows, outputs) a workgroup: `tr` rows and `tc` outputs a thread on a grid of `ty` thread rows."""
+    return ty * tr, GEMM_WG // ty * tc
+
+
+def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4, ty: int = 16) -> tuple[int, int, int]:
+    """matmul_rows' workgroup count over [m, n] (gemm_tile's arguments)."""
+    rows, cols = gemm_tile(tr, tc, ty)
+    return (ceil_div(n, cols), ceil_div(m, rows), 1)
+
+
+GEMM_MIN_SLICE = 256   # matmul_rows: the least k a slice of a split k takes (8 steps of the 64-row tile)
+
+
+def gemm_slices(groups: int, k: int, presets: Any) -> int:
+    """matmul_rows' slices of k for a dispatch of `groups` tiles: enough for presets.gemm_split_groups
+    workgroups in all (1 where the preset is 0), each slice GEMM_MIN_SLICE of k or more."""
+    if not presets.gemm_split_groups:
+        return 1
+    return max(1, min(ceil_div(presets.gemm_split_groups, groups), k // GEMM_MIN_SLICE))
 
 
 def gemm_f16(c: "Compilation") -> bool:
@@ -56,9 +72,14 @@ def gemm_f16(c: "Compilation") -> bool:
     return bool(c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16)
 
 
-def gemm_block(rows: int, presets: Any) -> tuple[int, int]:
-    """matmul_rows' (rows, outputs) a thread: the presets', with 4 rows where a plan's rows fill no taller tile."""
-    return (presets.gemm_rows if rows > GEMM_TILE else 4), presets.gemm_cols
+def gemm_block(rows: int, presets: Any) -> tuple[int, int, int]:
+    """matmul_rows' (rows, outputs, thread rows TY): the presets' square tiles, with 4 rows a thread where the
+    rows fill no taller tile, and the shortest grid (4 x 4 threads' rows: 16, 32 or 64) that holds rows of 64 or
+    fewer, at 4 outputs a thread (its wide steps are short already)."""
+    if rows > gemm_tile()[0]:
+        return presets.gemm_rows, presets.gemm_cols, 16
+    ty = next(t for t in (4, 8, 16) if 4 * t >= rows or t == 16) if presets.gemm_short else 16
+    return 4, (presets.gemm_cols if ty == 16 else 4), ty
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
@@ -729,9 +750,9 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             continue
         if r > 1 and (norm is not None or glu):
             raise RuntimeError("the many-row matmul fuses the residual add only")
-        if r == 1 or (c.batched and r <= GEMV_MAX_XR):
+        if r == 1 or (c.batched and r <= min(c.presets.batch_gemv, GEMV_MAX_XR)):
             # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
-            # short chunk keeps the GEMM tile, one specialization for every row count
+            # short chunk and a batched step's more rows take the GEMM tile
             lanes = gemv_lanes(k, w.type.name, c.presets)
             launch = gemv_launch(r, lanes, op.q8, gemv_rows(p.rows, lanes, c.presets) if r == 1 else
                                  c.presets.batch_gemv_rows)
@@ -742,10 +763,23 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             params.update(m=r, y_stride=stride)
             del params["eps"]
             # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
-            tr, tc = (4, 4) if op.q8 else gemm_block(r, c.presets)
+            tr, tc, ty = (4, 4, 16) if op.q8 else gemm_block(r, c.presets)
             f16 = gemm_f16(c) and not op.q8
-            c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], gemm_groups(p.rows, r, tr, tc), params,
-                       label_of(node), w.type.name, f16, RES=res is not None, TR=tr, TC=tc, STEP_SUMS=f16, **q8)
+            gx, gy, _ = gemm_groups(p.rows, r, tr, tc, ty)
+            slices = gemm_slices(gx * gy, k, c.presets)
+            tile = {"TR": tr, "TC": tc, "TY": ty, "STEP_SUMS": f16, **q8}
+            if slices == 1:
+                c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], (gx, gy, 1), params,
+                           label_of(node), w.type.name, f16, RES=res is not None, **tile)
+                continue
+            # slices of k into scratch [slices, r, n], then their sum (and the residual) into the target
+            parts = c.live.take(-id(node), slices * r * p.rows * 4)
+            c.dispatch("matmul_rows", [wbuf, x[0], parts, spare, None], (gx, gy, slices),
+                       {**params, "o0": 0, "y_stride": p.rows}, label_of(node), w.type.name, f16, **tile)
+            c.dispatch("sum_splits", [parts, res or spare, target, None], grid1(ceil_div(r * p.rows, 64)),
+                       {"n": p.rows, "m": r, "splits": slices, "o0": o0, "y_stride": stride}, label_of(node),
+                       RES=res is not None)
+            c.live.free(-id(node))
 
 
 def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
@@ -794,12 +828,12 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
     c.dispatch("expert_groups", [x[1], lists, None], (1, 1, 1), {"n_expert": n_expert, "used": op.k, "rows": r},
                label_of(node))
     slots = c.live.take(-id(node) - 1, r * op.k * op.n_out * 4) if op.combine else y
-    tc = c.presets.gemm_cols   # 64-row tiles: an expert gets a fraction of the rows
+    # tiles for an expert's share of the rows on average; the grid covers any expert taking all of them
+    tr, tc, ty = gemm_block(ceil_div(r * op.k, n_expert), c.presets)
     f16 = gemm_f16(c)
-    c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None],
-               (ceil_div(op.n_out, GEMM_TILE * tc // 4), ceil_div(r, GEMM_TILE), n_expert),
+    c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None], (*gemm_groups(op.n_out, r, tr, tc, ty)[:2], n_expert),
                {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "m": r, "y_stride": op.n_out, "w0": w0},
-               label_of(node), w.type.name, f16, TR=4, TC=tc, STEP_SUMS=f16, **experts)
+               label_of(node), w.type.name, f16, TR=tr, TC=tc, TY=ty, STEP_SUMS=f16, **experts)
     c.live.free(-id(node))
     if op.combine:
         c.dispatch("expert_combine", [slots, x[1], y, None], grid1(ceil_div(r * op.n_out, 64)),

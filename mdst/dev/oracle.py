@@ -307,15 +307,15 @@ class CaseBuilder:
             ids = routes[:, used:].astype(int).ravel()
             entries = [self.rng.permutation(np.flatnonzero(ids == e)) for e in range(6)]   # any order within an expert
             lists = np.concatenate([np.cumsum([0] + [len(e) for e in entries]), *entries]).astype(np.float32)
-            tc = int(c.get("TC", 4))
+            gx, gy, _ = gemm_groups(n, m, *(int(c.get(t, d)) for t, d in (("TR", 4), ("TC", 4), ("TY", 16))))
             return [Case(about + ", grouped by expert", spec, [buf, x, Out(want.nbytes), lists],
-                         {**params, "m": m, "y_stride": n}, (-(-n // (16 * tc)), -(-m // 64), 6),
+                         {**params, "m": m, "y_stride": n}, (gx, gy, 6),
                          [Expect("f32", _within(1e-5), want)])]
         (buf, x, r, g), want, params, about = self._fused_matmul(spec, m)
         del params["eps"]
         params.update(m=m, y_stride=87)
         return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
-                     gemm_groups(params["n"], m, int(c.get("TR", 4)), int(c.get("TC", 4))),
+                     gemm_groups(params["n"], m, *(int(c.get(t, d)) for t, d in (("TR", 4), ("TC", 4), ("TY", 16)))),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -690,6 +690,16 @@ class CaseBuilder:
         want = np.concatenate([starts, np.argsort(ids.ravel(), kind="stable"), _poisoned((2,))]).astype(np.float32)
         return [Case(f"{rows} rows of {used} distinct experts of {experts}", spec, [routes, Out(want.nbytes)],
                      {"n_expert": experts, "used": used, "rows": rows}, (1, 1, 1), [Expect("f32", _exact(), want)])]
+
+    def _sum_splits(self, spec: Any, uses: list[Any]) -> list[Case]:
+        from ..kernels.runner import Out
+        splits, m, n, o0, stride = 3, 5, 37, 2, 41
+        parts, res = self.normal(splits, m, n), self.normal(m, stride)
+        want = _poisoned((m, stride))
+        want[:, o0:o0 + n] = parts.sum(axis=0) + (res[:, o0:o0 + n] if spec.constants_dict().get("RES") else 0)
+        return [Case(f"{splits} slices of [{m}, {n}] into columns {o0} .. of {stride}", spec,
+                     [parts, res, Out(want.nbytes)], {"n": n, "m": m, "splits": splits, "o0": o0, "y_stride": stride},
+                     (-(-m * n // 64), 1, 1), [Expect("f32", _within(1e-6), want)])]
 
     def _expert_combine(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out

@@ -31,13 +31,17 @@ class Presets:
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
-    batch_rows: int = 16          # sequences one batched decode plan takes (at most matmul_row's rows of x); 0: each
-                                  # sequence's one-row plan, all in one encoder
+    batch_rows: int = 16          # sequences one batched decode plan takes; 0: each sequence's one-row plan, all
+                                  # in one encoder
+    batch_gemv: int = 16          # a batched step's matmuls over this many rows or fewer: matmul_row over rows of
+                                  # x (at most its MAX_XR); more: matmul_rows' tiles
     batch_gemv_rows: int = 1      # matmul_row over rows of x: weight rows a group (1, 2, 4; fewer where 16 sums
                                   # would not hold them all)
     prefill_rows: int = 128       # rows per prefill step: more fill a big GPU's GEMM tiles; fewer plans to compile
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
     gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
+    gemm_split_groups: int = 0    # matmul_rows: slices of k until a dispatch has this many workgroups (0: none)
+    gemm_short: int = 0           # matmul_rows over 64 rows or fewer: the shortest tile that holds them (0: 64 rows)
     gemm_f16: int = 0             # matmul_rows: 1 for the f16 variant (f16 products summed a step at a time
                                   # into f32) where the adapter has shader-f16; GPUs' default
     prefill_attention: str = "flash"  # many-row attention: "flash" (blocks of rows share each KV tile through
@@ -72,10 +76,12 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "gemv_lanes": (4, 8, 16, 32, 64, 128, 256),
                "gemv_chunk": (1, 2, 4, 8), "gemv_rows": (1, 2, 4, 8),
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
-               "batch_rows": (0, 2, 4, 8, 16), "batch_gemv_rows": (1, 2, 4),
+               "batch_rows": (0, 2, 4, 8, 16, 32, 64), "batch_gemv": (1, 2, 4, 8, 16),
+               "batch_gemv_rows": (1, 2, 4),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "flash_threads": (64, 128),
-               "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_f16": (0, 1)}
+               "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_short": (0, 1),
+               "gemm_split_groups": (0, 256, 512, 1024, 2048, 4096), "gemm_f16": (0, 1)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")

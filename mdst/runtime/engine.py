@@ -29,7 +29,7 @@ from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
 from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
-from ..compile.plan import GEMV_MAX_XR, STEP_TOKENS, Compiler, Plan, step_words, write_step
+from ..compile.plan import STEP_TOKENS, Compiler, Plan, step_words, write_step
 from ..text.sampling import DRAW_WORDS, Draw, Sampler, check_mask, mask_words
 
 Pick = Union[str, Draw]
@@ -371,9 +371,9 @@ class GpuEngine(Engine):
         return p
 
     def batch_rows(self) -> int:
-        """Most sequences one batched plan takes (more run in several): the presets' (0: no batched plan),
-        within matmul_row's rows of x and a step's rows."""
-        return min(self.gpu.profile.presets.batch_rows, GEMV_MAX_XR, self.max_rows("all"))
+        """Most sequences one batched plan takes (more run in several): the presets' (0: no batched plan), within a
+        step's rows."""
+        return min(self.gpu.profile.presets.batch_rows, self.max_rows("all"))
 
     def batch_plan(self, n: int) -> Plan:
         """The batched decode plan for n sequences (2 .. batch_rows()), one per bucket of rows, compiled on first use."""
