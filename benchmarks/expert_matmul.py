@@ -37,7 +37,7 @@ def main() -> None:
     from mdst.gpu.device import open_gpu
     from mdst.format.gguf import GGML_TYPE_BY_NAME
     from mdst.kernels import KernelSpec, PipelineCache
-    from mdst.compile.plan import GEMV_WG, ceil_div, gemm_block, gemm_groups, gemv_groups, gemv_lanes, gemv_rows, grid1
+    from mdst.compile.plan import GEMV_WG, ceil_div, gemm_groups, gemv_groups, gemv_lanes, gemv_rows, grid1
     from mdst.dev.random_weights import random_weights
 
     gpu = open_gpu("gpu")
@@ -79,15 +79,14 @@ def main() -> None:
                     lists = storage(gpu, 4 * (e + 1 + rows * used))
                     slots = storage(gpu, 4 * rows * used * n) if combine else y
                     f16 = bool(pre.gemm_f16 and gpu.profile.shader_f16)
-                    tr, tc, ty = gemm_block(ceil_div(rows * used, e), pre)
+                    tc = pre.gemm_cols
                     rec = [dispatcher(gpu, pipelines, KernelSpec("expert_groups"), [rt, lists],
                                       {"n_expert": e, "used": used, "rows": rows}, (1, 1, 1)),
                            dispatcher(gpu, pipelines, KernelSpec("matmul_rows", wtype, f16,
-                                                                 constants=(*experts, ("STEP_SUMS", f16), ("TC", tc), ("TR", tr),
-                                                                            ("TY", ty))),
+                                                                 constants=(*experts, ("STEP_SUMS", f16), ("TC", tc), ("TR", 4))),
                                       [w, x, slots, lists],
                                       {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "m": rows, "y_stride": n,
-                                       "w0": 0}, (*gemm_groups(n, rows, tr, tc, ty)[:2], e))]
+                                       "w0": 0}, (*gemm_groups(n, rows, 4, tc)[:2], e))]
                     if combine:
                         rec.append(dispatcher(gpu, pipelines, KernelSpec("expert_combine"), [slots, rt, y],
                                               {"n": n, "used": used, "rows": rows}, grid1(ceil_div(rows * n, 64))))

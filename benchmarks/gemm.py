@@ -127,6 +127,7 @@ def _time_type(gpu: Any, pipelines: Any, peaks: dict[str, float], wtype: str, m:
     bufs = [storage(gpu, raw), storage(gpu, x), storage(gpu, 4 * m * n), storage(gpu, 4 * m * n)]
     params = {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "w0": 0, "m": m, "y_stride": n}
     variants = []   # (spec, slices of k, the records of one matmul)
+    scratch: list[Any] = []   # the slices' partial sums
     if gpu.profile.presets.matmul == "by_output":
         spec = KernelSpec("matmul_by_output", wtype, constants=(("R", 8),))
         bufs.append(storage(gpu, 4 * k))
@@ -145,7 +146,7 @@ def _time_type(gpu: Any, pipelines: Any, peaks: dict[str, float], wtype: str, m:
                     variants.append((spec, 1, [dispatcher(gpu, pipelines, spec, bufs, params, (gx, gy, 1))]))
                     continue
                 parts = storage(gpu, 4 * sl * m * n)
-                bufs.append(parts)
+                scratch.append(parts)
                 variants.append((spec, sl, [
                     dispatcher(gpu, pipelines, spec, [bufs[0], bufs[1], parts, bufs[3]], params, (gx, gy, sl)),
                     dispatcher(gpu, pipelines, KernelSpec("sum_splits"), [parts, bufs[3], bufs[2]],
@@ -157,7 +158,7 @@ def _time_type(gpu: Any, pipelines: Any, peaks: dict[str, float], wtype: str, m:
                         "ms": round(s * 1e3, 3),
                         "tflop_per_s": round(tflops, 4), "fraction_of_f32_peak": round(tflops / peaks["f32"], 3),
                         **({"fraction_of_f16_peak": round(tflops / peaks["f16"], 3)} if spec.f16 else {})})
-    for b in bufs:
+    for b in bufs + scratch:
         b.destroy()
     return results
 

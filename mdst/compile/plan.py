@@ -828,12 +828,11 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
     c.dispatch("expert_groups", [x[1], lists, None], (1, 1, 1), {"n_expert": n_expert, "used": op.k, "rows": r},
                label_of(node))
     slots = c.live.take(-id(node) - 1, r * op.k * op.n_out * 4) if op.combine else y
-    # tiles for an expert's share of the rows on average; the grid covers any expert taking all of them
-    tr, tc, ty = gemm_block(ceil_div(r * op.k, n_expert), c.presets)
-    f16 = gemm_f16(c)
-    c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None], (*gemm_groups(op.n_out, r, tr, tc, ty)[:2], n_expert),
+    tc = c.presets.gemm_cols   # 64-row tiles: an expert gets a fraction of the rows (short tiles without slices
+    f16 = gemm_f16(c)          # of k, which the experts' z rules out, were slower on the H200)
+    c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None], (*gemm_groups(op.n_out, r, 4, tc)[:2], n_expert),
                {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "m": r, "y_stride": op.n_out, "w0": w0},
-               label_of(node), w.type.name, f16, TR=tr, TC=tc, TY=ty, STEP_SUMS=f16, **experts)
+               label_of(node), w.type.name, f16, TR=4, TC=tc, STEP_SUMS=f16, **experts)
     c.live.free(-id(node))
     if op.combine:
         c.dispatch("expert_combine", [slots, x[1], y, None], grid1(ceil_div(r * op.n_out, 64)),

@@ -60,10 +60,13 @@ def presets_for(software: bool) -> Presets:
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). Batched decode takes the batched plan
     on both: on the H100 it beat each sequence's one-row plan in one encoder (batch_rows=0) at 4, 16 and 64
-    sequences (RESULTS.md, 2026-12-06)."""
+    sequences; on GPUs its matmuls over more than 4 rows take matmul_rows' short tiles with slices of k (1.24x
+    the rows-of-x GEMV at 16 sequences, 1.49x at 64: RESULTS.md, 2026-12-06)."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
-                                                                 prefill_rows=512, gemm_f16=1)
+                                                                 prefill_rows=512, gemm_f16=1, batch_rows=64,
+                                                                 batch_gemv=4, batch_gemv_rows=4, gemm_short=1,
+                                                                 gemm_split_groups=2048)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
