@@ -141,7 +141,7 @@ def _time_type(gpu: Any, pipelines: Any, peaks: dict[str, float], wtype: str, m:
             spec = KernelSpec("matmul_rows", wtype, f16, constants=(("STEP_SUMS", f16), ("TC", tc), ("TR", tr),
                                                                      ("TY", ty)))
             gx, gy, _ = gemm_groups(n, m, tr, tc, ty)
-            for sl in (map(int, args.slices.split(",")) if args.slices else [gemm_slices(gx * gy, k, gpu.profile.presets)]):
+            for sl in (map(int, args.slices.split(",")) if args.slices else [gemm_slices(m, gx * gy, k, gpu.profile.presets)]):
                 if sl == 1:
                     variants.append((spec, 1, [dispatcher(gpu, pipelines, spec, bufs, params, (gx, gy, 1))]))
                     continue

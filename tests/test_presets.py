@@ -196,3 +196,17 @@ def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path, m
                                        np.array(ids + [t]), 0)[-1] for ids, t in zip(prompts, more)])
     assert rel_l2(logits, want) < 1e-4
     assert list(got) == list(np.argmax(want, axis=1))
+
+
+def test_gpu_presets_give_few_rows_short_tiles_and_slices_of_k():
+    from mdst.compile import plan
+
+    p = presets_for(software=False)
+    assert [plan.gemm_block(r, p)[2] for r in (4, 16, 17, 32, 64)] == [4, 4, 8, 8, 16]
+    assert plan.gemm_block(65, p) == (p.gemm_rows, p.gemm_cols, 16)
+    assert plan.gemm_slices(16, 56, 4096, p) == 4096 // plan.GEMM_MIN_SLICE   # as many as k's slices allow
+    assert plan.gemm_slices(64, 224, 4096, p) == -(-p.gemm_split_groups // 224)
+    assert plan.gemm_slices(512, 224, 4096, p) == 1   # a prefill chunk's tiles walk all of k
+    assert plan.gemm_slices(16, 56, 200, p) == 1
+    off = dataclasses.replace(p, gemm_split_groups=0, gemm_short=0)
+    assert plan.gemm_slices(16, 56, 4096, off) == 1 and plan.gemm_block(16, off)[2] == 16

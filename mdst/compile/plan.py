@@ -58,10 +58,11 @@ def gemm_groups(n: int, m: int, tr: int = 4, tc: int = 4, ty: int = 16) -> tuple
 GEMM_MIN_SLICE = 256   # matmul_rows: the least k a slice of a split k takes (8 steps of the 64-row tile)
 
 
-def gemm_slices(groups: int, k: int, presets: Any) -> int:
-    """matmul_rows' slices of k for a dispatch of `groups` tiles: enough for presets.gemm_split_groups
-    workgroups in all (1 where the preset is 0), each slice GEMM_MIN_SLICE of k or more."""
-    if not presets.gemm_split_groups:
+def gemm_slices(rows: int, groups: int, k: int, presets: Any) -> int:
+    """matmul_rows' slices of k for a dispatch of `groups` tiles over `rows`: for 64 rows or fewer (a batched
+    step, a short prompt), enough for presets.gemm_split_groups workgroups in all (none where it is 0), each
+    slice GEMM_MIN_SLICE of k or more."""
+    if not presets.gemm_split_groups or rows > gemm_tile()[0]:
         return 1
     return max(1, min(ceil_div(presets.gemm_split_groups, groups), k // GEMM_MIN_SLICE))
 
@@ -766,7 +767,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             tr, tc, ty = (4, 4, 16) if op.q8 else gemm_block(r, c.presets)
             f16 = gemm_f16(c) and not op.q8
             gx, gy, _ = gemm_groups(p.rows, r, tr, tc, ty)
-            slices = gemm_slices(gx * gy, k, c.presets)
+            slices = gemm_slices(r, gx * gy, k, c.presets)
             tile = {"TR": tr, "TC": tc, "TY": ty, "STEP_SUMS": f16, **q8}
             if slices == 1:
                 c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], (gx, gy, 1), params,
