@@ -74,9 +74,9 @@ def gemm_f16(c: "Compilation") -> bool:
 
 
 def gemm_block(rows: int, presets: Any) -> tuple[int, int, int]:
-    """matmul_rows' (rows, outputs, thread rows TY): the presets' square tiles, with 4 rows a thread where the
-    rows fill no taller tile, and the shortest grid (4 x 4 threads' rows: 16, 32 or 64) that holds rows of 64 or
-    fewer, at 4 outputs a thread (its wide steps are short already)."""
+    """matmul_rows' (rows, outputs a thread, thread rows TY): the presets' square tiles; for 64 rows or fewer, 4
+    rows a thread, and with presets.gemm_short the shortest of the 16-, 32- and 64-row tiles that holds them
+    (4 outputs a thread in the short ones: their steps are short already)."""
     if rows > gemm_tile()[0]:
         return presets.gemm_rows, presets.gemm_cols, 16
     ty = next(t for t in (4, 8, 16) if 4 * t >= rows or t == 16) if presets.gemm_short else 16
@@ -829,8 +829,10 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
     c.dispatch("expert_groups", [x[1], lists, None], (1, 1, 1), {"n_expert": n_expert, "used": op.k, "rows": r},
                label_of(node))
     slots = c.live.take(-id(node) - 1, r * op.k * op.n_out * 4) if op.combine else y
-    tc = c.presets.gemm_cols   # 64-row tiles: an expert gets a fraction of the rows (short tiles without slices
-    f16 = gemm_f16(c)          # of k, which the experts' z rules out, were slower on the H200)
+    # 64-row tiles, though an expert gets a fraction of the rows: short tiles without slices of k (the experts'
+    # z rules slices out) were slower on the H200
+    tc = c.presets.gemm_cols
+    f16 = gemm_f16(c)
     c.dispatch("matmul_rows", [wbuf, x[0], slots, lists, None], (*gemm_groups(op.n_out, r, 4, tc)[:2], n_expert),
                {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "m": r, "y_stride": op.n_out, "w0": w0},
                label_of(node), w.type.name, f16, TR=4, TC=tc, STEP_SUMS=f16, **experts)
