@@ -34,7 +34,7 @@ for v in "$@"; do
     >> "$OUT/batched.jsonl" || echo "batched_decode ($v) failed"
 done
 python3 - "$OUT" <<'PY'
-import json, sys
+import json, math, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 if (out / "gemm_short.json").exists():
@@ -43,8 +43,15 @@ if (out / "gemm_short.json").exists():
 if (out / "gemv_xr.json").exists():
     for r in json.loads((out / "gemv_xr.json").read_text())["results"]:
         print(f"gemv {r['type']} {r['kernel']}: {r['us_per_dispatch']} us, row GB/s {r['row_gb_per_s']}")
-for line in (out / "batched.jsonl").read_text().splitlines() if (out / "batched.jsonl").exists() else []:
-    r = json.loads(line)
+runs = [json.loads(line) for line in (out / "batched.jsonl").read_text().splitlines()] \
+    if (out / "batched.jsonl").exists() else []
+for r in runs:
     print(f"batched [{r['presets']}] alone {r['alone_tok_s']}:",
           ", ".join(f"{n}: {b['aggregate_tok_s']} ({b['vs_alone']}x)" for n, b in r["batched"].items()))
+if runs:   # the variant with the best geometric mean over the batch sizes above one (as x its run's lone rate)
+    def score(r):
+        gains = [b["vs_alone"] for n, b in r["batched"].items() if int(n) > 1]
+        return math.prod(gains) ** (1 / len(gains)) if gains else 0.0
+    best = max(runs, key=score)
+    print(f"batched pick: MDST_PRESETS=\"{best['presets']}\" (geometric mean {score(best):.2f}x alone)")
 PY
