@@ -79,7 +79,7 @@ def gemm_block(rows: int, presets: Any) -> tuple[int, int, int]:
     (4 outputs a thread in the short ones: their steps are short already)."""
     if rows > gemm_tile()[0]:
         return presets.gemm_rows, presets.gemm_cols, 16
-    ty = next(t for t in (4, 8, 16) if 4 * t >= rows or t == 16) if presets.gemm_short else 16
+    ty = next(t for t in (4, 8, 16) if gemm_tile(ty=t)[0] >= rows or t == 16) if presets.gemm_short else 16
     return 4, (presets.gemm_cols if ty == 16 else 4), ty
 
 

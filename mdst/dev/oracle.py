@@ -301,13 +301,14 @@ class CaseBuilder:
         from ..compile.plan import gemm_groups
         m = 45
         c = spec.constants_dict()
+        tile = [int(c.get(t, d)) for t, d in (("TR", 4), ("TC", 4), ("TY", 16))]
         if c.get("EXPERTS"):
             buf, x, routes, want, params, about = self._experts(spec, m)
             used, n = int(c["EXPERTS"]), params["n"]
             ids = routes[:, used:].astype(int).ravel()
             entries = [self.rng.permutation(np.flatnonzero(ids == e)) for e in range(6)]   # any order within an expert
             lists = np.concatenate([np.cumsum([0] + [len(e) for e in entries]), *entries]).astype(np.float32)
-            gx, gy, _ = gemm_groups(n, m, *(int(c.get(t, d)) for t, d in (("TR", 4), ("TC", 4), ("TY", 16))))
+            gx, gy, _ = gemm_groups(n, m, *tile)
             return [Case(about + ", grouped by expert", spec, [buf, x, Out(want.nbytes), lists],
                          {**params, "m": m, "y_stride": n}, (gx, gy, 6),
                          [Expect("f32", _within(1e-5), want)])]
@@ -315,7 +316,7 @@ class CaseBuilder:
         del params["eps"]
         params.update(m=m, y_stride=87)
         return [Case(about, spec, [buf, x, Out(want.nbytes), r], params,
-                     gemm_groups(params["n"], m, *(int(c.get(t, d)) for t, d in (("TR", 4), ("TC", 4), ("TY", 16)))),
+                     gemm_groups(params["n"], m, *tile),
                      [Expect("f32", _within(1e-5), want)])]
 
     def _matmul_by_output(self, spec: Any, uses: list[Any]) -> list[Case]:

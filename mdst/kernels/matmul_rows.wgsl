@@ -4,8 +4,8 @@
 // memory (each weight is dequantized once per ROWS_T activation rows); each thread owns a TR x TC block
 // of the tile: rows 4 ty + 4 TY a and outputs 4 tx + 4 TX b (a < TR / 4, b < TC / 4), so neighbouring threads
 // read neighbouring vec4s of the staged tiles. The threads form a TY x TX grid: 16 x 16, or for a few rows
-// (a batched decode step, a short chunk, an expert's share of a prefill) 8 x 32 or 4 x 64, whose shorter,
-// wider tiles compute no padding rows at the cost of shorter steps.
+// (a batched decode step, a short prompt) 8 x 32 or 4 x 64, whose shorter, wider tiles compute no padding
+// rows at the cost of shorter steps.
 // Staged values and the products of one step are `half`: in the f16 variant (where the adapter has
 // shader-f16) a step's TK products are summed in f16 (packed FMAs), and each step's sums are added to
 // f32 accumulators; the f32 variant computes the same in f32.
