@@ -287,13 +287,13 @@ def test_matmul_row_rows_of_x(run, rng, wtype, m, res_, q8, lanes, rows):
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if res_ else 0)) < 1e-5
 
 
-@pytest.mark.parametrize("add", [False, True])
-def test_rms_norm(run, rng, add):
-    dim, n_vec = 333, 7
+@pytest.mark.parametrize("add,dim,wg", [(False, 333, 64), (True, 333, 64), (False, 1333, 256)])
+def test_rms_norm(run, rng, add, dim, wg):
+    n_vec = 7
     x = (rng.standard_normal((n_vec, dim)) * 3).astype(np.float32)
     w = rng.standard_normal(dim).astype(np.float32)
     a = rng.standard_normal((n_vec, dim)).astype(np.float32)
-    out = f32(run(KernelSpec("rms_norm", constants=(("ADD", add), ("WG", 64))), [x, w, Out(x.nbytes), a],
+    out = f32(run(KernelSpec("rms_norm", constants=(("ADD", add), ("WG", wg))), [x, w, Out(x.nbytes), a],
                   {"dim": dim, "n_vec": n_vec, "eps": 1e-6}, (n_vec, 1, 1))[0]).reshape(n_vec, dim)
     assert rel_l2(out, reference.rms_norm(x, w, 1e-6) + (a if add else 0)) < 1e-6
 
@@ -668,18 +668,37 @@ def separated_logits(rng, rows: int, n: int) -> np.ndarray:
                     ).astype(np.float32)
 
 
-@pytest.mark.parametrize("gating,bias,norm", [("softmax", False, True), ("sigmoid", True, True),
-                                              ("sigmoid", False, False)])
-def test_route(run, rng, gating, bias, norm):
-    rows, n, k = 13, 37, 5
+@pytest.mark.parametrize("gating,bias,norm,n,k", [("softmax", False, True, 37, 5), ("sigmoid", True, True, 37, 5),
+                                                  ("sigmoid", False, False, 37, 5), ("softmax", False, True, 131, 8),
+                                                  ("softmax", True, False, 130, 9)])
+def test_route(run, rng, gating, bias, norm, n, k):
+    """A workgroup a row, its threads sharing the experts out: fewer experts than threads, and more (131)."""
+    rows = 13
     logits = separated_logits(rng, rows, n)
     b = (rng.permutation(n) % 3).astype(np.float32) if bias else None   # reorders groups, keeps the gaps
     spec = KernelSpec("route", constants=tuple(sorted({"SIGMOID": gating == "sigmoid", "BIAS": bias}.items())))
     y = f32(run(spec, [logits, b if bias else logits, Out(rows * 2 * k * 4)],
-                {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (1, 1, 1))[0]).reshape(rows, 2 * k)
+                {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (rows, 1, 1))[0]).reshape(rows, 2 * k)
     want = reference.route(logits, k, gating, norm, b)
     np.testing.assert_array_equal(y[:, k:], want[:, k:])
     np.testing.assert_allclose(y[:, :k], want[:, :k], rtol=2e-6, atol=1e-7)
+
+
+def test_route_ties_and_padding(run):
+    """Equal logits rank by index, as the reference's stable sort; a row of NaNs (a plan's padding rows) still
+    names k valid experts."""
+    n, k = 70, 6
+    logits = np.zeros((3, n), np.float32)
+    logits[0, [9, 5, 41, 40]] = 1.0
+    logits[1] = np.arange(n) // 10
+    logits[2] = np.nan
+    y = f32(run(KernelSpec("route", constants=(("BIAS", False), ("SIGMOID", False))), [logits, logits, Out(3 * 2 * k * 4)],
+                {"n_expert": n, "k": k, "rows": 3, "norm": 1}, (3, 1, 1))[0]).reshape(3, 2 * k)
+    want = reference.route(logits[:2], k, "softmax", True)
+    np.testing.assert_array_equal(y[:2, k:], want[:, k:])
+    np.testing.assert_allclose(y[:2, :k], want[:, :k], rtol=2e-6, atol=1e-7)
+    ids = y[2, k:]
+    assert np.all((ids >= 0) & (ids < n) & (ids == np.round(ids)))
 
 
 EXPERT_TYPES = ["F32", "Q5_0", "Q4_K", "Q6_K"]

@@ -632,8 +632,11 @@ def _rms_norm(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     op: RmsNorm = node.op
     w = c.compiler.weights.weights[op.weight]
     n_vec = r * node.out.cols // op.dim
+    # a workgroup a vector: 256 threads for a hidden state (in 64, each thread's loop over 2048 values is a long
+    # chain of loads), 64 for a head's
     c.dispatch("rms_norm", [x[0], w.parts[0].buffer, y, x[1] if op.add else x[0], None], grid1(n_vec),
-               {"dim": op.dim, "n_vec": n_vec, "eps": op.eps}, label_of(node), ADD=op.add)
+               {"dim": op.dim, "n_vec": n_vec, "eps": op.eps}, label_of(node), ADD=op.add,
+               WG=256 if op.dim >= 1024 else 64)
 
 
 def _binary(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
@@ -786,7 +789,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
 def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     op: Route = node.op
     bias = c.compiler.weights.weights[op.bias].parts[0].buffer if op.bias else x[0]   # x: a spare binding
-    c.dispatch("route", [x[0], bias, y, None], grid1(ceil_div(r, 64)),
+    c.dispatch("route", [x[0], bias, y, None], grid1(r),
                {"n_expert": node.inputs[0].cols, "k": op.k, "rows": r, "norm": int(op.norm)}, "route",
                SIGMOID=op.gating == "sigmoid", BIAS=op.bias is not None)
 

@@ -638,7 +638,7 @@ class CaseBuilder:
         want = reference.route(logits, k, gating, norm, bias)
         return [Case(f"{rows} rows of {n} experts, {k} picked by {gating}", spec,
                      [logits, logits if bias is None else bias, Out(want.nbytes)],
-                     {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (1, 1, 1),
+                     {"n_expert": n, "k": k, "rows": rows, "norm": int(norm)}, (rows, 1, 1),
                      [Expect("f32", _within(1e-6), want)])]
 
     def _matmul_experts(self, spec: Any, uses: list[Any]) -> list[Case]:

@@ -99,7 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc00_1 = vec4<f32>(0.0); var acc01_1 = vec4<f32>(0.0); var acc02_1 = vec4<f32>(0.0); var acc03_1 = vec4<f32>(0.0);
     var acc10_1 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0); var acc12_1 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0);
     // sums of products, p<a><i>_<b> for acc<a><i>_<b>: with STEP_SUMS (the f16 variant) a step's, added to
-    // the f32 accumulators after each step; else the whole sum (f32), added once after the last step
+    // the f32 accumulators after each step; else the whole sum (f32; acc stays zero and folds away)
     var p00_0 = vec4<half>(0.0); var p01_0 = vec4<half>(0.0); var p02_0 = vec4<half>(0.0); var p03_0 = vec4<half>(0.0);
     var p00_1 = vec4<half>(0.0); var p01_1 = vec4<half>(0.0); var p02_1 = vec4<half>(0.0); var p03_1 = vec4<half>(0.0);
     var p10_0 = vec4<half>(0.0); var p11_0 = vec4<half>(0.0); var p12_0 = vec4<half>(0.0); var p13_0 = vec4<half>(0.0);
@@ -181,7 +181,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 }
             }
         }
-        if (STEP_SUMS || k0 + TK >= ke) {   // f32: the one chain's sum, after the last step
+        if (STEP_SUMS) {
             acc00_0 += vec4<f32>(p00_0); acc01_0 += vec4<f32>(p01_0); acc02_0 += vec4<f32>(p02_0); acc03_0 += vec4<f32>(p03_0);
             acc00_1 += vec4<f32>(p00_1); acc01_1 += vec4<f32>(p01_1); acc02_1 += vec4<f32>(p02_1); acc03_1 += vec4<f32>(p03_1);
             acc10_0 += vec4<f32>(p10_0); acc11_0 += vec4<f32>(p11_0); acc12_0 += vec4<f32>(p12_0); acc13_0 += vec4<f32>(p13_0);
@@ -193,8 +193,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
     }
-    var acc = array<vec4<f32>, 16>(acc00_0, acc01_0, acc02_0, acc03_0, acc10_0, acc11_0, acc12_0, acc13_0,
-                                   acc00_1, acc01_1, acc02_1, acc03_1, acc10_1, acc11_1, acc12_1, acc13_1);
+    var acc = array<vec4<f32>, 16>(
+        acc00_0 + vec4<f32>(p00_0), acc01_0 + vec4<f32>(p01_0), acc02_0 + vec4<f32>(p02_0), acc03_0 + vec4<f32>(p03_0),
+        acc10_0 + vec4<f32>(p10_0), acc11_0 + vec4<f32>(p11_0), acc12_0 + vec4<f32>(p12_0), acc13_0 + vec4<f32>(p13_0),
+        acc00_1 + vec4<f32>(p00_1), acc01_1 + vec4<f32>(p01_1), acc02_1 + vec4<f32>(p02_1), acc03_1 + vec4<f32>(p03_1),
+        acc10_1 + vec4<f32>(p10_1), acc11_1 + vec4<f32>(p11_1), acc12_1 + vec4<f32>(p12_1), acc13_1 + vec4<f32>(p13_1));
     for (var b = 0u; b < TC / 4u; b++) {
         for (var a = 0u; a < TR / 4u; a++) {
             for (var i = 0u; i < 4u; i++) {
