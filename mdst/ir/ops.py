@@ -171,8 +171,10 @@ class Matmul(Op):
         w = step.weights
         h = reference.rms_norm(x[0], w[self.norm].ravel(), self.eps) if self.norm else x[0]
         h = reference.q8_round_trip(h) if self.q8 else h
-        mat = np.concatenate([w[m] for m in self.members]) if self.members else w[self.weight]
-        y = reference.matmul(h, mat)
+        # a run's members one product each, as unfused: one product over the stacked matrices can round
+        # differently (BLAS blocks by shape), which the 8-bit round trip of the next matmul can turn into a step
+        y = (np.concatenate([reference.matmul(h, w[m]) for m in self.members], axis=1) if self.members
+             else reference.matmul(h, w[self.weight]))
         if self.up is not None:
             y = reference.glu(y, reference.matmul(h, w[self.up]), self.act)
         return y + x[-1] if self.res else y
