@@ -1,13 +1,12 @@
 """One-row (decode) attention time over a filled KV cache, per model shape, cache length, split size and lanes
-per key, with the KV bytes read per second against the read ceiling (vec4 loads of a 1 GiB buffer). JSON.
+per key, with the KV bytes read per second against the read ceiling (vec4 loads of a 1 GiB buffer) and each
+output's relative L2 error against mdst.reference. JSON.
 
 Times the attention dispatch plus its merge as the plan specializes them (a decode step runs that pair per
 layer), to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode attention
 against the bandwidth it could have.
 Usage: python benchmarks/attention_decode.py [--cases 640@1024,8192@8192] [--splits 32,64] [--lanes 2,4,8]
-                                            [--kernels tiles,subgroups]
-  a case is KEYS@RING: the query attends KEYS positions of a cache allocated for RING (the context length);
-  the kernels are the decode_attention presets (subgroups where the adapter has them).
+  a case is KEYS@RING: the query attends KEYS positions of a cache allocated for RING (the context length).
 """
 
 from __future__ import annotations
@@ -28,13 +27,12 @@ def main() -> None:
     ap.add_argument("--cases", default="640@1024,8192@8192,32768@32768")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--splits", default=None, help="keys a split to try (default: the preset)")
-    ap.add_argument("--lanes", default=None, help="tiles: lanes per key to try (default: the preset)")
-    ap.add_argument("--kernels", default=None, help="decode_attention kernels to time (default: the preset)")
+    ap.add_argument("--lanes", default=None, help="lanes per key to try (default: the preset)")
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--read-mib", type=int, default=1024, help="buffer size for the read ceiling")
     args = ap.parse_args()
 
-    from mdst.compile.plan import ATTN_WG, attention_group, attention_splits, decode_lanes
+    from mdst.compile.plan import ATTN_WG, attention_group, attention_splits
     from mdst.ir.ops import AttentionSpec
     from mdst.reference import attention, split_keys
     from mdst.gpu.device import open_gpu
@@ -71,31 +69,21 @@ def main() -> None:
             for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
                 split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
                 part = storage(gpu, heads * splits * (hd + 2) * 4)
-                variants = []   # (kernel, constants, workgroups along x)
-                for kernel in (args.kernels.split(",") if args.kernels else [pre.decode_attention]):
-                    sub = gpu.profile.subgroup_min_size
-                    lanes_sg = decode_lanes(heads, kvh, hd, sub) if kernel == "subgroups" and sub else None
-                    if lanes_sg:
-                        variants.append(("attention_decode", lanes_sg, heads // lanes_sg["GW"]))
-                        continue
-                    for lanes in (map(int, args.lanes.split(",")) if args.lanes else [pre.attention_lanes]):
-                        gw = attention_group(heads, kvh, hd, lanes)
-                        variants.append(("attention", {"GW": gw, "LPK": lanes, "WG": ATTN_WG}, heads // gw))
-                for kernel, consts, groups in variants:
-                    spec = KernelSpec(kernel, f16=f16, kv="F",
-                                      constants=tuple(sorted({**consts, "SPLIT": split}.items())))
-                    att = dispatcher(gpu, pipelines, spec, [step, k, v, q, part], params, (groups, 1, splits))
+                for lanes in (map(int, args.lanes.split(",")) if args.lanes else [pre.attention_lanes]):
+                    gw = attention_group(heads, kvh, hd, lanes)
+                    consts = (("GW", gw), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
+                    att = dispatcher(gpu, pipelines, KernelSpec("attention", f16=f16, kv="F", constants=consts),
+                                     [step, k, v, q, part], params, (heads // gw, 1, splits))
                     merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge"), [step, part, y],
                                        {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))
                     s = timed(gpu, passes(att, merge), args.reps)
                     got = np.frombuffer(gpu.queue.read_buffer(y), np.float32)
                     err = float(np.linalg.norm(got - want.ravel()) / np.linalg.norm(want))
                     gbs = kv_bytes / s / 1e9
-                    results.append({"shape": name, "keys": keys, "ring": ring, "kernel": kernel, "splits": splits,
+                    results.append({"shape": name, "keys": keys, "ring": ring, "splits": splits,
                                     "keys_per_split": split_keys(keys, split, splits),
-                                    "lanes_per_key": consts["LPK"], "heads_per_workgroup": consts["GW"],
-                                    "us": round(s * 1e6, 2), "kv_gb_per_s": round(gbs, 1),
-                                    "fraction_of_read_ceiling": round(gbs / read_gbs, 3),
+                                    "lanes_per_key": lanes, "heads_per_workgroup": gw, "us": round(s * 1e6, 2),
+                                    "kv_gb_per_s": round(gbs, 1), "fraction_of_read_ceiling": round(gbs / read_gbs, 3),
                                     "rel_l2": float(f"{err:.2g}")})
                     print(json.dumps(results[-1]), flush=True)
                 part.destroy()

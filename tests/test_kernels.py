@@ -14,10 +14,9 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, decode_lanes, flash_tiles, gemm_groups, gemv_groups,
-                               gemv_launch, step_words)
+from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, gemv_launch,
+                               step_words)
 from mdst.format.quants import dequantize
-from conftest import need
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
 
@@ -508,55 +507,6 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
     assert np.isnan(out[n_rows:]).all()
-
-
-@pytest.mark.parametrize("window,softcap,temp,kv_type,lanes,hd,heads,kvh", [
-    (0, 0.0, 0.0, "f32", 4, 16, 16, 2),    # eight heads a workgroup (two shuffled fours a key), four keys a group
-    (9, 30.0, 0.3, "f32", 4, 32, 6, 2),    # two fours a lane, three heads a workgroup
-    (0, 0.0, 0.0, "f16", 4, 96, 6, 2),     # six fours a lane: one head a workgroup, one key a group at a time
-    (0, 0.0, 0.0, "q8_0", 2, 40, 4, 4),    # fives: two lanes a key; no grouping
-    (9, 0.0, 0.0, "q8_0", 1, 32, 4, 1),    # one lane a key (no shuffles) holding all eight fours
-    (0, 0.0, 0.0, "f32", 1, 12, 12, 1)])   # three fours a lane, two heads a workgroup
-def test_attention_decode(run, rng, gpu, window, softcap, temp, kv_type, lanes, hd, heads, kvh):
-    """Decode attention by subgroup shuffles: its partials (some splits empty) against the reference's, merged."""
-    need(gpu.profile.subgroups, "adapter has no subgroups")
-    sub = min(lanes, gpu.profile.subgroup_min_size)
-    consts = decode_lanes(heads, kvh, hd, sub)
-    assert consts["LPK"] * consts["D4"] * 4 == hd and consts["GW"] * consts["D4"] <= 8
-    rows, n_rows, pos0, split = 2, 1, 100, 16
-    ring = 137 if not window else window + rows - 1
-    keys = min(pos0 + 1, window or pos0 + 1)
-    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp, 7 if temp else 1)
-    kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
-    vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
-    q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
-    params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window, "scale": spec.scale,
-              "softcap": softcap, "temp_scale": temp, "temp_floor": spec.temp_floor}
-    spec_k = dataclasses.replace(kv_spec("attention_decode", kv_type, gpu),
-                                 constants=tuple(sorted({**consts, "SPLIT": split}.items())))
-    kd = (decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type))
-    for splits in (-(-keys // split) + 2, 3):   # ranges of 16 keys, the last two empty; three long ones
-        step = step_words(pos0, n_rows, rows=rows)
-        part = run(spec_k, [step, kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)], params,
-                   (heads // consts["GW"], rows, splits))[0]
-        got = f32(part).reshape(rows, heads, splits, hd + 2)
-        want = reference.attention_partials(q[0], *kd, pos0, spec, split, splits)
-        assert rel_l2(got[0], want) < 1e-5
-        assert np.isnan(got[1]).all(), "a padding row was written"
-        out = f32(run(KernelSpec("attention_merge"), [step, part, Out(q.nbytes)],
-                      {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
-        assert rel_l2(out[:n_rows], reference.attention(q[:n_rows], *kd, pos0 + np.arange(n_rows), spec)) < 1e-5
-
-
-def test_decode_lanes_fit_the_kernel():
-    """attention_decode's lanes a key divide a head's fours and stay within the subgroup; heads fit the registers."""
-    assert decode_lanes(32, 8, 128, 32) == {"LPK": 32, "D4": 1, "GW": 4, "U": 4}
-    assert decode_lanes(32, 4, 128, 32)["GW"] == 8
-    assert decode_lanes(4, 1, 256, 32) == {"LPK": 32, "D4": 2, "GW": 4, "U": 4}
-    assert decode_lanes(16, 8, 64, 32) == {"LPK": 16, "D4": 1, "GW": 2, "U": 4}
-    assert decode_lanes(32, 8, 128, 4) == {"LPK": 4, "D4": 8, "GW": 1, "U": 1}
-    assert decode_lanes(8, 2, 80, 64)["LPK"] == 4    # 20 fours
-    assert decode_lanes(8, 2, 36, 4) is None         # 9 fours: one lane would hold them all
 
 
 def test_attention_of_a_batched_row(run, rng, gpu):

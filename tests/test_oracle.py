@@ -79,10 +79,9 @@ def test_manifest_covers_the_plans(oracles):
         assert all(s["reference_rel_l2"] < 1e-4 for s in steps)
         kernels |= {c["kernel"] for c in m["cases"]}
         types |= {c["wtype"] for c in m["cases"] if c["wtype"]}
-    assert kernels >= {"get_rows", "rms_norm", "rope_store", "attention", "attention_decode", "attention_merge", "glu",
-                       "take_row", "argmax", "argmax_merge", "shortconv", "matmul_by_output", "matmul_row",
-                       "matmul_rows", "penalize", "topk", "sample", "route", "matmul_experts", "expert_groups",
-                       "expert_combine"}
+    assert kernels >= {"get_rows", "rms_norm", "rope_store", "attention", "attention_merge", "glu", "take_row",
+                       "argmax", "argmax_merge", "shortconv", "matmul_by_output", "matmul_row", "matmul_rows",
+                       "penalize", "topk", "sample", "route", "matmul_experts", "expert_groups", "expert_combine"}
     assert types == set(WEIGHT_TYPES)
 
 

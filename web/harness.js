@@ -309,9 +309,7 @@ export async function runOracle({ oracleUrl, kernelsUrl }) {
   // Plans bind up to 128 MiB (mdst writes oracles for that limit); ask for what the adapter has.
   const requiredLimits = {};
   for (const k of ["maxStorageBufferBindingSize", "maxBufferSize"]) requiredLimits[k] = adapter.limits[k];
-  // attention_decode's cases shuffle across lanes: subgroups where the adapter has them
-  const requiredFeatures = adapter.features.has("subgroups") ? ["subgroups"] : [];
-  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+  const device = await adapter.requestDevice({ requiredLimits });
   const lost = [];
   device.lost.then((info) => lost.push(info.message));
   const o = new Oracle(oracleUrl, kernelsUrl, device);

@@ -120,12 +120,10 @@ def gemv_launch(xr: int, lanes: int, q8: bool, rows: int = 1) -> dict[str, int]:
 
 
 _plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
-# kernels composed with the cache format (kv/<format>.wgsl)
-USES_KV = {"kv_store", "attention", "attention_decode", "attention_rows", "rope_store"}
+USES_KV = {"kv_store", "attention", "attention_rows", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
 ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
 MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
-DECODE_MAX_QD, DECODE_MAX_GW = (wgsl_const("attention_decode.wgsl", n) for n in ("MAX_QD", "MAX_GW"))
 FLASH_KVMAX, FLASH_RED, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("KVMAX", "RED", "NV"))
 FLASH_MAX_KEYS = 16  # attention_rows: keys a tile at most
 
@@ -138,22 +136,6 @@ def attention_group(heads: int, kv_heads: int, head_dim: int, lanes: int) -> int
     group = heads // kv_heads
     fits = min(ATTN_MAX_GW, ATTN_QS // head_dim, ATTN_SCORES // (ATTN_WG // lanes))
     return max(g for g in range(1, group + 1) if group % g == 0 and g <= fits)
-
-
-def decode_lanes(heads: int, kv_heads: int, head_dim: int, subgroup: int) -> dict[str, int] | None:
-    """attention_decode's constants for a subgroup of at least `subgroup` lanes: a key's lanes LPK (the most, up to
-    32, that divide its fours), each lane's fours D4, query heads GW, keys a group reads at once U; None where a
-    lane would hold more fours than the kernel keeps (then decode takes attention.wgsl)."""
-    attention_group(heads, kv_heads, head_dim, 1)   # the head_dim check
-    lpk = 32
-    while lpk > 1 and (lpk > subgroup or (head_dim // 4) % lpk):
-        lpk //= 2
-    d4 = head_dim // (4 * lpk)
-    if d4 > DECODE_MAX_QD:
-        return None
-    group = heads // kv_heads
-    gw = max(g for g in range(1, group + 1) if group % g == 0 and g * d4 <= DECODE_MAX_QD and g <= DECODE_MAX_GW)
-    return {"LPK": lpk, "D4": d4, "GW": gw, "U": min(4, DECODE_MAX_QD // d4)}
 
 
 def flash_tiles(heads: int, kv_heads: int, head_dim: int, wg: int = ATTN_WG) -> tuple[int, int, int]:
@@ -712,15 +694,8 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
         # decode: splits of keys in parallel, then a merge (flash-decoding)
         split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
         part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
-        sub = c.compiler.gpu.profile.subgroup_min_size
-        lanes_sg = (decode_lanes(s.heads, s.kv_heads, s.head_dim, sub)
-                    if c.presets.decode_attention == "subgroups" and sub else None)
-        if lanes_sg:
-            c.dispatch("attention_decode", [c.step, k, v, x[0], part, None], (s.heads // lanes_sg["GW"], 1, splits),
-                       params, "attention", SPLIT=split, **lanes_sg)
-        else:
-            c.dispatch("attention", [c.step, k, v, x[0], part, None], (s.heads // gw, 1, splits), params,
-                       "attention", SPLIT=split, **consts)
+        c.dispatch("attention", [c.step, k, v, x[0], part, None], (s.heads // gw, 1, splits), params,
+                   "attention", SPLIT=split, **consts)
         c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
                    {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
         c.live.free(-id(node))

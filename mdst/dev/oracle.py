@@ -475,7 +475,6 @@ class CaseBuilder:
         return out
 
     _attention_rows = _attention
-    _attention_decode = _attention
 
     def _binary(self, spec: Any, uses: list[Any]) -> list[Case]:
         from ..kernels.runner import Out

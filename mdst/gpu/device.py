@@ -44,9 +44,6 @@ class Presets:
     gemm_short: int = 0           # matmul_rows over 64 rows or fewer: the shortest tile that holds them (0: 64 rows)
     gemm_f16: int = 0             # matmul_rows: 1 for the f16 variant (f16 products summed a step at a time
                                   # into f32) where the adapter has shader-f16; GPUs' default
-    decode_attention: str = "tiles"  # one-row attention with splits: "tiles" (attention.wgsl: keys a tile through
-                                     # workgroup memory) or "subgroups" (attention_decode.wgsl, where the adapter
-                                     # has them: lane groups reduce scores by shuffles, no barrier a tile)
     prefill_attention: str = "flash"  # many-row attention: "flash" (blocks of rows share each KV tile through
                                       # workgroup memory) or "rows" (a workgroup a row, as decode)
     flash_threads: int = 128      # attention_rows: threads a workgroup (64: half the query vectors a block, so
@@ -69,7 +66,7 @@ def presets_for(software: bool) -> Presets:
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
                                                                  prefill_rows=512, gemm_f16=1, batch_rows=64,
                                                                  batch_gemv=4, batch_gemv_rows=4, gemm_short=1,
-                                                                 gemm_split_groups=2048, decode_attention="subgroups")
+                                                                 gemm_split_groups=2048)
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
@@ -84,7 +81,6 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "gemv_threads": (0, 16384, 32768, 65536, 131072, 262144),
                "batch_rows": (0, 2, 4, 8, 16, 32, 64), "batch_gemv": (1, 2, 4, 8, 16),
                "batch_gemv_rows": (1, 2, 4),
-               "decode_attention": ("tiles", "subgroups"),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "flash_threads": (64, 128),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_short": (0, 1),
@@ -117,7 +113,6 @@ class DeviceProfile:
     limits: dict[str, int]
     max_binding_size: int  # what mdst binds at most: the adapter's limit or a smaller cap
     presets: Presets = field(default_factory=Presets)
-    subgroup_min_size: int = 0  # the adapter's least subgroup size (0: no subgroups)
 
     @property
     def software(self) -> bool:
@@ -141,8 +136,7 @@ class DeviceProfile:
         return {
             "name": self.name, "vendor": self.vendor, "backend": self.backend,
             "adapter_type": self.adapter_type, "driver": self.driver,
-            "shader_f16": self.shader_f16, "subgroups": self.subgroups, "subgroup_min_size": self.subgroup_min_size,
-            "timestamp_query": self.timestamps,
+            "shader_f16": self.shader_f16, "subgroups": self.subgroups, "timestamp_query": self.timestamps,
             "max_storage_buffer_binding_size": self.limits.get("max-storage-buffer-binding-size"),
             "max_buffer_size": self.limits.get("max-buffer-size"),
             "max_binding_size_used": self.max_binding_size,
@@ -260,9 +254,7 @@ def open_gpu(kind: str = "gpu", max_binding_size: int | None = None, adapter: An
         name=info.get("device", "?"), vendor=info.get("vendor", ""), backend=info.get("backend_type", "?"),
         adapter_type=info.get("adapter_type", "?"), driver=info.get("description", ""),
         features=frozenset(device.features), limits={k: int(v) for k, v in device.limits.items()},
-        max_binding_size=cap, presets=presets_for(info.get("adapter_type") == "CPU"),
-        subgroup_min_size=int(info.get("subgroup_min_size", info.get("stackgroup_min_size", 0)) or 0)
-        if "subgroup" in device.features else 0)   # wgpu-py 0.32 spells the key "stackgroup_min_size"
+        max_binding_size=cap, presets=presets_for(info.get("adapter_type") == "CPU"))
     gpu = GPU(device, profile)
     return gpu
 
