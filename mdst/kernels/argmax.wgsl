@@ -15,10 +15,7 @@ struct P {
 @group(0) @binding(2) var<uniform> p: P;
 
 const SLICE: u32 = 4096u;
-override WG: u32 = 256u;
-
-var<workgroup> bv: array<f32, WG>;
-var<workgroup> bi: array<u32, WG>;
+override WG: u32 = 256u;   // a power of two, at most PICK_WG
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -26,7 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let start = wid.x * SLICE;
     let end = min(start + SLICE, p.cols);
     var v = -3.4e38;
-    var idx = 0xffffffffu;
+    var idx = NONE_ID;
     for (var c = start + lid; c < end; c += WG) {
         let xc = x[r * p.cols + c];
         if (xc > v) {
@@ -34,21 +31,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             idx = c;
         }
     }
-    bv[lid] = v;
-    bi[lid] = idx;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            let ov = bv[lid + s];
-            let oi = bi[lid + s];
-            if (ov > bv[lid] || (ov == bv[lid] && oi < bi[lid])) {
-                bv[lid] = ov;
-                bi[lid] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
+    let b = pick_best(v, idx, lid, WG);
     if (lid == 0u) {
-        best[r * p.slices + p.slice0 + wid.x] = vec2<u32>(bitcast<u32>(bv[0]), p.col0 + bi[0]);
+        best[r * p.slices + p.slice0 + wid.x] = vec2<u32>(bitcast<u32>(b.v), p.col0 + b.i);
     }
 }

@@ -51,6 +51,40 @@ fn sin_cos(t: f32) -> vec2<f32> {
     }
 }
 
+// A workgroup's best (value, index) pair, at every thread: the highest value, ties to the lower index, index
+// NONE_ID (no candidate) last. The greedy pick, top-k and the router choose by it. `n` is the workgroup's
+// size, a power of two of at most PICK_WG; call it from uniform control flow (it has barriers).
+const NONE_ID: u32 = 0xffffffffu;
+const PICK_WG: u32 = 256u;
+var<workgroup> pick_v: array<f32, PICK_WG>;
+var<workgroup> pick_i: array<u32, PICK_WG>;
+
+struct Pick {
+    v: f32,
+    i: u32,
+}
+
+// Whether (s, e) ranks before (t, f).
+fn ranks_before(s: f32, e: u32, t: f32, f: u32) -> bool {
+    return e != NONE_ID && (f == NONE_ID || s > t || (s == t && e < f));
+}
+
+fn pick_best(v: f32, i: u32, lid: u32, n: u32) -> Pick {
+    pick_v[lid] = v;
+    pick_i[lid] = i;
+    workgroupBarrier();
+    for (var s = n / 2u; s > 0u; s >>= 1u) {
+        if (lid < s && ranks_before(pick_v[lid + s], pick_i[lid + s], pick_v[lid], pick_i[lid])) {
+            pick_v[lid] = pick_v[lid + s];
+            pick_i[lid] = pick_i[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let top = Pick(pick_v[0], pick_i[0]);
+    workgroupBarrier();   // all have read it before the next pick writes
+    return top;
+}
+
 // Workgroups beyond MAX_GROUPS in x spill into y; this gives the flat index. (The host reads
 // MAX_GROUPS, like every constant it shares with the kernels, from this source.)
 const MAX_GROUPS: u32 = 65535u;

@@ -19,22 +19,15 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;   // [rows, 2k]
 @group(0) @binding(3) var<uniform> p: P;
 
-override WG: u32 = 64u;   // a power of two
+override WG: u32 = 64u;   // a power of two, at most PICK_WG
 override SIGMOID: bool = false;
 override BIAS: bool = false;
 
 const SUM_MIN: f32 = 6.103515625e-5;
-const NONE: u32 = 0xffffffffu;
 
-var<workgroup> red_v: array<f32, WG>;   // reductions: values (a max, a sum, a pick's score)
-var<workgroup> red_i: array<u32, WG>;   // a pick's expert
+var<workgroup> red_v: array<f32, WG>;   // the softmax's max and sum
 var<private> m: f32;     // softmax: the largest logit
 var<private> inv: f32;   // softmax: 1 / the sum of exponentials
-
-// Whether expert (s, e) ranks before (t, f): higher score, then lower index; NONE ranks last.
-fn before(s: f32, e: u32, t: f32, f: u32) -> bool {
-    return e != NONE && (f == NONE || s > t || (s == t && e < f));
-}
 
 fn prob(l: f32) -> f32 {
     if (SIGMOID) {
@@ -85,34 +78,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     inv = 1.0 / reduce(s, lid, false);
     let y0 = r * 2u * p.k;
     var prev = 0.0;
-    var prev_id = NONE;
+    var prev_id = NONE_ID;
     var total = 0.0;
     for (var j = 0u; j < p.k; j++) {
         // this thread's best among its experts that rank after the previous pick
         var best = 0.0;
-        var best_id = NONE;
+        var best_id = NONE_ID;
         for (var e = lid; e < p.n_expert; e += WG) {
             let sc = score(logits[x0 + e], e);
-            if ((prev_id == NONE || before(prev, prev_id, sc, e)) && before(sc, e, best, best_id)) {
+            if ((prev_id == NONE_ID || ranks_before(prev, prev_id, sc, e)) && ranks_before(sc, e, best, best_id)) {
                 best = sc;
                 best_id = e;
             }
         }
-        red_v[lid] = best;
-        red_i[lid] = best_id;
-        workgroupBarrier();
-        for (var h = WG / 2u; h > 0u; h >>= 1u) {
-            if (lid < h && before(red_v[lid + h], red_i[lid + h], red_v[lid], red_i[lid])) {
-                red_v[lid] = red_v[lid + h];
-                red_i[lid] = red_i[lid + h];
-            }
-            workgroupBarrier();
-        }
-        prev = red_v[0];
-        prev_id = red_i[0];
-        workgroupBarrier();   // all have read the pick before the next one's reduction writes
+        let b = pick_best(best, best_id, lid, WG);
+        prev = b.v;
+        prev_id = b.i;
         var pr = 0.0;
-        if (prev_id == NONE) {   // a row of NaNs (padding): any valid id, and nothing ranks after it
+        if (prev_id == NONE_ID) {   // a row of NaNs (padding): any valid id, and nothing ranks after it
             prev_id = 0u;
             prev = -3.0e38;
         } else {

@@ -22,8 +22,6 @@ const WG: u32 = 64u;
 const NEG: f32 = -3.4e38;
 
 var<workgroup> vals: array<f32, SLICE>;
-var<workgroup> bv: array<f32, WG>;
-var<workgroup> bi: array<u32, WG>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -45,30 +43,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             break;
         }
         var v = NEG;
-        var at = 0xffffffffu;
+        var at = NONE_ID;
         for (var i = lid; i < SLICE; i += WG) {
             if (vals[i] > v) {   // strided ascending: the first maximum a thread meets has its lowest index
                 v = vals[i];
                 at = i;
             }
         }
-        bv[lid] = v;
-        bi[lid] = at;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s && (bv[lid + s] > bv[lid] || (bv[lid + s] == bv[lid] && bi[lid + s] < bi[lid]))) {
-                bv[lid] = bv[lid + s];
-                bi[lid] = bi[lid + s];
-            }
-            workgroupBarrier();
-        }
+        let b = pick_best(v, at, lid, WG);
         if (lid == 0u) {
-            var id = 0xffffffffu;   // fewer than k real values in this slice
-            if (bi[0] < n && bv[0] > NEG) {
-                id = p.col0 + start + bi[0];
-                vals[bi[0]] = NEG;
+            var id = NONE_ID;   // fewer than k real values in this slice
+            if (b.i < n && b.v > NEG) {
+                id = p.col0 + start + b.i;
+                vals[b.i] = NEG;
             }
-            cand[(p.slice0 + wid.x) * KMAX + r] = vec2<u32>(bitcast<u32>(bv[0]), id);
+            cand[(p.slice0 + wid.x) * KMAX + r] = vec2<u32>(bitcast<u32>(b.v), id);
         }
         workgroupBarrier();
     }
