@@ -52,7 +52,7 @@ fn sin_cos(t: f32) -> vec2<f32> {
 }
 
 // A workgroup's best (value, index) pair, at every thread: the highest value, ties to the lower index, index
-// NONE_ID (no candidate) last. The greedy pick, top-k and the router choose by it. `n` is the workgroup's
+// NONE_ID (no candidate) last. The greedy pick, top-k, sampling and the router choose by it. `n` is the workgroup's
 // size, a power of two of at most PICK_WG; call it from uniform control flow (it has barriers).
 const NONE_ID: u32 = 0xffffffffu;
 const PICK_WG: u32 = 256u;

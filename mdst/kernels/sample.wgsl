@@ -16,8 +16,6 @@ struct P {
 const WG: u32 = 64u;
 const NEG: f32 = -3.4e38;
 
-var<workgroup> bv: array<f32, WG>;
-var<workgroup> bi: array<u32, WG>;
 var<workgroup> top_v: array<f32, KMAX>;
 var<workgroup> top_i: array<u32, KMAX>;
 
@@ -30,40 +28,26 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             break;
         }
         var v = NEG;
-        var at = 0xffffffffu;
+        var id = NONE_ID;   // this thread's best candidate (ties: the lower token id) and its place
+        var at = 0u;
         for (var i = lid; i < n_cand; i += WG) {
             if (i % KMAX >= k) {
                 continue;
             }
             let c = cand[i];
-            let cv = bitcast<f32>(c.x);
-            if (c.y != 0xffffffffu && (at == 0xffffffffu || cv > v || (cv == v && c.y < cand[at].y))) {
-                v = cv;
+            if (ranks_before(bitcast<f32>(c.x), c.y, v, id)) {
+                v = bitcast<f32>(c.x);
+                id = c.y;
                 at = i;
             }
         }
-        bv[lid] = v;
-        bi[lid] = at;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s && bi[lid + s] != 0xffffffffu) {
-                let better = bi[lid] == 0xffffffffu || bv[lid + s] > bv[lid]
-                             || (bv[lid + s] == bv[lid] && cand[bi[lid + s]].y < cand[bi[lid]].y);
-                if (better) {
-                    bv[lid] = bv[lid + s];
-                    bi[lid] = bi[lid + s];
-                }
-            }
-            workgroupBarrier();
-        }
+        let b = pick_best(v, id, lid, WG);
         if (lid == 0u) {
-            top_v[r] = NEG;
-            top_i[r] = 0xffffffffu;
-            if (bi[0] != 0xffffffffu) {
-                top_v[r] = bv[0];
-                top_i[r] = cand[bi[0]].y;
-                cand[bi[0]].y = 0xffffffffu;   // taken
-            }
+            top_v[r] = select(NEG, b.v, b.i != NONE_ID);
+            top_i[r] = b.i;
+        }
+        if (b.i != NONE_ID && id == b.i) {   // the thread holding it (token ids are unique among candidates)
+            cand[at].y = NONE_ID;   // taken
         }
         workgroupBarrier();
     }
@@ -72,7 +56,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     // the chain runs on at most 64 values: one invocation
     var n = 0u;
-    while (n < k && top_i[n] != 0xffffffffu) {
+    while (n < k && top_i[n] != NONE_ID) {
         n++;
     }
     let t = bitcast<f32>(draw[DRAW_TEMPERATURE]);
