@@ -3,7 +3,7 @@ per key, with the KV bytes read per second against the read ceiling (vec4 loads 
 output's relative L2 error against mdst.reference. JSON.
 
 Times the attention dispatch plus its merge as the plan specializes them (a decode step runs that pair per
-layer), to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode attention
+layer), and each of the two repeated alone, to choose the GPU presets (mdst.gpu.device.presets_for) by measurement and to check decode attention
 against the bandwidth it could have.
 Usage: python benchmarks/attention_decode.py [--cases 640@1024,8192@8192] [--splits 32,64] [--lanes 2,4,8]
   a case is KEYS@RING: the query attends KEYS positions of a cache allocated for RING (the context length).
@@ -64,25 +64,27 @@ def main() -> None:
             q = storage(gpu, qv)
             want = attention(qv[None], kv.astype(np.float32), kv[::-1].astype(np.float32), np.array([keys - 1]),
                              AttentionSpec(0, heads, kvh, hd, float(hd ** -0.5)))
-            params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
+            params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0,
                       "scale": float(hd ** -0.5), "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
             for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
                 split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
                 part = storage(gpu, heads * splits * (hd + 2) * 4)
                 for lanes in (map(int, args.lanes.split(",")) if args.lanes else [pre.attention_lanes]):
                     gw = attention_group(heads, kvh, hd, lanes)
-                    consts = (("GW", gw), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
+                    consts = (("GW", gw), ("HD", hd), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
                     att = dispatcher(gpu, pipelines, KernelSpec("attention", f16=f16, kv="F", constants=consts),
                                      [step, k, v, q, part], params, (heads // gw, 1, splits))
-                    merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge"), [step, part, y],
-                                       {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))
+                    merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge", constants=(("HD", hd),)),
+                                       [step, part, y], {"heads": heads, "splits": splits}, (heads, 1, 1))
                     s = timed(gpu, passes(att, merge), args.reps)
+                    s_att, s_merge = timed(gpu, passes(att), args.reps), timed(gpu, passes(merge), args.reps)
                     got = np.frombuffer(gpu.queue.read_buffer(y), np.float32)
                     err = float(np.linalg.norm(got - want.ravel()) / np.linalg.norm(want))
                     gbs = kv_bytes / s / 1e9
                     results.append({"shape": name, "keys": keys, "ring": ring, "splits": splits,
                                     "keys_per_split": split_keys(keys, split, splits),
                                     "lanes_per_key": lanes, "heads_per_workgroup": gw, "us": round(s * 1e6, 2),
+                                    "attention_us": round(s_att * 1e6, 2), "merge_us": round(s_merge * 1e6, 2),
                                     "kv_gb_per_s": round(gbs, 1), "fraction_of_read_ceiling": round(gbs / read_gbs, 3),
                                     "rel_l2": float(f"{err:.2g}")})
                     print(json.dumps(results[-1]), flush=True)

@@ -353,8 +353,13 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
 def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int, split: int = 0) -> KernelSpec:
     """The attention kernel as the plan specializes it: `lpk` lanes a key, the query heads a workgroup takes."""
     gw = attention_group(heads, kvh, hd, lpk)
-    consts = (("GW", gw), ("LPK", lpk), ("SPLIT", split), ("WG", ATTN_WG))
+    consts = (("GW", gw), ("HD", hd), ("LPK", lpk), ("SPLIT", split), ("WG", ATTN_WG))
     return dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=consts)
+
+
+def merge_spec(hd: int) -> KernelSpec:
+    """The split attention's merge for heads of `hd` values."""
+    return KernelSpec("attention_merge", constants=(("HD", hd),))
 
 
 @pytest.mark.parametrize("window,softcap,temp,kv_type,lpk,hd,heads,kvh", [
@@ -373,7 +378,7 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
-                  {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+                  {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
                    "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32},
                   (heads // dict(spec_k.constants)["GW"], rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
@@ -496,13 +501,13 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
-    params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
               "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
     spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
     part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
                params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
-    out = f32(run(KernelSpec("attention_merge"), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
-                  {"heads": heads, "head_dim": hd, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
+    out = f32(run(merge_spec(hd), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
+                  {"heads": heads, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
@@ -517,14 +522,14 @@ def test_attention_of_a_batched_row(run, rng, gpu):
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), 0, 0.0)
     kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
     q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
-    params = {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": 0,
+    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0,
               "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
     step = step_words(pos0, 1, rows=0, row0=row0)
     spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
     part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4)], params,
                (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
-    out = f32(run(KernelSpec("attention_merge"), [step, part, Out(q.nbytes)],
-                  {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1))[0]).reshape(rows, -1)
+    out = f32(run(merge_spec(hd), [step, part, Out(q.nbytes)], {"heads": heads, "splits": splits},
+                  (heads, 1, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[row0:row0 + 1], decode_rows(kc, kvh * hd, "f32"), decode_rows(vc, kvh * hd, "f32"),
                                np.array([pos0]), spec)
     assert rel_l2(out[row0:row0 + 1], want) < 1e-5

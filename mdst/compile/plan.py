@@ -684,26 +684,25 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
         kvb = wgsl_const(f"kv/{KV_TYPES[layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
         c.dispatch("kv_store", [c.step, k, v, x[1], x[2], None], (ceil_div(lk.kv_dim // kvb, 64), r, 1),
                    {"kv_dim": lk.kv_dim, "ring": lk.ring}, "kv_store")
-    params = {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "ring": lk.ring,
-              "window": s.window, "scale": s.scale, "softcap": s.softcap,
-              "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
+    params = {"heads": s.heads, "kv_heads": s.kv_heads, "ring": lk.ring, "window": s.window, "scale": s.scale,
+              "softcap": s.softcap, "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
     lanes = c.presets.attention_lanes
     gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
-    consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG}
+    consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG, "HD": s.head_dim}
     if r == 1 and c.presets.attention_split:
         # decode: splits of keys in parallel, then a merge (flash-decoding)
         split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
         part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
         c.dispatch("attention", [c.step, k, v, x[0], part, None], (s.heads // gw, 1, splits), params,
                    "attention", SPLIT=split, **consts)
-        c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
-                   {"heads": s.heads, "head_dim": s.head_dim, "splits": splits}, "attention")
+        c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1), {"heads": s.heads, "splits": splits},
+                   "attention", HD=s.head_dim)
         c.live.free(-id(node))
     elif r > 1 and c.presets.prefill_attention == "flash":
         wg = c.presets.flash_threads
         gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim, wg)
         c.dispatch("attention_rows", [c.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
-                   params, "attention", WG=wg, GW=gw, BR=br, BC=bc)
+                   {**params, "head_dim": s.head_dim}, "attention", WG=wg, GW=gw, BR=br, BC=bc)
     else:
         c.dispatch("attention", [c.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
                    **consts)

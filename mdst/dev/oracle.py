@@ -371,7 +371,7 @@ class CaseBuilder:
         from ..kernels.runner import Out
         out = []
         for d in uses[:1]:
-            heads, hd, splits = int(d.params["heads"]), int(d.params["head_dim"]), 5
+            heads, hd, splits = int(d.params["heads"]), int(spec.constants_dict()["HD"]), 5
             part = np.zeros((heads, splits, hd + 2), np.float32)
             part[:, :, 0] = self.normal(heads, splits, scale=3.0)
             part[:, :, 1] = np.abs(self.normal(heads, splits)) + 0.5
@@ -381,7 +381,7 @@ class CaseBuilder:
             want = reference.merge_partials(part)
             out.append(Case(f"{heads} heads of {hd}, {splits} ranges (one empty)", spec,
                             [step_words(10, 1, rows=1), part, Out(want.nbytes)],
-                            {"heads": heads, "head_dim": hd, "splits": splits}, (heads, 1, 1),
+                            {"heads": heads, "splits": splits}, (heads, 1, 1),
                             [Expect("f32", _within(1e-5), want)]))
         return out
 
@@ -444,7 +444,8 @@ class CaseBuilder:
             window = int(p["window"])
             pos0 = window + 7 if window else 130
             ring = window + rows - 1 if window else 137
-            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), int(p["head_dim"]), float(p["scale"]), window,
+            hd = int(p["head_dim"] if flash else spec.constants_dict()["HD"])
+            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), hd, float(p["scale"]), window,
                               float(p["softcap"]), float(p["temp_scale"]), int(p["temp_floor"]))
             kv_type = _kv_type(spec)
             kc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim, scale=2.0), kv_type)

@@ -16,7 +16,6 @@
 struct P {
     heads: u32,
     kv_heads: u32,
-    head_dim: u32,   // a multiple of 4, at most 4 * WG; GW * head_dim <= QS
     ring: u32,
     window: u32,
     scale: f32,
@@ -34,7 +33,12 @@ override WG: u32 = 128u;
 override SPLIT: u32 = 0u;
 override LPK: u32 = 4u;   // lanes per key: a power of two dividing WG
 override GW: u32 = 1u;    // query heads a workgroup: divides heads / kv_heads, at most MAX_GW
+override HD: u32;         // head_dim: a multiple of 4, at most 4 * WG; GW * HD <= QS
 override T: u32 = WG / LPK;
+// A specialization constant rather than a parameter so that every loop over a head or a tile has a fixed
+// trip count: the compiler unrolls it and issues a tile's loads together instead of one at a time.
+override DV: u32 = HD / 4u;             // fours in a head
+override KGN: u32 = WG / DV;            // key groups in step 3 (threads from KGN * DV on idle there)
 
 // Limits of workgroup memory, read by the host (plan.attention_group): 16 KiB in all at WG = 128.
 const MAX_GW: u32 = 8u;
@@ -47,6 +51,43 @@ var<workgroup> sc: array<f32, SCORES>;          // [GW, T] the tile's scores
 var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(score - running max)
 var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
 var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
+
+// Per-thread sums of the GW heads live in vectors (heads 0-3 and 4-7), written out with constant indices:
+// arrays indexed by head (loops over GW) went through memory on an H100 and cost more than the cache reads.
+// A head past GW stands for the group's last (`hc`), so every lane computes from valid data.
+fn hc(g: u32) -> u32 {
+    return min(g, GW - 1u);
+}
+
+// Head g's value of the (lo, hi) pair.
+fn head_of(lo: vec4<f32>, hi: vec4<f32>, g: u32) -> f32 {
+    return select(lo[g & 3u], hi[g & 3u], g >= 4u);
+}
+
+// Column g & 3 of m, by selects rather than an index.
+fn col_of(m: mat4x4<f32>, g: u32) -> vec4<f32> {
+    return select(select(m[0], m[1], (g & 1u) == 1u), select(m[2], m[3], (g & 1u) == 1u), (g & 2u) == 2u);
+}
+
+// The scores of key k's four dims i for heads h, h + 1, h + 2, h + 3.
+fn dots4(h: u32, i: u32, k: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(qs[hc(h) * DV + i], k), dot(qs[hc(h + 1u) * DV + i], k), dot(qs[hc(h + 2u) * DV + i], k),
+                     dot(qs[hc(h + 3u) * DV + i], k));
+}
+
+// A tile's weights for heads h .. h + 3 at key u (from pw), or their rescale factors (from al).
+fn pw4(h: u32, u: u32) -> vec4<f32> {
+    return vec4<f32>(pw[hc(h) * T + u], pw[hc(h + 1u) * T + u], pw[hc(h + 2u) * T + u], pw[hc(h + 3u) * T + u]);
+}
+
+fn al4(h: u32) -> vec4<f32> {
+    return vec4<f32>(al[hc(h)], al[hc(h + 1u)], al[hc(h + 2u)], al[hc(h + 3u)]);
+}
+
+// v weighted by each of w's four heads: columns of a head's four dims.
+fn outer(v: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(v * w.x, v * w.y, v * w.z, v * w.w);
+}
 
 fn put4(i: u32, v: vec4<f32>) {
     out[i] = v.x;
@@ -76,12 +117,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         last = min(pos, first + len - 1u);
     }
     let h0 = wid.x * GW;
-    let kb = (h0 / (p.heads / p.kv_heads)) * p.head_dim;   // the KV head's first value in a cached row
-    let kv_dim = p.kv_heads * p.head_dim;
-    let dv = p.head_dim / 4u;   // fours in a head
+    let kb = (h0 / (p.heads / p.kv_heads)) * HD;   // the KV head's first value in a cached row
+    let kv_dim = p.kv_heads * HD;
     let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
-    for (var i = lid; i < GW * dv; i += WG) {
-        let qb = ((step[STEP_ROW0] + r) * p.heads + h0) * p.head_dim + 4u * i;
+    for (var i = lid; i < GW * DV; i += WG) {
+        let qb = ((step[STEP_ROW0] + r) * p.heads + h0) * HD + 4u * i;
         qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
     }
     if (lid < 2u * MAX_GW) {
@@ -91,32 +131,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     let lane = lid % LPK;
     let kk = lid / LPK;        // the key this lane scores
-    let kg_n = WG / dv;        // key groups in step 3 (threads from kg_n * dv on idle there)
-    let kg = lid / dv;
-    let c = lid % dv;          // the four dims this thread adds in step 3
-    var acc: array<vec4<f32>, MAX_GW>;
-    var l: array<f32, MAX_GW>;
+    let kg = lid / DV;
+    let c = lid % DV;          // the four dims this thread adds in step 3
+    var acc_lo = mat4x4<f32>();   // the four dims' unnormalized outputs of heads 0-3 (columns)
+    var acc_hi = mat4x4<f32>();   // heads 4-7
+    var l_lo = vec4<f32>(0.0);    // their sums of weights
+    var l_hi = vec4<f32>(0.0);
     var slot = 0u;             // mh slot holding the running max
-    var part: array<f32, MAX_GW>;
     for (var t0 = first; t0 <= last; t0 += T) {
         let n = min(T, last + 1u - t0);   // keys in this tile
         // 1. scores
-        for (var g = 0u; g < GW; g++) {
-            part[g] = 0.0;   // assigned, not declared here: a declaration in a loop may be zeroed once only
-        }
-        if (kk < n) {
-            let row = (t0 + kk) % p.ring;
-            for (var i = lane; i < dv; i += LPK) {
+        var s_lo = vec4<f32>(0.0);
+        var s_hi = vec4<f32>(0.0);
+        // a key past the tile's n scores the tile's last key again (its weight is 0 in step 2), so every
+        // lane loads unconditionally
+        let row = (t0 + min(kk, n - 1u)) % p.ring;
+        for (var j = 0u; j < (DV + LPK - 1u) / LPK; j++) {
+            let i = lane + j * LPK;
+            if (i < DV) {
                 let k = k_get4(row, kb + 4u * i, kv_dim);
-                for (var g = 0u; g < GW; g++) {
-                    part[g] += dot(qs[g * dv + i], k);
+                s_lo += dots4(0u, i, k);
+                if (GW > 4u) {
+                    s_hi += dots4(4u, i, k);
                 }
             }
         }
         if (LPK > 1u) {
-            red[lid] = vec4<f32>(part[0], part[1], part[2], part[3]);
+            red[lid] = s_lo;
             if (GW > 4u) {
-                red[WG + lid] = vec4<f32>(part[4], part[5], part[6], part[7]);
+                red[WG + lid] = s_hi;
             }
             workgroupBarrier();
             for (var e = lid; e < GW * T; e += WG) {
@@ -130,17 +173,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         } else {
             for (var g = 0u; g < GW; g++) {
-                sc[g * T + kk] = softcapped(part[g], p.softcap);
+                sc[g * T + kk] = softcapped(head_of(s_lo, s_hi, g), p.softcap);
             }
         }
         workgroupBarrier();
-        // 2. weights: past the tile's n keys a score is ignored, its weight 0
+        // 2. weights: past the tile's n keys a score repeats the last key's (so the max is the same) and its
+        // weight is 0
         for (var e = lid; e < GW * T; e += WG) {
             let g = e / T;
             let t = e % T;
             let old = mh[slot * MAX_GW + g];
             var m = old;
-            for (var u = 0u; u < n; u++) {
+            for (var u = 0u; u < T; u++) {
                 m = max(m, sc[g * T + u]);
             }
             var w = 0.0;
@@ -155,47 +199,58 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
         slot = 1u - slot;
-        // 3. values (the next tile's writes to pw and al come after its first barrier)
-        if (kg < kg_n) {
-            for (var g = 0u; g < GW; g++) {
-                acc[g] *= al[g];
-                l[g] *= al[g];
+        // 3. values (the next tile's writes to pw and al come after its first barrier); a key past n reads
+        // the last key's row with weight 0
+        if (kg < KGN) {
+            let a_lo = al4(0u);
+            acc_lo = mat4x4<f32>(acc_lo[0] * a_lo.x, acc_lo[1] * a_lo.y, acc_lo[2] * a_lo.z, acc_lo[3] * a_lo.w);
+            l_lo *= a_lo;
+            if (GW > 4u) {
+                let a_hi = al4(4u);
+                acc_hi = mat4x4<f32>(acc_hi[0] * a_hi.x, acc_hi[1] * a_hi.y, acc_hi[2] * a_hi.z, acc_hi[3] * a_hi.w);
+                l_hi *= a_hi;
             }
-            for (var u = kg; u < n; u += kg_n) {
-                let v = v_get4((t0 + u) % p.ring, kb + 4u * c, kv_dim);
-                for (var g = 0u; g < GW; g++) {
-                    let w = pw[g * T + u];
-                    acc[g] += w * v;
-                    l[g] += w;
+            for (var j = 0u; j < (T + KGN - 1u) / KGN; j++) {
+                let u = kg + j * KGN;
+                if (u < T) {
+                    let v = v_get4((t0 + min(u, n - 1u)) % p.ring, kb + 4u * c, kv_dim);
+                    let w_lo = pw4(0u, u);
+                    acc_lo += outer(v, w_lo);
+                    l_lo += w_lo;
+                    if (GW > 4u) {
+                        let w_hi = pw4(4u, u);
+                        acc_hi += outer(v, w_hi);
+                        l_hi += w_hi;
+                    }
                 }
             }
         }
     }
     // Sum the key groups' partial outputs, one head at a time, through red.
     for (var g = 0u; g < GW; g++) {
-        if (kg < kg_n) {
-            red[lid] = acc[g];
-            red[WG + lid] = vec4<f32>(l[g]);
+        if (kg < KGN) {
+            red[lid] = select(col_of(acc_lo, g), col_of(acc_hi, g), g >= 4u);
+            red[WG + lid] = vec4<f32>(head_of(l_lo, l_hi, g));
         }
         workgroupBarrier();
-        if (lid < dv) {
+        if (lid < DV) {
             var o = red[lid];
             var s = red[WG + lid].x;
-            for (var j = 1u; j < kg_n; j++) {
-                o += red[j * dv + lid];
-                s += red[WG + j * dv + lid].x;
+            for (var j = 1u; j < KGN; j++) {
+                o += red[j * DV + lid];
+                s += red[WG + j * DV + lid].x;
             }
             let h = h0 + g;
             if (SPLIT > 0u) {
                 // an empty split (past pos) has sum 0
-                let pb = ((r * p.heads + h) * nwg.z + wid.z) * (p.head_dim + 2u);
+                let pb = ((r * p.heads + h) * nwg.z + wid.z) * (HD + 2u);
                 if (lid == 0u) {
                     out[pb] = mh[slot * MAX_GW + g];
                     out[pb + 1u] = s;
                 }
                 put4(pb + 2u + 4u * lid, o);
             } else {
-                put4(((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + 4u * lid, o / s);
+                put4(((step[STEP_ROW0] + r) * p.heads + h) * HD + 4u * lid, o / s);
             }
         }
         workgroupBarrier();

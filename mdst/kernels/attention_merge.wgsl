@@ -1,13 +1,13 @@
 // Attention with SPLIT, second stage: combine a (head, row)'s per-split partials (m, l, acc) into
 // out = sum_z acc_z * exp(m_z - M) / sum_z l_z * exp(m_z - M), M the largest m_z of non-empty splits.
-// Each split's weight is found once, in workgroup memory; the dims then read the splits' partial outputs
-// up to the last non-empty split (splits past the query's position are empty), four splits at a time.
+// Each split's weight is found once, in workgroup memory; then thread (group j, four dims c) sums the partial
+// outputs of every ZG-th split from j up to the last non-empty one (splits past the query's position are
+// empty), so a thread waits on a chain of splits / ZG loads, and the groups' sums meet in workgroup memory.
 // Row r (its partials) is written to activation row row0 + r (STEP_ROW0).
 // Dispatch: (heads, rows).
 
 struct P {
     heads: u32,
-    head_dim: u32,
     splits: u32,     // at most MAX_SPLITS
 }
 
@@ -16,13 +16,17 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim]
 @group(0) @binding(3) var<uniform> p: P;
 
-override WG: u32 = 64u;
+override WG: u32 = 256u;
+override HD: u32;               // head_dim: a multiple of 4, at most 4 * WG
+override DV: u32 = HD / 4u;     // fours in a head
+override ZG: u32 = WG / DV;     // groups of splits
 
 const MAX_SPLITS: u32 = 256u;   // read by the host (plan.attention_splits)
 
 var<workgroup> ms: array<f32, MAX_SPLITS>;   // split z's running max (-3e38 when empty)
 var<workgroup> ls: array<f32, MAX_SPLITS>;   // its sum of weights
 var<workgroup> ws: array<f32, MAX_SPLITS>;   // its weight exp(m_z - M), 0 when empty
+var<workgroup> sums: array<vec4<f32>, WG>;   // [ZG, DV] the groups' weighted sums
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -31,7 +35,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (r >= step[STEP_ROWS]) {
         return;
     }
-    let stride = p.head_dim + 2u;
+    let stride = HD + 2u;
     let base = (r * p.heads + h) * p.splits * stride;
     for (var z = lid; z < p.splits; z += WG) {
         let l = part[base + z * stride + 1u];
@@ -55,17 +59,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var z = 0u; z < nz; z++) {
         total += ls[z] * ws[z];
     }
-    for (var d = lid; d < p.head_dim; d += WG) {
-        let o = base + 2u + d;
-        var acc = vec4<f32>(0.0);
-        var z = 0u;
-        for (; z + 4u <= nz; z += 4u) {
-            acc += vec4<f32>(part[o + z * stride], part[o + (z + 1u) * stride], part[o + (z + 2u) * stride],
-                             part[o + (z + 3u) * stride]) * vec4<f32>(ws[z], ws[z + 1u], ws[z + 2u], ws[z + 3u]);
+    let j = lid / DV;
+    let c = lid % DV;
+    var acc = vec4<f32>(0.0);
+    if (j < ZG) {
+        for (var z = j; z < nz; z += ZG) {
+            let o = base + z * stride + 2u + 4u * c;
+            acc += vec4<f32>(part[o], part[o + 1u], part[o + 2u], part[o + 3u]) * ws[z];
         }
-        for (; z < nz; z++) {
-            acc.x += part[o + z * stride] * ws[z];
+    }
+    sums[lid] = acc;
+    workgroupBarrier();
+    if (lid < DV) {
+        var o = sums[lid];
+        for (var g = 1u; g < ZG; g++) {
+            o += sums[g * DV + lid];
         }
-        out[((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + d] = (acc.x + acc.y + acc.z + acc.w) / total;
+        let ob = ((step[STEP_ROW0] + r) * p.heads + h) * HD + 4u * lid;
+        o /= total;
+        out[ob] = o.x;
+        out[ob + 1u] = o.y;
+        out[ob + 2u] = o.z;
+        out[ob + 3u] = o.w;
     }
 }
