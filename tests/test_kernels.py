@@ -400,14 +400,14 @@ def test_attention_rows(run, rng, gpu, window, softcap, temp, kv_type, hd, heads
     wg = 64 if hd == 128 else ATTN_WG
     gw, br, bc = flash_tiles(heads, kvh, hd, wg)
     spec_k = dataclasses.replace(kv_spec("attention_rows", kv_type, gpu),
-                                 constants=(("BC", bc), ("BR", br), ("GW", gw), ("WG", wg)))
+                                 constants=(("BC", bc), ("BR", br), ("GW", gw), ("HD", hd), ("WG", wg)))
     ring = window + rows - 1 if window else pos0 + rows + 3
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), window, softcap, temp_scale=temp, temp_floor=4)
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
-                  {"heads": heads, "kv_heads": kvh, "head_dim": hd, "ring": ring, "window": window,
+                  {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
                    "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 4},
                   (heads // gw, -(-rows // br), 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),

@@ -702,7 +702,7 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
         wg = c.presets.flash_threads
         gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim, wg)
         c.dispatch("attention_rows", [c.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
-                   {**params, "head_dim": s.head_dim}, "attention", WG=wg, GW=gw, BR=br, BC=bc)
+                   params, "attention", WG=wg, GW=gw, BR=br, BC=bc, HD=s.head_dim)
     else:
         c.dispatch("attention", [c.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
                    **consts)

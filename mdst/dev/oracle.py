@@ -444,9 +444,8 @@ class CaseBuilder:
             window = int(p["window"])
             pos0 = window + 7 if window else 130
             ring = window + rows - 1 if window else 137
-            hd = int(p["head_dim"] if flash else spec.constants_dict()["HD"])
-            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), hd, float(p["scale"]), window,
-                              float(p["softcap"]), float(p["temp_scale"]), int(p["temp_floor"]))
+            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), int(spec.constants_dict()["HD"]),
+                              float(p["scale"]), window, float(p["softcap"]), float(p["temp_scale"]), int(p["temp_floor"]))
             kv_type = _kv_type(spec)
             kc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim, scale=2.0), kv_type)
             vc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim), kv_type)

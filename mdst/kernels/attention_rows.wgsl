@@ -15,7 +15,6 @@
 struct P {
     heads: u32,
     kv_heads: u32,
-    head_dim: u32,   // a multiple of 4, at most 4 * NV * WG; BC * head_dim <= KVMAX; QB * TPQ <= WG
     ring: u32,
     window: u32,
     scale: f32,
@@ -34,6 +33,9 @@ override GW: u32 = 1u;    // query heads of one KV head a workgroup: divides hea
 override BR: u32 = 8u;    // rows a workgroup
 override BC: u32 = 16u;   // keys a tile: BC * head_dim <= KVMAX, BC * WG <= RED
 override QB: u32 = BR * GW;   // query vectors a workgroup
+override HD: u32;             // head_dim: a multiple of 4, at most 4 * NV * WG; BC * HD <= KVMAX; QB * TPQ <= WG
+override DV: u32 = HD / 4u;   // fours in a head
+override TPQ: u32 = (DV + NV - 1u) / NV;   // threads a query vector
 
 // Limits of workgroup memory, read by the host (plan.flash_tiles): 16 KiB in all at WG = 128.
 const KVMAX: u32 = 2048u;   // cached values a tile holds: BC * head_dim
@@ -62,74 +64,78 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let first = first_key(step[STEP_POS0] + r0);
     let last = step[STEP_POS0] + r_end - 1u;   // keys [first, last] cover every row of the block
     let h0 = wid.x * GW;
-    let kb = (h0 / (p.heads / p.kv_heads)) * p.head_dim;   // the KV head's first value in a cached row
-    let kv_dim = p.kv_heads * p.head_dim;
-    let dv = p.head_dim / 4u;
-    let tpq = (dv + NV - 1u) / NV;
-    // this thread: query vector qi (row r0 + qi / GW, head h0 + qi % GW), fours c<j> = tq + tpq j; fours past
+    let kb = (h0 / (p.heads / p.kv_heads)) * HD;   // the KV head's first value in a cached row
+    let kv_dim = p.kv_heads * HD;
+    // this thread: query vector qi (row r0 + qi / GW, head h0 + qi % GW), fours c<j> = tq + TPQ j; fours past
     // the head's are clamped to its last and their query values are zero, so they add nothing
-    let qi = lid / tpq;
-    let tq = lid % tpq;
+    let qi = lid / TPQ;
+    let tq = lid % TPQ;
     let r = min(r0 + qi / GW, r_end - 1u);
     let live = qi < QB && r0 + qi / GW < r_end;
     let pos = step[STEP_POS0] + r;
     let lo = first_key(pos);
-    let c0 = min(tq, dv - 1u);
-    let c1 = min(tq + tpq, dv - 1u);
-    let c2 = min(tq + 2u * tpq, dv - 1u);
-    let c3 = min(tq + 3u * tpq, dv - 1u);
-    let c4 = min(tq + 4u * tpq, dv - 1u);
-    let c5 = min(tq + 5u * tpq, dv - 1u);
-    let c6 = min(tq + 6u * tpq, dv - 1u);
-    let c7 = min(tq + 7u * tpq, dv - 1u);
+    let c0 = min(tq, DV - 1u);
+    let c1 = min(tq + TPQ, DV - 1u);
+    let c2 = min(tq + 2u * TPQ, DV - 1u);
+    let c3 = min(tq + 3u * TPQ, DV - 1u);
+    let c4 = min(tq + 4u * TPQ, DV - 1u);
+    let c5 = min(tq + 5u * TPQ, DV - 1u);
+    let c6 = min(tq + 6u * TPQ, DV - 1u);
+    let c7 = min(tq + 7u * TPQ, DV - 1u);
     let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
-    let qb = (r * p.heads + h0 + min(qi, QB - 1u) % GW) * p.head_dim;
+    let qb = (r * p.heads + h0 + min(qi, QB - 1u) % GW) * HD;
     // separate variables, not arrays: a loop-indexed array may live in slow memory
-    let q0 = query4(qb, tq, dv, live, qscale);
-    let q1 = query4(qb, tq + tpq, dv, live, qscale);
-    let q2 = query4(qb, tq + 2u * tpq, dv, live, qscale);
-    let q3 = query4(qb, tq + 3u * tpq, dv, live, qscale);
-    let q4 = query4(qb, tq + 4u * tpq, dv, live, qscale);
-    let q5 = query4(qb, tq + 5u * tpq, dv, live, qscale);
-    let q6 = query4(qb, tq + 6u * tpq, dv, live, qscale);
-    let q7 = query4(qb, tq + 7u * tpq, dv, live, qscale);
+    let q0 = query4(qb, tq, live, qscale);
+    let q1 = query4(qb, tq + TPQ, live, qscale);
+    let q2 = query4(qb, tq + 2u * TPQ, live, qscale);
+    let q3 = query4(qb, tq + 3u * TPQ, live, qscale);
+    let q4 = query4(qb, tq + 4u * TPQ, live, qscale);
+    let q5 = query4(qb, tq + 5u * TPQ, live, qscale);
+    let q6 = query4(qb, tq + 6u * TPQ, live, qscale);
+    let q7 = query4(qb, tq + 7u * TPQ, live, qscale);
     var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
     var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0); var acc6 = vec4<f32>(0.0); var acc7 = vec4<f32>(0.0);
     var m = -3.0e38;   // the query vector's running max and sum (the same in each of its threads)
     var l = 0.0;
-    let pv = qi * tpq;   // the vector's first thread: its partials are red[t WG + pv + u], u < tpq
+    let pv = qi * TPQ;   // the vector's first thread: its partials are red[t WG + pv + u], u < TPQ
     for (var t0 = first; t0 <= last; t0 += BC) {
         let n = min(BC, last + 1u - t0);   // keys in this tile
         // 1. K rows
         workgroupBarrier();   // the previous tile's step 4 is done with kv and red
-        for (var e = lid; e < BC * dv; e += WG) {
-            let t = e / dv;
-            var v = vec4<f32>(0.0);
-            if (t < n) {
-                v = k_get4((t0 + t) % p.ring, kb + 4u * (e % dv), kv_dim);
+        for (var j = 0u; j < (BC * DV + WG - 1u) / WG; j++) {   // a fixed count: the loads issue together
+            let e = lid + j * WG;
+            let t = e / DV;
+            if (e < BC * DV) {
+                var v = vec4<f32>(0.0);
+                if (t < n) {
+                    v = k_get4((t0 + t) % p.ring, kb + 4u * (e % DV), kv_dim);
+                }
+                kv[e] = v;
             }
-            kv[e] = v;
         }
         workgroupBarrier();
         // 2. partial dots
         for (var t = 0u; t < BC; t++) {
-            let b = t * dv;
+            let b = t * DV;
             red[t * WG + lid] = dot(q0, kv[b + c0]) + dot(q1, kv[b + c1]) + dot(q2, kv[b + c2]) + dot(q3, kv[b + c3])
                               + dot(q4, kv[b + c4]) + dot(q5, kv[b + c5]) + dot(q6, kv[b + c6]) + dot(q7, kv[b + c7]);
         }
         workgroupBarrier();
         // 3. V rows; the tile's max
-        for (var e = lid; e < BC * dv; e += WG) {
-            let t = e / dv;
-            var v = vec4<f32>(0.0);
-            if (t < n) {
-                v = v_get4((t0 + t) % p.ring, kb + 4u * (e % dv), kv_dim);
+        for (var j = 0u; j < (BC * DV + WG - 1u) / WG; j++) {   // a fixed count: the loads issue together
+            let e = lid + j * WG;
+            let t = e / DV;
+            if (e < BC * DV) {
+                var v = vec4<f32>(0.0);
+                if (t < n) {
+                    v = v_get4((t0 + t) % p.ring, kb + 4u * (e % DV), kv_dim);
+                }
+                kv[e] = v;
             }
-            kv[e] = v;
         }
         var mt = m;
         for (var t = 0u; t < n; t++) {
-            mt = max(mt, score(t, t0 + t, pv, tpq, lo, pos));
+            mt = max(mt, score(t, t0 + t, pv, lo, pos));
         }
         let alpha = exp(m - mt);
         m = mt;
@@ -139,13 +145,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
         // 4. values
         for (var t = 0u; t < n; t++) {
-            let st = score(t, t0 + t, pv, tpq, lo, pos);
+            let st = score(t, t0 + t, pv, lo, pos);
             var w = 0.0;
             if (st > -1.0e38) {
                 w = exp(st - m);
             }
             l += w;
-            let b = t * dv;
+            let b = t * DV;
             acc0 += w * kv[b + c0]; acc1 += w * kv[b + c1]; acc2 += w * kv[b + c2]; acc3 += w * kv[b + c3];
             acc4 += w * kv[b + c4]; acc5 += w * kv[b + c5]; acc6 += w * kv[b + c6]; acc7 += w * kv[b + c7];
         }
@@ -153,8 +159,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (live) {
         let acc = array<vec4<f32>, NV>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
         for (var j = 0u; j < NV; j++) {
-            let c = tq + j * tpq;
-            if (c < dv) {
+            let c = tq + j * TPQ;
+            if (c < DV) {
                 let o = acc[j] / l;
                 out[qb + 4u * c] = o.x;
                 out[qb + 4u * c + 1u] = o.y;
@@ -166,8 +172,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // Four of the query's values from four `c` of its head (zero past the head, or for a thread with no vector).
-fn query4(qb: u32, c: u32, dv: u32, live: bool, qscale: f32) -> vec4<f32> {
-    if (!live || c >= dv) {
+fn query4(qb: u32, c: u32, live: bool, qscale: f32) -> vec4<f32> {
+    if (!live || c >= DV) {
         return vec4<f32>(0.0);
     }
     let i = qb + 4u * c;
@@ -176,12 +182,12 @@ fn query4(qb: u32, c: u32, dv: u32, live: bool, qscale: f32) -> vec4<f32> {
 
 // The score of tile key t (cache position `key`) for the vector whose partials start at red[pv]: -3e38 where
 // the row at `pos` does not attend to it.
-fn score(t: u32, key: u32, pv: u32, tpq: u32, lo: u32, pos: u32) -> f32 {
+fn score(t: u32, key: u32, pv: u32, lo: u32, pos: u32) -> f32 {
     if (key < lo || key > pos) {
         return -3.0e38;
     }
     var s = 0.0;
-    for (var u = 0u; u < tpq; u++) {
+    for (var u = 0u; u < TPQ; u++) {
         s += red[t * WG + pv + u];
     }
     return softcapped(s, p.softcap);
