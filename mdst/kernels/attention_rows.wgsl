@@ -102,17 +102,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let n = min(BC, last + 1u - t0);   // keys in this tile
         // 1. K rows
         workgroupBarrier();   // the previous tile's step 4 is done with kv and red
-        for (var j = 0u; j < (BC * DV + WG - 1u) / WG; j++) {   // a fixed count: the loads issue together
-            let e = lid + j * WG;
-            let t = e / DV;
-            if (e < BC * DV) {
-                var v = vec4<f32>(0.0);
-                if (t < n) {
-                    v = k_get4((t0 + t) % p.ring, kb + 4u * (e % DV), kv_dim);
-                }
-                kv[e] = v;
-            }
-        }
+        stage_tile(lid, t0, n, kb, kv_dim, false);
         workgroupBarrier();
         // 2. partial dots
         for (var t = 0u; t < BC; t++) {
@@ -122,17 +112,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
         // 3. V rows; the tile's max
-        for (var j = 0u; j < (BC * DV + WG - 1u) / WG; j++) {   // a fixed count: the loads issue together
-            let e = lid + j * WG;
-            let t = e / DV;
-            if (e < BC * DV) {
-                var v = vec4<f32>(0.0);
-                if (t < n) {
-                    v = v_get4((t0 + t) % p.ring, kb + 4u * (e % DV), kv_dim);
-                }
-                kv[e] = v;
-            }
-        }
+        stage_tile(lid, t0, n, kb, kv_dim, true);
         var mt = m;
         for (var t = 0u; t < n; t++) {
             mt = max(mt, score(t, t0 + t, pv, lo, pos));
@@ -167,6 +147,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 out[qb + 4u * c + 2u] = o.z;
                 out[qb + 4u * c + 3u] = o.w;
             }
+        }
+    }
+}
+
+// The tile's K rows (V rows with `values`) into kv, zero past its n keys, in a fixed count of steps so that
+// the loads issue together.
+fn stage_tile(lid: u32, t0: u32, n: u32, kb: u32, kv_dim: u32, values: bool) {
+    for (var j = 0u; j < (BC * DV + WG - 1u) / WG; j++) {
+        let e = lid + j * WG;
+        let t = e / DV;
+        if (e < BC * DV) {
+            var v = vec4<f32>(0.0);
+            if (t < n) {
+                let row = (t0 + t) % p.ring;
+                if (values) {
+                    v = v_get4(row, kb + 4u * (e % DV), kv_dim);
+                } else {
+                    v = k_get4(row, kb + 4u * (e % DV), kv_dim);
+                }
+            }
+            kv[e] = v;
         }
     }
 }
