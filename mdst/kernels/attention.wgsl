@@ -35,8 +35,8 @@ override LPK: u32 = 4u;   // lanes per key: a power of two dividing WG
 override GW: u32 = 1u;    // query heads a workgroup: divides heads / kv_heads, at most MAX_GW
 override HD: u32;         // head_dim: a multiple of 4, at most 4 * WG; GW * HD <= QS
 override T: u32 = WG / LPK;
-// A specialization constant rather than a parameter so that every loop over a head or a tile has a fixed
-// trip count: the compiler unrolls it and issues a tile's loads together instead of one at a time.
+// HD is a specialization constant rather than a parameter so that every loop over a head or a tile has a
+// fixed trip count, which the compiler can unroll to issue a tile's loads together.
 override DV: u32 = HD / 4u;             // fours in a head
 override KGN: u32 = WG / DV;            // key groups in step 3 (threads from KGN * DV on idle there)
 
@@ -52,9 +52,9 @@ var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(sco
 var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
 var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
 
-// Per-thread sums of the GW heads live in vectors (heads 0-3 and 4-7), written out with constant indices:
-// arrays indexed by head (loops over GW) went through memory on an H100 and cost more than the cache reads.
-// A head past GW stands for the group's last (`hc`), so every lane computes from valid data.
+// Per-thread sums of the GW heads live in vectors (heads 0-3 and 4-7) read with constant indices: arrays
+// indexed by head in loops may be kept in local memory (DESIGN.md). A head past GW stands for the group's
+// last (`hc`), so every lane computes from valid data.
 fn hc(g: u32) -> u32 {
     return min(g, GW - 1u);
 }
