@@ -632,11 +632,11 @@ def _rms_norm(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     op: RmsNorm = node.op
     w = c.compiler.weights.weights[op.weight]
     n_vec = r * node.out.cols // op.dim
-    # a workgroup a vector: 256 threads for a hidden state (in 64, each thread's loop over 2048 values is a long
-    # chain of loads), 64 for a head's
+    # a workgroup a vector: 256 threads for a hidden state (each thread's loop over the vector is a chain of
+    # loads: benchmarks/dispatch_floor.py), 64 for a head's
     c.dispatch("rms_norm", [x[0], w.parts[0].buffer, y, x[1] if op.add else x[0], None], grid1(n_vec),
                {"dim": op.dim, "n_vec": n_vec, "eps": op.eps}, label_of(node), ADD=op.add,
-               WG=256 if op.dim >= 1024 else 64)
+               WG=256 if op.dim >= 512 else 64)
 
 
 def _binary(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
