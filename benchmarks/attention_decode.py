@@ -64,8 +64,9 @@ def main() -> None:
             q = storage(gpu, qv)
             want = attention(qv[None], kv.astype(np.float32), kv[::-1].astype(np.float32), np.array([keys - 1]),
                              AttentionSpec(0, heads, kvh, hd, float(hd ** -0.5)))
-            params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0,
-                      "scale": float(hd ** -0.5), "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+            params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0, "scale": float(hd ** -0.5),
+                      "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, "n_rot": 0, "neox": 0, "mscale": 1.0,
+                      "eps": 0.0, "q_norm": 0, "k_norm": 0}
             for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
                 split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
                 part = storage(gpu, heads * splits * (hd + 2) * 4)
@@ -73,7 +74,7 @@ def main() -> None:
                     gw = attention_group(heads, kvh, hd, lanes)
                     consts = (("GW", gw), ("HD", hd), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
                     att = dispatcher(gpu, pipelines, KernelSpec("attention", f16=f16, kv="F", constants=consts),
-                                     [step, k, v, q, part], params, (heads // gw, 1, splits))
+                                     [step, k, v, q, part, q, q, q], params, (heads // gw, 1, splits))
                     merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge", constants=(("HD", hd),)),
                                        [step, part, y], {"heads": heads, "splits": splits}, (heads, 1, 1))
                     s = timed(gpu, passes(att, merge), args.reps)

@@ -357,6 +357,10 @@ def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int, s
     return dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=consts)
 
 
+# attention's ROPE parameters when it is off (its kn, vn and aux bindings then take any buffer)
+NO_ROPE = {"n_rot": 0, "neox": 0, "mscale": 1.0, "eps": 0.0, "q_norm": 0, "k_norm": 0}
+
+
 def merge_spec(hd: int) -> KernelSpec:
     """The split attention's merge for heads of `hd` values."""
     return KernelSpec("attention_merge", constants=(("HD", hd),))
@@ -377,9 +381,9 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
-    out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)],
+    out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes), q, q, q],
                   {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
-                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32},
+                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32, **NO_ROPE},
                   (heads // dict(spec_k.constants)["GW"], rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
@@ -502,10 +506,10 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
-              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **NO_ROPE}
     spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
-    part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4)],
-               params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
+    part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4),
+                        q, q, q], params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
     out = f32(run(merge_spec(hd), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
                   {"heads": heads, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
@@ -523,10 +527,10 @@ def test_attention_of_a_batched_row(run, rng, gpu):
     kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
     q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0,
-              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1}
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **NO_ROPE}
     step = step_words(pos0, 1, rows=0, row0=row0)
     spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
-    part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4)], params,
+    part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4), q, q, q], params,
                (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
     out = f32(run(merge_spec(hd), [step, part, Out(q.nbytes)], {"heads": heads, "splits": splits},
                   (heads, 1, 1))[0]).reshape(rows, -1)
@@ -534,6 +538,60 @@ def test_attention_of_a_batched_row(run, rng, gpu):
                                np.array([pos0]), spec)
     assert rel_l2(out[row0:row0 + 1], want) < 1e-5
     assert np.isnan(out[:row0]).all()
+
+
+@pytest.mark.parametrize("kv_type,neox,q_norm,k_norm,split,hd,n_rot", [
+    ("f32", 1, 1, 1, 16, 96, 96), ("f16", 0, 1, 0, 16, 96, 64), ("q8_0", 1, 0, 1, 0, 96, 32),
+    ("f32", 0, 0, 0, 0, 40, 40), ("f16", 1, 1, 1, 16, 256, 256)])
+def test_attention_with_rope(run, rng, gpu, kv_type, neox, q_norm, k_norm, split, hd, n_rot):
+    """Decode attention doing rope_store's work (ROPE): the step's query and key normalized and rotated, the key and
+    value stored in their slot by the workgroup whose keys end at the row's position, read back with the others;
+    against the reference, at activation row 1 of 2 (a batched step's), every other slot untouched."""
+    heads, kvh, pos0, ring, row0, eps, mscale = 6, 2, 100, 137, 1, 1e-6, 0.9
+    kv_dim = kvh * hd
+    spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), 0, 0.0)
+    kc = encode_rows(rng.standard_normal((ring, kv_dim)) * 2, kv_type)
+    vc = encode_rows(rng.standard_normal((ring, kv_dim)), kv_type)
+    q = (rng.standard_normal((2, heads * hd)) * 2).astype(np.float32)
+    k, v = (rng.standard_normal((2, kv_dim)).astype(np.float32) for _ in range(2))
+    freq = (10000.0 ** (-np.arange(n_rot // 2) / (n_rot // 2))).astype(np.float32)
+    qw, kw = (rng.standard_normal(hd).astype(np.float32) for _ in range(2))
+    base = attention_spec(kv_type, gpu, heads, kvh, hd, 4, split)
+    spec_k = dataclasses.replace(base, constants=base.constants + (("ROPE", True),))
+    gw = dict(spec_k.constants)["GW"]
+    assert gw * kvh == heads
+    splits = -(-ring // split) if split else 1
+    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0, "scale": spec.scale, "softcap": 0.0,
+              "temp_scale": 0.0, "temp_floor": 1, "n_rot": n_rot, "neox": neox, "mscale": mscale, "eps": eps,
+              "q_norm": q_norm, "k_norm": k_norm}
+    step = step_words(pos0, 1, rows=1, row0=row0)
+    out_bytes = heads * splits * (hd + 2) * 4 if split else q.nbytes
+    got_k, got_v, out = run(spec_k, [step, Out(kc.nbytes, init=kc), Out(vc.nbytes, init=vc), q, Out(out_bytes), k, v,
+                                     np.concatenate([freq, qw, kw])], params, (heads // gw, 1, splits))
+    if split:
+        out = run(merge_spec(hd), [step, out, Out(q.nbytes)], {"heads": heads, "splits": splits}, (heads, 1, 1))[0]
+    out = f32(out).reshape(2, -1)
+
+    qn = reference.rms_norm(q[row0:], qw, eps, hd) if q_norm else q[row0:]
+    kn = reference.rms_norm(k[row0:], kw, eps, hd) if k_norm else k[row0:]
+    pos = np.array([pos0])
+    want_k, want_v = kc.copy(), vc.copy()
+    slot = pos0 % ring
+    want_k[slot] = encode_rows(reference.rope(kn, pos, freq, mscale, hd, n_rot, bool(neox)), kv_type)[0]
+    want_v[slot] = encode_rows(v[row0:], kv_type)[0]
+    got_k, got_v = got_k.reshape(kc.shape), got_v.reshape(vc.shape)
+    others = np.arange(ring) != slot
+    np.testing.assert_array_equal(got_k[others], kc[others])
+    np.testing.assert_array_equal(got_v[others], vc[others])
+    np.testing.assert_array_equal(got_v[slot], want_v[slot])
+    stored, exact = (decode_rows(c[slot:slot + 1], kv_dim, kv_type) for c in (got_k, want_k))
+    # f16 and q8_0 round the rotated key; a last-bit difference in it may round one step apart
+    step_size = {"f32": 1e-5, "f16": 2e-3, "q8_0": 1.01 / 127}[kv_type] * np.abs(exact).max()
+    assert np.abs(stored - exact).max() <= step_size
+    want = reference.attention(reference.rope(qn, pos, freq, mscale, hd, n_rot, bool(neox)),
+                               decode_rows(got_k, kv_dim, kv_type), decode_rows(got_v, kv_dim, kv_type), pos, spec)
+    assert rel_l2(out[row0:], want) < 1e-5
+    assert np.isnan(out[:row0]).all(), "another row was written"
 
 
 def test_rope_of_batched_rows(run, rng):

@@ -187,7 +187,7 @@ class CacheSlot:
 
 # Ops that read a sequence's cache or position: a batched plan runs them once per sequence, on its row, with its
 # own step words and cache; every other op runs once over all the rows.
-PER_SEQUENCE = (RopeStore, Attention, ShortConv, Rope)
+PER_SEQUENCE = (Attention, ShortConv, Rope)
 
 
 @dataclass
@@ -413,7 +413,7 @@ class Compiler:
         """
         alloc_rows = rows if alloc_rows is None else alloc_rows
         c = Compilation(self, presets or self.gpu.profile.presets)
-        c.batched = batch
+        c.batched, c.alloc_rows = batch, alloc_rows
         graph = fuse(graph, row_fusions=rows == 1 or c.presets.matmul == "by_output",
                      paired=self.weights.layout.paired, runs=self.weights.layout.runs if rows == 1 else None)
         live = c.live
@@ -567,6 +567,7 @@ class Compilation:
         self.layer: int | None = None
         self.block: int | None = None   # batched plans: the per-sequence run being lowered (None: shared)
         self.batched = False   # a batched decode plan (Compiler.compile's batch)
+        self.alloc_rows = 1    # rows an activation buffer holds (Compiler.compile's alloc_rows)
         self.outputs: list[OutputPart] | None = None   # the output's parts while lowering the output's node
         self._lru: dict[int, tuple[str, int] | None] = {i: None for i in range(len(compiler.weights.slots))}
         self._misses: list[tuple[int, int, str, int]] = []  # (dispatch index, slot, matrix, part)
@@ -661,51 +662,69 @@ def _rope(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                 "mscale": mscale}, "rope")
 
 
-def _rope_store(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
-    """Per-head q/k norms, RoPE and the KV-cache append in one dispatch (fusion.py)."""
-    op: RopeStore = node.op
-    s, spec = op.attention, op.rope
+def _rope_params(c: Compilation, op: RopeStore | None) -> dict[str, Any]:
+    """The parameters rope_store and attention's ROPE share (zeros without `op`)."""
+    if op is None:
+        return {"n_rot": 0, "neox": 0, "mscale": 1.0, "eps": 0.0, "q_norm": 0, "k_norm": 0}
+    return {"n_rot": op.rope.n_rot, "neox": int(op.rope.neox), "mscale": c.compiler.rope_freqs(op.rope)[1],
+            "eps": op.eps, "q_norm": int(op.q_norm is not None), "k_norm": int(op.k_norm is not None)}
+
+
+def _rope_store(c: Compilation, op: RopeStore, x: list[Any], y: Any, r: int) -> None:
+    """Per-head q/k norms, RoPE and the KV-cache append in one dispatch, for attention's many-row plans."""
+    s = op.attention
     li = c.compiler.layout.kv_index(s.layer)
-    mscale = c.compiler.rope_freqs(spec)[1]
     c.dispatch("rope_store", [c.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
                               c.compiler.store_table(op).parts[0].buffer, None], (s.heads + s.kv_heads, r, 1),
-               {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": op.head_dim, "n_rot": spec.n_rot,
-                "neox": int(spec.neox), "mscale": mscale, "ring": c.compiler.layout.kv[li].ring, "eps": op.eps,
-                "q_norm": int(op.q_norm is not None), "k_norm": int(op.k_norm is not None)}, "rope_store")
+               {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": op.head_dim,
+                "ring": c.compiler.layout.kv[li].ring, **_rope_params(c, op)}, "rope_store")
 
 
 def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     s: AttentionSpec = node.op.spec
+    rope: RopeStore | None = node.op.rope
     layout = c.compiler.layout
     li = layout.kv_index(s.layer)
     lk = layout.kv[li]
     k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
-    if not node.op.stored:  # else rope_store has appended k and v already
+    lanes = c.presets.attention_lanes
+    gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
+    # one row, and a workgroup for each KV head's query heads: the attention kernel does rope_store's work
+    fold = rope is not None and r == 1 and gw * s.kv_heads == s.heads and rope.rope.n_rot % 8 == 0
+    q = x[0]
+    if rope is not None and not fold:
+        q = c.live.take(-id(node) - 1, c.alloc_rows * s.heads * s.head_dim * 4)   # the rotated queries
+        _rope_store(c, rope, x, q, r)
+    elif rope is None:
         kvb = wgsl_const(f"kv/{KV_TYPES[layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
         c.dispatch("kv_store", [c.step, k, v, x[1], x[2], None], (ceil_div(lk.kv_dim // kvb, 64), r, 1),
                    {"kv_dim": lk.kv_dim, "ring": lk.ring}, "kv_store")
     params = {"heads": s.heads, "kv_heads": s.kv_heads, "ring": lk.ring, "window": s.window, "scale": s.scale,
               "softcap": s.softcap, "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
-    lanes = c.presets.attention_lanes
-    gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
-    consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG, "HD": s.head_dim}
-    if r == 1 and c.presets.attention_split:
-        # decode: splits of keys in parallel, then a merge (flash-decoding)
-        split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
-        part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
-        c.dispatch("attention", [c.step, k, v, x[0], part, None], (s.heads // gw, 1, splits), params,
-                   "attention", SPLIT=split, **consts)
-        c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1), {"heads": s.heads, "splits": splits},
-                   "attention", HD=s.head_dim)
-        c.live.free(-id(node))
-    elif r > 1 and c.presets.prefill_attention == "flash":
+    if r > 1 and c.presets.prefill_attention == "flash":
         wg = c.presets.flash_threads
-        gw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim, wg)
-        c.dispatch("attention_rows", [c.step, k, v, x[0], y, None], (s.heads // gw, ceil_div(r, br), 1),
-                   params, "attention", WG=wg, GW=gw, BR=br, BC=bc, HD=s.head_dim)
+        fgw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim, wg)
+        c.dispatch("attention_rows", [c.step, k, v, q, y, None], (s.heads // fgw, ceil_div(r, br), 1),
+                   params, "attention", WG=wg, GW=fgw, BR=br, BC=bc, HD=s.head_dim)
     else:
-        c.dispatch("attention", [c.step, k, v, x[0], y, None], (s.heads // gw, r, 1), params, "attention",
-                   **consts)
+        # ROPE's own inputs: the step's keys and values and rope_store's table (the query again where unused)
+        extra = [x[1], x[2], c.compiler.store_table(rope).parts[0].buffer] if fold else [q, q, q]
+        consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG, "HD": s.head_dim, **({"ROPE": True} if fold else {})}
+        params |= _rope_params(c, rope if fold else None)
+        if r == 1 and c.presets.attention_split:
+            # decode: splits of keys in parallel, then a merge (flash-decoding)
+            split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
+            part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
+            c.dispatch("attention", [c.step, k, v, q, part, *extra, None], (s.heads // gw, 1, splits), params,
+                       "attention", SPLIT=split, **consts)
+            c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
+                       {"heads": s.heads, "splits": splits}, "attention", HD=s.head_dim)
+            c.live.free(-id(node))
+        else:
+            c.dispatch("attention", [c.step, k, v, q, y, *extra, None], (s.heads // gw, r, 1), params, "attention",
+                       **consts)
+    if q is not x[0]:
+        c.live.free(-id(node) - 1)
 
 
 def _shortconv(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
@@ -847,7 +866,7 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
 
 LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {
     Embed: _embed, Matmul: _matmul, RmsNorm: _rms_norm, Add: _binary, Mul: _binary, Glu: _glu, Rope: _rope,
-    RopeStore: _rope_store, Attention: _attention, ShortConv: _shortconv, LastRow: _last_row, Route: _route,
+    Attention: _attention, ShortConv: _shortconv, LastRow: _last_row, Route: _route,
     ExpertMatmul: _expert_matmul,
 }
 

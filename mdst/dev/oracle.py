@@ -438,40 +438,60 @@ class CaseBuilder:
         from ..kernels.runner import Out
         from ..format.quants import decode_rows, encode_rows
         flash = spec.name == "attention_rows"   # blocks of BR rows a workgroup: more rows than one block
-        rows, n_rows = (19, 18) if flash else (5, 4)
+        consts = spec.constants_dict()
+        rope = bool(consts.get("ROPE"))   # decode's one row doing rope_store's work: it stores the step's k and v
+        rows, n_rows = (19, 18) if flash else (1, 1) if rope else (5, 4)
         out = []
         for d, p in _distinct(uses, ignore="ring"):
             window = int(p["window"])
             pos0 = window + 7 if window else 130
             ring = window + rows - 1 if window else 137
-            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), int(spec.constants_dict()["HD"]),
+            a = AttentionSpec(0, int(p["heads"]), int(p["kv_heads"]), int(consts["HD"]),
                               float(p["scale"]), window, float(p["softcap"]), float(p["temp_scale"]), int(p["temp_floor"]))
             kv_type = _kv_type(spec)
-            kc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim, scale=2.0), kv_type)
-            vc = encode_rows(self.normal(ring, a.kv_heads * a.head_dim), kv_type)
-            q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
             kv_dim = a.kv_heads * a.head_dim
-            split = int(spec.constants_dict().get("SPLIT", 0))
-            groups = a.heads // int(spec.constants_dict().get("GW", 1))   # workgroups along x: one a head group
+            kc = encode_rows(self.normal(ring, kv_dim, scale=2.0), kv_type)
+            vc = encode_rows(self.normal(ring, kv_dim), kv_type)
+            q = self.normal(rows, a.heads * a.head_dim, scale=2.0)
+            cache, extra, cache_expects, what = [kc, vc], [] if flash else [q, q, q], [], ""
+            kd, vd = decode_rows(kc, kv_dim, kv_type), decode_rows(vc, kv_dim, kv_type)
+            if rope:
+                hd, n_rot = a.head_dim, int(p["n_rot"])
+                freq = np.frombuffer(self.read_buffer(d.resources[7]), np.float32)[:n_rot // 2].copy()
+                k, v, qw, kw = self.normal(1, kv_dim), self.normal(1, kv_dim), self.normal(hd), self.normal(hd)
+                positions = np.array([pos0])
+                qn, kn = (reference.rms_norm(x, w, p["eps"], hd) if p[flag] else x
+                          for x, w, flag in ((q, qw, "q_norm"), (k, kw, "k_norm")))
+                kd[pos0 % ring] = reference.rope(kn, positions, freq, p["mscale"], hd, n_rot, bool(p["neox"]))[0]
+                vd[pos0 % ring] = v[0]
+                cache = [Out(kc.nbytes, init=kc), Out(vc.nbytes, init=vc)]
+                extra = [k, v, np.concatenate([freq, qw, kw])]
+                cache_expects = [Expect("f32", _within(1e-5), kd), Expect("f32", _exact(), vd)]
+                q_att = reference.rope(qn, positions, freq, p["mscale"], hd, n_rot, bool(p["neox"]))
+                what = f", the step's q/k norms {p['q_norm']}/{p['k_norm']}, RoPE of {n_rot} and store"
+            else:
+                q_att = q
+            split = int(consts.get("SPLIT", 0))
+            groups = a.heads // int(consts.get("GW", 1))   # workgroups along x: one a head group
             if split:   # decode's split form: one row's partials, in ranges of `split` keys and in fewer, longer ones
                 keys = min(pos0 + 1, window or pos0 + 1)
                 for splits in sorted({-(-keys // split), -(-keys // split // 3) or 1}, reverse=True):
-                    want = reference.attention_partials(q[0], decode_rows(kc, kv_dim, kv_type),
-                                                        decode_rows(vc, kv_dim, kv_type), pos0, a, split, splits)
+                    want = reference.attention_partials(q_att[0], kd, vd, pos0, a, split, splits)
                     n = reference.split_keys(keys, split, splits)
                     out.append(Case(f"one row at {pos0} in {splits} ranges of {n} keys (heads {a.heads}/"
-                                    f"{a.kv_heads}x{a.head_dim}, window {window})", spec,
-                                    [step_words(pos0, 1, rows=1), kc, vc, q[:1], Out(want.nbytes)],
-                                    {**p, "ring": ring}, (groups, 1, splits), [Expect("f32", _within(1e-5), want)]))
+                                    f"{a.kv_heads}x{a.head_dim}, window {window}{what})", spec,
+                                    [step_words(pos0, 1, rows=1), *cache, q[:1], Out(want.nbytes), *extra],
+                                    {**p, "ring": ring}, (groups, 1, splits),
+                                    cache_expects + [Expect("f32", _within(1e-5), want)]))
                 continue
             want = _poisoned(q.shape)
-            want[:n_rows] = reference.attention(q[:n_rows], decode_rows(kc, kv_dim, kv_type),
-                                                decode_rows(vc, kv_dim, kv_type), pos0 + np.arange(n_rows), a)
+            want[:n_rows] = reference.attention(q_att[:n_rows], kd, vd, pos0 + np.arange(n_rows), a)
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
-                            f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}", spec,
-                            [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes)], {**p, "ring": ring},
-                            (groups, -(-rows // int(spec.constants_dict()["BR"])) if flash else rows, 1),
-                            [Expect("f32", _within(1e-5), want)]))
+                            f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}{what}", spec,
+                            [step_words(pos0, n_rows, rows=rows), *cache, q, Out(q.nbytes), *extra],
+                            {**p, "ring": ring},
+                            (groups, -(-rows // int(consts["BR"])) if flash else rows, 1),
+                            cache_expects + [Expect("f32", _within(1e-5), want)]))
         return out
 
     _attention_rows = _attention

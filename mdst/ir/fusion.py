@@ -11,7 +11,7 @@ fusion is checked against it by the model tests.
   members' values view at their column offsets;
 - residual epilogue: `add(a, matmul(h, W))` -> the matmul adds a;
 - post-norm + add: `add(a, rms_norm(b, g))` -> one RMSNorm that adds a (Gemma's post-norms);
-- attention inputs: per-head q/k RMSNorm, both RoPEs and the KV-cache append -> one `rope_store`.
+- attention inputs: per-head q/k RMSNorm, both RoPEs and the KV-cache append -> the attention's `rope`.
 """
 
 from __future__ import annotations
@@ -165,15 +165,16 @@ def _fuse_attention_inputs(graph: Graph, nodes: list[Node]) -> list[Node]:
             if fused is not None:
                 node, gone = fused
                 drop |= gone
-                out += [node, Node(replace(n.op, stored=True), (node.out,), n.out)]
+                out.append(node)
                 continue
         out.append(n)
     return [n for n in out if id(n) not in drop]
 
 
 def _rope_store(att: Node, prod: dict[int, Node], count: Counter) -> tuple[Node, set[int]] | None:
-    """The rope_store node for an attention node whose q and k come from RoPE (after an optional
-    per-head norm) read by nothing else; and the nodes it replaces."""
+    """An attention node whose q and k come from RoPE (after an optional per-head norm) read by nothing else,
+    as one attention node that norms, rotates and stores them itself (`Attention.rope`); and the nodes it
+    replaces."""
     q, k, v = att.inputs
     rq, rk = prod.get(q.id), prod.get(k.id)
     if not (rq and rk and isinstance(rq.op, Rope) and rq.op == rk.op and count[q.id] == 1 and count[k.id] == 1):
@@ -196,4 +197,4 @@ def _rope_store(att: Node, prod: dict[int, Node], count: Counter) -> tuple[Node,
         return None
     op = RopeStore(rq.op.spec, rq.op.head_dim, att.op.spec, *(nm.weight if nm else None for nm in norms),
                    eps.pop() if eps else 0.0)
-    return Node(op, (srcs[0], srcs[1], v), q), gone
+    return Node(replace(att.op, rope=op), (srcs[0], srcs[1], v), att.out), gone

@@ -277,30 +277,11 @@ class Rope(Op):
 
 
 @dataclass(frozen=True)
-class Attention(Op):
-    """Append k, v to layer spec.layer's cache, then causal attention of q over the cache.
-    `stored`: a `RopeStore` before it has appended them (its only input is then q)."""
+class RopeStore:
+    """Attention's inputs in one pass (fused, so carried by `Attention.rope` rather than a node of its own):
+    per-head RMSNorm of q and k (where `q_norm`/`k_norm` name a weight), RoPE of both, and the append of k and
+    v to the cache."""
 
-    name: ClassVar[str] = "attention"
-    spec: AttentionSpec
-    stored: bool = False
-
-    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        if not self.stored:
-            _store(step, self.spec.layer, x[1], x[2])
-        return reference.per_sequence(step, self._one, x[0])
-
-    def _one(self, step: Step, q: np.ndarray) -> np.ndarray:
-        li = step.cache.layout.kv_index(self.spec.layer)
-        return reference.attention(q, step.cache.k[li], step.cache.v[li], step.positions, self.spec)
-
-
-@dataclass(frozen=True)
-class RopeStore(Op):
-    """Attention's inputs in one pass: per-head RMSNorm of q and k (where `q_norm`/`k_norm` name a
-    weight), RoPE of both, and the append of k and v to the cache; the output is q."""
-
-    name: ClassVar[str] = "rope_store"
     rope: RopeSpec
     head_dim: int
     attention: AttentionSpec
@@ -313,10 +294,37 @@ class RopeStore(Op):
         return tuple(w for w in (self.q_norm, self.k_norm, self.rope.freq_factors) if w)
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        """Stores x = [q, k, v]'s k and v; returns q, normalized and rotated."""
         q, k = (reference.rms_norm(a, step.weights[n].ravel(), self.eps, self.head_dim) if n else a
                 for a, n in ((x[0], self.q_norm), (x[1], self.k_norm)))
         _store(step, self.attention.layer, _rope(step, self.rope, self.head_dim, k), x[2])
         return _rope(step, self.rope, self.head_dim, q)
+
+
+@dataclass(frozen=True)
+class Attention(Op):
+    """Append k, v to layer spec.layer's cache, then causal attention of q over the cache.
+    `rope`: q and k are first normalized and rotated by it (fusion.py), and it appends them."""
+
+    name: ClassVar[str] = "attention"
+    spec: AttentionSpec
+    rope: RopeStore | None = None
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return self.rope.weights if self.rope else ()
+
+    def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
+        if self.rope:
+            q = self.rope.evaluate(step, x)
+        else:
+            _store(step, self.spec.layer, x[1], x[2])
+            q = x[0]
+        return reference.per_sequence(step, self._one, q)
+
+    def _one(self, step: Step, q: np.ndarray) -> np.ndarray:
+        li = step.cache.layout.kv_index(self.spec.layer)
+        return reference.attention(q, step.cache.k[li], step.cache.v[li], step.positions, self.spec)
 
 
 @dataclass(frozen=True)

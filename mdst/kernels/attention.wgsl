@@ -11,6 +11,10 @@
 // workgroup z, which writes each head's partial (running max, sum, unnormalized output; head_dim + 2
 // floats) for attention_merge. Row r reads and writes activation row row0 + r (STEP_ROW0); its partials
 // are indexed by r.
+// ROPE (decode's one row, a workgroup holding all the query heads of its KV head): q, kn and vn are the step's
+// projections as they come from the matmuls, and the kernel does rope_store's work itself: each workgroup
+// normalizes (q/k norms, where the model has them) and rotates its queries, and the workgroup whose keys end at
+// the row's position stores the step's key and value in the cache first. One dispatch less a layer.
 // Dispatch: (heads / GW, rows, 1), or (heads / GW, rows, splits) with SPLIT.
 
 struct P {
@@ -22,18 +26,29 @@ struct P {
     softcap: f32,    // 0: none; else scores become softcap * tanh(score / softcap)
     temp_scale: f32, // attention temperature (0: none): queries at position p are scaled by
     temp_floor: u32, //   1 + temp_scale * log(1 + floor(p / temp_floor))
+    n_rot: u32,      // ROPE: dims rotated, as rope_store's
+    neox: u32,
+    mscale: f32,
+    eps: f32,
+    q_norm: u32,     // ROPE: 1 to normalize the queries with aux's q norm weight
+    k_norm: u32,     //       and the key with its k norm weight
 }
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;       // [rows, heads * head_dim]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [rows, heads * head_dim] (or partials)
-@group(0) @binding(5) var<uniform> p: P;
+@group(0) @binding(5) var<storage, read> kn: array<f32>;      // ROPE: [rows, kv_heads * head_dim] the step's keys
+@group(0) @binding(6) var<storage, read> vn: array<f32>;      // ROPE: and values
+// ROPE: RoPE's frequencies [n_rot / 2], then the q norm's weight and the k norm's [head_dim each]
+@group(0) @binding(7) var<storage, read> aux: array<f32>;
+@group(0) @binding(8) var<uniform> p: P;
 
 override WG: u32 = 128u;
 override SPLIT: u32 = 0u;
 override LPK: u32 = 4u;   // lanes per key: a power of two dividing WG
 override GW: u32 = 1u;    // query heads a workgroup: divides heads / kv_heads, at most MAX_GW
 override HD: u32;         // head_dim: a multiple of 4, at most 4 * WG; GW * HD <= QS
+override ROPE: bool = false;
 override T: u32 = WG / LPK;
 // HD is a specialization constant rather than a parameter so that every loop over a head or a tile has a
 // fixed trip count, which the compiler can unroll to issue a tile's loads together.
@@ -51,6 +66,7 @@ var<workgroup> sc: array<f32, SCORES>;          // [GW, T] the tile's scores
 var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(score - running max)
 var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
 var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
+var<workgroup> nr: array<f32, MAX_GW + 1u>;     // ROPE: the heads' norm factors, the key's last
 
 // Per-thread sums of the GW heads live in vectors (heads 0-3 and 4-7) read with constant indices: arrays
 // indexed by head in loops may be kept in local memory (DESIGN.md). A head past GW stands for the group's
@@ -89,6 +105,88 @@ fn outer(v: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(v * w.x, v * w.y, v * w.z, v * w.w);
 }
 
+// ROPE: four i of the workgroup's query head g (g = GW: the step's key, kept in red), and its writing.
+fn rope_get(g: u32, i: u32) -> vec4<f32> {
+    return select(qs[min(g, GW - 1u) * DV + i], red[i], g == GW);
+}
+
+fn rope_set(g: u32, i: u32, v: vec4<f32>) {
+    if (g == GW) {
+        red[i] = v;
+    } else {
+        qs[g * DV + i] = v;
+    }
+}
+
+// ROPE: the workgroup's queries (loaded into qs unscaled) and the step's key of KV head kvh (into red[0 .. DV)) at
+// row `row`, normalized where the model says, times the norm's weight (queries also times qscale) and rotated to
+// position pos.
+fn rope_inputs(lid: u32, row: u32, pos: u32, kvh: u32, qscale: f32) {
+    for (var i = lid; i < DV; i += WG) {
+        let b = (row * p.kv_heads + kvh) * HD + 4u * i;
+        red[i] = vec4<f32>(kn[b], kn[b + 1u], kn[b + 2u], kn[b + 3u]);
+    }
+    workgroupBarrier();
+    if (lid <= GW) {   // a thread a head's sum of squares
+        var ss = 0.0;
+        for (var i = 0u; i < DV; i++) {
+            let v = rope_get(lid, i);
+            ss += dot(v, v);
+        }
+        let norm = select(p.q_norm, p.k_norm, lid == GW) != 0u;
+        nr[lid] = select(1.0, inverseSqrt(ss / f32(HD) + p.eps), norm);
+    }
+    workgroupBarrier();
+    for (var e = lid; e < (GW + 1u) * DV; e += WG) {
+        let g = e / DV;
+        let is_k = g == GW;
+        let wb = p.n_rot / 2u + select(0u, HD, is_k) + 4u * (e % DV);
+        var f = vec4<f32>(nr[g] * select(qscale, 1.0, is_k));
+        if (select(p.q_norm, p.k_norm, is_k) != 0u) {
+            f *= vec4<f32>(aux[wb], aux[wb + 1u], aux[wb + 2u], aux[wb + 3u]);
+        }
+        rope_set(g, e % DV, rope_get(g, e % DV) * f);
+    }
+    workgroupBarrier();
+    // a thread owns whole fours: four j's two pairs, or in NeoX order fours j and j + n_rot / 8 (four pairs)
+    let items = select(p.n_rot / 4u, p.n_rot / 8u, p.neox != 0u);
+    for (var e = lid; e < (GW + 1u) * items; e += WG) {
+        let g = e / items;
+        let j = e % items;
+        var a = rope_get(g, j);
+        if (p.neox != 0u) {
+            var b = rope_get(g, j + items);
+            for (var c = 0u; c < 4u; c++) {
+                let o = rotate_pair(vec2<f32>(a[c], b[c]), pos, aux[4u * j + c], p.mscale);
+                a[c] = o.x;
+                b[c] = o.y;
+            }
+            rope_set(g, j + items, b);
+        } else {
+            a = vec4<f32>(rotate_pair(a.xy, pos, aux[2u * j], p.mscale), rotate_pair(a.zw, pos, aux[2u * j + 1u], p.mscale));
+        }
+        rope_set(g, j, a);
+    }
+    workgroupBarrier();
+}
+
+// ROPE: the step's key (from red) and value of KV head kvh into the cache's slot for position pos.
+fn store_kv(lid: u32, row: u32, pos: u32, kvh: u32) {
+    let slot = pos % p.ring;
+    let kv_dim = p.kv_heads * HD;
+    for (var blk = lid; blk < HD / KVB; blk += WG) {
+        var kx: array<f32, KVB>;
+        var vx: array<f32, KVB>;
+        for (var j = 0u; j < KVB; j++) {
+            let d = blk * KVB + j;
+            kx[j] = red[d / 4u][d % 4u];
+            vx[j] = vn[(row * p.kv_heads + kvh) * HD + d];
+        }
+        k_put(slot, (kvh * HD) / KVB + blk, kv_dim, kx);
+        v_put(slot, (kvh * HD) / KVB + blk, kv_dim, vx);
+    }
+}
+
 fn put4(i: u32, v: vec4<f32>) {
     out[i] = v.x;
     out[i + 1u] = v.y;
@@ -120,9 +218,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let kb = (h0 / (p.heads / p.kv_heads)) * HD;   // the KV head's first value in a cached row
     let kv_dim = p.kv_heads * HD;
     let qscale = p.scale * (1.0 + p.temp_scale * log(floor(f32(pos) / f32(p.temp_floor)) + 1.0));
+    let row = step[STEP_ROW0] + r;   // the row's place in the activations
     for (var i = lid; i < GW * DV; i += WG) {
-        let qb = ((step[STEP_ROW0] + r) * p.heads + h0) * HD + 4u * i;
-        qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * qscale;
+        let qb = (row * p.heads + h0) * HD + 4u * i;
+        qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]) * select(qscale, 1.0, ROPE);
+    }
+    if (ROPE) {
+        let kvh = h0 / (p.heads / p.kv_heads);
+        rope_inputs(lid, row, pos, kvh, qscale);
+        if (first <= last && last == pos) {   // the split that holds the row's own key stores it
+            store_kv(lid, row, pos, kvh);
+        }
+        storageBarrier();   // the stored row is read back below like any other
     }
     if (lid < 2u * MAX_GW) {
         mh[lid] = -3.0e38;
@@ -250,7 +357,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 }
                 put4(pb + 2u + 4u * lid, o);
             } else {
-                put4(((step[STEP_ROW0] + r) * p.heads + h) * HD + 4u * lid, o / s);
+                put4((row * p.heads + h) * HD + 4u * lid, o / s);
             }
         }
         workgroupBarrier();

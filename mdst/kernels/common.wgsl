@@ -32,6 +32,21 @@ fn reduce_angle(t: f32) -> f32 {
     return (t - k * 6.28125) - k * 0.0019353071795864769;
 }
 
+// RoPE's pair i among a head's first n_rot dims: (2i, 2i + 1), or (i, i + n_rot / 2) in NeoX order.
+fn rope_pair(i: u32, n_rot: u32, neox: u32) -> vec2<u32> {
+    if (neox != 0u) {
+        return vec2<u32>(i, i + n_rot / 2u);
+    }
+    return vec2<u32>(2u * i, 2u * i + 1u);
+}
+
+// Pair i of a head at position pos, (x0, x1), rotated by pos * freq (freq: RoPE's table of the pairs'
+// frequencies) and scaled by mscale.
+fn rotate_pair(x: vec2<f32>, pos: u32, freq: f32, mscale: f32) -> vec2<f32> {
+    let cs = sin_cos(reduce_angle(f32(pos) * freq)) * mscale;
+    return vec2<f32>(x.x * cs.y - x.y * cs.x, x.x * cs.x + x.y * cs.y);
+}
+
 // (sin t, cos t) for t in [-pi, pi], to about 1e-7 on every implementation: WGSL promises only
 // an absolute error of 2^-11 for the builtins, and SwiftShader (Chromium without a GPU) comes
 // near that. t is reduced to r in [-pi/4, pi/4] around q * pi/2 (pi/2 split in two parts),

@@ -30,18 +30,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = wid.y;
     let h = e / pairs;
     let i = e % pairs;
-    let sc = sin_cos(reduce_angle(f32(step[STEP_POS0] + r) * freq[i])) * p.mscale;
-    let s = sc.x;
-    let c = sc.y;
-    let base = ((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim;
-    var a = base + 2u * i;
-    var b = a + 1u;
-    if (p.neox != 0u) {
-        a = base + i;
-        b = a + pairs;
-    }
-    let x0 = x[a];
-    let x1 = x[b];
-    x[a] = x0 * c - x1 * s;
-    x[b] = x0 * s + x1 * c;
+    let ab = ((step[STEP_ROW0] + r) * p.heads + h) * p.head_dim + rope_pair(i, p.n_rot, p.neox);
+    let o = rotate_pair(vec2<f32>(x[ab.x], x[ab.y]), step[STEP_POS0] + r, freq[i], p.mscale);
+    x[ab.x] = o.x;
+    x[ab.y] = o.y;
 }

@@ -83,17 +83,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let pairs = p.n_rot / 2u;
     let pos = step[STEP_POS0] + r;
     for (var i = lid; i < pairs; i += WG) {
-        let cs = sin_cos(reduce_angle(f32(pos) * aux[i])) * p.mscale;
-        var a = 2u * i;
-        var b = a + 1u;
-        if (p.neox != 0u) {
-            a = i;
-            b = i + pairs;
-        }
-        let x0 = sh[a];
-        let x1 = sh[b];
-        sh[a] = x0 * cs.y - x1 * cs.x;
-        sh[b] = x0 * cs.x + x1 * cs.y;
+        let ab = rope_pair(i, p.n_rot, p.neox);
+        let o = rotate_pair(vec2<f32>(sh[ab.x], sh[ab.y]), pos, aux[i], p.mscale);
+        sh[ab.x] = o.x;
+        sh[ab.y] = o.y;
     }
     workgroupBarrier();
     // 3. queries out; keys and values into the cache
