@@ -157,6 +157,30 @@ def test_gpu_decode_attention_in_windows_and_with_temperature(gpu_presets, tmp_p
     assert rel_l2(steps, ref[4:]) < 1e-4
 
 
+@pytest.mark.parametrize("gpu_presets", [{"gemm_f16": 0}], indirect=True)
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_gpu_decode_attention_does_rope_store_work_where_heads_fit(gpu_presets, tmp_path, kv_heads):
+    # Qwen 3's q/k norms and RoPE: with 2 KV heads a workgroup holds each KV head's 8 query heads, so the decode
+    # step's attention normalizes, rotates and stores them itself (ROPE, no rope_store dispatch); with one KV
+    # head its 16 query heads take two workgroups, so rope_store runs first; both against the numpy path
+    from mdst.dev import synth
+
+    shape = dataclasses.replace(synth.PRESETS["qwen3-tiny"], name="qwen3-wide", n_layers=2, n_heads=16,
+                                n_kv_heads=kv_heads)
+    path = str(synth.write(tmp_path / "w.gguf", shape, types="F32"))
+    ids = list(range(20, 40))
+    with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g, g.session() as s:
+        s.feed(ids[:4])
+        steps = np.concatenate([s.feed([t]) for t in ids[4:]])
+        plan = g.engine.plan("all", 1, "logits")
+        rope = {d.spec.constants_dict().get("ROPE", False) for d in plan.dispatches if d.spec.name == "attention"}
+        names = {d.spec.name for d in plan.dispatches}
+        assert (rope, "rope_store" in names) == (({True}, False) if kv_heads == 2 else ({False}, True))
+    with mdst.load(path, device="cpu", context_length=64) as c:
+        ref = c.logits(ids)
+    assert rel_l2(steps, ref[4:]) < 1e-4
+
+
 @pytest.mark.parametrize("gpu_presets", [{"gemm_f16": 0},   # f32 prefill GEMM
                                          {"gemm_f16": 0, "batch_gemv_rows": 4},
                                          {"gemm_f16": 0, "batch_gemv": 2, "gemm_short": 1, "gemm_split_groups": 4096}], indirect=True)
