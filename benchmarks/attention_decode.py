@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--read-mib", type=int, default=1024, help="buffer size for the read ceiling")
     args = ap.parse_args()
 
-    from mdst.compile.plan import ATTN_WG, attention_group, attention_splits
+    from mdst.compile.plan import ATTN_NO_ROPE, ATTN_WG, attention_group, attention_splits
     from mdst.ir.ops import AttentionSpec
     from mdst.reference import attention, split_keys
     from mdst.gpu.device import open_gpu
@@ -65,8 +65,7 @@ def main() -> None:
             want = attention(qv[None], kv.astype(np.float32), kv[::-1].astype(np.float32), np.array([keys - 1]),
                              AttentionSpec(0, heads, kvh, hd, float(hd ** -0.5)))
             params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0, "scale": float(hd ** -0.5),
-                      "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, "n_rot": 0, "neox": 0, "mscale": 1.0,
-                      "eps": 0.0, "q_norm": 0, "k_norm": 0}
+                      "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **ATTN_NO_ROPE}
             for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
                 split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
                 part = storage(gpu, heads * splits * (hd + 2) * 4)

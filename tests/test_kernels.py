@@ -14,8 +14,8 @@ from mdst.kernels.runner import KernelRunner, Out
 from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
-from mdst.compile.plan import (ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups, gemv_launch,
-                               step_words)
+from mdst.compile.plan import (ATTN_NO_ROPE, ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups,
+                               gemv_launch, step_words)
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -357,10 +357,6 @@ def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int, s
     return dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=consts)
 
 
-# attention's ROPE parameters when it is off (its kn, vn and aux bindings then take any buffer)
-NO_ROPE = {"n_rot": 0, "neox": 0, "mscale": 1.0, "eps": 0.0, "q_norm": 0, "k_norm": 0}
-
-
 def merge_spec(hd: int) -> KernelSpec:
     """The split attention's merge for heads of `hd` values."""
     return KernelSpec("attention_merge", constants=(("HD", hd),))
@@ -383,7 +379,7 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes), q, q, q],
                   {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
-                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32, **NO_ROPE},
+                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32, **ATTN_NO_ROPE},
                   (heads // dict(spec_k.constants)["GW"], rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
@@ -506,7 +502,7 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
-              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **NO_ROPE}
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **ATTN_NO_ROPE}
     spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
     part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4),
                         q, q, q], params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
@@ -527,7 +523,7 @@ def test_attention_of_a_batched_row(run, rng, gpu):
     kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
     q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
     params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0,
-              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **NO_ROPE}
+              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **ATTN_NO_ROPE}
     step = step_words(pos0, 1, rows=0, row0=row0)
     spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
     part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4), q, q, q], params,

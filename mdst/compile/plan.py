@@ -662,10 +662,14 @@ def _rope(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                 "mscale": mscale}, "rope")
 
 
+# attention's ROPE parameters when it is off (its kn, vn and aux bindings then take any buffer)
+ATTN_NO_ROPE = {"n_rot": 0, "neox": 0, "mscale": 1.0, "eps": 0.0, "q_norm": 0, "k_norm": 0}
+
+
 def _rope_params(c: Compilation, op: RopeStore | None) -> dict[str, Any]:
-    """The parameters rope_store and attention's ROPE share (zeros without `op`)."""
+    """The parameters rope_store and attention's ROPE share (ATTN_NO_ROPE without `op`)."""
     if op is None:
-        return {"n_rot": 0, "neox": 0, "mscale": 1.0, "eps": 0.0, "q_norm": 0, "k_norm": 0}
+        return ATTN_NO_ROPE
     return {"n_rot": op.rope.n_rot, "neox": int(op.rope.neox), "mscale": c.compiler.rope_freqs(op.rope)[1],
             "eps": op.eps, "q_norm": int(op.q_norm is not None), "k_norm": int(op.k_norm is not None)}
 

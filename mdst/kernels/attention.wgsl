@@ -163,7 +163,8 @@ fn rope_inputs(lid: u32, row: u32, pos: u32, kvh: u32, qscale: f32) {
             }
             rope_set(g, j + items, b);
         } else {
-            a = vec4<f32>(rotate_pair(a.xy, pos, aux[2u * j], p.mscale), rotate_pair(a.zw, pos, aux[2u * j + 1u], p.mscale));
+            a = vec4<f32>(rotate_pair(a.xy, pos, aux[2u * j], p.mscale),
+                          rotate_pair(a.zw, pos, aux[2u * j + 1u], p.mscale));
         }
         rope_set(g, j, a);
     }
