@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--read-mib", type=int, default=1024, help="buffer size for the read ceiling")
     args = ap.parse_args()
 
-    from mdst.compile.plan import ATTN_NO_ROPE, ATTN_WG, attention_group, attention_splits
+    from mdst.compile.plan import ATTN_NO_ROPE, ATTN_WG, attention_group, attention_splits, merge_launch
     from mdst.ir.ops import AttentionSpec
     from mdst.reference import attention, split_keys
     from mdst.gpu.device import open_gpu
@@ -74,8 +74,9 @@ def main() -> None:
                     consts = (("GW", gw), ("HD", hd), ("LPK", lanes), ("SPLIT", split), ("WG", ATTN_WG))
                     att = dispatcher(gpu, pipelines, KernelSpec("attention", f16=f16, kv="F", constants=consts),
                                      [step, k, v, q, part, q, q, q], params, (heads // gw, 1, splits))
-                    merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge", constants=(("HD", hd),)),
-                                       [step, part, y], {"heads": heads, "splits": splits}, (heads, 1, 1))
+                    mc, mgrid = merge_launch(heads, hd)
+                    merge = dispatcher(gpu, pipelines, KernelSpec("attention_merge", constants=tuple(mc.items())),
+                                       [step, part, y], {"heads": heads, "splits": splits}, mgrid)
                     s = timed(gpu, passes(att, merge), args.reps)
                     s_att, s_merge = timed(gpu, passes(att), args.reps), timed(gpu, passes(merge), args.reps)
                     got = np.frombuffer(gpu.queue.read_buffer(y), np.float32)

@@ -15,7 +15,7 @@ from mdst.dev.oracle import lopsided_routes, weight_lead
 from mdst.format.gguf import GGML_TYPE_BY_NAME
 from mdst.format.quants import decode_rows, encode_rows, kv_row_bytes
 from mdst.compile.plan import (ATTN_NO_ROPE, ATTN_WG, GEMV_WG, attention_group, flash_tiles, gemm_groups, gemv_groups,
-                               gemv_launch, step_words)
+                               gemv_launch, merge_launch, step_words)
 from mdst.format.quants import dequantize
 from metrics import rel_l2
 from mdst.dev.random_weights import awkward_k, random_weights
@@ -357,9 +357,15 @@ def attention_spec(kv_type: str, gpu, heads: int, kvh: int, hd: int, lpk: int, s
     return dataclasses.replace(kv_spec("attention", kv_type, gpu), constants=consts)
 
 
-def merge_spec(hd: int) -> KernelSpec:
-    """The split attention's merge for heads of `hd` values."""
-    return KernelSpec("attention_merge", constants=(("HD", hd),))
+def run_merge(run, step, part, heads: int, hd: int, splits: int, out_bytes: int, rows: int = 1,
+              dq: int | None = None) -> np.ndarray:
+    """The split attention's merge of `part` into a fresh (poisoned) output, launched as the plans launch it
+    (plan.merge_launch), or over `dq` workgroups a head."""
+    consts, grid = merge_launch(heads, hd, rows)
+    if dq is not None:
+        consts, grid = {**consts, "DQ": dq}, (heads, rows, dq)
+    return f32(run(KernelSpec("attention_merge", constants=tuple(sorted(consts.items()))), [step, part, Out(out_bytes)],
+                   {"heads": heads, "splits": splits}, grid)[0])
 
 
 @pytest.mark.parametrize("window,softcap,temp,kv_type,lpk,hd,heads,kvh", [
@@ -506,8 +512,7 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
     part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4),
                         q, q, q], params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
-    out = f32(run(merge_spec(hd), [step_words(pos0, n_rows, rows=rows), part, Out(q.nbytes)],
-                  {"heads": heads, "splits": splits}, (heads, rows, 1))[0]).reshape(rows, -1)
+    out = run_merge(run, step_words(pos0, n_rows, rows=rows), part, heads, hd, splits, q.nbytes, rows).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
     assert rel_l2(out[:n_rows], want) < 1e-5
@@ -528,12 +533,27 @@ def test_attention_of_a_batched_row(run, rng, gpu):
     spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
     part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4), q, q, q], params,
                (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
-    out = f32(run(merge_spec(hd), [step, part, Out(q.nbytes)], {"heads": heads, "splits": splits},
-                  (heads, 1, 1))[0]).reshape(rows, -1)
+    out = run_merge(run, step, part, heads, hd, splits, q.nbytes).reshape(rows, -1)
     want = reference.attention(q[row0:row0 + 1], decode_rows(kc, kvh * hd, "f32"), decode_rows(vc, kvh * hd, "f32"),
                                np.array([pos0]), spec)
     assert rel_l2(out[row0:row0 + 1], want) < 1e-5
     assert np.isnan(out[:row0]).all()
+
+
+@pytest.mark.parametrize("hd,dq", [(96, 1), (96, 2), (96, 4), (36, None), (40, None), (256, 4)])
+def test_attention_merge_parts(run, rng, hd, dq):
+    """The merge alone over many splits (an empty one among them, and empty ones past the last filled), a head's
+    dims in `dq` workgroups (the plan's choice where None), against the reference."""
+    heads, splits = 3, 203
+    part = np.zeros((heads, splits, hd + 2), np.float32)
+    part[:, :, 0] = rng.standard_normal((heads, splits)) * 3
+    part[:, :, 1] = np.abs(rng.standard_normal((heads, splits))) + 0.5
+    part[:, :, 2:] = rng.standard_normal((heads, splits, hd))
+    for z in (57, *range(190, splits)):   # empty ranges, as the attention kernel writes them
+        part[:, z, :] = 0.0
+        part[:, z, 0] = -3.0e38
+    got = run_merge(run, step_words(10, 1, rows=1), part, heads, hd, splits, heads * hd * 4, dq=dq)
+    assert rel_l2(got, reference.merge_partials(part).ravel()) < 1e-5
 
 
 @pytest.mark.parametrize("kv_type,neox,q_norm,k_norm,split,hd,n_rot", [
@@ -565,7 +585,7 @@ def test_attention_with_rope(run, rng, gpu, kv_type, neox, q_norm, k_norm, split
     got_k, got_v, out = run(spec_k, [step, Out(kc.nbytes, init=kc), Out(vc.nbytes, init=vc), q, Out(out_bytes), k, v,
                                      np.concatenate([freq, qw, kw])], params, (heads // gw, 1, splits))
     if split:
-        out = run(merge_spec(hd), [step, out, Out(q.nbytes)], {"heads": heads, "splits": splits}, (heads, 1, 1))[0]
+        out = run_merge(run, step, out, heads, hd, splits, q.nbytes)
     out = f32(out).reshape(2, -1)
 
     qn = reference.rms_norm(q[row0:], qw, eps, hd) if q_norm else q[row0:]

@@ -161,6 +161,13 @@ def attention_splits(keys: int, presets: Any) -> tuple[int, int]:
     return presets.attention_split, min(cap, ceil_div(keys, presets.attention_split))
 
 
+def merge_launch(heads: int, head_dim: int, rows: int = 1) -> tuple[dict[str, int], tuple[int, int, int]]:
+    """attention_merge's constants and grid: a head's dims in up to 4 workgroups (DQ, a divisor of its fours),
+    so that each thread's chain of split loads is that much shorter."""
+    dq = next(d for d in (4, 2, 1) if (head_dim // 4) % d == 0)
+    return {"HD": head_dim, "DQ": dq}, (heads, rows, dq)
+
+
 ACTIVATIONS = {act: wgsl_const("common.wgsl", f"ACT_{act.upper()}") for act in ("silu", "gelu_tanh")}
 
 
@@ -721,8 +728,9 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
             part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
             c.dispatch("attention", [c.step, k, v, q, part, *extra, None], (s.heads // gw, 1, splits), params,
                        "attention", SPLIT=split, **consts)
-            c.dispatch("attention_merge", [c.step, part, y, None], (s.heads, 1, 1),
-                       {"heads": s.heads, "splits": splits}, "attention", HD=s.head_dim)
+            merge, grid = merge_launch(s.heads, s.head_dim)
+            c.dispatch("attention_merge", [c.step, part, y, None], grid, {"heads": s.heads, "splits": splits},
+                       "attention", **merge)
             c.live.free(-id(node))
         else:
             c.dispatch("attention", [c.step, k, v, q, y, *extra, None], (s.heads // gw, r, 1), params, "attention",

@@ -381,7 +381,7 @@ class CaseBuilder:
             want = reference.merge_partials(part)
             out.append(Case(f"{heads} heads of {hd}, {splits} ranges (one empty)", spec,
                             [step_words(10, 1, rows=1), part, Out(want.nbytes)],
-                            {"heads": heads, "splits": splits}, (heads, 1, 1),
+                            {"heads": heads, "splits": splits}, d.workgroups,
                             [Expect("f32", _within(1e-5), want)]))
         return out
 
