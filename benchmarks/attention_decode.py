@@ -42,7 +42,7 @@ def main() -> None:
     pre = gpu.profile.presets
     f16 = gpu.profile.shader_f16
     dev = gpu.device
-    pipelines = PipelineCache(dev)
+    pipelines = PipelineCache.for_gpu(gpu)
     rng = np.random.default_rng(0)
 
     nbytes = args.read_mib << 20

@@ -37,7 +37,7 @@ def main() -> None:
 
     gpu = open_gpu("gpu")
     dev = gpu.device
-    pipelines = PipelineCache(dev)
+    pipelines = PipelineCache.for_gpu(gpu)
     rng = np.random.default_rng(0)
     out = []
 

@@ -43,7 +43,7 @@ def main() -> None:
     gpu = open_gpu("gpu")
     pre = gpu.profile.presets
     rng = np.random.default_rng(0)
-    pipelines = PipelineCache(gpu.device)
+    pipelines = PipelineCache.for_gpu(gpu)
     e, used = args.experts, args.used
     results = []
     for wtype in args.types.split(","):

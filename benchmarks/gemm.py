@@ -97,7 +97,7 @@ def main() -> None:
     from mdst.kernels import PipelineCache
 
     gpu = open_gpu("gpu")
-    pipelines = PipelineCache(gpu.device)
+    pipelines = PipelineCache.for_gpu(gpu)
     peaks = {"f32": fma_peak(gpu, False, args.reps)}
     if gpu.profile.shader_f16:
         peaks["f16"] = fma_peak(gpu, True, args.reps)

@@ -72,7 +72,7 @@ def main() -> None:
     src.destroy(), dst.destroy()
 
     # the same through a compute shader: an elementwise add reads two arrays and writes one
-    pipelines = PipelineCache(dev)
+    pipelines = PipelineCache.for_gpu(gpu)
     n_add = min(nbytes, gpu.profile.max_binding_size) // 4
     add = [storage(gpu, 4 * n_add) for _ in range(3)]
     add_s = timed(gpu, passes(dispatcher(gpu, pipelines, KernelSpec("binary", constants=(("OP", 0),)), add,

@@ -48,6 +48,8 @@ class Presets:
                                       # workgroup memory) or "rows" (a workgroup a row, as decode)
     flash_threads: int = 128      # attention_rows: threads a workgroup (64: half the query vectors a block, so
                                   # twice the blocks for a short prompt)
+    shader_checks: int = 1        # 0: kernels compiled without naga's runtime checks (index clamps, loop
+                                  # counters; gpu/native.shader_module), as llama.cpp's Vulkan GEMVs drop robustness
 
 
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
@@ -82,7 +84,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "batch_rows": (0, 2, 4, 8, 16, 32, 64), "batch_gemv": (1, 2, 4, 8, 16),
                "batch_gemv_rows": (1, 2, 4),
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
-               "flash_threads": (64, 128),
+               "flash_threads": (64, 128), "shader_checks": (0, 1),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_short": (0, 1),
                "gemm_split_groups": (0, 256, 512, 1024, 2048, 4096), "gemm_f16": (0, 1)}
     changes: dict[str, Any] = {}

@@ -36,6 +36,29 @@ def timestamp_period(queue: Any) -> float:
         return 1.0
 
 
+def shader_module(device: Any, label: str, code: str, checks: bool = True) -> Any:
+    """A WGSL module; with `checks` False, compiled trusted (wgpu-native's wgpuDeviceCreateShaderModuleTrusted):
+    without naga's runtime checks, the index clamps and the loop counters it adds to every access and loop."""
+    try:
+        from wgpu.backends.wgpu_native._api import GPUShaderModule, libf, new_struct_p, to_c_string_view
+    except ImportError:
+        checks = True
+    if (checks or _handle is None or not hasattr(_handle[1], "wgpuDeviceCreateShaderModuleTrusted")
+            or not hasattr(device, "_internal")):   # not a wgpu-native device (the fit prediction's stand-in)
+        return device.create_shader_module(label=label, code=code)
+
+    ffi, lib = _handle
+    src = new_struct_p("WGPUShaderSourceWGSL *", code=to_c_string_view(code))
+    src[0].chain.next = ffi.NULL
+    src[0].chain.sType = lib.WGPUSType_ShaderSourceWGSL
+    desc = new_struct_p("WGPUShaderModuleDescriptor *", nextInChain=ffi.cast("WGPUChainedStruct *", src),
+                        label=to_c_string_view(label))
+    handle = libf.wgpuDeviceCreateShaderModuleTrusted(device._internal, desc, lib.WGPUShaderRuntimeChecks_None)
+    if handle == ffi.NULL:
+        raise RuntimeError(f"shader module {label}: creation failed")
+    return GPUShaderModule(label, handle, device)
+
+
 def can_map_directly() -> bool:
     """Whether submissions can be indexed and buffers mapped and awaited without wgpu-py's poller."""
     return _handle is not None and all(hasattr(_handle[1], f) for f in (

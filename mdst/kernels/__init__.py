@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..gpu.native import shader_module
+
 # Weight types the kernels can read (quant/<name>.wgsl exists for each).
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K",
                 "Q2_K", "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0",
@@ -200,15 +202,21 @@ def wgsl_const(relpath: str, name: str) -> int:
 class PipelineCache:
     """Compiled pipelines per (device, KernelSpec); each is compiled once."""
 
-    def __init__(self, device: Any):
+    def __init__(self, device: Any, checks: bool = True):
         self.device = device
+        self.checks = checks   # naga's runtime checks in the compiled kernels (Presets.shader_checks)
         self._pipelines: dict[KernelSpec, Any] = {}
+
+    @classmethod
+    def for_gpu(cls, gpu: Any) -> "PipelineCache":
+        """The pipelines of an opened GPU, compiled with or without runtime checks as its presets say."""
+        return cls(gpu.device, bool(gpu.profile.presets.shader_checks))
 
     def get(self, spec: KernelSpec) -> Any:
         """The compute pipeline for `spec` (compiled on first use)."""
         p = self._pipelines.get(spec)
         if p is None:
-            module = self.device.create_shader_module(label=spec.key(), code=source(spec, "naga"))
+            module = shader_module(self.device, spec.key(), source(spec, "naga"), self.checks)
             p = self.device.create_compute_pipeline(
                 label=spec.key(), layout="auto",
                 compute={"module": module, "entry_point": "main", "constants": spec.constants_dict()})

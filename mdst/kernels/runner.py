@@ -39,7 +39,7 @@ class KernelRunner:
 
         self.gpu = gpu
         self._wgpu = wgpu
-        self.pipelines = PipelineCache(gpu.device)
+        self.pipelines = PipelineCache.for_gpu(gpu)
 
     def run(self, spec: KernelSpec, bindings: list[np.ndarray | Out], params: dict[str, Any],
             workgroups: tuple[int, int, int]) -> list[np.ndarray]:

@@ -311,7 +311,7 @@ class GpuEngine(Engine):
         self.chunk_all = max(1, min(self.chunk, ALL_LOGITS_BYTES // (4 * self.vocab)))
         if out_w is not None and self.chunk_all * self.vocab * 4 > cap:
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
-        self.pipelines = PipelineCache(gpu.device)
+        self.pipelines = PipelineCache.for_gpu(gpu)
         self.step_buffer = self._create(4 * (STEP_TOKENS + self.chunk), "step", kind="step")
         # a constrained draw's bitmask of allowed tokens follows the draw's fixed words
         self.draw_buffer = self._create(4 * (DRAW_WORDS + mask_words(self.vocab)), "draw", kind="step")
