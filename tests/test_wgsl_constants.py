@@ -29,8 +29,8 @@ def test_python_values_are_the_wgsl_consts():
     assert sampling.DRAW_WORDS == wgsl_const("common.wgsl", "DRAW_WORDS")
     for fmt, _ in KV_TYPES.values():
         assert wgsl_const(f"kv/{fmt}.wgsl", "KVB") > 0
-    assert (plan.ATTN_MAX_GW, plan.ATTN_QS, plan.ATTN_SCORES, plan.ATTN_ROPE_MAX_HD) == tuple(
-        wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES", "ROPE_MAX_HD"))
+    assert (plan.ATTN_MAX_GW, plan.ATTN_QS, plan.ATTN_SCORES) == tuple(
+        wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
     assert plan.MERGE_MAX_SPLITS == wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
     assert plan.GROUP_MAX_EXPERTS == wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")
     assert (plan.FLASH_KVMAX, plan.FLASH_RED, plan.FLASH_NV) == tuple(

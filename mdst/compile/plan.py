@@ -122,8 +122,7 @@ def gemv_launch(xr: int, lanes: int, q8: bool, rows: int = 1) -> dict[str, int]:
 _plan_keys = itertools.count(1)  # engines keep bind groups per (cache, plan key): unique per process
 USES_KV = {"kv_store", "attention", "attention_rows", "rope_store"}  # kernels composed with the cache format (kv/<format>.wgsl)
 ATTN_WG = 128  # attention's workgroup: its workgroup memory (QS, SCORES, red) fits WebGPU's 16 KiB at this size
-ATTN_MAX_GW, ATTN_QS, ATTN_SCORES, ATTN_ROPE_MAX_HD = (wgsl_const("attention.wgsl", n)
-                                                       for n in ("MAX_GW", "QS", "SCORES", "ROPE_MAX_HD"))
+ATTN_MAX_GW, ATTN_QS, ATTN_SCORES = (wgsl_const("attention.wgsl", n) for n in ("MAX_GW", "QS", "SCORES"))
 MERGE_MAX_SPLITS = wgsl_const("attention_merge.wgsl", "MAX_SPLITS")
 FLASH_KVMAX, FLASH_RED, FLASH_NV = (wgsl_const("attention_rows.wgsl", n) for n in ("KVMAX", "RED", "NV"))
 FLASH_MAX_KEYS = 16  # attention_rows: keys a tile at most
@@ -702,8 +701,7 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     lanes = c.presets.attention_lanes
     gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
     # one row, and a workgroup for each KV head's query heads: the attention kernel does rope_store's work
-    fold = (rope is not None and r == 1 and gw * s.kv_heads == s.heads and rope.rope.n_rot % 8 == 0
-            and s.head_dim <= ATTN_ROPE_MAX_HD)
+    fold = rope is not None and r == 1 and gw * s.kv_heads == s.heads and rope.rope.n_rot % 8 == 0
     q = x[0]
     if rope is not None and not fold:
         q = c.live.take(-id(node) - 1, c.alloc_rows * s.heads * s.head_dim * 4)   # the rotated queries

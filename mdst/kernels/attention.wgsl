@@ -54,15 +54,11 @@ override T: u32 = WG / LPK;
 // fixed trip count, which the compiler can unroll to issue a tile's loads together.
 override DV: u32 = HD / 4u;             // fours in a head
 override KGN: u32 = WG / DV;            // key groups in step 3 (threads from KGN * DV on idle there)
-// ROPE: aux's most values (1 without ROPE); HD <= ROPE_MAX_HD keeps them within workgroup memory. (Overrides go
-// before the workgroup variables: naga 29 panics compiling an override declared after them.)
-override RW: u32 = select(1u, HD / 2u + 2u * HD, ROPE);
 
 // Limits of workgroup memory, read by the host (plan.attention_group): 16 KiB in all at WG = 128.
 const MAX_GW: u32 = 8u;
 const QS: u32 = 1024u;      // query values a workgroup holds: GW * head_dim
 const SCORES: u32 = 512u;   // scores a tile holds: GW * T
-const ROPE_MAX_HD: u32 = 256u;   // read by the host (plan.ATTN_ROPE_MAX_HD)
 
 var<workgroup> qs: array<vec4<f32>, QS / 4u>;   // [GW, head_dim / 4], scaled
 var<workgroup> red: array<vec4<f32>, 2u * WG>;  // lane i's partial scores: heads 0-3 at i, 4-7 at WG + i
@@ -71,7 +67,6 @@ var<workgroup> pw: array<f32, SCORES>;          // [GW, T] their weights exp(sco
 var<workgroup> mh: array<f32, 2u * MAX_GW>;     // running max per head, two slots used in turn
 var<workgroup> al: array<f32, MAX_GW>;          // per head: the factor old sums take at this tile
 var<workgroup> nr: array<f32, MAX_GW + 1u>;     // ROPE: the heads' norm factors, the key's last
-var<workgroup> rw: array<f32, RW>;             // ROPE: aux staged
 
 // Per-thread sums of the GW heads live in vectors (heads 0-3 and 4-7) read with constant indices: arrays
 // indexed by head in loops may be kept in local memory (DESIGN.md). A head past GW stands for the group's
@@ -123,32 +118,13 @@ fn rope_set(g: u32, i: u32, v: vec4<f32>) {
     }
 }
 
-// ROPE: the scale of head g's four i (g = GW: the key): its norm factor, times the norm's weight where the model
-// has one, times qscale for queries.
-fn rope_scale(g: u32, i: u32, qscale: f32) -> vec4<f32> {
-    let is_k = g == GW;
-    var f = vec4<f32>(nr[g] * select(qscale, 1.0, is_k));
-    if (select(p.q_norm, p.k_norm, is_k) != 0u) {
-        let wb = p.n_rot / 2u + select(0u, HD, is_k) + 4u * i;
-        f *= vec4<f32>(rw[wb], rw[wb + 1u], rw[wb + 2u], rw[wb + 3u]);
-    }
-    return f;
-}
-
 // ROPE: the workgroup's queries (loaded into qs unscaled) and the step's key of KV head kvh (into red[0 .. DV)) at
 // row `row`, normalized where the model says, times the norm's weight (queries also times qscale) and rotated to
-// position pos. Every read is issued in the first round (the table staged in rw), and scaling and rotating are
-// one pass over fours a thread owns.
+// position pos.
 fn rope_inputs(lid: u32, row: u32, pos: u32, kvh: u32, qscale: f32) {
     for (var i = lid; i < DV; i += WG) {
         let b = (row * p.kv_heads + kvh) * HD + 4u * i;
         red[i] = vec4<f32>(kn[b], kn[b + 1u], kn[b + 2u], kn[b + 3u]);
-    }
-    let nt = p.n_rot / 2u + 2u * HD;   // the table's values
-    for (var i = lid; i < RW; i += WG) {   // a fixed trip count, so the loads go out together
-        if (i < nt) {
-            rw[i] = aux[i];
-        }
     }
     workgroupBarrier();
     if (lid <= GW) {   // a thread a head's sum of squares
@@ -161,57 +137,54 @@ fn rope_inputs(lid: u32, row: u32, pos: u32, kvh: u32, qscale: f32) {
         nr[lid] = select(1.0, inverseSqrt(ss / f32(HD) + p.eps), norm);
     }
     workgroupBarrier();
-    // a thread owns whole fours: four j (its two pairs), or in NeoX order fours j and j + half (four pairs); the
-    // fours past the rotated dims are only scaled
-    let half = select(0u, p.n_rot / 8u, p.neox != 0u);
-    let units = DV - half;   // a head's fours, a NeoX pair of fours counted once
-    for (var e = lid; e < (GW + 1u) * units; e += WG) {
-        let g = e / units;
-        var j = e % units;
-        if (j >= half) {
-            j += half;   // NeoX: past the pairs (no-op otherwise)
+    for (var e = lid; e < (GW + 1u) * DV; e += WG) {
+        let g = e / DV;
+        let is_k = g == GW;
+        let wb = p.n_rot / 2u + select(0u, HD, is_k) + 4u * (e % DV);
+        var f = vec4<f32>(nr[g] * select(qscale, 1.0, is_k));
+        if (select(p.q_norm, p.k_norm, is_k) != 0u) {
+            f *= vec4<f32>(aux[wb], aux[wb + 1u], aux[wb + 2u], aux[wb + 3u]);
         }
-        var a = rope_get(g, j) * rope_scale(g, j, qscale);
-        if (j < half) {
-            var b = rope_get(g, j + half) * rope_scale(g, j + half, qscale);
+        rope_set(g, e % DV, rope_get(g, e % DV) * f);
+    }
+    workgroupBarrier();
+    // a thread owns whole fours: four j's two pairs, or in NeoX order fours j and j + n_rot / 8 (four pairs)
+    let items = select(p.n_rot / 4u, p.n_rot / 8u, p.neox != 0u);
+    for (var e = lid; e < (GW + 1u) * items; e += WG) {
+        let g = e / items;
+        let j = e % items;
+        var a = rope_get(g, j);
+        if (p.neox != 0u) {
+            var b = rope_get(g, j + items);
             for (var c = 0u; c < 4u; c++) {
-                let o = rotate_pair(vec2<f32>(a[c], b[c]), pos, rw[4u * j + c], p.mscale);
+                let o = rotate_pair(vec2<f32>(a[c], b[c]), pos, aux[4u * j + c], p.mscale);
                 a[c] = o.x;
                 b[c] = o.y;
             }
-            rope_set(g, j + half, b);
-        } else if (half == 0u && j < p.n_rot / 4u) {
-            a = vec4<f32>(rotate_pair(a.xy, pos, rw[2u * j], p.mscale),
-                          rotate_pair(a.zw, pos, rw[2u * j + 1u], p.mscale));
+            rope_set(g, j + items, b);
+        } else {
+            a = vec4<f32>(rotate_pair(a.xy, pos, aux[2u * j], p.mscale),
+                          rotate_pair(a.zw, pos, aux[2u * j + 1u], p.mscale));
         }
         rope_set(g, j, a);
     }
     workgroupBarrier();
 }
 
-// ROPE, the split that stores: this thread's block of the step's value of KV head kvh (read with the first round).
-fn value_block(lid: u32, row: u32, kvh: u32) -> array<f32, KVB> {
-    var vx: array<f32, KVB>;
-    if (lid < HD / KVB) {   // HD <= 4 WG, so a block a thread at most
-        for (var j = 0u; j < KVB; j++) {
-            vx[j] = vn[(row * p.kv_heads + kvh) * HD + lid * KVB + j];
-        }
-    }
-    return vx;
-}
-
-// ROPE: the step's key (from red) and value block vx of KV head kvh into the cache's slot for position pos.
-fn store_kv(lid: u32, pos: u32, kvh: u32, vx: array<f32, KVB>) {
+// ROPE: the step's key (from red) and value of KV head kvh into the cache's slot for position pos.
+fn store_kv(lid: u32, row: u32, pos: u32, kvh: u32) {
     let slot = pos % p.ring;
     let kv_dim = p.kv_heads * HD;
-    if (lid < HD / KVB) {
+    for (var blk = lid; blk < HD / KVB; blk += WG) {
         var kx: array<f32, KVB>;
+        var vx: array<f32, KVB>;
         for (var j = 0u; j < KVB; j++) {
-            let d = lid * KVB + j;
+            let d = blk * KVB + j;
             kx[j] = red[d / 4u][d % 4u];
+            vx[j] = vn[(row * p.kv_heads + kvh) * HD + d];
         }
-        k_put(slot, (kvh * HD) / KVB + lid, kv_dim, kx);
-        v_put(slot, (kvh * HD) / KVB + lid, kv_dim, vx);
+        k_put(slot, (kvh * HD) / KVB + blk, kv_dim, kx);
+        v_put(slot, (kvh * HD) / KVB + blk, kv_dim, vx);
     }
 }
 
@@ -253,14 +226,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     if (ROPE) {
         let kvh = h0 / (p.heads / p.kv_heads);
-        let stores = first <= last && last == pos;   // the split that holds the row's own key stores it
-        var vx: array<f32, KVB>;
-        if (stores) {
-            vx = value_block(lid, row, kvh);
-        }
         rope_inputs(lid, row, pos, kvh, qscale);
-        if (stores) {
-            store_kv(lid, pos, kvh, vx);
+        if (first <= last && last == pos) {   // the split that holds the row's own key stores it
+            store_kv(lid, row, pos, kvh);
         }
         storageBarrier();   // the stored row is read back below like any other
     }
