@@ -65,9 +65,9 @@ def test_gpu_presets_match_the_reference(gpu_presets, smollm2_path, kv_type):
 # gemv_threads=0: every GEMV of this small model computes gemv_rows rows a group of lanes (the presets
 # proper give its short matrices one); attention_splits=1: the 64-position cache in one split of 64 keys
 # (the presets proper: two of 32); OTHER_CHOICES: 128 x 128 tiles of the f32 GEMM and prefill attention a row a
-# workgroup; shader_checks=0: every kernel compiled without naga's runtime checks
+# workgroup; shader_checks=1: every kernel compiled with naga's runtime checks (the presets proper: without)
 @pytest.mark.parametrize("gpu_presets", [{}, {"gemv_threads": 0}, {"attention_splits": 1}, OTHER_CHOICES,
-                                         {"shader_checks": 0}], indirect=True)
+                                         {"shader_checks": 1}], indirect=True)
 def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
     # Q4_K and Q6_K have GEMV steps of their own (quant/<TYPE>.matmul_row.wgsl): run them inside a model
     from mdst.dev import synth
