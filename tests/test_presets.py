@@ -92,6 +92,15 @@ def test_gpu_presets_on_k_quants_match_the_reference(gpu_presets, tmp_path):
     assert rel_l2(steps, ref[70:]) < (1e-2 if f16 else 1e-4)
 
 
+def test_only_vulkan_gpus_compile_without_runtime_checks():
+    # a GPU on Vulkan keeps every buffer read bounded by the device's robust buffer access; elsewhere naga's
+    # clamps are the only bound
+    assert presets_for(software=False, backend="Vulkan").shader_checks == 0
+    assert presets_for(software=False, backend="Metal").shader_checks == 1
+    assert presets_for(software=False, backend="D3D12").shader_checks == 1
+    assert presets_for(software=True, backend="Vulkan").shader_checks == 1
+
+
 def test_preset_overrides_are_checked():
     from mdst.gpu.device import Presets, with_overrides
 

@@ -55,7 +55,7 @@ class Presets:
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement
 
 
-def presets_for(software: bool) -> Presets:
+def presets_for(software: bool, backend: str = "Vulkan") -> Presets:
     """CPU adapters (lavapipe, SwiftShader) pay for workgroup memory and barriers and have few lanes to fill;
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
     splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
@@ -63,13 +63,15 @@ def presets_for(software: bool) -> Presets:
     (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). Batched decode takes the batched plan
     on both: on the H100 it beat each sequence's one-row plan in one encoder (batch_rows=0) at 4, 16 and 64
     sequences; on GPUs its matmuls over more than 4 rows take matmul_rows' short tiles with slices of k (1.24x
-    the rows-of-x GEMV at 16 sequences, 1.49x at 64: RESULTS.md, 2026-12-06). GPUs compile the kernels without
-    naga's runtime checks (decode 1.07-1.17x, prefill 1.2-1.4x on the H100; CPU adapters keep them)."""
+    the rows-of-x GEMV at 16 sequences, 1.49x at 64: RESULTS.md, 2026-12-06). GPUs on Vulkan compile the kernels
+    without naga's runtime checks (decode 1.07-1.17x, prefill 1.2-1.4x on the H100), where the device's robust
+    buffer access still bounds every buffer read; CPU adapters and other backends keep them."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
                                                                  gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
                                                                  prefill_rows=512, gemm_f16=1, batch_rows=64,
                                                                  batch_gemv=4, batch_gemv_rows=4, gemm_short=1,
-                                                                 gemm_split_groups=2048, shader_checks=0)
+                                                                 gemm_split_groups=2048,
+                                                                 shader_checks=int(backend != "Vulkan"))
     return with_overrides(base, os.environ.get(PRESETS_ENV, ""))
 
 
@@ -257,7 +259,8 @@ def open_gpu(kind: str = "gpu", max_binding_size: int | None = None, adapter: An
         name=info.get("device", "?"), vendor=info.get("vendor", ""), backend=info.get("backend_type", "?"),
         adapter_type=info.get("adapter_type", "?"), driver=info.get("description", ""),
         features=frozenset(device.features), limits={k: int(v) for k, v in device.limits.items()},
-        max_binding_size=cap, presets=presets_for(info.get("adapter_type") == "CPU"))
+        max_binding_size=cap,
+        presets=presets_for(info.get("adapter_type") == "CPU", info.get("backend_type", "?")))
     gpu = GPU(device, profile)
     return gpu
 
