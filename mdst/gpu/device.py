@@ -49,7 +49,7 @@ class Presets:
     flash_threads: int = 128      # attention_rows: threads a workgroup (64: half the query vectors a block, so
                                   # twice the blocks for a short prompt)
     shader_checks: int = 1        # 0: kernels compiled without naga's runtime checks (index clamps, loop
-                                  # counters; gpu/native.shader_module); GPUs' default
+                                  # counters; gpu/native.shader_module); Vulkan GPUs' default
 
 
 PRESETS_ENV = "MDST_PRESETS"   # e.g. "attention_split=32,attention_lanes=8": overrides, for tuning by measurement

@@ -20,7 +20,7 @@ struct P {
 
 override WG: u32 = 256u;
 override HD: u32;               // head_dim: a multiple of 4, at most 4 * WG
-override DQ: u32 = 1u;          // workgroups a head: divides HD / 4 (plan.merge_parts)
+override DQ: u32 = 1u;          // workgroups a head: divides HD / 4 (plan.merge_launch)
 override DV: u32 = HD / 4u / DQ;   // fours a workgroup writes
 override ZG: u32 = WG / DV;     // groups of splits
 
