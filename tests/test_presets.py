@@ -101,6 +101,22 @@ def test_only_vulkan_gpus_compile_without_runtime_checks():
     assert presets_for(software=True, backend="Vulkan").shader_checks == 1
 
 
+def test_unchecked_kernels_take_wgpu_natives_trusted_entry_point(gpu):
+    from mdst.gpu.native import shader_module
+    from mdst.kernels import KernelSpec, source
+
+    class NoPublicPath:   # the device, without wgpu-py's (checked) create_shader_module
+        _internal = gpu.device._internal
+
+        def create_shader_module(self, **kwargs):
+            raise AssertionError("took the checked path")
+
+    code = source(KernelSpec("rms_norm"), "naga")
+    assert shader_module(NoPublicPath(), "rms_norm", code, checks=False) is not None
+    with pytest.raises(AssertionError, match="checked path"):
+        shader_module(NoPublicPath(), "rms_norm", code, checks=True)
+
+
 def test_preset_overrides_are_checked():
     from mdst.gpu.device import Presets, with_overrides
 
