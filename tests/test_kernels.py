@@ -199,27 +199,25 @@ def test_matmul_by_output(run, rng, wtype, R, m, fusion):
     assert rel_l2(y[:, o0:o0 + n], want + (res[:, o0:o0 + n] if fusion.get("RES") else 0)) < 1e-5
 
 
-# (rows, outputs) a thread: the 64 x 64 tile for every type, plain and with the residual, and the
-# block-quantized ones with 8-bit activations (Q8, which the host builds at 4 x 4 in f32); the larger tiles for
+# (rows, outputs) a thread: the 64 x 64 tile for every type, plain and with the residual; the larger tiles for
 # a float, a small-block and a K-quant type, over more rows and outputs than one tile of theirs holds; the short
 # grids (4 x 64 and 8 x 32 threads: 16 x 256 and 32 x 128 tiles) over more than one tile's rows and outputs; the
 # f16 variant (f16 products and step sums) within 1e-2 of the reference
-GEMM_CASES = [(w, res_, 4, 4, 16, 75, 77, False, q8) for w in WEIGHT_TYPES
-              for res_, q8 in ((False, False), (True, False), (True, True)) if not q8 or GGML_TYPE_BY_NAME[w].block > 1] + \
-    [(w, True, tr, tc, 16, 150, 141, False, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
-    [(w, True, 4, 4, ty, m, 301, False, False) for w in ("F32", "Q6_K", "Q4_K") for ty, m in ((4, 19), (8, 37))] + \
-    [(w, True, tr, tc, 16, 150, 141, True, False) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))] + \
-    [("Q4_K", True, 4, 4, 4, 19, 301, True, False)]
+GEMM_CASES = [(w, res_, 4, 4, 16, 75, 77, False) for w in WEIGHT_TYPES for res_ in (False, True)] + \
+    [(w, True, tr, tc, 16, 150, 141, False) for w in ("F32", "Q8_0", "Q4_K") for tr, tc in ((8, 8), (8, 4), (4, 8))] + \
+    [(w, True, 4, 4, ty, m, 301, False) for w in ("F32", "Q6_K", "Q4_K") for ty, m in ((4, 19), (8, 37))] + \
+    [(w, True, tr, tc, 16, 150, 141, True) for w in ("F16", "Q4_K") for tr, tc in ((4, 4), (8, 8))] + \
+    [("Q4_K", True, 4, 4, 4, 19, 301, True)]
 
 
-@pytest.mark.parametrize("wtype,res_,tr,tc,ty,m,n,f16,q8", GEMM_CASES)
-def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, ty, m, n, f16, q8):
+@pytest.mark.parametrize("wtype,res_,tr,tc,ty,m,n,f16", GEMM_CASES)
+def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, ty, m, n, f16):
     if f16 and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, n)
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {}, n)
     o0, stride = 3, n + 10
     res = rng.standard_normal((m, stride)).astype(np.float32)
-    consts = (("Q8", True),) * q8 + (("RES", res_), ("STEP_SUMS", f16), ("TC", tc), ("TR", tr), ("TY", ty))
+    consts = (("RES", res_), ("STEP_SUMS", f16), ("TC", tc), ("TR", tr), ("TY", ty))
     spec = KernelSpec("matmul_rows", wtype, f16, constants=consts)
     y = f32(run(spec, [buf, x, Out(m * stride * 4), res],
                 {"k": k, "n": n, "row_bytes": row_bytes, "o0": o0, "m": m, "y_stride": stride, "w0": lead},
@@ -232,16 +230,15 @@ def test_matmul_rows(run, rng, gpu, wtype, res_, tr, tc, ty, m, n, f16, q8):
 
 # Slices of k (the grid's z): each slice's partial sums into its own [m, n] of the scratch, which sum_splits adds
 # with the residual; more slices than k has whole steps for leave the last ones empty (zeros); the f16 variant,
-# a short tile and 8-bit activations (TK 32: slices keep its blocks whole)
-@pytest.mark.parametrize("wtype,slices,ty,f16,q8", [("Q4_K", 3, 16, False, False), ("F32", 5, 4, False, False),
-                                                    ("Q6_K", 2, 8, True, False), ("Q8_0", 4, 16, False, True),
-                                                    ("Q4_0", 40, 4, False, False)])
-def test_matmul_rows_slices_of_k_summed(run, rng, gpu, wtype, slices, ty, f16, q8):
+# and short tiles
+@pytest.mark.parametrize("wtype,slices,ty,f16", [("Q4_K", 3, 16, False), ("F32", 5, 4, False), ("Q6_K", 2, 8, True),
+                                                ("Q8_0", 4, 16, False), ("Q4_0", 40, 4, False)])
+def test_matmul_rows_slices_of_k_summed(run, rng, gpu, wtype, slices, ty, f16):
     if f16 and not gpu.profile.shader_f16:
         pytest.skip("adapter has no shader-f16")
     m = 13
-    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {"Q8": q8}, 259)
-    consts = (("Q8", True),) * q8 + (("STEP_SUMS", f16), ("TY", ty))
+    buf, x, g, want, k, n, row_bytes, lead = fused_matmul_case(rng, wtype, m, {}, 259)
+    consts = (("STEP_SUMS", f16), ("TY", ty))
     gx, gy, _ = gemm_groups(n, m, 4, 4, ty)
     parts = f32(run(KernelSpec("matmul_rows", wtype, f16, constants=consts), [buf, x, Out(slices * m * n * 4), x],
                     {"k": k, "n": n, "row_bytes": row_bytes, "o0": 0, "m": m, "y_stride": n, "w0": lead},
@@ -257,6 +254,23 @@ def test_matmul_rows_slices_of_k_summed(run, rng, gpu, wtype, slices, ty, f16, q
     y = y.reshape(m, stride)
     assert np.isnan(y[:, :o0]).all() and np.isnan(y[:, o0 + n:]).all()
     np.testing.assert_allclose(y[:, o0:o0 + n], parts.sum(axis=0) + res[:, o0:o0 + n], rtol=1e-6, atol=1e-6)
+
+
+# x's 8-bit round trip written out (what the GEMM tile multiplies with activations="q8"): 32-value blocks of
+# rows whose count does not fill the last workgroup, an all-zero block (d = 0) and a block of one nonzero
+def test_q8_round(run, rng):
+    rows, k = 7, 224
+    x = rng.standard_normal((rows, k)).astype(np.float32) * np.float32(3)
+    x[2, 32:64] = 0
+    x[4, 64:96] = 0
+    x[4, 70] = -1.5
+    x = clear_of_q8_ties(x, lambda v: v)
+    y = f32(run(KernelSpec("q8_round"), [x, Out(x.nbytes)], {"blocks": rows * k // 32},
+                (-(-rows * k // 32 // 64), 1, 1))[0]).reshape(rows, k)
+    want = reference.q8_round_trip(x)
+    assert not np.array_equal(want, x) and not np.isnan(y).any()
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=0)
+    assert (y[2, 32:64] == 0).all() and y[4, 70] == np.float32(-1.5)
 
 
 # Rows of x (batched decode; awkward: 3, 5, 13 and the largest, 16, at 128 threads a workgroup), each weight

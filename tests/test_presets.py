@@ -146,9 +146,9 @@ def test_gemv_rows_keep_short_matrices_busy():
 
 
 def test_gpu_presets_with_q8_activations_match_the_reference(gpu_presets, tmp_path):
-    # activations="q8" through the GPU kernels (matmul_row's integer Q4_K/Q6_K steps, matmul_rows' round trip in
-    # its tiles) inside a model, against the numpy path; the gate allows for the round trip's discontinuity
-    # (test_model_smollm2's q8 test says why); every matmul of the plans reads quantized weights and takes Q8
+    # activations="q8" through the GPU kernels (matmul_row's integer Q4_K/Q6_K steps; for matmul_rows, x's round
+    # trip written out by q8_round) inside a model, against the numpy path; the gate allows for the round trip's
+    # discontinuity (test_model_smollm2's q8 test says why); every matmul of the plans reads quantized weights
     from mdst.dev import synth
 
     path = str(synth.write(tmp_path / "q.gguf", "qwen3-tiny", types="Q4_K_M"))
@@ -157,7 +157,11 @@ def test_gpu_presets_with_q8_activations_match_the_reference(gpu_presets, tmp_pa
         prefill = s.feed(ids[:8])
         steps = np.concatenate([s.feed([t]) for t in ids[8:]])
         plans = [g.engine.plan("all", rows, "logits") for rows in (1, 8)]
-    assert all(dict(d.spec.constants).get("Q8") for p in plans for d in p.dispatches if d.spec.name.startswith("matmul"))
+    one, many = ([d for d in p.dispatches if d.spec.name.startswith(("matmul", "q8_round"))] for p in plans)
+    assert {d.spec.name for d in one} == {"matmul_row"} and all(dict(d.spec.constants)["Q8"] for d in one)
+    rounded = [d.resources[1] for d in many if d.spec.name == "q8_round"]
+    tiles = [d for d in many if d.spec.name == "matmul_rows"]
+    assert tiles and all(any(d.resources[1] is r for r in rounded) for d in tiles)
     with mdst.load(path, device="cpu", context_length=64, activations="q8") as c:
         ref = c.logits(ids)
     got = np.concatenate([prefill, steps])

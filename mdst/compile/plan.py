@@ -764,6 +764,14 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     res = x[-1] if op.res else None
     fused = {"NORM": norm is not None, "RES": res is not None, "GLU": glu}
     q8 = {"Q8": True} if op.q8 else {}   # x through its 8-bit round trip (set only when on: f32 keys unchanged)
+    by_output = c.presets.matmul == "by_output"
+    gemv = r == 1 or (c.batched and r <= min(c.presets.batch_gemv, GEMV_MAX_XR))
+    xin = x[0]
+    if op.q8 and not (by_output or gemv):
+        # the GEMM tile multiplies x's round trip written once (q8_round.wgsl), so it keeps f32 activations' tiles
+        xin = c.live.take(~id(node), r * k * 4)
+        c.dispatch("q8_round", [x[0], xin, None], grid1(ceil_div(r * k // 32, 64)), {"blocks": r * k // 32},
+                   label_of(node))
     outputs = c.outputs
     for pi, p in enumerate(w.parts):
         if outputs is not None and len(outputs) > 1:
@@ -774,7 +782,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         wbuf = c.weight(w.name, pi)
         spare = x[0]  # bound where a fusion is off: every declared binding needs a buffer
         args = [wbuf, x[0], target, res or spare, norm or spare, None]
-        if c.presets.matmul == "by_output":
+        if by_output:
             # CPU adapters: outputs across lanes, rows in registers (see matmul_by_output.wgsl); no more rows a lane
             # than the plan has (a batched step's 4 rows at R = 8 took longer than 4 one-row steps on lavapipe)
             rr = min(r, 8)
@@ -784,7 +792,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             continue
         if r > 1 and (norm is not None or glu):
             raise RuntimeError("the many-row matmul fuses the residual add only")
-        if r == 1 or (c.batched and r <= min(c.presets.batch_gemv, GEMV_MAX_XR)):
+        if gemv:
             # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
             # short chunk and a batched step's more rows take the GEMM tile
             lanes = gemv_lanes(k, w.type.name, c.presets)
@@ -796,24 +804,25 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         else:
             params.update(m=r, y_stride=stride)
             del params["eps"]
-            # the 8-bit round trip rounds whole 32-value blocks of staged f32 x: 64 x 64 tiles, f32
-            tr, tc, ty = (4, 4, 16) if op.q8 else gemm_block(r, c.presets)
-            f16 = gemm_f16(c) and not op.q8
+            tr, tc, ty = gemm_block(r, c.presets)
+            f16 = gemm_f16(c)
             gx, gy, _ = gemm_groups(p.rows, r, tr, tc, ty)
             slices = gemm_slices(r, gx * gy, k, c.presets)
-            tile = {"TR": tr, "TC": tc, "TY": ty, "STEP_SUMS": f16, **q8}
+            tile = {"TR": tr, "TC": tc, "TY": ty, "STEP_SUMS": f16}
             if slices == 1:
-                c.dispatch("matmul_rows", [wbuf, x[0], target, res or spare, None], (gx, gy, 1), params,
+                c.dispatch("matmul_rows", [wbuf, xin, target, res or spare, None], (gx, gy, 1), params,
                            label_of(node), w.type.name, f16, RES=res is not None, **tile)
                 continue
             # slices of k into scratch [slices, r, n], then their sum (and the residual) into the target
             parts = c.live.take(-id(node), slices * r * p.rows * 4)
-            c.dispatch("matmul_rows", [wbuf, x[0], parts, spare, None], (gx, gy, slices),
+            c.dispatch("matmul_rows", [wbuf, xin, parts, spare, None], (gx, gy, slices),
                        {**params, "o0": 0, "y_stride": p.rows}, label_of(node), w.type.name, f16, **tile)
             c.dispatch("sum_splits", [parts, res or spare, target, None], grid1(ceil_div(r * p.rows, 64)),
                        {"n": p.rows, "m": r, "splits": slices, "o0": o0, "y_stride": stride}, label_of(node),
                        RES=res is not None)
             c.live.free(-id(node))
+    if xin is not x[0]:
+        c.live.free(~id(node))
 
 
 def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:

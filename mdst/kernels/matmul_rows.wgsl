@@ -9,8 +9,7 @@
 // Staged values and the products of one step are `half`: in the f16 variant (where the adapter has
 // shader-f16) a step's TK products are summed in f16 (packed FMAs), and each step's sums are added to
 // f32 accumulators; the f32 variant computes the same in f32.
-// Q8: each row's 32 staged values of X (one block) go through their 8-bit round trip
-// (reference.q8_round_trip) in workgroup memory first; the host builds it with TK = 32, f32 (TR = TC = 4).
+// With 8-bit activations the host passes X's round trip (q8_round.wgsl) as X.
 // EXPERTS (mixture of experts, the many-row ExpertMatmul, grouped): the buffer holds n_expert matrices of n
 // rows one after another, the dispatch's z is the expert, and `res` (binding 3) holds expert_groups.wgsl's
 // lists instead: [n_expert + 1 starts | the (row, slot) entries r EXPERTS + j, grouped by expert], as
@@ -45,7 +44,6 @@ override TX: u32 = WG / TY;
 override ROWS_T: u32 = TY * TR;   // rows a tile
 override COLS_T: u32 = TX * TC;   // outputs a tile
 override TK: u32 = STAGE / max(ROWS_T, COLS_T);   // k a step: each operand's stage holds STAGE floats
-override Q8: bool = false;
 override STEP_SUMS: bool = false;   // the f16 variant: sum a step in half, then add it in f32
 override EXPERTS: u32 = 0u;     // slots a row (see the top); 0: one matrix
 override X_SLOT: bool = false;
@@ -137,21 +135,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         workgroupBarrier();
-        if (Q8) {
-            if (lid < ROWS_T) {
-                var amax = 0.0;
-                for (var kk = 0u; kk < TK; kk++) {
-                    amax = max(amax, abs(f32(xs[kk * (ROWS_T / 4u) + lid / 4u][lid % 4u])));
-                }
-                let d = amax / 127.0;
-                let id = select(0.0, 1.0 / d, d > 0.0);
-                for (var kk = 0u; kk < TK; kk++) {
-                    let at = kk * (ROWS_T / 4u) + lid / 4u;
-                    xs[at][lid % 4u] = half(round(f32(xs[at][lid % 4u]) * id) * d);   // half is f32 here (the host builds Q8 in f32)
-                }
-            }
-            workgroupBarrier();
-        }
         for (var kk = 0u; kk < TK; kk++) {
             let a0 = xs[kk * (ROWS_T / 4u) + ty];
             let b0 = ws[kk * (COLS_T / 4u) + tx];
