@@ -25,16 +25,17 @@ def parse_test(test: str) -> tuple[int, int, int]:
     return (n, 0, 0) if name.startswith("pp") else (0, n, int(depth or 0))
 
 
-def mdst_rates(path: Path, tests: list[str], repeat: int) -> dict[str, float]:
+def mdst_rates(path: Path, tests: list[str], repeat: int, activations: str = "f32") -> dict[str, float]:
     """tokens/s of each test through mdst.serve.bench, the model loaded for each test with the context it needs
-    (as llama-bench sizes its context per test: mdst's decode attention covers the allocated context)."""
+    (as llama-bench sizes its context per test: mdst's decode attention covers the allocated context) and the
+    given `activations` (mdst.load's option)."""
     import mdst
     from mdst.serve.bench import bench
 
     out = {}
     for test in tests:
         p, g, d = parse_test(test)
-        with mdst.load(path, device="gpu", context_length=p + g + max(d, 1) + 1) as model:
+        with mdst.load(path, device="gpu", context_length=p + g + max(d, 1) + 1, activations=activations) as model:
             if p:   # prefill p tokens (and one decode step, which bench needs and which is not counted)
                 out[test] = bench(model, p, 1, repeat)["prefill_tokens_per_s"]
             else:   # decode g tokens after a prompt of d tokens (one token: llama-bench's empty context)
@@ -66,7 +67,8 @@ def main() -> None:
     ap.add_argument("--types", default="Q4_K_M")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--llama", action="append", default=[], metavar="ENGINE=PATH", help="a llama-bench build")
-    ap.add_argument("--engines", default="mdst,cuda,vulkan", help="which to run, in this order")
+    ap.add_argument("--engines", default="mdst,cuda,vulkan",
+                    help="which to run, in this order; mdst-q8: mdst with 8-bit activations, as llama.cpp's q8_1")
     ap.add_argument("--cache", default=os.environ.get("MDST_BENCH_CACHE", str(Path.home() / ".cache" / "mdst-bench")))
     args = ap.parse_args()
 
@@ -84,10 +86,11 @@ def main() -> None:
                 synth.write(path, model, types=args.types)
             tests = [t for t in args.tests.split(",") if "@d" not in t or model in deep]
             for engine in args.engines.split(","):
-                if engine != "mdst" and engine not in builds:
+                mdst_engine = engine in ("mdst", "mdst-q8")
+                if not mdst_engine and engine not in builds:
                     continue
                 t0 = time.perf_counter()
-                rates = (mdst_rates(path, tests, args.repeat) if engine == "mdst"
+                rates = (mdst_rates(path, tests, args.repeat, "q8" if engine == "mdst-q8" else "f32") if mdst_engine
                          else llama_rates(builds[engine], path, tests, args.repeat))
                 for test, rate in rates.items():
                     row = {"engine": engine, "model": model, "test": test, "tokens_per_s": round(rate, 1)}
@@ -99,17 +102,17 @@ def main() -> None:
 
 
 def table(rows: list[dict]) -> None:
-    """One line per model and test: each engine's tokens/s, and mdst's ratio to each llama.cpp build."""
+    """One line per model and test: each engine's tokens/s, and each mdst engine's ratio to each llama.cpp build."""
     engines = list(dict.fromkeys(r["engine"] for r in rows))
     rate = {(r["engine"], r["model"], r["test"]): r["tokens_per_s"] for r in rows}
-    others = [e for e in engines if e != "mdst"]
-    print("| model | test | " + " | ".join(engines) + "".join(f" | mdst/{e}" for e in others) + " |")
-    print("| --- " * (2 + len(engines) + len(others)) + "|")
+    ours = [e for e in engines if e.startswith("mdst")]
+    pairs = [(m, e) for m in ours for e in engines if e not in ours]
+    print("| model | test | " + " | ".join(engines) + "".join(f" | {m}/{e}" for m, e in pairs) + " |")
+    print("| --- " * (2 + len(engines) + len(pairs)) + "|")
     for model, test in dict.fromkeys((r["model"], r["test"]) for r in rows):
-        vals = [rate.get((e, model, test)) for e in engines]
-        cells = [f"{v:,.0f}" if v else "-" for v in vals]
-        m = rate.get(("mdst", model, test))
-        ratios = [f"{m / rate[(e, model, test)]:.2f}" if m and rate.get((e, model, test)) else "-" for e in others]
+        cells = [f"{v:,.0f}" if (v := rate.get((e, model, test))) else "-" for e in engines]
+        ratios = [f"{a / b:.2f}" if (a := rate.get((m, model, test))) and (b := rate.get((e, model, test))) else "-"
+                  for m, e in pairs]
         print(f"| {model} | {test} | " + " | ".join(cells + ratios) + " |")
 
 
