@@ -40,7 +40,8 @@ def check_fits(model: "Model", prompt_tokens: int, gen_tokens: int, repeat: int)
 
 def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
           seed: int = 0, profile: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Median prefill and decode speed over `repeat` runs on random token ids (greedy decode).
+    """Median prefill and decode speed over `repeat` runs on random token ids (greedy decode), in one session
+    emptied before each run, after a warm-up run that compiles and binds the plans the runs use.
 
     progress, if given, is called with each phase about to run ("run 2/3: decode 128 tokens"), outside the timing.
     """
@@ -53,21 +54,22 @@ def bench(model: "Model", prompt_tokens: int = 512, gen_tokens: int = 128, repea
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, model.n_vocab, prompt_tokens).tolist()
 
-    def once(n_prompt: int, n_gen: int, run: str) -> tuple[float, float]:
-        with model.session() as s:
-            say(f"{run}: prefill {n_prompt} tokens")
-            t0 = time.perf_counter()
-            tok = int(s.prefill(ids[:n_prompt], greedy=True))
-            prefill_s = time.perf_counter() - t0
-            say(f"{run}: decode {n_gen} tokens")
-            t1 = time.perf_counter()
-            for tok in s.decode(tok, n_gen, lambda: "argmax", ahead=True):  # as generate() decodes
-                pass
-            decode_s = time.perf_counter() - t1
+    def once(s: Any, n_gen: int, run: str) -> tuple[float, float]:
+        s.reset()   # one session's cache, emptied: as llama-bench clears one context between repetitions
+        say(f"{run}: prefill {prompt_tokens} tokens")
+        t0 = time.perf_counter()
+        tok = int(s.prefill(ids, greedy=True))
+        prefill_s = time.perf_counter() - t0
+        say(f"{run}: decode {n_gen} tokens")
+        t1 = time.perf_counter()
+        for tok in s.decode(tok, n_gen, lambda: "argmax", ahead=True):  # as generate() decodes
+            pass
+        decode_s = time.perf_counter() - t1
         return prefill_s, decode_s
 
-    once(min(prompt_tokens, 8), 2, "warm-up")  # compile pipelines and plans outside the timing
-    runs = [once(prompt_tokens, gen_tokens, f"run {i + 1}/{repeat}") for i in range(repeat)]
+    with model.session() as s:
+        once(s, 2, "warm-up")   # compile and bind the very plans the runs use, outside the timing
+        runs = [once(s, gen_tokens, f"run {i + 1}/{repeat}") for i in range(repeat)]
     prefill_s = statistics.median(r[0] for r in runs)
     decode_s = statistics.median(r[1] for r in runs)
     wbytes = decode_weight_bytes(model)
