@@ -135,7 +135,7 @@ def _time_type(gpu: Any, pipelines: Any, peaks: dict[str, float], wtype: str, m:
                                               (-(-n // 256), -(-m // 8), 1))]))
     else:
         blocks = ([(*map(int, b.split("x")), 16)[:3] for b in args.blocks.split(",")] if args.blocks
-                  else [gemm_block(m, gpu.profile.presets, n)])
+                  else [gemm_block(m, gpu.profile.presets)])
         f16s = [False, True] if args.f16 and gpu.profile.shader_f16 else [bool(gpu.profile.presets.gemm_f16 and gpu.profile.shader_f16)]
         for (tr, tc, ty), f16 in ((b, f) for b in blocks for f in f16s):
             spec = KernelSpec("matmul_rows", wtype, f16, constants=(("STEP_SUMS", f16), ("TC", tc), ("TR", tr),

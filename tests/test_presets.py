@@ -257,11 +257,7 @@ def test_gpu_presets_give_few_rows_short_tiles_and_slices_of_k():
 
     p = presets_for(software=False)
     assert [plan.gemm_block(r, p)[2] for r in (4, 16, 17, 32, 64)] == [4, 4, 8, 8, 16]
-    assert plan.gemm_block(65, p, 4096) == (p.gemm_rows, p.gemm_cols, 16)
-    # the 128 x 128 tile only where its grid keeps gemm_wide workgroups (the 8B's gate at 512 rows: 96 x 4 of them)
-    wide = dataclasses.replace(p, gemm_wide=384)
-    assert plan.gemm_block(512, wide, 12288) == (8, 8, 16) and plan.gemm_block(512, wide, 95 * 128) == (4, 4, 16)
-    assert plan.gemm_block(64, wide, 12288)[:2] == (4, 4)
+    assert plan.gemm_block(65, p) == (p.gemm_rows, p.gemm_cols, 16)
     assert plan.gemm_slices(16, 56, 4096, p) == 4096 // plan.GEMM_MIN_SLICE   # as many as k's slices allow
     assert plan.gemm_slices(64, 224, 4096, p) == -(-p.gemm_split_groups // 224)
     assert plan.gemm_slices(512, 224, 4096, p) == 1   # a prefill chunk's tiles walk all of k

@@ -73,15 +73,11 @@ def gemm_f16(c: "Compilation") -> bool:
     return bool(c.presets.gemm_f16 and c.compiler.gpu.profile.shader_f16)
 
 
-def gemm_block(rows: int, presets: Any, n: int = 0) -> tuple[int, int, int]:
-    """matmul_rows' (rows, outputs a thread, thread rows TY) over [rows, n]: the presets' square tiles, or the
-    128 x 128 tile where its grid still has presets.gemm_wide workgroups; for 64 rows or fewer, 4 rows a thread,
-    and with presets.gemm_short the shortest of the 16-, 32- and 64-row tiles that holds them (4 outputs a
-    thread in the short ones: their steps are short already)."""
+def gemm_block(rows: int, presets: Any) -> tuple[int, int, int]:
+    """matmul_rows' (rows, outputs a thread, thread rows TY): the presets' square tiles; for 64 rows or fewer, 4
+    rows a thread, and with presets.gemm_short the shortest of the 16-, 32- and 64-row tiles that holds them
+    (4 outputs a thread in the short ones: their steps are short already)."""
     if rows > gemm_tile()[0]:
-        gx, gy, _ = gemm_groups(n, rows, 8, 8, 16)
-        if presets.gemm_wide and gx * gy >= presets.gemm_wide:
-            return 8, 8, 16
         return presets.gemm_rows, presets.gemm_cols, 16
     ty = next(t for t in (4, 8, 16) if gemm_tile(ty=t)[0] >= rows or t == 16) if presets.gemm_short else 16
     return 4, (presets.gemm_cols if ty == 16 else 4), ty
@@ -808,7 +804,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         else:
             params.update(m=r, y_stride=stride)
             del params["eps"]
-            tr, tc, ty = gemm_block(r, c.presets, p.rows)
+            tr, tc, ty = gemm_block(r, c.presets)
             f16 = gemm_f16(c)
             gx, gy, _ = gemm_groups(p.rows, r, tr, tc, ty)
             slices = gemm_slices(r, gx * gy, k, c.presets)

@@ -41,8 +41,6 @@ class Presets:
     gemm_rows: int = 4            # matmul_rows: rows a thread (4: 64-row tiles; 8: 128)
     gemm_cols: int = 4            # matmul_rows: outputs a thread (4: 64-output tiles; 8: 128)
     gemm_split_groups: int = 0    # matmul_rows: slices of k until a dispatch has this many workgroups (0: none)
-    gemm_wide: int = 0            # matmul_rows over more than 64 rows: 128 x 128 tiles where that grid still has
-                                  # this many workgroups (0: the gemm_rows x gemm_cols tile always)
     gemm_short: int = 0           # matmul_rows over 64 rows or fewer: the shortest tile that holds them (0: 64 rows)
     gemm_f16: int = 0             # matmul_rows: 1 for the f16 variant (f16 products summed a step at a time
                                   # into f32) where the adapter has shader-f16; GPUs' default
@@ -91,8 +89,7 @@ def with_overrides(base: Presets, text: str) -> Presets:
                "prefill_rows": (32, 64, 128, 256, 512, 1024), "prefill_attention": ("flash", "rows"),
                "flash_threads": (64, 128), "shader_checks": (0, 1),
                "gemm_rows": (4, 8), "gemm_cols": (4, 8), "gemm_short": (0, 1),
-               "gemm_split_groups": (0, 256, 512, 1024, 2048, 4096), "gemm_f16": (0, 1),
-               "gemm_wide": (0, 128, 256, 384, 512, 1024)}
+               "gemm_split_groups": (0, 256, 512, 1024, 2048, 4096), "gemm_f16": (0, 1)}
     changes: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = item.partition("=")
