@@ -769,7 +769,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     xin = x[0]
     if op.q8 and not (by_output or gemv):
         # the GEMM tile multiplies x's round trip written once (q8_round.wgsl), so it keeps f32 activations' tiles
-        xin = c.live.take(~id(node), r * k * 4)
+        xin = c.live.take(-id(node) - 1, r * k * 4)
         c.dispatch("q8_round", [x[0], xin, None], grid1(ceil_div(r * k // 32, 64)), {"blocks": r * k // 32},
                    label_of(node))
     outputs = c.outputs
@@ -822,7 +822,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                        RES=res is not None)
             c.live.free(-id(node))
     if xin is not x[0]:
-        c.live.free(~id(node))
+        c.live.free(-id(node) - 1)
 
 
 def _route(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
