@@ -146,6 +146,13 @@ fn draw_allows(mask_word: u32, t: u32) -> bool {
     return ((mask_word >> (t & 31u)) & 1u) != 0u;
 }
 
+// 8-bit activations (reference.q8_round_trip): (d, 1 / d or 0) of a 32-value block whose absolute
+// values' componentwise max is m, d = amax / 127.
+fn q8_scales(m: vec4<f32>) -> vec2<f32> {
+    let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
+    return vec2<f32>(d, select(0.0, 1.0 / d, d > 0.0));
+}
+
 // Byte decoders for the weight types (quant/*.wgsl). The four bytes of v as signed integers.
 fn i8x4(v: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v << 24u, v << 16u, v << 8u, v)) >> vec4<u32>(24u));

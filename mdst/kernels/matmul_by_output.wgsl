@@ -42,8 +42,7 @@ fn q8_block(r: u32, G: u32) -> vec2<f32> {
         }
         m = max(m, abs(v));
     }
-    let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
-    return vec2<f32>(d, select(0.0, 1.0 / d, d > 0.0));
+    return q8_scales(m);
 }
 
 @compute @workgroup_size(WG)

@@ -143,9 +143,9 @@ fn quantize_chunk(lid: u32, ng: u32) -> f32 {
             ss += sq(G) + sq(G + 1u) + sq(G + 2u) + sq(G + 3u) + sq(G + 4u) + sq(G + 5u) + sq(G + 6u) + sq(G + 7u);
         }
         let m4 = max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))), max(max(abs(v4), abs(v5)), max(abs(v6), abs(v7))));
-        let d = max(max(m4.x, m4.y), max(m4.z, m4.w)) / 127.0;
-        let id = select(0.0, 1.0 / d, d > 0.0);
-        xd[b] = d;
+        let s = q8_scales(m4);
+        let id = s.y;
+        xd[b] = s.x;
         xq[8u * b] = pack_i8(v0 * id);
         xq[8u * b + 1u] = pack_i8(v1 * id);
         xq[8u * b + 2u] = pack_i8(v2 * id);

@@ -26,9 +26,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         v[i] = x[8u * b + i];
         m = max(m, abs(v[i]));
     }
-    let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
-    let id = select(0.0, 1.0 / d, d > 0.0);
+    let s = q8_scales(m);
     for (var i = 0u; i < 8u; i++) {
-        y[8u * b + i] = round(v[i] * id) * d;
+        y[8u * b + i] = round(v[i] * s.y) * s.x;
     }
 }
