@@ -9,7 +9,7 @@ On a GPU, two or more sequences take the batched plan (each weight read once for
 four submits of 16); `batched_plan_rows` lists the row buckets that were compiled.
 Synthetic files are written once into --cache (mdst synth, Q4_K_M-like mix unless --types).
 Usage: python benchmarks/batched_decode.py [--presets qwen3-0.6b,qwen3-8b | --model FILE] [--batch 1,4,16,64]
-                                           [--prompt 32] [--gen 32] [--repeat 3] [--device gpu]
+                                           [--prompt 32] [--gen 32] [--repeat 3] [--device gpu] [--activations q8]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="gpu")
+    ap.add_argument("--activations", default="f32", help="mdst.load's option: f32 or q8")
     ap.add_argument("--cache", default=os.environ.get("MDST_BENCH_CACHE", str(Path.home() / ".cache" / "mdst-bench")))
     args = ap.parse_args()
 
@@ -55,10 +56,12 @@ def run(path: Path, args: argparse.Namespace) -> None:
     def say(phase: str) -> None:
         print(f"# {path.name}: {phase}", file=sys.stderr, flush=True)
 
-    with mdst.load(path, device=args.device, context_length=args.prompt + args.gen + 8) as model:
+    with mdst.load(path, device=args.device, context_length=args.prompt + args.gen + 8,
+                   activations=args.activations) as model:
         base = bench(model, args.prompt, args.gen, args.repeat)["decode_tokens_per_s"]
         say(f"alone {base:.1f} tok/s")
-        out = {"model": path.name, "device": model.backend, "prompt": args.prompt, "gen": args.gen,
+        out = {"model": path.name, "device": model.backend, "activations": args.activations, "prompt": args.prompt,
+               "gen": args.gen,
                "alone_tok_s": round(base, 2), "batched": {}}
         for n, r in bench_batch(model, sizes, args.prompt, args.gen, args.repeat, progress=say).items():
             agg = r["aggregate_tokens_per_s"]

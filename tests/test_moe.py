@@ -88,6 +88,35 @@ def test_gpu_presets_match_the_reference(tiny, load, gpu_presets, preset):
     assert rel < 1e-3
 
 
+@pytest.mark.parametrize("gpu_presets", [{"gemm_f16": 0}, {"matmul": "by_output"}], indirect=True,
+                         ids=["tiled", "by_output"])
+def test_q8_activations_reach_the_experts(tiny, gpu_presets):
+    """activations="q8" rounds the experts' x too, on every path: the one-row matmul quantizes it itself, the
+    grouped GEMM and the per-output kernel (CPU adapters) read q8_round's copy; against the numpy path's q8."""
+    import mdst
+
+    path, ids = tiny("qwen3moe-tiny", "Q4_K_M"), token_ids("qwen3moe-tiny")
+    with mdst.load(path, device="gpu", kv_type="f32", context_length=64, activations="q8") as g:
+        got = feed_in_parts(g, ids, list(CHUNKS))
+        by_output = g.device_profile.presets.matmul == "by_output"
+        for (_, rows, _), plan in g.engine.plans.items():
+            ds = plan.dispatches
+            experts = [d for d in ds if "EXPERTS" in dict(d.spec.constants) or d.spec.name == "matmul_experts"]
+            assert experts
+            if rows == 1 and not by_output:
+                assert all(dict(d.spec.constants).get("Q8") for d in experts)
+            else:
+                rounded = [d.resources[1] for d in ds if d.spec.name == "q8_round"]
+                assert all(any(d.resources[1] is r for r in rounded) for d in experts)
+    with mdst.load(path, device="cpu", context_length=64, activations="q8") as c:
+        want = c.logits(ids)
+        f32 = mdst.load(path, device="cpu", context_length=64).logits(ids)
+    rel = rel_l2(got, want)
+    report(f"qwen3moe-tiny Q4_K_M q8 activations, {'by_output' if by_output else 'tiled'} on lavapipe, vs CPU q8",
+           rel_l2=rel, cpu_q8_vs_f32_rel_l2=rel_l2(want, f32))
+    assert rel < 2e-2 and agreement(got, want) >= 0.9   # the round trip's steps where GPU and numpy sums differ
+
+
 def test_expert_tensors_split_on_expert_boundaries(tiny, load, gpu):
     """A binding limit of three experts' bytes: each expert tensor in parts of whole experts, same logits."""
     import mdst

@@ -83,10 +83,12 @@ def gemm_block(rows: int, presets: Any) -> tuple[int, int, int]:
     return 4, (presets.gemm_cols if ty == 16 else 4), ty
 
 
-def gemv_lanes(k: int, wtype: str, presets: Any) -> int:
-    """matmul_row's threads per row: the preset, fewer where a row has fewer units to share out."""
+def gemv_lanes(k: int, wtype: str, presets: Any, q8: bool = False) -> int:
+    """matmul_row's threads per row: the preset (with 8-bit activations their own, if set), fewer where a row has
+    fewer units to share out."""
     units = k // GEMV_UNIT[wtype] if wtype in GEMV_UNIT else ceil_div(k, 4 * presets.gemv_chunk)
-    return min(presets.gemv_lanes, 1 << max(0, units - 1).bit_length())
+    lanes = presets.gemv_lanes_q8 if q8 and presets.gemv_lanes_q8 else presets.gemv_lanes
+    return min(lanes, 1 << max(0, units - 1).bit_length())
 
 
 def gemv_rows(n: int, lanes: int, presets: Any) -> int:
@@ -753,6 +755,14 @@ def _last_row(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
                {"cols": node.out.cols}, "last_row")
 
 
+def _q8_round(c: Compilation, node: Node, x: Any, n: int, key: int) -> Any:
+    """Scratch (liveness key `key`, for the caller to free) holding the n values of x through their 8-bit round
+    trip (q8_round.wgsl): for kernels that multiply floats, where the one-row matmul rounds x itself."""
+    out = c.live.take(key, n * 4)
+    c.dispatch("q8_round", [x, out, None], grid1(ceil_div(n // 32, 64)), {"blocks": n // 32}, label_of(node))
+    return out
+
+
 def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     """A matmul with its fusions (fusion.py): GLU with `up`, RMSNorm of x first, the residual (last input)."""
     op: Matmul = node.op
@@ -766,12 +776,8 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
     q8 = {"Q8": True} if op.q8 else {}   # x through its 8-bit round trip (set only when on: f32 keys unchanged)
     by_output = c.presets.matmul == "by_output"
     gemv = r == 1 or (c.batched and r <= min(c.presets.batch_gemv, GEMV_MAX_XR))
-    xin = x[0]
-    if op.q8 and not (by_output or gemv):
-        # the GEMM tile multiplies x's round trip written once (q8_round.wgsl), so it keeps f32 activations' tiles
-        xin = c.live.take(-id(node) - 1, r * k * 4)
-        c.dispatch("q8_round", [x[0], xin, None], grid1(ceil_div(r * k // 32, 64)), {"blocks": r * k // 32},
-                   label_of(node))
+    # the GEMM tile multiplies x's round trip written once, so it keeps f32 activations' tiles
+    xin = _q8_round(c, node, x[0], r * k, -id(node) - 1) if op.q8 and not (by_output or gemv) else x[0]
     outputs = c.outputs
     for pi, p in enumerate(w.parts):
         if outputs is not None and len(outputs) > 1:
@@ -795,7 +801,7 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         if gemv:
             # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
             # short chunk and a batched step's more rows take the GEMM tile
-            lanes = gemv_lanes(k, w.type.name, c.presets)
+            lanes = gemv_lanes(k, w.type.name, c.presets, op.q8)
             launch = gemv_launch(r, lanes, op.q8, gemv_rows(p.rows, lanes, c.presets) if r == 1 else
                                  c.presets.batch_gemv_rows)
             params["y_stride"] = stride
@@ -843,7 +849,10 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
     cols = node.inputs[0].cols
     n_expert = sum(p.rows for p in w.parts) // op.n_out
     glu = {"GLU": ACTIVATIONS[op.act], "N_EXPERT": n_expert} if op.up is not None else {}
-    if c.presets.matmul == "by_output" or len(w.parts) > 1 or n_expert > GROUP_MAX_EXPERTS:
+    per_output = c.presets.matmul == "by_output" or len(w.parts) > 1 or n_expert > GROUP_MAX_EXPERTS
+    if op.q8 and (per_output or r > 1):   # kernels of float x take its round trip; the one-row matmul rounds x
+        x = [_q8_round(c, node, x[0], r * cols, -id(node) - 2), *x[1:]]
+    if per_output:
         for pi, p in enumerate(w.parts):
             e0 = p.row0 // op.n_out
             params = {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "w0": p.offset, "e0": e0,
@@ -852,18 +861,20 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
             c.dispatch("matmul_experts", [c.weight(w.name, pi), x[0], x[1], y, None],
                        (ceil_div(op.n_out, 64), r, 1 if op.combine else op.k), params, label_of(node), w.type.name,
                        COMBINE=op.combine, **glu)
+        if op.q8:
+            c.live.free(-id(node) - 2)
         return
     wbuf, w0 = c.weight(w.name, 0), w.parts[0].offset
     experts = {"EXPERTS": op.k, "X_SLOT": cols != k}
     if r == 1:
-        lanes = gemv_lanes(k, w.type.name, c.presets)
-        launch = gemv_launch(1, lanes, False, gemv_rows(op.n_out * (1 if op.combine else op.k), lanes, c.presets))
+        lanes = gemv_lanes(k, w.type.name, c.presets, op.q8)
+        launch = gemv_launch(1, lanes, op.q8, gemv_rows(op.n_out * (1 if op.combine else op.k), lanes, c.presets))
         gx, gy, _ = gemv_groups(op.n_out, lanes, launch["ROWS"])
         # the route in the residual's binding; x in the unread norm weight's
         c.dispatch("matmul_row", [wbuf, x[0], y, x[1], x[0], None], (gx, gy, 1 if op.combine else op.k),
                    {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0, "y_stride": 0},
                    label_of(node), w.type.name, GPT=c.presets.gemv_chunk, COMBINE=op.combine, **launch, **experts,
-                   **glu)
+                   **glu, **({"Q8": True} if op.q8 else {}))
         return
     if glu:
         raise RuntimeError("the many-row expert matmul does not gate")   # fusion.py fuses GLU in one-row plans only
@@ -883,6 +894,8 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
         c.dispatch("expert_combine", [slots, x[1], y, None], grid1(ceil_div(r * op.n_out, 64)),
                    {"n": op.n_out, "used": op.k, "rows": r}, label_of(node))
         c.live.free(-id(node) - 1)
+    if op.q8:
+        c.live.free(-id(node) - 2)
 
 
 LOWERINGS: dict[type, Callable[[Compilation, Node, list[Any], Any, int], None]] = {

@@ -96,8 +96,7 @@ def _fuse_glu(graph: Graph, nodes: list[Node], paired: set[str]) -> list[Node]:
     for n in nodes:
         if isinstance(n.op, Glu):
             g, u = (prod[v.id] for v in n.inputs)
-            both = ((isinstance(g.op, Matmul) and isinstance(u.op, Matmul) and g.op.q8 == u.op.q8)
-                    or (isinstance(g.op, ExpertMatmul) and isinstance(u.op, ExpertMatmul)))
+            both = (type(g.op) is type(u.op) and isinstance(g.op, (Matmul, ExpertMatmul)) and g.op.q8 == u.op.q8)
             if both and g.op.weight in paired:
                 drop |= {id(g), id(u)}
                 out.append(Node(replace(g.op, up=u.op.weight, act=n.op.act), g.inputs, n.out))

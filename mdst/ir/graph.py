@@ -183,9 +183,12 @@ class Builder:
         t = self._tensor(weight)
         if len(t.shape) != 2 or t.row_elems != x.cols:
             raise UnsupportedModelError(f"tensor {weight!r} has shape {list(t.shape)}, expected [{x.cols}, *]")
-        # the one place that decides which matmuls take 8-bit activations: those on block-quantized weights
-        q8 = self.activations == "q8" and t.type.block > 1
-        return self._add(Matmul(weight, t.n_rows, q8=q8), (x,), weight)
+        return self._add(Matmul(weight, t.n_rows, q8=self._q8(t)), (x,), weight)
+
+    def _q8(self, t: TensorInfo) -> bool:
+        """Whether a matmul on tensor t takes 8-bit activations: the one place that decides (those on
+        block-quantized weights, with activations="q8")."""
+        return self.activations == "q8" and t.type.block > 1
 
     def rms_norm(self, x: Value, weight: str, eps: float, dim: int | None = None) -> Value:
         """RMSNorm over groups of `dim` columns (default: the whole row), scaled by `weight`."""
@@ -273,7 +276,7 @@ class Builder:
                                         f"router over as many")
         if t.shape[2] > 1 << 24:
             raise UnsupportedModelError(f"tensor {weight!r} has {t.shape[2]} experts; ids are exact below 2^24")
-        return self._add(ExpertMatmul(weight, t.shape[1], k, combine), (x, routes), weight)
+        return self._add(ExpertMatmul(weight, t.shape[1], k, combine, q8=self._q8(t)), (x, routes), weight)
 
     def last_row(self, x: Value) -> Value:
         """The step's last row only when the graph outputs last-row logits; else x unchanged."""

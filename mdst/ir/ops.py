@@ -383,7 +383,7 @@ class ExpertMatmul(Op):
     row: `weight` holds n_expert matrices [n_out, K] one after another and only the chosen ones are read.
     Output [r, k * n_out] (slot j: expert j of the row, on x or x's j-th K columns), or with `combine`
     the slots' sum weighted by the router's weights, [r, n_out]. With `up` (fusion.py; layout.py stores it
-    right after `weight`): act(x through weight) * (x through up), slot by slot."""
+    right after `weight`): act(x through weight) * (x through up), slot by slot. `q8`: as Matmul's."""
 
     name: ClassVar[str] = "expert_matmul"
     weight: str
@@ -392,6 +392,7 @@ class ExpertMatmul(Op):
     combine: bool = False
     up: str | None = None
     act: str | None = None
+    q8: bool = False
 
     @property
     def weights(self) -> tuple[str, ...]:
@@ -401,9 +402,10 @@ class ExpertMatmul(Op):
         return inputs[0].rows, self.n_out if self.combine else self.k * self.n_out
 
     def evaluate(self, step: Step, x: list[np.ndarray]) -> np.ndarray:
-        y = reference.expert_matmul(x[0], x[1], step.weights[self.weight], self.n_out, self.combine)
+        h = reference.q8_round_trip(x[0]) if self.q8 else x[0]
+        y = reference.expert_matmul(h, x[1], step.weights[self.weight], self.n_out, self.combine)
         if self.up is not None:
-            y = reference.glu(y, reference.expert_matmul(x[0], x[1], step.weights[self.up], self.n_out, False), self.act)
+            y = reference.glu(y, reference.expert_matmul(h, x[1], step.weights[self.up], self.n_out, False), self.act)
         return y
 
 
