@@ -148,10 +148,11 @@ def test_gemv_rows_keep_short_matrices_busy():
 def test_gemv_lanes_with_q8_activations_take_their_own_preset():
     from mdst.compile.plan import gemv_lanes
 
-    pre = dataclasses.replace(presets_for(software=False), gemv_lanes=64, gemv_lanes_q8=32)
-    assert gemv_lanes(4096, "Q4_K", pre) == 64 and gemv_lanes(4096, "Q4_K", pre, q8=True) == 32
+    pre = dataclasses.replace(presets_for(software=False), gemv_lanes=64, gemv_lanes_q8=16)
+    assert gemv_lanes(2048, "Q4_K", pre) == 64 and gemv_lanes(2048, "Q4_K", pre, q8=True) == 16
+    assert gemv_lanes(3072, "Q6_K", pre, q8=True) == 16 and gemv_lanes(4096, "Q4_K", pre, q8=True) == 64  # short only
     assert gemv_lanes(256, "Q4_K", pre, q8=True) == 8                  # no more lanes than a row has units
-    assert gemv_lanes(4096, "Q4_K", dataclasses.replace(pre, gemv_lanes_q8=0), q8=True) == 64   # 0: gemv_lanes
+    assert gemv_lanes(2048, "Q4_K", dataclasses.replace(pre, gemv_lanes_q8=0), q8=True) == 64   # 0: gemv_lanes
 
 
 def test_gpu_presets_with_q8_activations_match_the_reference(gpu_presets, tmp_path):

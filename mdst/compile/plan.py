@@ -38,6 +38,7 @@ GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")  # candidates a top-k slice keeps
 GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per group and groups per unit are presets)
 # Weights in a unit of matmul_row's step, for the types with a step of their own (the generic step's
 # unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
+GEMV_Q8_SHORT = 96   # units a row at most (k <= 3,072 in 32-weight units) for Presets.gemv_lanes_q8
 GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
 GEMV_MAX_XR = wgsl_const("matmul_row.wgsl", "MAX_XR")  # matmul_row: the most rows of x (batched decode)
@@ -84,11 +85,12 @@ def gemm_block(rows: int, presets: Any) -> tuple[int, int, int]:
 
 
 def gemv_lanes(k: int, wtype: str, presets: Any, q8: bool = False) -> int:
-    """matmul_row's threads per row: the preset (with 8-bit activations their own, if set), fewer where a row has
-    fewer units to share out."""
+    """matmul_row's threads per row: the preset (with 8-bit activations, short rows' own, if set), fewer where a
+    row has fewer units to share out. With 8-bit activations each workgroup first quantizes all of x, a cost
+    that fewer lanes a row (more rows a workgroup) share out over more rows; long rows keep the preset."""
     units = k // GEMV_UNIT[wtype] if wtype in GEMV_UNIT else ceil_div(k, 4 * presets.gemv_chunk)
-    lanes = presets.gemv_lanes_q8 if q8 and presets.gemv_lanes_q8 else presets.gemv_lanes
-    return min(lanes, 1 << max(0, units - 1).bit_length())
+    short = q8 and presets.gemv_lanes_q8 and units <= GEMV_Q8_SHORT
+    return min(presets.gemv_lanes_q8 if short else presets.gemv_lanes, 1 << max(0, units - 1).bit_length())
 
 
 def gemv_rows(n: int, lanes: int, presets: Any) -> int:

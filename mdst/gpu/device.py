@@ -28,8 +28,8 @@ class Presets:
     attention_lanes: int = 1      # lanes scoring each key together (1, 2, 4, ... 64)
     attention_splits: int = 0     # at most this many splits (longer ones where the cache is longer; 0: no cap)
     gemv_lanes: int = 32          # matmul_row: lanes summing one output row (TPR)
-    gemv_lanes_q8: int = 0        # the same with 8-bit activations (integer steps, x from workgroup memory);
-                                  # 0: gemv_lanes
+    gemv_lanes_q8: int = 0        # the same with 8-bit activations on short rows (plan.GEMV_Q8_SHORT units or
+                                  # fewer); 0: gemv_lanes
     gemv_chunk: int = 8           # matmul_row: groups of 4 weights a lane takes at a time (GPT), generic step
     gemv_rows: int = 1            # matmul_row: rows a group of lanes computes, reading x once for all (ROWS)
     gemv_threads: int = 0         # matmul_row: halve gemv_rows while a dispatch would have fewer threads than this
