@@ -62,14 +62,17 @@ def presets_for(software: bool, backend: str = "Vulkan") -> Presets:
     GPUs want many workgroups even for a decode step's few heads (benchmarks/attention_decode.py: up to 128
     splits, which beat 64 and 256 at 8k and 32k positions; RESULTS), and a GEMV
     group of lanes computing 4 rows from one read of x, unless that leaves a short matrix too few threads
-    (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md). Batched decode takes the batched plan
-    on both: on the H100 it beat each sequence's one-row plan in one encoder (batch_rows=0) at 4, 16 and 64
+    (benchmarks/matmul_bandwidth.py; H200 sweep in benchmarks/RESULTS.md), and with 8-bit activations 16 lanes
+    for rows of k <= 3,072 (1.14-1.9x the 64 at every such shape of qwen3-0.6b and gemma3-270m on the H100).
+    Batched decode takes the batched plan on both: on the H100 it beat each sequence's one-row plan in one
+    encoder (batch_rows=0) at 4, 16 and 64
     sequences; on GPUs its matmuls over more than 4 rows take matmul_rows' short tiles with slices of k (1.24x
     the rows-of-x GEMV at 16 sequences, 1.49x at 64: RESULTS.md, 2026-12-06). GPUs on Vulkan compile the kernels
     without naga's runtime checks (decode 1.07-1.17x, prefill 1.2-1.4x on the H100), where the device's robust
     buffer access still bounds every buffer read; CPU adapters and other backends keep them."""
     base = Presets("by_output", 0, 1) if software else Presets("tiled", 32, 4, attention_splits=128, gemv_lanes=64,
-                                                                 gemv_chunk=2, gemv_rows=4, gemv_threads=65536,
+                                                                 gemv_lanes_q8=16, gemv_chunk=2, gemv_rows=4,
+                                                                 gemv_threads=65536,
                                                                  prefill_rows=512, gemm_f16=1, batch_rows=64,
                                                                  batch_gemv=4, batch_gemv_rows=4, gemm_short=1,
                                                                  gemm_split_groups=2048,
