@@ -108,9 +108,9 @@ def test_q8_activations_reach_the_experts(tiny, gpu_presets):
             else:
                 rounded = [d.resources[1] for d in ds if d.spec.name == "q8_round"]
                 assert all(any(d.resources[1] is r for r in rounded) for d in experts)
-    with mdst.load(path, device="cpu", context_length=64, activations="q8") as c:
-        want = c.logits(ids)
-        f32 = mdst.load(path, device="cpu", context_length=64).logits(ids)
+    with mdst.load(path, device="cpu", context_length=64, activations="q8") as c, \
+            mdst.load(path, device="cpu", context_length=64) as f:
+        want, f32 = c.logits(ids), f.logits(ids)
     rel = rel_l2(got, want)
     report(f"qwen3moe-tiny Q4_K_M q8 activations, {'by_output' if by_output else 'tiled'} on lavapipe, vs CPU q8",
            rel_l2=rel, cpu_q8_vs_f32_rel_l2=rel_l2(want, f32))

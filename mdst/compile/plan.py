@@ -38,10 +38,10 @@ GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")  # candidates a top-k slice keeps
 GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per group and groups per unit are presets)
 # Weights in a unit of matmul_row's step, for the types with a step of their own (the generic step's
 # unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
-GEMV_Q8_SHORT = 96   # units a row at most (k <= 3,072 in 32-weight units) for Presets.gemv_lanes_q8
 GEMV_UNIT = {t: wgsl_const(f"quant/{t}.matmul_row.wgsl", "UNIT") for t in TYPE_STEPS["matmul_row"]}
 GEMV_MAX_ROWS = wgsl_const("matmul_row.wgsl", "MAX_ROWS")
 GEMV_MAX_XR = wgsl_const("matmul_row.wgsl", "MAX_XR")  # matmul_row: the most rows of x (batched decode)
+GEMV_Q8_SHORT = 96   # units a row at most (k <= 3,072 in 32-weight units) for Presets.gemv_lanes_q8
 GROUP_MAX_EXPERTS = wgsl_const("expert_groups.wgsl", "MAX_EXPERTS")  # experts the grouping of rows takes
 
 
@@ -851,6 +851,7 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
     cols = node.inputs[0].cols
     n_expert = sum(p.rows for p in w.parts) // op.n_out
     glu = {"GLU": ACTIVATIONS[op.act], "N_EXPERT": n_expert} if op.up is not None else {}
+    q8 = {"Q8": True} if op.q8 else {}   # as _matmul's
     per_output = c.presets.matmul == "by_output" or len(w.parts) > 1 or n_expert > GROUP_MAX_EXPERTS
     if op.q8 and (per_output or r > 1):   # kernels of float x take its round trip; the one-row matmul rounds x
         x = [_q8_round(c, node, x[0], r * cols, -id(node) - 2), *x[1:]]
@@ -876,7 +877,7 @@ def _expert_matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> 
         c.dispatch("matmul_row", [wbuf, x[0], y, x[1], x[0], None], (gx, gy, 1 if op.combine else op.k),
                    {"k": k, "n": op.n_out, "row_bytes": w.row_bytes, "o0": 0, "w0": w0, "eps": 0.0, "y_stride": 0},
                    label_of(node), w.type.name, GPT=c.presets.gemv_chunk, COMBINE=op.combine, **launch, **experts,
-                   **glu, **({"Q8": True} if op.q8 else {}))
+                   **glu, **q8)
         return
     if glu:
         raise RuntimeError("the many-row expert matmul does not gate")   # fusion.py fuses GLU in one-row plans only
