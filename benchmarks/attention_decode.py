@@ -65,7 +65,7 @@ def main() -> None:
             want = attention(qv[None], kv.astype(np.float32), kv[::-1].astype(np.float32), np.array([keys - 1]),
                              AttentionSpec(0, heads, kvh, hd, float(hd ** -0.5)))
             params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0, "scale": float(hd ** -0.5),
-                      "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **ATTN_NO_ROPE}
+                      "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, "stride": ring, **ATTN_NO_ROPE}
             for split_pre in (map(int, args.splits.split(",")) if args.splits else [pre.attention_split]):
                 split, splits = attention_splits(ring, dataclasses.replace(pre, attention_split=split_pre))
                 part = storage(gpu, heads * splits * (hd + 2) * 4)

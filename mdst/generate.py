@@ -364,8 +364,8 @@ def run_batch(model: "Model", prompts: list[list[int]], *, params: SamplingParam
 def _batch_pieces(model: "Model", gens: list[Generation]) -> Iterator[tuple[int, str]]:
     """(prompt index, text piece) as tokens come; each prompt ends as it would alone. Prompts past the model's
     max_batch wait, in order, for a finished one's place."""
-    batch = model.batch()
     members = [BatchedGeneration(model, g) for g in gens]
+    batch = model.batch(len(members))
     room = batch.engine.max_batch or len(members)
     waiting = list(range(len(members)))
     ready: dict[int, list[str]] = {}   # index -> the pieces of its latest token

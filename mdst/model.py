@@ -194,9 +194,11 @@ class Model:
         """A new session with its own KV cache (weights are shared)."""
         return Session(self)
 
-    def batch(self) -> Batch:
-        """An empty batch of sequences that decode together (continuous batching; see mdst.runtime.batch)."""
-        return Batch(self._engine(), lambda: self._lock)
+    def batch(self, expected: int = 1) -> Batch:
+        """An empty batch of sequences that decode together (continuous batching; see mdst.runtime.batch); how many
+        it is `expected` to hold at once (their caches are made that many at a time, sharing one KV pool, unless
+        max_batch says how many)."""
+        return Batch(self._engine(), lambda: self._lock, expected)
 
     def generate(self, prompt: str | Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
                  **kwargs: Any) -> Any:

@@ -75,7 +75,7 @@ def test_continuous_batch_equals_alone(synth_models, preset, device, monkeypatch
     ps = prompts(m.n_vocab)
     want = [alone(m, ids, p, 24) for ids, p in zip(ps, PARAMS)]
     got: dict[int, list[int]] = {}
-    batch = m.batch()
+    batch = m.batch(3)
     a, tok = batch.add(ps[0], PARAMS[0])
     got[a] = [tok]
     for _ in range(3):   # the first sequence runs alone, then the others join at other positions
@@ -99,6 +99,29 @@ def test_continuous_batch_equals_alone(synth_models, preset, device, monkeypatch
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_sequences_of_two_pools_step_together(synth_models, preset):
+    """Sequences whose caches sit in different KV pools share a step: a submit a pool, each its own rows of the
+    batched plan (here pool 2's sequences are the step's first and last), every token as alone."""
+    m = synth_models(preset, "gpu")
+    eng, ps = m.engine, prompts(m.n_vocab)
+    lone = eng.batch_cache(room=1)   # a pool of one slot; then one of two
+    order = [eng.batch_cache(room=2), lone, eng.batch_cache()]
+    assert order[0].pool is order[2].pool and order[0].pool is not lone.pool
+    toks = [int(eng.step(c, np.array(ids), 0, "last", "argmax")[0]) for c, ids in zip(order, ps)]
+    positions = [len(ids) for ids in ps]
+    want = [alone(m, ids, SamplingParams(), 4) for ids in ps]
+    got = [[t] for t in toks]
+    for _ in range(3):
+        toks = eng.step_batch(order, [np.array([t]) for t in toks], positions, ["argmax"] * 3).tolist()
+        positions = [p + 1 for p in positions]
+        for g, t in zip(got, toks):
+            g.append(t)
+    assert got == want
+    for c in order:
+        eng.recycle(c)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("cap", (16, 2))
 def test_batched_plan_logits(synth_models, preset, cap, monkeypatch):
     """The batched plan's logits rows equal the numpy reference's for each sequence (within the GPU's 1e-3), at
@@ -107,7 +130,8 @@ def test_batched_plan_logits(synth_models, preset, cap, monkeypatch):
     eng = m.engine
     monkeypatch.setattr(eng, "batch_rows", lambda: cap)
     ps, more = prompts(m.n_vocab), [5, 7, 9]
-    caches = [eng.new_cache() for _ in ps]
+    caches = [eng.batch_cache(room=len(ps)) for _ in ps]   # slots of one pool
+    assert len({id(c.pool) for c in caches}) == 1
     for c, ids in zip(caches, ps):
         eng.step(c, np.array(ids), 0, "last", "argmax")
     draw = Sampler(PARAMS[1]).next_draw([])
@@ -124,7 +148,7 @@ def test_batched_plan_logits(synth_models, preset, cap, monkeypatch):
     assert got[0] == np.argmax(want[0]) and got[2] == np.argmax(want[2])
     assert got[1] == Sampler.pick(want[1], draw)
     for c in caches:
-        c.release()
+        eng.recycle(c)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -348,7 +349,7 @@ def test_kv_store_wraps_and_skips_padding(run, rng, gpu, kv_type):
     kvb = 32 if kv_type == "q8_0" else 4
     kc, vc = run(kv_spec("kv_store", kv_type, gpu),
                  [step_words(pos0, n_rows, rows=rows), Out(ring * row_bytes), Out(ring * row_bytes), k, v],
-                 {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // kvb // 64), rows, 1))
+                 {"kv_dim": kv_dim, "ring": ring, "stride": ring}, (-(-kv_dim // kvb // 64), rows, 1))
     written = {(pos0 + r) % ring: r for r in range(n_rows)}
     for got, src in ((kc, k), (vc, v)):
         got = got.reshape(ring, row_bytes)
@@ -398,8 +399,8 @@ def test_attention(run, rng, gpu, window, softcap, temp, kv_type, lpk, hd, heads
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
     out = f32(run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(q.nbytes), q, q, q],
-                  {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
-                   "scale": spec.scale, "softcap": softcap, "temp_scale": temp, "temp_floor": 32, **ATTN_NO_ROPE},
+                  {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window, "scale": spec.scale,
+                   "softcap": softcap, "temp_scale": temp, "temp_floor": 32, "stride": ring, **ATTN_NO_ROPE},
                   (heads // dict(spec_k.constants)["GW"], rows, 1))[0]).reshape(rows, -1)
     want = reference.attention(q[:n_rows], decode_rows(kc, kvh * hd, kv_type), decode_rows(vc, kvh * hd, kv_type),
                                pos0 + np.arange(n_rows), spec)
@@ -475,7 +476,8 @@ def test_rope_store(run, rng, gpu, norms, neox, kv_type):
                      [step_words(pos0, n_rows, rows=rows), Out(kc0.nbytes, init=kc0), Out(kc0.nbytes, init=kc0),
                       q, k, v, Out(q.nbytes), np.concatenate([freq, qw, kw])],
                      {"heads": heads, "kv_heads": kvh, "head_dim": hd, "n_rot": n_rot, "neox": int(neox),
-                      "mscale": mscale, "ring": ring, "eps": 1e-6, "q_norm": int(norms), "k_norm": int(norms)},
+                      "mscale": mscale, "ring": ring, "eps": 1e-6, "q_norm": int(norms), "k_norm": int(norms),
+                      "stride": ring},
                      (heads + kvh, rows, 1))
     positions = pos0 + np.arange(rows)
     qn = reference.rms_norm(q, qw, 1e-6, hd) if norms else q
@@ -521,8 +523,8 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     kc = encode_rows(rng.standard_normal((ring, kvh * hd)) * 2, kv_type)
     vc = encode_rows(rng.standard_normal((ring, kvh * hd)), kv_type)
     q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
-    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window,
-              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **ATTN_NO_ROPE}
+    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": window, "scale": spec.scale, "softcap": 0.0,
+              "temp_scale": 0.0, "temp_floor": 1, "stride": ring, **ATTN_NO_ROPE}
     spec_k = attention_spec(kv_type, gpu, heads, kvh, hd, lpk, split)
     part = run(spec_k, [step_words(pos0, n_rows, rows=rows), kc, vc, q, Out(rows * heads * splits * (hd + 2) * 4),
                         q, q, q], params, (heads // dict(spec_k.constants)["GW"], rows, splits))[0]
@@ -533,25 +535,136 @@ def test_attention_split_and_merge(run, rng, gpu, window, kv_type, lpk, hd):
     assert np.isnan(out[n_rows:]).all()
 
 
-def test_attention_of_a_batched_row(run, rng, gpu):
-    """A batched step's per-sequence dispatch (step words [pos, 1, row0]): attention reads activation row row0's
-    query, keeps its split partials at row 0 and the merge writes row row0; other rows stay unwritten."""
-    heads, kvh, hd, rows, row0, pos0, split, ring = 6, 2, 96, 3, 2, 57, 16, 77
-    splits = -(-ring // split)
+POOL_TABLE = [(57, 2), (3, 0), (130, 3)]   # a batched step's rows: (position, pool slot); a padding row follows
+
+
+def pool_spec(spec: KernelSpec, **more: Any) -> KernelSpec:
+    """`spec` as a batched plan compiles it: POOL, and `more` constants."""
+    return dataclasses.replace(spec, constants=tuple(sorted(spec.constants + (("POOL", True),)
+                                                                + tuple(more.items()))))
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "q8_0"])
+def test_kv_store_into_a_pool(run, rng, gpu, kv_type):
+    """A batched step's rows each stored at their own position in their own slot of the pool (`stride` rows a
+    slot, more than the ring); every other row of the pool unwritten."""
+    kv_dim, ring, stride, slots, rows = 96, 41, 43, 4, len(POOL_TABLE) + 1
+    k, v = (rng.standard_normal((rows, kv_dim)).astype(np.float32) for _ in range(2))
+    row_bytes = kv_row_bytes(kv_dim, kv_type)
+    kvb = 32 if kv_type == "q8_0" else 4
+    kc, vc = run(pool_spec(kv_spec("kv_store", kv_type, gpu)),
+                 [step_words(0, rows - 1, rows=rows, table=POOL_TABLE), Out(slots * stride * row_bytes),
+                  Out(slots * stride * row_bytes), k, v],
+                 {"kv_dim": kv_dim, "ring": ring, "stride": stride}, (-(-kv_dim // kvb // 64), rows, 1))
+    written = {slot * stride + pos % ring: r for r, (pos, slot) in enumerate(POOL_TABLE)}
+    for got, src in ((kc, k), (vc, v)):
+        got = got.reshape(slots * stride, row_bytes)
+        for row in range(slots * stride):
+            if row in written:
+                want = decode_rows(encode_rows(src[written[row]:written[row] + 1], kv_type), kv_dim, kv_type)
+                assert np.abs(decode_rows(got[row], kv_dim, kv_type) - want).max() <= \
+                    (np.abs(src[written[row]]).max() / 127 * 1.01 if kv_type == "q8_0" else 0)
+            else:
+                assert (got[row] == 0xFF).all(), "a row of the pool no sequence stores changed"
+
+
+def test_rope_of_a_batched_step(run, rng):
+    """RoPE (POOL) rotates each row by its own sequence's position from the step's table."""
+    heads, hd, n_rot, rows = 3, 64, 48, len(POOL_TABLE) + 1
+    spec = RopeSpec(n_rot, 10000.0, False)
+    freq, mscale = spec.table()
+    x = rng.standard_normal((rows, heads * hd)).astype(np.float32)
+    out = f32(run(pool_spec(KernelSpec("rope")), [step_words(0, rows - 1, rows=rows, table=POOL_TABLE), freq,
+                                                  Out(x.nbytes, init=x)],
+                  {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": 0, "mscale": mscale},
+                  (-(-heads * n_rot // 2 // 64), rows, 1))[0]).reshape(rows, -1)
+    positions = np.array([pos for pos, _ in POOL_TABLE])
+    want = reference.rope(x[:-1], positions, freq, mscale, hd, n_rot, False)
+    assert rel_l2(out[:-1], want) < 1e-5
+
+
+def pool_of(rng, slots: int, stride: int, kv_dim: int, kv_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """A pool's K and V: `slots` slots of `stride` random rows, encoded in kv_type."""
+    return (encode_rows(rng.standard_normal((slots * stride, kv_dim)) * scale, kv_type) for scale in (2.0, 1.0))
+
+
+@pytest.mark.parametrize("kv_type,split,rope", [("f32", 0, False), ("q8_0", 16, False), ("f32", 16, True),
+                                                 ("f16", 0, True)])
+def test_attention_over_a_pool(run, rng, gpu, kv_type, split, rope):
+    """A batched step's attention in one dispatch (POOL): each row reads its own sequence's slot of the pool up to
+    its own position (in splits merged after, or whole), with ROPE also normalizing, rotating and storing its
+    step's key and value there first; against the reference on each row's slot, the padding row unwritten."""
+    heads, kvh, hd, ring, stride, slots, n_rot = 6, 2, 96, 137, 139, 4, 64
+    rows, n_rows, kv_dim = len(POOL_TABLE) + 1, len(POOL_TABLE), kvh * hd
     spec = AttentionSpec(0, heads, kvh, hd, 1 / np.sqrt(hd), 0, 0.0)
-    kc, vc = (encode_rows(rng.standard_normal((ring, kvh * hd)), "f32") for _ in range(2))
+    kc, vc = pool_of(rng, slots, stride, kv_dim, kv_type)
+    q = (rng.standard_normal((rows, heads * hd)) * 2).astype(np.float32)
+    k, v = (rng.standard_normal((rows, kv_dim)).astype(np.float32) for _ in range(2))
+    freq = (10000.0 ** (-np.arange(n_rot // 2) / (n_rot // 2))).astype(np.float32)
+    qw, kw = (rng.standard_normal(hd).astype(np.float32) for _ in range(2))
+    base = attention_spec(kv_type, gpu, heads, kvh, hd, 4, split)
+    spec_k = pool_spec(base, **({"ROPE": True} if rope else {}))
+    gw = dict(spec_k.constants)["GW"]
+    splits = -(-ring // split) if split else 1
+    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0, "scale": spec.scale, "softcap": 0.0,
+              "temp_scale": 0.0, "temp_floor": 1, "stride": stride,
+              **({"n_rot": n_rot, "neox": 1, "mscale": 1.0, "eps": 1e-6, "q_norm": 1, "k_norm": 1} if rope
+                 else ATTN_NO_ROPE)}
+    step = step_words(0, n_rows, rows=rows, table=POOL_TABLE)
+    out_bytes = rows * heads * splits * (hd + 2) * 4 if split else q.nbytes
+    extra = [k, v, np.concatenate([freq, qw, kw])] if rope else [q, q, q]
+    got_k, got_v, out = run(spec_k, [step, Out(kc.nbytes, init=kc), Out(vc.nbytes, init=vc), q, Out(out_bytes),
+                                     *extra], params, (heads // gw, rows, splits))
+    if split:
+        out = run_merge(run, step, out, heads, hd, splits, q.nbytes, rows)
+    out = f32(out).reshape(rows, -1)
+    kd, vd = decode_rows(kc, kv_dim, kv_type), decode_rows(vc, kv_dim, kv_type)
+    for r, (pos, slot) in enumerate(POOL_TABLE):
+        at = slot * stride + pos % ring
+        qr = q[r:r + 1]
+        if rope:
+            positions = np.array([pos])
+            qr = reference.rope(reference.rms_norm(qr, qw, 1e-6, hd), positions, freq, 1.0, hd, n_rot, True)
+            kr = reference.rope(reference.rms_norm(k[r:r + 1], kw, 1e-6, hd), positions, freq, 1.0, hd, n_rot, True)
+            kd[at] = decode_rows(encode_rows(kr, kv_type), kv_dim, kv_type)[0]
+            vd[at] = decode_rows(encode_rows(v[r:r + 1], kv_type), kv_dim, kv_type)[0]
+        cache = slice(slot * stride, slot * stride + ring)
+        want = reference.attention(qr, kd[cache], vd[cache], np.array([pos]), spec)
+        assert rel_l2(out[r:r + 1], want) < (1e-5 if kv_type == "f32" or not rope else 2e-3), f"row {r}"
+    assert np.isnan(out[n_rows:]).all(), "the padding row was written"
+    if rope:   # only the rows' own slots changed
+        stored = {slot * stride + pos % ring for pos, slot in POOL_TABLE}
+        others = np.array([i not in stored for i in range(slots * stride)])
+        np.testing.assert_array_equal(got_k.reshape(kc.shape)[others], kc[others])
+        np.testing.assert_array_equal(got_v.reshape(vc.shape)[others], vc[others])
+
+
+def test_rope_store_into_a_pool(run, rng):
+    """rope_store (POOL): each row rotated at its own position and its key and value stored in its own slot."""
+    heads, kvh, hd, n_rot, ring, stride, slots = 6, 2, 96, 64, 137, 140, 4
+    rows, n_rows = len(POOL_TABLE) + 1, len(POOL_TABLE)
+    spec = RopeSpec(n_rot, 10000.0, True)
+    freq, mscale = spec.table()
     q = rng.standard_normal((rows, heads * hd)).astype(np.float32)
-    params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0,
-              "scale": spec.scale, "softcap": 0.0, "temp_scale": 0.0, "temp_floor": 1, **ATTN_NO_ROPE}
-    step = step_words(pos0, 1, rows=0, row0=row0)
-    spec_k = attention_spec("f32", gpu, heads, kvh, hd, 4, split)
-    part = run(spec_k, [step, kc, vc, q, Out(heads * splits * (hd + 2) * 4), q, q, q], params,
-               (heads // dict(spec_k.constants)["GW"], 1, splits))[0]
-    out = run_merge(run, step, part, heads, hd, splits, q.nbytes).reshape(rows, -1)
-    want = reference.attention(q[row0:row0 + 1], decode_rows(kc, kvh * hd, "f32"), decode_rows(vc, kvh * hd, "f32"),
-                               np.array([pos0]), spec)
-    assert rel_l2(out[row0:row0 + 1], want) < 1e-5
-    assert np.isnan(out[:row0]).all()
+    k, v = (rng.standard_normal((rows, kvh * hd)).astype(np.float32) for _ in range(2))
+    kc0 = np.full((slots * stride, kvh * hd), np.nan, np.float32)
+    kc, vc, qo = run(pool_spec(KernelSpec("rope_store", kv="F")),
+                     [step_words(0, n_rows, rows=rows, table=POOL_TABLE), Out(kc0.nbytes, init=kc0),
+                      Out(kc0.nbytes, init=kc0), q, k, v, Out(q.nbytes), freq],
+                     {"heads": heads, "kv_heads": kvh, "head_dim": hd, "n_rot": n_rot, "neox": 1, "mscale": mscale,
+                      "ring": ring, "eps": 1e-6, "q_norm": 0, "k_norm": 0, "stride": stride},
+                     (heads + kvh, rows, 1))
+    positions = np.array([pos for pos, _ in POOL_TABLE])
+    qo = f32(qo).reshape(rows, -1)
+    assert rel_l2(qo[:n_rows], reference.rope(q[:n_rows], positions, freq, mscale, hd, n_rot, True)) < 1e-5
+    want_k = reference.rope(k[:n_rows], positions, freq, mscale, hd, n_rot, True)
+    kc, vc = f32(kc).reshape(kc0.shape), f32(vc).reshape(kc0.shape)
+    at = [slot * stride + pos % ring for pos, slot in POOL_TABLE]
+    assert rel_l2(kc[at], want_k) < 1e-5
+    np.testing.assert_array_equal(vc[at], v[:n_rows])
+    others = np.ones(len(kc), bool)
+    others[at] = False
+    assert np.isnan(kc[others]).all() and np.isnan(vc[others]).all(), "a row no sequence stores was written"
 
 
 @pytest.mark.parametrize("hd,dq", [(96, 1), (96, 2), (96, 4), (36, None), (40, None), (256, 4)])
@@ -593,7 +706,7 @@ def test_attention_with_rope(run, rng, gpu, kv_type, neox, q_norm, k_norm, split
     splits = -(-ring // split) if split else 1
     params = {"heads": heads, "kv_heads": kvh, "ring": ring, "window": 0, "scale": spec.scale, "softcap": 0.0,
               "temp_scale": 0.0, "temp_floor": 1, "n_rot": n_rot, "neox": neox, "mscale": mscale, "eps": eps,
-              "q_norm": q_norm, "k_norm": k_norm}
+              "q_norm": q_norm, "k_norm": k_norm, "stride": ring}
     step = step_words(pos0, 1, rows=1, row0=row0)
     out_bytes = heads * splits * (hd + 2) * 4 if split else q.nbytes
     got_k, got_v, out = run(spec_k, [step, Out(kc.nbytes, init=kc), Out(vc.nbytes, init=vc), q, Out(out_bytes), k, v,

@@ -227,7 +227,7 @@ def test_gpu_decode_attention_does_rope_store_work_where_heads_fit(gpu_presets, 
 def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path, monkeypatch):
     # the batched decode plan with the GPU kernels: matmul_row over the rows of x (each weight read once for
     # them; one or four weight rows a group), or past batch_gemv rows matmul_rows' short tiles with slices of k
-    # (the tiny model's k takes slices of 32), and split attention per sequence; three sequences at three
+    # (the tiny model's k takes slices of 32), and split attention over the pool; three sequences at three
     # positions, each row's logits against the numpy path
     from mdst import reference
     from mdst.compile import plan as plans
@@ -239,17 +239,25 @@ def test_gpu_presets_batched_decode_match_the_reference(gpu_presets, tmp_path, m
     prompts, more = [list(range(20, 20 + n)) for n in (3, 9, 14)], [5, 7, 9]
     with mdst.load(path, device="gpu", kv_type="f32", context_length=64) as g:
         eng = g.engine
-        caches = [eng.new_cache() for _ in prompts]
+        caches = [eng.batch_cache(room=3) for _ in prompts]
         for c, ids in zip(caches, prompts):
             eng.step(c, np.array(ids), 0, "last", "argmax")
         got = eng.step_batch(caches, [np.array([t]) for t in more], [len(ids) for ids in prompts], ["argmax"] * 3)
         plan = eng.batch_plan(3)
+        # each layer's attention one split dispatch over the rows of the pool, then its merge
+        attention = [d for d in plan.dispatches if d.spec.name == "attention"]
+        assert len(attention) == len(eng.layout.kv) and all(d.block is None for d in attention)
+        assert all(d.spec.constants_dict().get("POOL") and d.workgroups[1] == plan.rows for d in attention)
         assert {"attention_merge"} <= {d.spec.name for d in plan.dispatches}
         presets = eng.gpu.profile.presets
         gemvs = [d.spec.constants_dict() for d in plan.dispatches if d.spec.name == "matmul_row"]
         tiles = [(d.spec.constants_dict()["TY"], d.workgroups[2]) for d in plan.dispatches if d.spec.name == "matmul_rows"]
         if presets.batch_gemv >= 4:
-            assert {(c.get("XR"), c["ROWS"]) for c in gemvs} == {(4, presets.batch_gemv_rows)} and not tiles
+            # weight rows a group: the preset's, halved as the one-row plan's while a matrix leaves too few threads
+            want = {(4, plans.gemv_rows(d.params["n"], plans.gemv_lanes(d.params["k"], d.spec.wtype, presets),
+                                        presets, presets.batch_gemv_rows))
+                    for d in plan.dispatches if d.spec.name == "matmul_row"}
+            assert {(c.get("XR"), c["ROWS"]) for c in gemvs} == want and not tiles
         else:
             assert not gemvs and {ty for ty, _ in tiles} == {4} and min(z for _, z in tiles) > 1
             assert "sum_splits" in {d.spec.name for d in plan.dispatches}

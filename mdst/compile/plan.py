@@ -22,7 +22,7 @@ from ..ir.ops import (Add, Attention, AttentionSpec, Embed, ExpertMatmul, Glu, L
                       RopeSpec, RopeStore, Route, ShortConv, View)
 from ..kernels import (GRID_TYPES, TYPE_STEPS, KernelSpec, PipelineCache, grid_words, pack_params, weight_align,
                        wgsl_const)
-from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache
+from ..memory.kv_cache import KV_TYPES, CacheLayout, GpuKVCache, KVPool
 from ..memory.pool import Liveness
 from ..memory.weights import GpuWeight, WeightStore
 from ..format.quants import dequantize
@@ -93,10 +93,11 @@ def gemv_lanes(k: int, wtype: str, presets: Any, q8: bool = False) -> int:
     return min(presets.gemv_lanes_q8 if short else presets.gemv_lanes, 1 << max(0, units - 1).bit_length())
 
 
-def gemv_rows(n: int, lanes: int, presets: Any) -> int:
-    """matmul_row's rows per group of lanes (ROWS): the preset, at most `lanes`, and halved while the
-    dispatch would have fewer than presets.gemv_threads threads (a short matrix still fills the GPU)."""
-    rows = max(1, min(presets.gemv_rows, lanes, GEMV_MAX_ROWS))
+def gemv_rows(n: int, lanes: int, presets: Any, most: int | None = None) -> int:
+    """matmul_row's rows per group of lanes (ROWS): `most` (default the one-row preset; a batched step's rows of x
+    take batch_gemv_rows), at most `lanes`, and halved while the dispatch would have fewer than
+    presets.gemv_threads threads (a short matrix still fills the GPU)."""
+    rows = max(1, min(presets.gemv_rows if most is None else most, lanes, GEMV_MAX_ROWS))
     while rows > 1 and ceil_div(n, rows) * lanes < presets.gemv_threads:
         rows //= 2
     return rows
@@ -187,18 +188,20 @@ def ceil_div(a: int, b: int) -> int:
 
 @dataclass
 class CacheSlot:
-    """A binding resolved when the plan is bound to a cache: buffer `index` of kind "k", "v" or "conv"."""
+    """A binding resolved when the plan is bound to a cache (its slot of its pool) or, for a batched plan's shared
+    dispatches, to a KV pool (whole): buffer `index` of kind "k", "v" or "conv"."""
 
     index: int
     which: str
 
-    def resolve(self, cache: GpuKVCache) -> Any:
-        return getattr(cache, self.which)[self.index]
+    def resolve(self, target: GpuKVCache | KVPool) -> Any:
+        return target.binding(self.which, self.index)
 
 
-# Ops that read a sequence's cache or position: a batched plan runs them once per sequence, on its row, with its
-# own step words and cache; every other op runs once over all the rows.
-PER_SEQUENCE = (Attention, ShortConv, Rope)
+# Ops that read a sequence's own state: a batched plan runs them once per sequence, on its row, with its own step
+# words and cache. Attention and RoPE run once over all the rows, reading each row's position and pool slot from
+# the step's table of sequences (POOL); so does every other op, which reads neither.
+PER_SEQUENCE = (ShortConv,)
 
 
 @dataclass
@@ -264,27 +267,34 @@ class Plan:
     batched: bool = False         # one row per sequence, cache-touching ops per sequence (Compiler.compile's batch)
     draw_block: int | None = None  # batched plans: the per-sequence sampling run (only sequences that draw run it)
 
-    def bind(self, device: Any, cache: GpuKVCache | None, store: dict[int, list[Any]],
-             own: dict[str, Any] | None = None) -> list[Any]:
-        """Each dispatch's bind groups (0, and 1 for a grid) for `cache`, built on first use and kept in `store`
-        (the caller's, one per cache).
+    @property
+    def per_sequence(self) -> bool:
+        """Whether a batched plan runs dispatches once per sequence besides a draw's sampling chain."""
+        return any(d.block is not None and d.block != self.draw_block for d in self.dispatches)
 
-        A batched plan is bound twice over: its shared dispatches once with cache None, its per-sequence ones
-        for each sequence with its cache and `own` buffers (SequenceSlot); the other kind's entries are None.
+    def bind(self, device: Any, target: GpuKVCache | KVPool, store: dict[int, list[Any]],
+             own: dict[str, Any] | None = None) -> list[Any]:
+        """Each dispatch's bind groups (0, and 1 for a grid) for `target`, built on first use and kept in `store`
+        (the caller's, one per cache or pool).
+
+        A batched plan is bound twice over: its shared dispatches once per KV pool (`target` the pool its
+        sequences share), its per-sequence ones for each sequence with its cache and `own` buffers
+        (SequenceSlot); the other kind's entries are None.
         """
         groups = store.get(self.key)
         if groups is None:
-            groups = [self._group(device, d, cache, own) if not self.batched or (d.block is None) == (cache is None)
+            pooled = isinstance(target, KVPool)
+            groups = [self._group(device, d, target, own) if not self.batched or (d.block is None) == pooled
                       else None for d in self.dispatches]
             store[self.key] = groups
         return groups
 
     @staticmethod
-    def _group(device: Any, d: Dispatch, cache: GpuKVCache | None, own: dict[str, Any] | None) -> list[Any]:
+    def _group(device: Any, d: Dispatch, target: GpuKVCache | KVPool, own: dict[str, Any] | None) -> list[Any]:
         entries = []
         for i, r in enumerate(d.resources):
             if isinstance(r, CacheSlot):
-                r = r.resolve(cache)
+                r = r.resolve(target)
             elif isinstance(r, SequenceSlot):
                 r = own[r.which]
             if isinstance(r, tuple):
@@ -596,6 +606,12 @@ class Compilation:
                                 grid=self.compiler.grid(wtype) if wtype in GRID_TYPES else None))
 
     @property
+    def pool(self) -> dict[str, bool]:
+        """The cache kernels' constants: POOL in a batched plan, whose rows read their sequences' positions and
+        pool slots from the step's table."""
+        return {"POOL": True} if self.batched else {}
+
+    @property
     def step(self) -> Any:
         """The step words a dispatch binds: the step buffer, or in a per-sequence run the sequence's own."""
         return self.compiler.step if self.block is None else SequenceSlot("step")
@@ -670,7 +686,7 @@ def _rope(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
         raise RuntimeError("rope runs in place: its input must not be read afterwards")
     c.dispatch("rope", [c.step, table.parts[0].buffer, y, None], (ceil_div(heads * op.spec.n_rot // 2, 64), r, 1),
                {"heads": heads, "head_dim": op.head_dim, "n_rot": op.spec.n_rot, "neox": int(op.spec.neox),
-                "mscale": mscale}, "rope")
+                "mscale": mscale}, "rope", **c.pool)
 
 
 # attention's ROPE parameters when it is off (its kn, vn and aux bindings then take any buffer)
@@ -688,11 +704,13 @@ def _rope_params(c: Compilation, op: RopeStore | None) -> dict[str, Any]:
 def _rope_store(c: Compilation, op: RopeStore, x: list[Any], y: Any, r: int) -> None:
     """Per-head q/k norms, RoPE and the KV-cache append in one dispatch, for attention's many-row plans."""
     s = op.attention
-    li = c.compiler.layout.kv_index(s.layer)
+    layout = c.compiler.layout
+    li = layout.kv_index(s.layer)
+    lk = layout.kv[li]
     c.dispatch("rope_store", [c.step, CacheSlot(li, "k"), CacheSlot(li, "v"), x[0], x[1], x[2], y,
                               c.compiler.store_table(op).parts[0].buffer, None], (s.heads + s.kv_heads, r, 1),
-               {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": op.head_dim,
-                "ring": c.compiler.layout.kv[li].ring, **_rope_params(c, op)}, "rope_store")
+               {"heads": s.heads, "kv_heads": s.kv_heads, "head_dim": op.head_dim, "ring": lk.ring,
+                "stride": layout.stride(lk), **_rope_params(c, op)}, "rope_store", **c.pool)
 
 
 def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
@@ -704,8 +722,10 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     k, v = CacheSlot(li, "k"), CacheSlot(li, "v")
     lanes = c.presets.attention_lanes
     gw = attention_group(s.heads, s.kv_heads, s.head_dim, lanes)
-    # one row, and a workgroup for each KV head's query heads: the attention kernel does rope_store's work
-    fold = rope is not None and r == 1 and gw * s.kv_heads == s.heads and rope.rope.n_rot % 8 == 0
+    # a row a sequence (decode, batched or not), and a workgroup for each KV head's query heads: the attention
+    # kernel does rope_store's work
+    decode = r == 1 or c.batched
+    fold = rope is not None and decode and gw * s.kv_heads == s.heads and rope.rope.n_rot % 8 == 0
     q = x[0]
     if rope is not None and not fold:
         q = c.live.take(-id(node) - 1, c.alloc_rows * s.heads * s.head_dim * 4)   # the rotated queries
@@ -713,10 +733,10 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     elif rope is None:
         kvb = wgsl_const(f"kv/{KV_TYPES[layout.kv_type][0]}.wgsl", "KVB")  # values an invocation stores
         c.dispatch("kv_store", [c.step, k, v, x[1], x[2], None], (ceil_div(lk.kv_dim // kvb, 64), r, 1),
-                   {"kv_dim": lk.kv_dim, "ring": lk.ring}, "kv_store")
+                   {"kv_dim": lk.kv_dim, "ring": lk.ring, "stride": layout.stride(lk)}, "kv_store", **c.pool)
     params = {"heads": s.heads, "kv_heads": s.kv_heads, "ring": lk.ring, "window": s.window, "scale": s.scale,
               "softcap": s.softcap, "temp_scale": s.temp_scale, "temp_floor": s.temp_floor}
-    if r > 1 and c.presets.prefill_attention == "flash":
+    if not decode and c.presets.prefill_attention == "flash":
         wg = c.presets.flash_threads
         fgw, br, bc = flash_tiles(s.heads, s.kv_heads, s.head_dim, wg)
         c.dispatch("attention_rows", [c.step, k, v, q, y, None], (s.heads // fgw, ceil_div(r, br), 1),
@@ -724,15 +744,18 @@ def _attention(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None
     else:
         # ROPE's own inputs: the step's keys and values and rope_store's table (the query again where unused)
         extra = [x[1], x[2], c.compiler.store_table(rope).parts[0].buffer] if fold else [q, q, q]
-        consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG, "HD": s.head_dim, **({"ROPE": True} if fold else {})}
-        params |= _rope_params(c, rope if fold else None)
-        if r == 1 and c.presets.attention_split:
-            # decode: splits of keys in parallel, then a merge (flash-decoding)
+        consts = {"LPK": lanes, "GW": gw, "WG": ATTN_WG, "HD": s.head_dim, **({"ROPE": True} if fold else {}),
+                  **c.pool}
+        params |= _rope_params(c, rope if fold else None) | {"stride": layout.stride(lk)}
+        if decode and c.presets.attention_split:
+            # decode: splits of keys in parallel, then a merge (flash-decoding); a batched step's rows share
+            # one row's splits, which fill the GPU alike
             split, splits = attention_splits(min(lk.ring, s.window or lk.ring), c.presets)
-            part = c.live.take(-id(node), s.heads * splits * (s.head_dim + 2) * 4)
-            c.dispatch("attention", [c.step, k, v, q, part, *extra, None], (s.heads // gw, 1, splits), params,
+            splits = ceil_div(splits, r)
+            part = c.live.take(-id(node), r * s.heads * splits * (s.head_dim + 2) * 4)
+            c.dispatch("attention", [c.step, k, v, q, part, *extra, None], (s.heads // gw, r, splits), params,
                        "attention", SPLIT=split, **consts)
-            merge, grid = merge_launch(s.heads, s.head_dim)
+            merge, grid = merge_launch(s.heads, s.head_dim, r)
             c.dispatch("attention_merge", [c.step, part, y, None], grid, {"heads": s.heads, "splits": splits},
                        "attention", **merge)
             c.live.free(-id(node))
@@ -804,8 +827,8 @@ def _matmul(c: Compilation, node: Node, x: list[Any], y: Any, r: int) -> None:
             # one row (decode), or a batched decode's few (each weight read once for all of them); a prefill's
             # short chunk and a batched step's more rows take the GEMM tile
             lanes = gemv_lanes(k, w.type.name, c.presets, op.q8)
-            launch = gemv_launch(r, lanes, op.q8, gemv_rows(p.rows, lanes, c.presets) if r == 1 else
-                                 c.presets.batch_gemv_rows)
+            launch = gemv_launch(r, lanes, op.q8, gemv_rows(p.rows, lanes, c.presets,
+                                                            None if r == 1 else c.presets.batch_gemv_rows))
             params["y_stride"] = stride
             c.dispatch("matmul_row", args, gemv_groups(p.rows, launch["TPR"], launch["ROWS"], launch["WG"]), params,
                        label_of(node), w.type.name, GPT=c.presets.gemv_chunk, **launch, **fused, **q8)
@@ -926,19 +949,25 @@ def layer_of(node: Node, current: int | None) -> int | None:
     return getattr(spec, "layer", current) if spec is not None else current
 
 
-STEP_POS0, STEP_ROWS, STEP_ROW0, STEP_TOKENS = (wgsl_const("common.wgsl", f"STEP_{n}")
-                                                for n in ("POS0", "ROWS", "ROW0", "TOKENS"))
+STEP_POS0, STEP_ROWS, STEP_ROW0, STEP_SEQS, STEP_TOKENS = (wgsl_const("common.wgsl", f"STEP_{n}")
+                                                           for n in ("POS0", "ROWS", "ROW0", "SEQS", "TOKENS"))
 
 
-def step_words(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None, row0: int = 0) -> np.ndarray:
+def step_words(pos0: int, n_rows: int, ids: Any = (), rows: int | None = None, row0: int = 0,
+               table: Any = ()) -> np.ndarray:
     """The step buffer's words for n_rows rows from pos0, sitting at activation row `row0`: the token ids padded
-    with zeros to `rows` (the plan's rows; default n_rows)."""
-    data = np.zeros(STEP_TOKENS + (n_rows if rows is None else rows), dtype=np.uint32)
+    with zeros to `rows` (the plan's rows; default n_rows), then a batched step's `table` of its rows' (position,
+    pool slot), padded likewise."""
+    rows = n_rows if rows is None else rows
+    data = np.zeros(STEP_TOKENS + rows + (2 * rows if len(table) else 0), dtype=np.uint32)
     data[STEP_POS0], data[STEP_ROWS], data[STEP_ROW0] = pos0, n_rows, row0
     data[STEP_TOKENS:STEP_TOKENS + len(ids)] = ids
+    if len(table):
+        data[STEP_SEQS] = STEP_TOKENS + rows
+        data[STEP_TOKENS + rows:STEP_TOKENS + rows + 2 * len(table)] = np.ravel(table)
     return data
 
 
-def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: int) -> None:
+def write_step(queue: Any, step_buffer: Any, ids: np.ndarray, pos0: int, rows: int, table: Any = ()) -> None:
     """Fill the step buffer for a step of `ids` at pos0 (see step_words)."""
-    queue.write_buffer(step_buffer, 0, step_words(pos0, len(ids), ids, rows).tobytes())
+    queue.write_buffer(step_buffer, 0, step_words(pos0, len(ids), ids, rows, table=table).tobytes())

@@ -161,6 +161,13 @@ def _distinct(uses: list[Any], ignore: str) -> Iterator[tuple[Any, dict[str, Any
             yield d, p
 
 
+def _cache_step(spec: Any, pos0: int, n_rows: int, rows: int) -> np.ndarray:
+    """Step words for `rows` rows from pos0 (n_rows live) for a kernel that reads positions; a POOL kernel (a batched
+    plan's) reads them from the step's table: the same positions, every row in slot 0."""
+    pooled = spec.constants_dict().get("POOL")
+    return step_words(pos0, n_rows, rows=rows, table=[(pos0 + r, 0) for r in range(rows)] if pooled else ())
+
+
 def _poisoned(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
     return np.full(shape, np.nan if dtype == np.float32 else POISON, dtype)
 
@@ -361,7 +368,7 @@ class CaseBuilder:
             x = self.normal(rows, heads * hd)
             want = reference.rope(x, pos0 + np.arange(rows), freq, mscale, hd, n_rot, bool(neox))
             out.append(Case(f"the model's table (head {hd}, n_rot {n_rot}, neox {neox}) at positions {pos0}..",
-                            spec, [step_words(pos0, rows), freq, Out(x.nbytes, init=x)],
+                            spec, [_cache_step(spec, pos0, rows, rows), freq, Out(x.nbytes, init=x)],
                             {"heads": heads, "head_dim": hd, "n_rot": n_rot, "neox": neox, "mscale": mscale},
                             (-(-heads * n_rot // 2 // 64), rows, 1), [Expect("f32", _within(1e-5), want)]))
         return out
@@ -407,7 +414,7 @@ class CaseBuilder:
                 wk[(pos0 + r) % ring], wv[(pos0 + r) % ring] = want_k[r], v[r]
             out.append(Case(f"heads {heads}/{kvh}x{hd}, n_rot {n_rot}, q/k norms {p['q_norm']}/{p['k_norm']}, "
                             f"{n_rows} of {rows} rows at {pos0} into a ring of {ring}", spec,
-                            [step_words(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), q, k, v, Out(q.nbytes),
+                            [_cache_step(spec, pos0, n_rows, rows), Out(wk.nbytes), Out(wv.nbytes), q, k, v, Out(q.nbytes),
                              np.concatenate([freq, qw, kw])], {**p, "ring": ring}, (heads + kvh, rows, 1),
                             [Expect("f32", _within(1e-5), wk), Expect("f32", _exact(), wv),
                              Expect("f32", _within(1e-5), want_q)]))
@@ -428,8 +435,8 @@ class CaseBuilder:
             wk[slot], wv[slot] = encode_rows(k[r:r + 1], kv_type)[0], encode_rows(v[r:r + 1], kv_type)[0]
         kvb = 32 if kv_type == "q8_0" else 4
         return [Case(f"{n_rows} of {rows} rows into a {kv_type} ring of {ring} from position {pos0}", spec,
-                     [step_words(pos0, n_rows, rows=rows), Out(wk.nbytes), Out(wv.nbytes), k, v],
-                     {"kv_dim": kv_dim, "ring": ring}, (-(-kv_dim // kvb // 64), rows, 1),
+                     [_cache_step(spec, pos0, n_rows, rows), Out(wk.nbytes), Out(wv.nbytes), k, v],
+                     {"kv_dim": kv_dim, "ring": ring, "stride": ring}, (-(-kv_dim // kvb // 64), rows, 1),
                      [Expect("u8", _exact(), wk), Expect("u8", _exact(), wv)])]
 
     def _attention(self, spec: Any, uses: list[Any]) -> list[Case]:
@@ -480,7 +487,7 @@ class CaseBuilder:
                     n = reference.split_keys(keys, split, splits)
                     out.append(Case(f"one row at {pos0} in {splits} ranges of {n} keys (heads {a.heads}/"
                                     f"{a.kv_heads}x{a.head_dim}, window {window}{what})", spec,
-                                    [step_words(pos0, 1, rows=1), *cache, q[:1], Out(want.nbytes), *extra],
+                                    [_cache_step(spec, pos0, 1, 1), *cache, q[:1], Out(want.nbytes), *extra],
                                     {**p, "ring": ring}, (groups, 1, splits),
                                     cache_expects + [Expect("f32", _within(1e-5), want)]))
                 continue
@@ -488,7 +495,7 @@ class CaseBuilder:
             want[:n_rows] = reference.attention(q_att[:n_rows], kd, vd, pos0 + np.arange(n_rows), a)
             out.append(Case(f"the model's heads {a.heads}/{a.kv_heads}x{a.head_dim}, window {window}, ring {ring}, "
                             f"{kv_type} cache, {n_rows} of {rows} rows at {pos0}{what}", spec,
-                            [step_words(pos0, n_rows, rows=rows), *cache, q, Out(q.nbytes), *extra],
+                            [_cache_step(spec, pos0, n_rows, rows), *cache, q, Out(q.nbytes), *extra],
                             {**p, "ring": ring},
                             (groups, -(-rows // int(consts["BR"])) if flash else rows, 1),
                             cache_expects + [Expect("f32", _within(1e-5), want)]))

@@ -10,7 +10,8 @@
 // would leave it idle): the keys up to the row's position are cut into ranges of at least SPLIT, one a
 // workgroup z, which writes each head's partial (running max, sum, unnormalized output; head_dim + 2
 // floats) for attention_merge. Row r reads and writes activation row row0 + r (STEP_ROW0); its partials
-// are indexed by r.
+// are indexed by r. POOL (a batched step, a row per sequence): row r's position and pool slot come from the
+// step's table (STEP_SEQS), and the cache bound is the whole pool, `stride` rows a slot.
 // ROPE (decode's one row, a workgroup holding all the query heads of its KV head): q, kn and vn are the step's
 // projections as they come from the matmuls, and the kernel does rope_store's work itself: each workgroup
 // normalizes (q/k norms, where the model has them) and rotates its queries, and the workgroup whose keys end at
@@ -32,6 +33,7 @@ struct P {
     eps: f32,
     q_norm: u32,     // ROPE: 1 to normalize the queries with aux's q norm weight
     k_norm: u32,     //       and the key with its k norm weight
+    stride: u32,     // POOL: rows from one slot of the pool to the next
 }
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
@@ -49,6 +51,7 @@ override LPK: u32 = 4u;   // lanes per key: a power of two dividing WG
 override GW: u32 = 1u;    // query heads a workgroup: divides heads / kv_heads, at most MAX_GW
 override HD: u32;         // head_dim: a multiple of 4, at most 4 * WG; GW * HD <= QS
 override ROPE: bool = false;
+override POOL: bool = false;
 override T: u32 = WG / LPK;
 // HD is a specialization constant rather than a parameter so that every loop over a head or a tile has a
 // fixed trip count, which the compiler can unroll to issue a tile's loads together.
@@ -171,9 +174,10 @@ fn rope_inputs(lid: u32, row: u32, pos: u32, kvh: u32, qscale: f32) {
     workgroupBarrier();
 }
 
-// ROPE: the step's key (from red) and value of KV head kvh into the cache's slot for position pos.
-fn store_kv(lid: u32, row: u32, pos: u32, kvh: u32) {
-    let slot = pos % p.ring;
+// ROPE: the step's key (from red) and value of KV head kvh into the cache's slot for position pos (the
+// sequence's slot starting at cache row `base`).
+fn store_kv(lid: u32, row: u32, pos: u32, base: u32, kvh: u32) {
+    let slot = base + pos % p.ring;
     let kv_dim = p.kv_heads * HD;
     for (var blk = lid; blk < HD / KVB; blk += WG) {
         var kx: array<f32, KVB>;
@@ -202,7 +206,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (r >= step[STEP_ROWS]) {
         return;
     }
-    let pos = step[STEP_POS0] + r;
+    var pos = step[STEP_POS0] + r;
+    var base = 0u;   // the sequence's first cache row
+    if (POOL) {
+        pos = step[step[STEP_SEQS] + 2u * r];
+        base = step[step[STEP_SEQS] + 2u * r + 1u] * p.stride;
+    }
     var first = 0u;
     if (p.window > 0u && pos + 1u > p.window) {
         first = pos + 1u - p.window;
@@ -228,7 +237,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let kvh = h0 / (p.heads / p.kv_heads);
         rope_inputs(lid, row, pos, kvh, qscale);
         if (first <= last && last == pos) {   // the split that holds the row's own key stores it
-            store_kv(lid, row, pos, kvh);
+            store_kv(lid, row, pos, base, kvh);
         }
         storageBarrier();   // the stored row is read back below like any other
     }
@@ -253,7 +262,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var s_hi = vec4<f32>(0.0);
         // a key past the tile's n scores the tile's last key again (its weight is 0 in step 2), so every
         // lane loads unconditionally
-        let row = (t0 + min(kk, n - 1u)) % p.ring;
+        let row = base + (t0 + min(kk, n - 1u)) % p.ring;
         for (var j = 0u; j < (DV + LPK - 1u) / LPK; j++) {
             let i = lane + j * LPK;
             if (i < DV) {
@@ -321,7 +330,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var j = 0u; j < (T + KGN - 1u) / KGN; j++) {
                 let u = kg + j * KGN;
                 if (u < T) {
-                    let v = v_get4((t0 + min(u, n - 1u)) % p.ring, kb + 4u * c, kv_dim);
+                    let v = v_get4(base + (t0 + min(u, n - 1u)) % p.ring, kb + 4u * c, kv_dim);
                     let w_lo = pw4(0u, u);
                     acc_lo += outer(v, w_lo);
                     l_lo += w_lo;

@@ -107,14 +107,18 @@ fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
-// The per-step buffer (`step`, array<u32>) holds [pos0, n_rows, row0, 0, token ids...] and is
+// The per-step buffer (`step`, array<u32>) holds [pos0, n_rows, row0, seqs, token ids...] and is
 // written once per step. pos0 is the position of the step's first row; rows at and past
 // n_rows are padding of a plan compiled for more rows. row0 is where the rows sit in the
-// activations: 0, except in a batched step, whose cache-touching dispatches run once per
-// sequence with that sequence's own step words (its position, one row, its row of the batch).
+// activations: 0, except in a batched step's per-sequence dispatches (a sequence's own state:
+// the short convolution, a draw), which run with that sequence's own step words (its position,
+// one row, its row of the batch). A batched step's rows are one token each of different
+// sequences: its table at word `seqs` holds each row's (position, slot of the KV pool), which
+// the cache's kernels read when compiled with POOL.
 const STEP_POS0: u32 = 0u;
 const STEP_ROWS: u32 = 1u;
 const STEP_ROW0: u32 = 2u;
+const STEP_SEQS: u32 = 3u;
 const STEP_TOKENS: u32 = 4u;
 
 // The draw buffer (`draw`, array<u32>) of a sampled step, written by the host with the step

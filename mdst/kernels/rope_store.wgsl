@@ -3,6 +3,8 @@
 // format, kv/<type>.wgsl) at slot pos % ring. Replaces q_norm, k_norm, two ropes and kv_store.
 // Workgroup h < heads takes query head h (writing the rotated query to `out`); the others take
 // key/value head h - heads. Padding rows are never stored. Row r is activation row row0 + r (STEP_ROW0).
+// POOL (a batched step): row r's position and pool slot come from the step's table (STEP_SEQS), and the
+// cache bound is the whole pool, `stride` rows a slot.
 // Dispatch: (heads + kv_heads, rows).
 
 struct P {
@@ -16,6 +18,7 @@ struct P {
     eps: f32,
     q_norm: u32,     // 1: normalize query heads with qw
     k_norm: u32,     // 1: normalize key heads with kw
+    stride: u32,     // POOL: rows from one slot of the pool to the next
 }
 
 @group(0) @binding(0) var<storage, read> step: array<u32>;
@@ -29,6 +32,7 @@ struct P {
 @group(0) @binding(8) var<uniform> p: P;
 
 override WG: u32 = 64u;
+override POOL: bool = false;
 
 var<workgroup> sh: array<f32, 512>;
 var<workgroup> red: array<f32, WG>;
@@ -81,7 +85,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     // 2. rotate each pair (a thread owns whole pairs, so in place is safe)
     let pairs = p.n_rot / 2u;
-    let pos = step[STEP_POS0] + r;
+    var pos = step[STEP_POS0] + r;
+    var base = 0u;
+    if (POOL) {
+        pos = step[step[STEP_SEQS] + 2u * r];
+        base = step[step[STEP_SEQS] + 2u * r + 1u] * p.stride;
+    }
     for (var i = lid; i < pairs; i += WG) {
         let ab = rope_pair(i, p.n_rot, p.neox);
         let o = rotate_pair(vec2<f32>(sh[ab.x], sh[ab.y]), pos, aux[i], p.mscale);
@@ -99,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (r >= step[STEP_ROWS]) {
         return;
     }
-    let slot = pos % p.ring;
+    let slot = base + pos % p.ring;
     let kv_dim = p.kv_heads * hd;
     for (var blk = lid; blk < hd / KVB; blk += WG) {
         var kx: array<f32, KVB>;

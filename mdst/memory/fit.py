@@ -78,8 +78,9 @@ def predict(ghost: Any) -> tuple[Prediction, int]:
     of one sequence (the default session's) and of max_batch batched ones, and the bytes its weights' layout
     took out of the weight budget."""
     ghost.compile_all()
-    for _ in range(1 + (ghost.max_batch or 0)):
-        ghost.new_cache()
+    ghost.new_cache()
+    for _ in range(ghost.max_batch or 0):
+        ghost.batch_cache()
     return Prediction(dict(ghost.bytes_by_kind)), ghost.weights.layout.budget_used
 
 

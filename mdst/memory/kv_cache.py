@@ -8,11 +8,16 @@ kernel - 1 inputs of its convolution, [kernel - 1, channels].
 
 K/V values are stored as f32, f16 or 8-bit blocks (`kv_type`; the formats of kernels/kv/*.wgsl).
 The numpy engine keeps float32 arrays but rounds what it stores exactly as the GPU format does.
+
+On the GPU a sequence's K/V is a slot of a `KVPool`: per layer one buffer of `slots` rings end to end, so that
+a batched step's attention reads every sequence's cache through one binding. A sequence alone has a pool of
+one slot.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +28,10 @@ from ..format.quants import kv_row_bytes
 
 # kv_type -> (kernel format, f16 variant)
 KV_TYPES = {"f32": ("F", False), "f16": ("F", True), "q8_0": ("Q8_0", False)}
+
+# A slot's bytes are a multiple of this, so that a slot can be bound on its own (WebGPU's largest
+# minStorageBufferOffsetAlignment).
+SLOT_ALIGN = 256
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,12 @@ class CacheLayout:
         """Bytes of one layer's K (or V) buffer."""
         return lk.ring * kv_row_bytes(lk.kv_dim, self.kv_type)
 
+    def stride(self, lk: LayerKV) -> int:
+        """Rows from one slot of a pool to the next: the ring, rounded up to whole SLOT_ALIGN bytes."""
+        row = kv_row_bytes(lk.kv_dim, self.kv_type)
+        step = SLOT_ALIGN // math.gcd(row, SLOT_ALIGN)
+        return -(-lk.ring // step) * step
+
     def kv_bytes(self) -> int:
         """Bytes of K and V over all layers."""
         return sum(2 * self.layer_bytes(lk) for lk in self.kv)
@@ -95,37 +110,80 @@ class CacheLayout:
 
 
 @dataclass(eq=False)
-class GpuKVCache:
-    """A sequence's cache buffers on the GPU.
+class KVPool:
+    """K/V of `slots` sequences on the GPU: layer i's K (and V) is one buffer [slots, stride(i), row]."""
 
-    `give_back` is its engine's: it frees the buffers, and whatever the engine keeps for this cache
-    (bind groups, decode's buffers).
+    layout: CacheLayout
+    slots: int
+    k: list[Any]
+    v: list[Any]
+    free: list[int] = field(default_factory=list)   # slots no cache holds
+
+    @classmethod
+    def allocate(cls, layout: CacheLayout, slots: int, create: Callable[[int, str], Any]) -> "KVPool":
+        """Create the buffers, every slot free."""
+        def make(which: str) -> list[Any]:
+            return [create(slots * cls.slot_bytes(layout, lk), f"kv.{lk.spec.layer}.{which}") for lk in layout.kv]
+        return cls(layout, slots, make("k"), make("v"), list(range(slots - 1, -1, -1)))
+
+    @staticmethod
+    def slot_bytes(layout: CacheLayout, lk: LayerKV) -> int:
+        """Bytes of one slot of a layer's K (or V) buffer."""
+        return layout.stride(lk) * kv_row_bytes(lk.kv_dim, layout.kv_type)
+
+    def binding(self, which: str, index: int) -> tuple[Any, int, int]:
+        """Buffer `index` of kind "k" or "v", whole: (buffer, offset, size)."""
+        buf = getattr(self, which)[index]
+        return buf, 0, buf.size
+
+    def buffers(self) -> list[Any]:
+        return self.k + self.v
+
+
+@dataclass(eq=False)
+class GpuKVCache:
+    """A sequence's cache on the GPU: slot `slot` of `pool` and its convolution states.
+
+    `give_back` is its engine's: it frees the convolution states and whatever the engine keeps for this
+    cache (bind groups, decode's buffers), and returns the slot to the pool.
     """
 
     layout: CacheLayout
-    k: list[Any]
-    v: list[Any]
+    pool: KVPool | None
+    slot: int
     conv: list[Any]
     give_back: Callable[["GpuKVCache"], None]
 
     @classmethod
-    def allocate(cls, layout: CacheLayout, create: Callable[[int, str], Any],
+    def allocate(cls, layout: CacheLayout, pool: KVPool, create: Callable[[int, str], Any],
                  give_back: Callable[["GpuKVCache"], None]) -> "GpuKVCache":
-        """Create the buffers (a convolution state is ignored at position 0, so contents do not matter)."""
-        k = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.k") for lk in layout.kv]
-        v = [create(layout.layer_bytes(lk), f"kv.{lk.spec.layer}.v") for lk in layout.kv]
+        """Take a free slot of `pool` and create the convolution states (a state is ignored at position 0, so
+        contents do not matter)."""
         conv = [create(4 * c.state_rows * c.channels, f"conv.{c.layer}") for c in layout.conv]
-        return cls(layout, k, v, conv, give_back)
+        return cls(layout, pool, pool.free.pop(), conv, give_back)
 
-    def buffers(self) -> list[Any]:
-        """Every buffer the cache holds."""
-        return self.k + self.v + self.conv
+    @property
+    def k(self) -> list[Any]:
+        """The pool's K buffers (this cache is slot `slot` of each)."""
+        return self.pool.k if self.pool else []
+
+    @property
+    def v(self) -> list[Any]:
+        return self.pool.v if self.pool else []
+
+    def binding(self, which: str, index: int) -> Any:
+        """Buffer `index` of kind "k", "v" (this cache's slot of it: (buffer, offset, size)) or "conv"."""
+        if which == "conv":
+            return self.conv[index]
+        lk = self.layout.kv[index]
+        size = KVPool.slot_bytes(self.layout, lk)
+        return getattr(self.pool, which)[index], self.slot * size, size
 
     def release(self) -> None:
         """Give everything back to the engine; the cache then holds nothing of it (a session may outlive it)."""
         give_back, self.give_back = self.give_back, lambda cache: None
         give_back(self)
-        self.k, self.v, self.conv = [], [], []
+        self.pool, self.conv = None, []
 
 
 @dataclass(eq=False)

@@ -36,8 +36,9 @@ class BatchedSequence:
 class Batch:
     """Sequences on one engine that decode together; ids are ints given by `add`."""
 
-    def __init__(self, engine: Engine, lock: Callable[[], ContextManager[Any]] | None = None):
+    def __init__(self, engine: Engine, lock: Callable[[], ContextManager[Any]] | None = None, expected: int = 1):
         self.engine = engine
+        self.expected = expected   # sequences expected at once: new caches are made for that many (Engine.batch_cache)
         self._lock = lock or contextlib.nullcontext
         self._seqs: dict[int, BatchedSequence] = {}
         self._next_id = 0
@@ -69,7 +70,7 @@ class Batch:
                              "more is needed to generate); shorten it or load with a larger context_length")
         eng = self.engine
         with self._lock():
-            cache = eng.batch_cache()
+            cache = eng.batch_cache(self.expected - len(self._seqs))
         seq = BatchedSequence(cache, Sampler(params), list(ids))
         try:
             # steps before the last only fill the cache: their cheapest ending is a token id, discarded

@@ -25,7 +25,7 @@ from ..errors import DeviceError, MdstError, OutOfMemoryError, UnsupportedModelE
 from ..format.gguf import GGUFFile
 from ..ir.graph import Builder, Graph, build
 from ..kernels import WEIGHT_TYPES, PipelineCache
-from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache
+from ..memory.kv_cache import CacheLayout, CpuKVCache, GpuKVCache, KVPool
 from ..memory.layout import plan_layout
 from ..memory.pool import BufferPool
 from ..memory.weights import WeightStore
@@ -136,16 +136,23 @@ class Engine:
         for cache in list(getattr(self, "_caches", ())):
             cache.release()
 
-    def batch_cache(self) -> Any:
-        """A cache for a new batched sequence: one a finished sequence gave back where there is one.
+    def batch_cache(self, room: int = 1) -> Any:
+        """A cache for a new batched sequence: one a finished sequence gave back where there is one. `room`: how
+        many sequences the caller expects to hold at once (a GPU engine makes caches that many at a time, so they
+        share a pool; max_batch, where set, says it instead).
 
         ValueError, before allocating, when max_batch sequences already hold one."""
         if self.max_batch is not None and self._batched >= self.max_batch:
             raise ValueError(f"{self._batched} sequences are decoding together, the model's max_batch; end one "
                              f"first, or load the model with a larger max_batch")
-        cache = self._spare.pop() if self._spare else self.new_cache()
+        want = self.max_batch - self._batched if self.max_batch is not None else max(1, room)
+        cache = self._spare.pop() if self._spare else self._new_batch_cache(want)
         self._batched += 1
         return cache
+
+    def _new_batch_cache(self, room: int) -> Any:
+        """A new cache for a batched sequence, `room` the sequences expected at once (this one included)."""
+        return self.new_cache()
 
     def recycle(self, cache: Any) -> None:
         """A batched sequence's cache back: kept for the next sequence under max_batch (buffers, bind groups and
@@ -250,7 +257,8 @@ class GpuEngine(Engine):
         self._wgpu = wgpu
         self.step_timeout = step_timeout
         self.lost: str | None = None   # why the device cannot be used any more
-        self._cache_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # GpuKVCache -> CacheBindings
+        # GpuKVCache -> CacheBindings; KVPool -> CacheBindings of batched plans' shared dispatches
+        self._cache_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._waiter = Waiter()
         try:
             self._setup(gguf, graphs, context, kv_type, chunk or self.gpu.profile.presets.prefill_rows,
@@ -287,17 +295,18 @@ class GpuEngine(Engine):
         widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out.rows == "n" and n.out is not g.output)
         super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))), kv_type, max_batch)
         for lk in self.layout.kv:
-            if self.layout.layer_bytes(lk) > cap:
+            slot = KVPool.slot_bytes(self.layout, lk)
+            if slot > cap:
                 raise OutOfMemoryError(
                     f"layer {lk.spec.layer}'s KV cache ({lk.ring} positions of {lk.kv_dim} values, "
-                    f"{self.layout.layer_bytes(lk)} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
+                    f"{slot} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
                     f"context_length or a smaller kv_type")
 
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
         self.plans: dict[tuple[str, int, str], Plan] = {}
         self.staging = None
         self._batch_buffer: Any = None   # step_batch's step words and draws, grown on demand
-        self._shared_groups: dict[int, list[Any]] = {}   # batched plans' bind groups of their shared dispatches
+        self._pools: list[KVPool] = []   # the pools batched sequences' caches share
         last = graphs["last"]
         self.weights = WeightStore(self.allocator, gguf, plan_layout(last, gguf.tensors, weight_budget, cap),
                                    lambda n, label: self._create(n, label, kind="weights"), progress,
@@ -312,7 +321,8 @@ class GpuEngine(Engine):
         if out_w is not None and self.chunk_all * self.vocab * 4 > cap:
             self.chunk_all = max(1, min(self.chunk_all, cap // (4 * max(p.rows for p in out_w.parts))))
         self.pipelines = PipelineCache.for_gpu(gpu)
-        self.step_buffer = self._create(4 * (STEP_TOKENS + self.chunk), "step", kind="step")
+        # a step's words, its tokens and, in a batched step, the table of its rows' (position, pool slot)
+        self.step_buffer = self._create(4 * (STEP_TOKENS + 3 * self.chunk), "step", kind="step")
         # a constrained draw's bitmask of allowed tokens follows the draw's fixed words
         self.draw_buffer = self._create(4 * (DRAW_WORDS + mask_words(self.vocab)), "draw", kind="step")
         self.staging = self._create(min(STAGING_BYTES, max(self.chunk_all, self.chunk) * self.vocab * 4),
@@ -339,7 +349,25 @@ class GpuEngine(Engine):
         self.allocator.free(buf)
 
     def new_cache(self) -> GpuKVCache:
-        return self._track(GpuKVCache.allocate(self.layout, lambda n, label: self._create(n, label, kind="kv"),
+        """A cache of its own: a pool of one slot."""
+        return self._take_slot(self._new_pool(1))
+
+    def _new_batch_cache(self, room: int) -> GpuKVCache:
+        """A slot of a pool that batched sequences share (a new pool of `room` slots, within the binding limit,
+        when every pool is full), so that a batched step over them reads their caches through one binding."""
+        pool = next((p for p in self._pools if p.free), None)
+        if pool is None:
+            most = max(1, self.gpu.profile.max_binding_size // max(
+                (KVPool.slot_bytes(self.layout, lk) for lk in self.layout.kv), default=1))
+            pool = self._new_pool(min(room, most))
+            self._pools.append(pool)
+        return self._take_slot(pool)
+
+    def _new_pool(self, slots: int) -> KVPool:
+        return KVPool.allocate(self.layout, slots, lambda n, label: self._create(n, label, kind="kv"))
+
+    def _take_slot(self, pool: KVPool) -> GpuKVCache:
+        return self._track(GpuKVCache.allocate(self.layout, pool, lambda n, label: self._create(n, label, kind="kv"),
                                                self._give_back))
 
     def _bindings(self, cache: GpuKVCache) -> CacheBindings:
@@ -350,10 +378,19 @@ class GpuEngine(Engine):
         return state
 
     def _give_back(self, cache: GpuKVCache) -> None:
-        """Free a released cache's buffers and forget what the engine kept for it."""
+        """Free a released cache's buffers and forget what the engine kept for it; its slot goes back to its pool,
+        and a pool no cache holds is freed."""
         state = self._cache_state.pop(cache, None)
-        for b in cache.buffers() + (state.chain + list(state.own.values()) if state else []):
+        for b in cache.conv + (state.chain + list(state.own.values()) if state else []):
             self._free(b)
+        pool = cache.pool
+        pool.free.append(cache.slot)
+        if len(pool.free) == pool.slots:
+            self._cache_state.pop(pool, None)
+            if pool in self._pools:
+                self._pools.remove(pool)
+            for b in pool.buffers():
+                self._free(b)
 
     def bind(self, plan: Plan, cache: GpuKVCache) -> list[Any]:
         """`plan`'s bind groups over `cache` (built on first use)."""
@@ -504,36 +541,48 @@ class GpuEngine(Engine):
     def step_batch(self, caches: list[GpuKVCache], ids: list[np.ndarray], pos0s: list[int],
                    picks: list[Pick]) -> np.ndarray:
         """One-token steps of several sequences through the batched plan (each weight read once for all of
-        them: batch_rows() sequences a submit), their tokens read back once. Paged weights, host-side or
-        constrained draws, a lone sequence and longer feeds take the one-row plans (_step_each)."""
+        them, each layer's attention one dispatch over their pool), their tokens read back once: the sequences
+        of one KV pool, batch_rows() at a time, a submit each. Paged weights, host-side or constrained draws, a
+        lone sequence and longer feeds take the one-row plans (_step_each)."""
         self._check_usable()
         if len(caches) < 2 or self.batch_rows() < 2 or self.weights.paged_bytes or any(len(i) != 1 for i in ids) or \
                 4 * len(ids) > self.staging.size or \
                 any(isinstance(k, Draw) and (not k.on_gpu or k.mask is not None) for k in picks):
             return self._step_each(caches, ids, pos0s, picks)
         n, cap, draw_bytes = len(caches), self.batch_rows(), 4 * DRAW_WORDS
+        pools: dict[int, list[int]] = {}
+        for i, c in enumerate(caches):
+            pools.setdefault(id(c.pool), []).append(i)
+        runs = [seqs[c0:c0 + cap] for seqs in pools.values() for c0 in range(0, len(seqs), cap)]
+        rows = {i: j for seqs in runs for j, i in enumerate(seqs)}
         # each sequence's own step words (its position, one row, its row of the batch) and draw, written once
-        steps = np.concatenate([step_words(p, 1, rows=0, row0=i % cap) for i, p in enumerate(pos0s)])
+        steps = np.concatenate([step_words(p, 1, rows=0, row0=rows[i]) for i, p in enumerate(pos0s)])
         step_bytes = steps.nbytes // n
         draws = b"".join(k.encode() if isinstance(k, Draw) else bytes(draw_bytes) for k in picks)
         dev = self.gpu.device
         with self._device_errors():
             inputs = self._batch_inputs(n * (step_bytes + draw_bytes))
             dev.queue.write_buffer(inputs, 0, steps.tobytes() + draws)
-            for c0 in range(0, n, cap):
-                seqs = range(c0, min(n, c0 + cap))
+            for seqs in runs:
                 plan = self.batch_plan(len(seqs))
-                shared = plan.bind(dev, None, self._shared_groups)
+                pool = caches[seqs[0]].pool
+                shared = plan.bind(dev, pool, self._bindings(pool).groups)
                 own = [self._own(caches[i]) for i in seqs]
                 groups = [plan.bind(dev, caches[i], self._bindings(caches[i]).groups, o) for i, o in zip(seqs, own)]
-                write_step(dev.queue, self.step_buffer, np.array([int(ids[i][0]) for i in seqs]), pos0s[c0], plan.rows)
+                table = [(pos0s[i], caches[i].slot) for i in seqs]
+                write_step(dev.queue, self.step_buffer, np.array([int(ids[i][0]) for i in seqs]), 0, plan.rows, table)
                 enc = dev.create_command_encoder()
-                for i, o in zip(seqs, own):
-                    enc.copy_buffer_to_buffer(inputs, i * step_bytes, o["step"], 0, step_bytes)
+                for i, o in zip(seqs, own):   # for its per-sequence dispatches, where it runs any
+                    if plan.per_sequence or isinstance(picks[i], Draw):
+                        enc.copy_buffer_to_buffer(inputs, i * step_bytes, o["step"], 0, step_bytes)
                     if isinstance(picks[i], Draw):
                         enc.copy_buffer_to_buffer(inputs, n * step_bytes + i * draw_bytes, o["draw"], 0, draw_bytes)
                 plan.encode_batch(enc, shared, groups, [isinstance(picks[i], Draw) for i in seqs])
-                enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 4 * c0, 4 * len(seqs))
+                if seqs == list(range(seqs[0], seqs[0] + len(seqs))):
+                    enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 4 * seqs[0], 4 * len(seqs))
+                else:
+                    for j, i in enumerate(seqs):
+                        enc.copy_buffer_to_buffer(plan.ids_buffer, 4 * j, self.staging, 4 * i, 4)
                 for i, o in zip(seqs, own):
                     if isinstance(picks[i], Draw):
                         enc.copy_buffer_to_buffer(o["ids"], 0, self.staging, 4 * i, 4)

@@ -117,7 +117,7 @@ def bench_batch(model: "Model", sizes: list[int], prompt_tokens: int = 128, gen_
     prompts = [rng.integers(0, model.n_vocab, prompt_tokens).tolist() for _ in range(max(sizes))]
 
     def once(n: int, steps: int, run: str) -> float:
-        batch = model.batch()
+        batch = model.batch(n)
         try:
             say(f"{n} sequences, {run}: prefill {n} x {prompt_tokens} tokens")
             for ids in prompts[:n]:

@@ -166,7 +166,7 @@ class Scheduler:
         self.model = model
         self.max_batch = max_batch
         self.metrics = metrics or Metrics()
-        self._batch = model.batch() if max_batch > 1 else None
+        self._batch = model.batch(max_batch) if max_batch > 1 else None
         self._batched: dict[int, tuple[Job, BatchedGeneration]] = {}   # by sequence id, in joining order
         self._alone: Alone | None = None
         self._positions = 0   # the batch's cached positions, as of the worker's last change
