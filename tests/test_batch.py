@@ -138,6 +138,8 @@ def test_batched_plan_logits(synth_models, preset, cap, monkeypatch):
     picks = ["argmax", draw, "argmax"]
     got = eng.step_batch(caches, [np.array([t]) for t in more], [len(ids) for ids in ps], picks)
     plan = eng.batch_plan(3 if cap > 2 else 1)   # the last submit's plan holds the last sequences' logits
+    chain = plan.dispatches[plan.draw_from:]   # the draws' chain: once over all rows, not once a sequence
+    assert [d.spec.name for d in chain].count("sample") == 1 and all(d.block is None for d in chain)
     logits = np.concatenate([np.frombuffer(eng.gpu.queue.read_buffer(o.buffer), np.float32)
                              .reshape(-1, o.cols)[:plan.rows] for o in plan.outputs], axis=1)
     want = [reference.run(ref.engine.graphs["all"], ref.engine.weights, CpuKVCache.allocate(ref.engine.layout),

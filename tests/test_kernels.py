@@ -844,7 +844,7 @@ def test_topk(run, rng):
     draw = draw_of(rng, top_k=k)
     slices = -(-cols // 2048)
     cand = run(KernelSpec("topk"), [np.frombuffer(draw.encode(), np.uint32), x, Out(slices * 64 * 8)],
-               {"cols": cols, "col0": col0, "slice0": 0}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
+               {"cols": cols, "col0": col0, "slice0": 0, "slices": slices}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
     want = topk_reference(x, col0, k)
     np.testing.assert_array_equal(cand[:, :k], want[:, :k])
 
@@ -866,6 +866,30 @@ def test_sample_matches_the_host_chain(run, rng, settings):
                   {"slices": len(cand)}, (1, 1, 1))[0].view(np.uint32)[0]
         hits += int(got) == Sampler.pick(x, draw)
     assert hits == 12
+
+
+def test_sampling_chain_over_the_rows_of_a_batched_step(run, rng):
+    """penalize, topk and sample over a batched step's rows in one dispatch each: every row its own draw (DRAW_WORDS
+    apart) and logits row, a row with an empty draw (it takes the argmax) left as it was; each pick as the host's."""
+    from mdst.text.sampling import DRAW_WORDS, Sampler
+    rows, cols = 4, 3000
+    slices = -(-cols // 2048)
+    x = (rng.standard_normal((rows, cols)) * 2).astype(np.float32)
+    draws = [draw_of(rng, top_k=40, temperature=0.7, tokens=(5, 17, 2999), repeat_penalty=1.3), None,
+             draw_of(rng, top_p=0.8), draw_of(rng, min_p=0.1, tokens=(3,), presence_penalty=0.5)]
+    words = np.concatenate([np.frombuffer(d.encode(), np.uint32) if d else np.zeros(DRAW_WORDS, np.uint32)
+                            for d in draws])
+    y = run(KernelSpec("penalize"), [words, Out(x.nbytes, init=x)], {"cols": cols, "col0": 0},
+            (1, rows, 1))[0].view(np.float32).reshape(rows, cols)
+    for r, d in enumerate(draws):
+        np.testing.assert_allclose(y[r], Sampler.penalize(x[r], d) if d else x[r], rtol=1e-6)
+    cand = run(KernelSpec("topk"), [words, y, Out(rows * slices * 64 * 8)],
+               {"cols": cols, "col0": 0, "slice0": 0, "slices": slices}, (slices, rows, 1))[0]
+    got = run(KernelSpec("sample"), [words, cand.view(np.uint32), Out(16)], {"slices": slices},
+              (1, rows, 1))[0].view(np.uint32)
+    for r, d in enumerate(draws):
+        if d:
+            assert int(got[r]) == Sampler.pick(x[r], d), f"row {r}"
 
 
 def separated_logits(rng, rows: int, n: int) -> np.ndarray:
@@ -1060,7 +1084,7 @@ def test_topk_skips_the_tokens_a_mask_forbids(run, rng):
     draw = draw_of(rng, allowed, top_k=k)
     slices = -(-cols // 2048)
     cand = run(KernelSpec("topk"), [np.frombuffer(draw.encode(), np.uint32), x, Out(slices * 64 * 8)],
-               {"cols": cols, "col0": col0, "slice0": 0}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
+               {"cols": cols, "col0": col0, "slice0": 0, "slices": slices}, (slices, 1, 1))[0].view(np.uint32).reshape(slices, 64, 2)
     want = topk_reference(np.where(allowed[col0:col0 + cols], x, -np.inf).astype(np.float32), col0, k)
     np.testing.assert_array_equal(cand[:, :k, 1], want[:, :k, 1])
     real = want[:, :k, 1] != 0xFFFFFFFF
@@ -1074,7 +1098,7 @@ def gpu_pick(run, x: np.ndarray, draw) -> int:
     slices = -(-cols // 2048)
     y = run(KernelSpec("penalize"), [words, Out(x.nbytes, init=x)], {"cols": cols, "col0": 0}, (1, 1, 1))[0]
     cand = run(KernelSpec("topk"), [words, y.view(np.float32), Out(slices * 64 * 8)],
-               {"cols": cols, "col0": 0, "slice0": 0}, (slices, 1, 1))[0]
+               {"cols": cols, "col0": 0, "slice0": 0, "slices": slices}, (slices, 1, 1))[0]
     got = run(KernelSpec("sample"), [words, cand.view(np.uint32), Out(16)], {"slices": slices}, (1, 1, 1))[0]
     return int(got.view(np.uint32)[0])
 

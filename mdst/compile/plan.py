@@ -35,6 +35,7 @@ TOPK_SLICE = wgsl_const("topk.wgsl", "SLICE")  # columns per top-k workgroup
 ARGMAX_SLICE = wgsl_const("argmax.wgsl", "SLICE")  # columns per argmax workgroup
 GEMM_WG = wgsl_const("matmul_rows.wgsl", "WG")  # matmul_rows: threads a workgroup (a TY x TX grid)
 GPU_TOP_K = wgsl_const("common.wgsl", "KMAX")  # candidates a top-k slice keeps
+DRAW_WORDS = wgsl_const("common.wgsl", "DRAW_WORDS")  # a draw's fixed words (a batched plan's draws: one a row)
 GEMV_WG = 256  # matmul_row: threads per workgroup (lanes per row, rows per group and groups per unit are presets)
 # Weights in a unit of matmul_row's step, for the types with a step of their own (the generic step's
 # unit is 4 * gemv_chunk weights); the most rows a group of lanes computes.
@@ -207,7 +208,7 @@ PER_SEQUENCE = (ShortConv,)
 @dataclass
 class SequenceSlot:
     """A binding of a batched plan's per-sequence dispatch, resolved when the plan is bound to a sequence: its
-    own buffer `which` ("step": its step words, "draw": its draw, "ids": its sampled token)."""
+    own buffer `which` ("step": its step words)."""
 
     which: str
 
@@ -264,13 +265,14 @@ class Plan:
     naive_activation_bytes: int   # what one buffer per value would take
     key: int = field(default=0)
     segments: list[Segment] = field(default_factory=list)  # set when the plan reads paged weights
-    batched: bool = False         # one row per sequence, cache-touching ops per sequence (Compiler.compile's batch)
-    draw_block: int | None = None  # batched plans: the per-sequence sampling run (only sequences that draw run it)
-
+    batched: bool = False         # one row per sequence over a KV pool (Compiler.compile's batch)
+    draw_from: int | None = None  # batched plans: dispatches from here on are the sampling chain over every row
+    draws: Any = None             # batched plans: [rows, DRAW_WORDS] each row's draw (zeros: it does not draw)
+    sampled: Any = None           # batched plans: [rows] the tokens the chain picked
     @property
     def per_sequence(self) -> bool:
-        """Whether a batched plan runs dispatches once per sequence besides a draw's sampling chain."""
-        return any(d.block is not None and d.block != self.draw_block for d in self.dispatches)
+        """Whether a batched plan runs dispatches once per sequence."""
+        return any(d.block is not None for d in self.dispatches)
 
     def bind(self, device: Any, target: GpuKVCache | KVPool, store: dict[int, list[Any]],
              own: dict[str, Any] | None = None) -> list[Any]:
@@ -308,11 +310,11 @@ class Plan:
                 {"binding": 0, "resource": {"buffer": d.grid, "offset": 0, "size": d.grid.size}}]))
         return groups
 
-    def encode_batch(self, encoder: Any, shared: list[Any], sequences: list[list[Any]], draws: list[bool]) -> None:
+    def encode_batch(self, encoder: Any, shared: list[Any], sequences: list[list[Any]], draws: bool) -> None:
         """Record a batched plan in one compute pass: each shared dispatch once (`shared`: its bind groups), each
         per-sequence run once per sequence, one sequence after the other (`sequences`: each one's bind groups;
-        their scratch buffers are reused in turn), the sampling run only for the sequences whose `draws` is set."""
-        items, i, n = [], 0, len(self.dispatches)
+        their scratch buffers are reused in turn), the sampling chain only where a row `draws`."""
+        items, i, n = [], 0, len(self.dispatches) if draws else self.draw_from
         while i < n:
             block = self.dispatches[i].block
             if block is None:
@@ -322,9 +324,8 @@ class Plan:
             j = i
             while j < n and self.dispatches[j].block == block:
                 j += 1
-            for groups, draw in zip(sequences, draws):
-                if draw or block != self.draw_block:
-                    items.extend((self.dispatches[m], groups[m]) for m in range(i, j))
+            for groups in sequences:
+                items.extend((self.dispatches[m], groups[m]) for m in range(i, j))
             i = j
         self._record(encoder, items)
 
@@ -501,17 +502,18 @@ class Compiler:
             if rows_out != 1:
                 raise ValueError("sampling plans produce one row")
             ids_buffer, scratch = self._sample(c, outputs)
-        draw_block = None
+        draw_from = draws = sampled = None
         if batch:
             if pick != "argmax" or graph.output_rows != "all":
-                raise ValueError("batched plans run an all-rows graph ending in argmax (and each draw's chain)")
-            draw_block = c.block = len(graph.nodes)
-            scratch += self._sample_rows(c, outputs)
-            c.block = None
+                raise ValueError("batched plans run an all-rows graph ending in argmax (and the draws' chain)")
+            draw_from = len(c.ds)
+            draws = self.create(4 * DRAW_WORDS * rows, "sample.draws")
+            sampled, more = self._sample(c, outputs, draws, rows)
+            scratch += [draws, *more]
         param_buffer = self._pack(c.ds)
         return Plan(rows, graph.output_rows, pick, c.ds, outputs, rows_out, graph.output.cols, ids_buffer,
                     scratch, param_buffer, live.peak_bytes, live.naive_bytes, key=next(_plan_keys),
-                    segments=c.segments(), batched=batch, draw_block=draw_block)
+                    segments=c.segments(), batched=batch, draw_from=draw_from, draws=draws, sampled=sampled)
 
     def _output_parts(self, node: Node, buf: Any, rows_out: int, cols: int, live: Liveness) -> list[OutputPart]:
         if buf is not None:
@@ -532,32 +534,22 @@ class Compiler:
         c.dispatch("argmax_merge", [best, ids, None], (rows_out, 1, 1), {"slices": sum(slices)}, "argmax")
         return ids, [best]
 
-    def _sample(self, c: Compilation, outputs: list[OutputPart], draw: Any = None, ids: Any = None
+    def _sample(self, c: Compilation, outputs: list[OutputPart], draw: Any = None, rows: int = 1
                 ) -> tuple[Any, list[Any]]:
-        """Penalties on each logits part, top-k per 2048-column slice, then the chain and the draw (reading
-        `draw`, the token into `ids`: by default the step's draw buffer and a buffer of the plan's own)."""
+        """Penalties on each logits part (in place), top-k per 2048-column slice, then the chain and the draw, for
+        each of `rows` logits rows with its draw in `draw` (by default the step's draw buffer; a batched plan's
+        holds a draw a row); returns the buffer of the picked tokens and the scratch."""
         draw = draw or self.draw
         slices = [ceil_div(o.cols, TOPK_SLICE) for o in outputs]
-        cand = self.create(sum(slices) * GPU_TOP_K * 8, "sample.cand")
-        ids = ids or self.create(16, "sample.ids")
+        cand = self.create(rows * sum(slices) * GPU_TOP_K * 8, "sample.cand")
+        ids = self.create(max(16, 4 * rows), "sample.ids")
         for o in outputs:
-            c.dispatch("penalize", [draw, o.buffer, None], (1, 1, 1), {"cols": o.cols, "col0": o.col0}, "sample")
+            c.dispatch("penalize", [draw, o.buffer, None], (1, rows, 1), {"cols": o.cols, "col0": o.col0}, "sample")
         for o, first in zip(outputs, itertools.accumulate([0] + slices[:-1])):
-            c.dispatch("topk", [draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), 1, 1),
-                       {"cols": o.cols, "col0": o.col0, "slice0": first}, "sample")
-        c.dispatch("sample", [draw, cand, ids, None], (1, 1, 1), {"slices": sum(slices)}, "sample")
+            c.dispatch("topk", [draw, o.buffer, cand, None], (ceil_div(o.cols, TOPK_SLICE), rows, 1),
+                       {"cols": o.cols, "col0": o.col0, "slice0": first, "slices": sum(slices)}, "sample")
+        c.dispatch("sample", [draw, cand, ids, None], (1, rows, 1), {"slices": sum(slices)}, "sample")
         return ids, [cand]
-
-    def _sample_rows(self, c: Compilation, outputs: list[OutputPart]) -> list[Any]:
-        """A batched plan's sampling, run per sequence that draws: its row of each logits part copied out (the
-        penalties write in place), then the chain over it with its own draw, its token into its own ids buffer.
-        Returns the scratch buffers."""
-        rows = [OutputPart(self.create(4 * o.cols, "sample.row"), o.col0, o.cols) for o in outputs]
-        for o, r in zip(outputs, rows):
-            c.dispatch("take_row", [c.step, o.buffer, r.buffer, None], (ceil_div(o.cols, 64), 1, 1),
-                       {"cols": o.cols}, "sample")
-        _, cand = self._sample(c, rows, SequenceSlot("draw"), SequenceSlot("ids"))
-        return [r.buffer for r in rows] + cand
 
     def _pack(self, ds: list[Dispatch]) -> Any:
         """Write every dispatch's parameters into one uniform buffer; fill in the last binding."""

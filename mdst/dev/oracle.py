@@ -594,7 +594,7 @@ class CaseBuilder:
             want = self._topk_pairs(kept.astype(np.float32), col0, k)
             out.append(Case(f"top {k} of {cols} columns from {col0} in {len(want)} slices{what}", spec,
                             [np.frombuffer(draw.encode(), np.uint32), x, Out(want.nbytes)],
-                            {"cols": cols, "col0": col0, "slice0": 0}, (len(want), 1, 1),
+                            {"cols": cols, "col0": col0, "slice0": 0, "slices": len(want)}, (len(want), 1, 1),
                             [Expect("u32", _exact(), want)]))
         return out
 

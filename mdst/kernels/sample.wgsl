@@ -1,16 +1,17 @@
 // Sampling, second stage, one workgroup: the top k of all slices' candidates, then llama.cpp's chain on
 // them: top-p (smallest prefix whose probability reaches top_p), min-p (probability at least min_p
 // times the largest), temperature, and a draw by inverse CDF with the uniform number u the host put in
-// the draw buffer (so a seed reproduces the same text). Writes the chosen token id.
-// Dispatch: 1 workgroup.
+// the draw buffer (so a seed reproduces the same text). Writes the chosen token id. Workgroup y takes row y's
+// candidates with the y-th draw of the buffer (DRAW_WORDS each) and writes ids[y].
+// Dispatch: (1, rows).
 
 struct P {
     slices: u32,     // candidate slices (KMAX places each, the first k filled)
 }
 
 @group(0) @binding(0) var<storage, read> draw: array<u32>;
-@group(0) @binding(1) var<storage, read_write> cand: array<vec2<u32>>;   // [slices, KMAX] (consumed)
-@group(0) @binding(2) var<storage, read_write> ids: array<u32>;          // [1]
+@group(0) @binding(1) var<storage, read_write> cand: array<vec2<u32>>;   // [rows, slices, KMAX] (consumed)
+@group(0) @binding(2) var<storage, read_write> ids: array<u32>;          // [rows]
 @group(0) @binding(3) var<uniform> p: P;
 
 const WG: u32 = 64u;
@@ -20,8 +21,10 @@ var<workgroup> top_v: array<f32, KMAX>;
 var<workgroup> top_i: array<u32, KMAX>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) lid: u32) {
-    let k = min(draw[DRAW_TOP_K], KMAX);
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let d = wid.y * DRAW_WORDS;
+    let c0 = wid.y * p.slices * KMAX;   // the row's candidates
+    let k = min(draw[d + DRAW_TOP_K], KMAX);
     let n_cand = p.slices * KMAX;
     for (var r = 0u; r < KMAX; r++) {
         if (r >= k) {
@@ -34,7 +37,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             if (i % KMAX >= k) {
                 continue;
             }
-            let c = cand[i];
+            let c = cand[c0 + i];
             if (ranks_before(bitcast<f32>(c.x), c.y, v, id)) {
                 v = bitcast<f32>(c.x);
                 id = c.y;
@@ -47,7 +50,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             top_i[r] = b.i;
         }
         if (b.i != NONE_ID && id == b.i) {   // the thread holding it (token ids are unique among candidates)
-            cand[at].y = NONE_ID;   // taken
+            cand[c0 + at].y = NONE_ID;   // taken
         }
         workgroupBarrier();
     }
@@ -59,9 +62,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     while (n < k && top_i[n] != NONE_ID) {
         n++;
     }
-    let t = bitcast<f32>(draw[DRAW_TEMPERATURE]);
+    let t = bitcast<f32>(draw[d + DRAW_TEMPERATURE]);
     if (t == 0.0) {   // greedy with a logit bias: the best candidate (the host asks for k = 1)
-        ids[0] = top_i[0];
+        ids[wid.y] = top_i[0];
         return;
     }
     var total = 0.0;
@@ -69,7 +72,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         total += exp(top_v[i] - top_v[0]);
     }
     var keep = n;
-    let top_p = bitcast<f32>(draw[DRAW_TOP_P]);
+    let top_p = bitcast<f32>(draw[d + DRAW_TOP_P]);
     if (top_p < 1.0) {
         var cum = 0.0;
         for (var i = 0u; i < n; i++) {
@@ -80,7 +83,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             }
         }
     }
-    let min_p = bitcast<f32>(draw[DRAW_MIN_P]);
+    let min_p = bitcast<f32>(draw[d + DRAW_MIN_P]);
     if (min_p > 0.0) {
         var m = 0u;
         for (var i = 0u; i < n; i++) {
@@ -94,7 +97,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var i = 0u; i < keep; i++) {
         z += exp((top_v[i] - top_v[0]) / t);
     }
-    let target_ = bitcast<f32>(draw[DRAW_U]) * z;
+    let target_ = bitcast<f32>(draw[d + DRAW_U]) * z;
     var cum = 0.0;
     var pick = keep - 1u;
     for (var i = 0u; i < keep; i++) {
@@ -104,5 +107,5 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             break;
         }
     }
-    ids[0] = top_i[pick];
+    ids[wid.y] = top_i[pick];
 }

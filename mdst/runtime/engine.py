@@ -105,7 +105,7 @@ class CacheBindings:
     def __init__(self) -> None:
         self.groups: dict[int, list[Any]] = {}   # plan key -> bind groups (Plan.bind)
         self.chain: list[Any] = []   # decode's next-token buffer and its two readback buffers
-        self.own: dict[str, Any] = {}   # batched steps: its step words, draw and sampled token (SequenceSlot)
+        self.own: dict[str, Any] = {}   # batched steps: its step words (SequenceSlot)
 
 
 class Engine:
@@ -549,53 +549,52 @@ class GpuEngine(Engine):
                 4 * len(ids) > self.staging.size or \
                 any(isinstance(k, Draw) and (not k.on_gpu or k.mask is not None) for k in picks):
             return self._step_each(caches, ids, pos0s, picks)
-        n, cap, draw_bytes = len(caches), self.batch_rows(), 4 * DRAW_WORDS
+        n, cap = len(caches), self.batch_rows()
         pools: dict[int, list[int]] = {}
         for i, c in enumerate(caches):
             pools.setdefault(id(c.pool), []).append(i)
         runs = [seqs[c0:c0 + cap] for seqs in pools.values() for c0 in range(0, len(seqs), cap)]
         rows = {i: j for seqs in runs for j, i in enumerate(seqs)}
-        # each sequence's own step words (its position, one row, its row of the batch) and draw, written once
+        # each sequence's own step words (its position, one row, its row of the batch), for per-sequence dispatches
         steps = np.concatenate([step_words(p, 1, rows=0, row0=rows[i]) for i, p in enumerate(pos0s)])
         step_bytes = steps.nbytes // n
-        draws = b"".join(k.encode() if isinstance(k, Draw) else bytes(draw_bytes) for k in picks)
+        no_draw = bytes(4 * DRAW_WORDS)
         dev = self.gpu.device
         with self._device_errors():
-            inputs = self._batch_inputs(n * (step_bytes + draw_bytes))
-            dev.queue.write_buffer(inputs, 0, steps.tobytes() + draws)
+            inputs = self._batch_inputs(n * step_bytes)
+            dev.queue.write_buffer(inputs, 0, steps.tobytes())
             for seqs in runs:
                 plan = self.batch_plan(len(seqs))
                 pool = caches[seqs[0]].pool
                 shared = plan.bind(dev, pool, self._bindings(pool).groups)
-                own = [self._own(caches[i]) for i in seqs]
+                own = [self._own(caches[i]) for i in seqs] if plan.per_sequence else []
                 groups = [plan.bind(dev, caches[i], self._bindings(caches[i]).groups, o) for i, o in zip(seqs, own)]
                 table = [(pos0s[i], caches[i].slot) for i in seqs]
                 write_step(dev.queue, self.step_buffer, np.array([int(ids[i][0]) for i in seqs]), 0, plan.rows, table)
+                drawing = [isinstance(picks[i], Draw) for i in seqs]
+                if any(drawing):   # a draw a row, zeros where a row takes the argmax (the chain skips it)
+                    dev.queue.write_buffer(plan.draws, 0, b"".join(picks[i].encode() if d else no_draw
+                                                                    for i, d in zip(seqs, drawing)))
                 enc = dev.create_command_encoder()
-                for i, o in zip(seqs, own):   # for its per-sequence dispatches, where it runs any
-                    if plan.per_sequence or isinstance(picks[i], Draw):
-                        enc.copy_buffer_to_buffer(inputs, i * step_bytes, o["step"], 0, step_bytes)
-                    if isinstance(picks[i], Draw):
-                        enc.copy_buffer_to_buffer(inputs, n * step_bytes + i * draw_bytes, o["draw"], 0, draw_bytes)
-                plan.encode_batch(enc, shared, groups, [isinstance(picks[i], Draw) for i in seqs])
+                for i, o in zip(seqs, own):
+                    enc.copy_buffer_to_buffer(inputs, i * step_bytes, o["step"], 0, step_bytes)
+                plan.encode_batch(enc, shared, groups, any(drawing))
                 if seqs == list(range(seqs[0], seqs[0] + len(seqs))):
                     enc.copy_buffer_to_buffer(plan.ids_buffer, 0, self.staging, 4 * seqs[0], 4 * len(seqs))
                 else:
                     for j, i in enumerate(seqs):
                         enc.copy_buffer_to_buffer(plan.ids_buffer, 4 * j, self.staging, 4 * i, 4)
-                for i, o in zip(seqs, own):
-                    if isinstance(picks[i], Draw):
-                        enc.copy_buffer_to_buffer(o["ids"], 0, self.staging, 4 * i, 4)
+                for j, (i, d) in enumerate(zip(seqs, drawing)):
+                    if d:
+                        enc.copy_buffer_to_buffer(plan.sampled, 4 * j, self.staging, 4 * i, 4)
                 dev.queue.submit([enc.finish()])
             return self._read(4 * n).view(np.uint32).astype(np.int64)
 
     def _own(self, cache: GpuKVCache) -> dict[str, Any]:
-        """A sequence's own buffers for batched steps (SequenceSlot): step words, draw, sampled token."""
+        """A sequence's own buffers for batched steps' per-sequence dispatches (SequenceSlot): its step words."""
         state = self._bindings(cache)
         if not state.own:
-            state.own = {"step": self._create(4 * STEP_TOKENS, "batch.step", kind="step"),
-                         "draw": self._create(4 * DRAW_WORDS, "batch.draw", kind="step"),
-                         "ids": self._create(16, "batch.ids", kind="step")}
+            state.own = {"step": self._create(4 * STEP_TOKENS, "batch.step", kind="step")}
         return state.own
 
     def _step_each(self, caches: list[GpuKVCache], ids: list[np.ndarray], pos0s: list[int],
