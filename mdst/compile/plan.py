@@ -269,6 +269,7 @@ class Plan:
     draw_from: int | None = None  # batched plans: dispatches from here on are the sampling chain over every row
     draws: Any = None             # batched plans: [rows, DRAW_WORDS] each row's draw (zeros: it does not draw)
     sampled: Any = None           # batched plans: [rows] the tokens the chain picked
+
     @property
     def per_sequence(self) -> bool:
         """Whether a batched plan runs dispatches once per sequence."""

@@ -847,7 +847,7 @@ class PlanExport:
         self.ids: dict[int, int] = {}
         self.buffers: list[dict[str, Any]] = []
         weights = {id(p.buffer) for w in engine.weights.weights.values() for p in w.parts}
-        kv = {id(b) for b in cache.k + cache.v + cache.conv}
+        kv = {id(b) for b in cache.pool.buffers() + cache.conv}
         self.readback = weights | kv  # buffers whose content the step reads
 
     def buffer(self, buf: Any, init: bytes | None = None, uniform: bool = False, size: int | None = None) -> int:

@@ -12,7 +12,7 @@
 // floats) for attention_merge. Row r reads and writes activation row row0 + r (STEP_ROW0); its partials
 // are indexed by r. POOL (a batched step, a row per sequence): row r's position and pool slot come from the
 // step's table (STEP_SEQS), and the cache bound is the whole pool, `stride` rows a slot.
-// ROPE (decode's one row, a workgroup holding all the query heads of its KV head): q, kn and vn are the step's
+// ROPE (decode: a row a sequence, a workgroup holding all the query heads of its KV head): q, kn and vn are the step's
 // projections as they come from the matmuls, and the kernel does rope_store's work itself: each workgroup
 // normalizes (q/k norms, where the model has them) and rotates its queries, and the workgroup whose keys end at
 // the row's position stores the step's key and value in the cache first. One dispatch less a layer.

@@ -80,8 +80,8 @@ class CacheLayout:
         return next(i for i, c in enumerate(self.conv) if c.layer == layer)
 
     def layer_bytes(self, lk: LayerKV) -> int:
-        """Bytes of one layer's K (or V) buffer."""
-        return lk.ring * kv_row_bytes(lk.kv_dim, self.kv_type)
+        """Bytes of one layer's K (or V) for one sequence: `stride` rows (its slot of a pool)."""
+        return self.stride(lk) * kv_row_bytes(lk.kv_dim, self.kv_type)
 
     def stride(self, lk: LayerKV) -> int:
         """Rows from one slot of a pool to the next: the ring, rounded up to whole SLOT_ALIGN bytes."""
@@ -123,13 +123,8 @@ class KVPool:
     def allocate(cls, layout: CacheLayout, slots: int, create: Callable[[int, str], Any]) -> "KVPool":
         """Create the buffers, every slot free."""
         def make(which: str) -> list[Any]:
-            return [create(slots * cls.slot_bytes(layout, lk), f"kv.{lk.spec.layer}.{which}") for lk in layout.kv]
+            return [create(slots * layout.layer_bytes(lk), f"kv.{lk.spec.layer}.{which}") for lk in layout.kv]
         return cls(layout, slots, make("k"), make("v"), list(range(slots - 1, -1, -1)))
-
-    @staticmethod
-    def slot_bytes(layout: CacheLayout, lk: LayerKV) -> int:
-        """Bytes of one slot of a layer's K (or V) buffer."""
-        return layout.stride(lk) * kv_row_bytes(lk.kv_dim, layout.kv_type)
 
     def binding(self, which: str, index: int) -> tuple[Any, int, int]:
         """Buffer `index` of kind "k" or "v", whole: (buffer, offset, size)."""
@@ -162,21 +157,11 @@ class GpuKVCache:
         conv = [create(4 * c.state_rows * c.channels, f"conv.{c.layer}") for c in layout.conv]
         return cls(layout, pool, pool.free.pop(), conv, give_back)
 
-    @property
-    def k(self) -> list[Any]:
-        """The pool's K buffers (this cache is slot `slot` of each)."""
-        return self.pool.k if self.pool else []
-
-    @property
-    def v(self) -> list[Any]:
-        return self.pool.v if self.pool else []
-
     def binding(self, which: str, index: int) -> Any:
         """Buffer `index` of kind "k", "v" (this cache's slot of it: (buffer, offset, size)) or "conv"."""
         if which == "conv":
             return self.conv[index]
-        lk = self.layout.kv[index]
-        size = KVPool.slot_bytes(self.layout, lk)
+        size = self.layout.layer_bytes(self.layout.kv[index])
         return getattr(self.pool, which)[index], self.slot * size, size
 
     def release(self) -> None:

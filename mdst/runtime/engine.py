@@ -295,11 +295,10 @@ class GpuEngine(Engine):
         widest = max(n.out.cols for g in graphs.values() for n in g.nodes if n.out.rows == "n" and n.out is not g.output)
         super().__init__(graphs, context, max(1, min(chunk, cap // (4 * widest))), kv_type, max_batch)
         for lk in self.layout.kv:
-            slot = KVPool.slot_bytes(self.layout, lk)
-            if slot > cap:
+            if self.layout.layer_bytes(lk) > cap:
                 raise OutOfMemoryError(
                     f"layer {lk.spec.layer}'s KV cache ({lk.ring} positions of {lk.kv_dim} values, "
-                    f"{slot} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
+                    f"{self.layout.layer_bytes(lk)} bytes) exceeds the binding limit of {cap} bytes; use a shorter "
                     f"context_length or a smaller kv_type")
 
         self.pool = BufferPool(lambda n, label: self._create(n, label, kind="activations"))
@@ -358,7 +357,7 @@ class GpuEngine(Engine):
         pool = next((p for p in self._pools if p.free), None)
         if pool is None:
             most = max(1, self.gpu.profile.max_binding_size // max(
-                (KVPool.slot_bytes(self.layout, lk) for lk in self.layout.kv), default=1))
+                (self.layout.layer_bytes(lk) for lk in self.layout.kv), default=1))
             pool = self._new_pool(min(room, most))
             self._pools.append(pool)
         return self._take_slot(pool)
@@ -554,17 +553,17 @@ class GpuEngine(Engine):
         for i, c in enumerate(caches):
             pools.setdefault(id(c.pool), []).append(i)
         runs = [seqs[c0:c0 + cap] for seqs in pools.values() for c0 in range(0, len(seqs), cap)]
-        rows = {i: j for seqs in runs for j, i in enumerate(seqs)}
-        # each sequence's own step words (its position, one row, its row of the batch), for per-sequence dispatches
-        steps = np.concatenate([step_words(p, 1, rows=0, row0=rows[i]) for i, p in enumerate(pos0s)])
-        step_bytes = steps.nbytes // n
-        no_draw = bytes(4 * DRAW_WORDS)
+        step_bytes, no_draw = 4 * STEP_TOKENS, bytes(4 * DRAW_WORDS)
         dev = self.gpu.device
         with self._device_errors():
-            inputs = self._batch_inputs(n * step_bytes)
-            dev.queue.write_buffer(inputs, 0, steps.tobytes())
-            for seqs in runs:
-                plan = self.batch_plan(len(seqs))
+            plans = [self.batch_plan(len(seqs)) for seqs in runs]
+            if any(p.per_sequence for p in plans):
+                # each sequence's own step words (its position, one row, its row of the batch) for its dispatches
+                rows = {i: j for seqs in runs for j, i in enumerate(seqs)}
+                inputs = self._batch_inputs(n * step_bytes)
+                dev.queue.write_buffer(inputs, 0, np.concatenate(
+                    [step_words(p, 1, rows=0, row0=rows[i]) for i, p in enumerate(pos0s)]).tobytes())
+            for seqs, plan in zip(runs, plans):
                 pool = caches[seqs[0]].pool
                 shared = plan.bind(dev, pool, self._bindings(pool).groups)
                 own = [self._own(caches[i]) for i in seqs] if plan.per_sequence else []
